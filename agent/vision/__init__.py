@@ -1,0 +1,1 @@
+"""Vision: frames in, faces and embeddings out (detector, aligner, embedder, model store)."""

@@ -1,0 +1,53 @@
+"""Face embeddings: an aligned chip in, an identity vector out, compared by the manifest's metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.vision.runtime import TfliteModel
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """What a template needs to remember about the model that made it."""
+
+    model_id: str
+    sha256: str
+    dimensions: int
+    metric: str
+    threshold: float
+
+
+class Embedder:
+    """Runs an embedding model on chips of the size its manifest entry gives."""
+
+    def __init__(self, model: TfliteModel, spec: dict[str, Any]) -> None:
+        self.model = model
+        self.info = EmbedderInfo(
+            model_id=str(spec["id"]),
+            sha256=str(spec["sha256"]),
+            dimensions=int(spec["output"]["shape"][-1]),
+            metric=str(spec.get("metric", "euclidean")),
+            threshold=float(spec["threshold"]),
+        )
+        self._input = np.empty(model.input_shape, dtype=np.float32)
+
+    def embed(self, chip: np.ndarray) -> np.ndarray:
+        """A float32 vector for one chip (HxWx3 uint8, the model's input size)."""
+        if chip.shape != self._input.shape[1:]:
+            raise ValueError(f"chip shape {chip.shape} does not match the model input {self._input.shape[1:]}")
+        self._input[0] = chip
+        (output,) = self.model.run(self._input).values()
+        return output[0].astype(np.float32, copy=True)
+
+
+def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> float:
+    """Distance between two embeddings under the embedder's metric (smaller is more alike)."""
+    if metric == "euclidean":
+        return float(np.linalg.norm(a - b))
+    if metric == "cosine":
+        return float(1.0 - np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    raise ValueError(f"unknown metric {metric!r}")

