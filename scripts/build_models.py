@@ -101,7 +101,13 @@ CC0_TEXT_PATH = Path("/usr/share/common-licenses/CC0-1.0")  # Debian base-files
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # also read back from the XML and compared
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
-ALIGN_TEMPLATE = [[47.02, 46.54], [100.77, 46.04], [72.88, 79.08], [74.37, 106.32]]
+# Where BlazeFace's eyes, nose tip and mouth centre fall, on average, in dlib's own 150x150 chips
+# (pixel-index convention), and inverse-variance weights for the fit: measured on 298 LFW faces by
+# scripts/fit_alignment.py. The nose tip moves with head pose, so it counts least. Against the
+# plain dlib-derived template ([[47.02, 46.54], [100.77, 46.04], [72.88, 79.08], [74.37, 106.32]],
+# unweighted) this raised LFW folds 1-4 accuracy from 98.58% to 98.87% (int8, same run).
+ALIGN_TEMPLATE = [[45.7, 46.05], [102.7, 46.38], [73.09, 76.4], [73.29, 106.21]]
+ALIGN_WEIGHTS = [[1.0, 0.931], [0.848, 0.718], [0.086, 0.169], [0.57, 0.421]]
 KEYPOINTS = ["right_eye", "left_eye", "nose_tip", "mouth_centre", "right_ear_tragion", "left_ear_tragion"]
 
 FLOAT32_FILE = "dlib_resnet29_float32.tflite"
@@ -811,7 +817,12 @@ def embedder_entry(out: Path, model_id: str, rep: dict[str, Any], n_calib: int) 
         "input": {"shape": inp["shape"], "dtype": inp["dtype"], "layout": "NHWC RGB, 0..255"},
         "output": {"shape": outp["shape"], "dtype": outp["dtype"]},
         "preprocessing": {"range": "0..255 as float; the model subtracts dlib's mean and divides by 256 itself"},
-        "alignment": {"chip_size": CHIP_SIZE, "keypoints": KEYPOINTS[:4], "template": ALIGN_TEMPLATE},
+        "alignment": {
+            "chip_size": CHIP_SIZE,
+            "keypoints": KEYPOINTS[:4],
+            "template": ALIGN_TEMPLATE,
+            "weights": ALIGN_WEIGHTS,
+        },
         "metric": "euclidean",
         "threshold": 0.6,
         "parity": {
