@@ -5,12 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import pwd
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from agent import __version__
-from agent.errors import FaceagentError, ImageError, NoFaceError
+from agent.config import DEFAULT_CONFIG, Settings, find_config, load_settings, settings_to_dict, settings_to_toml
+from agent.enrolment import Enroller
+from agent.errors import FaceagentError, GalleryError, ImageError, NoFaceError
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.identity import Consent, Match, Person, utc_now
 from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
@@ -23,75 +34,201 @@ log = logging.getLogger("faceagent")
 
 
 def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", type=Path, help="models directory (default: the bundled models)")
+    parser.add_argument("--models", type=Path, help="models directory (default: models.dir, or the bundled models)")
     parser.add_argument("--detector", help="detector model id from the manifest (e.g. blazeface-full)")
     parser.add_argument("--embedder", help="embedder model id from the manifest")
     parser.add_argument("--runtime", choices=["ai-edge-litert", "tflite-runtime"], help="force a TFLite runtime")
-    parser.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    parser.add_argument("--threads", type=int, help="interpreter threads (default: models.threads, 2)")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def _shared_options() -> argparse.ArgumentParser:
+    """--config and --db, accepted before or after the subcommand (SUPPRESS keeps a global value)."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    shared.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="gallery file (default: gallery.path)")
+    return shared
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faceagent", description="Edge face recognition agent.")
     parser.add_argument("--version", action="store_true", help="print version and TFLite runtime, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (runtime choice, timings)")
+    parser.add_argument("--config", type=Path, help=f"settings file (default: {DEFAULT_CONFIG} if present)")
+    parser.add_argument("--db", type=Path, help="gallery file (default: gallery.path from the settings)")
     commands = parser.add_subparsers(dest="command")
+    shared = _shared_options()
 
-    identify = commands.add_parser("identify", help="find faces in images")
+    identify = commands.add_parser("identify", parents=[shared], help="find faces in images (--db: and who they are)")
     identify.add_argument("images", nargs="+", type=Path)
     _add_pipeline_args(identify)
+    identify.set_defaults(handler=cmd_identify)
 
     compare = commands.add_parser("compare", help="compare the most central face of two images")
     compare.add_argument("image_a", type=Path)
     compare.add_argument("image_b", type=Path)
     compare.add_argument("--threshold", type=float, help="distance threshold (default: the embedder's)")
     _add_pipeline_args(compare)
+    compare.set_defaults(handler=cmd_compare)
 
     models = commands.add_parser("models", help="model store operations")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     verify = models_commands.add_parser("verify", help="check every model's sha256 against the manifest")
     verify.add_argument("--models", type=Path, help="models directory (default: the bundled models)")
+    verify.set_defaults(handler=cmd_models_verify)
+
+    enroll = commands.add_parser("enroll", parents=[shared], help="enrol a person from photos (one face each)")
+    enroll.add_argument("images", nargs="+", type=Path)
+    who = enroll.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name", help="display name of a new person")
+    who.add_argument("--person-id", help="add photos to this enrolled person")
+    enroll.add_argument("--external-ref", help="your reference for the person (e.g. an employee number)")
+    enroll.add_argument("--consent-ref", help="reference of the consent record (a form number, a ticket)")
+    enroll.add_argument("--consent-by", help="who gave consent (default: the person; with --consent-ref)")
+    enroll.add_argument("--purpose", help="purpose the consent covers (with --consent-ref)")
+    enroll.add_argument("--force", action="store_true", help="enrol even if a photo matches someone else")
+    _add_pipeline_args(enroll)
+    enroll.set_defaults(handler=cmd_enroll)
+
+    _add_gallery_commands(commands, shared)
     return parser
 
 
-def _pipeline(args: argparse.Namespace) -> FacePipeline:
+def _add_gallery_commands(commands: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:
+    gallery = commands.add_parser("gallery", help="the enrolled people")
+    gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
+    listing = gallery_commands.add_parser("list", parents=[shared], help="people, templates per model, re-enrolment")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    listing.set_defaults(handler=cmd_gallery_list)
+
+    person = commands.add_parser("person", help="change or erase one enrolled person")
+    person_commands = person.add_subparsers(dest="person_command", required=True)
+    delete = person_commands.add_parser("delete", parents=[shared], help="erase a person, their templates and events")
+    delete.add_argument("person_id")
+    delete.set_defaults(handler=cmd_person_delete)
+    update = person_commands.add_parser("update", parents=[shared], help="change a person's name or reference")
+    update.add_argument("person_id")
+    update.add_argument("--name", help="new display name")
+    update.add_argument("--external-ref", help='new external reference ("" clears it)')
+    update.set_defaults(handler=cmd_person_update)
+
+    config = commands.add_parser("config", help="settings file operations")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", parents=[shared], help="validate settings and print the effective ones")
+    check.add_argument("file", nargs="?", type=Path, help="settings file (default: --config, else the default file)")
+    check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    check.set_defaults(handler=cmd_config_check)
+
+
+# ------------------------------------------------------------------------------ shared wiring
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(find_config(args.config))
+
+
+def _open_store(args: argparse.Namespace, settings: Settings, *, create: bool = False) -> GalleryStore:
+    """The gallery named by --db, else gallery.path; reading commands never create one."""
+    return GalleryStore.open(args.db or settings.gallery.path, create=create)
+
+
+def cli_actor() -> str:
+    """Who the audit log names for a CLI action: the real unix user, not a spoofable variable."""
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+def _pipeline(args: argparse.Namespace, settings: Settings) -> FacePipeline:
+    models = settings.models
     options = PipelineOptions(
-        models_dir=args.models,
-        detector=args.detector,
-        embedder=args.embedder,
-        runtime=args.runtime,
-        threads=args.threads,
+        models_dir=args.models or models.dir,
+        detector=args.detector or models.detector,
+        embedder=args.embedder or models.embedder,
+        runtime=args.runtime or models.runtime,
+        threads=args.threads or models.threads,
     )
     pipeline = FacePipeline(options)
     log.info("TFLite runtime: %s", pipeline.runtime.describe())
     return pipeline
 
 
+def _new_matcher(settings: Settings) -> Matcher:
+    gallery = settings.gallery
+    return Matcher(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+
+
+def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
+    """Every template of the loaded embedder, under the [gallery] metric, threshold and margin."""
+    matcher = _new_matcher(settings)
+    with _open_store(args, settings) as store:
+        matcher.load(store.iter_templates(model_id))
+        stale = store.people_needing_reenrolment(model_id)
+    log.info("gallery %s: %d templates of %s", store.path, len(matcher), model_id)
+    if stale:
+        log.warning(
+            "%d enrolled people have no %s template and cannot be matched (re-enrol them)", len(stale), model_id
+        )
+    return matcher
+
+
+def _match_json(match: Match) -> dict | str:
+    if not match.accepted:
+        return "unknown"
+    margin = round(match.margin, 4) if math.isfinite(match.margin) else None  # None: only one person enrolled
+    return {"person_id": match.person_id, "name": match.name, "distance": round(match.distance, 4), "margin": margin}
+
+
+# ------------------------------------------------------------------------------ recognition
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
-    pipeline = _pipeline(args)
+    settings = _settings(args)
+    pipeline = _pipeline(args, settings)
+    matcher = _gallery_matcher(args, settings, pipeline.embedder.info.model_id) if args.db else None
     status = 0
     for path in args.images:
         try:
-            faces = pipeline.detect(load_image(path))
+            frame = load_image(path)
         except ImageError as exc:
             print(f"faceagent: {exc}", file=sys.stderr)
             status = EXIT_INPUT
             continue
-        if not faces:
+        records = _identify_frame(pipeline, matcher, frame)
+        if not records:
             print(f"faceagent: {path}: no face found", file=sys.stderr)
             status = EXIT_INPUT
-        for index, face in enumerate(faces):
-            record = {"image": str(path), "face": index, **face.to_json()}
-            if args.json:
-                print(json.dumps(record))
-            else:
-                x0, y0, x1, y1 = record["box"]
-                print(f"{path}: face {index} at ({x0}, {y0})-({x1}, {y1}) score {record['score']}")
+        for index, record in enumerate(records):
+            record = {"image": str(path), "face": index, **record}
+            print(json.dumps(record) if args.json else _identify_line(path, index, record))
     return status
 
 
+def _identify_frame(pipeline: FacePipeline, matcher: Matcher | None, frame: np.ndarray) -> list[dict]:
+    if matcher is None:
+        return [face.to_json() for face in pipeline.detect(frame)]
+    analysed = pipeline.analyse(frame)
+    if not analysed:
+        return []
+    matches = matcher.search_many(np.stack([item.embedding for item in analysed]))
+    return [{**item.face.to_json(), "match": _match_json(m)} for item, m in zip(analysed, matches, strict=True)]
+
+
+def _identify_line(path: Path, index: int, record: dict) -> str:
+    x0, y0, x1, y1 = record["box"]
+    line = f"{path}: face {index} at ({x0}, {y0})-({x1}, {y1}) score {record['score']}"
+    match = record.get("match")
+    if isinstance(match, dict):
+        line += f": {match['name']} ({match['person_id']}, distance {match['distance']}, margin {match['margin']})"
+    elif match is not None:
+        line += ": unknown"
+    return line
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    pipeline = _pipeline(args)
+    pipeline = _pipeline(args, _settings(args))
     embeddings = []
     for path in (args.image_a, args.image_b):
         frame = load_image(path)
@@ -108,6 +245,108 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         verdict = "same person" if result["same"] else "different people"
         print(f"{verdict}: distance {result['distance']} (threshold {threshold}, {info.metric})")
+    return 0
+
+
+# ------------------------------------------------------------------------------ gallery management
+
+
+def _embedder_id(settings: Settings) -> str:
+    """The embedder the service would load, read from the manifest without loading any model."""
+    return ModelStore(settings.models.dir).spec(settings.models.embedder, "embedder").id
+
+
+def _person_json(person: Person, templates: dict[str, int], needs_reenrolment: bool) -> dict:
+    return {
+        "id": person.id,
+        "name": person.name,
+        "external_ref": person.external_ref,
+        "consent": asdict(person.consent) if person.consent else None,
+        "created_at": person.created_at,
+        "updated_at": person.updated_at,
+        "templates": templates,
+        "needs_reenrolment": needs_reenrolment,
+    }
+
+
+def cmd_gallery_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    model_id = _embedder_id(settings)
+    with _open_store(args, settings) as store:
+        people, counts = store.list_people(), store.template_counts()
+        stale = set(store.people_needing_reenrolment(model_id))
+    rows = [_person_json(p, counts.get(p.id, {}), p.id in stale) for p in people]
+    if args.json:
+        document = {"gallery": str(store.path), "model_id": model_id, "people": rows}
+        print(json.dumps({**document, "people_needing_reenrolment": len(stale)}))
+        return 0
+    for row in rows:
+        templates = ", ".join(f"{n} {model}" for model, n in sorted(row["templates"].items())) or "no templates"
+        flag = "  [needs re-enrolment]" if row["needs_reenrolment"] else ""
+        print(f"{row['id']}  {row['name']}  ({templates}){flag}")
+    print(f"{len(rows)} people; {len(stale)} need re-enrolment for {model_id}")
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pipeline = _pipeline(args, settings)
+    consent = None
+    if args.consent_ref:
+        given_by = args.consent_by or (args.name or args.person_id)
+        consent = Consent(given_by=given_by, given_at=utc_now(), reference=args.consent_ref, purpose=args.purpose)
+    with _open_store(args, settings, create=True) as store:
+        matcher = _new_matcher(settings)
+        matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
+        result = Enroller(pipeline, store, matcher, settings).enroll(
+            [(str(path), path) for path in args.images],
+            actor=cli_actor(),
+            name=args.name,
+            person_id=args.person_id,
+            external_ref=args.external_ref,
+            consent=consent,
+            force=args.force,
+        )
+    for outcome in result.photos:
+        if args.json:
+            print(json.dumps({"image": outcome.label, "accepted": outcome.accepted, "reason": outcome.reason}))
+        else:
+            print(f"{outcome.label}: {'enrolled' if outcome.accepted else 'refused: ' + (outcome.reason or '')}")
+    verb = "enrolled" if result.created else "updated"
+    print(f"{verb} {result.person.name} ({result.person.id}): {result.templates_added} new templates", file=sys.stderr)
+    return 0
+
+
+def cmd_person_delete(args: argparse.Namespace) -> int:
+    actor = cli_actor()
+    with _open_store(args, _settings(args)) as store:
+        counts = store.delete_person(args.person_id, actor=actor)
+    print(
+        f"deleted person {args.person_id}: {counts['templates']} templates, {counts['events']} events "
+        f"(audited as {actor})"
+    )
+    if not counts["wal_truncated"]:
+        print("faceagent: the WAL was busy; the erased pages leave it at the next checkpoint", file=sys.stderr)
+    return 0
+
+
+def cmd_person_update(args: argparse.Namespace) -> int:
+    if args.name is None and args.external_ref is None:
+        raise GalleryError("nothing to update: give --name and/or --external-ref")
+    with _open_store(args, _settings(args)) as store:
+        person = store.update_person(args.person_id, name=args.name, external_ref=args.external_ref, actor=cli_actor())
+    print(f"updated person {person.id}: name {person.name!r}, external_ref {person.external_ref!r}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = args.file or find_config(args.config)
+    settings = load_settings(path)
+    if args.json:
+        print(json.dumps(settings_to_dict(settings), indent=2))
+    else:
+        print(f"# effective settings from {path or 'the built-in defaults'}")
+        print(settings_to_toml(settings), end="")
     return 0
 
 
@@ -133,12 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="faceagent: %(message)s")
     if args.version:
         return cmd_version()
-    handlers = {"identify": cmd_identify, "compare": cmd_compare, "models": cmd_models_verify}
-    if args.command not in handlers:
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
         parser.print_help()
         return EXIT_INPUT
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except FaceagentError as exc:
         print(f"faceagent: {exc}", file=sys.stderr)
         return EXIT_INPUT

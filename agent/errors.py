@@ -15,3 +15,11 @@ class ModelError(FaceagentError):
 
 class NoFaceError(FaceagentError):
     """An image that had to contain a face contains none."""
+
+
+class GalleryError(FaceagentError):
+    """The gallery database is missing, locked, read-only, corrupt, foreign, or asked about an unknown person."""
+
+
+class ConfigError(FaceagentError):
+    """The configuration file is unreadable or invalid; the message names the bad `section.key`."""

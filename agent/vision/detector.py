@@ -145,7 +145,8 @@ class BlazeFaceDetector:
         # reducing_gap=2: box-reduce by an integer factor first, then bilinear; half the cost, same result.
         resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
         self._input.fill(self.offset)
-        np.take(self._lut, np.asarray(resized), mode="clip", out=self._input[0, pad_y : pad_y + new_h, pad_x : pad_x + new_w])
+        window = self._input[0, pad_y : pad_y + new_h, pad_x : pad_x + new_w]
+        np.take(self._lut, np.asarray(resized), mode="clip", out=window)
         # Undo the letterbox: model pixels -> frame pixels.
         return self._decode(threshold, scale=1.0 / scale, shift=(-pad_x / scale, -pad_y / scale))
 

@@ -1,0 +1,409 @@
+"""The gallery on disk: people, their templates, the event outbox and the audit log, in one SQLite file.
+
+The CLI and the running service share the file, so every connection uses WAL and a busy timeout, and
+every write runs in a `BEGIN IMMEDIATE` transaction: writers queue on the lock instead of failing with
+"database is locked" when a read-then-write transaction cannot upgrade. Templates are biometric data:
+`secure_delete` zeroes erased rows in place, and an erasure ends with a truncating WAL checkpoint so no
+old copy of the pages survives in the -wal file either (no VACUUM needed). `purge_expired` is the
+retention rule; the service calls it every `retention.purge_interval_seconds`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import numpy as np
+import sqlite_utils
+
+from agent.errors import GalleryError
+from agent.gallery import schema
+from agent.identity import Consent, Person, new_person_id, utc_iso, utc_now
+
+MAX_DIMS = 4096
+_TEXT_LIMIT = 200
+_DELETE_CHUNK = 500
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[Concatenate[GalleryStore, P], R]) -> Callable[Concatenate[GalleryStore, P], R]:
+    """Report SQLite failures as a GalleryError that names the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: GalleryStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._errors():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class GalleryStore:
+    """One open gallery file. Not shared between threads: open one store per thread or process."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> GalleryStore:
+        """Open (or, with `create`, make) a gallery; refuses corrupt, foreign and newer files untouched."""
+        path = Path(path)
+        return cls(path, schema.connect(path, create=create))
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> GalleryStore:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise schema.translate(self.path, exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: the writes inside commit together or not at all (nested blocks are savepoints).
+
+        An enrolment is `with store.transaction(): add_person(...); add_template(...) ...`, so a crash or an
+        error half-way leaves no person without templates.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        with self._errors():
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            with self._errors():
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # ---------------------------------------------------------------------------------------- people
+
+    @_guarded
+    def add_person(
+        self,
+        name: str,
+        *,
+        external_ref: str | None = None,
+        consent: Consent | None = None,
+        actor: str | None = None,
+    ) -> Person:
+        """A new person without templates; audited as "person.add" when an `actor` is given."""
+        now = utc_now()
+        row = {
+            "id": new_person_id(),
+            "name": _text(name, "name"),
+            "external_ref": _optional_text(external_ref, "external_ref"),
+            **_consent_columns(consent),
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self.transaction():
+            self.db.table("people").insert(row)
+            if actor is not None:
+                self.audit(actor, "person.add", row["id"], {"consent": consent is not None})
+        return _person(row)
+
+    @_guarded
+    def get_person(self, person_id: str) -> Person | None:
+        rows = list(self.db.query("SELECT * FROM people WHERE id = ?", [person_id]))
+        return _person(rows[0]) if rows else None
+
+    @_guarded
+    def list_people(self) -> list[Person]:
+        return [_person(row) for row in self.db.query("SELECT * FROM people ORDER BY created_at, rowid")]
+
+    @_guarded
+    def update_person(
+        self,
+        person_id: str,
+        *,
+        name: str | None = None,
+        external_ref: str | None = None,
+        actor: str | None = None,
+    ) -> Person:
+        """Change the display name and/or external reference ("" clears it); audited without the values."""
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = _text(name, "name")
+        if external_ref is not None:
+            changes["external_ref"] = _optional_text(external_ref, "external_ref")
+        with self.transaction():
+            self._require_person(person_id)
+            if changes:
+                fields = ",".join(sorted(changes))
+                self.db.table("people").update(person_id, {**changes, "updated_at": utc_now()})
+                if actor is not None:
+                    self.audit(actor, "person.update", person_id, {"fields": fields})
+            return self._require_person(person_id)
+
+    @_guarded
+    def delete_person(self, person_id: str, *, actor: str) -> dict[str, int]:
+        """Erase the person, their templates (and chips) and every event naming them, in one transaction.
+
+        The audit record holds only the id and the counts. `wal_truncated` is 0 when another process kept
+        the WAL busy; the erased pages then leave the -wal file at the next checkpoint.
+        """
+        with self.transaction():
+            self._require_person(person_id)
+            where = ("person_id = ?", [person_id])
+            counts = {
+                "people": 1,
+                "templates": self.db.table("templates").count_where(*where),
+                "chips": self.db.table("templates").count_where("person_id = ? AND chip IS NOT NULL", [person_id]),
+                "events": self.db.table("events").count_where(*where),
+            }
+            self.db.table("events").delete_where(*where)
+            self.db.table("templates").delete_where(*where)
+            self.db.table("people").delete(person_id)
+            self.audit(actor, "person.delete", person_id, counts)
+        counts["wal_truncated"] = int(self._truncate_wal())
+        return counts
+
+    def _require_person(self, person_id: str) -> Person:
+        person = self.get_person(person_id)
+        if person is None:
+            raise GalleryError(f"no person with id {person_id!r} in gallery {self.path}")
+        return person
+
+    # ------------------------------------------------------------------------------------- templates
+
+    @_guarded
+    def add_template(
+        self,
+        person_id: str,
+        embedding: np.ndarray,
+        *,
+        model_id: str,
+        model_sha256: str,
+        quality: dict[str, float],
+        chip: bytes | None = None,
+    ) -> int:
+        """Store one embedding (float32 little-endian) of an existing person; returns the template id."""
+        vector = np.asarray(embedding)
+        if vector.ndim != 1 or not 0 < vector.size <= MAX_DIMS or not np.isfinite(vector).all():
+            raise ValueError(f"an embedding must be 1-D, finite, 1..{MAX_DIMS} values; got shape {vector.shape}")
+        row = {
+            "person_id": person_id,
+            "embedding": vector.astype("<f4").tobytes(),
+            "dims": int(vector.size),
+            "model_id": _text(model_id, "model_id"),
+            "model_sha256": _text(model_sha256, "model_sha256"),
+            "quality": _json({str(k): float(v) for k, v in quality.items()}, "quality"),
+            "chip": None if chip is None else bytes(chip),
+            "created_at": utc_now(),
+        }
+        with self.transaction():
+            self._require_person(person_id)
+            template_id = self.db.table("templates").insert(row).last_pk
+        return int(template_id)
+
+    def iter_templates(self, model_id: str) -> Iterator[tuple[int, str, str, np.ndarray]]:
+        """(template_id, person_id, person_name, float32 embedding) of every template made by `model_id`."""
+        sql = (
+            "SELECT t.id, t.person_id, p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id "
+            "WHERE t.model_id = ? ORDER BY t.id"
+        )
+        with self._errors():
+            for template_id, person_id, name, blob in self.db.execute(sql, [model_id]):
+                yield template_id, person_id, name, np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+    @_guarded
+    def count_templates(self, person_id: str, model_id: str) -> int:
+        return self.db.table("templates").count_where("person_id = ? AND model_id = ?", [person_id, model_id])
+
+    @_guarded
+    def template_counts(self) -> dict[str, dict[str, int]]:
+        """person id -> {model id: templates}, for every person with templates."""
+        counts: dict[str, dict[str, int]] = {}
+        sql = "SELECT person_id, model_id, COUNT(*) FROM templates GROUP BY person_id, model_id"
+        for person_id, model_id, count in self.db.execute(sql):
+            counts.setdefault(person_id, {})[model_id] = count
+        return counts
+
+    @_guarded
+    def people_needing_reenrolment(self, model_id: str) -> list[str]:
+        """Ids of people with no template of `model_id`: the loaded embedder cannot recognise them."""
+        sql = (
+            "SELECT id FROM people p WHERE NOT EXISTS "
+            "(SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?) ORDER BY created_at, rowid"
+        )
+        return [row[0] for row in self.db.execute(sql, [model_id])]
+
+    # ---------------------------------------------------------------------------------------- events
+
+    @_guarded
+    def add_event(
+        self, event_type: str, payload: dict, *, event_id: str, person_id: str | None, created_at: str
+    ) -> None:
+        """Queue an event in the outbox. An event naming a person erased meanwhile is dropped, not stored."""
+        row = {
+            "id": _text(event_id, "event_id"),
+            "type": _text(event_type, "event_type"),
+            "person_id": person_id,
+            "payload": _json(payload, "payload"),
+            "created_at": _iso(created_at),
+        }
+        with self.transaction():
+            if person_id is not None and not self.db.table("people").count_where("id = ?", [person_id]):
+                log.warning("event %s dropped: its person %s was erased", event_id, person_id)
+                return
+            if self.db.table("events").count_where("id = ?", [event_id]):
+                raise GalleryError(f"event id {event_id!r} is already in the outbox of {self.path}")
+            self.db.table("events").insert(row)
+
+    @_guarded
+    def pending_events(self, limit: int = 100) -> list[dict]:
+        """The oldest `limit` events, in outbox order."""
+        sql = "SELECT seq, id, type, payload, created_at FROM events ORDER BY seq LIMIT ?"
+        return [{**row, "payload": json.loads(row["payload"])} for row in self.db.query(sql, [int(limit)])]
+
+    @_guarded
+    def delete_events(self, event_ids: list[str]) -> None:
+        with self.transaction():
+            for start in range(0, len(event_ids), _DELETE_CHUNK):
+                chunk = list(event_ids[start : start + _DELETE_CHUNK])
+                self.db.execute(f"DELETE FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+
+    # ----------------------------------------------------------------------------- audit, retention
+
+    @_guarded
+    def audit(self, actor: str, action: str, target: str | None = None, details: dict | None = None) -> None:
+        """Record a management action. `details` holds scalars only, so no embedding or image can slip in."""
+        for key, value in (details or {}).items():
+            if not isinstance(value, str | int | float | bool | type(None)):
+                raise ValueError(f"audit detail {key!r} must be a scalar, not {type(value).__name__}")
+        row = {
+            "at": utc_now(),
+            "actor": _text(actor, "actor"),
+            "action": _text(action, "action"),
+            "target": target,
+            "details": _json(details or {}, "details"),
+        }
+        with self.transaction():
+            self.db.table("audit").insert(row)
+
+    @_guarded
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        """The newest `limit` audit records, newest first."""
+        sql = "SELECT seq, at, actor, action, target, details FROM audit ORDER BY seq DESC LIMIT ?"
+        return [{**row, "details": json.loads(row["details"])} for row in self.db.query(sql, [int(limit)])]
+
+    @_guarded
+    def purge_expired(self, *, events_days: float, audit_days: float, now: datetime | None = None) -> dict[str, int]:
+        """Delete events and audit records older than their retention; the purge itself is audited."""
+        moment = now or datetime.now(UTC)
+        cutoffs = {"events": _cutoff(moment, events_days), "audit": _cutoff(moment, audit_days)}
+        with self.transaction():
+            counts = {
+                "events": self.db.execute("DELETE FROM events WHERE created_at < ?", [cutoffs["events"]]).rowcount,
+                "audit": self.db.execute("DELETE FROM audit WHERE at < ?", [cutoffs["audit"]]).rowcount,
+            }
+            if any(counts.values()):
+                self.audit("retention", "retention.purge", None, counts)
+        if counts["events"]:
+            self._truncate_wal()
+        return counts
+
+    @_guarded
+    def stats(self, model_id: str) -> dict:
+        by_model = "SELECT model_id, COUNT(*) FROM templates GROUP BY model_id ORDER BY model_id"
+        return {
+            "people": self.db.table("people").count,
+            "templates": dict(self.db.execute(by_model).fetchall()),
+            "people_needing_reenrolment": len(self.people_needing_reenrolment(model_id)),
+            "events_pending": self.db.table("events").count,
+        }
+
+    def _truncate_wal(self) -> bool:
+        """Copy the WAL into the database and truncate it; False when a reader or writer kept it busy."""
+        busy, _, _ = self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("gallery %s: WAL checkpoint blocked by another process; it completes later", self.path)
+        return not busy
+
+
+# ------------------------------------------------------------------------------------ row helpers
+
+
+def _person(row: dict[str, Any]) -> Person:
+    consent = None
+    if row["consent_given_by"] is not None:
+        consent = Consent(
+            given_by=row["consent_given_by"],
+            given_at=row["consent_given_at"],
+            reference=row["consent_reference"],
+            purpose=row["consent_purpose"],
+        )
+    return Person(row["id"], row["name"], row["external_ref"], consent, row["created_at"], row["updated_at"])
+
+
+def _consent_columns(consent: Consent | None) -> dict[str, str | None]:
+    if consent is None:
+        return dict.fromkeys(("consent_given_by", "consent_given_at", "consent_reference", "consent_purpose"))
+    return {
+        "consent_given_by": _text(consent.given_by, "consent.given_by"),
+        "consent_given_at": _iso(consent.given_at),
+        "consent_reference": _optional_text(consent.reference, "consent.reference"),
+        "consent_purpose": _optional_text(consent.purpose, "consent.purpose"),
+    }
+
+
+def _text(value: str, what: str) -> str:
+    """A stripped, non-empty, single-line string of at most 200 characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise GalleryError(f"{what} must be a non-empty string, got {value!r}")
+    cleaned = value.strip()
+    if len(cleaned) > _TEXT_LIMIT or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+        raise GalleryError(f"{what} must be one line of at most {_TEXT_LIMIT} characters, got {cleaned[:40]!r}...")
+    return cleaned
+
+
+def _optional_text(value: str | None, what: str) -> str | None:
+    return None if value is None or value.strip() == "" else _text(value, what)
+
+
+def _iso(value: str) -> str:
+    """A timestamp normalised to the agent's UTC ISO-8601 form, so text order is time order."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise GalleryError(f"expected an ISO-8601 timestamp, got {value!r}") from exc
+    return utc_iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON with finite numbers (use null for an infinite margin): {exc}") from exc
+
+
+def _cutoff(moment: datetime, days: float) -> str:
+    if not (math.isfinite(days) and days >= 0):
+        raise ValueError(f"retention days must be a finite number >= 0, got {days!r}")
+    return utc_iso((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - timedelta(days=days))
