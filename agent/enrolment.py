@@ -181,9 +181,7 @@ class Enroller:
         info = self.pipeline.embedder.info
         keep_chips = self.settings.gallery.keep_chips
         with self.store.transaction():
-            person = existing or self.store.add_person(
-                name or "", external_ref=external_ref, consent=consent
-            )
+            person = existing or self.store.add_person(name or "", external_ref=external_ref, consent=consent)
             template_ids = [
                 self.store.add_template(
                     person.id,
