@@ -1,0 +1,114 @@
+"""Events: one per identity decision, written to the SQLite outbox, with cooldowns against floods.
+
+A person standing in front of the camera is tracked, lost, and tracked again many times a minute;
+each new track decides again. The cooldowns (per person, and one for all unknowns, per camera) turn
+that into one event per visit. Times are the frames' timestamps, so a replay gives the same events.
+
+Payloads never carry an embedding or an image: an event says who was seen where and when, nothing
+from which a face could be rebuilt. Unknown faces carry no distance or margin either, since those
+describe how close a stranger came to a named person.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from agent.config import EventSettings
+from agent.identity import Match, new_event_id, utc_iso
+from agent.tracking.tracker import Track
+
+if TYPE_CHECKING:
+    from agent.gallery.store import GalleryStore
+
+SCHEMA = 1
+RECOGNIZED = "face_recognized"
+UNKNOWN = "face_unknown"
+
+
+def build_event(track: Track, match: Match, *, camera_id: str, model_id: str, at: datetime) -> dict[str, Any]:
+    """The payload for a decided track: `face_recognized` if `match.accepted`, else `face_unknown`."""
+    event: dict[str, Any] = {"schema": SCHEMA, "event_id": new_event_id()}
+    if match.accepted:
+        event |= {
+            "type": RECOGNIZED,
+            "person_id": match.person_id,
+            "name": match.name,
+            "distance": round(match.distance, 4),
+            # Infinite when only one person is enrolled: JSON has no infinity, so null.
+            "margin": round(match.margin, 4) if math.isfinite(match.margin) else None,
+        }
+    else:
+        event["type"] = UNKNOWN
+    return event | {
+        "track_id": track.id,
+        "first_seen": utc_iso(track.first_seen),
+        "last_seen": utc_iso(track.last_seen),
+        "frames": track.frames,
+        "camera_id": camera_id,
+        "model_id": model_id,
+        "at": utc_iso(at),
+    }
+
+
+class Cooldown:
+    """When each key last produced an event, and whether enough time has passed since."""
+
+    def __init__(self, max_keys: int = 1024) -> None:
+        self.max_keys = max_keys
+        self._last: dict[str | None, datetime] = {}
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def ready(self, key: str | None, at: datetime, seconds: float) -> bool:
+        """True if `key` has not fired within `seconds` before `at`. A clock that went backwards
+        (a camera re-synchronised, a replay restarted) counts as elapsed rather than silencing forever."""
+        last = self._last.get(key)
+        if last is None:
+            return True
+        elapsed = (at - last).total_seconds()
+        return elapsed < 0 or elapsed >= seconds
+
+    def mark(self, key: str | None, at: datetime, longest: float) -> None:
+        """Record that `key` fired at `at`; entries older than `longest` seconds are dropped when many pile up."""
+        self._last[key] = at
+        if len(self._last) > self.max_keys:
+            horizon = at - timedelta(seconds=longest)
+            self._last = {k: t for k, t in self._last.items() if t > horizon}
+
+
+class EventEmitter:
+    """Decisions of one camera in, cooled-down events out, each in the outbox before it is returned."""
+
+    def __init__(self, settings: EventSettings, store: GalleryStore, *, camera_id: str, model_id: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.camera_id = camera_id
+        self.model_id = model_id
+        self.cooldown = Cooldown()
+        self.emitted: Counter[str] = Counter()  # by event type
+        self.suppressed = 0  # decisions silenced by a cooldown
+
+    def emit(self, track: Track, match: Match, at: datetime) -> dict[str, Any] | None:
+        """The event for this decision, already stored; None if a cooldown or the settings silence it."""
+        if match.accepted:
+            key, seconds = match.person_id, self.settings.cooldown_seconds
+        elif self.settings.unknown_events:
+            key, seconds = None, self.settings.unknown_cooldown_seconds
+        else:
+            return None
+        if not self.cooldown.ready(key, at, seconds):
+            self.suppressed += 1
+            return None
+        event = build_event(track, match, camera_id=self.camera_id, model_id=self.model_id, at=at)
+        self.store.add_event(
+            event["type"], event, event_id=event["event_id"], person_id=event.get("person_id"), created_at=event["at"]
+        )
+        # Only now: an event the outbox refused must not silence the next one.
+        longest = max(self.settings.cooldown_seconds, self.settings.unknown_cooldown_seconds)
+        self.cooldown.mark(key, at, longest)
+        self.emitted[event["type"]] += 1
+        return event
