@@ -142,10 +142,13 @@ class Recognizer:
         track.add_embedding(embedding, score, index)
         if not track.can_be_named(tracking):
             return []
-        match = decide(track.embeddings, self.matcher)
+        match = self._decide(track)
         if match.accepted or not track.takes_embeddings(tracking):
             return self._settle(track, match, timestamp)
         return []
+
+    def _decide(self, track: Track) -> Match:
+        return decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
 
     def _embed(self, image: Image.Image, face: Face) -> np.ndarray:
         self.stats.embeddings += 1
@@ -156,7 +159,7 @@ class Recognizer:
         events: list[dict[str, Any]] = []
         for track in tracks:
             if track.decision is None and track.embeddings:
-                events += self._settle(track, decide(track.embeddings, self.matcher), timestamp)
+                events += self._settle(track, self._decide(track), timestamp)
         return events
 
     def _settle(self, track: Track, match: Match, timestamp: datetime) -> list[dict[str, Any]]:

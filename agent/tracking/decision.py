@@ -13,6 +13,7 @@ The price: a stranger's mean also sits a little closer to everyone (LFW, 200 enr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,16 @@ def mean_embedding(embeddings: Sequence[np.ndarray], metric: str) -> np.ndarray:
     return stacked.mean(axis=0)
 
 
-def decide(embeddings: Sequence[np.ndarray], matcher: Matcher) -> Match:
-    """The track's identity: the matcher's verdict on the mean embedding (`accepted` False = unknown)."""
-    return matcher.search(mean_embedding(embeddings, matcher.metric))
+def decide(embeddings: Sequence[np.ndarray], matcher: Matcher, threshold: float | None = None) -> Match:
+    """The track's identity: the matcher's verdict on the mean embedding (`accepted` False = unknown).
+
+    `threshold` (gallery.track_threshold) replaces the matcher's single-photo threshold: a mean of
+    several views needs a stricter one to keep strangers out (see the module docstring).
+    """
+    match = matcher.search(mean_embedding(embeddings, matcher.metric))
+    if threshold is not None and match.accepted and not match.distance < threshold:
+        return dataclasses.replace(match, accepted=False)
+    return match
 
 
 def same_person(embeddings: Sequence[np.ndarray], candidate: np.ndarray, matcher: Matcher) -> bool:
