@@ -26,6 +26,7 @@ from agent.config import Settings
 from agent.events import EventEmitter
 from agent.identity import Match
 from agent.quality import view_score
+from agent.retention import RetentionKeeper
 from agent.tracking.decision import decide, same_person
 from agent.tracking.tracker import Track, Tracker
 from agent.vision.detector import Face
@@ -94,12 +95,14 @@ class Recognizer:
             settings.events, store, camera_id=camera_id, model_id=pipeline.embedder.info.model_id
         )
         self.cuts = SceneCutDetector()
+        self.retention = RetentionKeeper(store, settings.retention)
         self.stats = RecognizerStats()
         self.on_decision = on_decision
 
     def process(self, frame: np.ndarray, timestamp: datetime) -> list[dict[str, Any]]:
         """Events emitted for this frame (already in the outbox). `timestamp` must be timezone-aware."""
         _require_aware(timestamp)
+        self.retention.maybe_purge()
         self.stats.frames += 1
         image = Image.fromarray(as_rgb_frame(frame))
         events: list[dict[str, Any]] = []
