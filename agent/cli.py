@@ -10,21 +10,30 @@ import os
 import pwd
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from agent import __version__
-from agent.config import DEFAULT_CONFIG, Settings, find_config, load_settings, settings_to_dict, settings_to_toml
+from agent.cli_live import add_live_commands
+from agent.config import (
+    DEFAULT_CONFIG,
+    Settings,
+    find_config,
+    load_settings,
+    redact_secrets,
+    settings_to_dict,
+    settings_to_toml,
+)
+from agent.ctl import add_ctl_commands
 from agent.enrolment import Enroller
 from agent.errors import FaceagentError, GalleryError, ImageError, NoFaceError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.identity import Consent, Match, Person, utc_now
+from agent.identity import Consent, Match, utc_now
 from agent.vision.embedder import distance
 from agent.vision.image import load_image
-from agent.vision.modelstore import ModelStore
+from agent.vision.modelstore import ModelStore, embedder_id
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import select_runtime
 
@@ -91,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.set_defaults(handler=cmd_enroll)
 
     _add_gallery_commands(commands, shared)
+    add_ctl_commands(commands)
+    add_live_commands(commands)
     return parser
 
 
@@ -155,14 +166,9 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> FacePipeline:
     return pipeline
 
 
-def _new_matcher(settings: Settings) -> Matcher:
-    gallery = settings.gallery
-    return Matcher(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
-
-
 def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
     """Every template of the loaded embedder, under the [gallery] metric, threshold and margin."""
-    matcher = _new_matcher(settings)
+    matcher = Matcher.for_gallery(settings.gallery)
     with _open_store(args, settings) as store:
         matcher.load(store.iter_templates(model_id))
         stale = store.people_needing_reenrolment(model_id)
@@ -251,40 +257,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ gallery management
 
 
-def _embedder_id(settings: Settings) -> str:
-    """The embedder the service would load, read from the manifest without loading any model."""
-    return ModelStore(settings.models.dir).spec(settings.models.embedder, "embedder").id
-
-
-def _person_json(person: Person, templates: dict[str, int], needs_reenrolment: bool) -> dict:
-    return {
-        "id": person.id,
-        "name": person.name,
-        "external_ref": person.external_ref,
-        "consent": asdict(person.consent) if person.consent else None,
-        "created_at": person.created_at,
-        "updated_at": person.updated_at,
-        "templates": templates,
-        "needs_reenrolment": needs_reenrolment,
-    }
-
-
 def cmd_gallery_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    model_id = _embedder_id(settings)
+    model_id = embedder_id(settings.models.dir, settings.models.embedder)
     with _open_store(args, settings) as store:
-        people, counts = store.list_people(), store.template_counts()
-        stale = set(store.people_needing_reenrolment(model_id))
-    rows = [_person_json(p, counts.get(p.id, {}), p.id in stale) for p in people]
+        listing = store.listing(model_id)
     if args.json:
-        document = {"gallery": str(store.path), "model_id": model_id, "people": rows}
-        print(json.dumps({**document, "people_needing_reenrolment": len(stale)}))
+        print(json.dumps({"gallery": str(store.path), **listing}))
         return 0
+    rows, stale = listing["people"], listing["people_needing_reenrolment"]
     for row in rows:
         templates = ", ".join(f"{n} {model}" for model, n in sorted(row["templates"].items())) or "no templates"
         flag = "  [needs re-enrolment]" if row["needs_reenrolment"] else ""
         print(f"{row['id']}  {row['name']}  ({templates}){flag}")
-    print(f"{len(rows)} people; {len(stale)} need re-enrolment for {model_id}")
+    print(f"{len(rows)} people; {stale} need re-enrolment for {model_id}")
     return 0
 
 
@@ -296,7 +282,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         given_by = args.consent_by or (args.name or args.person_id)
         consent = Consent(given_by=given_by, given_at=utc_now(), reference=args.consent_ref, purpose=args.purpose)
     with _open_store(args, settings, create=True) as store:
-        matcher = _new_matcher(settings)
+        matcher = Matcher.for_gallery(settings.gallery)
         matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
         result = Enroller(pipeline, store, matcher, settings).enroll(
             [(str(path), path) for path in args.images],
@@ -343,10 +329,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     path = args.file or find_config(args.config)
     settings = load_settings(path)
     if args.json:
-        print(json.dumps(settings_to_dict(settings), indent=2))
-    else:
-        print(f"# effective settings from {path or 'the built-in defaults'}")
-        print(settings_to_toml(settings), end="")
+        print(json.dumps(redact_secrets(settings_to_dict(settings)), indent=2))
+        return 0
+    print(f"# effective settings from {path or 'the built-in defaults'}")
+    shown = settings_to_toml(settings)
+    plain = settings_to_dict(settings)
+    hidden = redact_secrets(plain)
+    for section, values in plain.items():  # secrets (passwords, credentials in URLs) never reach a terminal
+        for name, value in values.items():
+            if isinstance(value, str) and hidden[section][name] != value:
+                shown = shown.replace(json.dumps(value), json.dumps(hidden[section][name]))
+    print(shown, end="")
     return 0
 
 

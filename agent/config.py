@@ -14,7 +14,8 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, TypedDict, get_args, get_type_hints
+from urllib.parse import unquote, urlsplit
 
 from agent.errors import ConfigError
 
@@ -85,6 +86,59 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class CommandSettings:
+    """Limits and authority for commands arriving over MQTT (`agent/commands/`)."""
+
+    signing_required: bool = False  # only run commands signed by one of public_keys
+    public_keys: tuple[str, ...] = ()  # Ed25519: absolute paths of PEM files, or base64 of the 32 raw bytes
+    timestamp_window_seconds: float = 120.0  # a signed command's sent_at must be this close to the device clock
+    max_payload_bytes: int = 16 * 1024 * 1024  # refused before it is decoded; enrol photos count here
+    max_image_bytes: int = 4 * 1024 * 1024  # one enrolment photo, decoded
+    max_images: int = 10  # photos in one enrol command
+    dedupe_entries: int = 256  # replies remembered so a repeated request id is answered, not run again
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """The broker connection (`agent/link/`); `--mqtt URL` on the command line overrides url and credentials."""
+
+    url: str | None = None  # mqtt://host[:1883] or mqtts://[user:password@]host[:8883]; unset: no broker
+    prefix: str = "faceagent"  # topics are <prefix>/<device_id>/...
+    device_id: str | None = None  # unset: derived from /etc/machine-id, else the hostname
+    protocol: str = "5"  # "5" | "3.1.1"
+    keepalive: int = 30  # seconds; the broker declares the device offline after 1.5x this silence
+    ca_file: Path | None = None  # mqtts: the CA that signed the broker's certificate (unset: the system CAs)
+    cert_file: Path | None = None  # mqtts: optional client certificate ...
+    key_file: Path | None = None  # ... and its private key
+    username: str | None = None
+    password: str | None = None  # a secret: redact_secrets() before showing settings to anyone
+    tls_insecure: bool = False  # true skips the broker host name check (never in production)
+    max_outbox_events: int = 10000  # beyond this the oldest unsent events are dropped and counted
+    telemetry_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings:
+    """Opt-in MQTT discovery, so Home Assistant shows the device without hand-written YAML."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """Where frames come from (`agent/sources/`). Unset by default: `faceagent demo` brings its own clip."""
+
+    # "picamera2[:N]" | "v4l2:/dev/video0" | "rtsp://..." | "file:PATH" (or *.mp4, *.mkv, *.avi) | "folder:PATH"
+    source: str | None = None
+    size: str = "1280x720"  # WIDTHxHEIGHT: the picamera2 main stream (sharp crops) or the v4l2 capture size
+    lores_size: str = "640x360"  # picamera2 detection stream (YUV420), same aspect ratio as size
+    fps: float = 15.0  # camera frame rate; file/folder replay pace; 0: camera default / as fast as possible
+    loop: bool = False  # file/folder replay starts again at the end
+    reconnect_max_seconds: float = 30.0  # a failed camera is reopened after 0.5 s, 1 s, 2 s ... at most this
+
+
+@dataclass(frozen=True)
 class Settings:
     models: ModelSettings = field(default_factory=ModelSettings)
     gallery: GallerySettings = field(default_factory=GallerySettings)
@@ -92,6 +146,10 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     events: EventSettings = field(default_factory=EventSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    commands: CommandSettings = field(default_factory=CommandSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    homeassistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
+    camera: CameraSettings = field(default_factory=CameraSettings)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -140,6 +198,10 @@ class Pattern:
 
 
 _DAY = 86400.0
+_TOPIC_PATH = r"(?=.{1,100}\Z)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*"
+_BROKER_URL = r"mqtts?://([^@/\s]+@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?/?"
+SECRET_KEYS = frozenset({"mqtt.password"})
+_SIZE = r"[1-9][0-9]{0,4}[02468]x[1-9][0-9]{0,4}[02468]|[2468]x[2468]"
 # Every number has a range and every enumerated string its options; tests check none is missing.
 RULES: dict[str, Range | Choice | Pattern] = {
     "models.runtime": Choice(("ai-edge-litert", "tflite-runtime")),
@@ -168,6 +230,23 @@ RULES: dict[str, Range | Choice | Pattern] = {
     "retention.events_days": Range(0, 36500),
     "retention.audit_days": Range(0, 36500),
     "retention.purge_interval_seconds": Range(1, 7 * _DAY),
+    "commands.timestamp_window_seconds": Range(1, _DAY),
+    "commands.max_payload_bytes": Range(1024, 256 * 1024 * 1024),
+    "commands.max_image_bytes": Range(1024, 64 * 1024 * 1024),
+    "commands.max_images": Range(1, 100),
+    "commands.dedupe_entries": Range(1, 100000),
+    "mqtt.url": Pattern(_BROKER_URL, "an mqtt:// or mqtts:// URL: scheme://[user[:password]@]host[:port]"),
+    "mqtt.prefix": Pattern(_TOPIC_PATH, "1-100 of A-Z a-z 0-9 _ . - in levels separated by '/'"),
+    "mqtt.device_id": Pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 letters, digits, '_' or '-' (an MQTT topic level)"),
+    "mqtt.protocol": Choice(("5", "3.1.1")),
+    "mqtt.keepalive": Range(5, 3600),
+    "mqtt.max_outbox_events": Range(1, 10_000_000),
+    "mqtt.telemetry_interval_seconds": Range(1, 7 * _DAY),
+    "homeassistant.discovery_prefix": Pattern(_TOPIC_PATH, "1-100 of A-Z a-z 0-9 _ . - in levels separated by '/'"),
+    "camera.size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "1280x720"'),
+    "camera.lores_size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "640x360"'),
+    "camera.fps": Range(0, 240),
+    "camera.reconnect_max_seconds": Range(0.5, 3600),
 }
 
 
@@ -245,6 +324,10 @@ def _value(key: str, value: Any, hint: Any, base_dir: Path | None) -> Any:
         if value == "":
             return None
     rule = RULES.get(key)
+    if hint == tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ValueError("must be an array of non-empty strings")
+        return tuple(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
@@ -306,6 +389,41 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (known: {', '.join(options)}){hint}"
 
 
+class BrokerAddress(TypedDict):
+    tls: bool
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://` or `mqtts://`, optional `user:password@` (percent-encoded), host, optional port."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:  # a port that is no number or out of range
+        raise ConfigError(f"broker URL {_hide_password(url)!r}: {exc}") from exc
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"broker URL {_hide_password(url)!r}: the scheme must be mqtt:// or mqtts://")
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"broker URL {_hide_password(url)!r}: expected scheme://[user[:password]@]host[:port]")
+    if port == 0:
+        raise ConfigError(f"broker URL {_hide_password(url)!r}: port 0 is not a broker port")
+    tls = parts.scheme == "mqtts"
+    return {
+        "tls": tls,
+        "host": parts.hostname,
+        "port": (8883 if tls else 1883) if port is None else port,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+    }
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(//[^:@/]*:)[^@/]*@", r"\1***@", url)
+
+
 # ------------------------------------------------------------------------------------ output
 
 
@@ -317,6 +435,20 @@ def settings_to_dict(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+def redact_secrets(values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`settings_to_dict` output with every set secret (SECRET_KEYS), and any password written into a
+    URL, replaced by "***": what may be shown to a person or sent over MQTT."""
+    redacted = {
+        section: {k: _hide_password(v) if isinstance(v, str) else v for k, v in keys.items()}
+        for section, keys in values.items()
+    }
+    for key in SECRET_KEYS:
+        section, name = key.split(".")
+        if redacted.get(section, {}).get(name) is not None:
+            redacted[section][name] = "***"
+    return redacted
+
+
 def settings_to_toml(settings: Settings) -> str:
     """The effective settings as a TOML file that loads back to the same settings."""
     lines: list[str] = []
@@ -325,6 +457,8 @@ def settings_to_toml(settings: Settings) -> str:
         for key, value in values.items():
             if value is None:
                 lines.append(f'# {key} = ""  (not set: the built-in default)')
+            elif isinstance(value, tuple):
+                lines.append(f"{key} = {json.dumps(list(value), ensure_ascii=False)}")
             elif isinstance(value, bool):
                 lines.append(f"{key} = {'true' if value else 'false'}")
             elif isinstance(value, str):

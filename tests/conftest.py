@@ -13,6 +13,8 @@ from agent.vision.image import load_image
 from agent.vision.modelstore import default_models_dir
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
+pytest_plugins = ["tests.broker"]  # a real Mosquitto, certificates, observers
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("FACEAGENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from agent.config import GallerySettings
 from agent.errors import FaceagentError
 from agent.identity import Match
 
@@ -39,6 +40,11 @@ class MatcherError(FaceagentError, ValueError):
 
 class Matcher:
     """Best person, distance and margin to the second-best person for an embedding; thread-safe."""
+
+    @classmethod
+    def for_gallery(cls, gallery: GallerySettings) -> Matcher:
+        """An empty matcher under the [gallery] metric, threshold and margin."""
+        return cls(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
 
     def __init__(self, *, metric: str, threshold: float, margin: float) -> None:
         if metric not in METRICS:

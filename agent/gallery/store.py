@@ -17,6 +17,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -244,6 +245,25 @@ class GalleryStore:
         for person_id, model_id, count in self.db.execute(sql):
             counts.setdefault(person_id, {})[model_id] = count
         return counts
+
+    def listing(self, model_id: str) -> dict[str, Any]:
+        """Every person as JSON (consent, template counts per model, whether `model_id` can match them)."""
+        people, counts = self.list_people(), self.template_counts()
+        stale = set(self.people_needing_reenrolment(model_id))
+        rows = [
+            {
+                "id": p.id,
+                "name": p.name,
+                "external_ref": p.external_ref,
+                "consent": asdict(p.consent) if p.consent else None,
+                "created_at": p.created_at,
+                "updated_at": p.updated_at,
+                "templates": counts.get(p.id, {}),
+                "needs_reenrolment": p.id in stale,
+            }
+            for p in people
+        ]
+        return {"model_id": model_id, "people": rows, "people_needing_reenrolment": len(stale)}
 
     @_guarded
     def people_needing_reenrolment(self, model_id: str) -> list[str]:

@@ -113,3 +113,8 @@ class ModelStore:
         for spec in self.specs.values():
             self.read_verified(spec)
         return list(self.specs.values())
+
+
+def embedder_id(models_dir: Path | None, configured: str | None) -> str:
+    """The embedder a pipeline would load, read from the manifest without loading any model."""
+    return ModelStore(models_dir).spec(configured, "embedder").id

@@ -1,0 +1,210 @@
+"""Where a command lands: decode, validate, authorise, de-duplicate, run, audit, answer.
+
+`CommandDispatcher.handle` never raises: whatever the payload, the caller gets a reply document
+`{"schema": 1, "request_id", "status": "ok"|"error", "data" | "error": {"code", "message"}}` and the next
+command is handled as usual.
+
+A repeated request id gets the first answer without running again (QoS 1 may deliver a command twice,
+and an operator may retry after a timeout). The answers live in memory, at most
+`commands.dedupe_entries` of them and for at most `DEDUPE_SECONDS`: the gallery's schema is not this
+package's to migrate, and a restart ends the window in which a broker redelivers. Only answers of
+commands that ran are kept; an `internal` failure is not, so a retry runs again (the gallery's writes
+are transactions, so a failure left nothing half done).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent.commands.handlers import HANDLERS, CommandServices, Context, Done
+from agent.commands.schema import (
+    COMMAND_NAME,
+    SMALL_PAYLOAD_BYTES,
+    CommandError,
+    ErrorCode,
+    Request,
+    command_schemas,
+    decode_payload,
+    loose_request_id,
+)
+from agent.commands.signing import CommandSecurity
+from agent.errors import FaceagentError
+from agent.gallery.store import GalleryStore
+
+__all__ = ["CommandDispatcher", "CommandSecurity", "CommandServices", "ReplyCache", "error_reply"]
+
+DEDUPE_SECONDS = 24 * 3600
+_FALLBACK = (
+    b'{"schema":1,"request_id":null,"status":"error",'
+    b'"error":{"code":"internal","message":"internal error; see the device log"}}'
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    fingerprint: str
+    reply: bytes
+    at: datetime
+
+
+class ReplyCache:
+    """The replies of recent requests by request id, bounded in count and age, oldest out first."""
+
+    def __init__(self, max_entries: int, max_age: timedelta) -> None:
+        self.max_entries = max_entries
+        self.max_age = max_age
+        self._answers: OrderedDict[str, _Answer] = OrderedDict()
+
+    def get(self, request_id: str, now: datetime) -> _Answer | None:
+        while self._answers and now - next(iter(self._answers.values())).at > self.max_age:
+            self._answers.popitem(last=False)
+        return self._answers.get(request_id)
+
+    def put(self, request_id: str, answer: _Answer) -> None:
+        self._answers[request_id] = answer
+        while len(self._answers) > self.max_entries:
+            self._answers.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+def _document(request_id: str | None, body: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {"schema": 1, "request_id": request_id, **body}, ensure_ascii=True, allow_nan=False, default=str
+    ).encode()
+
+
+def error_reply(request_id: str | None, code: ErrorCode, message: str) -> bytes:
+    return _document(request_id, {"status": "error", "error": {"code": str(code), "message": message}})
+
+
+def _fingerprint(name: str, document: dict[str, Any]) -> str:
+    """What a repeated request id must repeat: the command and its arguments."""
+    args = json.dumps(document.get("args", {}), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{name}\n{args}".encode()).hexdigest()
+
+
+def _shown(name: str) -> str:
+    return name if COMMAND_NAME.fullmatch(name) else json.dumps(name[:40])
+
+
+class CommandDispatcher:
+    """One entry point for every command; safe to call from any thread (commands run one at a time)."""
+
+    def __init__(self, services: CommandServices, security: CommandSecurity) -> None:
+        self.services = services
+        self.security = security
+        self.schemas = command_schemas(security.settings)
+        self.replies = ReplyCache(security.settings.dedupe_entries, timedelta(seconds=DEDUPE_SECONDS))
+        self._lock = threading.Lock()
+        self._local = threading.local()  # one store per calling thread, as GalleryStore requires
+
+    def handle(self, name: str, payload: bytes, *, now: datetime) -> bytes | None:
+        """The reply to publish. Never raises; returns None only for a reply that must not be sent
+        (none so far: even garbage is answered, so an operator sees why it was refused)."""
+        started = time.monotonic()
+        try:
+            moment = now if now.tzinfo else now.replace(tzinfo=UTC)
+            with self._lock:
+                reply = self._handle(str(name), bytes(payload), moment)
+        except Exception:
+            log.exception("command %s: unexpected failure; answered as internal", _shown(str(name)))
+            return _FALLBACK
+        log.debug("command %s handled in %.1f ms", _shown(name), 1000 * (time.monotonic() - started))
+        return reply
+
+    def close(self) -> None:
+        """Close the calling thread's store."""
+        store = getattr(self._local, "store", None)
+        if store is not None:
+            store.close()
+            self._local.store = None
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def _handle(self, name: str, payload: bytes, now: datetime) -> bytes:
+        actor, request_id, signer = f"{self.services.actor_prefix}:broker", None, None
+        try:
+            schema = self.schemas.get(name)
+            document = decode_payload(payload, schema.max_bytes if schema else SMALL_PAYLOAD_BYTES)
+            request_id = loose_request_id(document)
+            if schema is None:
+                known = ", ".join(self.schemas)
+                raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {_shown(name)} (known: {known})")
+            request = schema.check(document)
+            actor = f"{self.services.actor_prefix}:{request.origin or 'broker'}"
+            signer = self.security.check(name, document, now)
+        except CommandError as exc:
+            log.warning("command %s refused (%s): %s", _shown(name), exc.code, exc.message)
+            self._audit(actor, name, {"request_id": request_id, "status": "error", "code": str(exc.code)})
+            return error_reply(request_id, exc.code, exc.message)
+        return self._run(name, request, actor, signer, now)
+
+    def _run(self, name: str, request: Request, actor: str, signer: str | None, now: datetime) -> bytes:
+        details: dict[str, Any] = {"request_id": request.request_id, "signed_by": signer}
+        fingerprint = _fingerprint(name, request.document)
+        earlier = self.replies.get(request.request_id, now)
+        if earlier is not None:
+            if earlier.fingerprint == fingerprint:
+                log.info("command %s %s: a repeat, answered as before", name, request.request_id)
+                self._audit(actor, name, details | {"status": "repeat"})
+                return earlier.reply
+            message = "this request id was already used for a different request"
+            self._audit(actor, name, details | {"status": "error", "code": "conflict"})
+            return error_reply(request.request_id, ErrorCode.CONFLICT, message)
+        done, reply, keep = self._execute(name, request, actor, now)
+        if keep:
+            self.replies.put(request.request_id, _Answer(fingerprint, reply, now))
+        status = json.loads(reply)
+        code = status.get("error", {}).get("code")
+        log.info("command %s %s from %s: %s", name, request.request_id, actor, code or "ok")
+        extra = done.details if done is not None and done.details else {}
+        self._audit(actor, name, details | {"status": status["status"], "code": code} | extra, done and done.target)
+        if done is not None and done.after is not None:
+            try:
+                done.after()
+            except Exception:
+                log.exception("command %s %s: its follow-up action failed", name, request.request_id)
+        return reply
+
+    def _execute(self, name: str, request: Request, actor: str, now: datetime) -> tuple[Done | None, bytes, bool]:
+        """(what the handler did, the reply, whether a repeat may be answered with it)."""
+        rid = request.request_id
+        try:
+            context = Context(self.services, self._store, actor, now)
+            done = HANDLERS[name](context, request.args)
+            return done, _document(rid, {"status": "ok", "data": done.data}), True
+        except CommandError as exc:
+            return None, error_reply(rid, exc.code, exc.message), True
+        except FaceagentError as exc:
+            log.warning("command %s %s failed: %s", name, rid, exc)
+            return None, error_reply(rid, ErrorCode.INTERNAL, str(exc)), False
+        except Exception:
+            log.exception("command %s %s failed", name, rid)
+            return None, error_reply(rid, ErrorCode.INTERNAL, "internal error; see the device log"), False
+
+    def _store(self) -> GalleryStore:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = self.services.open_store()
+        return store
+
+    def _audit(self, actor: str, name: str, details: dict[str, Any], target: str | None = None) -> None:
+        """Every command, run or refused, leaves a record; a failure to write one is logged, not fatal."""
+        action = f"command.{name}" if COMMAND_NAME.fullmatch(name) else "command.invalid_name"
+        scalars = {k: v for k, v in details.items() if v is not None and isinstance(v, str | int | float | bool)}
+        try:
+            self._store().audit(actor, action, target, scalars)
+        except Exception:
+            log.exception("command %s: could not write the audit record", _shown(name))

@@ -1,0 +1,284 @@
+"""What each command does, through the same services the CLI calls (`Enroller`, `GalleryStore`,
+`Matcher`, the settings loader). Arguments arrive validated (`schema`); a handler raises
+`CommandError` for an expected refusal and returns `Done` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agent.commands.schema import CommandError, ErrorCode
+from agent.config import (
+    Settings,
+    load_settings,
+    redact_secrets,
+    settings_from_dict,
+    settings_to_dict,
+    settings_to_toml,
+)
+from agent.enrolment import Enroller, EnrolmentError
+from agent.errors import ConfigError
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.identity import Consent, Person, utc_iso
+from agent.vision.modelstore import embedder_id
+
+# What an operator may change over MQTT: how faces are judged, tracked, reported and kept. Never
+# paths, models, the metric (the matcher is built for one), keep_chips (it stores biometric data),
+# the broker connection or the command security.
+SETTABLE_SECTIONS = ("quality", "tracking", "events", "retention")
+SETTABLE_GALLERY = (
+    "threshold",
+    "margin",
+    "track_threshold",
+    "duplicate_distance",
+    "conflict_distance",
+    "max_templates_per_person",
+)
+
+
+@dataclass
+class CommandServices:
+    """What commands act on; built by the service, each field what the CLI uses too.
+
+    `apply_settings` makes new settings live (matcher threshold and margin included); `request_restart`
+    only schedules a graceful restart, so the reply is published before the agent stops.
+    """
+
+    settings_path: Path | None
+    get_settings: Callable[[], Settings]
+    apply_settings: Callable[[Settings], None]
+    open_store: Callable[[], GalleryStore]  # a store for the command thread (one store per thread)
+    matcher: Matcher
+    enroller_factory: Callable[[GalleryStore], Enroller]
+    status: Callable[[], dict]
+    request_restart: Callable[[], None]
+    actor_prefix: str = "mqtt"
+
+
+@dataclass(frozen=True)
+class Context:
+    services: CommandServices
+    open_store: Callable[[], GalleryStore]  # opened on first use: ping must answer even if the gallery is broken
+    actor: str
+    now: datetime
+
+    @property
+    def store(self) -> GalleryStore:
+        return self.open_store()
+
+
+@dataclass(frozen=True)
+class Done:
+    data: dict[str, Any]
+    target: str | None = None  # the person acted on, for the audit record
+    details: dict[str, str | int | float | bool | None] | None = None  # scalars for the audit record
+    after: Callable[[], None] | None = None  # runs once the reply is built (restart)
+
+
+Handler = Callable[[Context, dict[str, Any]], Done]
+
+
+def settable_keys() -> frozenset[str]:
+    defaults = Settings()
+    keys = {f"gallery.{name}" for name in SETTABLE_GALLERY if hasattr(defaults.gallery, name)}
+    for section in SETTABLE_SECTIONS:
+        keys.update(f"{section}.{f.name}" for f in fields(getattr(defaults, section)))
+    return frozenset(keys)
+
+
+def _not_found(person_id: str) -> CommandError:
+    return CommandError(ErrorCode.NOT_FOUND, f"no person with id {person_id} on this device")
+
+
+# ------------------------------------------------------------------------------------ handlers
+
+
+def ping(ctx: Context, args: dict[str, Any]) -> Done:
+    return Done({"pong": True, "at": utc_iso(ctx.now)})
+
+
+def get_status(ctx: Context, args: dict[str, Any]) -> Done:
+    return Done(dict(ctx.services.status()))
+
+
+def list_people(ctx: Context, args: dict[str, Any]) -> Done:
+    models = ctx.services.get_settings().models
+    return Done(ctx.store.listing(embedder_id(models.dir, models.embedder)))
+
+
+def enroll(ctx: Context, args: dict[str, Any]) -> Done:
+    """The CLI's enrolment, photos from the request; neither they nor their bytes come back."""
+    person_id = args.get("person_id")
+    if person_id and ctx.store.get_person(person_id) is None:
+        raise _not_found(person_id)
+    photos = [(image.get("label") or f"image {i + 1}", image["data"]) for i, image in enumerate(args["images"])]
+    if len({label for label, _ in photos}) != len(photos):
+        raise CommandError(ErrorCode.BAD_REQUEST, "args.images: labels must be unique")
+    consent = None
+    if "consent" in args:
+        given = args["consent"]
+        given_by = given.get("given_by") or args.get("name") or person_id or ""
+        consent = Consent(given_by, utc_iso(ctx.now), given["reference"], given.get("purpose"))
+    try:
+        result = ctx.services.enroller_factory(ctx.store).enroll(
+            photos,
+            actor=ctx.actor,
+            name=args.get("name"),
+            person_id=person_id,
+            external_ref=args.get("external_ref"),
+            consent=consent,
+            force=args.get("force", False),
+        )
+    except EnrolmentError as exc:
+        raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    outcomes = [
+        {"label": o.label, "accepted": o.accepted, "reason": o.reason, "template_id": o.template_id}
+        for o in result.photos
+    ]
+    data = {
+        "person": {"id": result.person.id, "name": result.person.name},
+        "created": result.created,
+        "templates_added": result.templates_added,
+        "photos": outcomes,
+    }
+    return Done(data, result.person.id, {"templates_added": result.templates_added})
+
+
+def _person_by(ctx: Context, args: dict[str, Any]) -> Person:
+    if "person_id" in args:
+        person = ctx.store.get_person(args["person_id"])
+        if person is None:
+            raise _not_found(args["person_id"])
+        return person
+    name = args["name"].strip()
+    people = [p for p in ctx.store.list_people() if p.name == name]
+    if not people:
+        raise CommandError(ErrorCode.NOT_FOUND, "no person of that name on this device")
+    if len(people) > 1:
+        ids = ", ".join(p.id for p in people)
+        raise CommandError(ErrorCode.CONFLICT, f"{len(people)} people have that name ({ids}): give a person_id")
+    return people[0]
+
+
+def delete_person(ctx: Context, args: dict[str, Any]) -> Done:
+    """Erasure: the store first (templates, events, chips), then the live matcher."""
+    person = _person_by(ctx, args)
+    counts = ctx.store.delete_person(person.id, actor=ctx.actor)
+    ctx.services.matcher.remove_person(person.id)
+    return Done({"person_id": person.id, "deleted": counts}, person.id)
+
+
+def update_person(ctx: Context, args: dict[str, Any]) -> Done:
+    person_id = args["person_id"]
+    if ctx.store.get_person(person_id) is None:
+        raise _not_found(person_id)
+    person = ctx.store.update_person(
+        person_id, name=args.get("name"), external_ref=args.get("external_ref"), actor=ctx.actor
+    )
+    ctx.services.matcher.rename(person.id, person.name)
+    return Done({"person": {"id": person.id, "name": person.name, "external_ref": person.external_ref}}, person.id)
+
+
+def get_config(ctx: Context, args: dict[str, Any]) -> Done:
+    """The effective settings with secrets hidden, including a password written into a broker URL."""
+    settings = redact_secrets(settings_to_dict(ctx.services.get_settings()))
+    return Done({"settings": settings, "settable": sorted(settable_keys())})
+
+
+def set_config(ctx: Context, args: dict[str, Any]) -> Done:
+    """Change settable keys in the settings file (atomically), then make them live."""
+    values: dict[str, Any] = args["values"]
+    refused = sorted(set(values) - settable_keys())
+    if refused:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"not settable remotely: {', '.join(refused)} (see get_config)")
+    path = ctx.services.settings_path
+    if path is None:
+        raise CommandError(ErrorCode.CONFLICT, "the agent runs without a settings file (--config): nowhere to keep it")
+    try:
+        current = load_settings(path)
+    except ConfigError as exc:
+        raise CommandError(ErrorCode.CONFLICT, f"the settings file is invalid; fix it first: {exc}") from None
+    document = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in settings_to_dict(current).items()}
+    for key, value in values.items():
+        section, name = key.split(".")
+        document[section][name] = value
+    try:
+        updated = settings_from_dict(document, source="set_config")
+    except ConfigError as exc:
+        raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    header = f"# written by faceagent set_config ({ctx.actor}, {utc_iso(ctx.now)}); comments are not kept\n"
+    text = header + settings_to_toml(updated)
+    if settings_from_dict(tomllib.loads(text), base_dir=path.parent) != updated:
+        raise RuntimeError("settings_to_toml output does not load back to the same settings")
+    write_atomically(path, text.encode("utf-8"))
+    ctx.services.apply_settings(updated)
+    changed = {key: _setting(updated, key) for key in sorted(values)}
+    return Done({"changed": changed, "persisted": str(path)}, None, dict(changed))
+
+
+def _setting(settings: Settings, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(settings, section), name)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` so a crash leaves the old file or the new one, never half of one; keeps its mode
+    and owner (the settings file may hold the broker password)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        stat = None
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            if stat is not None:
+                os.fchmod(stream.fileno(), stat.st_mode & 0o7777)
+                if os.geteuid() == 0:
+                    os.fchown(stream.fileno(), stat.st_uid, stat.st_gid)
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def purge_events(ctx: Context, args: dict[str, Any]) -> Done:
+    """Events older than `older_than_days` (default: retention.events_days; 0: all); audit records by
+    the configured retention, as the periodic purge does."""
+    retention = ctx.services.get_settings().retention
+    days = float(args.get("older_than_days", retention.events_days))
+    counts = ctx.store.purge_expired(events_days=days, audit_days=retention.audit_days, now=ctx.now)
+    return Done({"purged": counts, "older_than_days": days}, None, {"events": counts["events"]})
+
+
+def restart(ctx: Context, args: dict[str, Any]) -> Done:
+    return Done({"restarting": True}, after=ctx.services.request_restart)
+
+
+HANDLERS: dict[str, Handler] = {
+    "ping": ping,
+    "get_status": get_status,
+    "list_people": list_people,
+    "enroll": enroll,
+    "delete_person": delete_person,
+    "update_person": update_person,
+    "get_config": get_config,
+    "set_config": set_config,
+    "purge_events": purge_events,
+    "restart": restart,
+}

@@ -1,0 +1,355 @@
+"""Command requests: size, encoding, shape and types checked before anything runs.
+
+A small hand-written validator rather than jsonschema or pydantic: no new dependency on the device,
+and the checks run in the order that keeps a hostile payload cheap (bytes counted before decoding,
+base64 length before decoding it, nesting bounded by the decoder). Messages name the field but never
+echo its value, so an image, a name or a key cannot come back in a reply or a log line.
+
+A request is `{"request_id", "schema"?, "origin"?, "sent_at"?, "signature"?, "args"?}`; `args` holds the
+command's own fields (`COMMANDS`).
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from agent.config import CommandSettings
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNAUTHORIZED = "unauthorized"
+    STALE = "stale"
+    REPLAYED = "replayed"
+    INTERNAL = "internal"
+
+
+class CommandError(Exception):
+    """An expected refusal: becomes an error reply with a stable code and a one-line message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+ORIGIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+COMMAND_NAME = re.compile(r"[a-z][a-z_]{0,31}")
+SETTING_KEY = re.compile(r"[a-z_]{1,32}\.[a-z_]{1,64}")
+SMALL_PAYLOAD_BYTES = 64 * 1024  # every command but enroll
+MAX_DEPTH = 6
+_TEXT = 200  # the gallery's limit for names and references
+_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+
+
+def _bad(where: str, what: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> CommandError:
+    return CommandError(code, f"{where}: {what}")
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+class Rule(Protocol):
+    def check(self, value: Any, where: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Text:
+    max_length: int = _TEXT
+    pattern: re.Pattern[str] | None = None
+    meaning: str = ""
+    allow_empty: bool = False  # "" clears an optional reference
+
+    def check(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise _bad(where, f"must be a string, got {_kind(value)}")
+        if len(value) > self.max_length:
+            raise _bad(where, f"must be at most {self.max_length} characters, got {len(value)}")
+        if not value.strip() and not (self.allow_empty and value == ""):
+            raise _bad(where, "must not be empty")
+        if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise _bad(where, "must be one line of printable text")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise _bad(where, f"must be {self.meaning}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number:
+    low: float
+    high: float
+    integer: bool = False
+
+    def check(self, value: Any, where: str) -> float | int:
+        kind = "an integer" if self.integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else int | float):
+            raise _bad(where, f"must be {kind}, got {_kind(value)}")
+        if not self.low <= value <= self.high:
+            raise _bad(where, f"must be {kind} between {self.low:g} and {self.high:g}")
+        return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    def check(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise _bad(where, f"must be true or false, got {_kind(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A setting's new value; its type and range are the settings loader's to judge."""
+
+    def check(self, value: Any, where: str) -> str | int | float | bool:
+        if isinstance(value, str):
+            return Text(allow_empty=True).check(value, where)
+        if not isinstance(value, int | float | bool):
+            raise _bad(where, f"must be a string, number or boolean, got {_kind(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    def check(self, value: Any, where: str) -> str:
+        Text(40).check(value, where)
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise _bad(where, "must be an ISO-8601 time with its zone, e.g. 2025-01-31T12:00:00.000Z")
+        return value
+
+
+@dataclass(frozen=True)
+class Image:
+    """A base64 JPEG or PNG, returned decoded; its pixels are the enroller's to judge."""
+
+    max_bytes: int
+
+    def check(self, value: Any, where: str) -> bytes:
+        if not isinstance(value, str):
+            raise _bad(where, f"must be a base64 string, got {_kind(value)}")
+        if len(value) > 4 * (self.max_bytes // 3 + 1):  # judged before decoding
+            raise _bad(where, f"image is over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+        try:
+            data = binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise _bad(where, "is not valid base64 (one line, no breaks: base64 -w0)") from None
+        if len(data) > self.max_bytes:
+            raise _bad(where, f"image is {len(data)} bytes, over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+        if not data.startswith((_JPEG, _PNG)):
+            raise _bad(where, "must be a JPEG or PNG image")
+        return data
+
+
+@dataclass(frozen=True)
+class Items:
+    of: Rule
+    max_items: int
+    min_items: int = 0
+    too_many: ErrorCode = ErrorCode.BAD_REQUEST
+
+    def check(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise _bad(where, f"must be an array, got {_kind(value)}")
+        if len(value) > self.max_items:
+            raise _bad(where, f"at most {self.max_items} items, got {len(value)}", self.too_many)
+        if len(value) < self.min_items:
+            raise _bad(where, f"needs at least {self.min_items} item(s)")
+        return [self.of.check(item, f"{where}[{i}]") for i, item in enumerate(value)]
+
+
+def _field_name(key: str) -> str:
+    """A key as it may appear in a message: quoted, escaped, shortened."""
+    return json.dumps(key[:40])
+
+
+@dataclass(frozen=True)
+class Record:
+    fields: dict[str, Rule]
+    required: frozenset[str] = frozenset()
+    exactly_one: tuple[str, ...] = ()
+    at_least_one: tuple[str, ...] = ()
+
+    def check(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _bad(where, f"must be an object, got {_kind(value)}")
+        unknown = [key for key in value if key not in self.fields]
+        if unknown:
+            known = ", ".join(self.fields) or "none"
+            raise _bad(where, f"unknown field {_field_name(unknown[0])} (known: {known})")
+        missing = sorted(self.required - value.keys())
+        if missing:
+            raise _bad(where, f"missing field {missing[0]!r}")
+        if self.exactly_one and sum(key in value for key in self.exactly_one) != 1:
+            raise _bad(where, f"give exactly one of {', '.join(self.exactly_one)}")
+        if self.at_least_one and not any(key in value for key in self.at_least_one):
+            raise _bad(where, f"give at least one of {', '.join(self.at_least_one)}")
+        return {key: self.fields[key].check(item, f"{where}.{key}") for key, item in value.items()}
+
+
+@dataclass(frozen=True)
+class SettingValues:
+    """`{"section.key": value}`: key shapes and value kinds here, which keys may change in the handler."""
+
+    max_entries: int = 50
+
+    def check(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _bad(where, f"must be an object, got {_kind(value)}")
+        if not 0 < len(value) <= self.max_entries:
+            raise _bad(where, f"must hold 1 to {self.max_entries} settings, got {len(value)}")
+        for key in value:
+            if not SETTING_KEY.fullmatch(key):
+                raise _bad(where, f"{_field_name(key)} is not a setting name like gallery.threshold")
+        return {key: Scalar().check(item, f"{where}.{key}") for key, item in value.items()}
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str
+    origin: str | None
+    args: dict[str, Any]  # validated; enrol images decoded to bytes
+    document: dict[str, Any]  # as received: what a signature and the duplicate check cover
+
+
+@dataclass(frozen=True)
+class CommandSchema:
+    args: Record = field(default_factory=lambda: Record({}))
+    max_bytes: int = SMALL_PAYLOAD_BYTES
+
+    def check(self, document: dict[str, Any]) -> Request:
+        envelope = Record(
+            {
+                "request_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -"),
+                "schema": Number(1, 1, integer=True),
+                "origin": Text(64, ORIGIN, "1-64 of A-Z a-z 0-9 _ . : @ -"),
+                "sent_at": Timestamp(),
+                "signature": Text(128),
+                "args": self.args,
+            },
+            required=frozenset({"request_id"}),
+        )
+        checked = envelope.check(document, "request")
+        return Request(checked["request_id"], checked.get("origin"), checked.get("args", {}), document)
+
+
+def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
+    """Every command's arguments, under the device's configured limits."""
+    text, ref = Text(), Text(allow_empty=True)
+    person_id = Text(64, re.compile(r"p_[0-9a-z]{1,40}"), "a person id like p_01j...")
+    image = Record({"data": Image(limits.max_image_bytes), "label": Text(100)}, required=frozenset({"data"}))
+    consent = Record({"reference": text, "given_by": text, "purpose": text}, required=frozenset({"reference"}))
+    enroll = Record(
+        {
+            "name": text,
+            "person_id": person_id,
+            "external_ref": text,
+            "consent": consent,
+            "force": Flag(),
+            "images": Items(image, limits.max_images, 1, ErrorCode.TOO_LARGE),
+        },
+        required=frozenset({"images"}),
+        exactly_one=("name", "person_id"),
+    )
+    who = Record({"person_id": person_id, "name": text}, exactly_one=("person_id", "name"))
+    update = Record(
+        {"person_id": person_id, "name": text, "external_ref": ref},
+        required=frozenset({"person_id"}),
+        at_least_one=("name", "external_ref"),
+    )
+    return {
+        "ping": CommandSchema(),
+        "get_status": CommandSchema(),
+        "list_people": CommandSchema(),
+        "enroll": CommandSchema(enroll, limits.max_payload_bytes),
+        "delete_person": CommandSchema(who),
+        "update_person": CommandSchema(update),
+        "get_config": CommandSchema(),
+        "set_config": CommandSchema(Record({"values": SettingValues()}, required=frozenset({"values"}))),
+        "purge_events": CommandSchema(Record({"older_than_days": Number(0, 36500)})),
+        "restart": CommandSchema(),
+    }
+
+
+# ------------------------------------------------------------------------------------ decoding
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise CommandError(ErrorCode.BAD_REQUEST, "payload repeats a key in one object")
+    return document
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise CommandError(ErrorCode.BAD_REQUEST, "payload holds a number too large for a float")
+    return value
+
+
+def _refuse_constant(text: str) -> Any:
+    raise CommandError(ErrorCode.BAD_REQUEST, f"payload holds {text}, which is not JSON")
+
+
+_decode: Callable[[str], Any] = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_float=_finite, parse_constant=_refuse_constant
+).decode
+
+
+def decode_payload(payload: bytes, limit: int) -> dict[str, Any]:
+    """The request document: refused when over `limit` bytes (before decoding), not UTF-8 JSON, too
+    deeply nested, or not an object."""
+    if len(payload) > limit:
+        raise CommandError(ErrorCode.TOO_LARGE, f"payload is {len(payload)} bytes, over this command's {limit}")
+    try:
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError(ErrorCode.BAD_REQUEST, "payload is not UTF-8 text") from None
+    try:
+        document = _decode(text)
+    except RecursionError:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"payload nests deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"payload is not JSON: {exc.msg} at offset {exc.pos}") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise CommandError(ErrorCode.BAD_REQUEST, f"payload is not usable JSON: {str(exc)[:80]}") from None
+    if not isinstance(document, dict):
+        raise CommandError(ErrorCode.BAD_REQUEST, f"payload must be a JSON object, got {_kind(document)}")
+    if _depth(document) > MAX_DEPTH:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"payload nests deeper than {MAX_DEPTH} levels")
+    return document
+
+
+def _depth(document: Any) -> int:
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                stack.extend((item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def loose_request_id(document: Any) -> str | None:
+    """The request id when it looks valid, so even a refused request is answered under its id."""
+    value = document.get("request_id") if isinstance(document, dict) else None
+    return value if isinstance(value, str) and REQUEST_ID.fullmatch(value) else None

@@ -1,0 +1,197 @@
+"""Signed commands: who may command a device when the broker's own authentication is not enough.
+
+The operator signs, with Ed25519, a canonical form of the request: a fixed tag, the device id and the
+command name (so a request signed for one device or command cannot be replayed to another), then the
+request as JSON with sorted keys, no whitespace and no `signature` field. Signing covers the parsed
+document, not the bytes on the wire, so any JSON encoder may send it; numbers must survive a round
+trip through a float (Python's `json` does).
+
+A signed request carries `sent_at`; the device refuses it outside `timestamp_window_seconds` of its
+own clock (stale) and refuses the same `(request_id, sent_at)` twice (replayed). A retry of a command
+signed afresh has a new `sent_at`, passes, and gets the first answer from the dispatcher's duplicate
+check without running twice; a copy of the original bytes is refused. The replay cache lives in memory
+for the timestamp window, which is all it needs: older copies are stale anyway. After a restart a
+copy captured less than one window ago would pass again; keep the window short.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent.commands.schema import CommandError, ErrorCode
+from agent.config import CommandSettings
+from agent.errors import ConfigError
+from agent.identity import utc_iso
+
+TAG = b"faceagent-command-v1"
+REPLAY_ENTRIES = 10_000
+
+log = logging.getLogger(__name__)
+
+
+def canonical_request(device_id: str, name: str, request: dict[str, Any]) -> bytes:
+    """The bytes that are signed and verified."""
+    body = {key: value for key, value in request.items() if key != "signature"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return b"\n".join((TAG, device_id.encode(), name.encode(), text.encode("utf-8")))
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A short, stable name for a public key (in audit records and messages)."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_key_text(key: Ed25519PrivateKey) -> str:
+    """The base64 form of the public half, as `commands.public_keys` takes it."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def sign_request(
+    key: Ed25519PrivateKey, device_id: str, name: str, request: dict[str, Any], *, now: datetime
+) -> dict[str, Any]:
+    """`request` with a fresh `sent_at` and its signature for `name` on `device_id`."""
+    unsigned = {k: v for k, v in request.items() if k != "signature"} | {"sent_at": utc_iso(now)}
+    signature = key.sign(canonical_request(device_id, name, unsigned))
+    return unsigned | {"signature": base64.b64encode(signature).decode()}
+
+
+def load_public_keys(entries: tuple[str, ...]) -> dict[str, Ed25519PublicKey]:
+    """Key id -> key for each entry: base64 of the 32 raw bytes, or the absolute path of a PEM file."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for index, entry in enumerate(entries):
+        where = f"commands.public_keys[{index}]"
+        key = _raw_public_key(entry.strip()) or _public_key_file(Path(entry.strip()).expanduser(), where)
+        keys[key_id(key)] = key
+    return keys
+
+
+def _raw_public_key(text: str) -> Ed25519PublicKey | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return Ed25519PublicKey.from_public_bytes(raw) if len(raw) == 32 else None
+
+
+def _public_key_file(path: Path, where: str) -> Ed25519PublicKey:
+    if not path.is_absolute():
+        raise ConfigError(f"{where}: neither base64 of a 32-byte Ed25519 key nor an absolute path of a PEM file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from exc
+    key = _raw_public_key(data.decode("ascii", "replace").strip())
+    if key is None:
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {path} is not a PEM public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{where}: {path} holds a {type(key).__name__}, not an Ed25519 public key")
+    return key
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """An unencrypted PEM (PKCS#8) Ed25519 private key, as `openssl genpkey -algorithm ed25519` or
+    `faceagent ctl keygen` writes it."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"signing key {path}: cannot read it: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"signing key {path}: not an unencrypted PEM private key ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"signing key {path}: a {type(key).__name__}, not an Ed25519 key")
+    return key
+
+
+@dataclass
+class ReplayCache:
+    """Signed requests seen, each kept until it would be stale anyway; bounded, oldest out first."""
+
+    max_entries: int = REPLAY_ENTRIES
+    _seen: OrderedDict[str, datetime] = field(default_factory=OrderedDict, init=False, repr=False)
+
+    def add(self, key: str, expires: datetime, now: datetime) -> bool:
+        """False when `key` was seen before (a replay); otherwise remember it."""
+        while self._seen and next(iter(self._seen.values())) <= now:
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = expires
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+            log.warning("replay cache full (%d signed commands within the window): oldest forgotten", self.max_entries)
+        return True
+
+
+class CommandSecurity:
+    """Decides whether a request may run: signature, freshness and uniqueness, when signing is on."""
+
+    def __init__(self, settings: CommandSettings, device_id: str, keys: dict[str, Ed25519PublicKey]) -> None:
+        if settings.signing_required and not keys:
+            raise ConfigError("commands.signing_required is true but commands.public_keys names no key")
+        self.settings = settings
+        self.device_id = device_id
+        self.keys = keys
+        self.replays = ReplayCache()
+
+    @classmethod
+    def from_settings(cls, settings: CommandSettings, device_id: str) -> CommandSecurity:
+        return cls(settings, device_id, load_public_keys(settings.public_keys))
+
+    def check(self, name: str, request: dict[str, Any], now: datetime) -> str | None:
+        """The id of the key that signed `request`, None for an unsigned one that may run; else
+        CommandError (unauthorized, stale, replayed)."""
+        signature = request.get("signature")
+        if signature is None:
+            if self.settings.signing_required:
+                raise CommandError(ErrorCode.UNAUTHORIZED, "this device only runs signed commands (ctl --sign-key)")
+            return None
+        if not self.keys:
+            log.info("command %s carries a signature but no public key is configured: run as unsigned", name)
+            return None
+        signer = self._verify(name, request, signature)
+        sent_at = request.get("sent_at")
+        if sent_at is None:
+            raise CommandError(ErrorCode.UNAUTHORIZED, "a signed command needs sent_at")
+        sent = datetime.fromisoformat(sent_at)
+        window = timedelta(seconds=self.settings.timestamp_window_seconds)
+        if abs(now - sent) > window:
+            raise CommandError(
+                ErrorCode.STALE,
+                f"sent_at {sent_at} is {abs(now - sent).total_seconds():.0f} s from the device clock "
+                f"({utc_iso(now)}); the window is {window.total_seconds():g} s: check both clocks",
+            )
+        if not self.replays.add(f"{signer}|{request.get('request_id')}|{sent_at}", sent + window, now):
+            raise CommandError(ErrorCode.REPLAYED, "this signed request was already received")
+        return signer
+
+    def _verify(self, name: str, request: dict[str, Any], signature: Any) -> str:
+        try:
+            raw = base64.b64decode(signature, validate=True)
+            message = canonical_request(self.device_id, name, request)
+        except (binascii.Error, ValueError, TypeError, UnicodeEncodeError):
+            raise CommandError(ErrorCode.UNAUTHORIZED, "the signature is not base64 of a canonical request") from None
+        for identity, key in self.keys.items():
+            try:
+                key.verify(raw, message)
+            except InvalidSignature:
+                continue
+            return identity
+        raise CommandError(ErrorCode.UNAUTHORIZED, "the signature does not verify with any configured key")

@@ -1,0 +1,290 @@
+"""`faceagent ctl`: the operator's side of the MQTT link, over the same broker the devices use.
+
+Each subcommand is one request to one device or to a fleet (`--device`, repeatable, or `--all` online
+devices; `delete` defaults to every online device). `ctl` waits for every addressed device up to
+`--timeout` and says which did not answer. Exit status: 0 all answered ok, 1 a device refused, failed,
+was offline or stayed silent, 2 a local problem (no broker, unreadable photo, bad key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.commands.schema import CommandError, Image
+from agent.config import CommandSettings, find_config, load_settings
+from agent.link.mqtt import BrokerSettings
+from agent.operator import CtlError, Operator
+
+EXIT_REMOTE = 1
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def _summary(name: str, data: dict[str, Any]) -> str:
+    if name == "enroll":
+        person = data["person"]
+        verb = "enrolled" if data["created"] else "added photos to"
+        lines = [f"{verb} {person['name']} ({person['id']}): {data['templates_added']} new templates"]
+        lines += [f"  {p['label']}: refused: {p['reason']}" for p in data["photos"] if not p["accepted"]]
+        return "\n".join(lines)
+    if name == "delete_person":
+        deleted = data["deleted"]
+        return f"deleted {data['person_id']}: {deleted['templates']} templates, {deleted['events']} events"
+    if name == "list_people":
+        rows = [f"  {p['id']}  {p['name']}  ({sum(p['templates'].values())} templates)" for p in data["people"]]
+        return "\n".join([f"{len(rows)} people", *rows])
+    if name == "get_config":
+        values = data["settings"]
+        return "\n".join(f"  {s}.{k} = {json.dumps(v)}" for s, keys in values.items() for k, v in keys.items())
+    if name == "set_config":
+        return "set " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in data["changed"].items())
+    return json.dumps(data, indent=2)
+
+
+def report(replies: dict[str, dict | None], name: str, timeout: float, as_json: bool) -> int:
+    """One block per device; the exit status says whether every device answered ok."""
+    status = 0
+    for device, reply in replies.items():
+        if as_json:
+            print(json.dumps({"device": device, "reply": reply}))
+        elif reply is None:
+            print(f"{device}: no reply within {timeout:g} s (offline, or not listening)")
+        elif reply.get("status") == "ok":
+            try:
+                summary = _summary(name, reply.get("data") or {})
+            except (KeyError, TypeError, AttributeError):  # a device of another version: show it as it came
+                summary = json.dumps(reply.get("data"), indent=2)
+            print(f"{device}: {summary}")
+        else:
+            error = reply.get("error") or {}
+            print(f"{device}: error ({error.get('code')}): {error.get('message')}")
+        if reply is None or reply.get("status") != "ok":
+            status = EXIT_REMOTE
+    return status
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def _operator(args: argparse.Namespace) -> Operator:
+    settings = load_settings(find_config(getattr(args, "config", None)))
+    sign_key = None
+    if args.sign_key is not None:
+        from agent.commands.signing import load_private_key
+
+        sign_key = load_private_key(args.sign_key)
+    return Operator(BrokerSettings.from_settings(settings.mqtt, args.mqtt), timeout=args.timeout, sign_key=sign_key)
+
+
+def _targets(args: argparse.Namespace, operator: Operator, everywhere: bool) -> tuple[list[str], int]:
+    """The devices named, or with --all (or by default for `everywhere`) every online device."""
+    if args.device and not args.all:
+        return list(dict.fromkeys(args.device)), 0
+    if not (args.all or everywhere):
+        raise CtlError("name the devices with --device ID (repeatable), or use --all")
+    statuses = operator.statuses()
+    offline = sorted(d for d, s in statuses.items() if s.get("state") != "online")
+    for device in offline:
+        print(f"{device}: offline, skipped (run again when it is online)", file=sys.stderr)
+    online = sorted(d for d, s in statuses.items() if s.get("state") == "online")
+    if not online:
+        raise CtlError("no device is online")
+    return online, EXIT_REMOTE if offline else 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    with _operator(args) as operator:
+        statuses = operator.statuses()
+    for device, status in sorted(statuses.items()):
+        if args.json:
+            print(json.dumps({"device": device, "status": status}))
+            continue
+        gallery = status.get("gallery") or {}
+        print(
+            f"{device}  {status.get('state', '?')}  version {status.get('version', '?')}  "
+            f"{gallery.get('people', '?')} people  since {status.get('at', '?')}"
+        )
+    if not statuses and not args.json:
+        print("no devices have announced themselves on this broker")
+    return 0
+
+
+def cmd_call(args: argparse.Namespace, name: str, arguments: dict[str, Any], everywhere: bool = False) -> int:
+    """`name` to one device (a DEVICE argument) or to a fleet (--device/--all)."""
+    with _operator(args) as operator:
+        single = getattr(args, "target", None)
+        devices, status = ([single], 0) if single else _targets(args, operator, everywhere)
+        replies = operator.call(devices, name, arguments)
+    return report(replies, name, args.timeout, args.json) or status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _operator(args) as operator:
+        reply = operator.call([args.target], "get_status", {})[args.target]
+        retained = operator.statuses(args.target).get(args.target) if reply is None else None
+    if reply is None and retained is not None:
+        print(f"{args.target}: no reply within {args.timeout:g} s; its last status ({retained.get('state')}):")
+        print(json.dumps(retained, indent=None if args.json else 2))
+        return EXIT_REMOTE
+    return report({args.target: reply}, "get_status", args.timeout, args.json)
+
+
+def _photos(paths: list[Path], limits: CommandSettings) -> list[dict[str, str]]:
+    """The photos as the device takes them, checked here first so a bad file fails before sending."""
+    if len(paths) > limits.max_images:
+        raise CtlError(f"{len(paths)} photos: a device takes at most {limits.max_images} per command")
+    images = []
+    for path in paths:
+        try:
+            encoded = base64.b64encode(path.read_bytes()).decode()
+        except OSError as exc:
+            raise CtlError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        try:
+            Image(limits.max_image_bytes).check(encoded, str(path))
+        except CommandError as exc:
+            raise CtlError(exc.message) from None
+        images.append({"data": encoded, "label": path.name[:100]})
+    total = sum(len(image["data"]) for image in images)
+    if total > limits.max_payload_bytes - 4096:
+        raise CtlError(f"the photos make {total} bytes of base64, over {limits.max_payload_bytes}: send fewer")
+    return images
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    settings = load_settings(find_config(getattr(args, "config", None)))
+    arguments: dict[str, Any] = {"images": _photos(args.photos, settings.commands)}
+    arguments |= {"name": args.name} if args.name else {"person_id": args.person_id}
+    if args.external_ref:
+        arguments["external_ref"] = args.external_ref
+    if args.consent_ref:
+        consent = {"reference": args.consent_ref, "given_by": args.consent_by, "purpose": args.purpose}
+        arguments["consent"] = {k: v for k, v in consent.items() if v}
+    if args.force:
+        arguments["force"] = True
+    return cmd_call(args, "enroll", arguments)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    who = {"name": args.name} if args.name else {"person_id": args.person_id}
+    return cmd_call(args, "delete_person", who, everywhere=True)
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise CtlError(f"{text!r}: expected section.key=value, e.g. gallery.threshold=0.4")
+    try:
+        return key.strip(), json.loads(raw)
+    except ValueError:
+        return key.strip(), raw  # a bare word is a string
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.commands.signing import key_id, public_key_text
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    try:
+        descriptor = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise CtlError(f"{args.key_file}: cannot create it: {exc.strerror or exc} (an existing key is kept)") from exc
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    print(f"private key written to {args.key_file} (mode 0600); use it with --sign-key")
+    print(f"key id {key_id(key.public_key())}; on each device add to [commands] public_keys:")
+    print(f'  "{public_key_text(key)}"')
+    return 0
+
+
+def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
+    """`faceagent ctl ...`, wired into the CLI's parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--mqtt", metavar="URL", help="broker: mqtt[s]://[user:password@]host[:port] (or mqtt.url)")
+    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for replies (default 15)")
+    common.add_argument("--sign-key", type=Path, help="sign commands with this Ed25519 private key (PEM)")
+    common.add_argument("--json", action="store_true", help="print one JSON document per device")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    fleet = argparse.ArgumentParser(add_help=False)
+    fleet.add_argument("--device", action="append", default=[], help="device id (repeatable)")
+    fleet.add_argument("--all", action="store_true", help="every device that is online")
+    one = argparse.ArgumentParser(add_help=False)
+    one.add_argument("target", metavar="DEVICE", help="device id")
+
+    ctl = commands.add_parser("ctl", help="manage devices over MQTT (the operator's side)")
+    sub = ctl.add_subparsers(dest="ctl_command", required=True)
+    sub.add_parser("devices", parents=[common], help="devices known to the broker (retained status)").set_defaults(
+        handler=cmd_devices
+    )
+    sub.add_parser("status", parents=[common, one], help="a device's live status").set_defaults(handler=cmd_status)
+    people = sub.add_parser("people", parents=[common, one], help="the people enrolled on a device")
+    people.set_defaults(handler=lambda a: cmd_call(a, "list_people", {}))
+
+    enroll = sub.add_parser("enroll", parents=[common, fleet], help="enrol a person from photos on devices")
+    enroll.add_argument("photos", nargs="+", type=Path)
+    who = enroll.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name", help="display name of a new person")
+    who.add_argument("--person-id", help="add photos to this person (ids differ between devices)")
+    enroll.add_argument("--external-ref", help="your reference for the person")
+    enroll.add_argument("--consent-ref", help="reference of the consent record")
+    enroll.add_argument("--consent-by", help="who gave consent (default: the person)")
+    enroll.add_argument("--purpose", help="purpose the consent covers")
+    enroll.add_argument("--force", action="store_true", help="enrol even if a photo matches someone else")
+    enroll.set_defaults(handler=cmd_enroll)
+
+    delete = sub.add_parser("delete", parents=[common, fleet], help="erase a person (default: on every device)")
+    gone = delete.add_mutually_exclusive_group(required=True)
+    gone.add_argument("--name", help="the person's name (refused where two people share it)")
+    gone.add_argument("--person-id", help="the person's id on the device")
+    delete.set_defaults(handler=cmd_delete)
+
+    config = sub.add_parser("config", help="a device's settings")
+    config_sub = config.add_subparsers(dest="ctl_config", required=True)
+    get = config_sub.add_parser("get", parents=[common, one], help="effective settings (secrets redacted)")
+    get.set_defaults(handler=lambda a: cmd_call(a, "get_config", {}))
+    put = config_sub.add_parser("set", parents=[common, fleet], help="change settable keys; persisted on device")
+    put.add_argument("values", nargs="+", metavar="KEY=VALUE", help="e.g. gallery.threshold=0.4")
+    put.set_defaults(handler=lambda a: cmd_call(a, "set_config", {"values": dict(map(_setting, a.values))}))
+
+    events = sub.add_parser("events", parents=[common], help="print events as they happen")
+    events.add_argument("--device", default="+", help="one device (default: all)")
+    events.add_argument("--type", default="#", help="one event type, e.g. face_recognized (default: all)")
+    events.add_argument("--count", type=int, help="stop after this many events")
+    events.add_argument("--seconds", type=float, help="stop after this long")
+    events.set_defaults(handler=_tail)
+
+    call = sub.add_parser("call", parents=[common, one], help="send any command, e.g. ping, purge_events, restart")
+    call.add_argument("command", help="command name")
+    call.add_argument("arguments", nargs="?", default="{}", help="its args as a JSON object")
+    call.set_defaults(handler=lambda a: cmd_call(a, a.command, _json_object(a.arguments)))
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed commands")
+    keygen.add_argument("key_file", type=Path, help="where to write the private key (PEM, mode 0600)")
+    keygen.set_defaults(handler=cmd_keygen)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    with _operator(args) as operator:
+        try:
+            return operator.tail(args.device, args.type, args.count, args.seconds, args.json)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CtlError(f"arguments must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise CtlError("arguments must be a JSON object")
+    return value

@@ -1,0 +1,308 @@
+"""The live agent: camera → detect → track → embed → match → events → outbox → MQTT.
+
+Threads, and what each owns (nothing is shared but the thread-safe `Matcher`):
+- main: the frame loop. Owns the pipeline, the recognizer and its gallery connection; writes events,
+  pings systemd's watchdog, publishes status and telemetry when due. It never waits on the network.
+- camera: `LatestFrame` reads the source and keeps only the newest frame (a slow loop drops, never queues).
+- paho: the MQTT network loop (`MqttLink`); it only hands commands and PUBACKs over.
+- outbox: publishes stored events in order and deletes each on its PUBACK (its own connection).
+- commands: runs one command at a time with its own gallery connection and, for enrolment, its own
+  pipeline (TFLite interpreters are not thread-safe), so a slow enrolment never stalls frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.commands.dispatcher import CommandDispatcher
+from agent.commands.handlers import CommandServices
+from agent.commands.signing import CommandSecurity
+from agent.config import Settings
+from agent.enrolment import Enroller
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.homeassistant import HomeAssistantDiscovery
+from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
+from agent.link.topics import resolve_device_id
+from agent.outbox import OutboxPublisher
+from agent.recognizer import Recognizer
+from agent.sdnotify import Notifier
+from agent.sources.factory import open_latest
+from agent.sources.latest import LatestFrame
+from agent.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
+from agent.vision.pipeline import FacePipeline, PipelineOptions
+
+log = logging.getLogger(__name__)
+
+EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus= brings the agent back after `restart`
+LATENCY_WINDOW = 300  # frames
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Command-line overrides of the settings, and how the run ends."""
+
+    source: str | None = None  # camera.source
+    mqtt_url: str | None = None  # mqtt.url (and credentials)
+    db: Path | None = None  # gallery.path
+    settings_path: Path | None = None  # where set_config persists
+    lossless: bool = False  # replay every frame of a file or folder (demo, tests); never for a camera
+    on_event: Callable[[dict[str, Any]], None] | None = None  # e.g. print JSON lines
+
+
+def pipeline_options(settings: Settings) -> PipelineOptions:
+    models = settings.models
+    return PipelineOptions(
+        models_dir=models.dir,
+        detector=models.detector,
+        embedder=models.embedder,
+        runtime=models.runtime,
+        threads=models.threads,
+    )
+
+
+class FrameClock:
+    """fps and per-stage latency over the last frames, for telemetry and systemd STATUS."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, deque[float]] = {}
+        self.stamps: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def record(self, **stages_ms: float) -> None:
+        self.stamps.append(time.monotonic())
+        for stage, value in stages_ms.items():
+            self.samples.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(value)
+
+    @property
+    def fps(self) -> float:
+        if len(self.stamps) < 2:
+            return 0.0
+        return (len(self.stamps) - 1) / max(self.stamps[-1] - self.stamps[0], 1e-9)
+
+    def figures(self, dropped: int) -> FrameFigures:
+        latency = {stage: StageLatency.of(list(values)) for stage, values in self.samples.items()}
+        return FrameFigures(fps=self.fps, latency_ms=latency, dropped_frames=dropped)
+
+
+class AgentService:
+    """One camera's live loop plus the broker link; `run()` returns the process exit code."""
+
+    def __init__(self, settings: Settings, options: RunOptions | None = None, notifier: Notifier | None = None) -> None:
+        options = options or RunOptions()
+        camera = replace(settings.camera, source=options.source or settings.camera.source)
+        gallery = replace(settings.gallery, path=options.db or settings.gallery.path)
+        mqtt = replace(settings.mqtt, url=options.mqtt_url or settings.mqtt.url)
+        self.settings = replace(settings, camera=camera, gallery=gallery, mqtt=mqtt)
+        self.options = options
+        self.notifier = notifier or Notifier.from_environ()
+        self.device_id = resolve_device_id(self.settings.mqtt.device_id)
+        self._stop = threading.Event()
+        self._exit_code = 0
+        self._pending_settings: Settings | None = None
+        self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=64)
+        self.clock = FrameClock()
+        self.events_written = 0
+        self._present = False
+        self._empty_frames = 1 << 30  # start "absent"
+
+    # ----------------------------------------------------------------------------------- control
+
+    def stop(self, exit_code: int = 0) -> None:
+        """Thread- and signal-safe: the frame loop finishes its frame, then shuts everything down."""
+        self._exit_code = exit_code or self._exit_code
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: self.stop())
+
+    # -------------------------------------------------------------------------------------- run
+
+    def run(self) -> int:
+        settings = self.settings
+        self.pipeline = FacePipeline(pipeline_options(settings))
+        log.info("TFLite runtime: %s", self.pipeline.runtime.describe())
+        self.store = GalleryStore.open(settings.gallery.path)
+        model_id = self.pipeline.embedder.info.model_id
+        self.matcher = Matcher.for_gallery(settings.gallery)
+        self.matcher.load(self.store.iter_templates(model_id))
+        stale = self.store.people_needing_reenrolment(model_id)
+        if stale:
+            log.warning("%d enrolled people have no %s template and need re-enrolment", len(stale), model_id)
+        self.recognizer = self._new_recognizer(settings)
+        models = {"detector": self.pipeline.detector_spec.id, "embedder": model_id}
+        self.telemetry = Telemetry(self.device_id, __version__, models)
+        self.link, self.outbox = self._start_link()
+        self.source: LatestFrame = open_latest(settings.camera, lossless=self.options.lossless).start()
+        worker = threading.Thread(target=self._serve_commands, name="faceagent-commands", daemon=True)
+        worker.start()
+        try:
+            self._frame_loop()
+        finally:
+            self._shutdown(worker)
+        return self._exit_code
+
+    def _new_recognizer(self, settings: Settings) -> Recognizer:
+        return Recognizer(self.pipeline, self.matcher, self.store, settings, settings.events.camera_id)
+
+    def _start_link(self) -> tuple[MqttLink | None, OutboxPublisher | None]:
+        mqtt = self.settings.mqtt
+        if not mqtt.url:
+            log.warning("no broker configured (mqtt.url / --mqtt): events stay in the outbox of %s", self.store.path)
+            return None, None
+        broker = BrokerSettings.from_settings(mqtt, url=mqtt.url)  # credentials in the URL win
+        link = MqttLink(broker, self.device_id, self._enqueue_command, will=self.telemetry.offline("connection lost"))
+        link.publish_status(self._status_document())  # held by the link and re-sent on every connect
+        if self.settings.homeassistant.enabled:
+            HomeAssistantDiscovery(link, self.settings.homeassistant, version=__version__).attach()
+        outbox = OutboxPublisher(self.settings.gallery.path, link, max_events=mqtt.max_outbox_events)
+        link.start()
+        outbox.start()
+        return link, outbox
+
+    def _frame_loop(self) -> None:
+        ready = False
+        next_telemetry = time.monotonic() + self.settings.mqtt.telemetry_interval_seconds
+        detector_clock = self.pipeline.detector.model.clock
+        embedder_clock = self.pipeline.embedder.model.clock
+        while not self._stop.is_set():
+            if self._pending_settings is not None:
+                self._apply_pending_settings()
+            frame = self.source.get(timeout=1.0)
+            if frame is None:
+                if self.source.ended:
+                    log.info("source %s ended", self.source.source.description)
+                    break
+                self.notifier.heartbeat()  # the loop is alive even while the camera reconnects
+            else:
+                detect_before, embed_before = detector_clock.seconds, embedder_clock.seconds
+                faces_before = self.recognizer.stats.faces
+                started = time.monotonic()
+                events = self.recognizer.process(frame.image, frame.timestamp)
+                self.clock.record(
+                    total=1000 * (time.monotonic() - started),
+                    detect_invoke=1000 * (detector_clock.seconds - detect_before),
+                    embed_invoke=1000 * (embedder_clock.seconds - embed_before),
+                )
+                self._emitted(events)
+                self._report_presence(self.recognizer.stats.faces - faces_before)
+                if not ready:
+                    self.notifier.ready(f"frames flowing from {self.source.source.description}")
+                    ready = True
+                self.notifier.frame_done(self.clock.fps)
+            if self.link is not None and time.monotonic() >= next_telemetry:
+                next_telemetry = time.monotonic() + self.settings.mqtt.telemetry_interval_seconds
+                self.link.publish_telemetry(self._telemetry_document())
+
+    def _report_presence(self, faces: int) -> None:
+        """Publish "face present" when it changes; absence only after a track's worth of empty frames,
+        so one missed detection does not flap the Home Assistant sensor."""
+        self._empty_frames = 0 if faces else self._empty_frames + 1
+        present = faces > 0 or self._empty_frames < self.settings.tracking.max_age_frames
+        if self.link is not None and present != self._present:
+            self._present = present
+            self.link.publish_presence(self.telemetry.presence(faces))
+
+    def _emitted(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        self.events_written += len(events)
+        if self.outbox is not None:
+            self.outbox.notify()
+        if self.options.on_event is not None:
+            for event in events:
+                self.options.on_event(event)
+
+    def _shutdown(self, worker: threading.Thread) -> None:
+        self.notifier.stopping("stopping")
+        self.source.stop()
+        self._emitted(self.recognizer.flush(datetime.now(UTC)))
+        self._commands.put(None)
+        worker.join(timeout=10)
+        if self.outbox is not None:
+            self.outbox.stop(flush_timeout=5.0)
+        if self.link is not None:
+            self.link.stop(self.telemetry.offline("stopped"))
+        self.store.close()
+        self.notifier.close()
+
+    # -------------------------------------------------------------------------------- commands
+
+    def _enqueue_command(self, request: CommandRequest) -> None:
+        """On paho's thread: never block it; a flood beyond the queue is refused with a log line."""
+        try:
+            self._commands.put_nowait(request)
+        except queue.Full:
+            log.warning("command queue full: dropped %s", request.name[:64])
+
+    def _serve_commands(self) -> None:
+        services = CommandServices(
+            settings_path=self.options.settings_path,
+            get_settings=lambda: self.settings,
+            apply_settings=self._schedule_settings,
+            open_store=lambda: GalleryStore.open(self.settings.gallery.path),
+            matcher=self.matcher,
+            enroller_factory=self._enroller,
+            status=self._status_document,
+            request_restart=lambda: self.stop(EXIT_RESTART),
+        )
+        security = CommandSecurity.from_settings(self.settings.commands, self.device_id)
+        dispatcher = CommandDispatcher(services, security)
+        try:
+            while (request := self._commands.get()) is not None:
+                reply = dispatcher.handle(request.name, request.payload, now=request.received_at)
+                if reply is not None and self.link is not None:
+                    self.link.reply(request, reply)
+        finally:
+            dispatcher.close()
+
+    def _enroller(self, store: GalleryStore) -> Enroller:
+        """The command thread's own pipeline, made on the first enrolment (it costs memory)."""
+        if not hasattr(self, "_command_pipeline"):
+            self._command_pipeline = FacePipeline(pipeline_options(self.settings))
+        return Enroller(self._command_pipeline, store, self.matcher, self.settings)
+
+    def _schedule_settings(self, settings: Settings) -> None:
+        """From the command thread: the frame loop applies new settings between two frames."""
+        self.matcher.threshold = settings.gallery.threshold
+        self.matcher.margin = settings.gallery.margin
+        self._pending_settings = settings
+
+    def _apply_pending_settings(self) -> None:
+        settings, self._pending_settings = self._pending_settings, None
+        if settings is None:
+            return
+        self.settings = settings
+        self.recognizer.flush(datetime.now(UTC))
+        self.recognizer = self._new_recognizer(settings)
+        log.info("settings applied")
+
+    # ---------------------------------------------------------------------------------- status
+
+    def _status_document(self) -> dict[str, Any]:
+        with GalleryStore.open(self.settings.gallery.path) as store:
+            document = self.telemetry.status(gallery_summary(store))
+        source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
+        document["camera"] = source.status().to_json() if source else None
+        document["runtime"] = self.pipeline.runtime.describe()
+        return document
+
+    def _telemetry_document(self) -> dict[str, Any]:
+        figures = self.clock.figures(self.source.status().dropped)
+        return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None)
+
+
+def print_event(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)

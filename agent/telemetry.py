@@ -1,0 +1,173 @@
+"""Status, telemetry and presence documents: figures about the device, never an image or an embedding.
+
+`status` is what an operator needs to tell devices apart and spot a stale gallery (version, model ids,
+gallery size and digest, uptime); `telemetry` is how the device is coping (frame rate, latency
+percentiles, drops, outbox depth, temperature, memory). The caller measures the frame figures; this
+module only reads what the operating system offers and shapes the JSON (schema 1, UTC ISO-8601 times).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.gallery.store import GalleryStore
+from agent.identity import utc_now
+from agent.outbox import OutboxStats
+
+SCHEMA = 1
+THERMAL = Path("/sys/class/thermal")
+_CPU_ZONES = ("cpu-thermal", "cpu_thermal", "soc_thermal", "x86_pkg_temp", "cpu")
+
+
+@dataclass(frozen=True)
+class GallerySummary:
+    people: int
+    templates: int
+    digest: str  # changes whenever a person is added, renamed or erased, or a model's template count changes
+
+
+@dataclass(frozen=True)
+class StageLatency:
+    p50_ms: float
+    p95_ms: float
+
+    @classmethod
+    def of(cls, samples_ms: Sequence[float]) -> StageLatency:
+        """Nearest-rank percentiles of a window of samples (NaN when the window is empty)."""
+        ordered = sorted(samples_ms)
+        if not ordered:
+            return cls(math.nan, math.nan)
+
+        def rank(q: float) -> float:
+            return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+        return cls(rank(0.50), rank(0.95))
+
+
+@dataclass(frozen=True)
+class FrameFigures:
+    """Measured by the frame loop over its last window."""
+
+    fps: float
+    latency_ms: Mapping[str, StageLatency]  # per stage, e.g. detect, embed, total
+    dropped_frames: int
+
+
+def gallery_summary(store: GalleryStore) -> GallerySummary:
+    """Counts and a digest of ids, update times and per-model template counts (no names, no embeddings)."""
+    people = store.list_people()
+    counts = store.template_counts()
+    digest = hashlib.sha256()
+    for person in people:
+        per_model = ",".join(f"{model}={n}" for model, n in sorted(counts.get(person.id, {}).items()))
+        digest.update(f"{person.id}|{person.updated_at}|{per_model}\n".encode())
+    templates = sum(n for per_person in counts.values() for n in per_person.values())
+    return GallerySummary(len(people), templates, digest.hexdigest()[:16])
+
+
+def cpu_temperature(root: Path = THERMAL) -> float | None:
+    """Degrees Celsius from the CPU's thermal zone (else the first readable one); None where there is none."""
+    readings: list[tuple[bool, float]] = []
+    for zone in sorted(root.glob("thermal_zone*")):
+        try:
+            kind = (zone / "type").read_text(encoding="ascii").strip()
+            value = int((zone / "temp").read_text(encoding="ascii").strip()) / 1000.0
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        readings.append((kind in _CPU_ZONES, value))
+    if not readings:
+        return None
+    preferred = [value for is_cpu, value in readings if is_cpu]
+    return round((preferred or [readings[0][1]])[0], 1)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process (the peak where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class Telemetry:
+    """Builds the documents of one running agent; it remembers when the agent started."""
+
+    def __init__(
+        self,
+        device_id: str,
+        version: str,
+        models: Mapping[str, str],
+        *,
+        thermal_root: Path = THERMAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device_id = device_id
+        self.version = version
+        self.models = dict(models)  # role -> model id, e.g. {"detector": ..., "embedder": ...}
+        self.thermal_root = thermal_root
+        self.clock = clock
+        self.started = clock()
+        self.started_at = utc_now()
+
+    def uptime_s(self) -> int:
+        return int(self.clock() - self.started)
+
+    def status(self, gallery: GallerySummary) -> dict[str, Any]:
+        """The retained `online` document."""
+        return {
+            **self._head("online"),
+            "version": self.version,
+            "models": self.models,
+            "gallery": {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest},
+            "started_at": self.started_at,
+            "uptime_s": self.uptime_s(),
+        }
+
+    def offline(self, reason: str) -> dict[str, Any]:
+        """The retained `offline` document: `reason` "stopped" from a clean stop, "connection lost" as the will.
+
+        The will is registered at connect time, so its `at` is that moment, not the moment of the loss.
+        """
+        return {**self._head("offline"), "reason": reason, "version": self.version, "started_at": self.started_at}
+
+    def telemetry(self, frames: FrameFigures | None, outbox: OutboxStats | None) -> dict[str, Any]:
+        document: dict[str, Any] = {**self._head(None), "uptime_s": self.uptime_s()}
+        if frames is not None:
+            document |= {
+                "fps": _finite(frames.fps),
+                "latency_ms": {
+                    stage: {"p50": _finite(lat.p50_ms), "p95": _finite(lat.p95_ms)}
+                    for stage, lat in frames.latency_ms.items()
+                },
+                "dropped_frames": int(frames.dropped_frames),
+            }
+        if outbox is not None:
+            document["outbox"] = {
+                "depth": outbox.depth,
+                "inflight": outbox.inflight,
+                "published": outbox.published,
+                "dropped_events": outbox.dropped,
+            }
+        return document | {"cpu_temp_c": cpu_temperature(self.thermal_root), "memory": {"rss_mb": rss_mb()}}
+
+    def presence(self, faces: int) -> dict[str, Any]:
+        """Whether a face is in view now (the Home Assistant "face present" sensor reads this)."""
+        return {**self._head(None), "present": faces > 0, "faces": int(faces)}
+
+    def _head(self, state: str | None) -> dict[str, Any]:
+        head: dict[str, Any] = {"schema": SCHEMA, "device": self.device_id, "at": utc_now()}
+        return head if state is None else {**head, "state": state}
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: an unmeasured figure is null."""
+    return round(float(value), 2) if math.isfinite(value) else None

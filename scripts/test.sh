@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on Debian / Raspberry Pi OS, then runs the whole suite.
+#   system: mosquitto (the tests start their own brokers on free 127.0.0.1 ports), openssl (test
+#           certificates), systemd (systemd-analyze verifies the unit); apt, as root or through sudo
+#   python: a .venv with the package and its [test] extra
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

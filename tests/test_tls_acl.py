@@ -1,0 +1,178 @@
+"""Authority on the wire: TLS with test-made certificates, passwords, and the example per-device ACL."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
+from tests.broker import REPO, Broker, Certs, Observer, free_port
+
+EXAMPLE = REPO / "examples" / "mosquitto"
+ACL = EXAMPLE / "faceagent.acl"
+USERS = {"dev-a": "pass-a", "dev-b": "pass-b", "operator": "pass-op"}
+FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
+
+
+@pytest.fixture
+def make_link() -> Iterator[Callable[..., MqttLink]]:
+    links: list[MqttLink] = []
+
+    def make(device: str = "dev-a", on_command: Callable[[CommandRequest], None] | None = None, **settings) -> MqttLink:
+        link = MqttLink(BrokerSettings(**FAST, **settings), device, on_command or (lambda request: None))
+        links.append(link)
+        link.start()
+        return link
+
+    yield make
+    for link in links:
+        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
+
+
+@pytest.fixture
+def acl_broker(start_broker: Callable[..., Broker]) -> Broker:
+    return start_broker(passwords=USERS, acl_file=ACL)
+
+
+def user(name: str) -> dict[str, str]:
+    return {"username": name, "password": USERS[name]}
+
+
+# -------------------------------------------------------------------------------------------- TLS
+
+
+def tls_broker(start_broker: Callable[..., Broker], certs: Certs, *, other_ca: bool = False, **options) -> Broker:
+    files = (certs.other_ca, certs.other_server_cert, certs.other_server_key) if other_ca else None
+    return start_broker(tls=files or (certs.ca, certs.server_cert, certs.server_key), **options)
+
+
+def test_tls_connects_to_a_broker_signed_by_the_configured_ca(start_broker, certs: Certs, make_link, observe) -> None:
+    broker = tls_broker(start_broker, certs)
+    assert make_link(url=broker.url, ca_file=certs.ca).wait_connected(5)
+    watcher = observe(broker, ["faceagent/dev-a/status"], ca=certs.ca)
+    assert watcher.wait_for(lambda m: [x.json()["state"] for x in m] == ["online"], 5)
+
+
+def test_tls_refuses_a_broker_certified_by_another_ca(start_broker, certs: Certs, make_link, observe) -> None:
+    broker = tls_broker(start_broker, certs, other_ca=True)
+    watcher = observe(broker, ["faceagent/#"], ca=certs.other_ca)
+    link = make_link(url=broker.url, ca_file=certs.ca)  # trusts only the first CA
+    assert not link.wait_connected(1.5)
+    assert watcher.messages == []
+
+
+def test_client_certificate_is_presented_when_the_broker_requires_one(start_broker, certs: Certs, make_link) -> None:
+    broker = tls_broker(start_broker, certs, require_certificate=True)
+    link = make_link(url=broker.url, ca_file=certs.ca, cert_file=certs.client_cert, key_file=certs.client_key)
+    assert link.wait_connected(5)
+
+
+def test_no_client_certificate_is_refused_when_the_broker_requires_one(start_broker, certs: Certs, make_link) -> None:
+    broker = tls_broker(start_broker, certs, require_certificate=True)
+    assert not make_link(url=broker.url, ca_file=certs.ca).wait_connected(1.5)
+
+
+# ------------------------------------------------------------------------------------- passwords
+
+
+def test_username_and_password_connect(acl_broker: Broker, make_link) -> None:
+    assert make_link(url=acl_broker.url, **user("dev-a")).wait_connected(5)
+
+
+def test_wrong_password_is_refused_and_logged_once(caplog, acl_broker: Broker, make_link) -> None:
+    with caplog.at_level(logging.ERROR, logger="agent.link"):
+        link = make_link(url=acl_broker.url, username="dev-a", password="wrong")
+        assert not link.wait_connected(1.5)  # several refused attempts
+    assert sum("refused the connection" in r.getMessage() for r in caplog.records) == 1
+
+
+# ------------------------------------------------------------------------------------------- ACL
+
+
+def test_device_cannot_receive_another_devices_commands(acl_broker: Broker, observe) -> None:
+    intruder = observe(acl_broker, ["faceagent/dev-b/cmd/+"], **user("dev-a"))
+    owner = observe(acl_broker, ["faceagent/dev-b/cmd/+"], **user("dev-b"))
+    operator = observe(acl_broker, [], **user("operator"))
+    operator.publish("faceagent/dev-b/cmd/ping", b'{"request_id":"x"}')
+    assert owner.wait_for(lambda m: len(m) == 1, 5)  # delivered to dev-b ...
+    assert not intruder.wait_for(lambda m: len(m) > 0, 0.3)  # ... never to dev-a
+
+
+def test_device_cannot_publish_on_another_devices_topics(acl_broker: Broker, observe) -> None:
+    operator = observe(acl_broker, ["faceagent/#"], **user("operator"))
+    intruder = observe(acl_broker, [], **user("dev-a"))
+    intruder.publish("faceagent/dev-b/status", b'{"state":"offline"}')
+    intruder.publish("faceagent/dev-b/events/face_recognized", b"{}")
+    intruder.publish("faceagent/dev-b/cmd/restart", b"{}")
+    intruder.publish("faceagent/dev-a/events/face_unknown", b"{}")  # its own: arrives, after the others would
+    assert operator.wait_for(lambda m: len(m) >= 1, 5)
+    assert [m.topic for m in operator.messages] == ["faceagent/dev-a/events/face_unknown"]
+
+
+def test_device_link_works_within_its_own_topics(acl_broker: Broker, make_link, observe) -> None:
+    operator = observe(acl_broker, ["faceagent/dev-a/#"], **user("operator"))
+    link = make_link(url=acl_broker.url, on_command=lambda r: link.reply(r, b'{"status":"ok"}'), **user("dev-a"))
+    assert link.wait_connected(5)
+    operator.publish("faceagent/dev-a/cmd/ping", b'{"request_id":"1"}')
+    assert operator.wait_for(lambda m: any(x.topic == "faceagent/dev-a/cmd/ping/reply" for x in m), 5)
+    assert any(m.topic == "faceagent/dev-a/status" and m.json()["state"] == "online" for m in operator.messages)
+
+
+def test_mqtt5_response_topic_below_the_command_passes_the_acl(acl_broker: Broker, make_link, observe) -> None:
+    requester = observe(acl_broker, ["faceagent/dev-a/cmd/ping/reply/op1"], **user("operator"))
+    link = make_link(url=acl_broker.url, on_command=lambda r: link.reply(r, b'{"status":"ok"}'), **user("dev-a"))
+    assert link.wait_connected(5)
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = "faceagent/dev-a/cmd/ping/reply/op1"
+    properties.CorrelationData = b"c1"
+    requester.publish("faceagent/dev-a/cmd/ping", b'{"request_id":"1"}', properties=properties)
+    assert requester.wait_for(lambda m: [x.correlation_data for x in m] == [b"c1"], 5)
+
+
+def test_the_example_broker_config_serves_a_device_over_tls(tmp_path: Path, certs: Certs, make_link, observe) -> None:
+    port = free_port()
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    for name, password in USERS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), name, password], check=True)
+    text = (EXAMPLE / "mosquitto.conf").read_text()
+    for old, new in [
+        ("listener 8883", f"listener {port} 127.0.0.1"),
+        ("/etc/mosquitto/certs/ca.crt", str(certs.ca)),
+        ("/etc/mosquitto/certs/server.crt", str(certs.server_cert)),
+        ("/etc/mosquitto/certs/server.key", str(certs.server_key)),
+        ("/etc/mosquitto/passwd", str(passwd)),
+        ("/etc/mosquitto/faceagent.acl", str(ACL)),
+        ("/var/lib/mosquitto/", f"{tmp_path}/"),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    broker = Broker(
+        tmp_path / "example", port=port, tls=(certs.ca, certs.server_cert, certs.server_key), config_text=text
+    )
+    broker.start()
+    try:
+        operator = observe(broker, ["faceagent/#"], ca=certs.ca, **user("operator"))
+        assert make_link(url=broker.url, ca_file=certs.ca, **user("dev-a")).wait_connected(5)
+        assert operator.wait_for(lambda m: any(x.topic == "faceagent/dev-a/status" for x in m), 5)
+    finally:
+        broker.kill()
+
+
+def test_a_device_cannot_connect_as_another_device(
+    acl_broker: Broker, make_link, observe: Callable[..., Observer]
+) -> None:
+    operator = observe(acl_broker, ["faceagent/#"], **user("operator"))
+    link = make_link(device="dev-b", url=acl_broker.url, **user("dev-a"))  # dev-a's password, dev-b's topics
+    assert link.wait_connected(5)
+    time.sleep(0.3)  # the link's status publish (another connection) is through by now ...
+    operator.publish("faceagent/dev-a/events/probe", b"{}")  # ... and this marker comes after it
+    assert operator.wait_for(lambda m: any(x.topic == "faceagent/dev-a/events/probe" for x in m), 5)
+    assert not any(m.topic.startswith("faceagent/dev-b/") for m in operator.messages)
