@@ -41,6 +41,25 @@ def start_agent(config: Path, db: Path, source: Path, *extra: str) -> subprocess
     return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def longest_number_list(document: object) -> int:
+    if isinstance(document, dict):
+        return max((longest_number_list(v) for v in document.values()), default=0)
+    if isinstance(document, list):
+        numbers = sum(isinstance(v, int | float) for v in document)
+        return max([numbers, *(longest_number_list(v) for v in document)])
+    return 0
+
+
+def assert_no_biometric_data_left(observer: Observer) -> int:
+    """Everything the device published (not the operator's requests): no image bytes, no embeddings."""
+    published = [m for m in observer.messages if not (("/cmd/" in m.topic) and not m.topic.endswith("/reply"))]
+    for message in published:
+        for signature in (b"\xff\xd8\xff", b"\x89PNG", b"/9j/", b"iVBORw0KGgo"):  # JPEG, PNG, and as base64
+            assert signature not in message.payload, message.topic
+        assert longest_number_list(message.json()) < 64, message.topic  # an embedding has 128 numbers
+    return len(published)
+
+
 def events(observer: Observer, kind: str) -> list[dict]:
     return [m.json() for m in observer.messages if m.topic == f"faceagent/{DEVICE}/events/{kind}"]
 
@@ -93,7 +112,7 @@ def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
     tmp_path: Path, broker: Broker, observe, shared_data: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=30)
-    observer = observe(broker, [f"faceagent/{DEVICE}/#"])
+    observer = observe(broker, ["#"])  # everything on the broker, the operator's photos included
     agent = start_agent(config, tmp_path / "gallery.db", shared_data / "sequence/hamilton_clip/frames")
     try:
         assert observer.wait_for(lambda _: any(s["state"] == "online" for s in status(observer)), timeout=60)
@@ -105,6 +124,7 @@ def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
         assert ctl.returncode == 0, ctl.stdout + ctl.stderr
         assert observer.wait_for(lambda _: bool(events(observer, "face_recognized")), timeout=120)
         assert events(observer, "face_recognized")[0]["name"] == "Lin-Manuel Miranda"
+        assert assert_no_biometric_data_left(observer) > 5
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=60)
