@@ -37,10 +37,11 @@ from agent.homeassistant import HomeAssistantDiscovery
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.topics import resolve_device_id
 from agent.outbox import OutboxPublisher
+from agent.provisioning import read_status as read_provisioning
 from agent.recognizer import Recognizer
 from agent.sdnotify import Notifier
 from agent.sources.factory import open_latest
-from agent.sources.latest import LatestFrame
+from agent.sources.latest import LatestFrame, SourceState
 from agent.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
@@ -185,7 +186,12 @@ class AgentService:
                 if self.source.ended:
                     log.info("source %s ended", self.source.source.description)
                     break
-                self.notifier.heartbeat()  # the loop is alive even while the camera reconnects
+                camera = self.source.status()
+                if not ready and camera.state in (SourceState.RECONNECTING, SourceState.FAILED):
+                    # Up and serving commands without a camera: READY, or systemd would restart us in a loop.
+                    self.notifier.ready(f"camera {camera.state}: {camera.last_error}")
+                    ready = True
+                self.notifier.heartbeat(f"camera {camera.state}, reopening" if camera.errors else None)
             else:
                 detect_before, embed_before = detector_clock.seconds, embedder_clock.seconds
                 faces_before = self.recognizer.stats.faces
@@ -232,6 +238,7 @@ class AgentService:
         self._commands.put(None)
         worker.join(timeout=10)
         if self.outbox is not None:
+            self.notifier.extend_timeout(15.0)
             self.outbox.stop(flush_timeout=5.0)
         if self.link is not None:
             self.link.stop(self.telemetry.offline("stopped"))
@@ -297,6 +304,7 @@ class AgentService:
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()
+        document["provisioning"] = read_provisioning(Path(self.settings.gallery.path).parent)
         return document
 
     def _telemetry_document(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on Debian / Raspberry Pi OS, then runs the whole suite.
 #   system: mosquitto (the tests start their own brokers on free 127.0.0.1 ports), openssl (test
-#           certificates), systemd (systemd-analyze verifies the unit); apt, as root or through sudo
+#           certificates), systemd (systemd-analyze verifies the unit), shellcheck (the installer),
+#           python3-seccomp (the unit's syscall filter rebuilt in a test); apt, as root or through sudo
 #   python: a .venv with the package and its [test] extra
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+dpkg -s python3-seccomp >/dev/null 2>&1 || missing+=(python3-seccomp)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

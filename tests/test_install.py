@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import build_parser
 from tests.broker import Broker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,6 +221,13 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit.write_text(UNIT.read_text().replace("/opt/faceagent/venv/bin/faceagent", str(stand_in)))
     result = subprocess.run([tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_units_commands_parse_with_the_cli() -> None:
+    commands = re.findall(r"^ExecStart(?:Pre)?=[-+]*/opt/faceagent/venv/bin/faceagent (.*)$", UNIT.read_text(), re.M)
+    assert len(commands) == 2
+    for line in commands:
+        assert callable(build_parser().parse_args(line.split()).handler), line
 
 
 def test_the_unit_exposure_score_is_low() -> None:
