@@ -342,6 +342,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames run first (default 5)")
     parser.add_argument("--only", choices=SIDES, help="run one side in this process (no subprocess)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument("--live", action="store_true", help="the whole live loop on the clip (faceagent run)")
+    parser.add_argument("--templates", type=int, default=10_000, help="gallery size for --live (default 10,000)")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeat and --threads must be >= 1, --warmup >= 0")
@@ -351,6 +353,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     data = resolve_data_dir(args.data, [str(FRAMES)])
+    if args.live:
+        from _bench_live import print_live, run_live  # the agent's service: only for --live
+
+        result = run_live(data, args.threads, args.templates)
+        ok = print_live(result)
+        if args.out:
+            write_json(args.out, {"live": result, "load_average": load_average()})
+        return 0 if ok else 1
     frames = frame_paths(data)
     meta = {
         "frames_dir": str(data / FRAMES),
