@@ -14,8 +14,9 @@ strangers' stay at 0.42-0.50; deciding "unknown" at 3 would leave him on the edg
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from agent.events import EventEmitter
 from agent.identity import Match
 from agent.quality import view_score
 from agent.retention import RetentionKeeper
+from agent.sources.base import HiRes
 from agent.tracking.decision import decide, same_person
 from agent.tracking.tracker import Track, Tracker
 from agent.vision.detector import Face
@@ -71,6 +73,7 @@ class RecognizerStats:
     decisions: int = 0
     recognized: int = 0  # decisions naming a person
     cuts: int = 0
+    hires_crops: int = 0  # embeddings cut from the high-resolution stream
 
 
 class Recognizer:
@@ -98,10 +101,16 @@ class Recognizer:
         self.retention = RetentionKeeper(store, settings.retention)
         self.stats = RecognizerStats()
         self.on_decision = on_decision
+        self._hires: HiRes | None = None
 
-    def process(self, frame: np.ndarray, timestamp: datetime) -> list[dict[str, Any]]:
-        """Events emitted for this frame (already in the outbox). `timestamp` must be timezone-aware."""
+    def process(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None = None) -> list[dict[str, Any]]:
+        """Events emitted for this frame (already in the outbox). `timestamp` must be timezone-aware.
+
+        `hires` (picamera2's main stream) is where small faces are cut from when they are embedded:
+        detection runs on the small frame, recognition gets the sharp pixels.
+        """
         _require_aware(timestamp)
+        self._hires = hires
         self.retention.maybe_purge()
         self.stats.frames += 1
         image = Image.fromarray(as_rgb_frame(frame))
@@ -155,6 +164,12 @@ class Recognizer:
 
     def _embed(self, image: Image.Image, face: Face) -> np.ndarray:
         self.stats.embeddings += 1
+        hires = self._hires
+        if hires is not None and min(hires.scale) > 1 and face.width < self.pipeline.aligner.chip_size:
+            crop, keypoints = _hires_view(hires, face)
+            if crop.size:
+                self.stats.hires_crops += 1
+                return self.pipeline.embed_face(Image.fromarray(crop), replace(face, keypoints=keypoints)).embedding
         return self.pipeline.embed_face(image, face).embedding
 
     def _close(self, tracks: list[Track], timestamp: datetime) -> list[dict[str, Any]]:
@@ -186,3 +201,13 @@ class Recognizer:
 def _require_aware(timestamp: datetime) -> None:
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         raise ValueError("frame timestamps must be timezone-aware (e.g. datetime.now(UTC))")
+
+
+def _hires_view(hires: HiRes, face: Face) -> tuple[np.ndarray, np.ndarray]:
+    """The face and a face-sized margin around it from the high-resolution stream, with the keypoints
+    moved into the crop's pixels (the chip's template reaches beyond the detector's box)."""
+    x0, y0, x1, y1 = face.box
+    margin = max(x1 - x0, y1 - y0)
+    box = (x0 - margin, y0 - margin, x1 + margin, y1 + margin)
+    origin = np.array([max(0, math.floor(box[0] * hires.scale[0])), max(0, math.floor(box[1] * hires.scale[1]))])
+    return hires.crop(box), hires.to_hires(face.keypoints) - origin

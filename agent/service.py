@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,11 +32,14 @@ from agent.commands.handlers import CommandServices
 from agent.commands.signing import CommandSecurity
 from agent.config import Settings
 from agent.enrolment import Enroller
+from agent.errors import ModelError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.homeassistant import HomeAssistantDiscovery
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.topics import resolve_device_id
+from agent.model_install import installed_models_dir, state_models_dir
+from agent.models_update import ModelUpdater
 from agent.outbox import OutboxPublisher
 from agent.provisioning import read_status as read_provisioning
 from agent.recognizer import Recognizer
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 
 EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus= brings the agent back after `restart`
 LATENCY_WINDOW = 300  # frames
+MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,15 @@ class AgentService:
         camera = replace(settings.camera, source=options.source or settings.camera.source)
         gallery = replace(settings.gallery, path=options.db or settings.gallery.path)
         mqtt = replace(settings.mqtt, url=options.mqtt_url or settings.mqtt.url)
-        self.settings = replace(settings, camera=camera, gallery=gallery, mqtt=mqtt)
+        models = replace(settings.models, dir=installed_models_dir(gallery.path) or settings.models.dir)
+        self.settings = replace(settings, camera=camera, gallery=gallery, mqtt=mqtt, models=models)
         self.options = options
         self.notifier = notifier or Notifier.from_environ()
         self.device_id = resolve_device_id(self.settings.mqtt.device_id)
         self._stop = threading.Event()
         self._exit_code = 0
         self._pending_settings: Settings | None = None
+        self._pending_models: tuple[Path, Future[None]] | None = None
         self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=64)
         self.clock = FrameClock()
         self.events_written = 0
@@ -181,6 +188,10 @@ class AgentService:
         while not self._stop.is_set():
             if self._pending_settings is not None:
                 self._apply_pending_settings()
+            if self._pending_models is not None:
+                self._apply_pending_models()
+                detector_clock = self.pipeline.detector.model.clock
+                embedder_clock = self.pipeline.embedder.model.clock
             frame = self.source.get(timeout=1.0)
             if frame is None:
                 if self.source.ended:
@@ -196,7 +207,7 @@ class AgentService:
                 detect_before, embed_before = detector_clock.seconds, embedder_clock.seconds
                 faces_before = self.recognizer.stats.faces
                 started = time.monotonic()
-                events = self.recognizer.process(frame.image, frame.timestamp)
+                events = self.recognizer.process(frame.image, frame.timestamp, frame.hires)
                 self.clock.record(
                     total=1000 * (time.monotonic() - started),
                     detect_invoke=1000 * (detector_clock.seconds - detect_before),
@@ -211,6 +222,7 @@ class AgentService:
             if self.link is not None and time.monotonic() >= next_telemetry:
                 next_telemetry = time.monotonic() + self.settings.mqtt.telemetry_interval_seconds
                 self.link.publish_telemetry(self._telemetry_document())
+                self.link.publish_status(self._status_document())  # retained: uptime, camera, gallery stay current
 
     def _report_presence(self, faces: int) -> None:
         """Publish "face present" when it changes; absence only after a track's worth of empty frames,
@@ -235,6 +247,8 @@ class AgentService:
         self.notifier.stopping("stopping")
         self.source.stop()
         self._emitted(self.recognizer.flush(datetime.now(UTC)))
+        if self._pending_models is not None:
+            self._pending_models[1].cancel()  # a model update waiting for the frame loop fails now
         self._commands.put(None)
         worker.join(timeout=10)
         if self.outbox is not None:
@@ -266,6 +280,13 @@ class AgentService:
             request_restart=lambda: self.stop(EXIT_RESTART),
         )
         security = CommandSecurity.from_settings(self.settings.commands, self.device_id)
+        services.model_updates = ModelUpdater(
+            state_models_dir(self.settings.gallery.path),
+            get_settings=lambda: self.settings,
+            keys=security.keys,
+            apply=self._schedule_models,
+            matcher=self.matcher,
+        )
         dispatcher = CommandDispatcher(services, security)
         try:
             while (request := self._commands.get()) is not None:
@@ -296,11 +317,50 @@ class AgentService:
         self.recognizer = self._new_recognizer(settings)
         log.info("settings applied")
 
+    def _schedule_models(self, models_dir: Path) -> None:
+        """From the command thread: the frame loop switches to the manifest in `models_dir` between two
+        frames. Returns once it has; raises what stopped it (the old pipeline then runs on)."""
+        future: Future[None] = Future()
+        self._pending_models = (models_dir, future)
+        try:
+            future.result(timeout=MODEL_SWAP_SECONDS)
+        except TimeoutError:
+            if not future.cancel():  # taken meanwhile: wait for the outcome
+                future.result()
+                return
+            self._pending_models = None
+            raise ModelError(f"the frame loop did not take the new models within {MODEL_SWAP_SECONDS:g} s") from None
+
+    def _apply_pending_models(self) -> None:
+        pending, self._pending_models = self._pending_models, None
+        if pending is None or not pending[1].set_running_or_notify_cancel():
+            return
+        models_dir, future = pending
+        try:
+            settings = replace(self.settings, models=replace(self.settings.models, dir=models_dir))
+            pipeline = FacePipeline(pipeline_options(settings))
+            self.matcher.load(self.store.iter_templates(pipeline.embedder.info.model_id))
+        except Exception as exc:
+            log.exception("could not switch to the models in %s; the previous ones run on", models_dir)
+            future.set_exception(exc)
+            return
+        self._emitted(self.recognizer.flush(datetime.now(UTC)))
+        self.settings, self.pipeline = settings, pipeline
+        self.recognizer = self._new_recognizer(settings)
+        self.telemetry.models = {"detector": pipeline.detector_spec.id, "embedder": pipeline.embedder.info.model_id}
+        self.__dict__.pop("_command_pipeline", None)  # the next enrolment builds one from the new models
+        log.info("models switched to %s", self.telemetry.models)
+        future.set_result(None)
+
     # ---------------------------------------------------------------------------------- status
 
     def _status_document(self) -> dict[str, Any]:
         with GalleryStore.open(self.settings.gallery.path) as store:
             document = self.telemetry.status(gallery_summary(store))
+            stale = store.people_needing_reenrolment(self.pipeline.embedder.info.model_id)
+            document["gallery"]["people_needing_reenrolment"] = len(stale)
+            stale = store.people_needing_reenrolment(self.telemetry.models["embedder"])
+        document["gallery"]["people_needing_reenrolment"] = len(stale)
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()

@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from agent.config import Settings
 from agent.enrolment import Enroller
@@ -23,6 +25,7 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
 from agent.recognizer import Recognizer, RecognizerStats
+from agent.sources.base import HiRes
 from agent.tracking.tracker import Track
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
@@ -154,3 +157,23 @@ def test_naive_timestamps_are_refused(pipeline: FacePipeline, sample_frame: Any,
         recognizer = Recognizer(pipeline, Matcher(metric="cosine", threshold=0.4, margin=0.0), store, Settings(), "c")
         with pytest.raises(ValueError, match="timezone-aware"):
             recognizer.process(sample_frame, datetime(2024, 1, 1))
+
+
+def test_small_faces_are_embedded_from_the_high_resolution_stream(
+    pipeline: FacePipeline, shared_data: Path, tmp_path: Path
+) -> None:
+    """Detection on a half-size frame, embedding from the full-size one: the same vector as a pipeline
+    that saw the full frame, which a chip upscaled from the small frame does not give."""
+    full = load_image(shared_data / "sequence/hamilton_clip/frames/frame_0150.jpg")
+    small = np.asarray(Image.fromarray(full).resize((320, 180), Image.Resampling.BOX))
+    settings = Settings()
+    with GalleryStore.open(tmp_path / "g.db") as store:
+        recognizer = Recognizer(pipeline, Matcher.for_gallery(settings.gallery), store, settings, "cam")
+        (face,) = pipeline.detect(small)
+        recognizer._hires = HiRes(full, (2.0, 2.0))
+        from_hires = recognizer._embed(Image.fromarray(small), face)
+        assert recognizer.stats.hires_crops == 1
+    (direct,) = pipeline.detect(full)
+    reference = pipeline.embed_face(full, direct).embedding
+    upscaled = pipeline.embed_face(small, face).embedding
+    assert np.linalg.norm(from_hires - reference) < np.linalg.norm(upscaled - reference)

@@ -98,6 +98,9 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
     try:
         assert observer.wait_for(lambda _: any(s["state"] == "online" for s in status(observer)), timeout=60)
         assert observer.wait_for(lambda _: bool(observer.on(f"faceagent/{DEVICE}/telemetry")), timeout=30)
+        assert observer.wait_for(lambda _: any(s.get("camera") for s in status(observer)), timeout=30)
+        online = next(s for s in status(observer) if s.get("camera"))
+        assert online["gallery"]["people_needing_reenrolment"] == 0 and online["camera"]["state"] == "ok"
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
