@@ -31,6 +31,7 @@ from agent.errors import FaceagentError, GalleryError, ImageError, NoFaceError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Match, utc_now
+from agent.model_install import installed_models_dir
 from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore, embedder_id
@@ -152,10 +153,16 @@ def cli_actor() -> str:
     return f"cli:{user}"
 
 
+def _models_dir(args: argparse.Namespace, settings: Settings) -> Path | None:
+    """Models installed over MQTT beside the gallery win, as in the service: the CLI must make templates
+    with the embedder the agent runs."""
+    return installed_models_dir(getattr(args, "db", None) or settings.gallery.path) or settings.models.dir
+
+
 def _pipeline(args: argparse.Namespace, settings: Settings) -> FacePipeline:
     models = settings.models
     options = PipelineOptions(
-        models_dir=args.models or models.dir,
+        models_dir=args.models or _models_dir(args, settings),
         detector=args.detector or models.detector,
         embedder=args.embedder or models.embedder,
         runtime=args.runtime or models.runtime,
@@ -259,7 +266,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_gallery_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    model_id = embedder_id(settings.models.dir, settings.models.embedder)
+    model_id = embedder_id(_models_dir(args, settings), settings.models.embedder)
     with _open_store(args, settings) as store:
         listing = store.listing(model_id)
     if args.json:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from agent.commands.schema import CommandError, Image
+from agent.commands.schema import MODEL_CHUNK_BYTES, CommandError, Image
 from agent.config import CommandSettings, find_config, load_settings
+from agent.identity import new_ulid
 from agent.link.mqtt import BrokerSettings
 from agent.operator import CtlError, Operator
 
 EXIT_REMOTE = 1
+COMMIT_SECONDS = 600.0  # a commit checks the model on the device (about 15 s on a Pi 4) and swaps it in
 
 
 # ------------------------------------------------------------------------------------ output
@@ -206,6 +209,75 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_phase(operator: Operator, devices: list[str], arguments: dict[str, Any]) -> list[str]:
+    """Send one phase; the devices whose job goes on. A silent device is asked once more (repeats are
+    harmless: a chunk received twice is acknowledged twice); the others are reported and dropped."""
+    replies = operator.call(devices, "model_update", arguments)
+    silent = [device for device, reply in replies.items() if reply is None]
+    if silent:
+        replies |= operator.call(silent, "model_update", arguments)
+    going = []
+    for device, reply in replies.items():
+        if reply is not None and (reply.get("data") or {}).get("status") == "IN_PROGRESS":
+            going.append(device)
+        elif reply is None:
+            print(f"{device}: no reply to {arguments['phase']}; dropped", file=sys.stderr)
+        else:
+            error = reply.get("error") or {"message": json.dumps(reply.get("data"))}
+            print(f"{device}: {arguments['phase']} refused: {error.get('message')}", file=sys.stderr)
+    return going
+
+
+def _model_outcome(device: str, reply: dict | None) -> bool:
+    data = (reply or {}).get("data") or {}
+    if data.get("status") == "SUCCEEDED":
+        print(
+            f"{device}: SUCCEEDED: {data['model_id']} version {data['version']} (sha256 {data['sha256'][:12]}) "
+            f"replaces {data['previous']['model_id']}; {data['people_needing_reenrolment']} people need "
+            f"re-enrolment, {data['templates_rebuilt']} templates rebuilt from kept chips"
+        )
+        return True
+    if data.get("status") == "FAILED":
+        print(f"{device}: FAILED at {data.get('step')}: {data.get('reason')} (the previous model runs on)")
+    else:
+        print(f"{device}: no outcome: {json.dumps(reply) if reply else 'no reply'}")
+    return False
+
+
+def cmd_model_update(args: argparse.Namespace) -> int:
+    """Begin, chunks, commit on every device named: one signed release, one job id."""
+    from agent.commands.signing import load_private_key
+    from agent.models_update import sign_model
+
+    key_path = args.model_key or args.sign_key
+    if key_path is None:
+        raise CtlError("a model update must be signed: give --model-key (or --sign-key)")
+    try:
+        content = args.model.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"{args.model}: cannot read it: {exc.strerror or exc}") from exc
+    meta = {"model_id": args.model_id, "role": args.role, "file": args.model.name, "version": args.model_version}
+    meta |= {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "entry": _json_object(args.entry)}
+    job_id = args.job_id or new_ulid()
+    begin = {"phase": "begin", "job_id": job_id, **meta, "signature": sign_model(load_private_key(key_path), meta)}
+    step = max(1, min(args.chunk_kib * 1024, MODEL_CHUNK_BYTES))
+    with _operator(args) as operator:
+        devices, status = _targets(args, operator, everywhere=False)
+        begun = going = _model_phase(operator, devices, begin)
+        for index, start in enumerate(range(0, len(content), step)):
+            data = base64.b64encode(content[start : start + step]).decode()
+            going = _model_phase(operator, going, {"phase": "chunk", "job_id": job_id, "index": index, "data": data})
+            if not going:
+                break
+        dropped = [device for device in begun if device not in going]
+        if dropped:  # free them for the next job now rather than after their idle timeout
+            operator.call(dropped, "model_update", {"phase": "abort", "job_id": job_id})
+        operator.timeout = max(operator.timeout, COMMIT_SECONDS)
+        replies = operator.call(going, "model_update", {"phase": "commit", "job_id": job_id}) if going else {}
+    succeeded = [_model_outcome(device, reply) for device, reply in replies.items()]
+    return status if succeeded and all(succeeded) and len(succeeded) == len(devices) else EXIT_REMOTE
+
+
 def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     """`faceagent ctl ...`, wired into the CLI's parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -266,6 +338,17 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     call.add_argument("command", help="command name")
     call.add_argument("arguments", nargs="?", default="{}", help="its args as a JSON object")
     call.set_defaults(handler=lambda a: cmd_call(a, a.command, _json_object(a.arguments)))
+
+    update = sub.add_parser("model-update", parents=[common, fleet], help="install a signed model on devices")
+    update.add_argument("model", type=Path, help="the .tflite file")
+    update.add_argument("--model-id", required=True, help="manifest id: an existing one to replace, or a new one")
+    update.add_argument("--role", required=True, choices=("embedder", "detector"))
+    update.add_argument("--model-version", required=True, help="the release's version, e.g. 2025.06.1")
+    update.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
+    update.add_argument("--model-key", type=Path, help="Ed25519 key that signs the model (default: --sign-key)")
+    update.add_argument("--chunk-kib", type=int, default=256, help="chunk size in KiB (default 256, at most 1024)")
+    update.add_argument("--job-id", help="the job's id (default: a new ULID)")
+    update.set_defaults(handler=cmd_model_update)
 
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed commands")
     keygen.add_argument("key_file", type=Path, help="where to write the private key (PEM, mode 0600)")

@@ -359,8 +359,6 @@ class AgentService:
             document = self.telemetry.status(gallery_summary(store))
             stale = store.people_needing_reenrolment(self.pipeline.embedder.info.model_id)
             document["gallery"]["people_needing_reenrolment"] = len(stale)
-            stale = store.people_needing_reenrolment(self.telemetry.models["embedder"])
-        document["gallery"]["people_needing_reenrolment"] = len(stale)
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()

@@ -25,10 +25,13 @@ from PIL import Image as PILImage
 
 from agent.commands.schema import (
     SMALL_PAYLOAD_BYTES,
+    Blob,
+    Document,
     Flag,
     Image,
     Items,
     Number,
+    Phases,
     Record,
     Rule,
     SettingValues,
@@ -75,7 +78,24 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "update_person": {"person_id": "p_0123", "name": "Y"},
     "set_config": {"values": {"gallery.threshold": 0.3}},
     "purge_events": {"older_than_days": 30},
+    "model_update": {
+        "phase": "begin",
+        "job_id": "j1",
+        "model_id": "m1",
+        "role": "embedder",
+        "file": "m.tflite",
+        "version": "1",
+        "sha256": "0" * 64,
+        "size": 1,
+        "entry": {},
+    },
 }
+
+
+def _record(name: str) -> Record:
+    """The Record that checks the command's valid arguments (for model_update, its phase's)."""
+    rule = SCHEMAS[name].args
+    return rule.records[VALID_ARGS[name]["phase"]] if isinstance(rule, Phases) else rule
 
 
 @dataclass
@@ -170,6 +190,10 @@ def wrong(rule: Rule) -> st.SearchStrategy[Any]:
         )
     if isinstance(rule, Timestamp):
         return st.text(max_size=30) | st.integers() | st.just("2025-01-01T00:00:00")
+    if isinstance(rule, Blob):
+        return st.integers() | st.none() | st.just("not base64!") | st.just("A" * (4 * rule.max_bytes // 3 + 8))
+    if isinstance(rule, Document):
+        return st.text() | st.integers() | st.lists(scalars, max_size=2)
     raise AssertionError(f"no wrong values for {rule!r}")
 
 
@@ -178,7 +202,7 @@ def mutated_args(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     """A command with valid arguments and then exactly one thing wrong with them."""
     name = draw(names)
     args = json.loads(json.dumps(VALID_ARGS[name]))
-    record = SCHEMAS[name].args
+    record = _record(name)
     kinds = ["unknown"] + (["wrong"] if record.fields else []) + (["missing"] if record.required else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "unknown":
@@ -252,7 +276,7 @@ def test_deep_nesting(fuzz: Fuzz, name: str, depth: int, bracket: str) -> None:
 @given(name=names, size=st.integers(SMALL_PAYLOAD_BYTES - 100, 2 * SMALL_PAYLOAD_BYTES))
 @examples(300)
 def test_huge_strings(fuzz: Fuzz, name: str, size: int) -> None:
-    field = next(iter(SCHEMAS[name].args.fields), "padding")
+    field = next(iter(_record(name).fields), "padding")
     fuzz.check(name, json.dumps({"request_id": fuzz.request_id(), "args": {field: "x" * size}}).encode())
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.commands.schema import CommandError, ErrorCode
 from agent.config import (
@@ -29,6 +29,9 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person, utc_iso
 from agent.vision.modelstore import embedder_id
+
+if TYPE_CHECKING:
+    from agent.models_update import ModelUpdater
 
 # What an operator may change over MQTT: how faces are judged, tracked, reported and kept. Never
 # paths, models, the metric (the matcher is built for one), keep_chips (it stores biometric data),
@@ -61,6 +64,7 @@ class CommandServices:
     status: Callable[[], dict]
     request_restart: Callable[[], None]
     actor_prefix: str = "mqtt"
+    model_updates: ModelUpdater | None = None  # the model_update job; None: updates are not offered
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,24 @@ def restart(ctx: Context, args: dict[str, Any]) -> Done:
     return Done({"restarting": True}, after=ctx.services.request_restart)
 
 
+# What a model_update audit record keeps: the job's progress and outcome, never model bytes.
+_MODEL_AUDIT = ("job_id", "model_id", "version", "sha256", "bytes_received", "step", "reason", "templates_rebuilt")
+
+
+def model_update(ctx: Context, args: dict[str, Any]) -> Done:
+    """One phase of a model update job (`agent/models_update.py`); the job's status is in the data."""
+    updates = ctx.services.model_updates
+    if updates is None:
+        raise CommandError(ErrorCode.CONFLICT, "this agent does not take model updates (run it as `faceagent run`)")
+    data = updates.run(args, open_store=ctx.open_store, actor=ctx.actor, now=ctx.now)
+    details = {"phase": args["phase"], "job_status": data["status"]} | {
+        key: data[key] for key in _MODEL_AUDIT if data.get(key) is not None
+    }
+    if args["phase"] == "chunk":
+        details["index"] = args["index"]
+    return Done(data, None, details)
+
+
 HANDLERS: dict[str, Handler] = {
     "ping": ping,
     "get_status": get_status,
@@ -281,4 +303,5 @@ HANDLERS: dict[str, Handler] = {
     "set_config": set_config,
     "purge_events": purge_events,
     "restart": restart,
+    "model_update": model_update,
 }

@@ -48,7 +48,12 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 ORIGIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 COMMAND_NAME = re.compile(r"[a-z][a-z_]{0,31}")
 SETTING_KEY = re.compile(r"[a-z_]{1,32}\.[a-z_]{1,64}")
-SMALL_PAYLOAD_BYTES = 64 * 1024  # every command but enroll
+SMALL_PAYLOAD_BYTES = 64 * 1024  # every command but enroll and model_update
+MODEL_CHUNK_BYTES = 1024 * 1024  # one model_update chunk, decoded
+MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.tflite")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"[A-Za-z0-9_.+:-]{1,64}")
 MAX_DEPTH = 6
 _TEXT = 200  # the gallery's limit for names and references
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
@@ -159,6 +164,41 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Blob:
+    """Base64 bytes of any kind (a model chunk), returned decoded; size judged before decoding."""
+
+    max_bytes: int
+
+    def check(self, value: Any, where: str) -> bytes:
+        if not isinstance(value, str):
+            raise _bad(where, f"must be a base64 string, got {_kind(value)}")
+        if len(value) > 4 * (self.max_bytes // 3 + 1):
+            raise _bad(where, f"over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+        try:
+            data = binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise _bad(where, "is not valid base64 (one line, no breaks: base64 -w0)") from None
+        if len(data) > self.max_bytes:
+            raise _bad(where, f"is {len(data)} bytes, over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+        return data
+
+
+@dataclass(frozen=True)
+class Document:
+    """Any JSON object (a manifest entry), bounded by the decoder's depth limit and its key count here;
+    its meaning is checked by whoever uses it."""
+
+    max_keys: int = 64
+
+    def check(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _bad(where, f"must be an object, got {_kind(value)}")
+        if len(value) > self.max_keys:
+            raise _bad(where, f"must hold at most {self.max_keys} fields, got {len(value)}")
+        return value
+
+
+@dataclass(frozen=True)
 class Items:
     of: Rule
     max_items: int
@@ -205,6 +245,21 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Phases:
+    """An object whose `phase` field picks the Record that checks it (model_update's begin, chunk ...)."""
+
+    records: dict[str, Record]
+
+    def check(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _bad(where, f"must be an object, got {_kind(value)}")
+        phase = value.get("phase")
+        if not isinstance(phase, str) or phase not in self.records:
+            raise _bad(f"{where}.phase", f"must be one of {', '.join(self.records)}")
+        return self.records[phase].check(value, where)
+
+
+@dataclass(frozen=True)
 class SettingValues:
     """`{"section.key": value}`: key shapes and value kinds here, which keys may change in the handler."""
 
@@ -231,7 +286,7 @@ class Request:
 
 @dataclass(frozen=True)
 class CommandSchema:
-    args: Record = field(default_factory=lambda: Record({}))
+    args: Rule = field(default_factory=lambda: Record({}))
     max_bytes: int = SMALL_PAYLOAD_BYTES
 
     def check(self, document: dict[str, Any]) -> Request:
@@ -285,7 +340,34 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         "set_config": CommandSchema(Record({"values": SettingValues()}, required=frozenset({"values"}))),
         "purge_events": CommandSchema(Record({"older_than_days": Number(0, 36500)})),
         "restart": CommandSchema(),
+        "model_update": CommandSchema(_model_update(), limits.max_payload_bytes),
     }
+
+
+def _model_update() -> Phases:
+    """begin (signed metadata), chunk (bytes in order), commit, abort, status: see agent/models_update.py."""
+    job = {"phase": Text(16), "job_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -")}
+    begin = job | {
+        "model_id": Text(64, MODEL_ID, "1-64 of a-z 0-9 . _ -, starting with a letter or digit"),
+        "role": Text(16, re.compile("detector|embedder"), "detector or embedder"),
+        "file": Text(100, MODEL_FILE, "a bare file name ending in .tflite"),
+        "version": Text(64, VERSION, "1-64 of A-Z a-z 0-9 _ . + : -"),
+        "sha256": Text(64, SHA256, "64 lowercase hex digits"),
+        "size": Number(1, 2**40, integer=True),
+        "signature": Text(128),
+        "entry": Document(),
+    }
+    chunk = job | {"index": Number(0, 1_000_000, integer=True), "data": Blob(MODEL_CHUNK_BYTES)}
+    required = frozenset(job)
+    return Phases(
+        {
+            "begin": Record(begin, required | {"model_id", "role", "file", "version", "sha256", "size"}),
+            "chunk": Record(chunk, required | {"index", "data"}),
+            "commit": Record(job, required),
+            "abort": Record(job, required),
+            "status": Record(job, frozenset({"phase"})),
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------ decoding

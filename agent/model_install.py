@@ -1,0 +1,179 @@
+"""The writable models directory of a device, and every change a model update makes to it.
+
+It lives in the state directory (`state_models_dir`, beside the gallery), never in the installed package,
+and once it holds a manifest the service loads its models from there (`installed_models_dir`). The first
+update seeds it with the models in use. Files are named by content (`<stem>.<sha256[:12]>.tflite`), so
+no update overwrites a file: the previous model is still on disk when the manifest (replaced atomically,
+the old one kept as `manifest.previous.json`) is rolled back. Files neither manifest names are removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.commands.handlers import write_atomically
+from agent.vision.embedder import Embedder
+from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore
+from agent.vision.runtime import TfliteModel, select_runtime
+
+if TYPE_CHECKING:
+    from agent.config import ModelSettings
+    from agent.gallery.matcher import Matcher
+    from agent.gallery.store import GalleryStore
+
+PREVIOUS_MANIFEST = "manifest.previous.json"
+
+
+def state_models_dir(gallery_path: Path) -> Path:
+    """Where updated models live: beside the gallery, in the state directory the agent may write."""
+    return Path(gallery_path).parent / "models"
+
+
+def installed_models_dir(gallery_path: Path) -> Path | None:
+    """The state models directory once an update has installed a manifest there (it then wins)."""
+    folder = state_models_dir(gallery_path)
+    return folder if (folder / MANIFEST_NAME).is_file() else None
+
+
+def stored_name(file: str, sha256: str) -> str:
+    """The installed file's name: the publisher's, tagged with the content."""
+    path = Path(file)
+    return f"{path.stem}.{sha256[:12]}{path.suffix}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+class ModelsFolder:
+    """The state models directory. `candidate` prepares, `install` commits, `restore` undoes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    def candidate(self, live_dir: Path, meta: dict[str, Any], current: str, staged: Path, scratch: Path) -> dict:
+        """Write into `scratch` a models directory of links with the manifest to be; returns that manifest.
+
+        `meta` is the signed metadata plus `installed` (job, signer, time); its `entry` overrides the model's
+        old entry, or for a new id the entry of `current`, the model now used for the role.
+        """
+        live = ModelStore(live_dir)
+        self._seed(live, live_dir)
+        name = stored_name(meta["file"], meta["sha256"])
+        document = json.loads((live_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        entries: list[dict[str, Any]] = document["models"]
+        ids = [entry["id"] for entry in entries]
+        model_id, role = meta["model_id"], meta["role"]
+        base = entries[ids.index(model_id)] if model_id in ids else live.specs[current].raw
+        entry = copy.deepcopy(base) | meta["entry"]
+        entry |= {"id": model_id, "role": role, "file": name, "sha256": meta["sha256"], "bytes": meta["size"]}
+        entry |= {"version": meta["version"], "installed": meta["installed"]}
+        position = ids.index(model_id) if model_id in ids else len(entries)
+        document["models"] = [*entries[:position], entry, *entries[position + 1 :]]
+        document.setdefault("defaults", {})[role] = model_id
+        scratch.mkdir()
+        for item in document["models"]:
+            target = scratch / item["file"]
+            if not target.exists():
+                _link(staged if item["file"] == name else self.path / item["file"], target)
+        (scratch / MANIFEST_NAME).write_text(json.dumps(document, indent=2), encoding="utf-8")
+        return document
+
+    def _seed(self, live: ModelStore, live_dir: Path) -> None:
+        """Copy the models in use (verified) into the state directory before its first manifest."""
+        if live_dir.resolve() == self.path.resolve():
+            return
+        for spec in live.specs.values():
+            target = self.path / spec.file
+            if not (target.is_file() and target.stat().st_size == spec.bytes):
+                write_atomically(target, live.read_verified(spec))
+
+    def install(self, staged: Path, name: str, manifest: dict, live_dir: Path) -> bytes | None:
+        """Move the model in, keep the manifest in use (`live_dir`'s, seeded here) as the previous one, and
+        replace the manifest; returns the one replaced here (None: this is the first update)."""
+        os.replace(staged, self.path / name)
+        _fsync_dir(self.path)
+        previous = self.manifest.read_bytes() if self.manifest.is_file() else None
+        write_atomically(self.path / PREVIOUS_MANIFEST, (live_dir / MANIFEST_NAME).read_bytes())
+        write_atomically(self.manifest, json.dumps(manifest, indent=2).encode() + b"\n")
+        return previous
+
+    def restore(self, previous: bytes | None) -> None:
+        """Put back the manifest `install` replaced; after a first update, none (the package's models run)."""
+        if previous is None:
+            self.manifest.unlink(missing_ok=True)
+            (self.path / PREVIOUS_MANIFEST).unlink(missing_ok=True)
+            _fsync_dir(self.path)
+        else:
+            write_atomically(self.manifest, previous)
+
+    def tidy(self) -> None:
+        """Remove model files neither manifest names (all of them where no update is installed)."""
+        wanted: set[str] = set()
+        for path in (self.manifest, self.path / PREVIOUS_MANIFEST):
+            try:
+                wanted.update(entry["file"] for entry in json.loads(path.read_text(encoding="utf-8"))["models"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        for path in self.path.glob("*.tflite"):
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
+
+
+def load_embedder(models_dir: Path, spec: ModelSpec, models: ModelSettings) -> Embedder:
+    content = ModelStore(models_dir).read_verified(spec)
+    return Embedder(TfliteModel(select_runtime(models.runtime).load(content, models.threads)), spec.raw)
+
+
+def rebuild_templates(store: GalleryStore, matcher: Matcher, embedder: Embedder, old_id: str, actor: str) -> int:
+    """Templates of `embedder` from the chips kept with templates of `old_id`, each chip once; audited.
+
+    Reads the chips with its own query: the store offers none (chips are only written there).
+    """
+    info = embedder.info
+    shape = embedder.model.input_shape[1:]
+    sql = (
+        "SELECT t.person_id, p.name, t.chip, t.quality FROM templates t JOIN people p ON p.id = t.person_id "
+        "WHERE t.model_id = ? AND t.chip IS NOT NULL AND NOT EXISTS (SELECT 1 FROM templates u "
+        "WHERE u.person_id = t.person_id AND u.model_id = ? AND u.chip = t.chip) ORDER BY t.id"
+    )
+    rows = store.db.execute(sql, [old_id, info.model_id]).fetchall()
+    added: list[tuple[int, str, str, np.ndarray]] = []
+    with store.transaction():
+        for person_id, name, chip, quality in rows:
+            if len(chip) != math.prod(shape):
+                continue
+            vector = embedder.embed(np.frombuffer(chip, dtype=np.uint8).reshape(shape))
+            quality_figures = json.loads(quality)
+            template_id = store.add_template(
+                person_id, vector, model_id=info.model_id, model_sha256=info.sha256, quality=quality_figures, chip=chip
+            )
+            added.append((template_id, person_id, name, vector))
+        details = {"from_model": old_id, "model": info.model_id, "templates": len(added)}
+        store.audit(actor, "templates.rebuild", None, details)
+    for row in added:
+        matcher.add(*row)
+    return len(added)

@@ -1,0 +1,346 @@
+"""Model updates over MQTT (`model_update`), shaped like AWS IoT Jobs: one job at a time, in phases.
+
+    begin   signed metadata                       -> IN_PROGRESS (nothing is accepted unless it verifies)
+    chunk   the bytes in order, base64            -> IN_PROGRESS and the bytes received; a repeated chunk
+            is acknowledged again, a gap is refused naming the chunk expected, and the job goes on
+    commit  size, sha256 and signature; the test faces in a child process (`agent.model_check`); install;
+            the live pipeline swapped between frames -> SUCCEEDED, or FAILED with the step and the reason
+    abort   -> CANCELED          status   the job in progress, else the last one
+
+Why it is built so:
+- A model decides who is let through, so it is treated as code: its metadata (id, role, file, version,
+  sha256, size and manifest entry, a threshold being as decisive as the weights) must carry an Ed25519
+  signature by a key of `commands.public_keys`, even where commands themselves need none. The job id and
+  the device are not signed, so one signed release serves a whole fleet.
+- Nothing is written into the installed package: models go to the state directory (`agent.model_install`).
+  Chunks are fsynced into its `.staging/<job_id>`, removed when the job ends and at start-up (a restart
+  ends a job: send it again).
+- Every failure leaves the models in use: the candidate is checked before it is installed, and if the live
+  agent cannot switch to it after all, the previous manifest is put back.
+- A new embedder id means new templates: the live matcher holds only that model's, people without one are
+  reported for re-enrolment, and with `gallery.keep_chips` on the kept chips are embedded again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature
+
+from agent.commands.schema import MODEL_CHUNK_BYTES, CommandError, ErrorCode
+from agent.errors import FaceagentError
+from agent.identity import utc_iso
+from agent.model_check import run_check
+from agent.model_install import ModelsFolder, load_embedder, rebuild_templates, stored_name
+from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    from agent.config import Settings
+    from agent.gallery.matcher import Matcher
+    from agent.gallery.store import GalleryStore
+
+MAX_MODEL_BYTES = 64 * 1024 * 1024
+JOB_IDLE_SECONDS = 600.0  # a job silent this long gives way to the next `begin`
+MODEL_TAG = b"faceagent-model-v1"
+SIGNED_FIELDS = ("model_id", "role", "file", "version", "sha256", "size", "entry")
+SET_BY_UPDATE = ("id", "role", "file", "sha256", "bytes", "version", "installed")  # not overridable in `entry`
+STAGING = ".staging"
+_SPARE_BYTES = 16 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class JobStatus(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+# ------------------------------------------------------------------------------------ signatures
+
+
+def model_message(meta: Mapping[str, Any]) -> bytes:
+    """The bytes a model's publisher signs: a tag, then the signed fields as canonical JSON."""
+    body = {name: meta.get(name, {} if name == "entry" else None) for name in SIGNED_FIELDS}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return MODEL_TAG + b"\n" + text.encode("utf-8")
+
+
+def sign_model(key: Ed25519PrivateKey, meta: Mapping[str, Any]) -> str:
+    return base64.b64encode(key.sign(model_message(meta))).decode()
+
+
+def verify_model(keys: Mapping[str, Ed25519PublicKey], meta: Mapping[str, Any], signature: str | None) -> str:
+    """The id of the key that signed `meta`; CommandError (unauthorized) otherwise."""
+    if signature is None:
+        raise CommandError(ErrorCode.UNAUTHORIZED, "a model update must be signed (ctl model-update --model-key)")
+    if not keys:
+        raise CommandError(ErrorCode.UNAUTHORIZED, "no commands.public_keys configured: no model signature can verify")
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        raise CommandError(ErrorCode.UNAUTHORIZED, "args.signature is not base64") from None
+    message = model_message(meta)
+    for identity, key in keys.items():
+        try:
+            key.verify(raw, message)
+        except InvalidSignature:
+            continue
+        return identity
+    raise CommandError(ErrorCode.UNAUTHORIZED, "the model signature does not verify with any configured key")
+
+
+# ------------------------------------------------------------------------------------ jobs
+
+
+class UpdateFailed(FaceagentError):
+    """A commit step failed: the job ends FAILED and the models in use stay."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
+@dataclass
+class Job:
+    job_id: str
+    meta: dict[str, Any]  # the signed fields
+    signature: str
+    signer: str
+    folder: Path
+    touched: float
+    chunks: list[str] = field(default_factory=list)  # sha256 of each chunk received, by index
+    received: int = 0
+    status: JobStatus = JobStatus.IN_PROGRESS
+    outcome: dict[str, Any] = field(default_factory=dict)  # the step and reason of a failure, or the result
+
+    @property
+    def staged(self) -> Path:
+        return self.folder / "model"
+
+    def report(self) -> dict[str, Any]:
+        meta = self.meta
+        head = {"job_id": self.job_id, "status": str(self.status), "model_id": meta["model_id"], "role": meta["role"]}
+        progress = {"bytes_received": self.received, "bytes_total": meta["size"], "next_index": len(self.chunks)}
+        return head | {"version": meta["version"]} | progress | self.outcome
+
+
+class ModelUpdater:
+    """The device's one model-update job and everything a commit needs; used from the command thread only.
+
+    `apply(models_dir)` makes the live agent use the manifest in `models_dir` (the service swaps its
+    pipeline between two frames and reloads the matcher with that embedder's templates) or raises.
+    """
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        get_settings: Callable[[], Settings],
+        keys: Mapping[str, Ed25519PublicKey],
+        apply: Callable[[Path], None],
+        matcher: Matcher,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.folder = ModelsFolder(self.models_dir)
+        self.get_settings, self.keys, self.apply, self.matcher, self.clock = get_settings, keys, apply, matcher, clock
+        self.job: Job | None = None
+        self.last: Job | None = None
+        shutil.rmtree(self.models_dir / STAGING, ignore_errors=True)
+        self.folder.tidy()  # seeded copies left by a first update that a crash cut short
+
+    def run(self, args: dict[str, Any], *, open_store: Callable[[], GalleryStore], actor: str, now: datetime) -> dict:
+        """One phase; the reply's data. Refusals raise CommandError; a failed commit is a FAILED job."""
+        phase = args["phase"]
+        if phase == "begin":
+            return self._begin(args).report() | {"max_chunk_bytes": MODEL_CHUNK_BYTES}
+        if phase == "chunk":
+            return self._chunk(self._current(args["job_id"]), args["index"], args["data"])
+        if phase == "commit":
+            return self._commit(self._current(args["job_id"]), open_store, actor, now)
+        if phase == "abort":
+            return self._end(self._current(args["job_id"]), JobStatus.CANCELED, {})
+        return self._status(args.get("job_id"))
+
+    # ------------------------------------------------------------------------------- transfer
+
+    def _begin(self, args: dict[str, Any]) -> Job:
+        meta = {name: args.get(name) for name in SIGNED_FIELDS} | {"entry": args.get("entry", {})}
+        if self.job is not None and self.job.job_id == args["job_id"] and self.job.meta == meta:
+            return self.job  # the same begin again: the job goes on where it is
+        if meta["size"] > MAX_MODEL_BYTES:
+            raise CommandError(ErrorCode.TOO_LARGE, f"a model may have at most {MAX_MODEL_BYTES} bytes")
+        taken = sorted(set(meta["entry"]) & set(SET_BY_UPDATE))
+        if taken:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"args.entry: {taken[0]!r} is set by the update itself")
+        signer = verify_model(self.keys, meta, args.get("signature"))
+        self._refuse_unusable(meta)
+        if self.job is not None:
+            if self.clock() - self.job.touched < JOB_IDLE_SECONDS:
+                job = self.job
+                progress = f"{job.received} of {job.meta['size']} bytes"
+                raise CommandError(ErrorCode.CONFLICT, f"job {job.job_id} is in progress ({progress}): abort it first")
+            self._end(self.job, JobStatus.TIMED_OUT, {"reason": f"no activity for {JOB_IDLE_SECONDS:g} s"})
+        if self.last is not None and self.last.job_id == args["job_id"]:
+            raise CommandError(ErrorCode.CONFLICT, f"job {args['job_id']} has ended ({self.last.status}): use a new id")
+        self.models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._refuse_without_room(meta["size"])
+        folder = self.models_dir / STAGING / args["job_id"]
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        job = Job(args["job_id"], meta, args["signature"], signer, folder, self.clock())
+        job.staged.write_bytes(b"")
+        self.job = job
+        log.info("model update %s: %s %s version %s, %d bytes", job.job_id, meta["role"], meta["model_id"],
+                 meta["version"], meta["size"])  # fmt: skip
+        return job
+
+    def _refuse_unusable(self, meta: dict[str, Any]) -> None:
+        """An update the agent would not use, or that would relabel a model of another role."""
+        role, model_id = meta["role"], meta["model_id"]
+        pinned = getattr(self.get_settings().models, role)
+        if pinned and pinned != model_id:
+            message = f"models.{role} pins {pinned} in the settings, so {model_id} would never be used: update {pinned}"
+            raise CommandError(ErrorCode.CONFLICT, message)
+        existing = ModelStore(self._live_dir()).specs.get(model_id)
+        if existing is not None and existing.role != role:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"{model_id} is a {existing.role}, not a {role}")
+
+    def _refuse_without_room(self, size: int) -> None:
+        live = ModelStore(self._live_dir())
+        seeding = 0 if (self.models_dir / MANIFEST_NAME).is_file() else sum(s.bytes for s in live.specs.values())
+        free = shutil.disk_usage(self.models_dir).free
+        if free < size + seeding + _SPARE_BYTES:
+            message = f"only {free} bytes free in {self.models_dir} for a {size}-byte model"
+            raise CommandError(ErrorCode.TOO_LARGE, message)
+
+    def _chunk(self, job: Job, index: int, data: bytes) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        job.touched = self.clock()
+        if index < len(job.chunks):
+            if job.chunks[index] != digest:
+                raise CommandError(ErrorCode.CONFLICT, f"chunk {index} was received before with other bytes")
+            return job.report() | {"duplicate": True}
+        if index > len(job.chunks):
+            message = f"chunk {index} leaves a gap: the next chunk is {len(job.chunks)}"
+            raise CommandError(ErrorCode.BAD_REQUEST, message)
+        if not data or job.received + len(data) > job.meta["size"]:
+            size = job.meta["size"]
+            raise CommandError(ErrorCode.BAD_REQUEST, f"chunk {index} is empty or goes past the {size} bytes declared")
+        with open(job.staged, "r+b") as stream:
+            stream.seek(job.received)
+            stream.write(data)
+            stream.truncate()
+            stream.flush()
+            os.fsync(stream.fileno())
+        job.chunks.append(digest)
+        job.received += len(data)
+        return job.report() | {"duplicate": False}
+
+    def _current(self, job_id: str) -> Job:
+        if self.job is not None and self.job.job_id == job_id:
+            return self.job
+        if self.last is not None and self.last.job_id == job_id:
+            raise CommandError(ErrorCode.CONFLICT, f"job {job_id} has ended ({self.last.status})")
+        raise CommandError(ErrorCode.NOT_FOUND, f"no model update job {job_id} on this device")
+
+    def _status(self, job_id: str | None) -> dict[str, Any]:
+        for job in (self.job, self.last):
+            if job is not None and job_id in (None, job.job_id):
+                return job.report()
+        if job_id is not None:
+            raise CommandError(ErrorCode.NOT_FOUND, f"no model update job {job_id} on this device")
+        return {"job_id": None, "status": "NONE", "max_chunk_bytes": MODEL_CHUNK_BYTES}
+
+    def _end(self, job: Job, status: JobStatus, outcome: dict[str, Any]) -> dict[str, Any]:
+        job.status, job.outcome = status, outcome
+        self.job, self.last = None, job
+        shutil.rmtree(job.folder, ignore_errors=True)
+        self.folder.tidy()
+        log.info("model update %s: %s %s", job.job_id, status, outcome.get("reason") or "")
+        return job.report()
+
+    # ------------------------------------------------------------------------------- commit
+
+    def _commit(self, job: Job, open_store: Callable[[], GalleryStore], actor: str, now: datetime) -> dict:
+        try:
+            result = self._go_live(job, open_store, actor, now)
+        except UpdateFailed as exc:
+            log.warning("model update %s failed at %s: %s", job.job_id, exc.step, exc.reason)
+            return self._end(job, JobStatus.FAILED, {"step": exc.step, "reason": exc.reason})
+        return self._end(job, JobStatus.SUCCEEDED, result)
+
+    def _go_live(self, job: Job, open_store: Callable[[], GalleryStore], actor: str, now: datetime) -> dict:
+        meta = job.meta
+        self._verify(job)
+        settings = self.get_settings()
+        live_dir = self._live_dir()
+        live = ModelStore(live_dir)
+        before = {role: live.spec(getattr(settings.models, role), role) for role in ("detector", "embedder")}
+        replaced = before[meta["role"]]
+        stamp = {"installed": {"job_id": job.job_id, "signed_by": job.signer, "at": utc_iso(now)}}
+        candidate = job.folder / "candidate"
+        try:
+            manifest = self.folder.candidate(live_dir, meta | stamp, replaced.id, job.staged, candidate)
+        except (OSError, FaceagentError, ValueError, KeyError) as exc:
+            raise UpdateFailed("install", f"could not stage it beside the models in use: {exc}") from exc
+        verdict = run_check(candidate, live_dir, settings.models)
+        if not verdict.ok:
+            raise UpdateFailed(verdict.step, verdict.reason or "it failed its check")
+        previous = self.folder.install(job.staged, stored_name(meta["file"], meta["sha256"]), manifest, live_dir)
+        try:
+            self.apply(self.models_dir)
+        except Exception as exc:
+            self.folder.restore(previous)
+            reason = f"the live agent could not switch to it ({exc}); the previous models run on"
+            raise UpdateFailed("swap", reason) from exc
+        result = {"sha256": meta["sha256"], "previous": {"model_id": replaced.id, "sha256": replaced.sha256}}
+        return result | {"check": verdict.figures} | self._templates(before["embedder"], open_store(), actor)
+
+    def _verify(self, job: Job) -> None:
+        meta = job.meta
+        if job.received != meta["size"]:
+            raise UpdateFailed("verify", f"truncated: {job.received} of the {meta['size']} bytes declared arrived")
+        digest = hashlib.sha256(job.staged.read_bytes()).hexdigest()
+        if digest != meta["sha256"]:
+            raise UpdateFailed("verify", f"sha256 mismatch: the bytes received hash to {digest}, not {meta['sha256']}")
+        try:
+            verify_model(self.keys, meta, job.signature)
+        except CommandError as exc:
+            raise UpdateFailed("verify", exc.message) from None
+
+    def _live_dir(self) -> Path:
+        return self.get_settings().models.dir or default_models_dir()
+
+    # ------------------------------------------------------------------------------- templates
+
+    def _templates(self, old: ModelSpec, store: GalleryStore, actor: str) -> dict[str, Any]:
+        """After an embedder change: rebuild from kept chips where allowed; who still needs re-enrolment."""
+        settings = self.get_settings()
+        new = ModelStore(self.models_dir).spec(settings.models.embedder, "embedder")
+        rebuilt = 0
+        if new.id != old.id and settings.gallery.keep_chips:
+            if new.raw.get("alignment") == old.raw.get("alignment"):
+                embedder = load_embedder(self.models_dir, new, settings.models)
+                rebuilt = rebuild_templates(store, self.matcher, embedder, old.id, actor)
+            else:
+                log.warning("kept chips were aligned for %s, not %s: people need re-enrolment", old.id, new.id)
+        stale = len(store.people_needing_reenrolment(new.id))
+        return {"embedder_changed": new.id != old.id, "templates_rebuilt": rebuilt, "people_needing_reenrolment": stale}
