@@ -1,0 +1,617 @@
+#!/usr/bin/env bash
+# faceagent on the Pi's architecture, without a Pi: an arm64 Debian Bookworm userland under qemu-user.
+#
+#   sudo scripts/arm64_check.sh [--short] [--cache DIR] [--clean] [--tolerance 0.999] [--pairs N]
+#                               [--decision-band 0.025] [--cpu cortex-a72,cortex-a76] [--mirror URL]
+#                               [--corrupt-model]
+#
+# 1. Builds (once; cached by its inputs) an arm64 Bookworm userland with debootstrap + qemu-user-static.
+# 2. Copies this checkout into it (without .venv) and runs the README's own "Install and run" command
+#    there, so the README is what gets tested; then `faceagent --version`, `faceagent models verify`,
+#    `faceagent compare --json` on real LFW pairs from ../shared/data, the embeddings of the faces of
+#    those pairs (scripts/arm64_embeddings.py), `faceagent enroll` + `identify --db` (the gallery) and,
+#    unless --short, `pytest -m arm64` and a real `scripts/install.sh` run (--short: its --dry-run).
+#    qemu emulates the Pi's own cores (QEMU_CPU): cortex-a72 = Pi 4 (no dotprod, no fp16), the first
+#    --cpu, runs everything; cortex-a76 = Pi 5 (dotprod, fp16) also runs the embeddings in the full form.
+# 3. Runs the same pairs and faces on this (x86-64) host and fails when any face's embeddings differ by
+#    cosine < --tolerance, or any decision (same/different, 1:N matched person) differs, except one that
+#    sat on its threshold: the two sides' distances at most --decision-band apart (listed as borderline;
+#    --decision-band 0 fails those too).
+#
+# Cache (default /var/cache/faceagent-arm64 as root): rootfs-<key>/ is the debootstrap result, keyed by
+# SCRIPT_VERSION, suite, arch, variant and package list; inside it the checkout's .venv is the pip
+# layer, keyed by pyproject.toml (rebuilt when it changes). --clean deletes both and starts over.
+# Needs root (debootstrap, chroot, mounts) and ../shared/data (or FACEAGENT_SHARED_DATA).
+# Exit status: 0 passed; 1 a check failed (the message says which); 2 bad usage or environment.
+set -euo pipefail
+
+SCRIPT_VERSION=1 # bump when the way the base userland is built changes: it is part of the cache key
+SUITE=bookworm
+ARCH=arm64
+VARIANT=minbase
+INCLUDE=python3,python3-venv,python3-pip,systemd # systemd: `systemctl enable` (offline) for scripts/install.sh
+HOST_PACKAGES=(qemu-user-static binfmt-support debootstrap rsync)
+IN_ROOT=/srv/faceagent # inside the chroot: main/ (the checkout), shared/data (read-only), out/
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${FACEAGENT_SHARED_DATA:-$REPO/../shared/data}
+if [[ $EUID -eq 0 ]]; then CACHE=/var/cache/faceagent-arm64; else CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/faceagent-arm64; fi
+CACHE=${FACEAGENT_ARM64_CACHE:-$CACHE}
+CLEAN=0
+SHORT=0
+TOLERANCE=0.999
+BAND=0.025
+PAIRS=""
+MIRROR=""
+CORRUPT=0
+CPUS=""
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --cache) CACHE=$2; shift 2 ;;
+        --clean) CLEAN=1; shift ;;
+        --short) SHORT=1; shift ;;
+        --tolerance) TOLERANCE=$2; shift 2 ;;
+        --decision-band) BAND=$2; shift 2 ;;
+        --pairs) PAIRS=$2; shift 2 ;;
+        --mirror) MIRROR=$2; shift 2 ;;
+        --cpu) CPUS=$2; shift 2 ;;
+        --corrupt-model) CORRUPT=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "arm64_check: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+[[ -n $PAIRS ]] || PAIRS=$((SHORT ? 4 : 10))
+MODE=$([[ $SHORT == 1 ]] && echo short || echo full)
+[[ -n $CPUS ]] || CPUS=$([[ $SHORT == 1 ]] && echo cortex-a72 || echo cortex-a72,cortex-a76)
+IFS=, read -r -a CPU_LIST <<<"$CPUS"
+CPU=${CPU_LIST[0]} # the CPU model qemu emulates for every step; the others re-run the embeddings
+
+# ----------------------------------------------------------------------------- reporting
+
+PHASES=()
+PHASE=""
+PHASE_T0=""
+T_START=$EPOCHREALTIME
+say() { printf '%s\n' "$*"; }
+indent() { sed 's/^/    | /'; }
+seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+phase() { # phase NAME: ends the previous phase, starts the next
+    end_phase ok
+    PHASE=$1
+    PHASE_T0=$EPOCHREALTIME
+    say ""
+    say "== $PHASE"
+}
+end_phase() {
+    [[ -n $PHASE ]] || return 0
+    PHASES+=("$(printf '%-46s %8s s  %s' "$PHASE" "$(seconds_since "$PHASE_T0")" "$1")")
+    PHASE=""
+}
+fail() { # fail MESSAGE...: the one clear line that says what failed, then exit 1
+    local where=$PHASE
+    end_phase FAILED
+    say "" >&2
+    say "arm64 check FAILED${where:+ at '$where'}: $*" >&2
+    exit 1
+}
+skip_note() { say "  SKIPPED (cannot be tested here): $*"; }
+
+# ----------------------------------------------------------------------------- mounts and cleanup
+
+ROOT=""
+MOUNTS=()
+RESTORE_FILE="" # a byte flipped by --corrupt-model (file, offset), flipped back on exit
+RESTORE_OFFSET=""
+
+mounts_under() { # every mount point at or below $1, deepest first
+    awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' |
+        sort -rn | cut -d' ' -f2-
+}
+unmount_under() {
+    local m
+    for m in $(mounts_under "$1"); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || say "arm64_check: could not unmount $m" >&2
+    done
+}
+safe_remove() { # rm -rf a cached tree, never through a mount point
+    [[ -e $1 ]] || return 0
+    unmount_under "$1"
+    if [[ -n $(mounts_under "$1") ]]; then
+        say "arm64_check: refusing to delete $1: still mounted: $(mounts_under "$1" | tr '\n' ' ')" >&2
+        exit 2
+    fi
+    rm -rf --one-file-system "$1"
+}
+cleanup() {
+    local status=$?
+    set +e
+    trap - ERR
+    if [[ -n $RESTORE_FILE ]]; then
+        flip_byte "$RESTORE_FILE" "$RESTORE_OFFSET" && printf '%s\n' "$PIP_KEY" >"$PIP_MARKER"
+    fi
+    local i
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        umount "${MOUNTS[i]}" 2>/dev/null || umount -l "${MOUNTS[i]}" 2>/dev/null
+    done
+    [[ -n $ROOT ]] && unmount_under "$ROOT" && unmount_under "$ROOT.tmp"
+    if [[ -n $ROOT && -n $(mounts_under "$ROOT") ]]; then
+        say "arm64_check: WARNING: still mounted under $ROOT: $(mounts_under "$ROOT" | tr '\n' ' ')" >&2
+    fi
+    [[ -n $PHASE ]] && end_phase "$([[ $status == 0 ]] && echo ok || echo FAILED)"
+    if [[ ${#PHASES[@]} -gt 0 ]]; then
+        say ""
+        say "== time per phase ($MODE form; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+        printf '  %s\n' "${PHASES[@]}"
+        say "  $(printf '%-46s %8s s' total "$(seconds_since "$T_START")")"
+        # The plain closing line CI reads: each phase is one check.
+        local passed failed
+        passed=$(printf '%s\n' "${PHASES[@]}" | grep -c ' ok$' || true)
+        failed=$(printf '%s\n' "${PHASES[@]}" | grep -c ' FAILED$' || true)
+        say "arm64: $passed passed, $failed failed"
+    fi
+    exit $status
+}
+trap cleanup EXIT
+trap 'fail "unexpected error (line $LINENO: $BASH_COMMAND)"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bind_mount() { # bind_mount SOURCE TARGET [ro]
+    mkdir -p "$2"
+    mount --bind "$1" "$2"
+    MOUNTS+=("$2")
+    if [[ ${3:-} == ro ]]; then mount -o remount,bind,ro "$2"; fi
+}
+
+flip_byte() { # flip_byte FILE OFFSET: XOR one byte with 0xFF (its own inverse)
+    python3 - "$1" "$2" <<'EOF'
+import sys
+path, offset = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(offset)
+    byte = f.read(1)[0]
+    f.seek(offset)
+    f.write(bytes([byte ^ 0xFF]))
+EOF
+}
+
+sha_of() { sha256sum | cut -c1-16; }
+
+# ----------------------------------------------------------------------------- preconditions
+
+[[ $EUID -eq 0 ]] || { say "arm64_check: needs root (debootstrap, chroot, bind mounts): sudo $0 $*" >&2; exit 2; }
+awk -v t="$BAND" 'BEGIN { exit !(t + 0 == t && t >= 0) }' ||
+    { say "arm64_check: --decision-band must be a number >= 0, got '$BAND'" >&2; exit 2; }
+awk -v t="$TOLERANCE" 'BEGIN { exit !(t + 0 == t && t > 0) }' ||
+    { say "arm64_check: --tolerance must be a positive number, got '$TOLERANCE'" >&2; exit 2; }
+[[ -f $DATA/pairs.tsv ]] ||
+    { say "arm64_check: shared face data not found at $DATA (set FACEAGENT_SHARED_DATA to its folder)" >&2; exit 2; }
+DATA=$(cd "$DATA" && pwd)
+
+# The README's "Install and run" command, verbatim: the first ```sh block after that words.
+README_INSTALL=$(awk '/Install and run/ { found = 1 } found && /^```sh[[:space:]]*$/ { inside = 1; next }
+                      inside && /^```/ { exit } inside { print }' "$REPO/README.md")
+[[ -n $README_INSTALL ]] ||
+    { say "arm64_check: no \`\`\`sh block after 'Install and run' in $REPO/README.md: nothing to test" >&2; exit 2; }
+
+say "faceagent arm64 check ($MODE form): $REPO"
+say "  cache $CACHE, shared data $DATA, tolerance $TOLERANCE, $PAIRS same + $PAIRS different pairs, CPU ${CPU_LIST[*]}"
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+    say "  another arm64 check holds $CACHE/.lock: waiting for it"
+    flock 9
+fi
+
+# ----------------------------------------------------------------------------- host tools
+
+phase "host tools (qemu, binfmt, debootstrap)"
+missing=()
+for tool in debootstrap qemu-aarch64-static update-binfmts rsync; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    say "  missing: ${missing[*]}: apt-get install ${HOST_PACKAGES[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${HOST_PACKAGES[@]}" >/dev/null
+fi
+if ! mountpoint -q /proc/sys/fs/binfmt_misc; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
+        fail "cannot mount binfmt_misc (a container without the privilege to?): arm64 binaries cannot run here"
+fi
+update-binfmts --enable qemu-aarch64 2>/dev/null || true
+grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null ||
+    fail "qemu-aarch64 is not registered with binfmt_misc (update-binfmts --enable qemu-aarch64 did not take)"
+say "  $(qemu-aarch64-static --version | head -1); binfmt qemu-aarch64 enabled"
+known_cpus=" $( (qemu-aarch64-static -cpu help || true) | tail -n +2 | xargs) "
+for cpu in "${CPU_LIST[@]}"; do
+    [[ $known_cpus == *" $cpu "* ]] || fail "this qemu cannot emulate CPU '$cpu' (it knows:$known_cpus)"
+done
+
+# The Debian mirror apt already uses here (never a host name written in this repository).
+if [[ -z $MIRROR ]]; then
+    MIRROR=$(
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [[ -f $f ]] || continue
+            # deb822: a paragraph with Types: deb and the suite among its Suites.
+            awk -v suite="$SUITE" 'BEGIN { RS = ""; FS = "\n" }
+                { types = ""; uri = ""; suites = ""
+                  for (i = 1; i <= NF; i++) {
+                      if ($i ~ /^Types:/) types = $i
+                      if ($i ~ /^URIs:/) { uri = $i; sub(/^URIs:[ \t]*/, "", uri); sub(/[ \t].*/, "", uri) }
+                      if ($i ~ /^Suites:/) suites = $i " " }
+                  if (types ~ /[ \t]deb([ \t]|$)/ && suites ~ ("[ \t]" suite "[ \t]") && uri != "") print uri }' "$f"
+        done
+        # one-line format: deb [options] URI SUITE COMPONENTS...
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [[ -f $f ]] || continue
+            awk -v suite="$SUITE" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                                                  if ($(i + 1) == suite) print $i }' "$f"
+        done
+    )
+    MIRROR=${MIRROR%%$'\n'*}
+fi
+[[ -n $MIRROR ]] || fail "no '$SUITE' Debian source in /etc/apt/sources.list{,.d}: pass --mirror URL"
+http_proxy_apt=$(apt-config dump 2>/dev/null | awk -F'"' '/^Acquire::http::Proxy /{ print $2 }')
+if [[ -n $http_proxy_apt && -z ${http_proxy:-} ]]; then export http_proxy=$http_proxy_apt; fi
+say "  Debian mirror (from apt's sources): $MIRROR"
+
+# ----------------------------------------------------------------------------- cached layers
+
+BASE_KEY=$(printf 'v%s %s %s %s %s\n' "$SCRIPT_VERSION" "$SUITE" "$ARCH" "$VARIANT" "$INCLUDE" | sha_of)
+PIP_KEY=$(
+    {
+        echo "$BASE_KEY"
+        cat "$REPO/pyproject.toml"
+    } | sha_of
+)
+ROOT=$CACHE/rootfs-$BASE_KEY
+PIP_MARKER=$ROOT$IN_ROOT/main/.venv/.arm64-check-pip-key
+
+if [[ $CLEAN == 1 ]]; then
+    say "  --clean: deleting the cached userlands and host venv in $CACHE"
+    for old in "$CACHE"/rootfs-*; do safe_remove "$old"; done
+    safe_remove "$CACHE/host-venv"
+fi
+
+phase "arm64 $SUITE userland (debootstrap)"
+if [[ -f $ROOT/.arm64-check-base-key ]] && [[ $(cat "$ROOT/.arm64-check-base-key") == "$BASE_KEY" ]]; then
+    say "  cached: $ROOT (key $BASE_KEY: v$SCRIPT_VERSION $SUITE $ARCH $VARIANT $INCLUDE)"
+else
+    safe_remove "$ROOT"
+    safe_remove "$ROOT.tmp"
+    mkdir -p "$CACHE/logs"
+    say "  debootstrap --arch=$ARCH --variant=$VARIANT --include=$INCLUDE $SUITE $ROOT $MIRROR"
+    if ! debootstrap --arch="$ARCH" --variant="$VARIANT" --include="$INCLUDE" "$SUITE" "$ROOT.tmp" "$MIRROR" \
+        >"$CACHE/logs/debootstrap.log" 2>&1; then
+        tail -n 25 "$CACHE/logs/debootstrap.log" | indent
+        [[ -f $ROOT.tmp/debootstrap/debootstrap.log ]] && tail -n 15 "$ROOT.tmp/debootstrap/debootstrap.log" | indent
+        unmount_under "$ROOT.tmp"
+        fail "debootstrap of the arm64 $SUITE userland failed (log: $CACHE/logs/debootstrap.log)"
+    fi
+    unmount_under "$ROOT.tmp"
+    echo "$BASE_KEY" >"$ROOT.tmp/.arm64-check-base-key"
+    mv "$ROOT.tmp" "$ROOT"
+    say "  built $ROOT ($(du -sh --one-file-system "$ROOT" | cut -f1))"
+fi
+export QEMU_CPU=$CPU # read by qemu-user for every arm64 process started from here
+machine=$(chroot "$ROOT" /usr/bin/uname -m) || fail "cannot run the arm64 userland's binaries (binfmt/qemu)"
+[[ $machine == aarch64 ]] || fail "the userland reports machine '$machine', expected aarch64"
+say "  $(chroot "$ROOT" /bin/sh -c '. /etc/os-release; echo "$PRETTY_NAME"'), $(chroot "$ROOT" /usr/bin/python3 -V), machine $machine (qemu-user, CPU $CPU)"
+
+# ----------------------------------------------------------------------------- the checkout, pip, CA
+
+phase "copy checkout, CA bundle, pip config"
+mkdir -p "$ROOT$IN_ROOT/main"
+rsync -a --delete --exclude=/.venv --exclude=/.git --exclude=__pycache__ --exclude=.pytest_cache \
+    --exclude=.ruff_cache --exclude=.mypy_cache --exclude=.hypothesis --exclude=/build --exclude=/dist \
+    "$REPO/" "$ROOT$IN_ROOT/main/"
+if [[ -d $ROOT$IN_ROOT/main/.venv ]] && [[ $(cat "$PIP_MARKER" 2>/dev/null) != "$PIP_KEY" ]]; then
+    say "  pip layer stale or unfinished (pyproject.toml or base changed): removing the chroot's .venv"
+    safe_remove "$ROOT$IN_ROOT/main/.venv"
+fi
+PIP_CACHED=$([[ -f $PIP_MARKER ]] && echo yes || echo no)
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
+cp /etc/hosts "$ROOT/etc/hosts" 2>/dev/null || true
+mkdir -p "$ROOT/etc/faceagent-arm64" "$ROOT$IN_ROOT/out"
+rm -f "$ROOT$IN_ROOT/out"/*
+# The host's pip settings, carried over as far as they make sense in the chroot: the same index URLs,
+# trusted hosts, timeouts, proxy and the same CA bundle; host-local wheel folders and constraint files
+# are x86-64 caches on this disk, dropped (the chroot gets its packages from PyPI, as a Pi does).
+CA_IN=/etc/faceagent-arm64/host-ca.crt
+python3 - "$ROOT" "$CA_IN" <<'EOF'
+import configparser, os, shutil, sys
+from pathlib import Path
+
+root, ca_in = Path(sys.argv[1]), sys.argv[2]
+home = Path.home()
+files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"), home / ".pip/pip.conf", home / ".config/pip/pip.conf"]
+if os.environ.get("PIP_CONFIG_FILE"):
+    files.append(Path(os.environ["PIP_CONFIG_FILE"]))
+settings = {}
+for f in files:
+    if f.is_file():
+        parser = configparser.ConfigParser()
+        parser.read(f)
+        for section in ("global", "install"):
+            if parser.has_section(section):
+                settings.update(parser.items(section))
+for name, value in os.environ.items():
+    if name.startswith("PIP_"):
+        settings[name[4:].lower().replace("_", "-")] = value
+
+ca = settings.pop("cert", None) or "/etc/ssl/certs/ca-certificates.crt"
+shutil.copyfile(ca, root / ca_in.lstrip("/"))
+out, dropped = {"cert": ca_in}, []
+local = lambda v: v.startswith("file:") or v.startswith("/") or v.startswith(".")
+for key, value in settings.items():
+    if key in ("index-url", "extra-index-url", "find-links"):
+        urls = value.split()
+        keep = [u for u in urls if not local(u)]
+        dropped += [f"{key} {u}" for u in urls if local(u)]
+        if keep:
+            out[key] = "\n    ".join(keep)
+    elif key in ("constraint", "requirement", "client-cert", "config-file", "cache-dir", "src", "target", "prefix"):
+        dropped.append(f"{key} {value}")
+    elif key in ("trusted-host", "proxy", "timeout", "default-timeout", "retries", "index", "no-index",
+                 "disable-pip-version-check", "progress-bar", "prefer-binary", "only-binary", "no-binary"):
+        out[key] = value
+conf = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in out.items())
+(root / "etc/pip.conf").write_text(conf)
+print(f"  CA bundle: {ca} -> {ca_in} (PIP_CERT)")
+print(f"  index: {out.get('index-url', 'https://pypi.org/simple (pip default)')}"
+      + (f", extra: {out['extra-index-url']}" if "extra-index-url" in out else ""))
+for d in dropped:
+    print(f"  not carried over (host-local, x86-64 files on this disk): {d}")
+EOF
+CHROOT_ENV=(
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb
+    "PIP_CERT=$CA_IN" "SSL_CERT_FILE=$CA_IN" "REQUESTS_CA_BUNDLE=$CA_IN" PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 "FACEAGENT_SHARED_DATA=$IN_ROOT/shared/data"
+)
+for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_DEFAULT_TIMEOUT; do
+    [[ -n ${!var:-} ]] && CHROOT_ENV+=("$var=${!var}")
+done
+
+mount -t proc proc "$ROOT/proc"
+MOUNTS+=("$ROOT/proc")
+bind_mount /dev "$ROOT/dev"
+bind_mount /sys "$ROOT/sys" ro # XNNPACK's cpuinfo reads /sys/devices/system/cpu, as on a Pi
+bind_mount "$DATA" "$ROOT$IN_ROOT/shared/data" ro
+say "  mounted /proc, /dev, /sys (read-only) and $DATA (read-only) into the chroot; unmounted on exit"
+
+LOGS=$CACHE/last-run
+safe_remove "$LOGS"
+mkdir -p "$LOGS"
+in_chroot() { # in_chroot LOGNAME 'shell command': run in the checkout inside the chroot, log to $LOGS
+    chroot "$ROOT" /usr/bin/env -i "${CHROOT_ENV[@]}" QEMU_CPU="$QEMU_CPU" /bin/bash -o pipefail \
+        -c "cd $IN_ROOT/main && $2" >"$LOGS/$1.log" 2>&1
+}
+on_host() { # on_host LOGNAME COMMAND...: run on the host in the checkout, log to $LOGS
+    (cd "$REPO" && "${@:2}") >"$LOGS/$1.log" 2>&1
+}
+
+# ----------------------------------------------------------------------------- inside the chroot
+
+phase "README install command (arm64)"
+say "  pip layer: $([[ $PIP_CACHED == yes ]] && echo "cached (key $PIP_KEY)" || echo "new (key $PIP_KEY)")"
+say "  \$ $README_INSTALL"
+printf '%s\n' "$README_INSTALL" >"$ROOT$IN_ROOT/out/readme_install.sh"
+if ! in_chroot readme_install "bash -euo pipefail $IN_ROOT/out/readme_install.sh"; then
+    tail -n 30 "$LOGS/readme_install.log" | indent
+    fail "the README's 'Install and run' command failed in the arm64 chroot (log: $LOGS/readme_install.log)"
+fi
+grep -E '^Successfully installed' "$LOGS/readme_install.log" | indent || true
+grep -E '^\{' "$LOGS/readme_install.log" | indent || true
+grep -q '^{' "$LOGS/readme_install.log" || fail "the README command printed no face JSON line"
+printf '%s\n' "$PIP_KEY" >"$PIP_MARKER"
+
+phase "faceagent --version (arm64)"
+in_chroot version ".venv/bin/faceagent --version && .venv/bin/python -c 'import platform; print(\"machine\", platform.machine())'" ||
+    { indent <"$LOGS/version.log"; fail "faceagent --version failed in the arm64 chroot"; }
+indent <"$LOGS/version.log"
+grep -qx 'machine aarch64' "$LOGS/version.log" || fail "the chroot's Python does not report aarch64"
+grep -q 'TFLite runtime: none' "$LOGS/version.log" && fail "no TFLite runtime in the arm64 install"
+in_chroot help ".venv/bin/faceagent --help" || fail "faceagent --help failed in the arm64 chroot"
+has_command() { grep -qE "^ {4}$1 " "$LOGS/help.log" || grep -qE "[{,]$1[,}]" "$LOGS/help.log"; }
+
+if [[ $CORRUPT == 1 ]]; then
+    phase "corrupt a model (--corrupt-model)"
+    site=$(echo "$ROOT$IN_ROOT"/main/.venv/lib/python3*/site-packages)
+    model=$(python3 -c 'import json, sys
+m = json.load(open(sys.argv[1])); e = m["defaults"]["embedder"]
+print(next(x["file"] for x in m["models"] if x["id"] == e))' "$site/agent/_models/manifest.json")
+    target=$site/agent/_models/$model
+    offset=$(($(stat -c %s "$target") / 2))
+    rm -f "$PIP_MARKER" # if this run dies before the byte is flipped back, the next run reinstalls
+    flip_byte "$target" "$offset"
+    RESTORE_FILE=$target
+    RESTORE_OFFSET=$offset
+    say "  flipped the byte at offset $offset of the chroot's installed ${target#"$ROOT"}"
+fi
+
+phase "faceagent models verify (arm64)"
+if ! in_chroot verify ".venv/bin/faceagent models verify"; then
+    indent <"$LOGS/verify.log"
+    fail "faceagent models verify refused the installed models in the arm64 chroot: $(grep -m1 '^faceagent:' "$LOGS/verify.log")"
+fi
+indent <"$LOGS/verify.log"
+
+phase "pick the fixed pairs (host)"
+PAIRS_FILE=$ROOT$IN_ROOT/out/pairs.tsv
+python3 "$REPO/scripts/arm64_embeddings.py" select --data "$DATA" --same "$PAIRS" --different "$PAIRS" --out "$PAIRS_FILE"
+say "  $PAIRS same + $PAIRS different LFW pairs from pairs.tsv, $(grep -v '^#' "$PAIRS_FILE" | cut -f2,3 | tr '\t' '\n' | sort -u | wc -l) distinct faces"
+
+phase "faceagent compare --json, $((2 * PAIRS)) pairs (arm64)"
+if ! in_chroot compare_arm64 ".venv/bin/python scripts/arm64_embeddings.py cli-compare --faceagent .venv/bin/faceagent \
+        --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv --out $IN_ROOT/out/compare_arm64.jsonl"; then
+    tail -n 10 "$LOGS/compare_arm64.log" | indent
+    fail "faceagent compare failed in the arm64 chroot"
+fi
+indent <"$LOGS/compare_arm64.log"
+
+for cpu in "${CPU_LIST[@]}"; do
+    phase "embeddings of the fixed faces (arm64, $cpu)"
+    if ! QEMU_CPU=$cpu in_chroot "embed_arm64_$cpu" ".venv/bin/python scripts/arm64_embeddings.py embed \
+            --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv --label 'aarch64 ($cpu)' \
+            --out $IN_ROOT/out/embeddings_arm64_$cpu.json"; then
+        tail -n 20 "$LOGS/embed_arm64_$cpu.log" | indent
+        fail "the embeddings script failed in the arm64 chroot ($cpu)"
+    fi
+    indent <"$LOGS/embed_arm64_$cpu.log"
+done
+
+phase "faceagent enroll + identify --db (arm64)"
+GALLERY=0
+if has_command enroll; then
+    GALLERY=1
+    if ! in_chroot gallery_arm64 ".venv/bin/python scripts/arm64_embeddings.py cli-gallery --faceagent .venv/bin/faceagent \
+            --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv --db $IN_ROOT/out/gallery_arm64.db \
+            --out $IN_ROOT/out/gallery_arm64.json"; then
+        tail -n 20 "$LOGS/gallery_arm64.log" | indent
+        fail "the gallery check (faceagent enroll, identify --db) failed in the arm64 chroot"
+    fi
+    indent <"$LOGS/gallery_arm64.log"
+else
+    say "  this version has no \`faceagent enroll\`: the gallery's matched-person decisions are not compared"
+fi
+
+if [[ $SHORT == 0 ]]; then
+    phase "pytest -m arm64 (arm64)"
+    # Only what the arm64 subset needs: pytest and hypothesis (conftest and collection), at the versions
+    # pyproject's test extra asks for; dlib-bin and face_recognition_models (the x86 reference) are not.
+    test_deps=$(python3 -c 'import re, sys, tomllib
+extra = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]
+print(" ".join(repr(r) for r in extra if re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() in ("pytest", "hypothesis")))' \
+        "$REPO/pyproject.toml")
+    say "  pip install $test_deps"
+    if ! in_chroot test_deps ".venv/bin/pip install -q $test_deps"; then
+        tail -n 20 "$LOGS/test_deps.log" | indent
+        fail "could not install the test subset's dependencies in the arm64 chroot"
+    fi
+    # Only the test files that opt in (the marker): the others may need what is not installed here.
+    arm64_files=$(cd "$REPO" && grep -lw arm64 tests/test_*.py | xargs)
+    say "  pytest -m arm64 $arm64_files"
+    if ! in_chroot pytest_arm64 ".venv/bin/python -m pytest -p no:cacheprovider -m arm64 -q -rs $arm64_files"; then
+        tail -n 40 "$LOGS/pytest_arm64.log" | indent
+        fail "pytest -m arm64 failed in the arm64 chroot (log: $LOGS/pytest_arm64.log)"
+    fi
+    tail -n 3 "$LOGS/pytest_arm64.log" | indent
+else
+    phase "pytest -m arm64 (arm64)"
+    say "  not run in the --short form (run without --short for it)"
+fi
+
+phase "scripts/install.sh (arm64)"
+if [[ ! -f $REPO/scripts/install.sh ]]; then
+    skip_note "scripts/install.sh does not exist in this version; when it does, this step runs it in the chroot"
+elif [[ $SHORT == 1 ]]; then
+    in_chroot install_sh_dry "bash scripts/install.sh --dry-run" ||
+        { tail -n 20 "$LOGS/install_sh_dry.log" | indent; fail "scripts/install.sh --dry-run failed in the arm64 chroot"; }
+    tail -n 4 "$LOGS/install_sh_dry.log" | indent
+    say "  --short: dry run only (the full form installs, checks and uninstalls for real)"
+else
+    # As on a Pi (root, inside the system), as far as a chroot allows: packages (picamera2 is missing here),
+    # the service user, the venv, the package, the config, the unit and `systemctl enable` (offline).
+    if ! in_chroot install_sh "bash scripts/install.sh --no-start"; then
+        tail -n 30 "$LOGS/install_sh.log" | indent
+        fail "scripts/install.sh failed in the arm64 chroot (log: $LOGS/install_sh.log)"
+    fi
+    grep -E 'warning|not running|step ' "$LOGS/install_sh.log" | indent || true
+    if ! in_chroot install_sh_check "/opt/faceagent/venv/bin/faceagent --version && /opt/faceagent/venv/bin/faceagent \
+            models verify >/dev/null && id faceagent && test -f /etc/faceagent/faceagent.toml && \
+            echo \"faceagent.service: \$(systemctl is-enabled faceagent.service)\""; then
+        indent <"$LOGS/install_sh_check.log"
+        fail "after scripts/install.sh the service install is incomplete in the arm64 chroot"
+    fi
+    indent <"$LOGS/install_sh_check.log"
+    grep -qx 'faceagent.service: enabled' "$LOGS/install_sh_check.log" || fail "faceagent.service is not enabled"
+    if ! in_chroot install_sh_uninstall "bash scripts/install.sh --uninstall --purge && ! test -e /opt/faceagent && \
+            ! test -e /etc/systemd/system/faceagent.service && ! id faceagent 2>/dev/null"; then
+        tail -n 20 "$LOGS/install_sh_uninstall.log" | indent
+        fail "scripts/install.sh --uninstall --purge left the service behind in the arm64 chroot"
+    fi
+    say "  --uninstall --purge: unit, /opt/faceagent, config, state and user removed"
+    say "  not exercised here: python3-picamera2 (Raspberry Pi OS archive), starting the service (no systemd"
+    say "  as PID 1 in a chroot: systemctl restart, journald, sd_notify), the camera device, a reboot"
+fi
+
+phase "what only a Raspberry Pi can show"
+if in_chroot picamera2 ".venv/bin/python -c 'import picamera2'"; then
+    say "  picamera2 imports in the chroot (unexpected: it comes from the Raspberry Pi OS archive)"
+else
+    say "  import picamera2 in the chroot: $(tail -n1 "$LOGS/picamera2.log")"
+fi
+if [[ -f $REPO/agent/sources/picamera.py ]]; then
+    in_chroot picamera_source ".venv/bin/python -c 'from agent.sources.picamera import PicameraSource
+PicameraSource().open()'" && fail "the Pi camera source opened in a chroot without picamera2"
+    say "  opening the Pi camera source without it: $(tail -n1 "$LOGS/picamera_source.log")"
+    grep -q 'python3-picamera2' "$LOGS/picamera_source.log" ||
+        fail "without picamera2 the Pi camera source does not say how to install it"
+fi
+skip_note "the camera: picamera2 and libcamera come only from the Raspberry Pi OS archive (python3-picamera2),
+           not reachable here. Tested instead: the lazy import's message (above) and the whole agent without
+           them (the CLI steps, pytest -m arm64: test_agent_imports_without_the_camera_stack)."
+if has_command demo; then
+    in_chroot demo "timeout 1800 .venv/bin/faceagent demo" ||
+        { tail -n 20 "$LOGS/demo.log" | indent; fail "faceagent demo failed in the arm64 chroot"; }
+    tail -n 5 "$LOGS/demo.log" | indent
+else
+    skip_note "faceagent demo does not exist yet; once \`faceagent --help\` lists it, this step runs it"
+fi
+skip_note "speed: qemu-user runs arm64 code far slower than a Pi does; Pi 4/5 timings must come from a Pi.
+           Also untested here: the Pi's kernel and drivers, the ISP, systemd at boot, thermal throttling."
+
+# ----------------------------------------------------------------------------- host side and parity
+
+phase "the same pairs and faces on the host (x86-64)"
+HOST_PY=${FACEAGENT_HOST_PYTHON:-$REPO/.venv/bin/python}
+host_ok() { "$1" -c 'import agent.vision.pipeline, sys; from agent.vision.runtime import select_runtime
+select_runtime(); sys.exit(0 if agent.vision.pipeline.__file__.startswith(sys.argv[1]) else 1)' "$REPO/agent/" 2>/dev/null; }
+if [[ ! -x $HOST_PY ]] || ! host_ok "$HOST_PY"; then
+    say "  $HOST_PY is not an install of this checkout: installing one in $CACHE/host-venv"
+    HOST_VENV=$CACHE/host-venv
+    [[ -x $HOST_VENV/bin/python ]] || python3 -m venv "$HOST_VENV"
+    "$HOST_VENV/bin/pip" install -q -e "$REPO" >"$LOGS/host_install.log" 2>&1 ||
+        { tail -n 20 "$LOGS/host_install.log" | indent; fail "could not install this checkout on the host"; }
+    HOST_PY=$HOST_VENV/bin/python
+fi
+HOST_FACEAGENT=$(dirname "$HOST_PY")/faceagent
+say "  host Python: $HOST_PY"
+OUT=$ROOT$IN_ROOT/out
+on_host compare_x86 "$HOST_PY" scripts/arm64_embeddings.py cli-compare --faceagent "$HOST_FACEAGENT" --data "$DATA" \
+    --pairs "$OUT/pairs.tsv" --out "$OUT/compare_x86.jsonl" || { indent <"$LOGS/compare_x86.log"; fail "faceagent compare failed on the host"; }
+indent <"$LOGS/compare_x86.log"
+on_host embed_x86 "$HOST_PY" scripts/arm64_embeddings.py embed --data "$DATA" --pairs "$OUT/pairs.tsv" \
+    --label x86_64 --out "$OUT/embeddings_x86.json" || { indent <"$LOGS/embed_x86.log"; fail "the embeddings script failed on the host"; }
+indent <"$LOGS/embed_x86.log"
+if [[ $GALLERY == 1 ]]; then
+    rm -f "$OUT/gallery_x86.db"
+    on_host gallery_x86 "$HOST_PY" scripts/arm64_embeddings.py cli-gallery --faceagent "$HOST_FACEAGENT" --data "$DATA" \
+        --pairs "$OUT/pairs.tsv" --db "$OUT/gallery_x86.db" --out "$OUT/gallery_x86.json" ||
+        { indent <"$LOGS/gallery_x86.log"; fail "the gallery check failed on the host"; }
+    indent <"$LOGS/gallery_x86.log"
+fi
+
+cp "$OUT"/* "$LOGS/"
+disagree=()
+for cpu in "${CPU_LIST[@]}"; do
+    phase "parity x86-64 vs arm64 ($cpu)"
+    cli=()
+    if [[ $cpu == "$CPU" ]]; then
+        cli=(--cli "$LOGS/compare_x86.jsonl" "$LOGS/compare_arm64.jsonl")
+        [[ $GALLERY == 0 ]] || cli+=(--gallery "$LOGS/gallery_x86.json" "$LOGS/gallery_arm64.json")
+    fi
+    if ! python3 "$REPO/scripts/arm64_embeddings.py" compare "$LOGS/embeddings_x86.json" \
+        "$LOGS/embeddings_arm64_$cpu.json" --tolerance "$TOLERANCE" --decision-band "$BAND" "${cli[@]}"; then
+        disagree+=("$cpu")
+        end_phase FAILED
+    fi
+done
+[[ ${#disagree[@]} -eq 0 ]] || fail "x86-64 and arm64 (${disagree[*]}) disagree (cosine must be >= $TOLERANCE, \
+decisions equal unless borderline within $BAND); see above, files in $LOGS"
+end_phase ok
+say ""
+say "arm64 check PASSED ($MODE form). Logs and embeddings: $LOGS"
