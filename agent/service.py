@@ -35,6 +35,7 @@ from agent.enrolment import Enroller
 from agent.errors import ModelError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import GallerySync
 from agent.homeassistant import HomeAssistantDiscovery
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.topics import resolve_device_id
@@ -150,6 +151,7 @@ class AgentService:
         if stale:
             log.warning("%d enrolled people have no %s template and need re-enrolment", len(stale), model_id)
         self.recognizer = self._new_recognizer(settings)
+        self.gallery_sync = GallerySync(self.store, self.matcher, model_id)  # sees CLI erasures at once
         models = {"detector": self.pipeline.detector_spec.id, "embedder": model_id}
         self.telemetry = Telemetry(self.device_id, __version__, models)
         self.link, self.outbox = self._start_link()
@@ -186,6 +188,7 @@ class AgentService:
         detector_clock = self.pipeline.detector.model.clock
         embedder_clock = self.pipeline.embedder.model.clock
         while not self._stop.is_set():
+            self.gallery_sync.maybe_sync()
             if self._pending_settings is not None:
                 self._apply_pending_settings()
             if self._pending_models is not None:
@@ -346,6 +349,7 @@ class AgentService:
             return
         self._emitted(self.recognizer.flush(datetime.now(UTC)))
         self.settings, self.pipeline = settings, pipeline
+        self.gallery_sync.model_id = pipeline.embedder.info.model_id
         self.recognizer = self._new_recognizer(settings)
         self.telemetry.models = {"detector": pipeline.detector_spec.id, "embedder": pipeline.embedder.info.model_id}
         self.__dict__.pop("_command_pipeline", None)  # the next enrolment builds one from the new models

@@ -246,6 +246,17 @@ class GalleryStore:
             counts.setdefault(person_id, {})[model_id] = count
         return counts
 
+    def fingerprint(self) -> tuple[int, int, int, str, int]:
+        """Changes whenever a person or template is added, renamed or erased, by any process."""
+        sql = (
+            "SELECT (SELECT COUNT(*) FROM templates), (SELECT COALESCE(MAX(id), 0) FROM templates), "
+            "(SELECT COUNT(*) FROM people), (SELECT COALESCE(MAX(updated_at), '') FROM people), "
+            "(SELECT COALESCE(SUM(LENGTH(name)), 0) FROM people)"
+        )
+        with self._errors():
+            templates, last, people, updated, names = self.db.execute(sql).fetchone()
+        return int(templates), int(last), int(people), str(updated), int(names)
+
     def listing(self, model_id: str) -> dict[str, Any]:
         """Every person as JSON (consent, template counts per model, whether `model_id` can match them)."""
         people, counts = self.list_people(), self.template_counts()
