@@ -1,0 +1,92 @@
+"""Broker faults against the real agent: killed and restarted mid-stream, and unreachable at start-up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.faults.conftest import (
+    EVENT_TOPICS,
+    delivered,
+    enrol,
+    first_seen_order,
+    integrity,
+    outbox,
+    start_agent,
+    stop,
+    write_config,
+)  # fmt: skip
+
+RESTARTS = 5
+
+
+def test_broker_killed_and_restarted_during_a_stream_loses_nothing(
+    tmp_path: Path, start_broker, observe, shared_data: Path, frames: Path
+) -> None:
+    broker = start_broker(persistence=True)
+    config = write_config(tmp_path, broker)
+    db = tmp_path / "gallery.db"
+    enrol(shared_data, db, config)
+    observer = observe(broker, EVENT_TOPICS, client_id="fault-observer", persistent=True)
+    agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
+    held: dict[str, int] = {}  # every event id seen in SQLite, with its seq
+    try:
+        assert observer.wait_for(lambda _: len(delivered(observer)) >= 3, timeout=90), "no events at all"
+        for cycle in range(RESTARTS):
+            before = len(delivered(observer))
+            held.update({i: s for s, i in outbox(db)})
+            # SIGKILL on odd cycles (nothing saved), SIGTERM on even ones (the broker saves its sessions)
+            broker.kill() if cycle % 2 else broker.stop()
+            time.sleep(1.0)  # the agent keeps writing events while the broker is away
+            held.update({i: s for s, i in outbox(db)})
+            assert agent.poll() is None, f"agent died while the broker was down (cycle {cycle})"
+            broker.start()
+            assert observer.wait_for(lambda _, b=before: len(delivered(observer)) > b + 2, timeout=30), cycle
+        held.update({i: s for s, i in outbox(db)})
+    finally:
+        code = stop(agent)
+    assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    held.update({i: s for s, i in outbox(db)})
+    assert observer.wait_for(lambda _: set(held) <= set(delivered(observer)), timeout=30), sorted(
+        set(held) - set(delivered(observer))
+    )
+    assert outbox(db) == [], "a clean stop left events unsent"
+    ids = delivered(observer)
+    unique = first_seen_order(ids)
+    in_held = [i for i in unique if i in held]
+    assert in_held == sorted(in_held, key=held.__getitem__), "events arrived out of outbox order"
+    assert integrity(db) == "ok"
+    print(
+        f"\nbroker restarts={RESTARTS} delivered={len(ids)} unique={len(unique)} duplicates={len(ids) - len(unique)}"
+        f" seen-in-sqlite={len(held)}"
+    )
+
+
+def test_broker_unreachable_at_start_up(tmp_path: Path, start_broker, observe, shared_data: Path, frames: Path) -> None:
+    broker = start_broker(persistence=True)
+    config = write_config(tmp_path, broker)
+    db = tmp_path / "gallery.db"
+    enrol(shared_data, db, config)
+    observer = observe(broker, EVENT_TOPICS, client_id="late-observer", persistent=True)
+    observer.close()  # its session (and subscription) stays on the broker, which saves it on SIGTERM
+    broker.stop()
+    agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
+    try:
+        time.sleep(5)  # the agent starts with no broker at all
+        assert agent.poll() is None, "agent gave up without a broker"
+        held = {i: s for s, i in outbox(db)}
+        assert held, "no events written while the broker was unreachable"
+        broker.start()
+        observer = observe(broker, EVENT_TOPICS, client_id="late-observer", persistent=True)
+        assert observer.wait_for(lambda _: set(held) <= set(delivered(observer)), timeout=60), sorted(
+            set(held) - set(delivered(observer))
+        )
+        held.update({i: s for s, i in outbox(db)})
+    finally:
+        code = stop(agent)
+    assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    assert observer.wait_for(lambda _: set(held) <= set(delivered(observer)), timeout=30)
+    unique = [i for i in first_seen_order(delivered(observer)) if i in held]
+    assert unique == sorted(unique, key=held.__getitem__), "events arrived out of outbox order"
+    assert integrity(db) == "ok"
+    print(f"\nwritten while the broker was unreachable={len(held)} delivered={len(delivered(observer))}")
