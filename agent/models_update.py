@@ -38,9 +38,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-
 from agent.commands.schema import MODEL_CHUNK_BYTES, CommandError, ErrorCode
+from agent.commands.signing import verifying_key
 from agent.errors import FaceagentError
 from agent.identity import utc_iso
 from agent.model_check import run_check
@@ -98,13 +97,10 @@ def verify_model(keys: Mapping[str, Ed25519PublicKey], meta: Mapping[str, Any], 
     except (binascii.Error, ValueError):
         raise CommandError(ErrorCode.UNAUTHORIZED, "args.signature is not base64") from None
     message = model_message(meta)
-    for identity, key in keys.items():
-        try:
-            key.verify(raw, message)
-        except InvalidSignature:
-            continue
-        return identity
-    raise CommandError(ErrorCode.UNAUTHORIZED, "the model signature does not verify with any configured key")
+    identity = verifying_key(keys, raw, message)
+    if identity is None:
+        raise CommandError(ErrorCode.UNAUTHORIZED, "the model signature does not verify with any configured key")
+    return identity
 
 
 # ------------------------------------------------------------------------------------ jobs

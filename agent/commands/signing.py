@@ -188,10 +188,18 @@ class CommandSecurity:
             message = canonical_request(self.device_id, name, request)
         except (binascii.Error, ValueError, TypeError, UnicodeEncodeError):
             raise CommandError(ErrorCode.UNAUTHORIZED, "the signature is not base64 of a canonical request") from None
-        for identity, key in self.keys.items():
-            try:
-                key.verify(raw, message)
-            except InvalidSignature:
-                continue
-            return identity
-        raise CommandError(ErrorCode.UNAUTHORIZED, "the signature does not verify with any configured key")
+        identity = verifying_key(self.keys, raw, message)
+        if identity is None:
+            raise CommandError(ErrorCode.UNAUTHORIZED, "the signature does not verify with any configured key")
+        return identity
+
+
+def verifying_key(keys: dict[str, Ed25519PublicKey], signature: bytes, message: bytes) -> str | None:
+    """The name of the first configured key that `signature` verifies `message` with, or None."""
+    for identity, key in keys.items():
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            continue
+        return identity
+    return None
