@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config import EventSettings
 from agent.identity import Match, new_event_id, utc_iso
+from agent.storage import StorageFullError, StorageHealth
 from agent.tracking.tracker import Track
 
 if TYPE_CHECKING:
@@ -81,19 +82,33 @@ class Cooldown:
 
 
 class EventEmitter:
-    """Decisions of one camera in, cooled-down events out, each in the outbox before it is returned."""
+    """Decisions of one camera in, cooled-down events out, each in the outbox before it is returned.
 
-    def __init__(self, settings: EventSettings, store: GalleryStore, *, camera_id: str, model_id: str) -> None:
+    With a `storage` health object, an event the file system has no room for is dropped and counted
+    there (the frame loop runs on); without one, the StorageFullError reaches the caller.
+    """
+
+    def __init__(
+        self,
+        settings: EventSettings,
+        store: GalleryStore,
+        *,
+        camera_id: str,
+        model_id: str,
+        storage: StorageHealth | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.camera_id = camera_id
         self.model_id = model_id
+        self.storage = storage
         self.cooldown = Cooldown()
         self.emitted: Counter[str] = Counter()  # by event type
         self.suppressed = 0  # decisions silenced by a cooldown
 
     def emit(self, track: Track, match: Match, at: datetime) -> dict[str, Any] | None:
-        """The event for this decision, already stored; None if a cooldown or the settings silence it."""
+        """The event for this decision, already stored; None if a cooldown or the settings silence it, or
+        if it was dropped for lack of space (the cooldown is then left as it was: the next one may go)."""
         if match.accepted:
             key, seconds = match.person_id, self.settings.cooldown_seconds
         elif self.settings.unknown_events:
@@ -104,9 +119,16 @@ class EventEmitter:
             self.suppressed += 1
             return None
         event = build_event(track, match, camera_id=self.camera_id, model_id=self.model_id, at=at)
-        self.store.add_event(
-            event["type"], event, event_id=event["event_id"], person_id=event.get("person_id"), created_at=event["at"]
-        )
+        keys = {"event_id": event["event_id"], "person_id": event.get("person_id"), "created_at": event["at"]}
+        try:
+            self.store.add_event(event["type"], event, **keys)
+        except StorageFullError as exc:
+            if self.storage is None:
+                raise
+            self.storage.write_failed(exc, dropped_events=1)
+            return None
+        if self.storage is not None:
+            self.storage.write_succeeded()
         # Only now: an event the outbox refused must not silence the next one.
         longest = max(self.settings.cooldown_seconds, self.settings.unknown_cooldown_seconds)
         self.cooldown.mark(key, at, longest)

@@ -9,6 +9,11 @@ between PUBACK and delete re-sends the event after restart: consumers drop the d
 
 The outbox is bounded: beyond `max_events` the oldest unsent events are deleted and counted as dropped
 (telemetry reports the count, and a warning says so at most once a minute).
+
+A full file system refuses even deletes (in WAL mode a delete appends pages to the -wal file). The
+outbox then keeps publishing what it holds: acknowledged events wait in memory to be deleted and are
+never sent again meanwhile, and the delete is retried every cycle until space returns. Should the
+agent stop before that, they are sent again after the restart: duplicates, never losses.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 from agent.gallery.store import GalleryStore
 from agent.link.mqtt import MqttLink
+from agent.storage import StorageFullError, StorageHealth
 
 log = logging.getLogger(__name__)
 _DROP_LOG_INTERVAL = 60.0
@@ -55,9 +61,11 @@ class OutboxPublisher:
         batch: int = 50,
         poll_seconds: float = 1.0,
         ack_timeout: float = 30.0,
+        storage: StorageHealth | None = None,
     ) -> None:
         self.store_path = Path(store_path)
         self.link = link
+        self.storage = storage  # where a delete refused for lack of space is reported
         self.max_events = max_events
         self.batch = batch  # events awaiting PUBACK at most
         self.poll_seconds = poll_seconds  # events written by another process are found this often
@@ -137,9 +145,13 @@ class OutboxPublisher:
             store.close()
 
     def _cycle(self, store: GalleryStore) -> None:
-        self._settle(store)
-        self._bound(store)
-        self._depth = store.db.table("events").count
+        try:
+            self._settle(store)
+            self._bound(store)
+        except StorageFullError as exc:  # publishing goes on; the deletes are retried next cycle
+            if self.storage is not None:
+                self.storage.write_failed(exc)
+        self._depth = max(0, store.db.table("events").count - len(self._settled))
         if self.link.connected and not self._resending():
             self._fill(store)
         self._cycles += 1
@@ -154,6 +166,8 @@ class OutboxPublisher:
             store.delete_events(self._settled)
             self._published += len(self._settled)
             self._settled = []
+            if self.storage is not None:
+                self.storage.write_succeeded()
 
     def _bound(self, store: GalleryStore) -> None:
         """Keep at most `max_events`: drop the oldest that are not in flight, and count them."""
@@ -165,6 +179,8 @@ class OutboxPublisher:
         victims = [row["id"] for row in rows if row["id"] not in busy][:excess]
         store.delete_events(victims)
         self._dropped += len(victims)
+        if self.storage is not None and victims:
+            self.storage.write_succeeded()
         now = time.monotonic()
         if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
             self._last_drop_log = now

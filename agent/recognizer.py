@@ -29,6 +29,7 @@ from agent.identity import Match
 from agent.quality import view_score
 from agent.retention import RetentionKeeper
 from agent.sources.base import HiRes
+from agent.storage import StorageHealth
 from agent.tracking.decision import decide, same_person
 from agent.tracking.tracker import Track, Tracker
 from agent.vision.detector import Face
@@ -88,17 +89,25 @@ class Recognizer:
         camera_id: str,
         *,
         on_decision: Callable[[Track, Match], None] | None = None,
+        storage: StorageHealth | None = None,
     ) -> None:
-        """`on_decision` sees every decision, including those a cooldown keeps from becoming events."""
+        """`on_decision` sees every decision, including those a cooldown keeps from becoming events.
+        `storage` counts the events a full file system could not take (the loop runs on); the service
+        passes the one its status reports, else the recognizer keeps its own."""
         self.pipeline = pipeline
         self.matcher = matcher
         self.settings = settings
+        self.storage = storage or StorageHealth(store.path.parent)
         self.tracker = Tracker(settings.tracking)
         self.events = EventEmitter(
-            settings.events, store, camera_id=camera_id, model_id=pipeline.embedder.info.model_id
+            settings.events,
+            store,
+            camera_id=camera_id,
+            model_id=pipeline.embedder.info.model_id,
+            storage=self.storage,
         )
         self.cuts = SceneCutDetector()
-        self.retention = RetentionKeeper(store, settings.retention)
+        self.retention = RetentionKeeper(store, settings.retention, storage=self.storage)
         self.stats = RecognizerStats()
         self.on_decision = on_decision
         self._hires: HiRes | None = None

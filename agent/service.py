@@ -8,6 +8,9 @@ Threads, and what each owns (nothing is shared but the thread-safe `Matcher`):
 - outbox: publishes stored events in order and deletes each on its PUBACK (its own connection).
 - commands: runs one command at a time with its own gallery connection and, for enrolment, its own
   pipeline (TFLite interpreters are not thread-safe), so a slow enrolment never stalls frames.
+
+All three writers report a full state file system to one `StorageHealth`, which status and telemetry
+show; the agent runs on without the writes (see agent/storage.py).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from agent.recognizer import Recognizer
 from agent.sdnotify import Notifier
 from agent.sources.factory import open_latest
 from agent.sources.latest import LatestFrame, SourceState
+from agent.storage import StorageHealth
 from agent.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
@@ -122,6 +126,8 @@ class AgentService:
         self._pending_models: tuple[Path, Future[None]] | None = None
         self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=64)
         self.clock = FrameClock()
+        self.storage = StorageHealth(Path(self.settings.gallery.path).parent)
+        self._storage_reported = 0  # storage.transitions last published in status
         self.events_written = 0
         self._present = False
         self._empty_frames = 1 << 30  # start "absent"
@@ -165,7 +171,9 @@ class AgentService:
         return self._exit_code
 
     def _new_recognizer(self, settings: Settings) -> Recognizer:
-        return Recognizer(self.pipeline, self.matcher, self.store, settings, settings.events.camera_id)
+        return Recognizer(
+            self.pipeline, self.matcher, self.store, settings, settings.events.camera_id, storage=self.storage
+        )
 
     def _start_link(self) -> tuple[MqttLink | None, OutboxPublisher | None]:
         mqtt = self.settings.mqtt
@@ -177,7 +185,9 @@ class AgentService:
         link.publish_status(self._status_document())  # held by the link and re-sent on every connect
         if self.settings.homeassistant.enabled:
             HomeAssistantDiscovery(link, self.settings.homeassistant, version=__version__).attach()
-        outbox = OutboxPublisher(self.settings.gallery.path, link, max_events=mqtt.max_outbox_events)
+        outbox = OutboxPublisher(
+            self.settings.gallery.path, link, max_events=mqtt.max_outbox_events, storage=self.storage
+        )
         link.start()
         outbox.start()
         return link, outbox
@@ -222,10 +232,17 @@ class AgentService:
                     self.notifier.ready(f"frames flowing from {self.source.source.description}")
                     ready = True
                 self.notifier.frame_done(self.clock.fps)
+            self.storage.poll()
             if self.link is not None and time.monotonic() >= next_telemetry:
                 next_telemetry = time.monotonic() + self.settings.mqtt.telemetry_interval_seconds
                 self.link.publish_telemetry(self._telemetry_document())
-                self.link.publish_status(self._status_document())  # retained: uptime, camera, gallery stay current
+                self._publish_status(self.link)  # retained: uptime, camera, gallery stay current
+            elif self.link is not None and self.storage.transitions != self._storage_reported:
+                self._publish_status(self.link)  # the disk filled up or has room again: say so now
+
+    def _publish_status(self, link: MqttLink) -> None:
+        self._storage_reported = self.storage.transitions
+        link.publish_status(self._status_document())
 
     def _report_presence(self, faces: int) -> None:
         """Publish "face present" when it changes; absence only after a track's worth of empty frames,
@@ -281,6 +298,7 @@ class AgentService:
             enroller_factory=self._enroller,
             status=self._status_document,
             request_restart=lambda: self.stop(EXIT_RESTART),
+            storage=self.storage,
         )
         security = CommandSecurity.from_settings(self.settings.commands, self.device_id)
         services.model_updates = ModelUpdater(
@@ -360,7 +378,7 @@ class AgentService:
 
     def _status_document(self) -> dict[str, Any]:
         with GalleryStore.open(self.settings.gallery.path) as store:
-            document = self.telemetry.status(gallery_summary(store))
+            document = self.telemetry.status(gallery_summary(store), self.storage.report())
             stale = store.people_needing_reenrolment(self.pipeline.embedder.info.model_id)
             document["gallery"]["people_needing_reenrolment"] = len(stale)
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
@@ -371,7 +389,7 @@ class AgentService:
 
     def _telemetry_document(self) -> dict[str, Any]:
         figures = self.clock.figures(self.source.status().dropped)
-        return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None)
+        return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
 
 
 def print_event(event: dict[str, Any]) -> None:

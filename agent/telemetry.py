@@ -2,8 +2,10 @@
 
 `status` is what an operator needs to tell devices apart and spot a stale gallery (version, model ids,
 gallery size and digest, uptime); `telemetry` is how the device is coping (frame rate, latency
-percentiles, drops, outbox depth, temperature, memory). The caller measures the frame figures; this
-module only reads what the operating system offers and shapes the JSON (schema 1, UTC ISO-8601 times).
+percentiles, drops, outbox depth, temperature, memory). Both carry the state file system's health
+(`storage`): a full disk is a condition to see at a glance and a figure to trend. The caller measures
+the frame figures; this module only reads what the operating system offers and shapes the JSON
+(schema 1, UTC ISO-8601 times).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from agent.gallery.store import GalleryStore
 from agent.identity import utc_now
 from agent.outbox import OutboxStats
+from agent.storage import StorageReport
 
 SCHEMA = 1
 THERMAL = Path("/sys/class/thermal")
@@ -121,9 +124,9 @@ class Telemetry:
     def uptime_s(self) -> int:
         return int(self.clock() - self.started)
 
-    def status(self, gallery: GallerySummary) -> dict[str, Any]:
+    def status(self, gallery: GallerySummary, storage: StorageReport | None = None) -> dict[str, Any]:
         """The retained `online` document."""
-        return {
+        document = {
             **self._head("online"),
             "version": self.version,
             "models": self.models,
@@ -131,6 +134,7 @@ class Telemetry:
             "started_at": self.started_at,
             "uptime_s": self.uptime_s(),
         }
+        return document if storage is None else document | {"storage": storage_json(storage)}
 
     def offline(self, reason: str) -> dict[str, Any]:
         """The retained `offline` document: `reason` "stopped" from a clean stop, "connection lost" as the will.
@@ -139,7 +143,9 @@ class Telemetry:
         """
         return {**self._head("offline"), "reason": reason, "version": self.version, "started_at": self.started_at}
 
-    def telemetry(self, frames: FrameFigures | None, outbox: OutboxStats | None) -> dict[str, Any]:
+    def telemetry(
+        self, frames: FrameFigures | None, outbox: OutboxStats | None, storage: StorageReport | None = None
+    ) -> dict[str, Any]:
         document: dict[str, Any] = {**self._head(None), "uptime_s": self.uptime_s()}
         if frames is not None:
             document |= {
@@ -157,6 +163,8 @@ class Telemetry:
                 "published": outbox.published,
                 "dropped_events": outbox.dropped,
             }
+        if storage is not None:
+            document["storage"] = storage_json(storage)
         return document | {"cpu_temp_c": cpu_temperature(self.thermal_root), "memory": {"rss_mb": rss_mb()}}
 
     def presence(self, faces: int) -> dict[str, Any]:
@@ -166,6 +174,17 @@ class Telemetry:
     def _head(self, state: str | None) -> dict[str, Any]:
         head: dict[str, Any] = {"schema": SCHEMA, "device": self.device_id, "at": utc_now()}
         return head if state is None else {**head, "state": state}
+
+
+def storage_json(report: StorageReport) -> dict[str, Any]:
+    """`state` "ok" or "full" and `since` when; `dropped_events`: events not written for lack of space."""
+    return {
+        "state": str(report.state),
+        "since": report.since,
+        "free_bytes": report.free_bytes,
+        "dropped_events": report.dropped_events,
+        "last_error": report.last_error,
+    }
 
 
 def _finite(value: float) -> float | None:

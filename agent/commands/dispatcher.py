@@ -38,6 +38,7 @@ from agent.commands.schema import (
 from agent.commands.signing import CommandSecurity
 from agent.errors import FaceagentError
 from agent.gallery.store import GalleryStore
+from agent.storage import is_disk_full
 
 __all__ = ["CommandDispatcher", "CommandSecurity", "CommandServices", "ReplyCache", "error_reply"]
 
@@ -185,8 +186,8 @@ class CommandDispatcher:
             context = Context(self.services, self._store, actor, now)
             done = HANDLERS[name](context, request.args)
             return done, _document(rid, {"status": "ok", "data": done.data}), True
-        except CommandError as exc:
-            return None, error_reply(rid, exc.code, exc.message), True
+        except CommandError as exc:  # a full disk is not the request's fault: a retry runs again
+            return None, error_reply(rid, exc.code, exc.message), exc.code is not ErrorCode.STORAGE_FULL
         except FaceagentError as exc:
             log.warning("command %s %s failed: %s", name, rid, exc)
             return None, error_reply(rid, ErrorCode.INTERNAL, str(exc)), False
@@ -206,5 +207,8 @@ class CommandDispatcher:
         scalars = {k: v for k, v in details.items() if v is not None and isinstance(v, str | int | float | bool)}
         try:
             self._store().audit(actor, action, target, scalars)
-        except Exception:
-            log.exception("command %s: could not write the audit record", _shown(name))
+        except Exception as exc:
+            if is_disk_full(exc):  # reported in status already; one line, no traceback per command
+                log.warning("command %s: audit record not written: the state file system is full", _shown(name))
+            else:
+                log.exception("command %s: could not write the audit record", _shown(name))

@@ -1,10 +1,12 @@
 """What each command does, through the same services the CLI calls (`Enroller`, `GalleryStore`,
 `Matcher`, the settings loader). Arguments arrive validated (`schema`); a handler raises
-`CommandError` for an expected refusal and returns `Done` otherwise.
+`CommandError` for an expected refusal and returns `Done` otherwise. A write that finds the disk full
+is refused as `storage_full` (nothing was changed), not reported as an internal failure.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import tomllib
@@ -24,10 +26,11 @@ from agent.config import (
     settings_to_toml,
 )
 from agent.enrolment import Enroller, EnrolmentError
-from agent.errors import ConfigError
+from agent.errors import ConfigError, FaceagentError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person, utc_iso
+from agent.storage import StorageFullError, StorageHealth, is_disk_full
 from agent.vision.modelstore import embedder_id
 
 if TYPE_CHECKING:
@@ -65,6 +68,7 @@ class CommandServices:
     request_restart: Callable[[], None]
     actor_prefix: str = "mqtt"
     model_updates: ModelUpdater | None = None  # the model_update job; None: updates are not offered
+    storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
 
 
 @dataclass(frozen=True)
@@ -292,16 +296,40 @@ def model_update(ctx: Context, args: dict[str, Any]) -> Done:
     return Done(data, None, details)
 
 
+def refusing_full_storage(handler: Handler) -> Handler:
+    """A full disk (the gallery's SQLITE_FULL, or ENOSPC writing the settings or a model) becomes a
+    `storage_full` refusal; a gallery failure is also reported to the service's storage health."""
+
+    @functools.wraps(handler)
+    def guarded(ctx: Context, args: dict[str, Any]) -> Done:
+        try:
+            return handler(ctx, args)
+        except (OSError, FaceagentError) as exc:
+            if not is_disk_full(exc):
+                raise
+            if isinstance(exc, StorageFullError) and ctx.services.storage is not None:
+                ctx.services.storage.write_failed(exc)
+            where = f" for {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+            problem = str(exc) if isinstance(exc, FaceagentError) else f"no space left on the device{where}"
+            message = f"{problem}; nothing was changed: retry once space is freed"
+            raise CommandError(ErrorCode.STORAGE_FULL, message) from None
+
+    return guarded
+
+
 HANDLERS: dict[str, Handler] = {
-    "ping": ping,
-    "get_status": get_status,
-    "list_people": list_people,
-    "enroll": enroll,
-    "delete_person": delete_person,
-    "update_person": update_person,
-    "get_config": get_config,
-    "set_config": set_config,
-    "purge_events": purge_events,
-    "restart": restart,
-    "model_update": model_update,
+    name: refusing_full_storage(handler)
+    for name, handler in {
+        "ping": ping,
+        "get_status": get_status,
+        "list_people": list_people,
+        "enroll": enroll,
+        "delete_person": delete_person,
+        "update_person": update_person,
+        "get_config": get_config,
+        "set_config": set_config,
+        "purge_events": purge_events,
+        "restart": restart,
+        "model_update": model_update,
+    }.items()
 }

@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     STALE = "stale"
     REPLAYED = "replayed"
+    STORAGE_FULL = "storage_full"  # the device's disk is full: nothing was written; retry later
     INTERNAL = "internal"
 
 

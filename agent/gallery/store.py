@@ -29,6 +29,7 @@ import sqlite_utils
 from agent.errors import GalleryError
 from agent.gallery import schema
 from agent.identity import Consent, Person, new_person_id, utc_iso, utc_now
+from agent.storage import StorageFullError, is_disk_full
 
 MAX_DIMS = 4096
 _TEXT_LIMIT = 200
@@ -77,6 +78,8 @@ class GalleryStore:
         try:
             yield
         except sqlite3.Error as exc:
+            if is_disk_full(exc):  # its own type: the agent runs on without the write, a command says so
+                raise StorageFullError(f"gallery {self.path}: no space left on its file system ({exc})") from exc
             raise schema.translate(self.path, exc) from exc
 
     @contextmanager
