@@ -1,126 +1,27 @@
-"""The picamera2 source against a fake `Picamera2`: the one fake in the project, as there is no camera here.
+"""The picamera2 source against the fake `Picamera2` of tests/fakes: the one fake in the project, as there is no
+camera here.
 
 The fake serves real frames of the Hamilton clip the way picamera2 does: `lores` as a YUV420 array of shape
 (height * 3 / 2, stride) with 64-byte aligned rows, `main` as "RGB888", which numpy sees as B, G, R, both
 from one request, in the colour space picamera2 reports. So the YUV -> RGB and BGR -> RGB conversions and the
-lores -> main box mapping run for real; only libcamera is pretended.
+lores -> main box mapping run for real; only libcamera is pretended, including an unplugged camera.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-import types
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from PIL import Image
 
+import tests.fakes.picamera2 as fake_picamera2
 from agent.sources import LatestFrame, SourceError, SourceState, SourceUnavailable
 from agent.sources.picamera import PicameraSource
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-
-# Kr, Kb and range of the colour spaces the fake can report (ITU-R BT.601 / BT.709).
-ENCODINGS = {"sYCC": (0.299, 0.114, False), "SMPTE170M": (0.299, 0.114, True), "Rec709": (0.2126, 0.0722, True)}
-
-
-def encode_yuv420(rgb: np.ndarray, stride: int, colour_space: str) -> np.ndarray:
-    """RGB -> picamera2's YUV420 layout: Y rows, then U and V at half size, two chroma rows per array row."""
-    kr, kb, limited = ENCODINGS[colour_space]
-    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
-    y = kr * r + (1 - kr - kb) * g + kb * b
-    pb, pr = (b - y) / (2 * (1 - kb)), (r - y) / (2 * (1 - kr))
-    if limited:
-        y, pb, pr = 16 + y * 219 / 255, pb * 224 / 255, pr * 224 / 255
-    height, width = y.shape
-
-    def half(plane: np.ndarray) -> np.ndarray:
-        return plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
-
-    planes = np.zeros(height * 3 // 2 * stride, np.uint8)
-    planes[: height * stride].reshape(height, stride)[:, :width] = np.clip(np.round(y), 0, 255)
-    chroma = (height // 2) * (stride // 2)
-    for n, plane in enumerate((half(pb), half(pr))):
-        start = height * stride + n * chroma
-        target = planes[start : start + chroma].reshape(height // 2, stride // 2)
-        target[:, : width // 2] = np.clip(np.round(plane + 128), 0, 255)
-    return planes.reshape(height * 3 // 2, stride)
-
-
-def resized(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
-
-
-class FakeRequest:
-    def __init__(self, camera: FakePicamera2, arrays: dict[str, np.ndarray]) -> None:
-        self.camera, self.arrays = camera, arrays
-
-    def make_array(self, name: str) -> np.ndarray:
-        return self.arrays[name].copy()
-
-    def release(self) -> None:
-        self.camera.outstanding -= 1
-
-
-class FakePicamera2:
-    """Enough of picamera2.Picamera2 for a video configuration with main and lores streams."""
-
-    frames: ClassVar[list[np.ndarray]] = []  # RGB frames served in turn
-    colour_space: ClassVar[str] = "sYCC"  # what picamera2 picked; versions differ
-    instances: ClassVar[list[FakePicamera2]] = []
-
-    def __init__(self, camera_num: int = 0) -> None:
-        self.camera_num = camera_num
-        self.calls: list[str] = []
-        self.requested: dict[str, Any] = {}
-        self.config: dict[str, Any] | None = None
-        self.outstanding = 0
-        self.served = 0
-        self.fail_next = 0  # capture_request raises TimeoutError this many times
-        FakePicamera2.instances.append(self)
-
-    def create_video_configuration(self, main: dict, lores: dict | None = None, controls: dict | None = None) -> dict:
-        self.requested = {"main": main, "lores": lores, "controls": controls}
-        return {"main": dict(main), "lores": dict(lores) if lores else None, "controls": controls or {}}
-
-    def configure(self, config: dict) -> None:
-        self.calls.append("configure")
-        for name in ("main", "lores"):
-            if config[name] is not None:
-                width = config[name]["size"][0]
-                bytes_per_pixel = 3 if name == "main" else 1
-                config[name]["stride"] = -(-width * bytes_per_pixel // 64) * 64
-        self.config = config | {"colour_space": self.colour_space}
-
-    def camera_configuration(self) -> dict:
-        assert self.config is not None
-        return self.config
-
-    def start(self) -> None:
-        self.calls.append("start")
-
-    def capture_request(self, wait: float | None = None) -> FakeRequest:
-        assert self.config is not None and "start" in self.calls
-        if self.fail_next:
-            self.fail_next -= 1
-            raise TimeoutError  # as concurrent.futures raises it: no message
-        rgb = self.frames[self.served % len(self.frames)]
-        self.served += 1
-        self.outstanding += 1
-        arrays = {"main": resized(rgb, self.config["main"]["size"])[:, :, ::-1]}  # RGB888 is B, G, R in memory
-        if self.config["lores"] is not None:
-            lores = self.config["lores"]
-            arrays["lores"] = encode_yuv420(resized(rgb, lores["size"]), lores["stride"], self.colour_space)
-        return FakeRequest(self, arrays)
-
-    def stop(self) -> None:
-        self.calls.append("stop")
-
-    def close(self) -> None:
-        self.calls.append("close")
+from tests.fakes.picamera2 import FakePicamera2, resized
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +31,11 @@ def miranda(shared_data: Path) -> np.ndarray:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, miranda: np.ndarray) -> type[FakePicamera2]:
-    module = types.ModuleType("picamera2")
-    module.Picamera2 = FakePicamera2  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "picamera2", module)
+def fake(monkeypatch: pytest.MonkeyPatch, miranda: np.ndarray, tmp_path: Path) -> type[FakePicamera2]:
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2)
+    monkeypatch.setenv(fake_picamera2.UNPLUGGED_ENV, str(tmp_path / "unplugged"))
     monkeypatch.setattr(FakePicamera2, "frames", [miranda])
+    monkeypatch.setattr(FakePicamera2, "colour_space", "sYCC")
     monkeypatch.setattr(FakePicamera2, "instances", [])
     return FakePicamera2
 
@@ -151,7 +52,10 @@ def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def test_the_camera_is_asked_for_the_configured_streams_and_rate(fake: type[FakePicamera2]) -> None:
+def test_the_camera_is_asked_for_the_configured_streams_and_rate(
+    fake: type[FakePicamera2], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(fake_picamera2.CAMERAS_ENV, "2")
     read_one(PicameraSource(1, size=(1280, 720), lores_size=(640, 360), fps=12.5))
     camera = fake.instances[0]
     assert camera.camera_num == 1
@@ -225,9 +129,11 @@ def test_every_request_goes_back_to_the_camera(fake: type[FakePicamera2]) -> Non
     assert fake.instances[0].outstanding == 0
 
 
-def test_close_stops_and_closes_the_camera(fake: type[FakePicamera2]) -> None:
+def test_close_cancels_queued_jobs_then_closes_the_camera(fake: type[FakePicamera2]) -> None:
     read_one(PicameraSource(size=(640, 360), lores_size=(320, 180)))
-    assert fake.instances[0].calls == ["configure", "start", "stop", "close"]
+    camera = fake.instances[0]
+    assert camera.calls == ["configure", "start", "cancel_all_and_flush", "close"]
+    assert not camera.started and camera.outstanding == 0
 
 
 def test_a_capture_timeout_is_a_source_error(fake: type[FakePicamera2]) -> None:
@@ -249,16 +155,35 @@ def test_a_camera_that_stops_delivering_is_reopened(fake: type[FakePicamera2]) -
         assert reader.get(timeout=5.0) is not None
         status = reader.status()
     assert (status.state, status.last_error) == (SourceState.OK, "picamera2:0: no frame within 5 s")
-    assert fake.instances[0].calls[-2:] == ["stop", "close"] and len(fake.instances) == 2
+    assert fake.instances[0].calls[-2:] == ["cancel_all_and_flush", "close"] and len(fake.instances) == 2
+    assert fake.instances[0].outstanding == 0  # the timed-out capture did not keep a buffer
 
 
-def test_a_missing_camera_number_says_how_to_check(fake: type[FakePicamera2], monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_such_camera(camera_num: int) -> None:
-        raise IndexError("list index out of range")  # what picamera2 raises for a camera libcamera does not list
-
-    monkeypatch.setattr(sys.modules["picamera2"], "Picamera2", no_such_camera)
+def test_a_missing_camera_number_says_how_to_check(fake: type[FakePicamera2]) -> None:
     with pytest.raises(SourceError, match=r"no camera number 1 .*rpicam-hello --list-cameras"):
-        PicameraSource(1).open()
+        PicameraSource(1).open()  # libcamera lists one camera: picamera2 raises IndexError
+
+
+def test_an_unplugged_camera_is_reopened_once_it_is_back(fake: type[FakePicamera2], tmp_path: Path) -> None:
+    """The ribbon cable pulled while running: reads time out, opens find no camera, and the cable put back
+    brings frames again through a new camera object, all without raising into the consumer. Before close()
+    cancelled picamera2's queued capture job, closing the dead camera hung for ever and it never came back."""
+    source = PicameraSource(size=(640, 360), lores_size=(320, 180), timeout_seconds=0.2)
+    control = tmp_path / "unplugged"
+    with LatestFrame(source, reconnect_first_seconds=0.01, reconnect_max_seconds=0.05) as reader:
+        assert reader.get(timeout=5.0) is not None
+        control.touch()
+        deadline = time.monotonic() + 10.0
+        while reader.status().errors < 3 and time.monotonic() < deadline:
+            reader.get(timeout=0.05)
+        down = reader.status()
+        control.unlink()
+        assert reader.get(timeout=5.0) is not None
+        up = reader.status()
+    assert down.state is SourceState.RECONNECTING and down.errors >= 3
+    assert "no camera number 0" in (down.last_error or "")
+    assert fake.instances[0].wedged and fake.instances[0].calls[-2:] == ["cancel_all_and_flush", "close"]
+    assert up.state is SourceState.OK and up.reconnects == 1 and len(fake.instances) == 2
 
 
 def test_lores_larger_than_main_is_refused_before_the_camera_is_touched(fake: type[FakePicamera2]) -> None:

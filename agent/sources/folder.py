@@ -18,7 +18,8 @@ class FolderSource:
     """Images of `folder` sorted by file name, at `fps` (0: as fast as they decode), again from the start when `loop`.
 
     An unreadable image is skipped with a warning, not raised: raising would make LatestFrame reopen the
-    folder and replay it from the first image, again and again.
+    folder and replay it from the first image, again and again. A folder that is gone is raised at once,
+    rather than one warning for each of its images, and LatestFrame reopens it when it is back.
     """
 
     def __init__(self, folder: Path, *, fps: float = 0.0, loop: bool = False) -> None:
@@ -56,6 +57,8 @@ class FolderSource:
             try:
                 image = load_image(path)
             except ImageError as exc:
+                if not self.folder.is_dir():  # the folder went away (an unmounted share or stick): not one bad file
+                    raise SourceError(f"{self.description}: the folder is gone ({exc})") from exc
                 self.skipped += 1
                 log.warning("%s: skipping %s", self.description, exc)
                 continue

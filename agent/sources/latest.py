@@ -187,15 +187,15 @@ class LatestFrame:
                         self.source.open()
                         is_open = True
                         if failures:
-                            self._note_reconnect()
+                            self._note_reconnect(failures)
                     frame = self.source.read()
                 except SourceUnavailable as exc:
                     self._set_failed(exc)
                     return
                 except Exception as exc:  # any failure, even a bug in a source, means: close, wait, retry
+                    self._note_error(exc, failures)  # first: status must not say "ok" while a close hangs
                     self.source.close()
                     is_open = False
-                    self._note_error(exc, failures)
                     self._stopping.wait(self.backoff.delay(failures))
                     failures += 1
                     continue
@@ -237,12 +237,18 @@ class LatestFrame:
             if not self._stopping.is_set():
                 self._state = SourceState.RECONNECTING
         expected = isinstance(exc, SourceError)
-        log.warning("%s: %s; retrying in %.1f s", self.source.description, message, delay, exc_info=not expected)
+        log.warning("%s; retrying in %.1f s", self._named(message), delay, exc_info=not expected)
 
-    def _note_reconnect(self) -> None:
+    def _named(self, message: str) -> str:
+        """The message with the source's name in front, once: source errors mostly carry it already."""
+        name = self.source.description
+        return message if message.startswith(name) else f"{name}: {message}"
+
+    def _note_reconnect(self, failures: int) -> None:
         with self._cond:
             self._reconnects += 1
-        log.info("%s: reopened", self.source.description)
+        # a warning, as the failures were: at the default level the log would otherwise never say it came back
+        log.warning("%s: reopened after %d failed attempts", self.source.description, failures)
 
     def _set_failed(self, exc: SourceUnavailable) -> None:
         with self._cond:
@@ -251,7 +257,7 @@ class LatestFrame:
             if not self._stopping.is_set():
                 self._state = SourceState.FAILED
             self._cond.notify_all()
-        log.error("%s: %s", self.source.description, exc)
+        log.error("%s", self._named(str(exc)))
 
     def _set_state(self, state: SourceState) -> None:
         with self._cond:

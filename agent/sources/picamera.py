@@ -217,9 +217,18 @@ class PicameraSource:
         return Frame(image, utc_now(), index, hires)
 
     def close(self) -> None:
+        """Stop and release the camera, also one that stopped delivering (a loose or pulled ribbon cable).
+
+        A capture that timed out leaves its job queued in picamera2, and `Picamera2.stop()` runs as a job behind
+        it and waits without a timeout: on a camera that delivers nothing, for ever (picamera2 issue #1065), so
+        the reader thread hung here and the camera was never reopened. So the queue is cancelled first
+        (`cancel_all_and_flush`, in picamera2 since mid-2024 for exactly this), and `close()` alone stops the
+        camera: it ends the event loop first, then stops without queueing.
+        """
         picam, self._picam = self._picam, None
         if picam is None:
             return
-        for step in (picam.stop, picam.close):
-            with contextlib.suppress(Exception):
-                step()
+        for step in (getattr(picam, "cancel_all_and_flush", None), picam.close):
+            if step is not None:
+                with contextlib.suppress(Exception):
+                    step()

@@ -93,3 +93,33 @@ def first_seen_order(ids: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def frames(shared_data: Path) -> Path:
     return shared_data / "sequence/hamilton_clip/frames"
+
+
+FAKES = REPO / "tests" / "fakes"  # `import picamera2` in an agent started with `fake_camera_env` finds the fake
+
+
+def fake_camera_env(frames: Path, unplugged: Path) -> dict[str, str]:
+    """agent_env with tests/fakes/picamera2 first on the path, serving `frames`, unplugged while `unplugged` exists."""
+    return agent_env() | {
+        "PYTHONPATH": f"{FAKES}{os.pathsep}{REPO}",
+        "FAKE_PICAMERA2_FRAMES": str(frames),
+        "FAKE_PICAMERA2_UNPLUGGED": str(unplugged),
+    }
+
+
+def start_agent_with(
+    config: Path, db: Path, source: str, env: dict[str, str], *, log: Path | None = None
+) -> subprocess.Popen:
+    """start_agent with any source string (e.g. "picamera2") and environment."""
+    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", source]
+    stderr = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+
+
+def ctl_call(broker_url: str, command: str) -> subprocess.CompletedProcess[str]:
+    """`faceagent ctl call` of one command to DEVICE, as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "ctl", "call", "--mqtt", broker_url, "--timeout", "10", "--json",
+         DEVICE, command],
+        capture_output=True, text=True, timeout=60, env=agent_env(),
+    )  # fmt: skip
