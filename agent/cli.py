@@ -18,9 +18,12 @@ from agent import __version__
 from agent.cli_live import add_live_commands
 from agent.config import (
     DEFAULT_CONFIG,
+    RULES,
+    Range,
     Settings,
     find_config,
     load_settings,
+    path_problem,
     redact_secrets,
     settings_to_dict,
     settings_to_toml,
@@ -43,20 +46,51 @@ EXIT_INPUT = 2  # unreadable input, no face, bad model: a clear one-line message
 log = logging.getLogger("faceagent")
 
 
+def _as_setting(key: str, kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An option standing in for a setting takes what the settings file takes: `--threads 100000` would
+    start that many interpreter threads, `--threshold nan` would print invalid JSON."""
+    rule = RULES[key]
+    assert isinstance(rule, Range)
+    words = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {words}") from None
+        if not (math.isfinite(value) and rule.admits(value)):
+            raise argparse.ArgumentTypeError(f"{rule.describe(words)}, got {text[:40]}")
+        return value
+
+    return parse
+
+
 def _add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, help="models directory (default: models.dir, or the bundled models)")
     parser.add_argument("--detector", help="detector model id from the manifest (e.g. blazeface-full)")
     parser.add_argument("--embedder", help="embedder model id from the manifest")
     parser.add_argument("--runtime", choices=["ai-edge-litert", "tflite-runtime"], help="force a TFLite runtime")
-    parser.add_argument("--threads", type=int, help="interpreter threads (default: models.threads, 2)")
+    threads = _as_setting("models.threads", int)
+    parser.add_argument("--threads", type=threads, help="interpreter threads (default: models.threads, 2)")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def _gallery_path(text: str) -> Path:
+    """--db: a name too long for the filesystem makes the gallery's own checks raise, so it is refused here."""
+    path = Path(text)
+    problem = path_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"not a path the filesystem can hold ({problem})")
+    return path
 
 
 def _shared_options() -> argparse.ArgumentParser:
     """--config and --db, accepted before or after the subcommand (SUPPRESS keeps a global value)."""
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    shared.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="gallery file (default: gallery.path)")
+    shared.add_argument(
+        "--db", type=_gallery_path, default=argparse.SUPPRESS, help="gallery file (default: gallery.path)"
+    )
     return shared
 
 
@@ -65,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print version and TFLite runtime, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (runtime choice, timings)")
     parser.add_argument("--config", type=Path, help=f"settings file (default: {DEFAULT_CONFIG} if present)")
-    parser.add_argument("--db", type=Path, help="gallery file (default: gallery.path from the settings)")
+    parser.add_argument("--db", type=_gallery_path, help="gallery file (default: gallery.path from the settings)")
     commands = parser.add_subparsers(dest="command")
     shared = _shared_options()
 
@@ -77,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="compare the most central face of two images")
     compare.add_argument("image_a", type=Path)
     compare.add_argument("image_b", type=Path)
-    compare.add_argument("--threshold", type=float, help="distance threshold (default: the embedder's)")
+    threshold = _as_setting("gallery.threshold", float)
+    compare.add_argument("--threshold", type=threshold, help="distance threshold (default: the embedder's)")
     _add_pipeline_args(compare)
     compare.set_defaults(handler=cmd_compare)
 
@@ -374,8 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_version()
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
-        return EXIT_INPUT
+        parser.error("no command given (faceagent -h lists them)")  # usage and this line on stderr, exit 2
     try:
         return handler(args)
     except FaceagentError as exc:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from agent import provisioning
-from agent.config import find_config, load_settings
+from agent.config import find_config, load_settings, require_tls
 from agent.demo import run_demo
 from agent.service import AgentService, RunOptions, print_event
 
@@ -31,6 +31,8 @@ def add_live_commands(commands: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     path = find_config(args.config)
+    settings = load_settings(path)
+    require_tls(settings.mqtt, args.mqtt)
     options = RunOptions(
         source=args.source,
         mqtt_url=args.mqtt,
@@ -39,10 +41,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         lossless=args.replay_all,
         on_event=print_event if args.print_events else None,
     )
-    service = AgentService(load_settings(path), options)
+    service = AgentService(settings, options)
     service.install_signal_handlers()
     return service.run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(load_settings(find_config(args.config)), mqtt_url=args.mqtt, keep=args.keep)
+    settings = load_settings(find_config(args.config))
+    require_tls(settings.mqtt, args.mqtt)
+    return run_demo(settings, mqtt_url=args.mqtt, keep=args.keep)

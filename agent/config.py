@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable
@@ -113,6 +114,7 @@ class MqttSettings:
     username: str | None = None
     password: str | None = None  # a secret: redact_secrets() before showing settings to anyone
     tls_insecure: bool = False  # true skips the broker host name check (never in production)
+    require_tls: bool = False  # true refuses a plain mqtt:// URL (file or --mqtt): events never travel in clear
     max_outbox_events: int = 10000  # beyond this the oldest unsent events are dropped and counted
     telemetry_interval_seconds: float = 60.0
 
@@ -292,10 +294,29 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "config", base_dir
             problems.append(f"{name}: must be a table ([{name}]), got {_show(table)}")
         else:
             sections[name] = _section(name, section_type, table, base_dir, problems)
+    problems += _cross_problems(Settings(**sections))  # every value in `sections` is valid on its own
     if problems:
         listed = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
         raise ConfigError(f"{source}: {listed}")
     return Settings(**sections)
+
+
+def _cross_problems(settings: Settings) -> list[str]:
+    """Rules that tie two keys together, each reported under the key to change."""
+    try:
+        require_tls(settings.mqtt)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def require_tls(mqtt: MqttSettings, override: str | None = None) -> None:
+    """ConfigError when `mqtt.require_tls` is on and the broker URL in use (`--mqtt`, else `mqtt.url`) is
+    plain mqtt://: a fleet that sets it cannot send biometric events in clear text through a typo."""
+    url = override or mqtt.url
+    if mqtt.require_tls and url and not url.strip().lower().startswith("mqtts://"):  # as parse_broker_url reads it
+        key = "--mqtt" if override else "mqtt.url"
+        raise ConfigError(f"{key}: must be an mqtts:// URL while mqtt.require_tls is true, got {_hide_password(url)!r}")
 
 
 def _section_types() -> dict[str, type]:
@@ -363,7 +384,23 @@ def _path(value: Any, base_dir: Path | None, optional: bool) -> Path:
         path = Path(value).expanduser()
     except RuntimeError as exc:  # "~user" with no such user
         raise ValueError(f"must be a path whose ~ can be expanded{unset}") from exc
+    problem = path_problem(path)
+    if problem:
+        raise ValueError(f"must be a path the filesystem can hold ({problem}){unset}")
     return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes, Linux: longer makes every file call fail with ENAMETOOLONG
+
+
+def path_problem(path: Path) -> str | None:
+    """Why no filesystem call can take `path`, else None: checked where paths come in, since `Path.is_dir()`
+    and friends raise on a name too long instead of answering False."""
+    encoded = os.fsencode(path)
+    if len(encoded) > PATH_MAX:
+        return f"{len(encoded)} bytes, over {PATH_MAX}"
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    return f"a name of {longest} bytes, over {NAME_MAX}" if longest > NAME_MAX else None
 
 
 def _show(value: Any) -> str:

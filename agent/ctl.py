@@ -13,21 +13,98 @@ import base64
 import hashlib
 import json
 import os
+import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.commands.schema import MODEL_CHUNK_BYTES, CommandError, Image
-from agent.config import CommandSettings, find_config, load_settings
+from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, CommandError, Image
+from agent.config import RULES, CommandSettings, find_config, load_settings, require_tls
 from agent.identity import new_ulid
 from agent.link.mqtt import BrokerSettings
 from agent.operator import CtlError, Operator
 
 EXIT_REMOTE = 1
 COMMIT_SECONDS = 600.0  # a commit checks the model on the device (about 15 s on a Pi 4) and swaps it in
+MAX_TIMEOUT_SECONDS = 86400.0
+MAX_TAIL_SECONDS = 10 * 365 * 86400.0  # what `events` waits with no --seconds
+
+
+# ------------------------------------------------------------------------------------ arguments
+# Device ids, command names and event types become MQTT topic levels: a wildcard or a '/' in one would
+# address other devices or make paho raise, so each is checked as argparse reads it (exit 2, one line).
+
+
+def _device_id(text: str) -> str:
+    if not RULES["mqtt.device_id"].admits(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a device id (1-64 of A-Z a-z 0-9 _ -)")
+    return text
+
+
+def _device_filter(text: str) -> str:
+    return text if text == "+" else _device_id(text)
+
+
+def _event_type(text: str) -> str:
+    if text in ("+", "#") or RULES["mqtt.device_id"].admits(text):  # event types are such topic levels too
+        return text
+    raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an event type (1-64 of A-Z a-z 0-9 _ -, or #)")
+
+
+def _command_name(text: str) -> str:
+    if not COMMAND_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a command name (a-z and _, e.g. purge_events)")
+    return text
+
+
+def _seconds(limit: float) -> Callable[[str], float]:
+    """A wait in seconds: positive and finite (nan, inf and 1e300 would end at once, or overflow the clock)."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+        if not 0 < value <= limit:
+            raise argparse.ArgumentTypeError(f"must be more than 0 and at most {limit:g} seconds, got {text[:40]}")
+        return value
+
+    return seconds
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return whole
+
+
+def _read_local(path: Path, limit: int, what: str) -> bytes:
+    """A file to send, checked before it is read: a FIFO or a device would block or never end."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CtlError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise CtlError(f"{path}: {info.st_size} bytes, over the {limit} bytes a device takes for {what}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
 
 
 # ------------------------------------------------------------------------------------ output
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A field of a device's document as an object: anything on the broker may publish there."""
+    return value if isinstance(value, dict) else {}
 
 
 def _summary(name: str, data: dict[str, Any]) -> str:
@@ -66,7 +143,7 @@ def report(replies: dict[str, dict | None], name: str, timeout: float, as_json: 
                 summary = json.dumps(reply.get("data"), indent=2)
             print(f"{device}: {summary}")
         else:
-            error = reply.get("error") or {}
+            error = _object(reply.get("error"))
             print(f"{device}: error ({error.get('code')}): {error.get('message')}")
         if reply is None or reply.get("status") != "ok":
             status = EXIT_REMOTE
@@ -78,6 +155,7 @@ def report(replies: dict[str, dict | None], name: str, timeout: float, as_json: 
 
 def _operator(args: argparse.Namespace) -> Operator:
     settings = load_settings(find_config(getattr(args, "config", None)))
+    require_tls(settings.mqtt, args.mqtt)
     sign_key = None
     if args.sign_key is not None:
         from agent.commands.signing import load_private_key
@@ -109,7 +187,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"device": device, "status": status}))
             continue
-        gallery = status.get("gallery") or {}
+        gallery = _object(status.get("gallery"))
         print(
             f"{device}  {status.get('state', '?')}  version {status.get('version', '?')}  "
             f"{gallery.get('people', '?')} people  since {status.get('at', '?')}"
@@ -145,10 +223,7 @@ def _photos(paths: list[Path], limits: CommandSettings) -> list[dict[str, str]]:
         raise CtlError(f"{len(paths)} photos: a device takes at most {limits.max_images} per command")
     images = []
     for path in paths:
-        try:
-            encoded = base64.b64encode(path.read_bytes()).decode()
-        except OSError as exc:
-            raise CtlError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        encoded = base64.b64encode(_read_local(path, limits.max_image_bytes, "a photo")).decode()
         try:
             Image(limits.max_image_bytes).check(encoded, str(path))
         except CommandError as exc:
@@ -185,6 +260,8 @@ def _setting(text: str) -> tuple[str, Any]:
         raise CtlError(f"{text!r}: expected section.key=value, e.g. gallery.threshold=0.4")
     try:
         return key.strip(), json.loads(raw)
+    except RecursionError:  # json's decoder gives up near a thousand levels, by recursion, not ValueError
+        raise CtlError(f"{key.strip()[:40]!r}: the value nests too deeply") from None
     except ValueError:
         return key.strip(), raw  # a bare word is a string
 
@@ -218,24 +295,27 @@ def _model_phase(operator: Operator, devices: list[str], arguments: dict[str, An
         replies |= operator.call(silent, "model_update", arguments)
     going = []
     for device, reply in replies.items():
-        if reply is not None and (reply.get("data") or {}).get("status") == "IN_PROGRESS":
+        if reply is not None and _object(reply.get("data")).get("status") == "IN_PROGRESS":
             going.append(device)
         elif reply is None:
             print(f"{device}: no reply to {arguments['phase']}; dropped", file=sys.stderr)
         else:
-            error = reply.get("error") or {"message": json.dumps(reply.get("data"))}
+            error = _object(reply.get("error")) or {"message": json.dumps(reply.get("data"))}
             print(f"{device}: {arguments['phase']} refused: {error.get('message')}", file=sys.stderr)
     return going
 
 
 def _model_outcome(device: str, reply: dict | None) -> bool:
-    data = (reply or {}).get("data") or {}
+    data = _object((reply or {}).get("data"))
     if data.get("status") == "SUCCEEDED":
-        print(
-            f"{device}: SUCCEEDED: {data['model_id']} version {data['version']} (sha256 {data['sha256'][:12]}) "
-            f"replaces {data['previous']['model_id']}; {data['people_needing_reenrolment']} people need "
-            f"re-enrolment, {data['templates_rebuilt']} templates rebuilt from kept chips"
-        )
+        try:
+            print(
+                f"{device}: SUCCEEDED: {data['model_id']} version {data['version']} (sha256 {data['sha256'][:12]}) "
+                f"replaces {data['previous']['model_id']}; {data['people_needing_reenrolment']} people need "
+                f"re-enrolment, {data['templates_rebuilt']} templates rebuilt from kept chips"
+            )
+        except (KeyError, TypeError):  # a device of another version: show it as it came
+            print(f"{device}: SUCCEEDED: {json.dumps(data)}")
         return True
     if data.get("status") == "FAILED":
         print(f"{device}: FAILED at {data.get('step')}: {data.get('reason')} (the previous model runs on)")
@@ -247,28 +327,25 @@ def _model_outcome(device: str, reply: dict | None) -> bool:
 def cmd_model_update(args: argparse.Namespace) -> int:
     """Begin, chunks, commit on every device named: one signed release, one job id."""
     from agent.commands.signing import load_private_key
-    from agent.models_update import sign_model
+    from agent.models_update import MAX_MODEL_BYTES, sign_model
 
     key_path = args.model_key or args.sign_key
     if key_path is None:
         raise CtlError("a model update must be signed: give --model-key (or --sign-key)")
-    try:
-        content = args.model.read_bytes()
-    except OSError as exc:
-        raise CtlError(f"{args.model}: cannot read it: {exc.strerror or exc}") from exc
+    content = _read_local(args.model, MAX_MODEL_BYTES, "a model")
     meta = {"model_id": args.model_id, "role": args.role, "file": args.model.name, "version": args.model_version}
     meta |= {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "entry": _json_object(args.entry)}
     job_id = args.job_id or new_ulid()
     begin = {"phase": "begin", "job_id": job_id, **meta, "signature": sign_model(load_private_key(key_path), meta)}
-    step = max(1, min(args.chunk_kib * 1024, MODEL_CHUNK_BYTES))
+    step = args.chunk_kib * 1024
     with _operator(args) as operator:
         devices, status = _targets(args, operator, everywhere=False)
         begun = going = _model_phase(operator, devices, begin)
         for index, start in enumerate(range(0, len(content), step)):
+            if not going:  # no device took the begin, or every one has dropped out
+                break
             data = base64.b64encode(content[start : start + step]).decode()
             going = _model_phase(operator, going, {"phase": "chunk", "job_id": job_id, "index": index, "data": data})
-            if not going:
-                break
         dropped = [device for device in begun if device not in going]
         if dropped:  # free them for the next job now rather than after their idle timeout
             operator.call(dropped, "model_update", {"phase": "abort", "job_id": job_id})
@@ -282,15 +359,16 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     """`faceagent ctl ...`, wired into the CLI's parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--mqtt", metavar="URL", help="broker: mqtt[s]://[user:password@]host[:port] (or mqtt.url)")
-    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for replies (default 15)")
+    timeout = _seconds(MAX_TIMEOUT_SECONDS)
+    common.add_argument("--timeout", type=timeout, default=15.0, help="seconds to wait for replies (default 15)")
     common.add_argument("--sign-key", type=Path, help="sign commands with this Ed25519 private key (PEM)")
     common.add_argument("--json", action="store_true", help="print one JSON document per device")
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     fleet = argparse.ArgumentParser(add_help=False)
-    fleet.add_argument("--device", action="append", default=[], help="device id (repeatable)")
+    fleet.add_argument("--device", type=_device_id, action="append", default=[], help="device id (repeatable)")
     fleet.add_argument("--all", action="store_true", help="every device that is online")
     one = argparse.ArgumentParser(add_help=False)
-    one.add_argument("target", metavar="DEVICE", help="device id")
+    one.add_argument("target", metavar="DEVICE", type=_device_id, help="device id")
 
     ctl = commands.add_parser("ctl", help="manage devices over MQTT (the operator's side)")
     sub = ctl.add_subparsers(dest="ctl_command", required=True)
@@ -328,14 +406,14 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     put.set_defaults(handler=lambda a: cmd_call(a, "set_config", {"values": dict(map(_setting, a.values))}))
 
     events = sub.add_parser("events", parents=[common], help="print events as they happen")
-    events.add_argument("--device", default="+", help="one device (default: all)")
-    events.add_argument("--type", default="#", help="one event type, e.g. face_recognized (default: all)")
-    events.add_argument("--count", type=int, help="stop after this many events")
-    events.add_argument("--seconds", type=float, help="stop after this long")
+    events.add_argument("--device", type=_device_filter, default="+", help="one device (default: all)")
+    events.add_argument("--type", type=_event_type, default="#", help="one event type, e.g. face_recognized")
+    events.add_argument("--count", type=_whole(1, 2**31), help="stop after this many events")
+    events.add_argument("--seconds", type=_seconds(MAX_TAIL_SECONDS), help="stop after this long")
     events.set_defaults(handler=_tail)
 
     call = sub.add_parser("call", parents=[common, one], help="send any command, e.g. ping, purge_events, restart")
-    call.add_argument("command", help="command name")
+    call.add_argument("command", type=_command_name, help="command name")
     call.add_argument("arguments", nargs="?", default="{}", help="its args as a JSON object")
     call.set_defaults(handler=lambda a: cmd_call(a, a.command, _json_object(a.arguments)))
 
@@ -346,7 +424,8 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     update.add_argument("--model-version", required=True, help="the release's version, e.g. 2025.06.1")
     update.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
     update.add_argument("--model-key", type=Path, help="Ed25519 key that signs the model (default: --sign-key)")
-    update.add_argument("--chunk-kib", type=int, default=256, help="chunk size in KiB (default 256, at most 1024)")
+    kib = _whole(1, MODEL_CHUNK_BYTES // 1024)
+    update.add_argument("--chunk-kib", type=kib, default=256, help="chunk size in KiB (default 256, at most 1024)")
     update.add_argument("--job-id", help="the job's id (default: a new ULID)")
     update.set_defaults(handler=cmd_model_update)
 
@@ -366,6 +445,8 @@ def _tail(args: argparse.Namespace) -> int:
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
+    except RecursionError:  # json's decoder gives up near a thousand levels, by recursion, not ValueError
+        raise CtlError("arguments must be a JSON object: it nests too deeply") from None
     except ValueError as exc:
         raise CtlError(f"arguments must be a JSON object: {exc}") from None
     if not isinstance(value, dict):

@@ -130,6 +130,12 @@ def judge(candidate: FacePipeline, reference: FacePipeline | None) -> dict[str, 
     return {name: round(float(value), 4) for name, value in figures.items()}
 
 
+def _one_line(error: Exception) -> str:
+    """The runtime's messages span lines ("...newer model?\nRegistration failed."); a reason is one line of a
+    reply and of the journal."""
+    return " ".join(str(error).split())
+
+
 def check_directory(candidate: Path, reference: Path | None, models: ModelSettings) -> Verdict:
     """Build the candidate's pipeline and judge it (in this process)."""
     options = PipelineOptions(
@@ -139,11 +145,11 @@ def check_directory(candidate: Path, reference: Path | None, models: ModelSettin
         pipeline = FacePipeline(options)
         live = FacePipeline(replace(options, models_dir=reference)) if reference else None
     except (FaceagentError, ValueError, KeyError, TypeError) as exc:
-        return Verdict(False, "load", f"it does not load: {exc}")
+        return Verdict(False, "load", f"it does not load: {_one_line(exc)}")
     try:
         return Verdict(True, "check", None, judge(pipeline, live))
     except (CheckFailed, ValueError) as exc:
-        return Verdict(False, "check", f"it fails the test faces: {exc}")
+        return Verdict(False, "check", f"it fails the test faces: {_one_line(exc)}")
 
 
 def run_check(candidate: Path, reference: Path | None, models: ModelSettings) -> Verdict:

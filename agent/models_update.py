@@ -179,6 +179,8 @@ class ModelUpdater:
     # ------------------------------------------------------------------------------- transfer
 
     def _begin(self, args: dict[str, Any]) -> Job:
+        if args["job_id"] in (".", ".."):  # names its folder: `.staging/..` is the models directory itself
+            raise CommandError(ErrorCode.BAD_REQUEST, "args.job_id: must not be . or ..")
         meta = {name: args.get(name) for name in SIGNED_FIELDS} | {"entry": args.get("entry", {})}
         if self.job is not None and self.job.job_id == args["job_id"] and self.job.meta == meta:
             return self.job  # the same begin again: the job goes on where it is

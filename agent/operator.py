@@ -134,6 +134,8 @@ class Operator:
 
     def call(self, devices: list[str], name: str, args: dict[str, Any]) -> dict[str, dict | None]:
         """Send `name` to every device; device -> its reply document, None when it stayed silent."""
+        if not devices:
+            return {}  # paho refuses an empty subscription
         request_id = new_ulid()
         replies: dict[str, dict | None] = dict.fromkeys(devices)
         self._subscribe([Topics(self.broker.prefix, d).reply(name) for d in devices])
@@ -183,6 +185,6 @@ class Operator:
 def _json_or_text(payload: bytes) -> dict:
     try:
         document = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # a thousand nested brackets make json's decoder recurse out
         return {"text": payload.decode("utf-8", "replace")[:200]}
     return document if isinstance(document, dict) else {"value": document}

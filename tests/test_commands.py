@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.commands.dispatcher import DEDUPE_SECONDS
+from agent.commands.schema import MODEL_CHUNK_BYTES
 from agent.config import CommandSettings, load_settings
 from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
@@ -75,6 +76,44 @@ def test_a_wrong_type_is_refused(device: Device) -> None:
 
 def test_an_oversize_payload_is_refused_before_it_is_decoded(device: Device) -> None:
     reply = device.send("ping", b"\xff" * (64 * 1024 + 1))  # not even UTF-8: decoding would say bad_request
+    assert error(reply) == "too_large"
+
+
+@pytest.mark.parametrize("name", ["ping", "delete_person", "set_config", "no_such_command"])
+def test_an_oversize_payload_that_is_not_json_is_too_large_not_bad_json(device: Device, name: str) -> None:
+    reply = device.send(name, b'{"request_id": "r1", "args": ' + b"[" * (64 * 1024))  # UTF-8; JSON would fail
+    assert error(reply) == "too_large" and "over this command's 65536" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["enroll", "model_update"])
+def test_a_large_command_over_commands_max_payload_bytes_is_too_large_before_decoding(
+    tmp_path: Path, pipeline: FacePipeline, name: str
+) -> None:
+    device = make_device(tmp_path, pipeline, commands=CommandSettings(max_payload_bytes=8192))
+    assert error(device.send(name, b'{"request_id": "r1", "args": ' + b"[" * 8192)) == "too_large"
+
+
+def test_enrol_photos_each_within_the_limit_but_over_the_payload_together_are_too_large(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    limits = CommandSettings(max_payload_bytes=64 * 1024, max_image_bytes=32 * 1024)
+    device = make_device(tmp_path, pipeline, commands=limits)
+    photo = {"data": base64.b64encode(b"\xff\xd8\xff" + bytes(24 * 1024)).decode()}
+    reply = device.call("enroll", {"name": "X", "images": [photo] * 3})
+    assert error(reply) == "too_large" and "payload is" in reply["error"]["message"]
+
+
+def test_an_enrol_photo_over_its_limit_is_too_large_before_its_base64_is_decoded(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    device = make_device(tmp_path, pipeline, commands=CommandSettings(max_image_bytes=4096))
+    reply = device.call("enroll", {"name": "X", "images": [{"data": "!" * 8192}]})  # not base64 either
+    assert error(reply) == "too_large"
+
+
+def test_a_model_chunk_over_its_limit_is_too_large_before_its_base64_is_decoded(device: Device) -> None:
+    data = "!" * (4 * MODEL_CHUNK_BYTES // 3 + 8)  # not base64 either
+    reply = device.call("model_update", {"phase": "chunk", "job_id": "j1", "index": 0, "data": data})
     assert error(reply) == "too_large"
 
 

@@ -138,14 +138,24 @@ def test_lost_connection_is_logged_once_and_recovers(caplog, start_broker, make_
 
 def test_mqtt5_reply_goes_to_response_topic_with_correlation_data(broker: Broker, make_link, observe) -> None:
     make_link(broker.url).wait_connected(5)
-    requester = observe(broker, ["ctl/replies/abc"])
+    requester = observe(broker, [f"faceagent/{DEVICE}/cmd/ping/reply/abc"])
     properties = Properties(PacketTypes.PUBLISH)
-    properties.ResponseTopic = "ctl/replies/abc"
+    properties.ResponseTopic = f"faceagent/{DEVICE}/cmd/ping/reply/abc"
     properties.CorrelationData = b"\x00corr-1"
     requester.publish(f"faceagent/{DEVICE}/cmd/ping", b'{"request_id":"r1"}', properties=properties)
     assert requester.wait_for(lambda m: len(m) == 1, 5)
     reply = requester.messages[0]
     assert (reply.payload, reply.correlation_data) == (b'{"echo":{"request_id":"r1"}}', b"\x00corr-1")
+
+
+def test_mqtt5_response_topic_outside_the_reply_topic_is_refused(broker: Broker, make_link, observe) -> None:
+    make_link(broker.url).wait_connected(5)
+    requester = observe(broker, ["ctl/replies/abc", f"faceagent/{DEVICE}/cmd/ping/reply"])
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = "ctl/replies/abc"
+    requester.publish(f"faceagent/{DEVICE}/cmd/ping", b'{"request_id":"r1"}', properties=properties)
+    assert requester.wait_for(lambda m: len(m) == 1, 5)
+    assert requester.messages[0].topic == f"faceagent/{DEVICE}/cmd/ping/reply"
 
 
 def test_mqtt311_reply_goes_to_the_reply_topic(broker: Broker, make_link, observe) -> None:

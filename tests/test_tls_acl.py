@@ -12,6 +12,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.cli import main
+from agent.config import load_settings
+from agent.errors import ConfigError
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from tests.broker import REPO, Broker, Certs, Observer, free_port
 
@@ -77,6 +80,44 @@ def test_client_certificate_is_presented_when_the_broker_requires_one(start_brok
 def test_no_client_certificate_is_refused_when_the_broker_requires_one(start_broker, certs: Certs, make_link) -> None:
     broker = tls_broker(start_broker, certs, require_certificate=True)
     assert not make_link(url=broker.url, ca_file=certs.ca).wait_connected(1.5)
+
+
+def test_a_tls_listener_refuses_a_plain_connection(start_broker, certs: Certs, make_link, observe) -> None:
+    broker = tls_broker(start_broker, certs)
+    watcher = observe(broker, ["faceagent/#"], ca=certs.ca)
+    link = make_link(url=f"mqtt://127.0.0.1:{broker.port}")  # the TLS listener, spoken to in clear
+    assert not link.wait_connected(1.5)
+    assert watcher.messages == []  # not even the device's status got through
+
+
+# ------------------------------------------------------------------------------------- require_tls
+
+
+def settings_file(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "faceagent.toml"
+    path.write_text(f'[mqtt]\nurl = "{url}"\nrequire_tls = true\n')
+    return path
+
+
+def test_require_tls_refuses_a_plain_broker_url_when_the_settings_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.url: must be an mqtts:// URL while mqtt\.require_tls") as refused:
+        load_settings(settings_file(tmp_path, "mqtt://dev-a:pass-a@broker.lan"))
+    assert "pass-a" not in str(refused.value)
+
+
+def test_require_tls_takes_a_tls_broker_url(tmp_path: Path) -> None:
+    assert load_settings(settings_file(tmp_path, "mqtts://broker.lan")).mqtt.require_tls is True
+
+
+@pytest.mark.parametrize("command", [["run"], ["demo"], ["ctl", "devices"]])
+def test_require_tls_refuses_a_plain_url_given_with_mqtt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    config = settings_file(tmp_path, "mqtts://broker.lan")
+    assert main(["--config", str(config), *command, "--mqtt", "mqtt://127.0.0.1:1883"]) == 2
+    assert capsys.readouterr().err == (
+        "faceagent: --mqtt: must be an mqtts:// URL while mqtt.require_tls is true, got 'mqtt://127.0.0.1:1883'\n"
+    )
 
 
 # ------------------------------------------------------------------------------------- passwords

@@ -204,15 +204,22 @@ class MqttLink:
             self._publish(topic, payload, qos=1, retain=retain)
 
     def reply(self, request: CommandRequest, payload: bytes) -> None:
-        """To the MQTT 5 response topic with the request's correlation data, else `<base>/cmd/<name>/reply`."""
+        """To the MQTT 5 response topic with the request's correlation data, else `<base>/cmd/<name>/reply`.
+
+        A response topic is honoured only at or below `<base>/cmd/<name>/reply`: a requester must not be able
+        to make this device publish into another device's (or any other) topics, whatever the broker's ACL.
+        """
         topic = self.topics.reply(request.name)
         properties = None
         if self._v5:
-            if request.response_topic is not None:
-                if _valid_topic(request.response_topic):
-                    topic = request.response_topic
+            wanted = request.response_topic
+            if wanted is not None:
+                if _valid_topic(wanted) and (wanted == topic or wanted.startswith(topic + "/")):
+                    topic = wanted
                 else:
-                    log.warning("command %r: unusable response topic; replying on %s", request.name, topic)
+                    log.warning(
+                        "command %r: response topic outside %s/# refused; replying on %s", request.name, topic, topic
+                    )
             if request.correlation_data is not None:
                 properties = Properties(PacketTypes.PUBLISH)
                 properties.CorrelationData = request.correlation_data

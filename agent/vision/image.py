@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -39,15 +41,28 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.n
 
 
 def _read_file(path: Path) -> bytes:
+    """The file's bytes, only from a regular file within the size limit.
+
+    Opened without blocking and checked on the open descriptor: a FIFO would wait for a writer for ever and
+    a device such as /dev/zero would never end, and a check by name could be raced by a swap.
+    """
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path}: file is {size} bytes, over the {MAX_FILE_BYTES} byte limit")
-        return path.read_bytes()
-    except ImageError:
-        raise
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(f"{path}: not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageError(f"{path}: file is {info.st_size} bytes, over the {MAX_FILE_BYTES} byte limit")
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: file grew over the {MAX_FILE_BYTES} byte limit while it was read")
+    return data
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -36,14 +36,22 @@ class ModelSpec:
         missing = [k for k in ("id", "role", "file", "sha256", "bytes") if k not in entry]
         if missing:
             raise ModelError(f"manifest entry {entry.get('id', '?')!r} lacks {', '.join(missing)}")
-        if Path(entry["file"]).name != entry["file"]:
-            raise ModelError(f"manifest entry {entry['id']!r}: file must be a bare name, got {entry['file']!r}")
+        ident = entry["id"]
+        for key in ("id", "role", "file", "sha256"):
+            if not isinstance(entry[key], str) or not entry[key] or "\0" in entry[key]:
+                raise ModelError(
+                    f"manifest entry {ident!r:.80}: {key} must be a non-empty string, got {entry[key]!r:.80}"
+                )
+        if isinstance(entry["bytes"], bool) or not isinstance(entry["bytes"], int) or entry["bytes"] < 0:
+            raise ModelError(f"manifest entry {ident!r}: bytes must be a whole number, got {entry['bytes']!r:.80}")
+        if Path(entry["file"]).name != entry["file"] or entry["file"] in (".", ".."):
+            raise ModelError(f"manifest entry {ident!r}: file must be a bare name, got {entry['file']!r}")
         return cls(
-            id=str(entry["id"]),
-            role=str(entry["role"]),
+            id=ident,
+            role=entry["role"],
             file=entry["file"],
-            sha256=str(entry["sha256"]).lower(),
-            bytes=int(entry["bytes"]),
+            sha256=entry["sha256"].lower(),
+            bytes=entry["bytes"],
             raw=entry,
         )
 
