@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, CommandError, Image
 from agent.config import RULES, CommandSettings, find_config, load_settings, require_tls
+from agent.files import FileRefused, read_regular_file
 from agent.identity import new_ulid
 from agent.link.mqtt import BrokerSettings
 from agent.operator import CtlError, Operator
@@ -87,16 +87,11 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 
 
 def _read_local(path: Path, limit: int, what: str) -> bytes:
-    """A file to send, checked before it is read: a FIFO or a device would block or never end."""
+    """A file to send: a FIFO or a device would block or never end (see agent.files)."""
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise CtlError(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise CtlError(f"{path}: {info.st_size} bytes, over the {limit} bytes a device takes for {what}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise CtlError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        return read_regular_file(path, limit)
+    except FileRefused as exc:
+        raise CtlError(f"{path}: {exc} (a device takes at most {limit} bytes for {what})") from exc
 
 
 # ------------------------------------------------------------------------------------ output

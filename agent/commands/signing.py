@@ -34,10 +34,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from agent.commands.schema import CommandError, ErrorCode
 from agent.config import CommandSettings
 from agent.errors import ConfigError
+from agent.files import FileRefused, read_regular_file
 from agent.identity import utc_iso
 
 TAG = b"faceagent-command-v1"
 REPLAY_ENTRIES = 10_000
+KEY_FILE_LIMIT = 64 * 1024  # a PEM Ed25519 key is about 120 bytes
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +112,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     """An unencrypted PEM (PKCS#8) Ed25519 private key, as `openssl genpkey -algorithm ed25519` or
     `faceagent ctl keygen` writes it."""
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"signing key {path}: cannot read it: {exc.strerror or exc}") from exc
+        key = serialization.load_pem_private_key(read_regular_file(Path(path), KEY_FILE_LIMIT), password=None)
+    except FileRefused as exc:
+        raise ConfigError(f"signing key {path}: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"signing key {path}: not an unencrypted PEM private key ({exc})") from exc
     if not isinstance(key, Ed25519PrivateKey):

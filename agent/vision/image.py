@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from agent.errors import ImageError
+from agent.files import FileRefused, read_regular_file
 
 # A 50-megapixel ceiling keeps a hostile or mistaken upload from exhausting a Pi's memory.
 MAX_PIXELS = 50_000_000
@@ -41,28 +40,10 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.n
 
 
 def _read_file(path: Path) -> bytes:
-    """The file's bytes, only from a regular file within the size limit.
-
-    Opened without blocking and checked on the open descriptor: a FIFO would wait for a writer for ever and
-    a device such as /dev/zero would never end, and a check by name could be raced by a swap.
-    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageError(f"{path}: not a regular file")
-            if info.st_size > MAX_FILE_BYTES:
-                raise ImageError(f"{path}: file is {info.st_size} bytes, over the {MAX_FILE_BYTES} byte limit")
-            data = handle.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: file grew over the {MAX_FILE_BYTES} byte limit while it was read")
-    return data
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except FileRefused as exc:
+        raise ImageError(f"{path}: {exc}") from exc
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
