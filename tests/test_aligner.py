@@ -26,6 +26,45 @@ def test_similarity_transform_recovers_an_exact_transform(angle: float, scale: f
     assert np.allclose(src @ matrix[:, :2].T + matrix[:, 2], dst, atol=1e-6 * max(1, scale))
 
 
+def _lstsq_fit(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The textbook weighted least-squares fit, to check the closed-form solver against."""
+    n = len(src)
+    system = np.zeros((2 * n, 4))
+    system[0::2] = np.column_stack([src[:, 0], -src[:, 1], np.ones(n), np.zeros(n)])
+    system[1::2] = np.column_stack([src[:, 1], src[:, 0], np.zeros(n), np.ones(n)])
+    root = np.sqrt(weights.reshape(-1))
+    (a, b, tx, ty), *_ = np.linalg.lstsq(system * root[:, None], dst.reshape(-1) * root, rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    spread=st.floats(1, 2000),
+    centre=st.floats(-5000, 5000),
+    noise=st.floats(0, 20),
+)
+def test_weighted_fit_matches_least_squares(seed: int, spread: float, centre: float, noise: float) -> None:
+    # Keypoints anywhere in a large frame, noisy (so the fit is not exact), uneven x/y weights.
+    rng = np.random.default_rng(seed)
+    template = np.array([[46.2, 46.55], [103.2, 46.88], [73.59, 76.9], [73.79, 106.71]])
+    src = centre + spread * rng.uniform(-1, 1, (4, 2))
+    dst = template + rng.normal(0, noise, (4, 2))
+    weights = rng.uniform(0.05, 1, (4, 2))
+    fitted = similarity_transform(src, dst, weights)
+    reference = _lstsq_fit(src, dst, weights)
+    scale = np.abs(reference[:, :2]).max()
+    assert np.allclose(fitted[:, :2], reference[:, :2], rtol=0, atol=1e-9 * scale)
+    # Translations are compared where they matter: where the fit puts the source points.
+    assert np.allclose(src @ fitted[:, :2].T + fitted[:, 2], src @ reference[:, :2].T + reference[:, 2], atol=1e-6)
+
+
+def test_degenerate_fit_falls_back_to_least_squares() -> None:
+    src = np.full((4, 2), 7.0)  # all keypoints on one pixel: scale and rotation are undetermined
+    dst = np.array([[46.2, 46.55], [103.2, 46.88], [73.59, 76.9], [73.79, 106.71]])
+    weights = np.ones((4, 2))
+    assert np.allclose(similarity_transform(src, dst, weights), _lstsq_fit(src, dst, weights))
+
+
 def test_inverse_undoes_the_transform() -> None:
     matrix = similarity_transform(np.array([[0.0, 0], [1, 0], [0, 1]]), np.array([[5.0, 5], [5, 7], [3, 5]]))
     inverse = invert_similarity(matrix)

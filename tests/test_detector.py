@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from agent.vision.detector import ssd_anchor_centres
+from agent.vision.detector import ssd_anchor_centres, weighted_nms
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
@@ -23,6 +24,55 @@ def test_short_range_anchor_layout_matches_model() -> None:
 
 def test_full_range_anchor_layout_matches_model() -> None:
     assert ssd_anchor_centres(192, [4], 1).shape == (2304, 2)
+
+
+def _reference_nms(geometry: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[tuple[np.ndarray, float]]:
+    """The plain array formulation of MediaPipe's weighted NMS, which the fast one must match bit for bit."""
+    order = np.argsort(-scores)
+    geometry, scores = geometry[order], scores[order]
+    boxes = geometry[:, :4]
+    remaining = np.ones(len(scores), dtype=bool)
+    results = []
+    for i in range(len(scores)):
+        if not remaining[i]:
+            continue
+        width = np.clip(np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]), 0, None)
+        height = np.clip(np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]), 0, None)
+        inter = width * height
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        overlap = remaining & (inter / np.maximum(areas[i] + areas - inter, 1e-9) > iou_threshold)
+        overlap[i] = True
+        weights = scores[overlap]
+        results.append(((geometry[overlap] * weights[:, None]).sum(axis=0) / weights.sum(), float(scores[i])))
+        remaining &= ~overlap
+    return results
+
+
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 40))
+def test_weighted_nms_matches_the_array_formulation_exactly(seed: int, count: int) -> None:
+    # Clusters of jittered boxes, as neighbouring anchors produce them, keypoints riding along.
+    rng = np.random.default_rng(seed)
+    faces = rng.uniform(0, 600, (3, 2))[rng.integers(0, 3, count)]
+    sizes = rng.uniform(20, 200, (count, 1))
+    corners = np.hstack([faces - sizes / 2, faces + sizes / 2]) + rng.normal(0, 0.15, (count, 4)) * sizes
+    geometry = np.hstack([corners, rng.uniform(0, 600, (count, 12))])
+    scores = 1 / (1 + np.exp(-rng.normal(1, 2, count)))
+    fast, reference = weighted_nms(geometry, scores, 0.3), _reference_nms(geometry, scores, 0.3)
+    assert len(fast) == len(reference)
+    for (merged, score), (expected, expected_score) in zip(fast, reference, strict=True):
+        assert score == expected_score
+        np.testing.assert_array_equal(merged, expected)
+
+
+def test_exact_multiple_letterbox_shortcut_gives_the_same_pixels() -> None:
+    # The detector box-reduces 640x360 (and 1280x720, ...) frames directly; Pillow's resize with
+    # reducing_gap=1 must come to the same pixels, or the shortcut changed the detector's input.
+    rng = np.random.default_rng(0)
+    for width, height in [(640, 360), (640, 480), (1280, 720), (1920, 1080), (384, 192), (128, 128)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        factor = width // 128
+        resized = image.resize((width // factor, height // factor), Image.Resampling.BILINEAR, reducing_gap=1.0)
+        assert image.reduce(factor).tobytes() == resized.tobytes()
 
 
 @pytest.mark.slow
