@@ -426,3 +426,8 @@ def test_stats_count_people_templates_and_pending_events(store: GalleryStore) ->
         "people_needing_reenrolment": 1,
         "events_pending": 1,
     }
+
+
+def test_a_gallery_path_the_file_system_cannot_hold_is_a_gallery_error(tmp_path: Path) -> None:
+    with pytest.raises(GalleryError, match="too long"):
+        GalleryStore.open(tmp_path / ("x" * 5000 + ".db"))

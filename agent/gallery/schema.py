@@ -125,6 +125,12 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
 
 def _prepare_file(path: Path, create: bool) -> None:
     """Make sure `path` is a file faceagent may write, creating it empty with mode 0600 when allowed."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a loop of links, a component that is not a folder
+        raise GalleryError(f"gallery path {str(path)[:200]}: {exc.strerror or exc}") from exc
     if path.is_dir():
         raise GalleryError(f"gallery path {path} is a directory; give the path of the .db file")
     if not path.exists():
