@@ -32,7 +32,7 @@ from typing import Any
 from agent import __version__
 from agent.commands.dispatcher import CommandDispatcher
 from agent.commands.handlers import CommandServices
-from agent.commands.signing import CommandSecurity
+from agent.commands.signing import CommandSecurity, StoredReplayCache
 from agent.config import Settings
 from agent.enrolment import Enroller
 from agent.errors import ModelError
@@ -300,7 +300,8 @@ class AgentService:
             request_restart=lambda: self.stop(EXIT_RESTART),
             storage=self.storage,
         )
-        security = CommandSecurity.from_settings(self.settings.commands, self.device_id)
+        replays = StoredReplayCache(self.settings.gallery.path)  # a restart must not reopen the replay window
+        security = CommandSecurity.from_settings(self.settings.commands, self.device_id, replays)
         services.model_updates = ModelUpdater(
             state_models_dir(self.settings.gallery.path),
             get_settings=lambda: self.settings,
@@ -316,6 +317,7 @@ class AgentService:
                     self.link.reply(request, reply)
         finally:
             dispatcher.close()
+            replays.close()
 
     def _enroller(self, store: GalleryStore) -> Enroller:
         """The command thread's own pipeline, made on the first enrolment (it costs memory)."""

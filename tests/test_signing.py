@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.commands.signing import (
     CommandSecurity,
     ReplayCache,
+    StoredReplayCache,
     canonical_request,
     key_id,
     load_private_key,
@@ -195,3 +196,29 @@ def test_the_replay_cache_is_bounded() -> None:
 def test_the_signature_is_base64_of_64_bytes(key: Ed25519PrivateKey) -> None:
     request = sign_request(key, DEVICE, "ping", {"request_id": "1"}, now=NOW)
     assert len(base64.b64decode(request["signature"])) == 64 and request["sent_at"] == "2025-06-01T12:00:00.000Z"
+
+
+def test_a_replay_after_a_restart_is_refused(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> None:
+    commands = CommandSettings(
+        signing_required=True, public_keys=(public_key_text(key),), timestamp_window_seconds=WINDOW
+    )
+
+    def boot() -> Device:
+        replays = StoredReplayCache(tmp_path / "gallery.db")
+        security = CommandSecurity.from_settings(commands, DEVICE, replays)
+        return make_device(tmp_path, pipeline, commands=commands, security=security)
+
+    payload = signed(key, "restart")
+    before = boot()
+    assert before.send("restart", payload)["status"] == "ok"
+    before.dispatcher.close()
+    after = boot()
+    assert code(after.send("restart", payload, now=NOW + timedelta(seconds=5))) == "replayed"
+    assert after.restarts == []
+
+
+def test_the_stored_replay_cache_falls_back_to_memory_when_the_gallery_cannot_be_written(tmp_path: Path) -> None:
+    replays = StoredReplayCache(tmp_path / "no-such-folder" / "gallery.db")
+    expires = NOW + timedelta(seconds=WINDOW)
+    assert replays.add("k", expires, NOW)
+    assert not replays.add("k", expires, NOW + timedelta(seconds=1))

@@ -163,12 +163,13 @@ def test_a_failing_migration_step_leaves_the_previous_version(db_path: Path, mon
         conn.execute("CREATE TABLE half_done (x)")
         raise sqlite3.OperationalError("disk full, say")
 
+    released = schema.SCHEMA_VERSION
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken_step))
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
     with pytest.raises(GalleryError, match="disk full"):
         GalleryStore.open(db_path)
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == released
     assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'half_done'").fetchone()[0] == 0
     conn.close()
 
@@ -431,3 +432,25 @@ def test_stats_count_people_templates_and_pending_events(store: GalleryStore) ->
 def test_a_gallery_path_the_file_system_cannot_hold_is_a_gallery_error(tmp_path: Path) -> None:
     with pytest.raises(GalleryError, match="too long"):
         GalleryStore.open(tmp_path / ("x" * 5000 + ".db"))
+
+
+def test_a_version_1_gallery_is_migrated_forward_keeping_its_people(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    schema.MIGRATIONS[0](conn)
+    conn.execute("PRAGMA user_version = 1")
+    at = "2026-01-01T00:00:00+00:00"
+    conn.execute("INSERT INTO people (id, name, created_at, updated_at) VALUES ('p_1', 'Ada', ?, ?)", (at, at))
+    conn.commit()
+    conn.close()
+    with GalleryStore.open(db_path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        assert [p.name for p in store.list_people()] == ["Ada"]
+        assert store.remember_signed_request("k", datetime(2030, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_a_signed_request_is_remembered_until_it_expires(store: GalleryStore) -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    expires = now + timedelta(seconds=120)
+    assert store.remember_signed_request("key-1", expires, now)
+    assert not store.remember_signed_request("key-1", expires, now + timedelta(seconds=60))
+    assert store.remember_signed_request("key-1", expires + timedelta(seconds=120), now + timedelta(seconds=121))

@@ -9,9 +9,10 @@ trip through a float (Python's `json` does).
 A signed request carries `sent_at`; the device refuses it outside `timestamp_window_seconds` of its
 own clock (stale) and refuses the same `(request_id, sent_at)` twice (replayed). A retry of a command
 signed afresh has a new `sent_at`, passes, and gets the first answer from the dispatcher's duplicate
-check without running twice; a copy of the original bytes is refused. The replay cache lives in memory
-for the timestamp window, which is all it needs: older copies are stale anyway. After a restart a
-copy captured less than one window ago would pass again; keep the window short.
+check without running twice; a copy of the original bytes is refused. Requests are remembered for the
+timestamp window, which is all it needs: older copies are stale anyway. The running agent keeps them in
+the gallery's SQLite file (`StoredReplayCache`), so a restart does not let a captured copy pass again;
+if that file cannot be written (a full disk), memory stands in until it can.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -33,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.commands.schema import CommandError, ErrorCode
 from agent.config import CommandSettings
-from agent.errors import ConfigError
+from agent.errors import ConfigError, FaceagentError
 from agent.files import FileRefused, read_regular_file
+from agent.gallery.store import GalleryStore
 from agent.identity import utc_iso
 
 TAG = b"faceagent-command-v1"
@@ -142,20 +144,65 @@ class ReplayCache:
         return True
 
 
+class ReplayGuard(Protocol):
+    def add(self, key: str, expires: datetime, now: datetime) -> bool:
+        """False when `key` was seen before (a replay); otherwise remember it until `expires`."""
+        ...
+
+
+class StoredReplayCache:
+    """The replay cache in the gallery file, opened on first use by the thread that checks commands.
+
+    Falls back to memory while the file refuses writes, so a full disk never stops signed commands; a key
+    remembered only in memory is forgotten by a restart, as before this cache existed."""
+
+    def __init__(self, gallery_path: Path) -> None:
+        self.gallery_path = Path(gallery_path)
+        self.memory = ReplayCache()
+        self._store: GalleryStore | None = None
+
+    def add(self, key: str, expires: datetime, now: datetime) -> bool:
+        if not self.memory.add(key, expires, now):
+            return False
+        try:
+            if self._store is None:
+                self._store = GalleryStore.open(self.gallery_path)
+            return self._store.remember_signed_request(key, expires, now)
+        except FaceagentError as exc:
+            log.warning("signed-command replay cache kept in memory only: %s", exc)
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            return True
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
 class CommandSecurity:
     """Decides whether a request may run: signature, freshness and uniqueness, when signing is on."""
 
-    def __init__(self, settings: CommandSettings, device_id: str, keys: dict[str, Ed25519PublicKey]) -> None:
+    def __init__(
+        self,
+        settings: CommandSettings,
+        device_id: str,
+        keys: dict[str, Ed25519PublicKey],
+        replays: ReplayGuard | None = None,
+    ) -> None:
         if settings.signing_required and not keys:
             raise ConfigError("commands.signing_required is true but commands.public_keys names no key")
         self.settings = settings
         self.device_id = device_id
         self.keys = keys
-        self.replays = ReplayCache()
+        self.replays: ReplayGuard = replays if replays is not None else ReplayCache()
 
     @classmethod
-    def from_settings(cls, settings: CommandSettings, device_id: str) -> CommandSecurity:
-        return cls(settings, device_id, load_public_keys(settings.public_keys))
+    def from_settings(
+        cls, settings: CommandSettings, device_id: str, replays: ReplayGuard | None = None
+    ) -> CommandSecurity:
+        return cls(settings, device_id, load_public_keys(settings.public_keys), replays)
 
     def check(self, name: str, request: dict[str, Any], now: datetime) -> str | None:
         """The id of the key that signed `request`, None for an unsigned one that may run; else

@@ -84,7 +84,12 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[n] upgrades a version-n database to version n + 1. Append; never edit a released step.
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_statements(*_V1),)
+# v2: signed commands seen within their timestamp window, so a restart does not reopen the replay window.
+_V2 = (
+    "CREATE TABLE signed_requests (key TEXT PRIMARY KEY, expires_at TEXT NOT NULL)",
+    "CREATE INDEX signed_requests_expiry ON signed_requests(expires_at)",
+)
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_statements(*_V1), _statements(*_V2))
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -323,6 +323,19 @@ class GalleryStore:
                 chunk = list(event_ids[start : start + _DELETE_CHUNK])
                 self.db.execute(f"DELETE FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
 
+    @_guarded
+    def remember_signed_request(self, key: str, expires_at: datetime, now: datetime) -> bool:
+        """False when `key` is remembered already (a replay); else remember it until `expires_at`.
+
+        Expired keys are forgotten on the way: they could only come back as stale requests."""
+        with self.transaction():
+            self.db.execute("DELETE FROM signed_requests WHERE expires_at <= ?", [now.astimezone(UTC).isoformat()])
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO signed_requests (key, expires_at) VALUES (?, ?)",
+                [_text(key, "key"), expires_at.astimezone(UTC).isoformat()],
+            )
+            return cursor.rowcount == 1
+
     # ----------------------------------------------------------------------------- audit, retention
 
     @_guarded
