@@ -163,3 +163,42 @@ def test_recorded_folder_vanishes_and_returns(tmp_path: Path, broker, observe, s
         f"back -> status ok with new frames {ok_at - back_at:.1f} s, -> first new event {event_at - back_at:.1f} s;"
         f" reconnects={after['reconnects']} errors={after['errors']}"
     )
+
+
+def test_agent_started_with_no_camera_runs_and_picks_it_up(
+    tmp_path: Path, broker, observe, shared_data: Path, frames: Path
+) -> None:
+    """Boot with the cable out (or the camera not yet detected): the agent comes up, says so, answers commands,
+    and starts recognising once the camera appears, with no restart."""
+    config = write_config(tmp_path, broker, fps=15)
+    config.write_text(config.read_text().replace("[camera]\n", "[camera]\n" + CAMERA))
+    db = tmp_path / "gallery.db"
+    enrol(shared_data, db, config)
+    log = tmp_path / "agent.log"
+    observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="boot-observer")
+    control = tmp_path / "unplugged"
+    control.touch()
+    agent = start_agent_with(config, db, "picamera2", fake_camera_env(frames, control), log=log)
+    try:
+        waited(
+            observer,
+            lambda o: latest_camera(o).get("state") == "reconnecting" and latest_camera(o).get("errors", 0) >= 1,
+            90,
+            "a missing camera at start not reported as reconnecting",
+            log,
+        )
+        down = latest_camera(observer)
+        answer = ctl_call(broker.url, "ping")
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        assert agent.poll() is None, "the agent died without a camera at start:\n" + log.read_text()[-3000:]
+        assert delivered(observer) == []
+        control.unlink()
+        plugged_at = time.monotonic()
+        event_at = waited(observer, lambda o: len(delivered(o)) >= 1, 30, "no event once the camera appeared", log)
+        after = latest_camera(observer)
+    finally:
+        code = stop(agent)
+    assert code == 0, log.read_text()[-3000:]
+    assert "no camera number 0" in (down["last_error"] or ""), down
+    assert after["state"] == "ok" and after["reconnects"] >= 1, after
+    print(f"\nstarted without a camera: errors={down['errors']}; plugged -> first event {event_at - plugged_at:.1f} s")
