@@ -100,6 +100,14 @@ class OutboxPublisher:
                 time.sleep(0.01)
             if self._cycles != cycle and self._depth == 0 and not self._inflight:
                 break
+        if self._depth or self._inflight:  # kept in SQLite: sent after the next start
+            log.warning(
+                "stopping with %d events unsent (%d awaiting PUBACK; broker %s%s); they go out after the next start",
+                self._depth,
+                len(self._inflight),
+                "connected" if self.link.connected else "not connected",
+                ", re-sends from before a reconnect unacknowledged" if self._resending() else "",
+            )
         self._halt.set()
         self._wake.set()
         if self._thread is not None:
