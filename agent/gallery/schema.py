@@ -13,8 +13,10 @@ Every connection gets WAL and a busy timeout (the CLI and the service share the 
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from agent.errors import GalleryError
 
 APPLICATION_ID = 0x46414345  # "FACE"
 BUSY_TIMEOUT_SECONDS = 5.0
+OPEN_ATTEMPTS = 4
+SQLITE_IOERR = 10
+
+log = logging.getLogger(__name__)
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 _V1 = (
@@ -106,7 +112,34 @@ def corrupt_error(path: Path, detail: str) -> GalleryError:
 
 
 def connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    """A configured connection to a migrated gallery; GalleryError (file untouched) when that is unsafe."""
+    """A configured connection to a migrated gallery; GalleryError (file untouched) when that is unsafe.
+
+    An I/O error while opening is tried again a few times before it is reported: it has been seen once in
+    a while when the agent starts right after being killed (SQLITE_IOERR_SHORT_READ), and never twice.
+    """
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return _connect_once(path, create)
+        except _TransientOpenError as exc:
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise translate(path, exc.cause) from exc.cause
+            name = getattr(exc.cause, "sqlite_errorname", "")
+            log.warning("gallery %s: %s (%s) on open; trying again", path, exc.cause, name)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class _TransientOpenError(Exception):
+    def __init__(self, cause: sqlite3.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _is_io_error(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_IOERR or "disk I/O error" in str(exc)
+
+
+def _connect_once(path: Path, create: bool) -> sqlite3.Connection:
     _prepare_file(path, create)
     check_header(path)
     try:
@@ -120,7 +153,15 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
             migrate(conn)
     except sqlite3.Error as exc:
         conn.close()
+        if _is_io_error(exc):
+            raise _TransientOpenError(exc) from exc
         raise translate(path, exc) from exc
+    except GalleryError as exc:
+        conn.close()
+        cause = exc.__cause__
+        if isinstance(cause, sqlite3.Error) and _is_io_error(cause):
+            raise _TransientOpenError(cause) from cause
+        raise
     except BaseException:
         conn.close()
         raise
@@ -184,6 +225,9 @@ def _private_sidecars(path: Path) -> None:
 
 def translate(path: Path, exc: sqlite3.Error) -> GalleryError:
     text = str(exc)
+    name = getattr(exc, "sqlite_errorname", None)
+    if name and name not in text:
+        text = f"{text} ({name})"
     if "locked" in text or "busy" in text:
         return GalleryError(f"gallery {path} stayed locked by another process for {BUSY_TIMEOUT_SECONDS:g} s; retry")
     if "readonly" in text or "read-only" in text:
@@ -211,8 +255,8 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
-    except sqlite3.DatabaseError as exc:
-        raise corrupt_error(path, str(exc)) from exc
+    except sqlite3.DatabaseError as exc:  # corrupt, but also locked or an I/O error: translate says which
+        raise translate(path, exc) from exc
     if app_id != APPLICATION_ID and (app_id != 0 or tables):
         found = f"application_id {app_id:#x}" if app_id else f"tables {', '.join(sorted(tables)[:5])}"
         raise GalleryError(
