@@ -28,7 +28,6 @@ OPEN_ATTEMPTS = 4
 SQLITE_IOERR = 10
 
 log = logging.getLogger(__name__)
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 _V1 = (
     """CREATE TABLE people (
@@ -114,8 +113,12 @@ def corrupt_error(path: Path, detail: str) -> GalleryError:
 def connect(path: Path, *, create: bool) -> sqlite3.Connection:
     """A configured connection to a migrated gallery; GalleryError (file untouched) when that is unsafe.
 
-    An I/O error while opening is tried again a few times before it is reported: it has been seen once in
-    a while when the agent starts right after being killed (SQLITE_IOERR_SHORT_READ), and never twice.
+    A file that is not SQLite is refused by SQLite's own first read ("file is not a database"), which writes
+    nothing. It must not be checked by opening it from Python: closing any descriptor of the file drops every
+    POSIX lock this process holds on it, including those of SQLite's other connections (SQLite's documented
+    pitfall); such a header check here made a restarted agent fail now and then with
+    SQLITE_IOERR_SHORT_READ. An I/O error while opening is still tried again a few times before it is
+    reported.
     """
     for attempt in range(OPEN_ATTEMPTS):
         try:
@@ -141,7 +144,6 @@ def _is_io_error(exc: sqlite3.Error) -> bool:
 
 def _connect_once(path: Path, create: bool) -> sqlite3.Connection:
     _prepare_file(path, create)
-    check_header(path)
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
     except sqlite3.Error as exc:
@@ -235,14 +237,6 @@ def translate(path: Path, exc: sqlite3.Error) -> GalleryError:
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         return corrupt_error(path, text)
     return GalleryError(f"gallery {path}: {text}")
-
-
-def check_header(path: Path) -> None:
-    """Refuse a non-empty file that does not start with the SQLite header, before SQLite opens it."""
-    with open(path, "rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
-    if header and header != SQLITE_HEADER:
-        raise corrupt_error(path, "no SQLite header")
 
 
 def inspect(conn: sqlite3.Connection, path: Path) -> int:
