@@ -411,3 +411,30 @@ def spawn_agent() -> Iterator[Callable[..., AgentProcess]]:
     yield spawn
     for agent in processes:
         agent.kill()
+
+
+FAST_LINK = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}  # tests wait less
+
+
+@pytest.fixture
+def link_outbox() -> Iterator[Callable[..., tuple[Any, Any]]]:
+    """Factory for a started MqttLink + OutboxPublisher in this process (device "dev1"); both stopped afterwards."""
+    from agent.link.mqtt import BrokerSettings, MqttLink  # here: the broker helpers need no agent import
+    from agent.outbox import OutboxPublisher
+
+    running: list[tuple[MqttLink, OutboxPublisher]] = []
+
+    def make(
+        url: str, path: Path, *, max_events: int = 100000, protocol: str = "5", storage: Any = None
+    ) -> tuple[MqttLink, OutboxPublisher]:
+        link = MqttLink(BrokerSettings(url=url, protocol=protocol, **FAST_LINK), "dev1", lambda request: None)
+        outbox = OutboxPublisher(path, link, max_events=max_events, poll_seconds=0.05, storage=storage)
+        outbox.start()
+        link.start()
+        running.append((link, outbox))
+        return link, outbox
+
+    yield make
+    for link, outbox in running:
+        outbox.stop(flush_timeout=0)
+        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)

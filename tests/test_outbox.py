@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,10 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.outbox import OutboxPublisher
-from tests.broker import Broker, Observer, Received, free_port
+from tests.broker import FAST_LINK, Broker, Observer, Received, free_port
 
 DEVICE = "dev1"
 EVENTS = f"faceagent/{DEVICE}/events/#"
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 def store_events(path: Path, count: int, start: int = 0) -> list[str]:
@@ -71,40 +69,21 @@ def store_path(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def agent() -> Iterator[Callable[..., tuple[MqttLink, OutboxPublisher]]]:
-    """Factory for a started link + outbox in this process; both stopped afterwards."""
-    running: list[tuple[MqttLink, OutboxPublisher]] = []
-
-    def make(
-        url: str, path: Path, *, max_events: int = 100000, protocol: str = "5"
-    ) -> tuple[MqttLink, OutboxPublisher]:
-        link = MqttLink(BrokerSettings(url=url, protocol=protocol, **FAST), DEVICE, lambda request: None)
-        outbox = OutboxPublisher(path, link, max_events=max_events, poll_seconds=0.05)
-        outbox.start()
-        link.start()
-        running.append((link, outbox))
-        return link, outbox
-
-    yield make
-    for link, outbox in running:
-        outbox.stop(flush_timeout=0)
-        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_events_arrive_in_order_with_their_ids(protocol: str, broker: Broker, store_path: Path, agent, observe) -> None:
+def test_events_arrive_in_order_with_their_ids(
+    protocol: str, broker: Broker, store_path: Path, link_outbox, observe
+) -> None:
     ids = store_events(store_path, 60)
     collector = observe(broker, [EVENTS], protocol=protocol)
-    agent(broker.url, store_path, protocol=protocol)
+    link_outbox(broker.url, store_path, protocol=protocol)
     assert collector.wait_for(lambda m: len(first_seen(m)) == 60, 10)
     assert first_seen(collector.messages) == ids
     assert {m.topic for m in collector.messages} == {f"faceagent/{DEVICE}/events/face_unknown"}
 
 
-def test_acknowledged_events_leave_the_outbox(broker: Broker, store_path: Path, agent, observe) -> None:
+def test_acknowledged_events_leave_the_outbox(broker: Broker, store_path: Path, link_outbox, observe) -> None:
     store_events(store_path, 25)
-    _, outbox = agent(broker.url, store_path)
+    _, outbox = link_outbox(broker.url, store_path)
     deadline = time.monotonic() + 10
     while pending_ids(store_path) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -112,10 +91,10 @@ def test_acknowledged_events_leave_the_outbox(broker: Broker, store_path: Path, 
     assert outbox.stats.published == 25
 
 
-def test_events_wait_in_the_outbox_while_no_broker_acknowledges(start_broker, store_path: Path, agent) -> None:
+def test_events_wait_in_the_outbox_while_no_broker_acknowledges(start_broker, store_path: Path, link_outbox) -> None:
     ids = store_events(store_path, 10)
     port = free_port()
-    _, outbox = agent(f"mqtt://127.0.0.1:{port}", store_path)
+    _, outbox = link_outbox(f"mqtt://127.0.0.1:{port}", store_path)
     time.sleep(0.5)
     assert pending_ids(store_path) == ids and outbox.stats.depth == 10
     start_broker(port=port)
@@ -125,10 +104,10 @@ def test_events_wait_in_the_outbox_while_no_broker_acknowledges(start_broker, st
     assert pending_ids(store_path) == []
 
 
-def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: Path, agent, observe) -> None:
+def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: Path, link_outbox, observe) -> None:
     broker = start_broker(persistence=True)  # the consumer's queued messages survive the restart
     collector = observe(broker, [EVENTS], client_id="collector", persistent=True)
-    agent(broker.url, store_path)
+    link_outbox(broker.url, store_path)
     producer = Producer(store_path, count=300, interval=0.01)
     producer.start()
     time.sleep(0.8)
@@ -170,9 +149,9 @@ def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Pa
           f"delivered {len(collector.messages)}, duplicates {len(collector.messages) - 300}")  # fmt: skip
 
 
-def test_full_outbox_drops_the_oldest_and_counts_them(store_path: Path, agent) -> None:
+def test_full_outbox_drops_the_oldest_and_counts_them(store_path: Path, link_outbox) -> None:
     ids = store_events(store_path, 30)
-    _, outbox = agent(f"mqtt://127.0.0.1:{free_port()}", store_path, max_events=20)
+    _, outbox = link_outbox(f"mqtt://127.0.0.1:{free_port()}", store_path, max_events=20)
     deadline = time.monotonic() + 5
     while outbox.stats.dropped < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -180,10 +159,10 @@ def test_full_outbox_drops_the_oldest_and_counts_them(store_path: Path, agent) -
     assert pending_ids(store_path) == ids[10:]
 
 
-def test_dropping_events_is_logged(caplog: pytest.LogCaptureFixture, store_path: Path, agent) -> None:
+def test_dropping_events_is_logged(caplog: pytest.LogCaptureFixture, store_path: Path, link_outbox) -> None:
     store_events(store_path, 5)
     with caplog.at_level(logging.WARNING, logger="agent.outbox"):
-        _, outbox = agent(f"mqtt://127.0.0.1:{free_port()}", store_path, max_events=2)
+        _, outbox = link_outbox(f"mqtt://127.0.0.1:{free_port()}", store_path, max_events=2)
         deadline = time.monotonic() + 5
         while outbox.stats.dropped < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -192,7 +171,7 @@ def test_dropping_events_is_logged(caplog: pytest.LogCaptureFixture, store_path:
 
 def test_stop_flushes_what_is_pending(broker: Broker, store_path: Path, observe) -> None:
     collector = observe(broker, [EVENTS])
-    link = MqttLink(BrokerSettings(url=broker.url, **FAST), DEVICE, lambda request: None)
+    link = MqttLink(BrokerSettings(url=broker.url, **FAST_LINK), DEVICE, lambda request: None)
     outbox = OutboxPublisher(store_path, link, max_events=1000, poll_seconds=5.0)
     link.start()
     assert link.wait_connected(5)
@@ -204,9 +183,9 @@ def test_stop_flushes_what_is_pending(broker: Broker, store_path: Path, observe)
     assert collector.wait_for(lambda m: first_seen(m) == ids, 5)
 
 
-def test_a_broken_gallery_does_not_end_the_outbox(tmp_path: Path, broker: Broker, agent) -> None:
+def test_a_broken_gallery_does_not_end_the_outbox(tmp_path: Path, broker: Broker, link_outbox) -> None:
     path = tmp_path / "later" / "gallery.db"  # its folder does not exist yet: opening fails
-    _, outbox = agent(broker.url, path)
+    _, outbox = link_outbox(broker.url, path)
     time.sleep(0.3)
     path.parent.mkdir()
     store_events(path, 3)

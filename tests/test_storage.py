@@ -21,8 +21,6 @@ from agent.config import EventSettings, RetentionSettings
 from agent.events import EventEmitter
 from agent.gallery.store import GalleryStore
 from agent.identity import Match, new_event_id, utc_iso
-from agent.link.mqtt import BrokerSettings, MqttLink
-from agent.outbox import OutboxPublisher
 from agent.retention import RetentionKeeper
 from agent.storage import StorageFullError, StorageHealth, StorageState, is_disk_full
 from agent.telemetry import GallerySummary, Telemetry
@@ -34,7 +32,6 @@ from tests.command_fixtures import POWELL, Device, image_arg, make_device, powel
 from tests.tmpfs import fill, small_tmpfs
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 DEVICE = "dev1"
 HELD = 120  # events in the outbox when the disk fills: more than the 50 the outbox keeps in flight
 
@@ -234,24 +231,6 @@ def test_a_purge_the_full_disk_refuses_is_reported_and_tried_again_later(store: 
 # ------------------------------------------------------------------------------- the outbox
 
 
-@pytest.fixture
-def outbox_factory() -> Iterator:
-    running: list[tuple[MqttLink, OutboxPublisher]] = []
-
-    def make(url: str, path: Path, health: StorageHealth) -> tuple[MqttLink, OutboxPublisher]:
-        link = MqttLink(BrokerSettings(url=url, protocol="5", **FAST), DEVICE, lambda request: None)
-        outbox = OutboxPublisher(path, link, max_events=1000, poll_seconds=0.05, storage=health)
-        outbox.start()
-        link.start()
-        running.append((link, outbox))
-        return link, outbox
-
-    yield make
-    for link, outbox in running:
-        outbox.stop(flush_timeout=0)
-        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
-
-
 def wait_until(condition, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -262,7 +241,7 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 
 
 def test_the_outbox_publishes_what_it_holds_while_the_disk_is_full(
-    store: GalleryStore, state: Path, broker: Broker, observe, outbox_factory
+    store: GalleryStore, state: Path, broker: Broker, observe, link_outbox
 ) -> None:
     """Deletes after PUBACK need room in the -wal file: refused, they wait in memory, nothing is sent twice.
     More events than one batch in flight (50), so publishing must go on after the first refused delete."""
@@ -270,7 +249,7 @@ def test_the_outbox_publishes_what_it_holds_while_the_disk_is_full(
     collector = observe(broker, [f"faceagent/{DEVICE}/events/#"])
     fill(state)
     health = StorageHealth(state)
-    _, outbox = outbox_factory(broker.url, store.path, health)
+    _, outbox = link_outbox(broker.url, store.path, max_events=1000, storage=health)
     assert collector.wait_for(lambda m: len(m) >= HELD, 10)
     assert wait_until(lambda: health.full)
     time.sleep(0.5)  # a few more cycles: nothing is published again
@@ -279,13 +258,13 @@ def test_the_outbox_publishes_what_it_holds_while_the_disk_is_full(
 
 
 def test_acknowledged_events_leave_the_outbox_once_space_returns(
-    store: GalleryStore, state: Path, broker: Broker, observe, outbox_factory
+    store: GalleryStore, state: Path, broker: Broker, observe, link_outbox
 ) -> None:
     held = add_events(store, HELD)
     collector = observe(broker, [f"faceagent/{DEVICE}/events/#"])
     filler = fill(state)
     health = StorageHealth(state)
-    _, outbox = outbox_factory(broker.url, store.path, health)
+    _, outbox = link_outbox(broker.url, store.path, max_events=1000, storage=health)
     assert collector.wait_for(lambda m: len(m) >= HELD, 10) and wait_until(lambda: health.full)
     filler.unlink()
     outbox.notify()

@@ -149,16 +149,7 @@ class Image:
     max_bytes: int
 
     def check(self, value: Any, where: str) -> bytes:
-        if not isinstance(value, str):
-            raise _bad(where, f"must be a base64 string, got {_kind(value)}")
-        if len(value) > 4 * (self.max_bytes // 3 + 1):  # judged before decoding
-            raise _bad(where, f"image is over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
-        try:
-            data = binascii.a2b_base64(value, strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise _bad(where, "is not valid base64 (one line, no breaks: base64 -w0)") from None
-        if len(data) > self.max_bytes:
-            raise _bad(where, f"image is {len(data)} bytes, over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+        data = Blob(self.max_bytes, noun="image ").check(value, where)
         if not data.startswith((_JPEG, _PNG)):
             raise _bad(where, "must be a JPEG or PNG image")
         return data
@@ -169,18 +160,21 @@ class Blob:
     """Base64 bytes of any kind (a model chunk), returned decoded; size judged before decoding."""
 
     max_bytes: int
+    noun: str = ""  # what the size messages call it ("image "), if anything
 
     def check(self, value: Any, where: str) -> bytes:
         if not isinstance(value, str):
             raise _bad(where, f"must be a base64 string, got {_kind(value)}")
         if len(value) > 4 * (self.max_bytes // 3 + 1):
-            raise _bad(where, f"over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+            over = f"over the {self.max_bytes} byte limit"
+            raise _bad(where, f"{self.noun}is {over}" if self.noun else over, ErrorCode.TOO_LARGE)
         try:
             data = binascii.a2b_base64(value, strict_mode=True)
         except (binascii.Error, ValueError):
             raise _bad(where, "is not valid base64 (one line, no breaks: base64 -w0)") from None
         if len(data) > self.max_bytes:
-            raise _bad(where, f"is {len(data)} bytes, over the {self.max_bytes} byte limit", ErrorCode.TOO_LARGE)
+            message = f"{self.noun}is {len(data)} bytes, over the {self.max_bytes} byte limit"
+            raise _bad(where, message, ErrorCode.TOO_LARGE)
         return data
 
 

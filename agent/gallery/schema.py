@@ -13,10 +13,8 @@ Every connection gets WAL and a busy timeout (the CLI and the service share the 
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,10 +22,6 @@ from agent.errors import GalleryError
 
 APPLICATION_ID = 0x46414345  # "FACE"
 BUSY_TIMEOUT_SECONDS = 5.0
-OPEN_ATTEMPTS = 4
-SQLITE_IOERR = 10
-
-log = logging.getLogger(__name__)
 
 _V1 = (
     """CREATE TABLE people (
@@ -117,32 +111,8 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
     nothing. It must not be checked by opening it from Python: closing any descriptor of the file drops every
     POSIX lock this process holds on it, including those of SQLite's other connections (SQLite's documented
     pitfall); such a header check here made a restarted agent fail now and then with
-    SQLITE_IOERR_SHORT_READ. An I/O error while opening is still tried again a few times before it is
-    reported.
+    SQLITE_IOERR_SHORT_READ.
     """
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            return _connect_once(path, create)
-        except _TransientOpenError as exc:
-            if attempt == OPEN_ATTEMPTS - 1:
-                raise translate(path, exc.cause) from exc.cause
-            name = getattr(exc.cause, "sqlite_errorname", "")
-            log.warning("gallery %s: %s (%s) on open; trying again", path, exc.cause, name)
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-class _TransientOpenError(Exception):
-    def __init__(self, cause: sqlite3.Error) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _is_io_error(exc: sqlite3.Error) -> bool:
-    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == SQLITE_IOERR or "disk I/O error" in str(exc)
-
-
-def _connect_once(path: Path, create: bool) -> sqlite3.Connection:
     _prepare_file(path, create)
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
@@ -155,15 +125,7 @@ def _connect_once(path: Path, create: bool) -> sqlite3.Connection:
             migrate(conn)
     except sqlite3.Error as exc:
         conn.close()
-        if _is_io_error(exc):
-            raise _TransientOpenError(exc) from exc
         raise translate(path, exc) from exc
-    except GalleryError as exc:
-        conn.close()
-        cause = exc.__cause__
-        if isinstance(cause, sqlite3.Error) and _is_io_error(cause):
-            raise _TransientOpenError(cause) from cause
-        raise
     except BaseException:
         conn.close()
         raise

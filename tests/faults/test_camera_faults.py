@@ -48,12 +48,17 @@ def waited(observer: Observer, predicate: Any, timeout: float, what: str, log: P
     return time.monotonic()
 
 
-def test_camera_unplugged_and_replugged(tmp_path: Path, broker, observe, shared_data: Path, frames: Path) -> None:
+def camera_agent_files(tmp_path: Path, broker, shared_data: Path) -> tuple[Path, Path, Path]:
+    """(config with the picamera2 settings, enrolled gallery, log path) for an agent on the fake camera."""
     config = write_config(tmp_path, broker, fps=15)
     config.write_text(config.read_text().replace("[camera]\n", "[camera]\n" + CAMERA))
     db = tmp_path / "gallery.db"
     enrol(shared_data, db, config)
-    log = tmp_path / "agent.log"
+    return config, db, tmp_path / "agent.log"
+
+
+def test_camera_unplugged_and_replugged(tmp_path: Path, broker, observe, shared_data: Path, frames: Path) -> None:
+    config, db, log = camera_agent_files(tmp_path, broker, shared_data)
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="camera-observer")
     control = tmp_path / "unplugged"
     agent = start_agent_with(config, db, "picamera2", fake_camera_env(frames, control), log=log)
@@ -170,11 +175,7 @@ def test_agent_started_with_no_camera_runs_and_picks_it_up(
 ) -> None:
     """Boot with the cable out (or the camera not yet detected): the agent comes up, says so, answers commands,
     and starts recognising once the camera appears, with no restart."""
-    config = write_config(tmp_path, broker, fps=15)
-    config.write_text(config.read_text().replace("[camera]\n", "[camera]\n" + CAMERA))
-    db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
-    log = tmp_path / "agent.log"
+    config, db, log = camera_agent_files(tmp_path, broker, shared_data)
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="boot-observer")
     control = tmp_path / "unplugged"
     control.touch()
