@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--consent-ref", help="reference of the consent record (a form number, a ticket)")
     enroll.add_argument("--consent-by", help="who gave consent (default: the person; with --consent-ref)")
     enroll.add_argument("--purpose", help="purpose the consent covers (with --consent-ref)")
-    enroll.add_argument("--force", action="store_true", help="enrol even if a photo matches someone else")
+    enroll.add_argument(
+        "--force", action="store_true", help="enrol even if a photo matches someone else, or not --person-id"
+    )
     _add_pipeline_args(enroll)
     enroll.set_defaults(handler=cmd_enroll)
 
@@ -334,6 +336,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             external_ref=args.external_ref,
             consent=consent,
             force=args.force,
+            reveal_matches=True,  # whoever runs this can read the gallery file anyway
         )
     for outcome in result.photos:
         if args.json:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, CommandError, Image
+from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
 from agent.config import RULES, CommandSettings, find_config, load_settings, require_tls
 from agent.files import FileRefused, read_regular_file
 from agent.identity import new_ulid
@@ -55,6 +55,12 @@ def _event_type(text: str) -> str:
 def _command_name(text: str) -> str:
     if not COMMAND_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a command name (a-z and _, e.g. purge_events)")
+    return text
+
+
+def _release(text: str) -> str:
+    if not VERSION.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a release version (1-4 dotted whole numbers)")
     return text
 
 
@@ -383,7 +389,9 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     enroll.add_argument("--consent-ref", help="reference of the consent record")
     enroll.add_argument("--consent-by", help="who gave consent (default: the person)")
     enroll.add_argument("--purpose", help="purpose the consent covers")
-    enroll.add_argument("--force", action="store_true", help="enrol even if a photo matches someone else")
+    enroll.add_argument(
+        "--force", action="store_true", help="enrol even if a photo matches someone else, or not --person-id"
+    )
     enroll.set_defaults(handler=cmd_enroll)
 
     delete = sub.add_parser("delete", parents=[common, fleet], help="erase a person (default: on every device)")
@@ -416,7 +424,12 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     update.add_argument("model", type=Path, help="the .tflite file")
     update.add_argument("--model-id", required=True, help="manifest id: an existing one to replace, or a new one")
     update.add_argument("--role", required=True, choices=("embedder", "detector"))
-    update.add_argument("--model-version", required=True, help="the release's version, e.g. 2025.06.1")
+    update.add_argument(
+        "--model-version",
+        required=True,
+        type=_release,
+        help="the release's version, signed, above the one installed: dotted whole numbers, e.g. 2026.11.1",
+    )
     update.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
     update.add_argument("--model-key", type=Path, help="Ed25519 key that signs the model (default: --sign-key)")
     kib = _whole(1, MODEL_CHUNK_BYTES // 1024)

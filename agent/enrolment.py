@@ -4,6 +4,13 @@ The CLI (`faceagent enroll`) and the MQTT `enroll` command both call `Enroller.e
 quality gate, the conflict check and the audit record are the same whichever door a photo comes in
 by. Photos are never stored: only embeddings (and, when `gallery.keep_chips` is on, the aligned
 chip, so templates can be rebuilt after a model change).
+
+A refusal must not identify anyone: told "this face is Ada at 0.27", whoever may enrol could run 1:N
+identification of any photo and optimise against the score. So reasons name nobody and give no distance
+unless the caller asks (`reveal_matches`: the local CLI, whose user can read the gallery file anyway).
+Photos added to an existing person must match that person's templates of the current embedder (nearest
+under `gallery.conflict_distance`, the distance that already decides "this face is that person" for the
+conflict check), so nobody may add their own face to someone else's identity without `force`.
 """
 
 from __future__ import annotations
@@ -80,11 +87,14 @@ class Enroller:
         external_ref: str | None = None,
         consent: Consent | None = None,
         force: bool = False,
+        reveal_matches: bool = False,
     ) -> EnrolmentResult:
         """Enrol a new person (`name`) or add templates to an existing one (`person_id`).
 
         All-or-nothing: the person and every accepted template are written in one transaction; if no
-        photo passes, nothing is written and `EnrolmentError` says why for each photo.
+        photo passes, nothing is written and `EnrolmentError` says why for each photo. `force` accepts photos
+        that match someone else or do not match `person_id`; `reveal_matches` lets reasons name the person
+        matched and give distances (never over MQTT).
         """
         if (name is None) == (person_id is None):
             raise EnrolmentError("give either a name (new person) or a person id (more photos of someone enrolled)")
@@ -101,11 +111,12 @@ class Enroller:
                 outcomes[label] = candidate
             else:
                 candidates.append(candidate)
-        accepted = self._select(candidates, person_id, force, outcomes)
+        accepted, overridden = self._select(candidates, person_id, force, reveal_matches, outcomes)
         if not accepted:
             reasons = "; ".join(f"{o.label}: {o.reason}" for o in outcomes.values())
             raise EnrolmentError(f"nothing enrolled: {reasons}")
-        person, template_ids = self._store(accepted, existing, name, external_ref, consent, actor, force, outcomes)
+        audit = {"forced": force} | overridden
+        person, template_ids = self._store(accepted, existing, name, external_ref, consent, actor, audit, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
             self.matcher.add(template_id, person.id, person.name, candidate.embedding)
             outcomes[candidate.label] = PhotoOutcome(
@@ -135,24 +146,32 @@ class Enroller:
         return _Candidate(label, face, embedded.chip, embedded.embedding, quality)
 
     def _select(
-        self, candidates: list[_Candidate], person_id: str | None, force: bool, outcomes: dict[str, PhotoOutcome]
-    ) -> list[_Candidate]:
-        """Refuse conflicts with other people, skip near-duplicates, respect the per-person cap."""
+        self,
+        candidates: list[_Candidate],
+        person_id: str | None,
+        force: bool,
+        reveal: bool,
+        outcomes: dict[str, PhotoOutcome],
+    ) -> tuple[list[_Candidate], dict[str, int]]:
+        """Refuse conflicts with other people and faces that are not `person_id`'s, skip near-duplicates,
+        respect the per-person cap; also how many refusals `force` overrode (for the audit)."""
         gallery = self.settings.gallery
         model_id = self.pipeline.embedder.info.model_id
+        rows = [row for row in self.store.iter_templates(model_id) if row[1] == person_id] if person_id else []
         own = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
-        if person_id:
-            own.load(row for row in self.store.iter_templates(model_id) if row[1] == person_id)
+        own.load(rows)
+        held = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
+        held.load(rows)  # what the person had before this request: photos accepted now vouch for nothing
         room = gallery.max_templates_per_person - len(own)
         accepted: list[_Candidate] = []
+        overridden = {"conflicts_overridden": 0, "mismatches_overridden": 0}
         # Best views first, so the cap keeps the best photos.
         for candidate in sorted(candidates, key=lambda c: -c.quality.view_score):
             quality = candidate.quality.as_dict()
-            rival = self.matcher.search(candidate.embedding)
-            if not force and rival.person_id not in (None, person_id) and rival.distance < gallery.conflict_distance:
+            conflict, mismatch = self._not_theirs(candidate.embedding, person_id, held, reveal)
+            if (conflict or mismatch) and not force:
                 reason = (
-                    f"conflict: this face matches {rival.name} ({rival.person_id}) at distance {rival.distance:.3f}; "
-                    "use force to enrol anyway"
+                    f"{conflict}; use force to enrol anyway" if conflict else f"{mismatch}; use force to add it anyway"
                 )
                 outcomes[candidate.label] = PhotoOutcome(candidate.label, False, reason, quality=quality)
             elif len(own) and own.search(candidate.embedding).distance < gallery.duplicate_distance:
@@ -165,7 +184,30 @@ class Enroller:
             else:
                 own.add(-1 - len(accepted), person_id or "new", "", candidate.embedding)
                 accepted.append(candidate)
-        return accepted
+                overridden["conflicts_overridden"] += conflict is not None
+                overridden["mismatches_overridden"] += mismatch is not None
+        return accepted, overridden
+
+    def _not_theirs(
+        self, embedding: np.ndarray, person_id: str | None, held: Matcher, reveal: bool
+    ) -> tuple[str | None, str | None]:
+        """Why the face is someone else's (closer than `conflict_distance` to another person) and why it is not
+        `person_id`'s (no template of theirs that close); None where it is not. Named only when `reveal`."""
+        limit = self.settings.gallery.conflict_distance
+        conflict = mismatch = None
+        rival = self.matcher.search(embedding)
+        if rival.person_id not in (None, person_id) and rival.distance < limit:
+            conflict = "conflict: this face already matches another enrolled person"
+            if reveal:
+                conflict = (
+                    f"conflict: this face matches {rival.name} ({rival.person_id}) at distance {rival.distance:.3f}"
+                )
+        nearest = held.search(embedding).distance if len(held) else 0.0  # no template of this model: exempt
+        if nearest >= limit:
+            mismatch = "not the same person: this face does not match the person's enrolled photos"
+            if reveal:
+                mismatch += f" (nearest at distance {nearest:.3f}, gallery.conflict_distance {limit:g})"
+        return conflict, mismatch
 
     def _store(
         self,
@@ -175,7 +217,7 @@ class Enroller:
         external_ref: str | None,
         consent: Consent | None,
         actor: str,
-        force: bool,
+        audit: dict[str, bool | int],
         outcomes: dict[str, PhotoOutcome],
     ) -> tuple[Person, list[int]]:
         info = self.pipeline.embedder.info
@@ -193,6 +235,6 @@ class Enroller:
                 )
                 for candidate in accepted
             ]
-            details = {"templates_added": len(template_ids), "photos_refused": len(outcomes), "forced": force}
+            details = {"templates_added": len(template_ids), "photos_refused": len(outcomes)} | audit
             self.store.audit(actor, "person.enroll", person.id, details)
         return person, template_ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import sqlite3
 from pathlib import Path
 
@@ -30,6 +31,10 @@ PROBE = "0234"
 
 def powell(shared_data: Path, *numbers: str) -> list[Path]:
     return [shared_data / "faces-lfw" / "Colin_Powell" / f"Colin_Powell_{n}.jpg" for n in numbers]
+
+
+def bush(shared_data: Path) -> Path:
+    return sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0]
 
 
 def make_enroller(pipeline: FacePipeline, tmp_path: Path, **gallery: object) -> Enroller:
@@ -91,11 +96,53 @@ def test_two_people_side_by_side_are_refused(enroller: Enroller, shared_data: Pa
 
 
 def test_a_face_of_someone_else_is_a_conflict_unless_forced(enroller: Enroller, shared_data: Path) -> None:
-    first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
-    with pytest.raises(EnrolmentError, match=f"conflict: this face matches Colin Powell \\({first.person.id}\\)"):
+    enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    with pytest.raises(EnrolmentError, match="conflict: this face already matches another enrolled person"):
         enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR)
     forced = enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, force=True)
     assert forced.templates_added == 1
+
+
+def test_a_conflict_names_nobody_and_gives_no_distance(enroller: Enroller, shared_data: Path) -> None:
+    first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    with pytest.raises(EnrolmentError) as refused:
+        enroller.enroll([("photo", powell(shared_data, FRONTAL[2])[0])], name="Impostor", actor=ACTOR)
+    assert "Powell" not in str(refused.value) and first.person.id not in str(refused.value)
+    assert not re.search(r"\d\.\d", str(refused.value))
+
+
+def test_the_caller_may_have_a_conflict_named(enroller: Enroller, shared_data: Path) -> None:
+    """The local CLI's case: its user can read the gallery file anyway."""
+    first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    named = f"conflict: this face matches Colin Powell \\({first.person.id}\\) at distance 0\\.\\d+"
+    with pytest.raises(EnrolmentError, match=named):
+        enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, reveal_matches=True)
+
+
+def test_someone_elses_face_is_not_added_to_an_enrolled_person(enroller: Enroller, shared_data: Path) -> None:
+    ada = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
+    with pytest.raises(EnrolmentError, match="not the same person") as refused:
+        enroller.enroll([("photo", bush(shared_data))], person_id=ada.person.id, actor=ACTOR)
+    assert "Ada" not in str(refused.value) and not re.search(r"\d\.\d", str(refused.value))
+    assert enroller.store.count_templates(ada.person.id, enroller.pipeline.embedder.info.model_id) == 2
+
+
+def test_someone_elses_face_is_added_with_force_and_audited(enroller: Enroller, shared_data: Path) -> None:
+    ada = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
+    forced = enroller.enroll(photos([bush(shared_data)]), person_id=ada.person.id, actor=ACTOR, force=True)
+    assert forced.templates_added == 1
+    record = next(r for r in enroller.store.audit_log() if r["action"] == "person.enroll")
+    assert record["target"] == ada.person.id and record["details"]["forced"] is True
+    assert record["details"]["mismatches_overridden"] == 1
+
+
+def test_a_person_without_templates_of_the_current_model_takes_a_new_face(
+    enroller: Enroller, shared_data: Path
+) -> None:
+    """Re-enrolment after a model change: there is nothing of this model to compare with."""
+    person = enroller.store.add_person("Ada")
+    result = enroller.enroll(photos([bush(shared_data)]), person_id=person.id, actor=ACTOR)
+    assert result.templates_added == 1
 
 
 def test_near_duplicates_are_skipped(enroller: Enroller, shared_data: Path) -> None:
