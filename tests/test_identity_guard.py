@@ -1,0 +1,143 @@
+"""`enroll` over MQTT is no identification oracle and hijacks no identity: signed requests through the real
+dispatcher, the real pipeline and real LFW photos, and once through `faceagent run` on a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from agent.commands.signing import CommandSecurity, public_key_text, sign_request
+from agent.config import CommandSettings
+from agent.gallery.store import GalleryStore
+from agent.vision.pipeline import FacePipeline
+from tests.broker import Broker
+from tests.command_fixtures import NOW, POWELL, POWELL_PROBE, Device, image_arg, make_device, powell
+
+DEVICE = "dev1"
+DISTANCE = re.compile(r"\d\.\d")  # a score to optimise against
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def device(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> Device:
+    commands = CommandSettings(signing_required=True, public_keys=(public_key_text(key),))
+    security = CommandSecurity.from_settings(commands, DEVICE)
+    return make_device(tmp_path, pipeline, commands=commands, security=security, device_id=DEVICE)
+
+
+def enrol(device: Device, key: Ed25519PrivateKey, **args: Any) -> dict:
+    device.counter += 1
+    request = {"request_id": f"r{device.counter}", "origin": "ops", "args": args}
+    return device.send("enroll", json.dumps(sign_request(key, DEVICE, "enroll", request, now=NOW)).encode())
+
+
+def bush(shared_data: Path) -> Path:
+    return sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0]
+
+
+def enrol_powell(device: Device, key: Ed25519PrivateKey, shared_data: Path) -> str:
+    reply = enrol(device, key, name="Colin Powell", images=[image_arg(powell(shared_data, n), n) for n in POWELL])
+    assert reply["status"] == "ok", reply
+    return reply["data"]["person"]["id"]
+
+
+def test_a_photo_matching_another_person_is_answered_without_name_id_or_distance(
+    device: Device, key: Ed25519PrivateKey, shared_data: Path
+) -> None:
+    powell_id = enrol_powell(device, key, shared_data)
+    reply = enrol(device, key, name="Someone", images=[image_arg(powell(shared_data, POWELL_PROBE), "probe")])
+    assert reply["status"] == "error" and reply["error"]["code"] == "bad_request"
+    text = json.dumps(reply)
+    assert "conflict: this face already matches another enrolled person" in text
+    assert "Powell" not in text and powell_id not in text and not DISTANCE.search(text)
+
+
+def test_another_persons_photo_is_refused_for_an_enrolled_person_naming_nobody(
+    device: Device, key: Ed25519PrivateKey, shared_data: Path
+) -> None:
+    powell_id = enrol_powell(device, key, shared_data)
+    images = [image_arg(powell(shared_data, POWELL_PROBE), "genuine"), image_arg(bush(shared_data), "other")]
+    reply = enrol(device, key, person_id=powell_id, images=images)
+    assert reply["status"] == "ok", reply
+    outcomes = {photo["label"]: photo for photo in reply["data"]["photos"]}
+    assert outcomes["genuine"]["accepted"] and not outcomes["other"]["accepted"]
+    reason = outcomes["other"]["reason"]
+    assert reason.startswith("not the same person") and "Powell" not in reason and not DISTANCE.search(reason)
+    with GalleryStore.open(device.store_path) as store:
+        assert store.count_templates(powell_id, "dlib-resnet29-int8") == len(POWELL) + 1
+
+
+def test_another_persons_photo_is_added_with_force_and_audited(
+    device: Device, key: Ed25519PrivateKey, shared_data: Path
+) -> None:
+    powell_id = enrol_powell(device, key, shared_data)
+    reply = enrol(device, key, person_id=powell_id, images=[image_arg(bush(shared_data), "other")], force=True)
+    assert reply["status"] == "ok" and reply["data"]["templates_added"] == 1, reply
+    (record,) = [r for r in device.audit() if r["action"] == "person.enroll" and r["details"]["forced"]]
+    assert record["actor"] == "mqtt:ops" and record["target"] == powell_id
+    assert record["details"]["mismatches_overridden"] == 1
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_faceagent_run_answers_a_conflicting_enrol_without_naming_anyone(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "ops.pem"
+    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    config = tmp_path / "faceagent.toml"
+    config.write_text(
+        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n'
+        f'[commands]\nsigning_required = true\npublic_keys = ["{public_key_text(key)}"]\n'
+        "[camera]\nfps = 5\nloop = true\n"
+    )
+    db = tmp_path / "gallery.db"
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", "Colin Powell",
+         *(str(powell(shared_data, n)) for n in POWELL)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    powell_id = enrolled.stderr.split("(")[1].split(")")[0]
+    probe = tmp_path / "probe.jpg"  # ctl labels a photo with its file name
+    probe.write_bytes(powell(shared_data, POWELL_PROBE).read_bytes())
+    observer = observe(broker, [f"faceagent/{DEVICE}/#"])
+    frames = shared_data / "sequence" / "hamilton_clip" / "frames"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(frames)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        online = f"faceagent/{DEVICE}/status"
+        assert observer.wait_for(lambda _: any(m.json()["state"] == "online" for m in observer.on(online)), 60)
+        ctl = subprocess.run(
+            [sys.executable, "-m", "agent", "--config", str(config), "ctl", "enroll", "--mqtt", broker.url,
+             "--timeout", "60",
+             "--sign-key", str(key_file), "--device", DEVICE, "--name", "Someone", str(probe)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=60)
+    (reply,) = [m for m in observer.messages if m.topic.endswith("/cmd/enroll/reply")]
+    message = reply.json()["error"]["message"]
+    assert "conflict: this face already matches another enrolled person" in message, message
+    for leak in ("Powell", powell_id):
+        assert leak not in reply.payload.decode() and leak not in ctl.stdout + ctl.stderr
+    assert not DISTANCE.search(message)
