@@ -19,6 +19,13 @@ Why it is built so:
   agent cannot switch to it after all, the previous manifest is put back.
 - A new embedder id means new templates: the live matcher holds only that model's, people without one are
   reported for re-enrolment, and with `gallery.keep_chips` on the kept chips are embedded again.
+- Releases only move forward, or an old signed release (a model since found weak) could be replayed under
+  a new job id. `version` (signed) is 1-4 dotted whole numbers, compared as a tuple of integers with
+  trailing zeros dropped: 2026.11.1 > 2026.9 > 2 and 2026.11 == 2026.11.0. A commit of a version not
+  above the role's floor ends FAILED at `verify`. The floor is the highest of: the versions of the role's
+  models in the bundled manifest (the shipped models are release 1) and in the manifest in use, and
+  `release-floor.json` in the state models directory, raised by a successful install only (after the live
+  agent switched to it; never by a failure or a rollback), so it survives restarts and manifest rollbacks.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.schema import MODEL_CHUNK_BYTES, CommandError, ErrorCode
+from agent.commands.handlers import write_atomically
+from agent.commands.schema import MODEL_CHUNK_BYTES, VERSION, CommandError, ErrorCode
 from agent.commands.signing import verifying_key
 from agent.errors import FaceagentError
 from agent.identity import utc_iso
@@ -59,6 +67,7 @@ MODEL_TAG = b"faceagent-model-v1"
 SIGNED_FIELDS = ("model_id", "role", "file", "version", "sha256", "size", "entry")
 SET_BY_UPDATE = ("id", "role", "file", "sha256", "bytes", "version", "installed")  # not overridable in `entry`
 STAGING = ".staging"
+RELEASE_FLOOR = "release-floor.json"  # role -> the highest version installed, in the state models directory
 _SPARE_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -101,6 +110,59 @@ def verify_model(keys: Mapping[str, Ed25519PublicKey], meta: Mapping[str, Any], 
     if identity is None:
         raise CommandError(ErrorCode.UNAUTHORIZED, "the model signature does not verify with any configured key")
     return identity
+
+
+# ------------------------------------------------------------------------------------ versions
+
+
+def release_version(text: str) -> tuple[int, ...]:
+    """The comparable form of a release version (see the module docstring); ValueError if it is not one."""
+    if not isinstance(text, str) or not VERSION.fullmatch(text):
+        raise ValueError(f"{text!r:.80} is not a release version (1-4 dotted whole numbers, e.g. 2026.11.1)")
+    parts = [int(part) for part in text.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def _manifest_versions(models_dir: Path, role: str) -> list[str]:
+    """The versions a manifest gives the role's models; an entry without a valid one counts for nothing."""
+    try:
+        entries = json.loads((models_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["models"]
+        versions = [entry.get("version") for entry in entries if entry.get("role") == role]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [v for v in versions if isinstance(v, str) and VERSION.fullmatch(v)]
+
+
+class ReleaseFloor:
+    """The lowest version each role may still be updated to (exclusive), kept in the state models directory."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.path = Path(models_dir) / RELEASE_FLOOR
+
+    def _recorded(self) -> dict[str, str]:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:  # a damaged floor must not open the door to every old release
+            raise UpdateFailed("verify", f"{self.path} is unreadable ({exc}): no release can be checked") from exc
+        if not isinstance(document, dict):
+            raise UpdateFailed("verify", f"{self.path} is not a JSON object: no release can be checked")
+        return {role: v for role, v in document.items() if isinstance(v, str) and VERSION.fullmatch(v)}
+
+    def highest(self, role: str, *manifests: Path) -> str:
+        """The highest of the recorded version and those the manifests in `manifests` give the role ("0": none)."""
+        found = [self._recorded().get(role, "0")]
+        for models_dir in manifests:
+            found += _manifest_versions(models_dir, role)
+        return max(found, key=release_version)
+
+    def raise_to(self, role: str, version: str) -> None:
+        recorded = self._recorded()
+        if release_version(version) > release_version(recorded.get(role, "0")):
+            write_atomically(self.path, json.dumps(recorded | {role: version}, indent=2).encode() + b"\n")
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -157,6 +219,7 @@ class ModelUpdater:
     ) -> None:
         self.models_dir = Path(models_dir)
         self.folder = ModelsFolder(self.models_dir)
+        self.floor = ReleaseFloor(self.models_dir)
         self.get_settings, self.keys, self.apply, self.matcher, self.clock = get_settings, keys, apply, matcher, clock
         self.job: Job | None = None
         self.last: Job | None = None
@@ -309,6 +372,10 @@ class ModelUpdater:
             self.folder.restore(previous)
             reason = f"the live agent could not switch to it ({exc}); the previous models run on"
             raise UpdateFailed("swap", reason) from exc
+        try:
+            self.floor.raise_to(meta["role"], meta["version"])
+        except (OSError, FaceagentError) as exc:  # the manifest in use names the version too: the floor holds
+            log.warning("model update %s: could not record release %s: %s", job.job_id, meta["version"], exc)
         result = {"sha256": meta["sha256"], "previous": {"model_id": replaced.id, "sha256": replaced.sha256}}
         return result | {"check": verdict.figures} | self._templates(before["embedder"], open_store(), actor)
 
@@ -323,6 +390,18 @@ class ModelUpdater:
             verify_model(self.keys, meta, job.signature)
         except CommandError as exc:
             raise UpdateFailed("verify", exc.message) from None
+        self._refuse_rollback(meta)
+
+    def _refuse_rollback(self, meta: dict[str, Any]) -> None:
+        """An older or equal release, however well signed, would undo a fix: see the module docstring."""
+        role, version = meta["role"], meta["version"]
+        floor = self.floor.highest(role, default_models_dir(), self._live_dir(), self.models_dir)
+        if release_version(version) <= release_version(floor):
+            reason = (
+                f"version {version} is not above {floor}, the highest {role} release this device has installed "
+                "or shipped with: an older or repeated release is refused"
+            )
+            raise UpdateFailed("verify", reason)
 
     def _live_dir(self) -> Path:
         return self.get_settings().models.dir or default_models_dir()

@@ -78,6 +78,8 @@ PIN_BUILD_NUMPY = "2.4.6"
 PIN_DLIB_BIN = "20.0.1.post1"
 PIN_TFLITE_RUNTIME = "2.14.0"
 PIN_LIBDLIB_DEV = "19.24+dfsg-1"
+# The release version of the models built here: a model update must be numbered above it (agent/models_update.py).
+BUNDLED_RELEASE = "1"
 
 MEDIAPIPE_WHEEL = f"mediapipe-{PIN_MEDIAPIPE}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 MEDIAPIPE_WHEEL_SHA256 = "a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4"
@@ -760,7 +762,7 @@ def verify(out: Path, work: Path, data: Path) -> dict[str, Any]:
 
 def file_entry(out: Path, file: str) -> dict[str, Any]:
     path = out / file
-    return {"file": file, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"file": file, "sha256": sha256_file(path), "bytes": path.stat().st_size, "version": BUNDLED_RELEASE}
 
 
 def detector_entry(out: Path, spec: DetectorSpec, rep: dict[str, Any]) -> dict[str, Any]:

@@ -291,7 +291,7 @@ def test_a_truncated_transfer_fails_at_commit(updates: Updates, int8: bytes) -> 
 
 def test_a_model_that_loads_but_gives_nonsense_fails_the_test_faces(updates: Updates, scrambled: bytes) -> None:
     person = updates.enrol()
-    outcome = updates.send("job-1", scrambled, version="broken")
+    outcome = updates.send("job-1", scrambled, version="2")
     assert outcome["status"] == "FAILED" and outcome["step"] == "check"
     assert "different people are only" in outcome["reason"]
     updates.assert_old_model_runs()

@@ -54,7 +54,7 @@ MODEL_CHUNK_BYTES = 1024 * 1024  # one model_update chunk, decoded
 MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.tflite")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-VERSION = re.compile(r"[A-Za-z0-9_.+:-]{1,64}")
+VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")  # a model release: agent/models_update.py
 MAX_DEPTH = 6
 _TEXT = 200  # the gallery's limit for names and references
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
@@ -346,7 +346,7 @@ def _model_update() -> Phases:
         "model_id": Text(64, MODEL_ID, "1-64 of a-z 0-9 . _ -, starting with a letter or digit"),
         "role": Text(16, re.compile("detector|embedder"), "detector or embedder"),
         "file": Text(100, MODEL_FILE, "a bare file name ending in .tflite"),
-        "version": Text(64, VERSION, "1-64 of A-Z a-z 0-9 _ . + : -"),
+        "version": Text(64, VERSION, "1-4 dotted whole numbers, e.g. 2026.11.1"),
         "sha256": Text(64, SHA256, "64 lowercase hex digits"),
         "size": Number(1, 2**40, integer=True),
         "signature": Text(128),
