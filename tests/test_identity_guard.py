@@ -91,6 +91,19 @@ def test_another_persons_photo_is_added_with_force_and_audited(
     assert record["details"]["mismatches_overridden"] == 1
 
 
+def test_the_local_cli_names_the_match(tmp_path: Path, shared_data: Path) -> None:
+    """`faceagent enroll` reads the gallery file itself, so naming whom a photo matches reveals nothing new."""
+    db = tmp_path / "gallery.db"
+    enrol = [sys.executable, "-m", "agent", "enroll", "--db", str(db)]
+    first = subprocess.run([*enrol, "--name", "Colin Powell", str(powell(shared_data, POWELL[0]))],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    powell_id = first.stderr.split("(")[1].split(")")[0]
+    again = subprocess.run([*enrol, "--name", "Someone", str(powell(shared_data, POWELL_PROBE))],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 2 and f"matches Colin Powell ({powell_id}) at distance 0." in again.stderr
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 
