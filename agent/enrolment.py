@@ -10,7 +10,11 @@ identification of any photo and optimise against the score. So reasons name nobo
 unless the caller asks (`reveal_matches`: the local CLI, whose user can read the gallery file anyway).
 Photos added to an existing person must match that person's templates of the current embedder (nearest
 under `gallery.conflict_distance`, the distance that already decides "this face is that person" for the
-conflict check), so nobody may add their own face to someone else's identity without `force`.
+conflict check), so nobody may add their own face to someone else's identity without `force`. Against one
+enrolled photo of each of 40 LFW people (`scripts/measure_enrol_guard.py`, cosine 0.35) it let in 81 of 103
+genuine photos and none of 40 other people's or of 40 look-alikes (the nearest other face in the set); at
+0.40, 97 genuine but 7 look-alikes. A refused genuine photo costs a better photo or `force`; a wrong one
+costs an identity.
 """
 
 from __future__ import annotations
