@@ -119,6 +119,16 @@ def test_the_floor_outlives_the_installed_manifest(updates: SignedUpdates, int8:
     assert refused_as_rollback(updates.release("job-2", int8, signed(updates.key, int8, version="2")), "3")
 
 
+def test_a_damaged_floor_refuses_every_release(updates: SignedUpdates, int8: bytes) -> None:
+    """Read as "no floor", a damaged file would let any old release back in."""
+    models_dir = state_models_dir(updates.device.store_path)
+    models_dir.mkdir(parents=True)
+    (models_dir / RELEASE_FLOOR).write_text('{"embedder": "3"')
+    outcome = updates.release("job-1", int8, signed(updates.key, int8, version="9"))
+    assert outcome["status"] == "FAILED" and outcome["step"] == "verify" and "unreadable" in outcome["reason"]
+    assert updates.live.swaps == 0
+
+
 def test_a_failed_install_does_not_raise_the_floor(updates: SignedUpdates, int8: bytes) -> None:
     release = signed(updates.key, int8, version="3")
     updates.live.broken = True
