@@ -150,9 +150,10 @@ class Enroller:
             quality = candidate.quality.as_dict()
             rival = self.matcher.search(candidate.embedding)
             if not force and rival.person_id not in (None, person_id) and rival.distance < gallery.conflict_distance:
+                # The reason goes into command replies: without events.include_names, the id only.
+                who = f"{rival.name} ({rival.person_id})" if self.settings.events.include_names else rival.person_id
                 reason = (
-                    f"conflict: this face matches {rival.name} ({rival.person_id}) at distance {rival.distance:.3f}; "
-                    "use force to enrol anyway"
+                    f"conflict: this face matches {who} at distance {rival.distance:.3f}; use force to enrol anyway"
                 )
                 outcomes[candidate.label] = PhotoOutcome(candidate.label, False, reason, quality=quality)
             elif len(own) and own.search(candidate.embedding).distance < gallery.duplicate_distance:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from agent.config import HomeAssistantSettings
-from agent.events import RECOGNIZED
 from agent.homeassistant import HomeAssistantDiscovery
 from agent.link.mqtt import BrokerSettings, MqttLink
 from tests.broker import Broker, Observer
@@ -15,6 +14,7 @@ from tests.broker import Broker, Observer
 DEVICE = "dev1"
 SENSOR = f"homeassistant/sensor/{DEVICE}/last_person/config"
 BINARY = f"homeassistant/binary_sensor/{DEVICE}/face_present/config"
+LAST_PERSON = f"faceagent/{DEVICE}/last_person"
 FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
@@ -58,13 +58,13 @@ def test_entities_are_available_only_while_the_status_is_online(broker: Broker, 
         assert document["device"]["identifiers"] == [f"faceagent_{DEVICE}"]
 
 
-def test_sensors_read_the_recognised_events_and_presence_topics(broker: Broker, announce, observe) -> None:
+def test_sensors_read_the_last_person_and_presence_topics(broker: Broker, announce, observe) -> None:
     watcher = observe(broker, ["homeassistant/#"])
     announce(broker, HomeAssistantSettings(enabled=True))
     assert watcher.wait_for(lambda m: len(configs(watcher)) == 2, 5)
     by_topic = {m.topic: m.json() for m in watcher.messages}
-    assert by_topic[SENSOR]["state_topic"] == f"faceagent/{DEVICE}/events/{RECOGNIZED}"
-    assert by_topic[SENSOR]["value_template"] == "{{ value_json.name }}"
+    assert by_topic[SENSOR]["state_topic"] == by_topic[SENSOR]["json_attributes_topic"] == LAST_PERSON
+    assert by_topic[SENSOR]["value_template"] == "{{ value_json.state }}"
     assert by_topic[BINARY]["state_topic"] == f"faceagent/{DEVICE}/presence"
     assert len({by_topic[SENSOR]["unique_id"], by_topic[BINARY]["unique_id"]}) == 2
 
