@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.commands.signing import CommandSecurity, public_key_text, sign_request
 from agent.config import CommandSettings, EventSettings
-from agent.events import ERASED, RECOGNIZED, EventEmitter
+from agent.events import RECOGNIZED, EventEmitter
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
 from agent.tracking.tracker import Track
@@ -31,6 +31,7 @@ from tests.broker import Broker, Observer
 from tests.command_fixtures import NOW, Device, make_device
 
 DEVICE = "dev1"
+ERASED = "person_erased"  # agent.events.ERASED, spelt out: consumers depend on the name
 ERASURES = f"faceagent/{DEVICE}/events/{ERASED}"
 NOTICE_FIELDS = ["schema", "event_id", "type", "person_id", "at"]
 
