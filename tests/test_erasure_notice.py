@@ -122,6 +122,17 @@ def test_a_full_outbox_keeps_the_erasure_event(db: Path, link_outbox) -> None:
     assert outbox.stats.dropped == 3 and kept == [ERASED, "face_unknown", "face_unknown"]
 
 
+def test_a_purge_of_events_keeps_the_erasure_event_for_the_audit_retention(db: Path) -> None:
+    ada = add(db, "Ada")
+    erase(db, ada)
+    with GalleryStore.open(db) as store:
+        now = datetime.now(UTC) + timedelta(days=1)
+        assert store.purge_expired(events_days=0, audit_days=365, now=now)["events"] == 0  # `purge_events` with 0
+        assert [row["type"] for row in store.pending_events()] == [ERASED]
+        assert store.purge_expired(events_days=0, audit_days=0, now=now)["events"] == 1
+        assert store.pending_events() == []
+
+
 # ----------------------------------------------------------------------------------- events.include_names
 
 

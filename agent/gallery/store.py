@@ -397,12 +397,18 @@ class GalleryStore:
 
     @_guarded
     def purge_expired(self, *, events_days: float, audit_days: float, now: datetime | None = None) -> dict[str, int]:
-        """Delete events and audit records older than their retention; the purge itself is audited."""
+        """Delete events and audit records older than their retention; the purge itself is audited.
+
+        An unsent `person_erased` event is a record of an erasure, like the audit: it keeps `audit_days`, so
+        a purge of events (or a long outage) cannot leave consumers downstream unaware of an erasure."""
         moment = now or datetime.now(UTC)
         cutoffs = {"events": _cutoff(moment, events_days), "audit": _cutoff(moment, audit_days)}
+        expired = "(type != ? AND created_at < ?) OR (type = ? AND created_at < ?)"
         with self.transaction():
             counts = {
-                "events": self.db.execute("DELETE FROM events WHERE created_at < ?", [cutoffs["events"]]).rowcount,
+                "events": self.db.execute(
+                    f"DELETE FROM events WHERE {expired}", [ERASED, cutoffs["events"], ERASED, cutoffs["audit"]]
+                ).rowcount,
                 "audit": self.db.execute("DELETE FROM audit WHERE at < ?", [cutoffs["audit"]]).rowcount,
             }
             if any(counts.values()):
