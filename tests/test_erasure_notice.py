@@ -28,7 +28,7 @@ from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Observer
-from tests.command_fixtures import NOW, Device, make_device
+from tests.command_fixtures import NOW, POWELL, Device, image_arg, make_device, powell
 
 DEVICE = "dev1"
 ERASED = "person_erased"  # agent.events.ERASED, spelt out: consumers depend on the name
@@ -199,10 +199,22 @@ def test_without_names_an_update_reply_carries_no_name(
         assert store.get_person(ada).name == "Ada Lovelace"  # the name stays on the device
 
 
+def test_without_names_an_enrolment_reply_and_its_conflict_carry_no_name(
+    tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey, shared_data: Path
+) -> None:
+    device = nameless(tmp_path, pipeline, key)
+    photo = image_arg(powell(shared_data, POWELL[0]), "p1")
+    first = device.send("enroll", signed(key, "enroll", "e1", name="Colin Powell", images=[photo]))
+    assert first["status"] == "ok" and first["data"]["person"] == {"id": first["data"]["person"]["id"]}
+    again = device.send("enroll", signed(key, "enroll", "e2", name="Someone Else", images=[photo]))
+    message = again["error"]["message"]  # every photo refused: the reasons come back in the error
+    assert f"p1: conflict: this face matches {first['data']['person']['id']} at distance" in message
+    assert "Powell" not in json.dumps(first) + json.dumps(again) and "Someone" not in json.dumps(again)
+
+
 # --------------------------------------------------------------------------------- the real agent process
 
 CLIP_ENROL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
-POWELL = "faces-lfw/Colin_Powell/Colin_Powell_0040.jpg"
 AGENT = "erase-1"
 
 
@@ -227,7 +239,7 @@ def test_erasures_by_mqtt_and_cli_reach_the_event_stream_and_home_assistant(
     )
     db = tmp_path / "gallery.db"
     miranda = enrol_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROL)
-    powell = enrol_cli(config, db, "Colin Powell", shared_data / POWELL)
+    colin = enrol_cli(config, db, "Colin Powell", powell(shared_data, POWELL[0]))
     observer = observe(broker, [f"faceagent/{AGENT}/#"])
     last_person = f"faceagent/{AGENT}/last_person"
 
@@ -250,10 +262,10 @@ def test_erasures_by_mqtt_and_cli_reach_the_event_stream_and_home_assistant(
         assert cli.returncode == 0, cli.stderr
         assert observer.wait_for(lambda _: [e["person_id"] for e in erased()] == [miranda], timeout=30)
         assert observer.wait_for(lambda _: shown() == "none", timeout=30), shown()
-        request = sign_request(key, AGENT, "delete_person", {"request_id": "d1", "args": {"person_id": powell}},
+        request = sign_request(key, AGENT, "delete_person", {"request_id": "d1", "args": {"person_id": colin}},
                                now=datetime.now(UTC))  # fmt: skip
         observer.publish(f"faceagent/{AGENT}/cmd/delete_person", json.dumps(request).encode())
-        assert observer.wait_for(lambda _: [e["person_id"] for e in erased()] == [miranda, powell], timeout=30)
+        assert observer.wait_for(lambda _: [e["person_id"] for e in erased()] == [miranda, colin], timeout=30)
         reply = observer.on(f"faceagent/{AGENT}/cmd/delete_person/reply")[-1].json()
         assert reply["status"] == "ok", reply
     finally:
