@@ -255,17 +255,27 @@ def test_erasures_by_mqtt_and_cli_reach_the_event_stream_and_home_assistant(
     agent = subprocess.Popen([*command, "--source", str(source)], stderr=subprocess.PIPE, text=True)
     try:
         assert observer.wait_for(lambda _: shown() == "Lin-Manuel Miranda", timeout=180), shown()
+        started = time.monotonic()
         cli = subprocess.run(
             [sys.executable, "-m", "agent", "--config", str(config), "person", "delete", "--db", str(db), miranda],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert cli.returncode == 0, cli.stderr
+        cli_run = time.monotonic() - started
         assert observer.wait_for(lambda _: [e["person_id"] for e in erased()] == [miranda], timeout=30)
+        cli_event = time.monotonic() - started
         assert observer.wait_for(lambda _: shown() == "none", timeout=30), shown()
+        cli_cleared = time.monotonic() - started
         request = sign_request(key, AGENT, "delete_person", {"request_id": "d1", "args": {"person_id": colin}},
                                now=datetime.now(UTC))  # fmt: skip
+        sent = time.monotonic()
         observer.publish(f"faceagent/{AGENT}/cmd/delete_person", json.dumps(request).encode())
         assert observer.wait_for(lambda _: [e["person_id"] for e in erased()] == [miranda, colin], timeout=30)
+        print(  # measured, not asserted (`pytest -s` shows it)
+            f"\n`person delete` started -> exited {cli_run:.2f} s, -> person_erased {cli_event:.2f} s, "
+            f"-> last_person none {cli_cleared:.2f} s; "
+            f"MQTT delete_person sent -> person_erased {time.monotonic() - sent:.2f} s"
+        )
         reply = observer.on(f"faceagent/{AGENT}/cmd/delete_person/reply")[-1].json()
         assert reply["status"] == "ok", reply
     finally:
