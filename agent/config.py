@@ -77,6 +77,8 @@ class EventSettings:
     cooldown_seconds: float = 60.0  # per person and camera
     unknown_events: bool = True
     unknown_cooldown_seconds: float = 10.0
+    # false keeps names off the wire (events, the last_person topic, command replies): ids only; names stay here
+    include_names: bool = True
 
 
 @dataclass(frozen=True)

@@ -112,14 +112,17 @@ def _summary(name: str, data: dict[str, Any]) -> str:
     if name == "enroll":
         person = data["person"]
         verb = "enrolled" if data["created"] else "added photos to"
-        lines = [f"{verb} {person['name']} ({person['id']}): {data['templates_added']} new templates"]
+        who = f"{person['name']} ({person['id']})" if "name" in person else person["id"]  # events.include_names
+        lines = [f"{verb} {who}: {data['templates_added']} new templates"]
         lines += [f"  {p['label']}: refused: {p['reason']}" for p in data["photos"] if not p["accepted"]]
         return "\n".join(lines)
     if name == "delete_person":
         deleted = data["deleted"]
         return f"deleted {data['person_id']}: {deleted['templates']} templates, {deleted['events']} events"
     if name == "list_people":
-        rows = [f"  {p['id']}  {p['name']}  ({sum(p['templates'].values())} templates)" for p in data["people"]]
+        rows = [
+            f"  {p['id']}  {p.get('name', '-')}  ({sum(p['templates'].values())} templates)" for p in data["people"]
+        ]
         return "\n".join([f"{len(rows)} people", *rows])
     if name == "get_config":
         values = data["settings"]

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from agent.config import EventSettings
+from agent.gallery.store import ERASED as ERASED  # queued by GalleryStore.delete_person: the id, never the name
 from agent.identity import Match, new_event_id, utc_iso
 from agent.storage import StorageFullError, StorageHealth
 from agent.tracking.tracker import Track
@@ -29,14 +30,18 @@ RECOGNIZED = "face_recognized"
 UNKNOWN = "face_unknown"
 
 
-def build_event(track: Track, match: Match, *, camera_id: str, model_id: str, at: datetime) -> dict[str, Any]:
-    """The payload for a decided track: `face_recognized` if `match.accepted`, else `face_unknown`."""
+def build_event(
+    track: Track, match: Match, *, camera_id: str, model_id: str, at: datetime, include_names: bool = True
+) -> dict[str, Any]:
+    """The payload for a decided track: `face_recognized` if `match.accepted`, else `face_unknown`.
+
+    Without `include_names` a recognition carries the `person_id` only: the name never leaves the device."""
     event: dict[str, Any] = {"schema": SCHEMA, "event_id": new_event_id()}
     if match.accepted:
         event |= {
             "type": RECOGNIZED,
             "person_id": match.person_id,
-            "name": match.name,
+            **({"name": match.name} if include_names else {}),
             "distance": round(match.distance, 4),
             # Infinite when only one person is enrolled: JSON has no infinity, so null.
             "margin": round(match.margin, 4) if math.isfinite(match.margin) else None,
@@ -118,7 +123,14 @@ class EventEmitter:
         if not self.cooldown.ready(key, at, seconds):
             self.suppressed += 1
             return None
-        event = build_event(track, match, camera_id=self.camera_id, model_id=self.model_id, at=at)
+        event = build_event(
+            track,
+            match,
+            camera_id=self.camera_id,
+            model_id=self.model_id,
+            at=at,
+            include_names=self.settings.include_names,
+        )
         keys = {"event_id": event["event_id"], "person_id": event.get("person_id"), "created_at": event["at"]}
         try:
             self.store.add_event(event["type"], event, **keys)

@@ -1,7 +1,10 @@
 """Home Assistant MQTT discovery (opt-in): the device shows up with two entities and no YAML.
 
-- "Last recognised person": a sensor on `<base>/events/face_recognized` (the name; id, camera and time as
-  attributes).
+- "Last recognised person": a sensor on the retained `<base>/last_person` (the name, or the id when
+  `events.include_names` is false; id, camera and time as attributes). The agent owns that topic: it is
+  rewritten on each recognition, and to "none" as soon as the person shown is erased (from the CLI or over
+  MQTT), so Home Assistant never keeps showing an erased name. A rename shows the new name. Only the id is
+  stored (the gallery's `meta` table) and the rest is read back from the gallery, so a restart shows the same.
 - "Face present": a binary sensor on `<base>/presence`.
 Both are available while the retained status says `online`, so the last will greys them out. Discovery
 documents are retained, re-sent on every connect (a broker without persistence forgets them) and whenever
@@ -14,8 +17,10 @@ import json
 from typing import Any
 
 from agent.config import HomeAssistantSettings
-from agent.events import RECOGNIZED
+from agent.gallery.store import GalleryStore
 from agent.link.mqtt import MqttLink
+
+NOBODY = "none"  # the sensor's state when nobody is shown (nobody recognised yet, or the person was erased)
 
 _ATTRIBUTES = (
     "{{ {'person_id': value_json.person_id, 'camera_id': value_json.camera_id, 'at': value_json.at} | tojson }}"
@@ -64,9 +69,9 @@ class HomeAssistantDiscovery:
             "name": "Last recognised person",
             "unique_id": f"faceagent_{node}_last_person",
             "icon": "mdi:face-recognition",
-            "state_topic": topics.event(RECOGNIZED),
-            "value_template": "{{ value_json.name }}",
-            "json_attributes_topic": topics.event(RECOGNIZED),
+            "state_topic": topics.last_person,
+            "value_template": "{{ value_json.state }}",
+            "json_attributes_topic": topics.last_person,
             "json_attributes_template": _ATTRIBUTES,
         }
         face_present = {
@@ -88,3 +93,49 @@ class HomeAssistantDiscovery:
     def _on_birth(self, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
             self.announce()
+
+
+def last_person_document(shown: dict[str, Any] | None, *, include_names: bool) -> dict[str, Any]:
+    """The retained `last_person` payload for `GalleryStore.last_person()`; `state` is what the sensor shows."""
+    if shown is None:
+        document: dict[str, Any] = {"schema": 1, "state": NOBODY, "person_id": None, "name": None}
+        document |= {"camera_id": None, "at": None}
+    else:
+        state = shown["name"] if include_names else shown["person_id"]
+        document = {"schema": 1, "state": state, "person_id": shown["person_id"], "name": shown["name"]}
+        document |= {"camera_id": shown.get("camera_id"), "at": shown.get("at")}
+    if not include_names:
+        del document["name"]
+    return document
+
+
+class LastPersonTopic:
+    """Keeps the retained `<base>/last_person` equal to what the gallery says, on every connect too.
+
+    `refresh` runs on the frame loop (with its store) after a recognition or a gallery change; the connect
+    hook runs on paho's thread and re-sends the latest document. No lock: whoever sends checks afterwards
+    that the document did not change meanwhile, so the last message on the broker is always the newest.
+    """
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+        self._document: dict[str, Any] | None = None
+
+    def attach(self) -> None:
+        self.link.add_connect_hook(self._resend)
+
+    def refresh(self, store: GalleryStore, *, include_names: bool) -> bool:
+        """Publish what the gallery says now if it differs from the last document; True when it did."""
+        document = last_person_document(store.last_person(), include_names=include_names)
+        if document == self._document:
+            return False
+        self._document = document
+        self._resend()
+        return True
+
+    def _resend(self) -> None:
+        while (document := self._document) is not None:
+            payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+            self.link.publish_raw(self.link.topics.last_person, payload, retain=True)
+            if self._document is document:
+                return

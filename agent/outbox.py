@@ -8,7 +8,8 @@ new is sent until paho has re-sent (and the broker acknowledged) what was in fli
 between PUBACK and delete re-sends the event after restart: consumers drop the duplicate by `event_id`.
 
 The outbox is bounded: beyond `max_events` the oldest unsent events are deleted and counted as dropped
-(telemetry reports the count, and a warning says so at most once a minute).
+(telemetry reports the count, and a warning says so at most once a minute). `person_erased` events are
+never dropped: they are the only word consumers downstream get of an erasure.
 
 A full file system refuses even deletes (in WAL mode a delete appends pages to the -wal file). The
 outbox then keeps publishing what it holds: acknowledged events wait in memory to be deleted and are
@@ -26,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.gallery.store import GalleryStore
+from agent.gallery.store import ERASED, GalleryStore
 from agent.link.mqtt import MqttLink
 from agent.storage import StorageFullError, StorageHealth
 
@@ -183,8 +184,9 @@ class OutboxPublisher:
         if excess <= 0:
             return
         busy = self._busy_ids()
-        rows = store.pending_events(limit=excess + len(busy))
-        victims = [row["id"] for row in rows if row["id"] not in busy][:excess]
+        notices = store.db.table("events").count_where("type = ?", [ERASED])  # never dropped: erasures must reach
+        rows = store.pending_events(limit=excess + len(busy) + notices)
+        victims = [row["id"] for row in rows if row["id"] not in busy and row["type"] != ERASED][:excess]
         store.delete_events(victims)
         self._dropped += len(victims)
         if self.storage is not None and victims:

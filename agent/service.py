@@ -35,11 +35,12 @@ from agent.commands.handlers import CommandServices
 from agent.commands.signing import CommandSecurity, StoredReplayCache
 from agent.config import Settings
 from agent.enrolment import Enroller
-from agent.errors import ModelError
+from agent.errors import FaceagentError, ModelError
+from agent.events import RECOGNIZED
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GallerySync
-from agent.homeassistant import HomeAssistantDiscovery
+from agent.homeassistant import HomeAssistantDiscovery, LastPersonTopic
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.topics import resolve_device_id
 from agent.model_install import installed_models_dir, state_models_dir
@@ -131,6 +132,7 @@ class AgentService:
         self.events_written = 0
         self._present = False
         self._empty_frames = 1 << 30  # start "absent"
+        self.last_person: LastPersonTopic | None = None  # Home Assistant's sensor state, when discovery is on
 
     # ----------------------------------------------------------------------------------- control
 
@@ -185,6 +187,9 @@ class AgentService:
         link.publish_status(self._status_document())  # held by the link and re-sent on every connect
         if self.settings.homeassistant.enabled:
             HomeAssistantDiscovery(link, self.settings.homeassistant, version=__version__).attach()
+            self.last_person = LastPersonTopic(link)
+            self.last_person.attach()
+            self._refresh_last_person()
         outbox = OutboxPublisher(
             self.settings.gallery.path, link, max_events=mqtt.max_outbox_events, storage=self.storage
         )
@@ -198,7 +203,10 @@ class AgentService:
         detector_clock = self.pipeline.detector.model.clock
         embedder_clock = self.pipeline.embedder.model.clock
         while not self._stop.is_set():
-            self.gallery_sync.maybe_sync()
+            if self.gallery_sync.maybe_sync():  # an erasure or a rename, from the CLI or a command
+                self._refresh_last_person()
+                if self.outbox is not None:
+                    self.outbox.notify()  # an erasure queued its person_erased event: send it now
             if self._pending_settings is not None:
                 self._apply_pending_settings()
             if self._pending_models is not None:
@@ -253,10 +261,21 @@ class AgentService:
             self._present = present
             self.link.publish_presence(self.telemetry.presence(faces))
 
+    def _refresh_last_person(self) -> None:
+        """A gallery that cannot be read now leaves the sensor as it is until the next change (logged)."""
+        if self.last_person is None:
+            return
+        try:
+            self.last_person.refresh(self.store, include_names=self.settings.events.include_names)
+        except FaceagentError as exc:
+            log.warning("last_person not updated: %s", exc)
+
     def _emitted(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
         self.events_written += len(events)
+        if any(event["type"] == RECOGNIZED for event in events):
+            self._refresh_last_person()
         if self.outbox is not None:
             self.outbox.notify()
         if self.options.on_event is not None:
@@ -338,6 +357,7 @@ class AgentService:
         self.settings = settings
         self.recognizer.flush(datetime.now(UTC))
         self.recognizer = self._new_recognizer(settings)
+        self._refresh_last_person()  # events.include_names may have changed
         log.info("settings applied")
 
     def _schedule_models(self, models_dir: Path) -> None:

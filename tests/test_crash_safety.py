@@ -151,6 +151,8 @@ def test_sigkill_at_random_moments_leaves_every_operation_all_or_none(tmp_path: 
             "SELECT COUNT(*) FROM events WHERE type = 'batch' GROUP BY json_extract(payload, '$.batch')"
         ).fetchall()
         audit = [(r["action"], r["target"], r["details"]) for r in store.audit_log(limit=100_000)]
+        notices = {row[0] for row in sql("SELECT json_extract(payload, '$.person_id') FROM events WHERE type = ?",
+                                         ["person_erased"])}  # fmt: skip
     added = {target for action, target, _ in audit if action == "person.add"}
     deletes = [(target, details) for action, target, details in audit if action == "person.delete"]
     deleted = {target for target, _ in deletes}
@@ -159,6 +161,7 @@ def test_sigkill_at_random_moments_leaves_every_operation_all_or_none(tmp_path: 
     assert all(templates.get(p) == PER_PERSON and enrolled.get(p) == 1 for p in people)
     assert set(templates) == people and set(enrolled) == people  # erased people left nothing behind
     assert all(details["templates"] == PER_PERSON and details["events"] >= 1 for _, details in deletes)
+    assert notices == deleted  # every committed erasure queued its person_erased event, and no other did
     assert {count for (count,) in batches} <= {3}
 
 

@@ -117,9 +117,18 @@ def get_status(ctx: Context, args: dict[str, Any]) -> Done:
     return Done(dict(ctx.services.status()))
 
 
+def _shown(ctx: Context, person: dict[str, Any]) -> dict[str, Any]:
+    """A person as a reply shows them: replies go to topics other clients may read, so without
+    `events.include_names` the name stays on the device."""
+    if ctx.services.get_settings().events.include_names:
+        return person
+    return {key: value for key, value in person.items() if key != "name"}
+
+
 def list_people(ctx: Context, args: dict[str, Any]) -> Done:
     models = ctx.services.get_settings().models
-    return Done(ctx.store.listing(embedder_id(models.dir, models.embedder)))
+    listing = ctx.store.listing(embedder_id(models.dir, models.embedder))
+    return Done(listing | {"people": [_shown(ctx, person) for person in listing["people"]]})
 
 
 def enroll(ctx: Context, args: dict[str, Any]) -> Done:
@@ -152,7 +161,7 @@ def enroll(ctx: Context, args: dict[str, Any]) -> Done:
         for o in result.photos
     ]
     data = {
-        "person": {"id": result.person.id, "name": result.person.name},
+        "person": _shown(ctx, {"id": result.person.id, "name": result.person.name}),
         "created": result.created,
         "templates_added": result.templates_added,
         "photos": outcomes,
@@ -192,7 +201,8 @@ def update_person(ctx: Context, args: dict[str, Any]) -> Done:
         person_id, name=args.get("name"), external_ref=args.get("external_ref"), actor=ctx.actor
     )
     ctx.services.matcher.rename(person.id, person.name)
-    return Done({"person": {"id": person.id, "name": person.name, "external_ref": person.external_ref}}, person.id)
+    shown = _shown(ctx, {"id": person.id, "name": person.name, "external_ref": person.external_ref})
+    return Done({"person": shown}, person.id)
 
 
 def get_config(ctx: Context, args: dict[str, Any]) -> Done:

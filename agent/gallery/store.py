@@ -28,12 +28,15 @@ import sqlite_utils
 
 from agent.errors import GalleryError
 from agent.gallery import schema
-from agent.identity import Consent, Person, new_person_id, utc_iso, utc_now
+from agent.identity import Consent, Person, new_event_id, new_person_id, utc_iso, utc_now
 from agent.storage import StorageFullError, is_disk_full
 
 MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
+ERASED = "person_erased"  # the event that tells consumers downstream to forget a person
+_SHOWN = "face_recognized"  # agent.events.RECOGNIZED: the event that becomes the last recognised person
+_LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -169,6 +172,8 @@ class GalleryStore:
     def delete_person(self, person_id: str, *, actor: str) -> dict[str, int]:
         """Erase the person, their templates (and chips) and every event naming them, in one transaction.
 
+        The same transaction queues a `person_erased` event (the id only), so every erasure, from the CLI
+        or over MQTT, reaches the consumers downstream through the outbox, even after an outage or a restart.
         The audit record holds only the id and the counts. `wal_truncated` is 0 when another process kept
         the WAL busy; the erased pages then leave the -wal file at the next checkpoint.
         """
@@ -184,9 +189,21 @@ class GalleryStore:
             self.db.table("events").delete_where(*where)
             self.db.table("templates").delete_where(*where)
             self.db.table("people").delete(person_id)
+            self.db.execute(
+                "DELETE FROM meta WHERE key = ? AND json_extract(value, '$.person_id') = ?", [_LAST_PERSON, person_id]
+            )
+            self._add_erasure_notice(person_id)
             self.audit(actor, "person.delete", person_id, counts)
         counts["wal_truncated"] = int(self._truncate_wal())
         return counts
+
+    def _add_erasure_notice(self, person_id: str) -> None:
+        """The outbox row announcing an erasure: no name, nothing but the id. Its `person_id` column stays
+        NULL (the person row is gone), so neither the erasure's cascade nor `add_event`'s check removes it."""
+        event_id, now = new_event_id(), utc_now()
+        payload = {"schema": 1, "event_id": event_id, "type": ERASED, "person_id": person_id, "at": now}
+        row = {"id": event_id, "type": ERASED, "person_id": None, "payload": _json(payload, "payload")}
+        self.db.table("events").insert(row | {"created_at": now})
 
     def _require_person(self, person_id: str) -> Person:
         person = self.get_person(person_id)
@@ -294,7 +311,8 @@ class GalleryStore:
     def add_event(
         self, event_type: str, payload: dict, *, event_id: str, person_id: str | None, created_at: str
     ) -> None:
-        """Queue an event in the outbox. An event naming a person erased meanwhile is dropped, not stored."""
+        """Queue an event in the outbox. An event naming a person erased meanwhile is dropped, not stored; a
+        `face_recognized` one also becomes the last recognised person (`last_person`)."""
         row = {
             "id": _text(event_id, "event_id"),
             "type": _text(event_type, "event_type"),
@@ -309,6 +327,23 @@ class GalleryStore:
             if self.db.table("events").count_where("id = ?", [event_id]):
                 raise GalleryError(f"event id {event_id!r} is already in the outbox of {self.path}")
             self.db.table("events").insert(row)
+            if event_type == _SHOWN and person_id is not None:
+                shown = {"person_id": person_id, "camera_id": payload.get("camera_id"), "at": row["created_at"]}
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [_LAST_PERSON, _json(shown, "last_person")],
+                )
+
+    @_guarded
+    def last_person(self) -> dict[str, Any] | None:
+        """Who was recognised last, as shown now: id, current name, camera, time; None when nobody was or the
+        person is erased. Only the id is stored, so a rename shows at once and an erasure leaves no name."""
+        sql = (
+            "SELECT m.value, p.name FROM meta m JOIN people p ON p.id = json_extract(m.value, '$.person_id') "
+            "WHERE m.key = ?"
+        )
+        row = self.db.execute(sql, [_LAST_PERSON]).fetchone()
+        return None if row is None else {**json.loads(row[0]), "name": row[1]}
 
     @_guarded
     def pending_events(self, limit: int = 100) -> list[dict]:
@@ -362,12 +397,18 @@ class GalleryStore:
 
     @_guarded
     def purge_expired(self, *, events_days: float, audit_days: float, now: datetime | None = None) -> dict[str, int]:
-        """Delete events and audit records older than their retention; the purge itself is audited."""
+        """Delete events and audit records older than their retention; the purge itself is audited.
+
+        An unsent `person_erased` event is a record of an erasure, like the audit: it keeps `audit_days`, so
+        a purge of events (or a long outage) cannot leave consumers downstream unaware of an erasure."""
         moment = now or datetime.now(UTC)
         cutoffs = {"events": _cutoff(moment, events_days), "audit": _cutoff(moment, audit_days)}
+        expired = "(type != ? AND created_at < ?) OR (type = ? AND created_at < ?)"
         with self.transaction():
             counts = {
-                "events": self.db.execute("DELETE FROM events WHERE created_at < ?", [cutoffs["events"]]).rowcount,
+                "events": self.db.execute(
+                    f"DELETE FROM events WHERE {expired}", [ERASED, cutoffs["events"], ERASED, cutoffs["audit"]]
+                ).rowcount,
                 "audit": self.db.execute("DELETE FROM audit WHERE at < ?", [cutoffs["audit"]]).rowcount,
             }
             if any(counts.values()):

@@ -65,6 +65,11 @@ class Topics:
         return f"{self.base}/presence"
 
     @property
+    def last_person(self) -> str:
+        """Retained: who was recognised last, cleared when that person is erased (Home Assistant's sensor)."""
+        return f"{self.base}/last_person"
+
+    @property
     def commands(self) -> str:
         """The subscription filter for every command addressed to this device."""
         return f"{self.base}/cmd/+"
