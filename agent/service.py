@@ -311,7 +311,7 @@ class AgentService:
     def _serve_commands(self) -> None:
         services = CommandServices(
             settings_path=self.options.settings_path,
-            get_settings=lambda: self.settings,
+            get_settings=lambda: self._pending_settings or self.settings,  # a set_config is seen at once
             apply_settings=self._schedule_settings,
             open_store=lambda: GalleryStore.open(self.settings.gallery.path),
             matcher=self.matcher,
