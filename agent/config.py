@@ -340,7 +340,7 @@ def require_tls(mqtt: MqttSettings, override: str | None = None) -> None:
     url = override or mqtt.url
     if mqtt.require_tls and url and not url.strip().lower().startswith("mqtts://"):  # as parse_broker_url reads it
         key = "--mqtt" if override else "mqtt.url"
-        raise ConfigError(f"{key}: must be an mqtts:// URL while mqtt.require_tls is true, got {_hide_password(url)!r}")
+        raise ConfigError(f"{key}: must be an mqtts:// URL while mqtt.require_tls is true, got {redact_url(url)!r}")
 
 
 def _section_types() -> dict[str, type]:
@@ -468,15 +468,15 @@ def parse_broker_url(url: str) -> BrokerAddress:
         port = parts.port
     except ValueError:  # a port that is no number or out of range; its text may be a mis-split password
         raise ConfigError(
-            f"broker URL {_hide_password(url)!r}: expected scheme://[user[:password]@]host[:port] with a port "
+            f"broker URL {redact_url(url)!r}: expected scheme://[user[:password]@]host[:port] with a port "
             "from 1 to 65535 (write @ / : # ? in a user name or password as %40 %2F %3A %23 %3F)"
         ) from None
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: the scheme must be mqtt:// or mqtts://")
+        raise ConfigError(f"broker URL {redact_url(url)!r}: the scheme must be mqtt:// or mqtts://")
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: expected scheme://[user[:password]@]host[:port]")
+        raise ConfigError(f"broker URL {redact_url(url)!r}: expected scheme://[user[:password]@]host[:port]")
     if port == 0:
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: port 0 is not a broker port")
+        raise ConfigError(f"broker URL {redact_url(url)!r}: port 0 is not a broker port")
     tls = parts.scheme == "mqtts"
     return {
         "tls": tls,
@@ -505,9 +505,6 @@ def url_userinfo(text: str) -> str | None:
     """The user-info of a URL in `text` (as `redact_url` finds it), else None: a secret to keep out of messages."""
     _, separator, rest = text.partition("://")
     return rest.rpartition("@")[0] if separator and "@" in rest else None
-
-
-_hide_password = redact_url  # the name the messages above use
 
 
 # ------------------------------------------------------------------------------------ output

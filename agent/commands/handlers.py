@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from agent.commands.schema import CommandError, ErrorCode
 from agent.config import (
-    REMOTE_GALLERY,
-    REMOTE_SECTIONS,
     Settings,
     apply_remote,
     audit_floor,
@@ -42,10 +40,6 @@ from agent.vision.modelstore import embedder_id
 
 if TYPE_CHECKING:
     from agent.models_update import ModelUpdater
-
-# What an operator may change over MQTT: `agent.config.remote_keys` (kept in the overlay beside the gallery).
-SETTABLE_SECTIONS = REMOTE_SECTIONS
-SETTABLE_GALLERY = REMOTE_GALLERY
 
 
 @dataclass
