@@ -23,7 +23,6 @@ from agent.config import (
     Settings,
     find_config,
     load_layered,
-    load_settings,
     path_problem,
     redact_secrets,
     settings_to_dict,
@@ -172,7 +171,8 @@ def _add_gallery_commands(commands: argparse._SubParsersAction, shared: argparse
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(find_config(args.config))
+    """What the running agent uses: the local file with the remote settings (set_config) laid over it."""
+    return load_layered(find_config(args.config), db=getattr(args, "db", None)).settings
 
 
 def _open_store(args: argparse.Namespace, settings: Settings, *, create: bool = False) -> GalleryStore:

@@ -394,11 +394,10 @@ def _secret_files(boot_dir: Path, data: dict[str, Any] | None, raw: str) -> list
     for path in candidates:
         if path.name in (FILE_NAME, REJECTED_NAME, REASON_NAME) or path.is_symlink() or not path.is_file():
             continue
-        mentioned = (
-            any(Path(v).name == path.name and (boot_dir / v).resolve() == path.resolve() for v in named)
-            if named is not None
-            else f'"{path.name}"' in raw or f"'{path.name}'" in raw
-        )
+        if named is not None:
+            mentioned = any(_names(boot_dir / value, path) for value in named if Path(value).name == path.name)
+        else:
+            mentioned = f'"{path.name}"' in raw or f"'{path.name}'" in raw
         if not mentioned:
             continue
         try:
@@ -411,9 +410,16 @@ def _secret_files(boot_dir: Path, data: dict[str, Any] | None, raw: str) -> list
     return found
 
 
+def _names(value: Path, path: Path) -> bool:
+    try:
+        return value.resolve() == path.resolve()
+    except (OSError, ValueError, RuntimeError):  # not a path the filesystem can hold
+        return False
+
+
 def _strings(value: Any) -> list[str]:
     if isinstance(value, str):
-        return [value] if value and "\x00" not in value and len(value) < 4096 else []
+        return [value] if value else []
     if isinstance(value, list):
         return [s for item in value for s in _strings(item)]
     if isinstance(value, dict):
