@@ -22,11 +22,11 @@ from agent.config import (
     Range,
     Settings,
     find_config,
-    load_settings,
+    load_layered,
     path_problem,
     redact_secrets,
     settings_to_dict,
-    settings_to_toml,
+    values_to_toml,
 )
 from agent.ctl import add_ctl_commands
 from agent.enrolment import Enroller
@@ -173,7 +173,8 @@ def _add_gallery_commands(commands: argparse._SubParsersAction, shared: argparse
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(find_config(args.config))
+    """What the running agent uses: the local file with the remote settings (set_config) laid over it."""
+    return load_layered(find_config(args.config), db=getattr(args, "db", None)).settings
 
 
 def _open_store(args: argparse.Namespace, settings: Settings, *, create: bool = False) -> GalleryStore:
@@ -371,21 +372,28 @@ def cmd_person_update(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """The effective settings: the local file with the remote overlay (set_config) laid over it; keys from
+    the overlay are marked. Secrets are redacted before anything is formatted, so none reaches a terminal."""
     path = args.file or find_config(args.config)
-    settings = load_settings(path)
+    layered = load_layered(path, db=getattr(args, "db", None))
+    hidden = redact_secrets(settings_to_dict(layered.settings))
     if args.json:
-        print(json.dumps(redact_secrets(settings_to_dict(settings)), indent=2))
+        remote = {"file": str(layered.overlay), "keys": sorted(layered.remote), "problem": layered.problem}
+        print(json.dumps(hidden | {"remote": remote}, indent=2))
         return 0
     print(f"# effective settings from {path or 'the built-in defaults'}")
-    shown = settings_to_toml(settings)
-    plain = settings_to_dict(settings)
-    hidden = redact_secrets(plain)
-    for section, values in plain.items():  # secrets (passwords, credentials in URLs) never reach a terminal
-        for name, value in values.items():
-            if isinstance(value, str) and hidden[section][name] != value:
-                shown = shown.replace(json.dumps(value), json.dumps(hidden[section][name]))
-    print(shown, end="")
+    if layered.remote:
+        print(f"# with remote settings (set_config) from {layered.overlay}: marked 'remote' below")
+    if layered.problem:
+        print(f"# remote settings IGNORED: {layered.problem}")
+    notes = {key: f"remote (local: {_local_value(layered.local, key)})" for key in layered.remote}
+    print(values_to_toml(hidden, notes), end="")
     return 0
+
+
+def _local_value(settings: Settings, key: str) -> str:
+    section, name = key.split(".")
+    return json.dumps(getattr(getattr(settings, section), name), ensure_ascii=False)
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from agent import provisioning
-from agent.config import find_config, load_settings, require_tls
+from agent.config import find_config, load_layered, load_settings, require_tls
 from agent.demo import run_demo
 from agent.service import AgentService, RunOptions, print_event
 
@@ -31,13 +31,15 @@ def add_live_commands(commands: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     path = find_config(args.config)
-    settings = load_settings(path)
+    layered = load_layered(path, db=args.db)  # the local file, with remote set_config changes laid over it
+    settings = layered.settings
     require_tls(settings.mqtt, args.mqtt)
     options = RunOptions(
         source=args.source,
         mqtt_url=args.mqtt,
         db=args.db,
         settings_path=path,
+        remote_problem=layered.problem,
         lossless=args.replay_all,
         on_event=print_event if args.print_events else None,
     )

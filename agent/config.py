@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -19,6 +20,8 @@ from typing import Any, TypedDict, get_args, get_type_hints
 from urllib.parse import unquote, urlsplit
 
 from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,24 @@ _DAY = 86400.0
 _TOPIC_PATH = r"(?=.{1,100}\Z)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*"
 _BROKER_URL = r"mqtts?://([^@/\s]+@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?/?"
 SECRET_KEYS = frozenset({"mqtt.password"})
+# The audit log cannot be shortened remotely below the local file's retention.audit_days nor below this:
+# an intrusion is often found weeks later, and the log is what shows what a stolen operator key did.
+# 90 days is the usual "immediately available" security-log window (PCI DSS 10.7: three months of one
+# year). Audit records hold ids and counts, never faces, so keeping them costs little privacy.
+AUDIT_DAYS_MINIMUM = 90.0
+# What an operator may change over MQTT (set_config): how faces are judged, tracked, reported and kept.
+# Never paths, models, the metric (the matcher is built for one), keep_chips (it stores biometric data),
+# the broker connection or the command security.
+REMOTE_SECTIONS = ("quality", "tracking", "events", "retention")
+REMOTE_GALLERY = (
+    "threshold",
+    "margin",
+    "track_threshold",
+    "duplicate_distance",
+    "conflict_distance",
+    "max_templates_per_person",
+)
+REMOTE_NAME = "settings.remote.toml"  # in the state directory, beside the gallery
 _SIZE = r"[1-9][0-9]{0,4}[02468]x[1-9][0-9]{0,4}[02468]|[2468]x[2468]"
 # Every number has a range and every enumerated string its options; tests check none is missing.
 RULES: dict[str, Range | Choice | Pattern] = {
@@ -239,7 +260,10 @@ RULES: dict[str, Range | Choice | Pattern] = {
     "commands.max_image_bytes": Range(1024, 64 * 1024 * 1024),
     "commands.max_images": Range(1, 100),
     "commands.dedupe_entries": Range(1, 100000),
-    "mqtt.url": Pattern(_BROKER_URL, "an mqtt:// or mqtts:// URL: scheme://[user[:password]@]host[:port]"),
+    "mqtt.url": Pattern(
+        _BROKER_URL,
+        "an mqtt:// or mqtts:// URL: scheme://[user[:password]@]host[:port] (write @ / : in them as %40 %2F %3A)",
+    ),
     "mqtt.prefix": Pattern(_TOPIC_PATH, "1-100 of A-Z a-z 0-9 _ . - in levels separated by '/'"),
     "mqtt.device_id": Pattern(r"[A-Za-z0-9_-]{1,64}", "1-64 letters, digits, '_' or '-' (an MQTT topic level)"),
     "mqtt.protocol": Choice(("5", "3.1.1")),
@@ -318,7 +342,7 @@ def require_tls(mqtt: MqttSettings, override: str | None = None) -> None:
     url = override or mqtt.url
     if mqtt.require_tls and url and not url.strip().lower().startswith("mqtts://"):  # as parse_broker_url reads it
         key = "--mqtt" if override else "mqtt.url"
-        raise ConfigError(f"{key}: must be an mqtts:// URL while mqtt.require_tls is true, got {_hide_password(url)!r}")
+        raise ConfigError(f"{key}: must be an mqtts:// URL while mqtt.require_tls is true, got {redact_url(url)!r}")
 
 
 def _section_types() -> dict[str, type]:
@@ -335,7 +359,7 @@ def _section(name: str, cls: type, table: dict[str, Any], base_dir: Path | None,
         try:
             values[key] = _value(f"{name}.{key}", value, hints[key], base_dir)
         except ValueError as exc:
-            problems.append(f"{name}.{key}: {exc}, got {_show(value)}")
+            problems.append(f"{name}.{key}: {exc}, got {_show(value, f'{name}.{key}')}")
     return cls(**values)
 
 
@@ -405,12 +429,15 @@ def path_problem(path: Path) -> str | None:
     return f"a name of {longest} bytes, over {NAME_MAX}" if longest > NAME_MAX else None
 
 
-def _show(value: Any) -> str:
-    """A value as the user wrote it in TOML, shortened."""
+def _show(value: Any, key: str = "") -> str:
+    """A value as the user wrote it in TOML, shortened; a secret is never shown, and a URL loses its
+    user-info before it is shortened (a cut first would leave the password's first characters)."""
+    if key in SECRET_KEYS:
+        return "a value not shown (a secret)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        text = json.dumps(redact_url(value), ensure_ascii=False)
         return text if len(text) <= 60 else text[:56] + '..."'
     if isinstance(value, int | float):
         return repr(value)
@@ -441,14 +468,17 @@ def parse_broker_url(url: str) -> BrokerAddress:
     try:
         parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError as exc:  # a port that is no number or out of range
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: {exc}") from exc
+    except ValueError:  # a port that is no number or out of range; its text may be a mis-split password
+        raise ConfigError(
+            f"broker URL {redact_url(url)!r}: expected scheme://[user[:password]@]host[:port] with a port "
+            "from 1 to 65535 (write @ / : # ? in a user name or password as %40 %2F %3A %23 %3F)"
+        ) from None
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: the scheme must be mqtt:// or mqtts://")
+        raise ConfigError(f"broker URL {redact_url(url)!r}: the scheme must be mqtt:// or mqtts://")
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: expected scheme://[user[:password]@]host[:port]")
+        raise ConfigError(f"broker URL {redact_url(url)!r}: expected scheme://[user[:password]@]host[:port]")
     if port == 0:
-        raise ConfigError(f"broker URL {_hide_password(url)!r}: port 0 is not a broker port")
+        raise ConfigError(f"broker URL {redact_url(url)!r}: port 0 is not a broker port")
     tls = parts.scheme == "mqtts"
     return {
         "tls": tls,
@@ -459,8 +489,24 @@ def parse_broker_url(url: str) -> BrokerAddress:
     }
 
 
-def _hide_password(url: str) -> str:
-    return re.sub(r"(//[^:@/]*:)[^@/]*@", r"\1***@", url)
+def redact_url(text: str) -> str:
+    """`text` without the user-info of a URL in it: everything from `scheme://` to the last `@` becomes `***`.
+
+    Found by position, not by a pattern of the characters a password may hold, so a password with @ / : %
+    quotes or anything else goes whole, whether or not the URL parses (urlsplit itself stops the
+    authority at a `/`, `?` or `#`, so it would leave the rest of such a password in the "path").
+    A text without `://` is no URL and comes back as it is.
+    """
+    scheme, separator, rest = text.partition("://")
+    if not separator or "@" not in rest:
+        return text
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def url_userinfo(text: str) -> str | None:
+    """The user-info of a URL in `text` (as `redact_url` finds it), else None: a secret to keep out of messages."""
+    _, separator, rest = text.partition("://")
+    return rest.rpartition("@")[0] if separator and "@" in rest else None
 
 
 # ------------------------------------------------------------------------------------ output
@@ -478,7 +524,7 @@ def redact_secrets(values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     """`settings_to_dict` output with every set secret (SECRET_KEYS), and any password written into a
     URL, replaced by "***": what may be shown to a person or sent over MQTT."""
     redacted = {
-        section: {k: _hide_password(v) if isinstance(v, str) else v for k, v in keys.items()}
+        section: {k: redact_url(v) if isinstance(v, str) else v for k, v in keys.items()}
         for section, keys in values.items()
     }
     for key in SECRET_KEYS:
@@ -490,8 +536,14 @@ def redact_secrets(values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
 
 def settings_to_toml(settings: Settings) -> str:
     """The effective settings as a TOML file that loads back to the same settings."""
+    return values_to_toml(settings_to_dict(settings))
+
+
+def values_to_toml(sections: dict[str, dict[str, Any]], notes: dict[str, str] | None = None) -> str:
+    """`settings_to_dict` output (redacted or not) as TOML; `notes` puts a comment after a `section.key`."""
+    notes = notes or {}
     lines: list[str] = []
-    for section, values in settings_to_dict(settings).items():
+    for section, values in sections.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
             if value is None:
@@ -504,5 +556,101 @@ def settings_to_toml(settings: Settings) -> str:
                 lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
             else:
                 lines.append(f"{key} = {value!r}")
+            if f"{section}.{key}" in notes:
+                lines[-1] += f"  # {notes[f'{section}.{key}']}"
         lines.append("")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ remote overlay
+
+
+def remote_keys() -> frozenset[str]:
+    """Every `section.key` a remote set_config may change (and the overlay may hold)."""
+    defaults = Settings()
+    keys = {f"gallery.{name}" for name in REMOTE_GALLERY if hasattr(defaults.gallery, name)}
+    for section in REMOTE_SECTIONS:
+        keys.update(f"{section}.{f.name}" for f in fields(getattr(defaults, section)))
+    return frozenset(keys)
+
+
+def remote_settings_path(gallery_path: Path) -> Path:
+    """The overlay of remotely changed settings: in the state directory (beside the gallery), which the
+    service user may write, while /etc/faceagent stays read-only and the operator's."""
+    return Path(gallery_path).parent / REMOTE_NAME
+
+
+def audit_floor(local: Settings) -> float:
+    """Audit retention that no remote command can go below: the local file's value, at least the minimum."""
+    return max(local.retention.audit_days, AUDIT_DAYS_MINIMUM)
+
+
+@dataclass(frozen=True)
+class LayeredSettings:
+    """The effective settings: the local file with the remote overlay laid over it."""
+
+    settings: Settings
+    local: Settings  # the local file alone
+    overlay: Path  # where the overlay is (or would be)
+    remote: dict[str, Any]  # `section.key` -> value, the overlay's keys that were applied
+    problem: str | None = None  # why the overlay was ignored (it is then not applied at all)
+
+
+def read_remote(path: Path) -> dict[str, Any]:
+    """The overlay's values by `section.key` ({} when there is none); ConfigError for a file that is not
+    TOML or holds a key a remote command may not set."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    allowed = remote_keys()
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section}: must be a table")
+        for key, value in table.items():
+            if f"{section}.{key}" not in allowed:
+                raise ConfigError(f"{path}: {section}.{key}: not a remotely settable key")
+            values[f"{section}.{key}"] = value
+    return values
+
+
+def with_values(base: Settings, values: dict[str, Any], *, source: str) -> Settings:
+    """`base` with `section.key` values replaced, all validated together (paths of `base` kept as they are)."""
+    document = {s: {k: v for k, v in keys.items() if v is not None} for s, keys in settings_to_dict(base).items()}
+    for key, value in values.items():
+        section, name = key.split(".")
+        document[section][name] = value
+    return settings_from_dict(document, source=source)
+
+
+def apply_remote(local: Settings, remote: dict[str, Any], *, source: str) -> Settings:
+    """The local settings with the remote values over them; ConfigError for a value out of range or an
+    audit retention below `audit_floor(local)`."""
+    settings = with_values(local, remote, source=source)
+    floor = audit_floor(local)
+    if "retention.audit_days" in remote and settings.retention.audit_days < floor:
+        raise ConfigError(
+            f"{source}: retention.audit_days: may not be set remotely below {floor:g} days (the local file's "
+            f"value, at least {AUDIT_DAYS_MINIMUM:g}), got {settings.retention.audit_days:g}"
+        )
+    return settings
+
+
+def load_layered(path: Path | None, *, db: Path | None = None) -> LayeredSettings:
+    """The local file (ConfigError when it is invalid, as `load_settings`), then the overlay beside the
+    gallery (`db` overrides gallery.path); an overlay that is corrupt or invalid is logged and ignored."""
+    local = load_settings(path)
+    overlay = remote_settings_path(db or local.gallery.path)
+    try:
+        remote = read_remote(overlay)
+        settings = apply_remote(local, remote, source=str(overlay))
+    except ConfigError as exc:
+        log.warning("remote settings ignored, the local ones apply: %s", exc)
+        return LayeredSettings(local, local, overlay, {}, str(exc))
+    return LayeredSettings(settings, local, overlay, remote)

@@ -21,6 +21,7 @@ PEM files next to it, or entries of an optional `[provisioning.files]` table of 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import pwd
@@ -34,8 +35,17 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-from agent.config import DEFAULT_CONFIG, SECRET_KEYS, Settings, load_settings, settings_from_dict
+from agent.config import (
+    DEFAULT_CONFIG,
+    SECRET_KEYS,
+    Settings,
+    load_settings,
+    redact_url,
+    settings_from_dict,
+    url_userinfo,
+)
 from agent.errors import ConfigError
 from agent.identity import utc_now
 
@@ -94,13 +104,14 @@ def provision(
             write_status(state_dir, result, owner)
         return result
     secrets: list[str] = []
+    data: dict[str, Any] | None = None
     try:
         data = _parse(source)
         secrets = _secret_values(data)
-        plan = plan_provisioning(data, source, config_dir)
+        plan = plan_provisioning(copy.deepcopy(data), source, config_dir)
         files = _install(plan, config_dir, owner)
     except Rejected as exc:
-        result = _reject(source, _redact(str(exc), secrets))
+        result = _reject(source, _redact(str(exc), secrets), data, secrets)
     except OSError as exc:
         result = ProvisioningResult(Outcome.FAILED, _redact(f"could not install into {config_dir}: {exc}", secrets))
     else:
@@ -244,14 +255,17 @@ def _install(plan: _Plan, config_dir: Path, owner: tuple[int, int] | None) -> tu
 
 
 def _write_private(path: Path, content: bytes, owner: tuple[int, int] | None) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(descriptor, "wb") as handle:
+    """A new file, 0600, owned by `owner`. Mode and owner are set on the open descriptor, never by path:
+    this runs as root inside the service user's state directory, where that user could swap the new file
+    for a symlink (to /etc/shadow, say) between the write and a path-based chown or chmod."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(path, flags, 0o600), "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+        if owner is not None:
+            os.fchown(handle.fileno(), *owner)
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
-    os.chmod(path, 0o600)  # whatever the umask
-    if owner is not None:
-        os.chown(path, *owner)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -283,28 +297,152 @@ def wipe(path: Path) -> str | None:
     return None
 
 
-def _reject(source: Path, reason: str) -> ProvisioningResult:
-    """Rename the bad file aside with the reason next to it, so the next start does not try it again."""
+def _reject(source: Path, reason: str, data: dict[str, Any] | None, secrets: list[str]) -> ProvisioningResult:
+    """Set the bad file aside, without its secrets, with the reason next to it, so the next start does not
+    try it again: `faceagent.toml.rejected` is a copy with passwords, URL user-info and private keys
+    removed, the file itself is wiped, and so are private-key files next to it, as after an applied file."""
     warnings: list[str] = []
+    boot_dir = source.parent
     try:
-        os.replace(source, source.with_name(REJECTED_NAME))
-        source.with_name(REASON_NAME).write_text(
-            f"{utc_now()} faceagent rejected {FILE_NAME}: nothing of it was applied.\n\n{reason}\n\n"
-            f"Fix {REJECTED_NAME}, rename it back to {FILE_NAME} and restart the device.\n"
+        raw = source.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        raw = ""
+    keys = _secret_files(boot_dir, data, raw)
+    removed = ", ".join(path.name for path in keys)
+    note = f"\nPrivate key files next to it were wiped: {removed}; copy them again.\n" if keys else ""
+    try:
+        _replace_on_boot(source.with_name(REJECTED_NAME), _scrubbed(raw, data, secrets))
+        _replace_on_boot(
+            source.with_name(REASON_NAME),
+            f"{utc_now()} faceagent rejected {FILE_NAME}: nothing of it was applied.\n\n{reason}\n{note}\n"
+            f"{REJECTED_NAME} is the file without its secrets (passwords, credentials in URLs, private keys):\n"
+            f"fix it, put the secrets back, rename it to {FILE_NAME} and restart the device.\n",
         )
     except OSError as exc:
         warnings.append(f"could not set {source} aside: {exc.strerror}; it will be tried again at the next start")
+        return ProvisioningResult(Outcome.REJECTED, reason, warnings=tuple(warnings))
+    warnings += [w for w in map(wipe, [source, *keys]) if w]
     return ProvisioningResult(Outcome.REJECTED, reason, warnings=tuple(warnings))
 
 
+def _replace_on_boot(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+_SECRETISH = r"pas+w|pwd|secret|token|private|credential"  # key names that hold secrets, typos too
+_SECRET_NAME = re.compile(_SECRETISH, re.IGNORECASE)
+_PRIVATE_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
+_SECRET_LINE = re.compile(rf"""(?im)^(\s*["']?[\w.-]*(?:{_SECRETISH})[\w.-]*["']?\s*=).*$""")
+
+
+def _is_secret(section: str, key: str) -> bool:
+    return f"{section}.{key}" in SECRET_KEYS or _SECRET_NAME.search(key) is not None
+
+
+def _scrubbed(raw: str, data: dict[str, Any] | None, secrets: list[str]) -> str:
+    """The rejected file without secrets: rewritten from its parsed values when it parses (comments are
+    lost, nothing secret can hide in odd quoting), else scrubbed line by line (best effort: a password in
+    a multi-line string of a file that is not TOML may survive in part)."""
+    header = f"# {FILE_NAME} as rejected at {utc_now()}, its secrets removed (see {REASON_NAME}).\n"
+    if data is None:  # no header: the line numbers in the reason must still match
+        text = _PRIVATE_PEM.sub(lambda m: "(private key removed)" + "\n" * m.group().count("\n"), raw)
+        text = re.sub(r"://[^\n]*@", "://", text)  # user-info, up to the last @ on the line
+        return _SECRET_LINE.sub(r'\1 ""  # removed', text)
+    clean: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            clean[section] = _scrub_value(table)
+            continue
+        clean[section] = {k: "" if _is_secret(section, k) else _scrub_value(v) for k, v in table.items()}
+    try:
+        text = header + "# Its comments are not kept.\n\n" + _toml(clean)
+        tomllib.loads(text)
+    except (ValueError, TypeError):
+        text = header + "# It could not be written back, so none of its settings are kept.\n"
+    if any(secret in text for secret in secrets):
+        text = header + "# It could not be cleaned safely, so none of its settings are kept.\n"
+    return text
+
+
+def _scrub_value(value: Any) -> Any:
+    """URL user-info removed from strings, private keys from PEM text, at any depth."""
+    if isinstance(value, str):
+        value = _PRIVATE_PEM.sub("(private key removed)", value)
+        return redact_url(value).replace("://***@", "://") if url_userinfo(value) is not None else value
+    if isinstance(value, list):
+        return [_scrub_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub_value(item) for key, item in value.items()}
+    return value
+
+
+def _secret_files(boot_dir: Path, data: dict[str, Any] | None, raw: str) -> list[Path]:
+    """Files next to the provisioning file that hold a private key and that it names."""
+    found: list[Path] = []
+    try:
+        candidates = sorted(boot_dir.iterdir())
+    except OSError:
+        return found
+    named = set(_strings(data)) if data is not None else None
+    for path in candidates:
+        if path.name in (FILE_NAME, REJECTED_NAME, REASON_NAME) or path.is_symlink() or not path.is_file():
+            continue
+        if named is not None:
+            mentioned = any(_names(boot_dir / value, path) for value in named if Path(value).name == path.name)
+        else:
+            mentioned = f'"{path.name}"' in raw or f"'{path.name}'" in raw
+        if not mentioned:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(MAX_FILE_BYTES)
+        except OSError:
+            continue
+        if b"PRIVATE KEY-----" in head:
+            found.append(path)
+    return found
+
+
+def _names(value: Path, path: Path) -> bool:
+    try:
+        return value.resolve() == path.resolve()
+    except (OSError, ValueError, RuntimeError):  # not a path the filesystem can hold
+        return False
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    return []
+
+
 def _secret_values(data: dict[str, Any]) -> list[str]:
-    """The secret values in the file (SECRET_KEYS, a password in a broker URL), so no message repeats them."""
-    tables = {name: table for name, table in data.items() if isinstance(table, dict)}
-    values = [str(tables.get(s, {}).get(k)) for s, k in (key.split(".") for key in SECRET_KEYS)]
-    url = tables.get("mqtt", {}).get("url")
-    if isinstance(url, str):
-        values += re.findall(r"//[^:@/]*:([^@/]+)@", url)
-    return [v for v in values if v and v != "None"]
+    """The secret values in the file (SECRET_KEYS and keys named like secrets, user-info in any URL, its
+    password), so no message repeats them even by accident; shorter than 4 characters they would garble."""
+    values: list[str] = []
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        for key, value in table.items():
+            if _is_secret(section, key) and isinstance(value, str | int | float):
+                values.append(str(value))
+    for text in _strings(data):
+        userinfo = url_userinfo(text)
+        if userinfo:
+            password = userinfo.partition(":")[2]
+            values += [userinfo, unquote(userinfo), password, unquote(password)]
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
 def _redact(text: str, secrets: list[str]) -> str:

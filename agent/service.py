@@ -41,7 +41,7 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GallerySync
 from agent.homeassistant import HomeAssistantDiscovery, LastPersonTopic
-from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
+from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for
 from agent.link.topics import resolve_device_id
 from agent.model_install import installed_models_dir, state_models_dir
 from agent.models_update import ModelUpdater
@@ -69,7 +69,8 @@ class RunOptions:
     source: str | None = None  # camera.source
     mqtt_url: str | None = None  # mqtt.url (and credentials)
     db: Path | None = None  # gallery.path
-    settings_path: Path | None = None  # where set_config persists
+    settings_path: Path | None = None  # the local settings file (set_config persists beside the gallery)
+    remote_problem: str | None = None  # why the remote settings overlay was ignored at load
     lossless: bool = False  # replay every frame of a file or folder (demo, tests); never for a camera
     on_event: Callable[[dict[str, Any]], None] | None = None  # e.g. print JSON lines
 
@@ -112,13 +113,8 @@ class AgentService:
     """One camera's live loop plus the broker link; `run()` returns the process exit code."""
 
     def __init__(self, settings: Settings, options: RunOptions | None = None, notifier: Notifier | None = None) -> None:
-        options = options or RunOptions()
-        camera = replace(settings.camera, source=options.source or settings.camera.source)
-        gallery = replace(settings.gallery, path=options.db or settings.gallery.path)
-        mqtt = replace(settings.mqtt, url=options.mqtt_url or settings.mqtt.url)
-        models = replace(settings.models, dir=installed_models_dir(gallery.path) or settings.models.dir)
-        self.settings = replace(settings, camera=camera, gallery=gallery, mqtt=mqtt, models=models)
-        self.options = options
+        self.options = options or RunOptions()
+        self.settings = self.with_overrides(settings)
         self.notifier = notifier or Notifier.from_environ()
         self.device_id = resolve_device_id(self.settings.mqtt.device_id)
         self._stop = threading.Event()
@@ -133,6 +129,16 @@ class AgentService:
         self._present = False
         self._empty_frames = 1 << 30  # start "absent"
         self.last_person: LastPersonTopic | None = None  # Home Assistant's sensor state, when discovery is on
+
+    def with_overrides(self, settings: Settings) -> Settings:
+        """`settings` with the command line's overrides and the models a model update installed: applied at
+        start and again to any new settings, so a set_config never drops them."""
+        options = self.options
+        camera = replace(settings.camera, source=options.source or settings.camera.source)
+        gallery = replace(settings.gallery, path=options.db or settings.gallery.path)
+        mqtt = replace(settings.mqtt, url=options.mqtt_url or settings.mqtt.url)
+        models = replace(settings.models, dir=installed_models_dir(gallery.path) or settings.models.dir)
+        return replace(settings, camera=camera, gallery=gallery, mqtt=mqtt, models=models)
 
     # ----------------------------------------------------------------------------------- control
 
@@ -162,6 +168,7 @@ class AgentService:
         self.gallery_sync = GallerySync(self.store, self.matcher, model_id)  # sees CLI erasures at once
         models = {"detector": self.pipeline.detector_spec.id, "embedder": model_id}
         self.telemetry = Telemetry(self.device_id, __version__, models)
+        self.warnings = self._warnings()
         self.link, self.outbox = self._start_link()
         self.source: LatestFrame = open_latest(settings.camera, lossless=self.options.lossless).start()
         worker = threading.Thread(target=self._serve_commands, name="faceagent-commands", daemon=True)
@@ -171,6 +178,17 @@ class AgentService:
         finally:
             self._shutdown(worker)
         return self._exit_code
+
+    def _warnings(self) -> list[str]:
+        """Settings that weaken the device, logged once at start and kept in the status document."""
+        warnings = []
+        if self.settings.mqtt.tls_insecure:
+            warnings.append("mqtt.tls_insecure is true: the broker's certificate host name is not checked")
+        if self.options.remote_problem:
+            warnings.append(f"remote settings ignored: {self.options.remote_problem}")
+        for warning in warnings:
+            log.warning("%s", warning)
+        return warnings
 
     def _new_recognizer(self, settings: Settings) -> Recognizer:
         return Recognizer(
@@ -183,7 +201,9 @@ class AgentService:
             log.warning("no broker configured (mqtt.url / --mqtt): events stay in the outbox of %s", self.store.path)
             return None, None
         broker = BrokerSettings.from_settings(mqtt, url=mqtt.url)  # credentials in the URL win
-        link = MqttLink(broker, self.device_id, self._enqueue_command, will=self.telemetry.offline("connection lost"))
+        client_id = client_id_for(self.device_id, Path(self.settings.gallery.path).parent)
+        will = self.telemetry.offline("connection lost")
+        link = MqttLink(broker, self.device_id, self._enqueue_command, will=will, client_id=client_id)
         link.publish_status(self._status_document())  # held by the link and re-sent on every connect
         if self.settings.homeassistant.enabled:
             HomeAssistantDiscovery(link, self.settings.homeassistant, version=__version__).attach()
@@ -310,7 +330,7 @@ class AgentService:
     def _serve_commands(self) -> None:
         services = CommandServices(
             settings_path=self.options.settings_path,
-            get_settings=lambda: self.settings,
+            get_settings=lambda: self._pending_settings or self.settings,  # a set_config is seen at once
             apply_settings=self._schedule_settings,
             open_store=lambda: GalleryStore.open(self.settings.gallery.path),
             matcher=self.matcher,
@@ -346,6 +366,7 @@ class AgentService:
 
     def _schedule_settings(self, settings: Settings) -> None:
         """From the command thread: the frame loop applies new settings between two frames."""
+        settings = self.with_overrides(settings)
         self.matcher.threshold = settings.gallery.threshold
         self.matcher.margin = settings.gallery.margin
         self._pending_settings = settings
@@ -407,6 +428,7 @@ class AgentService:
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()
         document["provisioning"] = read_provisioning(Path(self.settings.gallery.path).parent)
+        document["warnings"] = list(getattr(self, "warnings", []))
         return document
 
     def _telemetry_document(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 
 from agent.commands.dispatcher import DEDUPE_SECONDS
 from agent.commands.schema import MODEL_CHUNK_BYTES
-from agent.config import CommandSettings, load_settings
+from agent.config import CommandSettings, load_layered, load_settings, read_remote, remote_settings_path
 from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
@@ -310,15 +310,16 @@ def _write(path: Path, text: str) -> Path:
 def test_set_config_persists_and_applies(device: Device) -> None:
     reply = device.call("set_config", {"values": {"gallery.threshold": 0.3, "events.cooldown_seconds": 5}})
     assert reply["data"]["changed"] == {"events.cooldown_seconds": 5.0, "gallery.threshold": 0.3}
-    on_disk = load_settings(device.settings_path)
+    on_disk = load_layered(device.settings_path).settings  # the local file with the remote overlay
     assert on_disk.gallery.threshold == 0.3 and on_disk.events.cooldown_seconds == 5.0
     assert device.current[0] == on_disk and device.services.matcher.threshold == 0.3
 
 
-def test_set_config_keeps_the_file_mode_and_leaves_no_temporary(device: Device) -> None:
-    device.settings_path.chmod(0o640)
+def test_set_config_writes_a_private_overlay_and_leaves_no_temporary(device: Device) -> None:
+    before = device.settings_path.read_bytes()
     device.call("set_config", {"values": {"retention.events_days": 7}})
-    assert device.settings_path.stat().st_mode & 0o777 == 0o640
+    assert remote_settings_path(device.store_path).stat().st_mode & 0o777 == 0o600
+    assert device.settings_path.read_bytes() == before  # the local file stays the operator's
     assert not [name for name in os.listdir(device.settings_path.parent) if name.endswith(".tmp")]
 
 
@@ -338,14 +339,15 @@ def test_set_config_refuses_an_out_of_range_value_and_writes_nothing(device: Dev
     assert device.settings_path.read_bytes() == before
 
 
-def test_set_config_needs_a_settings_file(device: Device) -> None:
+def test_set_config_without_a_settings_file_persists_in_the_overlay(device: Device) -> None:
     device.services.settings_path = None
-    assert error(device.call("set_config", {"values": {"gallery.threshold": 0.3}})) == "conflict"
+    assert device.call("set_config", {"values": {"gallery.threshold": 0.3}})["status"] == "ok"
+    assert read_remote(remote_settings_path(device.store_path)) == {"gallery.threshold": 0.3}
 
 
 def test_set_config_output_is_a_valid_settings_file(device: Device) -> None:
     device.call("set_config", {"values": {"tracking.max_age_frames": 20}})
-    assert tomllib.loads(device.settings_path.read_text())["tracking"]["max_age_frames"] == 20
+    assert tomllib.loads(remote_settings_path(device.store_path).read_text())["tracking"]["max_age_frames"] == 20
 
 
 # ------------------------------------------------------------------------------ the rest

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import main
 from agent.commands.signing import CommandSecurity, load_private_key, public_key_text
-from agent.config import CommandSettings, load_settings
+from agent.config import CommandSettings, load_layered
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
@@ -141,7 +141,7 @@ def test_config_set_is_persisted_on_the_device(broker, run_device, capsys) -> No
     running = run_device("dev1")
     status, out = ctl(capsys, broker, "config", "set", "gallery.threshold=0.3", "--device", "dev1")
     assert status == 0 and "gallery.threshold = 0.3" in out
-    assert load_settings(running.device.settings_path).gallery.threshold == 0.3
+    assert load_layered(running.device.settings_path).settings.gallery.threshold == 0.3
 
 
 def test_config_get_prints_the_settings(broker, run_device, capsys) -> None:

@@ -11,7 +11,7 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +19,16 @@ from typing import TYPE_CHECKING, Any
 from agent.commands.schema import CommandError, ErrorCode
 from agent.config import (
     Settings,
+    apply_remote,
+    audit_floor,
     load_settings,
+    read_remote,
     redact_secrets,
-    settings_from_dict,
+    remote_keys,
+    remote_settings_path,
     settings_to_dict,
-    settings_to_toml,
+    values_to_toml,
+    with_values,
 )
 from agent.enrolment import Enroller, EnrolmentError
 from agent.errors import ConfigError, FaceagentError
@@ -36,19 +41,6 @@ from agent.vision.modelstore import embedder_id
 if TYPE_CHECKING:
     from agent.models_update import ModelUpdater
 
-# What an operator may change over MQTT: how faces are judged, tracked, reported and kept. Never
-# paths, models, the metric (the matcher is built for one), keep_chips (it stores biometric data),
-# the broker connection or the command security.
-SETTABLE_SECTIONS = ("quality", "tracking", "events", "retention")
-SETTABLE_GALLERY = (
-    "threshold",
-    "margin",
-    "track_threshold",
-    "duplicate_distance",
-    "conflict_distance",
-    "max_templates_per_person",
-)
-
 
 @dataclass
 class CommandServices:
@@ -58,7 +50,7 @@ class CommandServices:
     only schedules a graceful restart, so the reply is published before the agent stops.
     """
 
-    settings_path: Path | None
+    settings_path: Path | None  # the local settings file (read-only here; None: the built-in defaults)
     get_settings: Callable[[], Settings]
     apply_settings: Callable[[Settings], None]
     open_store: Callable[[], GalleryStore]  # a store for the command thread (one store per thread)
@@ -95,11 +87,7 @@ Handler = Callable[[Context, dict[str, Any]], Done]
 
 
 def settable_keys() -> frozenset[str]:
-    defaults = Settings()
-    keys = {f"gallery.{name}" for name in SETTABLE_GALLERY if hasattr(defaults.gallery, name)}
-    for section in SETTABLE_SECTIONS:
-        keys.update(f"{section}.{f.name}" for f in fields(getattr(defaults, section)))
-    return frozenset(keys)
+    return remote_keys()
 
 
 def _not_found(person_id: str) -> CommandError:
@@ -207,39 +195,63 @@ def update_person(ctx: Context, args: dict[str, Any]) -> Done:
 
 def get_config(ctx: Context, args: dict[str, Any]) -> Done:
     """The effective settings with secrets hidden, including a password written into a broker URL."""
-    settings = redact_secrets(settings_to_dict(ctx.services.get_settings()))
-    return Done({"settings": settings, "settable": sorted(settable_keys())})
+    current = ctx.services.get_settings()
+    settings = redact_secrets(settings_to_dict(current))
+    try:
+        remote = sorted(read_remote(remote_settings_path(current.gallery.path)))
+    except ConfigError:
+        remote = []  # invalid: ignored at start (and reported in status)
+    return Done({"settings": settings, "settable": sorted(settable_keys()), "remote": remote})
 
 
 def set_config(ctx: Context, args: dict[str, Any]) -> Done:
-    """Change settable keys in the settings file (atomically), then make them live."""
+    """Change settable keys in the remote overlay (`settings.remote.toml` beside the gallery, written
+    atomically, 0600), then make them live. The local file in /etc/faceagent is never written: it stays the
+    operator's, and the service user cannot write it anyway. The running settings keep their command-line
+    overrides and installed models; audit retention cannot go below `audit_floor`."""
     values: dict[str, Any] = args["values"]
     refused = sorted(set(values) - settable_keys())
     if refused:
         raise CommandError(ErrorCode.BAD_REQUEST, f"not settable remotely: {', '.join(refused)} (see get_config)")
-    path = ctx.services.settings_path
-    if path is None:
-        raise CommandError(ErrorCode.CONFLICT, "the agent runs without a settings file (--config): nowhere to keep it")
+    local = _local_settings(ctx)
+    current = ctx.services.get_settings()
+    overlay = remote_settings_path(current.gallery.path)
     try:
-        current = load_settings(path)
-    except ConfigError as exc:
-        raise CommandError(ErrorCode.CONFLICT, f"the settings file is invalid; fix it first: {exc}") from None
-    document = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in settings_to_dict(current).items()}
-    for key, value in values.items():
-        section, name = key.split(".")
-        document[section][name] = value
+        remote = read_remote(overlay)
+    except ConfigError:
+        remote = {}  # a corrupt overlay was ignored at start; this one replaces it
+    remote |= values
     try:
-        updated = settings_from_dict(document, source="set_config")
+        next_start = apply_remote(local, remote, source="set_config")  # what the next start will load
+        updated = with_values(current, values, source="set_config")  # the running settings, overrides kept
     except ConfigError as exc:
         raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
-    header = f"# written by faceagent set_config ({ctx.actor}, {utc_iso(ctx.now)}); comments are not kept\n"
-    text = header + settings_to_toml(updated)
-    if settings_from_dict(tomllib.loads(text), base_dir=path.parent) != updated:
-        raise RuntimeError("settings_to_toml output does not load back to the same settings")
-    write_atomically(path, text.encode("utf-8"))
+    sections: dict[str, dict[str, Any]] = {}
+    for key in sorted(remote):
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = _setting(next_start, key)
+    header = f"# remote settings: written by faceagent set_config ({ctx.actor}, {utc_iso(ctx.now)}), laid over\n"
+    header += f"# {ctx.services.settings_path or 'the built-in defaults'}; delete this file to drop them\n"
+    text = header + values_to_toml(sections)
+    written = {f"{s}.{k}": v for s, table in tomllib.loads(text).items() for k, v in table.items()}
+    if apply_remote(local, written, source="set_config") != next_start:
+        raise RuntimeError("the remote settings do not load back to the values set")
+    write_atomically(overlay, text.encode("utf-8"), mode=0o600)
     ctx.services.apply_settings(updated)
     changed = {key: _setting(updated, key) for key in sorted(values)}
-    return Done({"changed": changed, "persisted": str(path)}, None, dict(changed))
+    details: dict[str, Any] = {}
+    for key in sorted(values):  # the audit record: every change with its old and new value
+        details[f"{key}.old"] = _setting(current, key)
+        details[f"{key}.new"] = changed[key]
+    return Done({"changed": changed, "persisted": str(overlay)}, None, details)
+
+
+def _local_settings(ctx: Context) -> Settings:
+    """The local file as it is now (the operator may have edited it): the floor for audit retention."""
+    try:
+        return load_settings(ctx.services.settings_path)
+    except ConfigError as exc:
+        raise CommandError(ErrorCode.CONFLICT, f"the local settings file is invalid; fix it first: {exc}") from None
 
 
 def _setting(settings: Settings, key: str) -> Any:
@@ -247,9 +259,9 @@ def _setting(settings: Settings, key: str) -> Any:
     return getattr(getattr(settings, section), name)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Replace `path` so a crash leaves the old file or the new one, never half of one; keeps its mode
-    and owner (the settings file may hold the broker password)."""
+    and owner (the settings file may hold the broker password), or sets `mode`."""
     try:
         stat = os.stat(path)
     except FileNotFoundError:
@@ -259,7 +271,9 @@ def write_atomically(path: Path, data: bytes) -> None:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
-            if stat is not None:
+            if mode is not None:
+                os.fchmod(stream.fileno(), mode)
+            elif stat is not None:
                 os.fchmod(stream.fileno(), stat.st_mode & 0o7777)
                 if os.geteuid() == 0:
                     os.fchown(stream.fileno(), stat.st_uid, stat.st_gid)
@@ -277,10 +291,16 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def purge_events(ctx: Context, args: dict[str, Any]) -> Done:
     """Events older than `older_than_days` (default: retention.events_days; 0: all); audit records by
-    the configured retention, as the periodic purge does."""
+    the configured retention, never younger than `audit_floor`: a remote command cannot wipe the log
+    that records what remote commands did."""
     retention = ctx.services.get_settings().retention
     days = float(args.get("older_than_days", retention.events_days))
-    counts = ctx.store.purge_expired(events_days=days, audit_days=retention.audit_days, now=ctx.now)
+    try:
+        floor = audit_floor(load_settings(ctx.services.settings_path))
+    except ConfigError:
+        floor = audit_floor(ctx.services.get_settings())
+    audit_days = max(retention.audit_days, floor)
+    counts = ctx.store.purge_expired(events_days=days, audit_days=audit_days, now=ctx.now)
     return Done({"purged": counts, "older_than_days": days}, None, {"events": counts["events"]})
 
 

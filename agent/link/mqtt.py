@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import secrets
 import ssl
 import threading
 import time
@@ -35,6 +38,48 @@ __all__ = ["BrokerSettings", "CommandRequest", "MqttLink", "parse_broker_url"]
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # paho holds QoS 1 messages for both
+
+
+CLIENT_ID_NAME = "mqtt-client-id"  # in the state directory
+
+
+def client_id_for(device_id: str, state_dir: Path) -> str:
+    """The device id plus a random suffix made once and kept in `state_dir` (0600).
+
+    The device id is public (it is in every topic), and a broker drops a session when another client
+    connects with its id: with the bare device id, any client allowed to connect could knock the device
+    off, again and again. The suffix stays the same across restarts on purpose: a new connection then
+    takes over a session left half-open by a power cut, so the broker publishes the old last will
+    ("offline") at once, before the new "online", instead of up to 1.5 keepalives after it. If the file
+    cannot be written the suffix is made per process (sessions are clean, so nothing else depends on it).
+    """
+    path = state_dir / CLIENT_ID_NAME
+    try:
+        suffix = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        suffix = ""
+    if re.fullmatch(r"[0-9a-f]{16}", suffix) is None:
+        suffix = secrets.token_hex(8)
+        try:
+            _write_private(path, suffix + "\n")
+        except OSError as exc:
+            log.warning("could not keep the MQTT client id in %s (%s): this run uses its own", path, exc.strerror)
+    return f"{device_id}-{suffix}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with open(descriptor, "w", encoding="ascii") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o600)
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -101,6 +146,7 @@ class MqttLink:
         on_command: Callable[[CommandRequest], None],
         *,
         will: dict | None = None,
+        client_id: str | None = None,
     ) -> None:
         if not settings.url:
             raise ConfigError("mqtt.url is not set: give the broker as mqtt://host or mqtts://host (or --mqtt URL)")
@@ -119,7 +165,8 @@ class MqttLink:
         self._refusal: str | None = None
         self._connect_hooks: list[Callable[[], None]] = []
         self._subscriptions: list[str] = []
-        self._client = self._make_client(device_id, will or {"schema": 1, "state": "offline", "device": device_id})
+        self.client_id = client_id or f"{device_id}-{secrets.token_hex(8)}"  # never the public device id
+        self._client = self._make_client(self.client_id, will or {"schema": 1, "state": "offline", "device": device_id})
 
     # ------------------------------------------------------------------------------------ lifecycle
 
