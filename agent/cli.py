@@ -16,6 +16,7 @@ import numpy as np
 
 from agent import __version__
 from agent.cli_live import add_live_commands
+from agent.commands.signing import KeyRoles
 from agent.config import (
     DEFAULT_CONFIG,
     RULES,
@@ -370,6 +371,7 @@ def cmd_person_update(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = args.file or find_config(args.config)
     settings = load_settings(path)
+    KeyRoles.from_settings(settings)  # a key the agent could not load at start fails the check too
     if args.json:
         print(json.dumps(redact_secrets(settings_to_dict(settings)), indent=2))
         return 0
