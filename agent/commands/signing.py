@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.commands.schema import Access, CommandError, ErrorCode
+from agent.commands.schema import Access, CommandError, ErrorCode, command_schemas
 from agent.config import CommandSettings, Settings
 from agent.errors import ConfigError, FaceagentError
 from agent.files import FileRefused, read_regular_file
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 HOW_TO_ADD_A_KEY = (
     "make a key pair with `faceagent ctl keygen KEY_FILE` and add the public key it prints to [commands] "
     "public_keys in /etc/faceagent/faceagent.toml (or in the faceagent.toml put on the boot partition before "
-    "first boot), then sign with `faceagent ctl --sign-key KEY_FILE`"
+    "first boot), then sign each command with `faceagent ctl ... --sign-key KEY_FILE`"
 )
 
 
@@ -270,9 +270,11 @@ class CommandSecurity:
                 "enrol, list and erase people, change settings and restart it; remove it once operators sign"
             )
         elif self.authority is Authority.NO_KEYS:
+            schemas = command_schemas(self.settings)
+            open_ = ", ".join(name for name, schema in schemas.items() if schema.access is Access.OPEN)
             log.warning(
-                "no command key configured: only ping, get_status and get_config will run; to manage this "
-                "device remotely, %s",
+                "no command key configured: only %s will run; to manage this device remotely, %s",
+                open_,
                 HOW_TO_ADD_A_KEY,
             )
 
