@@ -287,10 +287,10 @@ class CommandSecurity:
                 log.info("command %s carries a signature but no command key is configured: taken as unsigned", name)
             if access is Access.OPEN or self.settings.allow_unsigned:
                 return None
-            if not self.keys:
-                raise CommandError(ErrorCode.UNAUTHORIZED, f"{name} must be signed and this device has no command "
-                                   f"key: {HOW_TO_ADD_A_KEY}")  # fmt: skip
-            raise CommandError(ErrorCode.UNAUTHORIZED, f"{name} must be signed by a command key (ctl --sign-key)")
+            if self.keys:
+                raise CommandError(ErrorCode.UNAUTHORIZED, f"{name} must be signed by a command key (ctl --sign-key)")
+            message = f"{name} must be signed and this device has no command key: {HOW_TO_ADD_A_KEY}"
+            raise CommandError(ErrorCode.UNAUTHORIZED, message)
         signer = self._verify(name, request, signature)
         sent_at = request.get("sent_at")
         if sent_at is None:
