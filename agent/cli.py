@@ -16,6 +16,7 @@ import numpy as np
 
 from agent import __version__
 from agent.cli_live import add_live_commands
+from agent.commands.signing import KeyRoles
 from agent.config import (
     DEFAULT_CONFIG,
     RULES,
@@ -377,6 +378,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     path = args.file or find_config(args.config)
     layered = load_layered(path, db=getattr(args, "db", None))
     hidden = redact_secrets(settings_to_dict(layered.settings))
+    KeyRoles.from_settings(layered.settings)  # a key the agent could not load at start fails the check too
     if args.json:
         remote = {"file": str(layered.overlay), "keys": sorted(layered.remote), "problem": layered.problem}
         print(json.dumps(hidden | {"remote": remote}, indent=2))

@@ -31,6 +31,9 @@ class ModelSettings:
     embedder: str | None = None
     runtime: str | None = None  # "ai-edge-litert" | "tflite-runtime" | None (first available)
     threads: int = 2
+    # Ed25519 keys that may sign a model release (`model_update`), same forms as commands.public_keys. A role of
+    # its own: a command key cannot sign a model, nor a release key a command. None: no model can be installed.
+    release_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,17 @@ class RetentionSettings:
 
 @dataclass(frozen=True)
 class CommandSettings:
-    """Limits and authority for commands arriving over MQTT (`agent/commands/`)."""
+    """Limits and authority for commands arriving over MQTT (`agent/commands/`).
 
-    signing_required: bool = False  # only run commands signed by one of public_keys
+    Commands that change state or reveal personal data run only when signed by one of `public_keys` (the
+    operator command keys); without a key a device answers only ping, get_status and get_config. Running
+    them unsigned is an explicit choice, `allow_unsigned`, warned at start and shown in the status document.
+    `signing_required` is what made signing opt-in before signing became the default: it still loads but
+    changes nothing, except that it contradicts `allow_unsigned`.
+    """
+
+    signing_required: bool = False  # obsolete: signing is the default; true together with allow_unsigned is an error
+    allow_unsigned: bool = False  # true: anyone on the broker may run every command unsigned (audited mqtt:unsigned)
     public_keys: tuple[str, ...] = ()  # Ed25519: absolute paths of PEM files, or base64 of the 32 raw bytes
     timestamp_window_seconds: float = 120.0  # a signed command's sent_at must be this close to the device clock
     max_payload_bytes: int = 16 * 1024 * 1024  # refused before it is decoded; enrol photos count here
@@ -329,11 +340,17 @@ def settings_from_dict(data: dict[str, Any], *, source: str = "config", base_dir
 
 def _cross_problems(settings: Settings) -> list[str]:
     """Rules that tie two keys together, each reported under the key to change."""
+    problems = []
     try:
         require_tls(settings.mqtt)
     except ConfigError as exc:
-        return [str(exc)]
-    return []
+        problems.append(str(exc))
+    if settings.commands.signing_required and settings.commands.allow_unsigned:
+        problems.append(
+            "commands.allow_unsigned: cannot be true while commands.signing_required is true "
+            "(signing is now the default: remove signing_required, and allow_unsigned unless you mean it)"
+        )
+    return problems
 
 
 def require_tls(mqtt: MqttSettings, override: str | None = None) -> None:

@@ -270,6 +270,12 @@ def _setting(text: str) -> tuple[str, Any]:
         return key.strip(), raw  # a bare word is a string
 
 
+KEY_ROLES = {  # role -> (settings section, key, the ctl option that signs with it)
+    "command": ("commands", "public_keys", "--sign-key"),
+    "release": ("models", "release_keys", "model-update --model-key"),
+}
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -284,9 +290,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         raise CtlError(f"{args.key_file}: cannot create it: {exc.strerror or exc} (an existing key is kept)") from exc
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(pem)
-    print(f"private key written to {args.key_file} (mode 0600); use it with --sign-key")
-    print(f"key id {key_id(key.public_key())}; on each device add to [commands] public_keys:")
-    print(f'  "{public_key_text(key)}"')
+    section, setting, option = KEY_ROLES[args.role]
+    print(f"{args.role} key written to {args.key_file} (mode 0600); use it with {option}")
+    print(f"key id {key_id(key.public_key())}; on each device, in /etc/faceagent/faceagent.toml (or the")
+    print("faceagent.toml on the boot partition before first boot), add (to any keys already listed):")
+    print(f"[{section}]")
+    print(f'{setting} = ["{public_key_text(key)}"]')
     return 0
 
 
@@ -333,9 +342,9 @@ def cmd_model_update(args: argparse.Namespace) -> int:
     from agent.commands.signing import load_private_key
     from agent.models_update import MAX_MODEL_BYTES, sign_model
 
-    key_path = args.model_key or args.sign_key
+    key_path = args.model_key
     if key_path is None:
-        raise CtlError("a model update must be signed: give --model-key (or --sign-key)")
+        raise CtlError("a model update must be signed by a release key: give --model-key (ctl keygen --role release)")
     content = _read_local(args.model, MAX_MODEL_BYTES, "a model")
     meta = {"model_id": args.model_id, "role": args.role, "file": args.model.name, "version": args.model_version}
     meta |= {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "entry": _json_object(args.entry)}
@@ -434,14 +443,17 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
         help="the release's version, signed, above the one installed: dotted whole numbers, e.g. 2026.11.1",
     )
     update.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
-    update.add_argument("--model-key", type=Path, help="Ed25519 key that signs the model (default: --sign-key)")
+    update.add_argument("--model-key", type=Path, help="release key that signs the model (ctl keygen --role release)")
     kib = _whole(1, MODEL_CHUNK_BYTES // 1024)
     update.add_argument("--chunk-kib", type=kib, default=256, help="chunk size in KiB (default 256, at most 1024)")
     update.add_argument("--job-id", help="the job's id (default: a new ULID)")
     update.set_defaults(handler=cmd_model_update)
 
-    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed commands")
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signed commands or model releases")
     keygen.add_argument("key_file", type=Path, help="where to write the private key (PEM, mode 0600)")
+    keygen.add_argument(
+        "--role", choices=tuple(KEY_ROLES), default="command", help="command (default) or release (signs models)"
+    )
     keygen.set_defaults(handler=cmd_keygen)
 
 

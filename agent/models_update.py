@@ -10,8 +10,10 @@
 Why it is built so:
 - A model decides who is let through, so it is treated as code: its metadata (id, role, file, version,
   sha256, size and manifest entry, a threshold being as decisive as the weights) must carry an Ed25519
-  signature by a key of `commands.public_keys`, even where commands themselves need none. The job id and
-  the device are not signed, so one signed release serves a whole fleet.
+  signature by a release key (`models.release_keys`), on top of the command key that signs each
+  `model_update` command. The roles are separate: a command key cannot sign a model (an operator who may
+  enrol people cannot thereby replace the recogniser), nor a release key a command. The job id and the
+  device are not signed, so one signed release serves a whole fleet.
 - Nothing is written into the installed package: models go to the state directory (`agent.model_install`).
   Chunks are fsynced into its `.staging/<job_id>`, removed when the job ends and at start-up (a restart
   ends a job: send it again).
@@ -100,7 +102,11 @@ def verify_model(keys: Mapping[str, Ed25519PublicKey], meta: Mapping[str, Any], 
     if signature is None:
         raise CommandError(ErrorCode.UNAUTHORIZED, "a model update must be signed (ctl model-update --model-key)")
     if not keys:
-        raise CommandError(ErrorCode.UNAUTHORIZED, "no commands.public_keys configured: no model signature can verify")
+        message = (
+            "no models.release_keys configured, so no model can be installed: make one with "
+            "`faceagent ctl keygen --role release KEY_FILE` and add its public key to [models] release_keys"
+        )
+        raise CommandError(ErrorCode.UNAUTHORIZED, message)
     try:
         raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
@@ -108,7 +114,8 @@ def verify_model(keys: Mapping[str, Ed25519PublicKey], meta: Mapping[str, Any], 
     message = model_message(meta)
     identity = verifying_key(keys, raw, message)
     if identity is None:
-        raise CommandError(ErrorCode.UNAUTHORIZED, "the model signature does not verify with any configured key")
+        message = "the model signature does not verify with any release key (models.release_keys)"
+        raise CommandError(ErrorCode.UNAUTHORIZED, message)
     return identity
 
 
@@ -212,7 +219,7 @@ class ModelUpdater:
         models_dir: Path,
         *,
         get_settings: Callable[[], Settings],
-        keys: Mapping[str, Ed25519PublicKey],
+        keys: Mapping[str, Ed25519PublicKey],  # release keys (models.release_keys), never command keys
         apply: Callable[[Path], None],
         matcher: Matcher,
         clock: Callable[[], float] = time.monotonic,

@@ -16,6 +16,12 @@ PEM files next to it, or entries of an optional `[provisioning.files]` table of 
     ca_file = "ca.pem"                 # ca.pem next to faceagent.toml, or inline:
     [provisioning.files]
     "ca.pem" = "-----BEGIN CERTIFICATE-----\\n..."
+
+Operator keys travel the same way: `[commands] public_keys` (and `[models] release_keys`) entries are base64
+public keys written inline, or absolute paths of PEM files next to the file (`/boot/firmware/ops.pem`, or a
+`[provisioning.files]` entry of that name), installed beside the configuration. Every key must load, as the
+agent will load it, or the file is rejected: a device that could not check signatures would refuse every
+state-changing command.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -231,6 +237,22 @@ def _check_tls(settings: Settings) -> None:
         raise Rejected(f"mqtt.cert_file/key_file: not a certificate with its unencrypted key ({exc})") from None
 
 
+def _check_keys(settings: Settings, config_dir: Path, staging: Path) -> None:
+    """Command and release keys load the way the agent will load them (a key file from its staged copy): a bad
+    key is rejected now rather than stopping the agent at its start."""
+    from agent.commands.signing import KeyRoles  # only here: provisioning runs before every start
+
+    def staged(entries: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(staging / Path(e).name) if Path(e).parent == config_dir else e for e in entries)
+
+    commands = replace(settings.commands, public_keys=staged(settings.commands.public_keys))
+    models = replace(settings.models, release_keys=staged(settings.models.release_keys))
+    try:
+        KeyRoles.from_settings(replace(settings, commands=commands, models=models))
+    except ConfigError as exc:
+        raise Rejected(str(exc).replace(str(staging), str(config_dir))) from None
+
+
 def _install(plan: _Plan, config_dir: Path, owner: tuple[int, int] | None) -> tuple[str, ...]:
     """Stage every file (0600), validate the staged configuration as the agent will load it, then rename in."""
     config_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -243,9 +265,11 @@ def _install(plan: _Plan, config_dir: Path, owner: tuple[int, int] | None) -> tu
             content = plan.config_text.encode() if name == FILE_NAME else plan.files[name]
             _write_private(staging / name, content, owner)
         try:
-            _check_tls(load_settings(staging / FILE_NAME))
+            staged = load_settings(staging / FILE_NAME)
         except ConfigError as exc:
             raise Rejected(str(exc)) from None
+        _check_tls(staged)
+        _check_keys(staged, config_dir, staging)
         for name in names:
             os.replace(staging / name, config_dir / name)
         _fsync_dir(config_dir)

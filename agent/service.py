@@ -32,7 +32,7 @@ from typing import Any
 from agent import __version__
 from agent.commands.dispatcher import CommandDispatcher
 from agent.commands.handlers import CommandServices
-from agent.commands.signing import CommandSecurity, StoredReplayCache
+from agent.commands.signing import CommandSecurity, KeyRoles, StoredReplayCache
 from agent.config import Settings
 from agent.enrolment import Enroller
 from agent.errors import FaceagentError, ModelError
@@ -155,6 +155,10 @@ class AgentService:
 
     def run(self) -> int:
         settings = self.settings
+        self.keys = KeyRoles.from_settings(settings)  # a bad key stops the start, not the command thread later
+        self.replays = StoredReplayCache(settings.gallery.path)  # a restart must not reopen the replay window
+        self.security = CommandSecurity(settings.commands, self.device_id, self.keys.commands, self.replays)
+        self.security.announce()
         self.pipeline = FacePipeline(pipeline_options(settings))
         log.info("TFLite runtime: %s", self.pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)
@@ -339,16 +343,14 @@ class AgentService:
             request_restart=lambda: self.stop(EXIT_RESTART),
             storage=self.storage,
         )
-        replays = StoredReplayCache(self.settings.gallery.path)  # a restart must not reopen the replay window
-        security = CommandSecurity.from_settings(self.settings.commands, self.device_id, replays)
         services.model_updates = ModelUpdater(
             state_models_dir(self.settings.gallery.path),
             get_settings=lambda: self.settings,
-            keys=security.keys,
+            keys=self.keys.releases,
             apply=self._schedule_models,
             matcher=self.matcher,
         )
-        dispatcher = CommandDispatcher(services, security)
+        dispatcher = CommandDispatcher(services, self.security)
         try:
             while (request := self._commands.get()) is not None:
                 reply = dispatcher.handle(request.name, request.payload, now=request.received_at)
@@ -356,7 +358,7 @@ class AgentService:
                     self.link.reply(request, reply)
         finally:
             dispatcher.close()
-            replays.close()
+            self.replays.close()
 
     def _enroller(self, store: GalleryStore) -> Enroller:
         """The command thread's own pipeline, made on the first enrolment (it costs memory)."""
@@ -429,6 +431,7 @@ class AgentService:
         document["runtime"] = self.pipeline.runtime.describe()
         document["provisioning"] = read_provisioning(Path(self.settings.gallery.path).parent)
         document["warnings"] = list(getattr(self, "warnings", []))
+        document["commands"] = self.security.describe() | {"release_keys": sorted(self.keys.releases)}
         return document
 
     def _telemetry_document(self) -> dict[str, Any]:

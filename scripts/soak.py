@@ -3,8 +3,9 @@
 Runs the real `faceagent run` (replayed hamilton_clip frames, `loop = true`, 15 fps, 5 s event cooldown,
 Lin-Manuel Miranda enrolled) against a real Mosquitto started here on a free 127.0.0.1 port. Meanwhile it
 sends commands (ping, get_status, list_people every few seconds; enroll + delete_person of a second
-person every minute), restarts the broker every `--restart-every` seconds, and samples the agent's RSS,
-open files, threads and outbox depth every 5 s.
+person every minute; all signed by the test operator key, which the agent's config trusts), restarts the
+broker every `--restart-every` seconds, and samples the agent's RSS, open files, threads and outbox depth
+every 5 s.
 
 PASS when: RSS growth after warm-up (first 20% of the run, at least 60 s) is under 5% (median of the last
 10% of samples against the median right after warm-up); open files and threads do not keep growing; every
@@ -45,6 +46,7 @@ import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from tests.broker import HOST, Broker, Observer  # noqa: E402
+from tests.command_fixtures import OPERATOR_TOML, operator_signed  # noqa: E402
 
 DEVICE = "soak-1"
 CLIP = REPO.parent / "shared/data/sequence/hamilton_clip"
@@ -116,7 +118,7 @@ def write_config(folder: Path, broker: Broker) -> Path:
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\nkeepalive = 5\ntelemetry_interval_seconds = 5\n'
         "[camera]\nfps = 15\nloop = true\n"
-        '[events]\ncamera_id = "soak"\ncooldown_seconds = 5\n'
+        '[events]\ncamera_id = "soak"\ncooldown_seconds = 5\n' + OPERATOR_TOML  # the commander signs as the operator
     )
     return config
 
@@ -150,7 +152,8 @@ class Commander:
         return command
 
     def _publish(self, command: Command) -> None:
-        payload = json.dumps({"request_id": command.request_id, "args": command.args})
+        """Signed afresh at each send, as ctl does: a resend passes the replay check and gets the first answer."""
+        payload = operator_signed(DEVICE, command.name, {"request_id": command.request_id, "args": command.args})
         self.client.publish(f"faceagent/{DEVICE}/cmd/{command.name}", payload, qos=1)
 
     def collect(self) -> None:

@@ -1,18 +1,25 @@
-"""A device's command side as the service wires it, on a real gallery file and the real pipeline."""
+"""A device's command side as the service wires it, on a real gallery file and the real pipeline; and the
+test operator's command key, which every device the fixtures make (dispatcher or agent process) trusts and
+every fixture client signs with, as an operator's `ctl --sign-key` does."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.commands.dispatcher import CommandDispatcher
 from agent.commands.handlers import CommandServices
-from agent.commands.signing import CommandSecurity
+from agent.commands.signing import CommandSecurity, key_id, public_key_text, sign_request
 from agent.config import CommandSettings, Settings, load_settings
 from agent.enrolment import Enroller
 from agent.gallery.matcher import Matcher
@@ -22,6 +29,37 @@ from agent.vision.pipeline import FacePipeline
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 POWELL = ["0040", "0133", "0170"]
 POWELL_PROBE = "0234"
+
+
+# Fixed, so a test and the agent processes it starts agree on it without passing it around; a test key only.
+OPERATOR_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"faceagent test operator command key").digest())
+OPERATOR_PUBLIC = public_key_text(OPERATOR_KEY)
+OPERATOR_KEY_ID = key_id(OPERATOR_KEY.public_key())
+OPERATOR_TOML = f'[commands]\npublic_keys = ["{OPERATOR_PUBLIC}"]\n'  # for a test's faceagent.toml
+
+
+def operator_commands(**limits: Any) -> CommandSettings:
+    """Command settings that trust the test operator key."""
+    return CommandSettings(public_keys=(OPERATOR_PUBLIC,), **limits)
+
+
+def write_operator_key(folder: Path) -> Path:
+    """The test operator's private key as a PEM file (mode 0600), for `ctl --sign-key`."""
+    path = folder / "operator.pem"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        pem = OPERATOR_KEY.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(pem)
+    return path
+
+
+def operator_signed(device_id: str, name: str, request: dict[str, Any], now: datetime | None = None) -> bytes:
+    """`request` signed by the test operator for `name` on `device_id`, as the wire carries it."""
+    return json.dumps(sign_request(OPERATOR_KEY, device_id, name, request, now=now or datetime.now(UTC))).encode()
 
 
 def powell(shared_data: Path, number: str) -> Path:
@@ -40,16 +78,29 @@ class Device:
     settings_path: Path
     store_path: Path
     current: list[Settings]
+    device_id: str = "dev1"
     restarts: list[int] = field(default_factory=list)
     counter: int = 0
 
-    def call(self, name: str, args: dict[str, Any] | None = None, *, now: datetime = NOW, **envelope: Any) -> dict:
-        """Send one request (a fresh request id unless given) and decode the reply."""
+    def call(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        now: datetime = NOW,
+        signed: bool = True,
+        **envelope: Any,
+    ) -> dict:
+        """Send one request (a fresh request id unless given), signed by the test operator unless `signed` is
+        False, and decode the reply. Each is signed afresh (its own sent_at), as ctl signs each send."""
         self.counter += 1
         request = {"request_id": f"r{self.counter}", **envelope}
         if args is not None:
             request["args"] = args
-        return self.send(name, json.dumps(request).encode(), now=now)
+        if not signed:
+            return self.send(name, json.dumps(request).encode(), now=now)
+        sent_at = now - timedelta(milliseconds=self.counter)
+        return self.send(name, operator_signed(self.device_id, name, request, sent_at), now=now)
 
     def send(self, name: str, payload: bytes, *, now: datetime = NOW) -> dict:
         reply = self.dispatcher.handle(name, payload, now=now)
@@ -69,7 +120,7 @@ def make_device(
     security: CommandSecurity | None = None,
     device_id: str = "dev1",
 ) -> Device:
-    commands = commands or CommandSettings()
+    commands = commands or operator_commands()
     settings_path = tmp_path / "faceagent.toml"
     store_path = tmp_path / "gallery.db"
     settings_path.write_text(f'[gallery]\npath = "{store_path}"\n')
@@ -94,5 +145,6 @@ def make_device(
         status=lambda: {"state": "online", "gallery": {"people": len(matcher)}},
         request_restart=lambda: restarts.append(1),
     )
-    security = security or CommandSecurity(commands, device_id, {})
-    return Device(CommandDispatcher(services, security), services, settings_path, store_path, current, restarts)
+    security = security or CommandSecurity.from_settings(commands, device_id)
+    dispatcher = CommandDispatcher(services, security)
+    return Device(dispatcher, services, settings_path, store_path, current, device_id, restarts)

@@ -64,3 +64,11 @@ def models_copy(tmp_path: Path, models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_frame():
     return load_image(REPO / "samples" / "hamilton_frame_0100.jpg")
+
+
+@pytest.fixture(scope="session")
+def operator_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test operator's command key as a PEM file, for `ctl --sign-key` (devices made by the fixtures trust it)."""
+    from tests.command_fixtures import write_operator_key
+
+    return write_operator_key(tmp_path_factory.mktemp("operator"))

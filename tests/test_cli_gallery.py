@@ -224,6 +224,12 @@ def test_config_check_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
     assert 'gallery.threshold: must be a number greater than 0 and at most 4, got "high"' in message
 
 
+def test_config_check_refuses_a_command_key_the_agent_could_not_load(tmp_path: Path) -> None:
+    config = tmp_path / "faceagent.toml"
+    config.write_text('[commands]\npublic_keys = ["ops.pem"]\n')  # relative: the agent needs an absolute path
+    assert "commands.public_keys[0]" in one_line_error(faceagent("config", "check", str(config)))
+
+
 def test_a_bad_global_config_stops_every_command(tmp_path: Path, gallery: Path) -> None:
     config = tmp_path / "faceagent.toml"
     config.write_text("[gallery]\nmargin = -1\n")

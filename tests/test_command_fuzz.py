@@ -43,7 +43,8 @@ from agent.config import CommandSettings
 from agent.vision.pipeline import FacePipeline
 from tests.command_fixtures import NOW, Device, make_device
 
-LIMITS = CommandSettings(max_image_bytes=64 * 1024, max_images=3, max_payload_bytes=512 * 1024)
+# Not about authority: unsigned payloads reach every handler, as the fuzzing needs.
+LIMITS = CommandSettings(allow_unsigned=True, max_image_bytes=64 * 1024, max_images=3, max_payload_bytes=512 * 1024)
 SCHEMAS = command_schemas(LIMITS)
 REFUSALS = {"bad_request", "unknown_command", "too_large", "not_found", "conflict"}
 

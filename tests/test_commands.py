@@ -13,11 +13,21 @@ import pytest
 
 from agent.commands.dispatcher import DEDUPE_SECONDS
 from agent.commands.schema import MODEL_CHUNK_BYTES
-from agent.config import CommandSettings, load_layered, load_settings, read_remote, remote_settings_path
+from agent.config import load_layered, load_settings, read_remote, remote_settings_path
 from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import NOW, POWELL, POWELL_PROBE, Device, image_arg, make_device, powell
+from tests.command_fixtures import (
+    NOW,
+    OPERATOR_KEY_ID,
+    POWELL,
+    POWELL_PROBE,
+    Device,
+    image_arg,
+    make_device,
+    operator_commands,
+    powell,
+)
 
 NOW_ISO = "2025-06-01T12:00:00.000Z"
 
@@ -89,14 +99,14 @@ def test_an_oversize_payload_that_is_not_json_is_too_large_not_bad_json(device: 
 def test_a_large_command_over_commands_max_payload_bytes_is_too_large_before_decoding(
     tmp_path: Path, pipeline: FacePipeline, name: str
 ) -> None:
-    device = make_device(tmp_path, pipeline, commands=CommandSettings(max_payload_bytes=8192))
+    device = make_device(tmp_path, pipeline, commands=operator_commands(max_payload_bytes=8192))
     assert error(device.send(name, b'{"request_id": "r1", "args": ' + b"[" * 8192)) == "too_large"
 
 
 def test_enrol_photos_each_within_the_limit_but_over_the_payload_together_are_too_large(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
-    limits = CommandSettings(max_payload_bytes=64 * 1024, max_image_bytes=32 * 1024)
+    limits = operator_commands(max_payload_bytes=64 * 1024, max_image_bytes=32 * 1024)
     device = make_device(tmp_path, pipeline, commands=limits)
     photo = {"data": base64.b64encode(b"\xff\xd8\xff" + bytes(24 * 1024)).decode()}
     reply = device.call("enroll", {"name": "X", "images": [photo] * 3})
@@ -106,7 +116,7 @@ def test_enrol_photos_each_within_the_limit_but_over_the_payload_together_are_to
 def test_an_enrol_photo_over_its_limit_is_too_large_before_its_base64_is_decoded(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
-    device = make_device(tmp_path, pipeline, commands=CommandSettings(max_image_bytes=4096))
+    device = make_device(tmp_path, pipeline, commands=operator_commands(max_image_bytes=4096))
     reply = device.call("enroll", {"name": "X", "images": [{"data": "!" * 8192}]})  # not base64 either
     assert error(reply) == "too_large"
 
@@ -185,13 +195,13 @@ def test_bad_base64_is_refused(device: Device) -> None:
 
 
 def test_too_many_images_are_too_large(tmp_path: Path, pipeline: FacePipeline, shared_data: Path) -> None:
-    device = make_device(tmp_path, pipeline, commands=CommandSettings(max_images=2))
+    device = make_device(tmp_path, pipeline, commands=operator_commands(max_images=2))
     images = [image_arg(powell(shared_data, n)) for n in POWELL]
     assert error(device.call("enroll", {"name": "C", "images": images})) == "too_large"
 
 
 def test_an_image_over_the_byte_limit_is_too_large(tmp_path: Path, pipeline: FacePipeline, shared_data: Path) -> None:
-    device = make_device(tmp_path, pipeline, commands=CommandSettings(max_image_bytes=4096))
+    device = make_device(tmp_path, pipeline, commands=operator_commands(max_image_bytes=4096))
     reply = device.call("enroll", {"name": "C", "images": [image_arg(powell(shared_data, POWELL[0]))]})
     assert error(reply) == "too_large"
 
@@ -201,10 +211,12 @@ def test_more_photos_of_an_unknown_person_is_not_found(device: Device, shared_da
     assert error(device.call("enroll", {"person_id": "p_0123", "images": images})) == "not_found"
 
 
-def test_enroll_is_audited_under_the_request_origin(device: Device, shared_data: Path) -> None:
+def test_enroll_is_audited_under_its_signing_key_not_the_claimed_origin(device: Device, shared_data: Path) -> None:
     enrol_powell(device, shared_data, origin="ops@laptop")
-    actions = {(row["actor"], row["action"]) for row in device.audit()}
-    assert {("mqtt:ops@laptop", "person.enroll"), ("mqtt:ops@laptop", "command.enroll")} <= actions
+    actor = f"key:{OPERATOR_KEY_ID}"
+    assert {(actor, "person.enroll"), (actor, "command.enroll")} <= {(r["actor"], r["action"]) for r in device.audit()}
+    (command,) = [row for row in device.audit() if row["action"] == "command.enroll"]
+    assert command["details"]["claimed_origin"] == "ops@laptop"
 
 
 # ------------------------------------------------------------------------------ duplicates
@@ -224,7 +236,7 @@ def test_a_request_id_reused_for_another_request_is_a_conflict(device: Device) -
 
 
 def test_the_answer_cache_is_bounded_in_size(tmp_path: Path, pipeline: FacePipeline) -> None:
-    device = make_device(tmp_path, pipeline, commands=CommandSettings(dedupe_entries=2))
+    device = make_device(tmp_path, pipeline, commands=operator_commands(dedupe_entries=2))
     for request_id in ("a", "b", "c"):
         device.call("restart", request_id=request_id)
     device.call("restart", request_id="a")  # forgotten: runs again
@@ -370,7 +382,7 @@ def test_restart_is_requested_once_the_reply_is_built(device: Device) -> None:
 def test_a_refused_command_is_audited(device: Device) -> None:
     device.call("ping", {"bogus": 1}, request_id="bad-1")
     (row,) = [r for r in device.audit() if r["action"] == "command.ping"]
-    assert row["actor"] == "mqtt:broker" and row["details"]["code"] == "bad_request"
+    assert row["actor"] == "mqtt:unverified" and row["details"]["code"] == "bad_request"
 
 
 def test_a_crashing_handler_is_an_internal_error_and_ping_still_answers(device: Device) -> None:

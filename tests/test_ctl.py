@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import main
 from agent.commands.signing import CommandSecurity, load_private_key, public_key_text
@@ -21,7 +20,7 @@ from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, free_port
-from tests.command_fixtures import POWELL, POWELL_PROBE, Device, make_device, powell
+from tests.command_fixtures import POWELL, POWELL_PROBE, Device, make_device, operator_commands, powell
 
 FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
@@ -48,7 +47,7 @@ def run_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterat
     pipeline_lock = threading.Lock()
 
     def start(device_id: str, *, protocol: str = "5", commands: CommandSettings | None = None) -> Running:
-        commands = commands or CommandSettings()
+        commands = commands or operator_commands()
         (tmp_path / device_id).mkdir()
         security = CommandSecurity.from_settings(commands, device_id)
         device = make_device(tmp_path / device_id, pipeline, commands=commands, security=security)
@@ -75,9 +74,10 @@ def run_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterat
         item.stop()
 
 
-def ctl(capsys: pytest.CaptureFixture[str], broker: Broker, *args: str) -> tuple[int, str]:
-    """Run `faceagent ctl ...` in this process; (exit status, stdout + stderr)."""
-    status = main(["ctl", *args, "--mqtt", broker.url, "--timeout", "20"])
+def ctl(capsys: pytest.CaptureFixture[str], broker: Broker, *args: str, key: Path | None = None) -> tuple[int, str]:
+    """Run `faceagent ctl ...` in this process, signed with `key` if given; (exit status, stdout + stderr)."""
+    signing = ["--sign-key", str(key)] if key else []
+    status = main(["ctl", *args, "--mqtt", broker.url, "--timeout", "20", *signing])
     captured = capsys.readouterr()
     return status, captured.out + captured.err
 
@@ -105,41 +105,59 @@ def test_status_asks_the_device(broker, run_device, capsys) -> None:
     assert status == 0 and json.loads(out)["reply"]["data"]["state"] == "online"
 
 
-def test_enrol_on_two_devices_then_both_recognise_him(broker, run_device, capsys, shared_data, pipeline) -> None:
+def test_enrol_on_two_devices_then_both_recognise_him(
+    broker, run_device, capsys, shared_data, pipeline, operator_key_file
+) -> None:
     devices = [run_device("dev1"), run_device("dev2", protocol="3.1.1")]
     photos = [str(powell(shared_data, n)) for n in POWELL]
     status, out = ctl(
-        capsys, broker, "enroll", *photos, "--name", "Colin Powell", "--device", "dev1", "--device", "dev2"
+        capsys,
+        broker,
+        "enroll",
+        *photos,
+        "--name",
+        "Colin Powell",
+        "--device",
+        "dev1",
+        "--device",
+        "dev2",
+        key=operator_key_file,
     )
     assert status == 0, out
     assert out.count("enrolled Colin Powell") == 2
     assert [recognised(pipeline, d, shared_data) for d in devices] == ["Colin Powell", "Colin Powell"]
 
 
-def test_delete_by_name_reaches_every_online_device(broker, run_device, capsys, shared_data, pipeline) -> None:
+def test_delete_by_name_reaches_every_online_device(
+    broker, run_device, capsys, shared_data, pipeline, operator_key_file
+) -> None:
     devices = [run_device("dev1"), run_device("dev2")]
     photo = str(powell(shared_data, POWELL[0]))
-    ctl(capsys, broker, "enroll", photo, "--name", "Colin Powell", "--all")
-    status, out = ctl(capsys, broker, "delete", "--name", "Colin Powell")
+    ctl(capsys, broker, "enroll", photo, "--name", "Colin Powell", "--all", key=operator_key_file)
+    status, out = ctl(capsys, broker, "delete", "--name", "Colin Powell", key=operator_key_file)
     assert status == 0, out
     assert out.count("deleted p_") == 2
     assert [len(d.device.services.matcher) for d in devices] == [0, 0]
 
 
-def test_an_offline_device_is_reported_not_skipped_silently(broker, run_device, capsys, observe) -> None:
+def test_an_offline_device_is_reported_not_skipped_silently(
+    broker, run_device, capsys, observe, operator_key_file
+) -> None:
     run_device("dev1")
     watcher = observe(broker, ["faceagent/dev2/status"])
     dev2 = run_device("dev2")
     assert watcher.wait_for(lambda messages: any(m.json()["state"] == "online" for m in messages), 5)
     dev2.stop()
     assert watcher.wait_for(lambda messages: messages[-1].json()["state"] == "offline", 5)
-    status, out = ctl(capsys, broker, "delete", "--name", "Nobody")
+    status, out = ctl(capsys, broker, "delete", "--name", "Nobody", key=operator_key_file)
     assert status == 1 and "dev2: offline, skipped" in out
 
 
-def test_config_set_is_persisted_on_the_device(broker, run_device, capsys) -> None:
+def test_config_set_is_persisted_on_the_device(broker, run_device, capsys, operator_key_file) -> None:
     running = run_device("dev1")
-    status, out = ctl(capsys, broker, "config", "set", "gallery.threshold=0.3", "--device", "dev1")
+    status, out = ctl(
+        capsys, broker, "config", "set", "gallery.threshold=0.3", "--device", "dev1", key=operator_key_file
+    )
     assert status == 0 and "gallery.threshold = 0.3" in out
     assert load_layered(running.device.settings_path).settings.gallery.threshold == 0.3
 
@@ -150,9 +168,9 @@ def test_config_get_prints_the_settings(broker, run_device, capsys) -> None:
     assert status == 0 and "gallery.threshold = 0.35" in out
 
 
-def test_a_refused_command_exits_1_with_the_reason(broker, run_device, capsys) -> None:
+def test_a_refused_command_exits_1_with_the_reason(broker, run_device, capsys, operator_key_file) -> None:
     run_device("dev1")
-    status, out = ctl(capsys, broker, "call", "dev1", "delete_person", '{"person_id": "p_0123"}')
+    status, out = ctl(capsys, broker, "call", "dev1", "delete_person", '{"person_id": "p_0123"}', key=operator_key_file)
     assert status == 1 and "error (not_found)" in out
 
 
@@ -173,20 +191,27 @@ def test_events_are_tailed_live(broker, run_device, capsys) -> None:
     assert status == 0 and out.split() == ["2025-06-01T12:00:00Z", "dev1", "face_recognized", "Ada"]
 
 
-def test_signed_commands_run_on_a_device_that_requires_them(broker, run_device, capsys, tmp_path) -> None:
+def test_a_key_made_by_keygen_signs_commands_the_device_runs(broker, run_device, capsys, tmp_path) -> None:
     key_file = tmp_path / "ops.key"
     assert main(["ctl", "keygen", str(key_file)]) == 0
     public = public_key_text(load_private_key(key_file))
     capsys.readouterr()
-    run_device("dev1", commands=CommandSettings(signing_required=True, public_keys=(public,)))
-    status, out = ctl(capsys, broker, "call", "dev1", "ping", "--sign-key", str(key_file))
+    run_device("dev1", commands=CommandSettings(public_keys=(public,)))
+    status, out = ctl(capsys, broker, "call", "dev1", "restart", key=key_file)
     assert status == 0, out
 
 
-def test_unsigned_commands_are_refused_by_a_device_that_requires_signing(broker, run_device, capsys) -> None:
-    public = public_key_text(Ed25519PrivateKey.generate())
-    run_device("dev1", commands=CommandSettings(signing_required=True, public_keys=(public,)))
-    status, out = ctl(capsys, broker, "call", "dev1", "ping")
+def test_an_unsigned_state_changing_command_is_refused(broker, run_device, capsys) -> None:
+    running = run_device("dev1")
+    status, out = ctl(capsys, broker, "call", "dev1", "restart")
+    assert status == 1 and "error (unauthorized)" in out and running.device.restarts == []
+
+
+def test_a_command_signed_by_an_unknown_key_is_refused(broker, run_device, capsys, tmp_path) -> None:
+    stranger = tmp_path / "stranger.key"
+    assert main(["ctl", "keygen", str(stranger)]) == 0
+    run_device("dev1")
+    status, out = ctl(capsys, broker, "call", "dev1", "ping", key=stranger)
     assert status == 1 and "error (unauthorized)" in out
 
 
@@ -216,11 +241,11 @@ def test_no_broker_configured_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "no broker" in capsys.readouterr().err
 
 
-def test_replies_carry_no_image_bytes(broker, run_device, capsys, shared_data, observe) -> None:
+def test_replies_carry_no_image_bytes(broker, run_device, capsys, shared_data, observe, operator_key_file) -> None:
     run_device("dev1")
     watcher = observe(broker, ["faceagent/dev1/cmd/+/reply", "faceagent/dev1/status", "faceagent/dev1/events/#"])
     photo = powell(shared_data, POWELL[0])
-    ctl(capsys, broker, "enroll", str(photo), "--name", "Colin Powell", "--device", "dev1")
+    ctl(capsys, broker, "enroll", str(photo), "--name", "Colin Powell", "--device", "dev1", key=operator_key_file)
     assert watcher.wait_for(lambda messages: any("/reply" in m.topic for m in messages), 10)
     raw = photo.read_bytes()[1000:1064]
     encoded = base64.b64encode(photo.read_bytes())[1000:1064]

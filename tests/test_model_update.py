@@ -35,7 +35,7 @@ from agent.vision.modelstore import MANIFEST_NAME, ModelStore, default_models_di
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 from agent.vision.runtime import select_runtime
 from tests.broker import Broker
-from tests.command_fixtures import Device, make_device
+from tests.command_fixtures import OPERATOR_TOML, Device, make_device
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
@@ -275,7 +275,7 @@ def test_an_unsigned_model_is_refused_even_where_commands_need_no_signature(upda
     assert error(reply) == "unauthorized" and "must be signed" in reply["error"]["message"]
 
 
-def test_a_device_without_public_keys_takes_no_model(updates: Updates, int8: bytes) -> None:
+def test_a_device_without_release_keys_takes_no_model(updates: Updates, int8: bytes) -> None:
     updates.device.services.model_updates.keys = {}
     assert error(updates.begin("job-1", int8)) == "unauthorized"
 
@@ -420,24 +420,26 @@ DEVICE = "stage-1"
 
 
 def _ctl_update(
-    broker: Broker, key_file: Path, model: Path, model_id: str, version: str
+    broker: Broker, key_file: Path, model: Path, model_id: str, version: str, sign_key: Path
 ) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "agent", "ctl", "model-update", "--mqtt", broker.url, "--device", DEVICE,
                "--timeout", "60", "--model-key", str(key_file), "--model-id", model_id, "--role", "embedder",
-               "--model-version", version, str(model)]  # fmt: skip
+               "--model-version", version, "--sign-key", str(sign_key), str(model)]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
-    tmp_path: Path, broker: Broker, observe, int8: bytes, scrambled: bytes
+    tmp_path: Path, broker: Broker, observe, int8: bytes, scrambled: bytes, operator_key_file: Path
 ) -> None:
+    """Signed twice: each command by the operator's command key, the release by a release key."""
     key = Ed25519PrivateKey.generate()
     key_file = tmp_path / "release.pem"
     key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     config = tmp_path / "faceagent.toml"
     config.write_text(
-        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n[commands]\npublic_keys = ["{public_key_text(key)}"]\n'
+        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n{OPERATOR_TOML}'
+        f'[models]\nrelease_keys = ["{public_key_text(key)}"]\n'
         "[gallery]\nkeep_chips = true\n[events]\ncooldown_seconds = 0\n[camera]\nfps = 15\nloop = true\n"
     )
     db = tmp_path / "state" / "gallery.db"
@@ -459,11 +461,15 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
 
     try:
         assert observer.wait_for(lambda _: recognised_by(INT8), timeout=120)
-        good = _ctl_update(broker, key_file, tmp_path / "good.tflite", "dlib-resnet29-int8-b", "2")
+        by_command_key = _ctl_update(
+            broker, operator_key_file, tmp_path / "good.tflite", "dlib-resnet29-int8-b", "2", operator_key_file
+        )
+        assert by_command_key.returncode == 1 and "any release key" in by_command_key.stderr, by_command_key.stderr
+        good = _ctl_update(broker, key_file, tmp_path / "good.tflite", "dlib-resnet29-int8-b", "2", operator_key_file)
         assert good.returncode == 0, good.stdout + good.stderr
         assert "SUCCEEDED" in good.stdout and "1 templates rebuilt" in good.stdout
         assert observer.wait_for(lambda _: recognised_by("dlib-resnet29-int8-b"), timeout=120)
-        bad = _ctl_update(broker, key_file, tmp_path / "bad.tflite", "dlib-resnet29-int8-b", "3")
+        bad = _ctl_update(broker, key_file, tmp_path / "bad.tflite", "dlib-resnet29-int8-b", "3", operator_key_file)
         assert bad.returncode == 1 and "FAILED at check" in bad.stdout, bad.stdout + bad.stderr
         seen = len(observer.on(f"faceagent/{DEVICE}/events/face_recognized"))
         assert observer.wait_for(lambda _: recognised_by("dlib-resnet29-int8-b", seen), timeout=120)

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.commands.signing import KeyRoles, key_id, public_key_text
 from agent.config import load_settings
 from agent.provisioning import (
     FILE_NAME,
@@ -167,11 +170,52 @@ def test_inline_pem_files_are_written(device: Device, certs: Certs) -> None:
     assert load_settings(device.config).mqtt.ca_file == device.etc / "ca.crt"
 
 
-def test_an_absolute_boot_path_in_a_list_is_rewritten_absolute(device: Device, certs: Certs) -> None:
-    copy_certs(certs, device.boot, "ca.crt")  # any PEM file stands in for a command-signing public key
-    device.drop(f'[commands]\npublic_keys = ["{device.boot / "ca.crt"}"]\n')
+def public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_an_absolute_boot_path_in_a_list_is_rewritten_absolute(device: Device) -> None:
+    (device.boot / "ops.pem").write_bytes(public_pem(Ed25519PrivateKey.generate()))
+    device.drop(f'[commands]\npublic_keys = ["{device.boot / "ops.pem"}"]\n')
     device.provision()
-    assert load_settings(device.config).commands.public_keys == (str(device.etc / "ca.crt"),)
+    assert load_settings(device.config).commands.public_keys == (str(device.etc / "ops.pem"),)
+
+
+def test_a_command_key_in_a_pem_file_next_to_the_boot_file_is_trusted_after_provisioning(device: Device) -> None:
+    key = Ed25519PrivateKey.generate()
+    (device.boot / "ops.pem").write_bytes(public_pem(key))
+    device.drop(f'[commands]\npublic_keys = ["{device.boot / "ops.pem"}"]\n')
+    assert device.provision().outcome is Outcome.APPLIED
+    assert set(KeyRoles.from_settings(load_settings(device.config)).commands) == {key_id(key.public_key())}
+
+
+def test_inline_base64_command_and_release_keys_are_trusted_after_provisioning(device: Device) -> None:
+    command, release = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    device.drop(
+        f'[commands]\npublic_keys = ["{public_key_text(command)}"]\n'
+        f'[models]\nrelease_keys = ["{public_key_text(release)}"]\n'
+    )
+    assert device.provision().outcome is Outcome.APPLIED
+    roles = KeyRoles.from_settings(load_settings(device.config))
+    assert (set(roles.commands), set(roles.releases)) == (
+        {key_id(command.public_key())},
+        {key_id(release.public_key())},
+    )
+
+
+def test_a_key_that_does_not_load_is_rejected(device: Device, certs: Certs) -> None:
+    copy_certs(certs, device.boot, "ca.crt")  # a certificate, not a public key: the agent could not load it
+    device.drop(f'[commands]\npublic_keys = ["{device.boot / "ca.crt"}"]\n')
+    result = device.provision()
+    assert result.outcome is Outcome.REJECTED and "commands.public_keys[0]" in (result.reason or "")
+    assert not device.config.exists()
+
+
+def test_one_key_given_both_roles_is_rejected(device: Device) -> None:
+    key = public_key_text(Ed25519PrivateKey.generate())
+    device.drop(f'[commands]\npublic_keys = ["{key}"]\n[models]\nrelease_keys = ["{key}"]\n')
+    result = device.provision()
+    assert result.outcome is Outcome.REJECTED and "one role" in (result.reason or "")
 
 
 def test_applying_twice_changes_nothing_the_second_time(device: Device) -> None:

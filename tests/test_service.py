@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Broker, Observer
+from tests.command_fixtures import OPERATOR_TOML
 
 CLIP_ENROL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
 DEVICE = "stage-1"
@@ -21,7 +22,7 @@ def write_config(tmp_path: Path, broker: Broker, *, loop: bool, fps: float) -> P
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\nkeepalive = 5\ntelemetry_interval_seconds = 1\n'
         f"[camera]\nfps = {fps}\nloop = {'true' if loop else 'false'}\n"
-        '[events]\ncamera_id = "stage"\n'
+        '[events]\ncamera_id = "stage"\n' + OPERATOR_TOML
     )
     return config
 
@@ -112,7 +113,7 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
 
 @pytest.mark.slow
 def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
-    tmp_path: Path, broker: Broker, observe, shared_data: Path
+    tmp_path: Path, broker: Broker, observe, shared_data: Path, operator_key_file: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=30)
     observer = observe(broker, ["#"])  # everything on the broker, the operator's photos included
@@ -121,7 +122,8 @@ def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
         assert observer.wait_for(lambda _: any(s["state"] == "online" for s in status(observer)), timeout=60)
         ctl = subprocess.run(
             [sys.executable, "-m", "agent", "ctl", "enroll", "--mqtt", broker.url, "--timeout", "60",
-             "--device", DEVICE, "--name", "Lin-Manuel Miranda", str(shared_data / CLIP_ENROL)],
+             "--device", DEVICE, "--name", "Lin-Manuel Miranda", "--sign-key", str(operator_key_file),
+             str(shared_data / CLIP_ENROL)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert ctl.returncode == 0, ctl.stdout + ctl.stderr

@@ -36,9 +36,9 @@ def key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def secured(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey, *, required: bool = True) -> Device:
+def secured(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey, *, unsigned: bool = False) -> Device:
     commands = CommandSettings(
-        signing_required=required, public_keys=(public_key_text(key),), timestamp_window_seconds=WINDOW
+        allow_unsigned=unsigned, public_keys=(public_key_text(key),), timestamp_window_seconds=WINDOW
     )
     return make_device(tmp_path, pipeline, commands=commands, security=CommandSecurity.from_settings(commands, DEVICE))
 
@@ -69,11 +69,11 @@ def code(reply: dict) -> str:
 def test_a_signed_command_runs_and_names_its_key_in_the_audit(device: Device, key: Ed25519PrivateKey) -> None:
     assert device.send("restart", signed(key, "restart"))["status"] == "ok"
     (row,) = [r for r in device.audit() if r["action"] == "command.restart"]
-    assert row["actor"] == "mqtt:ops" and row["details"]["signed_by"] == key_id(key.public_key())
+    assert row["actor"] == f"key:{key_id(key.public_key())}" and row["details"]["signed_by"] == key_id(key.public_key())
 
 
 def test_an_unsigned_command_is_refused_and_audited(device: Device) -> None:
-    assert code(device.call("restart")) == "unauthorized"
+    assert code(device.call("restart", signed=False)) == "unauthorized"
     assert device.restarts == []
     assert [r["details"]["code"] for r in device.audit() if r["action"] == "command.restart"] == ["unauthorized"]
 
@@ -125,22 +125,23 @@ def test_a_re_signed_retry_gets_the_first_answer(device: Device, key: Ed25519Pri
     assert device.restarts == [1]
 
 
-def test_unsigned_commands_run_when_signing_is_optional(
+def test_unsigned_commands_run_when_explicitly_allowed(
     tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey
 ) -> None:
-    assert secured(tmp_path, pipeline, key, required=False).call("ping")["status"] == "ok"
+    device = secured(tmp_path, pipeline, key, unsigned=True)
+    assert device.call("restart", signed=False)["status"] == "ok" and device.restarts == [1]
 
 
-def test_a_bad_signature_is_refused_even_when_signing_is_optional(
+def test_a_bad_signature_is_refused_even_when_unsigned_commands_are_allowed(
     tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey
 ) -> None:
-    device = secured(tmp_path, pipeline, key, required=False)
+    device = secured(tmp_path, pipeline, key, unsigned=True)
     assert code(device.send("ping", signed(Ed25519PrivateKey.generate(), "ping"))) == "unauthorized"
 
 
-def test_signing_required_without_keys_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="public_keys"):
-        CommandSecurity.from_settings(CommandSettings(signing_required=True), DEVICE)
+def test_signing_required_with_allow_unsigned_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="allow_unsigned"):
+        CommandSecurity.from_settings(CommandSettings(signing_required=True, allow_unsigned=True), DEVICE)
 
 
 def test_the_canonical_form_ignores_key_order_and_the_signature() -> None:

@@ -10,6 +10,11 @@ and an operator may retry after a timeout). The answers live in memory, at most
 package's to migrate, and a restart ends the window in which a broker redelivers. Only answers of
 commands that ran are kept; an `internal` failure is not, so a retry runs again (the gallery's writes
 are transactions, so a failure left nothing half done).
+
+Authority comes after validation (a malformed request is refused as such, signed or not) and before
+anything runs. The audit actor is what was verified, never what the sender claims: `key:<key id>` for a
+signed command, `mqtt:unsigned` for an unsigned one (its `origin`, if any, kept as `claimed_origin`), and
+`mqtt:unverified` for a request refused before or at its signature check.
 """
 
 from __future__ import annotations
@@ -135,7 +140,7 @@ class CommandDispatcher:
     # ------------------------------------------------------------------------------------ steps
 
     def _handle(self, name: str, payload: bytes, now: datetime) -> bytes:
-        actor, request_id, signer = f"{self.services.actor_prefix}:broker", None, None
+        actor, request_id, claimed = f"{self.services.actor_prefix}:unverified", None, None
         try:
             schema = self.schemas.get(name)
             document = decode_payload(payload, schema.max_bytes if schema else SMALL_PAYLOAD_BYTES)
@@ -144,16 +149,19 @@ class CommandDispatcher:
                 known = ", ".join(self.schemas)
                 raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {_shown(name)} (known: {known})")
             request = schema.check(document)
-            actor = f"{self.services.actor_prefix}:{request.origin or 'broker'}"
-            signer = self.security.check(name, document, now)
+            claimed = request.origin
+            signer = self.security.check(name, document, now, schema.access)
         except CommandError as exc:
             log.warning("command %s refused (%s): %s", _shown(name), exc.code, exc.message)
-            self._audit(actor, name, {"request_id": request_id, "status": "error", "code": str(exc.code)})
+            details = {"request_id": request_id, "status": "error", "code": str(exc.code), "claimed_origin": claimed}
+            self._audit(actor, name, details)
             return error_reply(request_id, exc.code, exc.message)
+        actor = f"key:{signer}" if signer else f"{self.services.actor_prefix}:unsigned"
         return self._run(name, request, actor, signer, now)
 
     def _run(self, name: str, request: Request, actor: str, signer: str | None, now: datetime) -> bytes:
         details: dict[str, Any] = {"request_id": request.request_id, "signed_by": signer}
+        details["claimed_origin"] = request.origin
         fingerprint = _fingerprint(name, request.document)
         earlier = self.replies.get(request.request_id, now)
         if earlier is not None:

@@ -6,7 +6,11 @@ base64 length before decoding it, nesting bounded by the decoder). Messages name
 echo its value, so an image, a name or a key cannot come back in a reply or a log line.
 
 A request is `{"request_id", "schema"?, "origin"?, "sent_at"?, "signature"?, "args"?}`; `args` holds the
-command's own fields (`COMMANDS`).
+command's own fields (`command_schemas`).
+
+Every command also declares its `Access` here, beside its arguments, so a new command cannot be added
+without saying who may run it: `OPEN` for what changes nothing and reveals no personal data (anyone on the
+broker may ask), `SIGNED` for the rest (an operator command key must sign it; see agent/commands/signing.py).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ class ErrorCode(StrEnum):
     REPLAYED = "replayed"
     STORAGE_FULL = "storage_full"  # the device's disk is full: nothing was written; retry later
     INTERNAL = "internal"
+
+
+class Access(StrEnum):
+    """Who may run a command."""
+
+    OPEN = "open"  # unsigned is fine: changes nothing, reveals no personal data (names, consent, photos)
+    SIGNED = "signed"  # needs a signature by a command key, unless commands.allow_unsigned
 
 
 class CommandError(Exception):
@@ -281,6 +292,7 @@ class Request:
 
 @dataclass(frozen=True)
 class CommandSchema:
+    access: Access  # no default: each command says who may run it
     args: Rule = field(default_factory=lambda: Record({}))
     max_bytes: int = SMALL_PAYLOAD_BYTES
 
@@ -324,18 +336,19 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         required=frozenset({"person_id"}),
         at_least_one=("name", "external_ref"),
     )
+    settings = Record({"values": SettingValues()}, required=frozenset({"values"}))
     return {
-        "ping": CommandSchema(),
-        "get_status": CommandSchema(),
-        "list_people": CommandSchema(),
-        "enroll": CommandSchema(enroll, limits.max_payload_bytes),
-        "delete_person": CommandSchema(who),
-        "update_person": CommandSchema(update),
-        "get_config": CommandSchema(),
-        "set_config": CommandSchema(Record({"values": SettingValues()}, required=frozenset({"values"}))),
-        "purge_events": CommandSchema(Record({"older_than_days": Number(0, 36500)})),
-        "restart": CommandSchema(),
-        "model_update": CommandSchema(_model_update(), limits.max_payload_bytes),
+        "ping": CommandSchema(Access.OPEN),
+        "get_status": CommandSchema(Access.OPEN),  # counts, health, versions: no names
+        "get_config": CommandSchema(Access.OPEN),  # secrets redacted
+        "list_people": CommandSchema(Access.SIGNED),  # names, references and consent records
+        "enroll": CommandSchema(Access.SIGNED, enroll, limits.max_payload_bytes),
+        "delete_person": CommandSchema(Access.SIGNED, who),
+        "update_person": CommandSchema(Access.SIGNED, update),
+        "set_config": CommandSchema(Access.SIGNED, settings),
+        "purge_events": CommandSchema(Access.SIGNED, Record({"older_than_days": Number(0, 36500)})),
+        "restart": CommandSchema(Access.SIGNED),
+        "model_update": CommandSchema(Access.SIGNED, _model_update(), limits.max_payload_bytes),
     }
 
 

@@ -13,6 +13,18 @@ check without running twice; a copy of the original bytes is refused. Requests a
 timestamp window, which is all it needs: older copies are stale anyway. The running agent keeps them in
 the gallery's SQLite file (`StoredReplayCache`), so a restart does not let a captured copy pass again;
 if that file cannot be written (a full disk), memory stands in until it can.
+
+Who may run what (`Access` in agent/commands/schema.py): a command that changes state or reveals personal
+data runs only when signed by a command key (`commands.public_keys`); the others run for anyone on the
+broker. A device with no key serves only those and says, at start and in every refusal, how to add one.
+`commands.allow_unsigned = true` lets every command run unsigned, as before signing was the default: a
+visible choice (a warning at start, `commands.authority` in the status document). `commands.signing_required`
+no longer changes anything (signing is the default) and may not be combined with `allow_unsigned`.
+
+Keys have roles: command keys sign commands, release keys (`models.release_keys`) sign model releases
+(agent/models_update.py), and neither verifies the other's signatures; one key in both lists is refused.
+The audit names a signed command's key (`key:<key id>`); an unsigned one is `mqtt:unsigned`, and the origin
+it claims is kept as `claimed_origin` in the details, never as the actor.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,8 +45,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.commands.schema import CommandError, ErrorCode
-from agent.config import CommandSettings
+from agent.commands.schema import Access, CommandError, ErrorCode, command_schemas
+from agent.config import CommandSettings, Settings
 from agent.errors import ConfigError, FaceagentError
 from agent.files import FileRefused, read_regular_file
 from agent.gallery.store import GalleryStore
@@ -44,6 +57,12 @@ REPLAY_ENTRIES = 10_000
 KEY_FILE_LIMIT = 64 * 1024  # a PEM Ed25519 key is about 120 bytes
 
 log = logging.getLogger(__name__)
+
+HOW_TO_ADD_A_KEY = (
+    "make a key pair with `faceagent ctl keygen KEY_FILE` and add the public key it prints to [commands] "
+    "public_keys in /etc/faceagent/faceagent.toml (or in the faceagent.toml put on the boot partition before "
+    "first boot), then sign each command with `faceagent ctl ... --sign-key KEY_FILE`"
+)
 
 
 def canonical_request(device_id: str, name: str, request: dict[str, Any]) -> bytes:
@@ -74,14 +93,35 @@ def sign_request(
     return unsigned | {"signature": base64.b64encode(signature).decode()}
 
 
-def load_public_keys(entries: tuple[str, ...]) -> dict[str, Ed25519PublicKey]:
+def load_public_keys(entries: tuple[str, ...], setting: str = "commands.public_keys") -> dict[str, Ed25519PublicKey]:
     """Key id -> key for each entry: base64 of the 32 raw bytes, or the absolute path of a PEM file."""
     keys: dict[str, Ed25519PublicKey] = {}
     for index, entry in enumerate(entries):
-        where = f"commands.public_keys[{index}]"
+        where = f"{setting}[{index}]"
         key = _raw_public_key(entry.strip()) or _public_key_file(Path(entry.strip()).expanduser(), where)
         keys[key_id(key)] = key
     return keys
+
+
+@dataclass(frozen=True)
+class KeyRoles:
+    """The device's trusted keys by role: command keys sign commands, release keys sign model releases."""
+
+    commands: dict[str, Ed25519PublicKey]
+    releases: dict[str, Ed25519PublicKey]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRoles:
+        """Both lists loaded; ConfigError for an unusable entry or a key given both roles."""
+        commands = load_public_keys(settings.commands.public_keys, "commands.public_keys")
+        releases = load_public_keys(settings.models.release_keys, "models.release_keys")
+        shared = sorted(commands.keys() & releases.keys())
+        if shared:
+            raise ConfigError(
+                f"models.release_keys: key {shared[0]} is also in commands.public_keys; a key has one role "
+                "(make a release key with `faceagent ctl keygen --role release KEY_FILE`)"
+            )
+        return cls(commands, releases)
 
 
 def _raw_public_key(text: str) -> Ed25519PublicKey | None:
@@ -181,8 +221,16 @@ class StoredReplayCache:
             self._store = None
 
 
+class Authority(StrEnum):
+    """What an unsigned request may do on this device (the status document's `commands.authority`)."""
+
+    SIGNED = "signed"  # open commands unsigned, the rest signed by a command key
+    NO_KEYS = "no_keys"  # no command key: open commands only
+    UNSIGNED_ALLOWED = "unsigned_allowed"  # commands.allow_unsigned: everything, signed or not
+
+
 class CommandSecurity:
-    """Decides whether a request may run: signature, freshness and uniqueness, when signing is on."""
+    """Decides whether a request may run: its access, and a signature's key, freshness and uniqueness."""
 
     def __init__(
         self,
@@ -191,8 +239,8 @@ class CommandSecurity:
         keys: dict[str, Ed25519PublicKey],
         replays: ReplayGuard | None = None,
     ) -> None:
-        if settings.signing_required and not keys:
-            raise ConfigError("commands.signing_required is true but commands.public_keys names no key")
+        if settings.signing_required and settings.allow_unsigned:
+            raise ConfigError("commands.allow_unsigned: cannot be true while commands.signing_required is true")
         self.settings = settings
         self.device_id = device_id
         self.keys = keys
@@ -204,17 +252,45 @@ class CommandSecurity:
     ) -> CommandSecurity:
         return cls(settings, device_id, load_public_keys(settings.public_keys), replays)
 
-    def check(self, name: str, request: dict[str, Any], now: datetime) -> str | None:
+    @property
+    def authority(self) -> Authority:
+        if self.settings.allow_unsigned:
+            return Authority.UNSIGNED_ALLOWED
+        return Authority.SIGNED if self.keys else Authority.NO_KEYS
+
+    def describe(self) -> dict[str, Any]:
+        """The status document's view: how commands are authorised, and by which keys."""
+        return {"authority": str(self.authority), "command_keys": sorted(self.keys)}
+
+    def announce(self) -> None:
+        """At start, once: a device anyone may command, or no one may, says so and how to change it."""
+        if self.authority is Authority.UNSIGNED_ALLOWED:
+            log.warning(
+                "commands.allow_unsigned is true: anyone who can publish to this device's command topics may "
+                "enrol, list and erase people, change settings and restart it; remove it once operators sign"
+            )
+        elif self.authority is Authority.NO_KEYS:
+            schemas = command_schemas(self.settings)
+            open_ = ", ".join(name for name, schema in schemas.items() if schema.access is Access.OPEN)
+            log.warning(
+                "no command key configured: only %s will run; to manage this device remotely, %s",
+                open_,
+                HOW_TO_ADD_A_KEY,
+            )
+
+    def check(self, name: str, request: dict[str, Any], now: datetime, access: Access = Access.SIGNED) -> str | None:
         """The id of the key that signed `request`, None for an unsigned one that may run; else
-        CommandError (unauthorized, stale, replayed)."""
+        CommandError (unauthorized, stale, replayed). A signature present is checked whatever the access."""
         signature = request.get("signature")
-        if signature is None:
-            if self.settings.signing_required:
-                raise CommandError(ErrorCode.UNAUTHORIZED, "this device only runs signed commands (ctl --sign-key)")
-            return None
-        if not self.keys:
-            log.info("command %s carries a signature but no public key is configured: run as unsigned", name)
-            return None
+        if signature is None or not self.keys:
+            if signature is not None:
+                log.info("command %s carries a signature but no command key is configured: taken as unsigned", name)
+            if access is Access.OPEN or self.settings.allow_unsigned:
+                return None
+            if self.keys:
+                raise CommandError(ErrorCode.UNAUTHORIZED, f"{name} must be signed by a command key (ctl --sign-key)")
+            message = f"{name} must be signed and this device has no command key: {HOW_TO_ADD_A_KEY}"
+            raise CommandError(ErrorCode.UNAUTHORIZED, message)
         signer = self._verify(name, request, signature)
         sent_at = request.get("sent_at")
         if sent_at is None:

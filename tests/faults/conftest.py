@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import Broker, Observer
+from tests.command_fixtures import OPERATOR_TOML
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "fault-1"
@@ -21,11 +22,12 @@ EVENT_TOPICS = [f"faceagent/{DEVICE}/events/face_recognized", f"faceagent/{DEVIC
 
 
 def write_config(folder: Path, broker: Broker, *, fps: float = 30, loop: bool = True, extra: str = "") -> Path:
+    """The agent's settings; it trusts the test operator's command key (tests.command_fixtures)."""
     config = folder / "faceagent.toml"
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\nkeepalive = 5\ntelemetry_interval_seconds = 1\n'
         f"[camera]\nfps = {fps}\nloop = {'true' if loop else 'false'}\n"
-        '[events]\ncamera_id = "stage"\ncooldown_seconds = 0\nunknown_cooldown_seconds = 0\n' + extra
+        '[events]\ncamera_id = "stage"\ncooldown_seconds = 0\nunknown_cooldown_seconds = 0\n' + OPERATOR_TOML + extra
     )
     return config
 

@@ -11,7 +11,6 @@ template without a person.
 from __future__ import annotations
 
 import base64
-import json
 import random
 import signal
 import sqlite3
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.broker import Observer
+from tests.command_fixtures import operator_signed
 from tests.faults.conftest import DEVICE, enrol, start_agent, write_config
 from tests.faults.test_kill_faults import integrity_rw
 
@@ -42,7 +42,8 @@ class Ledger:
 
 
 class Operator:
-    """Sends enroll then delete_person for what it enrolled, one request at a time, until stopped."""
+    """Sends enroll then delete_person for what it enrolled, one request at a time (each signed by the test
+    operator key), until stopped."""
 
     def __init__(self, observer: Observer, photo: str, ledger: Ledger) -> None:
         self.observer, self.photo, self.ledger = observer, photo, ledger
@@ -62,7 +63,7 @@ class Operator:
         self.counter += 1
         request_id = f"op-{time.monotonic_ns()}-{self.counter}"
         seen = len(self.observer.messages)
-        payload = json.dumps({"request_id": request_id, "args": args}).encode()
+        payload = operator_signed(DEVICE, name, {"request_id": request_id, "args": args})
         self.observer.publish(f"faceagent/{DEVICE}/cmd/{name}", payload)
 
         def answer(messages) -> dict | None:
