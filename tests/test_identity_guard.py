@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from agent.commands.signing import CommandSecurity, public_key_text, sign_request
+from agent.commands.signing import CommandSecurity, key_id, public_key_text, sign_request
 from agent.config import CommandSettings
 from agent.gallery.store import GalleryStore
 from agent.vision.pipeline import FacePipeline
@@ -87,7 +87,7 @@ def test_another_persons_photo_is_added_with_force_and_audited(
     reply = enrol(device, key, person_id=powell_id, images=[image_arg(bush(shared_data), "other")], force=True)
     assert reply["status"] == "ok" and reply["data"]["templates_added"] == 1, reply
     (record,) = [r for r in device.audit() if r["action"] == "person.enroll" and r["details"]["forced"]]
-    assert record["actor"] == "mqtt:ops" and record["target"] == powell_id
+    assert record["actor"] == f"key:{key_id(key.public_key())}" and record["target"] == powell_id
     assert record["details"]["mismatches_overridden"] == 1
 
 
