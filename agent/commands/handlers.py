@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.schema import CommandError, ErrorCode
+from agent.commands.schema import PEOPLE_PAGE, CommandError, ErrorCode
 from agent.config import (
     Settings,
     load_settings,
@@ -118,8 +118,11 @@ def get_status(ctx: Context, args: dict[str, Any]) -> Done:
 
 
 def list_people(ctx: Context, args: dict[str, Any]) -> Done:
+    """A page of people (`offset`, `limit`, default the first PEOPLE_PAGE); `total` says how many there are."""
     models = ctx.services.get_settings().models
-    return Done(ctx.store.listing(embedder_id(models.dir, models.embedder)))
+    offset, limit = args.get("offset", 0), args.get("limit", PEOPLE_PAGE)
+    listing = ctx.store.listing(embedder_id(models.dir, models.embedder), offset=offset, limit=limit)
+    return Done(listing | {"offset": offset})
 
 
 def enroll(ctx: Context, args: dict[str, Any]) -> Done:
