@@ -107,6 +107,21 @@ class GalleryStore:
                 conn.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the file, whatever other connections commit meanwhile."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        with self._errors():
+            conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     # ---------------------------------------------------------------------------------------- people
 
     @_guarded

@@ -1,10 +1,13 @@
 """Keep the in-memory matcher in step with changes other processes make to the gallery file.
 
 `faceagent person delete` on the command line writes to the same SQLite file the running service
-matches from. Erasure must take effect at once, not at the next restart, so the frame loop asks this
-cheap question every few seconds (one indexed aggregate query) and reloads the matcher when the answer
-changes. Changes made through the service's own commands are already in the matcher; a reload after
-them is redundant but harmless.
+matches from. Erasure must take effect at once, not at the next restart, so a background thread (never
+the frame loop: a reload of 100,000 templates takes about a second) asks this cheap question every
+`interval_seconds` (one aggregate over indexes) and rebuilds the matcher when the answer changes. The new
+matrix is built from one read snapshot and swapped in only if no command patched the matcher while it was
+read (`Matcher.load(if_version=)`); otherwise it is read again, so a reload can never bring back a person
+a command has just erased. Changes made through the service's own commands are already in the matcher; the
+reload after them is redundant but harmless, and off the frame loop.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from agent.gallery.store import GalleryStore
 
 log = logging.getLogger(__name__)
 
+Fingerprint = tuple[int, int, int, str, int]
+
 
 class GallerySync:
+    """Owned by one thread, with that thread's own store (SQLite connections stay on their thread)."""
+
     def __init__(
         self,
         store: GalleryStore,
@@ -28,15 +35,18 @@ class GallerySync:
         *,
         interval_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        seen: Fingerprint | None = None,
     ) -> None:
+        """`seen`: the fingerprint read with the rows the matcher holds (default: the gallery's now)."""
         self.store = store
         self.matcher = matcher
-        self.model_id = model_id
+        self.model_id = model_id  # set by the frame loop on a model switch, before its own matcher.load
         self.interval_seconds = interval_seconds
         self.clock = clock
         self._due = clock() + interval_seconds
-        self._seen = self.store.fingerprint()
+        self._seen = seen if seen is not None else self.store.fingerprint()
         self.reloads = 0
+        self.retries = 0
 
     def maybe_sync(self) -> bool:
         """Reload the matcher if the gallery changed since the last look; True when it did."""
@@ -44,11 +54,18 @@ class GallerySync:
         if now < self._due:
             return False
         self._due = now + self.interval_seconds
-        current = self.store.fingerprint()
-        if current == self._seen:
+        if self.store.fingerprint() == self._seen:
+            return False
+        version = self.matcher.version  # before the model id and the rows: a switch or patch after it fails the swap
+        model_id = self.model_id
+        with self.store.snapshot():
+            current = self.store.fingerprint()
+            swapped = self.matcher.load(self.store.iter_templates(model_id), if_version=version)
+        if not swapped:
+            self.retries += 1
+            self._due = now  # a command changed the matcher while the rows were read: read again at once
             return False
         self._seen = current
-        self.matcher.load(self.store.iter_templates(self.model_id))
         self.reloads += 1
         log.info("gallery changed on disk: matcher reloaded (%d templates)", len(self.matcher))
         return True
