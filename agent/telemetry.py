@@ -124,13 +124,16 @@ class Telemetry:
     def uptime_s(self) -> int:
         return int(self.clock() - self.started)
 
-    def status(self, gallery: GallerySummary, storage: StorageReport | None = None) -> dict[str, Any]:
-        """The retained `online` document."""
+    def status(self, gallery: GallerySummary | None, storage: StorageReport | None = None) -> dict[str, Any]:
+        """The retained `online` document; `gallery` null until the gallery has been summarised (at start-up
+        the agent does not wait on queries that grow with the gallery)."""
         document = {
             **self._head("online"),
             "version": self.version,
             "models": self.models,
-            "gallery": {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest},
+            "gallery": None
+            if gallery is None
+            else {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest},
             "started_at": self.started_at,
             "uptime_s": self.uptime_s(),
         }
