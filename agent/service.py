@@ -4,10 +4,11 @@ Threads, and what each owns (nothing is shared but the thread-safe `Matcher`):
 - main: the frame loop. Owns the pipeline, the recognizer and its gallery connection; writes events,
   pings systemd's watchdog, publishes telemetry and asks for status when due. It never waits on the
   network, and never on a query that grows with the gallery.
-- gallery: with its own connection, everything that reads the whole gallery: the status document (counts,
-  digest, people needing re-enrolment), the matcher reload after another process changed the file
-  (`GallerySync`, built here and swapped in), and retention every `retention.purge_interval_seconds`
-  whether frames arrive or not.
+- gallery: with its own connection, everything that reads the whole gallery: the matcher's first load
+  (the agent is READY before it, and makes no decision until it is done: a partial gallery would call
+  enrolled people unknown), the status document (counts, digest, people needing re-enrolment), the
+  matcher reload after another process changed the file (`GallerySync`, built here and swapped in), and
+  retention every `retention.purge_interval_seconds` whether frames arrive or not.
 - camera: `LatestFrame` reads the source and keeps only the newest frame (a slow loop drops, never queues).
 - paho: the MQTT network loop (`MqttLink`); it only hands commands and PUBACKs over.
 - outbox: publishes stored events in order and deletes each on its PUBACK (its own connection).
@@ -43,7 +44,7 @@ from agent.enrolment import Enroller
 from agent.errors import ModelError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.gallery.sync import GallerySync
+from agent.gallery.sync import UNLOADED, GallerySync
 from agent.homeassistant import HomeAssistantDiscovery
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.topics import resolve_device_id
@@ -141,6 +142,8 @@ class AgentService:
         self._status_wanted = threading.Event()  # the frame loop asks, the gallery thread builds and publishes
         self._gallery_wake = threading.Event()
         self.gallery_thread: threading.Thread | None = None
+        self.gallery_loaded = threading.Event()  # the matcher holds the whole gallery: frames may be decided
+        self._gallery_failure: BaseException | None = None
 
     # ----------------------------------------------------------------------------------- control
 
@@ -162,13 +165,10 @@ class AgentService:
         log.info("TFLite runtime: %s", self.pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)
         model_id = self.pipeline.embedder.info.model_id
-        self.matcher = Matcher.for_gallery(settings.gallery)
-        with self.store.snapshot():  # the fingerprint of exactly the rows loaded, so no change is missed
-            seen = self.store.fingerprint()
-            self.matcher.load(self.store.iter_templates(model_id))
+        self.matcher = Matcher.for_gallery(settings.gallery)  # filled by the gallery thread
         self.recognizer = self._new_recognizer(settings)
         # Sees CLI erasures within its interval; runs on the gallery thread, which gives it its own connection.
-        self.gallery_sync = GallerySync(self.store, self.matcher, model_id, seen=seen)
+        self.gallery_sync = GallerySync(self.store, self.matcher, model_id, seen=UNLOADED)
         models = {"detector": self.pipeline.detector_spec.id, "embedder": model_id}
         self.telemetry = Telemetry(self.device_id, __version__, models)
         self.link, self.outbox = self._start_link()
@@ -177,10 +177,15 @@ class AgentService:
         worker.start()
         self.gallery_thread = threading.Thread(target=self._keep_gallery, name="faceagent-gallery", daemon=True)
         self.gallery_thread.start()
+        if self.options.lossless:  # a replay decides every frame, so it waits for the gallery instead
+            while not self.gallery_loaded.wait(0.1) and not self._stop.is_set():
+                pass
         try:
             self._frame_loop()
         finally:
             self._shutdown(worker)
+        if self._gallery_failure is not None:
+            raise self._gallery_failure
         return self._exit_code
 
     def _new_recognizer(self, settings: Settings) -> Recognizer:
@@ -218,7 +223,13 @@ class AgentService:
                 detector_clock = self.pipeline.detector.model.clock
                 embedder_clock = self.pipeline.embedder.model.clock
             frame = self.source.get(timeout=1.0)
-            if frame is None:
+            if frame is not None and not self.gallery_loaded.is_set():
+                if not ready:  # up and serving; decisions wait for the whole gallery (see the module docstring)
+                    self.notifier.ready("frames flowing; loading the gallery")
+                    ready = True
+                    self._request_status()  # the first status went out without the gallery summary
+                self.notifier.heartbeat("loading the gallery")
+            elif frame is None:
                 if self.source.ended:
                     log.info("source %s ended", self.source.source.description)
                     break
@@ -263,10 +274,11 @@ class AgentService:
     # ---------------------------------------------------------------------------------- gallery
 
     def _keep_gallery(self) -> None:
-        """The gallery thread: status, matcher sync and retention, on its own connection, until the stop.
+        """The gallery thread: first load, status, matcher sync and retention, on its own connection.
 
         A failure (the file locked by the CLI for longer than the busy timeout, say) is logged and tried
-        again at the next turn; it never ends the thread, and the frame loop never waits on it."""
+        again at the next turn, and the frame loop never waits on it; only a first load that fails stops
+        the agent, with that error, as it did when the load ran before READY."""
         store: GalleryStore | None = None
         retention: RetentionKeeper | None = None
         warned = False
@@ -276,6 +288,8 @@ class AgentService:
                     store = GalleryStore.open(self.settings.gallery.path)
                     self.gallery_sync.store = store  # SQLite connections stay on the thread that made them
                     retention = RetentionKeeper(store, self.settings.retention, storage=self.storage)
+                if not self.gallery_loaded.is_set() and not self._first_load():
+                    continue  # a command changed the matcher while it was read: read again
                 if self._status_wanted.is_set():
                     self._status_wanted.clear()
                     if self.link is not None:
@@ -290,12 +304,25 @@ class AgentService:
                 assert retention is not None
                 retention.settings = self.settings.retention  # set_config may have changed it
                 retention.maybe_purge()
-            except Exception:
+            except Exception as exc:
+                if not self.gallery_loaded.is_set():  # as before this thread: the agent does not run without it
+                    log.error("could not load the gallery: %s", exc)
+                    self._gallery_failure = exc
+                    self.stop(1)
+                    break
                 log.exception("gallery thread: this turn failed; the next one tries again")
             self._gallery_wake.wait(GALLERY_TICK_SECONDS)
             self._gallery_wake.clear()
         if store is not None:
             store.close()
+
+    def _first_load(self) -> bool:
+        started = time.monotonic()
+        if not self.gallery_sync.reload():
+            return False
+        self.gallery_loaded.set()
+        log.info("gallery loaded: %d templates in %.2f s", len(self.matcher), time.monotonic() - started)
+        return True
 
     def _report_presence(self, faces: int) -> None:
         """Publish "face present" when it changes; absence only after a track's worth of empty frames,

@@ -146,4 +146,48 @@ def test_an_erasure_by_another_process_is_reloaded_on_the_gallery_thread(
     erased = time.monotonic()
     assert wait_for(lambda: service.matcher.person_count == 1, timeout=10)
     assert time.monotonic() - erased < 4.0  # the sync interval is 2 s
-    assert loads == [FRAME_LOOP, "faceagent-gallery"]
+    assert loads == ["faceagent-gallery", "faceagent-gallery"]  # the first load too
+
+
+@pytest.mark.slow
+def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READY must not wait on a query that grows with the gallery; a half-loaded gallery must not decide."""
+    import socket
+
+    from agent.sdnotify import Notifier
+
+    loaded_at: list[float] = []
+    iter_templates = GalleryStore.iter_templates
+
+    def slow_rows(self: GalleryStore, model_id: str):
+        time.sleep(4.0)  # a gallery the size of a city
+        yield from iter_templates(self, model_id)
+        loaded_at.append(time.monotonic())
+
+    monkeypatch.setattr(GalleryStore, "iter_templates", slow_rows)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(60)
+    config = tmp_path / "faceagent.toml"
+    config.write_text("[camera]\nfps = 10\nloop = true\n")
+    source = f"folder:{shared_data / FRAMES}"
+    service = AgentService(
+        load_settings(config),
+        RunOptions(source=source, db=tmp_path / "gallery.db"),
+        notifier=Notifier(str(tmp_path / "notify.sock")),
+    )
+    loop = threading.Thread(target=service.run, name=FRAME_LOOP)
+    loop.start()
+    try:
+        while b"READY=1" not in listener.recv(4096).splitlines():
+            pass
+        assert not service.gallery_loaded.is_set() and service.recognizer.stats.frames == 0
+        assert service.gallery_loaded.wait(timeout=60)
+        assert wait_for(lambda: service.recognizer.stats.frames > 0, timeout=60)
+    finally:
+        service.stop()
+        loop.join(timeout=60)
+        listener.close()
+    assert loaded_at

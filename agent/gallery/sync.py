@@ -22,6 +22,7 @@ from agent.gallery.store import GalleryStore
 log = logging.getLogger(__name__)
 
 Fingerprint = tuple[int, int, int, str, int]
+UNLOADED: Fingerprint = (-1, -1, -1, "", -1)  # no gallery's: the matcher holds nothing read yet
 
 
 class GallerySync:
@@ -56,6 +57,15 @@ class GallerySync:
         self._due = now + self.interval_seconds
         if self.store.fingerprint() == self._seen:
             return False
+        if not self.reload():
+            self._due = now  # a command changed the matcher while the rows were read: read again at once
+            return False
+        log.info("gallery changed on disk: matcher reloaded (%d templates)", len(self.matcher))
+        return True
+
+    def reload(self) -> bool:
+        """Load every template of the model from one snapshot; False (nothing swapped) when the matcher
+        changed meanwhile, so the rows may predate a command's change."""
         version = self.matcher.version  # before the model id and the rows: a switch or patch after it fails the swap
         model_id = self.model_id
         with self.store.snapshot():
@@ -63,9 +73,7 @@ class GallerySync:
             swapped = self.matcher.load(self.store.iter_templates(model_id), if_version=version)
         if not swapped:
             self.retries += 1
-            self._due = now  # a command changed the matcher while the rows were read: read again at once
             return False
         self._seen = current
         self.reloads += 1
-        log.info("gallery changed on disk: matcher reloaded (%d templates)", len(self.matcher))
         return True
