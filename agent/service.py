@@ -144,6 +144,7 @@ class AgentService:
         self.gallery_thread: threading.Thread | None = None
         self.gallery_loaded = threading.Event()  # the matcher holds the whole gallery: frames may be decided
         self._gallery_failure: BaseException | None = None
+        self._status_stores = threading.local()  # get_status's connection, one per thread that asks
 
     # ----------------------------------------------------------------------------------- control
 
@@ -401,6 +402,8 @@ class AgentService:
         finally:
             dispatcher.close()
             replays.close()
+            if (status_store := getattr(self._status_stores, "store", None)) is not None:
+                status_store.close()
 
     def _enroller(self, store: GalleryStore) -> Enroller:
         """The command thread's own pipeline, made on the first enrolment (it costs memory)."""
@@ -470,9 +473,12 @@ class AgentService:
     # ---------------------------------------------------------------------------------- status
 
     def _status_document(self) -> dict[str, Any]:
-        """For get_status, on the command thread, through a connection of its own."""
-        with GalleryStore.open(self.settings.gallery.path) as store:
-            return self._status_from(store)
+        """For get_status, on the command thread, through a connection of its own, opened once (an open
+        checks the whole file) and closed when that thread ends."""
+        store: GalleryStore | None = getattr(self._status_stores, "store", None)
+        if store is None:
+            store = self._status_stores.store = GalleryStore.open(self.settings.gallery.path)
+        return self._status_from(store)
 
     def _status_from(self, store: GalleryStore | None) -> dict[str, Any]:
         """The status with the gallery summarised through `store` (None: without, for the first status at

@@ -286,6 +286,8 @@ def measure_stalls(
     figures: dict[str, Any] = {}
     try:
         wait_ready(notify, lambda: not loop.is_alive())
+        if not service.gallery_loaded.wait(120):
+            raise SystemExit("error: the agent did not load the gallery within 120 s")
         with Operator(BrokerSettings(url=url, device_id=DEVICE), timeout=30, sign_key=key) as operator:
             wait_connected(operator)
             time.sleep(2.0)  # past start-up's one-off work

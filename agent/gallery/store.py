@@ -277,6 +277,17 @@ class GalleryStore:
             counts.setdefault(person_id, {})[model_id] = count
         return counts
 
+    def people_with_counts(self) -> Iterator[tuple[str, str, str | None, int]]:
+        """(person id, updated_at, model id, templates) for each person and model, people in enrolment order
+        and models in order; (id, updated_at, None, 0) for a person without templates. One indexed join."""
+        sql = (
+            "SELECT p.id, p.updated_at, t.model_id, COUNT(t.id) FROM people p "
+            "LEFT JOIN templates t ON t.person_id = p.id "
+            "GROUP BY p.created_at, p.rowid, t.model_id ORDER BY p.created_at, p.rowid, t.model_id"
+        )
+        with self._errors():
+            yield from self.db.execute(sql)
+
     def fingerprint(self) -> tuple[int, int, int, str, int]:
         """Changes whenever a person or template is added, renamed or erased, by any process."""
         sql = (
