@@ -295,12 +295,24 @@ def measure_stalls(
             time.sleep(quiet_s)
             figures["quiet"] = frame_figures(spans, notify, quiet_start, time.monotonic())
             busy_start = time.monotonic()
+            gone: list[float] = []
+
+            def watch_victim() -> None:
+                while victim in service.matcher._person_index and time.monotonic() < busy_start + 60:
+                    time.sleep(0.005)
+                gone.append(time.monotonic())
+
+            watcher = threading.Thread(target=watch_victim, daemon=True)
+            watcher.start()
             figures |= operate(operator, db, data, victim)
+            watcher.join()
+            figures["cli_delete_matcher_s"] = gone[0] - figures["cli_done"]
             seen = None
             while seen is None and time.monotonic() < busy_start + 60:
                 status = ok_data(timed_call(operator, "get_status", {})[1], "get_status")
                 seen = time.monotonic() if status["gallery"]["people"] == people - 1 else None
             figures["cli_delete_seen_s"] = (seen or float("nan")) - figures.pop("cli_started")
+            figures.pop("cli_done")
             reloads = service.gallery_sync.reloads
             while service.gallery_sync.reloads == reloads and time.monotonic() < busy_start + 60:
                 time.sleep(0.05)  # the gallery thread's reload after the erasures, while frames go on
@@ -331,7 +343,8 @@ def operate(operator: Operator, db: Path, data: Path, victim: str) -> dict[str, 
     )  # fmt: skip
     if cli.returncode != 0:
         raise SystemExit(f"error: faceagent person delete failed: {cli.stderr}")
-    figures["cli_delete_s"] = time.monotonic() - figures["cli_started"]
+    figures["cli_done"] = time.monotonic()
+    figures["cli_delete_s"] = figures["cli_done"] - figures["cli_started"]
     figures["delete_s"], reply = timed_call(operator, "delete_person", {"person_id": enrolled})
     ok_data(reply, "delete_person")
     return figures
@@ -369,8 +382,8 @@ def print_service(figures: dict[str, Any]) -> bool:
     print(
         f"  while busy: list_people {figures['busy_list_s']:.2f} s, enroll (3 photos) {figures['enroll_s']:.2f} s, "
         f"delete_person {figures['delete_s']:.2f} s, CLI person delete {figures['cli_delete_s']:.2f} s "
-        f"(in the agent's status {figures['cli_delete_seen_s']:.2f} s after it started); matcher reloads "
-        f"{figures['reloads']}"
+        f"(in the agent's status {figures['cli_delete_seen_s']:.2f} s after it started, out of its matcher "
+        f"{figures['cli_delete_matcher_s']:.2f} s after it ended); matcher reloads {figures['reloads']}"
     )
     for name, window in (("quiet", quiet), ("busy", busy)):
         print(

@@ -68,9 +68,10 @@ class GallerySync:
         changed meanwhile, so the rows may predate a command's change."""
         version = self.matcher.version  # before the model id and the rows: a switch or patch after it fails the swap
         model_id = self.model_id
-        with self.store.snapshot():
+        with self.store.snapshot():  # held only while reading: an erasure's WAL checkpoint waits for readers
             current = self.store.fingerprint()
-            swapped = self.matcher.load(self.store.iter_templates(model_id), if_version=version)
+            rows = list(self.store.iter_templates(model_id))
+        swapped = self.matcher.load(rows, if_version=version)
         if not swapped:
             self.retries += 1
             return False
