@@ -82,6 +82,11 @@ class Matcher:
     def person_count(self) -> int:
         return len(self._person_ids)
 
+    def person_ids(self) -> set[str]:
+        """The people held (those with at least one template)."""
+        with self._lock:
+            return set(self._person_ids)
+
     @property
     def version(self) -> int:
         """Changes with every load, add, removal and rename."""

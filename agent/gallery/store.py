@@ -159,6 +159,10 @@ class GalleryStore:
         return [_person(row) for row in self.db.query("SELECT * FROM people ORDER BY created_at, rowid")]
 
     @_guarded
+    def person_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT id FROM people")}
+
+    @_guarded
     def update_person(
         self,
         person_id: str,

@@ -3,11 +3,12 @@
 `faceagent person delete` on the command line writes to the same SQLite file the running service
 matches from. Erasure must take effect at once, not at the next restart, so a background thread (never
 the frame loop: a reload of 100,000 templates takes about a second) asks this cheap question every
-`interval_seconds` (one aggregate over indexes) and rebuilds the matcher when the answer changes. The new
-matrix is built from one read snapshot and swapped in only if no command patched the matcher while it was
-read (`Matcher.load(if_version=)`); otherwise it is read again, so a reload can never bring back a person
-a command has just erased. Changes made through the service's own commands are already in the matcher; the
-reload after them is redundant but harmless, and off the frame loop.
+`interval_seconds` (one aggregate over indexes) and, when the answer changes, drops the people erased
+meanwhile at once and then rebuilds the matcher. The new matrix is built from one read snapshot and
+swapped in only if no command patched the matcher while it was read (`Matcher.load(if_version=)`);
+otherwise it is read again, so a reload can never bring back a person a command has just erased.
+Changes made through the service's own commands are already in the matcher; the reload after them is
+redundant but harmless, and off the frame loop.
 """
 
 from __future__ import annotations
@@ -57,11 +58,24 @@ class GallerySync:
         self._due = now + self.interval_seconds
         if self.store.fingerprint() == self._seen:
             return False
+        self.drop_erased()
         if not self.reload():
             self._due = now  # a command changed the matcher while the rows were read: read again at once
             return False
         log.info("gallery changed on disk: matcher reloaded (%d templates)", len(self.matcher))
         return True
+
+    def drop_erased(self) -> int:
+        """Erasure first: people held but gone from the file leave the matcher now, before the full reload
+        (a second or more at 100,000 templates). The matcher is read before the file, so a person a command
+        has just enrolled (file first, then matcher) is never taken for erased."""
+        held = self.matcher.person_ids()
+        erased = held - self.store.person_ids()
+        for person_id in erased:
+            self.matcher.remove_person(person_id)
+        if erased:
+            log.info("gallery changed on disk: %d erased people left the matcher", len(erased))
+        return len(erased)
 
     def reload(self) -> bool:
         """Load every template of the model from one snapshot; False (nothing swapped) when the matcher
