@@ -164,6 +164,7 @@ def run_service_bench(data: Path, people: int, templates: int, quiet_s: float) -
         db = folder / "gallery.db"
         progress(f"writing {people} people / {templates} templates ({model_id}) to {db} ...")
         figures["build_s"] = build_gallery(db, people, templates, model_id)
+        figures["queries_ms"] = time_queries(db, model_id)
         with GalleryStore.open(db) as store:
             victim = store.list_people()[people // 2].id  # the CLI erases this one while the agent runs
         broker, port = start_mosquitto(folder)
@@ -182,6 +183,32 @@ def run_service_bench(data: Path, people: int, templates: int, quiet_s: float) -
         finally:
             broker.terminate()
             broker.wait(timeout=10)
+    return figures
+
+
+def time_queries(db: Path, model_id: str) -> dict[str, float]:
+    """Milliseconds (best of 3) of every gallery query that status and list_people make, on their own."""
+    from agent.telemetry import gallery_summary
+
+    with GalleryStore.open(db) as store:
+        calls = {
+            "open (with quick_check)": lambda: GalleryStore.open(db).close(),
+            "people_needing_reenrolment": lambda: store.people_needing_reenrolment(model_id),
+            "count_needing_reenrolment": lambda: store.count_needing_reenrolment(model_id),
+            "stats": lambda: store.stats(model_id),
+            "fingerprint": store.fingerprint,
+            "gallery_summary (status)": lambda: gallery_summary(store),
+            "listing, one page of 1000": lambda: store.listing(model_id, offset=10_000, limit=1000),
+            "listing, everyone": lambda: store.listing(model_id),
+        }
+        figures = {}
+        for name, call in calls.items():
+            runs = []
+            for _ in range(3):
+                started = time.perf_counter()
+                call()
+                runs.append(1000 * (time.perf_counter() - started))
+            figures[name] = min(runs)
     return figures
 
 
@@ -373,6 +400,7 @@ def print_service(figures: dict[str, Any]) -> bool:
         f"service on {figures['people']} people / {figures['templates']} templates ({figures['model_id']}; "
         f"gallery written in {figures['build_s']:.1f} s)"
     )
+    print("  gallery queries, best of 3: " + ", ".join(f"{k} {v:.0f} ms" for k, v in figures["queries_ms"].items()))
     print(f"  first status with the gallery summary {figures['summary_after_ready_s']:.2f} s after READY")
     print(
         f"  list_people: default page {figures['list_page_people']} of {figures['list_total']} people "
