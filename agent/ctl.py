@@ -210,6 +210,32 @@ def cmd_call(args: argparse.Namespace, name: str, arguments: dict[str, Any], eve
     return report(replies, name, args.timeout, args.json) or status
 
 
+def cmd_people(args: argparse.Namespace) -> int:
+    """Every person of one device, page by page (a device older than paging answers with everyone at once)."""
+    with _operator(args) as operator:
+        reply = operator.call([args.target], "list_people", {})[args.target]
+        people = _people_page(reply)
+        total = _object(reply.get("data")).get("total") if reply is not None and people is not None else None
+        while people is not None and isinstance(total, int) and len(people) < total:
+            page = operator.call([args.target], "list_people", {"offset": len(people)})[args.target]
+            more = _people_page(page)
+            if more is None:  # silent or refused: say so rather than print a partial list as if whole
+                reply, people = page, None
+            elif not more:  # the gallery shrank meanwhile
+                break
+            else:
+                people += more
+        if reply is not None and people is not None:
+            reply = reply | {"data": _object(reply.get("data")) | {"people": people, "offset": 0}}
+    return report({args.target: reply}, "list_people", args.timeout, args.json)
+
+
+def _people_page(reply: dict | None) -> list[dict[str, Any]] | None:
+    data = _object(reply.get("data")) if isinstance(reply, dict) and reply.get("status") == "ok" else None
+    people = data.get("people") if data is not None else None
+    return list(people) if isinstance(people, list) else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _operator(args) as operator:
         reply = operator.call([args.target], "get_status", {})[args.target]
@@ -390,7 +416,7 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_parser("status", parents=[common, one], help="a device's live status").set_defaults(handler=cmd_status)
     people = sub.add_parser("people", parents=[common, one], help="the people enrolled on a device")
-    people.set_defaults(handler=lambda a: cmd_call(a, "list_people", {}))
+    people.set_defaults(handler=cmd_people)
 
     enroll = sub.add_parser("enroll", parents=[common, fleet], help="enrol a person from photos on devices")
     enroll.add_argument("photos", nargs="+", type=Path)

@@ -27,7 +27,6 @@ from agent.config import Settings
 from agent.events import EventEmitter
 from agent.identity import Match
 from agent.quality import view_score
-from agent.retention import RetentionKeeper
 from agent.sources.base import HiRes
 from agent.storage import StorageHealth
 from agent.tracking.decision import decide, same_person
@@ -107,7 +106,6 @@ class Recognizer:
             storage=self.storage,
         )
         self.cuts = SceneCutDetector()
-        self.retention = RetentionKeeper(store, settings.retention, storage=self.storage)
         self.stats = RecognizerStats()
         self.on_decision = on_decision
         self._hires: HiRes | None = None
@@ -120,7 +118,6 @@ class Recognizer:
         """
         _require_aware(timestamp)
         self._hires = hires
-        self.retention.maybe_purge()
         self.stats.frames += 1
         image = Image.fromarray(as_rgb_frame(frame))
         events: list[dict[str, Any]] = []

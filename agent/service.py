@@ -2,7 +2,13 @@
 
 Threads, and what each owns (nothing is shared but the thread-safe `Matcher`):
 - main: the frame loop. Owns the pipeline, the recognizer and its gallery connection; writes events,
-  pings systemd's watchdog, publishes status and telemetry when due. It never waits on the network.
+  pings systemd's watchdog, publishes telemetry and asks for status when due. It never waits on the
+  network, and never on a query that grows with the gallery.
+- gallery: with its own connection, everything that reads the whole gallery: the matcher's first load
+  (the agent is READY before it, and makes no decision until it is done: a partial gallery would call
+  enrolled people unknown), the status document (counts, digest, people needing re-enrolment), the
+  matcher reload after another process changed the file (`GallerySync`, built here and swapped in), and
+  retention every `retention.purge_interval_seconds` whether frames arrive or not.
 - camera: `LatestFrame` reads the source and keeps only the newest frame (a slow loop drops, never queues).
 - paho: the MQTT network loop (`MqttLink`); it only hands commands and PUBACKs over.
 - outbox: publishes stored events in order and deletes each on its PUBACK (its own connection).
@@ -39,7 +45,7 @@ from agent.errors import FaceagentError, ModelError
 from agent.events import RECOGNIZED
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.gallery.sync import GallerySync
+from agent.gallery.sync import UNLOADED, GallerySync
 from agent.homeassistant import HomeAssistantDiscovery, LastPersonTopic
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for
 from agent.link.topics import resolve_device_id
@@ -48,6 +54,7 @@ from agent.models_update import ModelUpdater
 from agent.outbox import OutboxPublisher
 from agent.provisioning import read_status as read_provisioning
 from agent.recognizer import Recognizer
+from agent.retention import RetentionKeeper
 from agent.sdnotify import Notifier
 from agent.sources.factory import open_latest
 from agent.sources.latest import LatestFrame, SourceState
@@ -60,6 +67,7 @@ log = logging.getLogger(__name__)
 EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus= brings the agent back after `restart`
 LATENCY_WINDOW = 300  # frames
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
+GALLERY_TICK_SECONDS = 0.25  # the gallery thread's longest sleep: status asked for is published within it
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,12 @@ class AgentService:
         self.events_written = 0
         self._present = False
         self._empty_frames = 1 << 30  # start "absent"
+        self._status_wanted = threading.Event()  # the frame loop asks, the gallery thread builds and publishes
+        self._gallery_wake = threading.Event()
+        self.gallery_thread: threading.Thread | None = None
+        self.gallery_loaded = threading.Event()  # the matcher holds the whole gallery: frames may be decided
+        self._gallery_failure: BaseException | None = None
+        self._status_stores = threading.local()  # get_status's connection, one per thread that asks
         self.last_person: LastPersonTopic | None = None  # Home Assistant's sensor state, when discovery is on
 
     def with_overrides(self, settings: Settings) -> Settings:
@@ -146,6 +160,7 @@ class AgentService:
         """Thread- and signal-safe: the frame loop finishes its frame, then shuts everything down."""
         self._exit_code = exit_code or self._exit_code
         self._stop.set()
+        self._gallery_wake.set()
 
     def install_signal_handlers(self) -> None:
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -163,13 +178,10 @@ class AgentService:
         log.info("TFLite runtime: %s", self.pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)
         model_id = self.pipeline.embedder.info.model_id
-        self.matcher = Matcher.for_gallery(settings.gallery)
-        self.matcher.load(self.store.iter_templates(model_id))
-        stale = self.store.people_needing_reenrolment(model_id)
-        if stale:
-            log.warning("%d enrolled people have no %s template and need re-enrolment", len(stale), model_id)
+        self.matcher = Matcher.for_gallery(settings.gallery)  # filled by the gallery thread
         self.recognizer = self._new_recognizer(settings)
-        self.gallery_sync = GallerySync(self.store, self.matcher, model_id)  # sees CLI erasures at once
+        # Sees CLI erasures within its interval; runs on the gallery thread, which gives it its own connection.
+        self.gallery_sync = GallerySync(self.store, self.matcher, model_id, seen=UNLOADED)
         models = {"detector": self.pipeline.detector_spec.id, "embedder": model_id}
         self.telemetry = Telemetry(self.device_id, __version__, models)
         self.warnings = self._warnings()
@@ -177,10 +189,17 @@ class AgentService:
         self.source: LatestFrame = open_latest(settings.camera, lossless=self.options.lossless).start()
         worker = threading.Thread(target=self._serve_commands, name="faceagent-commands", daemon=True)
         worker.start()
+        self.gallery_thread = threading.Thread(target=self._keep_gallery, name="faceagent-gallery", daemon=True)
+        self.gallery_thread.start()
+        if self.options.lossless:  # a replay decides every frame, so it waits for the gallery instead
+            while not self.gallery_loaded.wait(0.1) and not self._stop.is_set():
+                pass
         try:
             self._frame_loop()
         finally:
             self._shutdown(worker)
+        if self._gallery_failure is not None:
+            raise self._gallery_failure
         return self._exit_code
 
     def _warnings(self) -> list[str]:
@@ -208,7 +227,7 @@ class AgentService:
         client_id = client_id_for(self.device_id, Path(self.settings.gallery.path).parent)
         will = self.telemetry.offline("connection lost")
         link = MqttLink(broker, self.device_id, self._enqueue_command, will=will, client_id=client_id)
-        link.publish_status(self._status_document())  # held by the link and re-sent on every connect
+        link.publish_status(self._status_from(None))  # held by the link and re-sent on every connect
         if self.settings.homeassistant.enabled:
             HomeAssistantDiscovery(link, self.settings.homeassistant, version=__version__).attach()
             self.last_person = LastPersonTopic(link)
@@ -227,10 +246,6 @@ class AgentService:
         detector_clock = self.pipeline.detector.model.clock
         embedder_clock = self.pipeline.embedder.model.clock
         while not self._stop.is_set():
-            if self.gallery_sync.maybe_sync():  # an erasure or a rename, from the CLI or a command
-                self._refresh_last_person()
-                if self.outbox is not None:
-                    self.outbox.notify()  # an erasure queued its person_erased event: send it now
             if self._pending_settings is not None:
                 self._apply_pending_settings()
             if self._pending_models is not None:
@@ -238,7 +253,13 @@ class AgentService:
                 detector_clock = self.pipeline.detector.model.clock
                 embedder_clock = self.pipeline.embedder.model.clock
             frame = self.source.get(timeout=1.0)
-            if frame is None:
+            if frame is not None and not self.gallery_loaded.is_set():
+                if not ready:  # up and serving; decisions wait for the whole gallery (see the module docstring)
+                    self.notifier.ready("frames flowing; loading the gallery")
+                    ready = True
+                    self._request_status()  # the first status went out without the gallery summary
+                self.notifier.heartbeat("loading the gallery")
+            elif frame is None:
                 if self.source.ended:
                     log.info("source %s ended", self.source.source.description)
                     break
@@ -247,6 +268,7 @@ class AgentService:
                     # Up and serving commands without a camera: READY, or systemd would restart us in a loop.
                     self.notifier.ready(f"camera {camera.state}: {camera.last_error}")
                     ready = True
+                    self._request_status()  # the first status went out without the gallery summary
                 self.notifier.heartbeat(f"camera {camera.state}, reopening" if camera.errors else None)
             else:
                 detect_before, embed_before = detector_clock.seconds, embedder_clock.seconds
@@ -263,18 +285,77 @@ class AgentService:
                 if not ready:
                     self.notifier.ready(f"frames flowing from {self.source.source.description}")
                     ready = True
+                    self._request_status()  # the first status went out without the gallery summary
                 self.notifier.frame_done(self.clock.fps)
             self.storage.poll()
             if self.link is not None and time.monotonic() >= next_telemetry:
                 next_telemetry = time.monotonic() + self.settings.mqtt.telemetry_interval_seconds
                 self.link.publish_telemetry(self._telemetry_document())
-                self._publish_status(self.link)  # retained: uptime, camera, gallery stay current
+                self._request_status()  # retained: uptime, camera, gallery stay current
             elif self.link is not None and self.storage.transitions != self._storage_reported:
-                self._publish_status(self.link)  # the disk filled up or has room again: say so now
+                self._request_status()  # the disk filled up or has room again: say so now
 
-    def _publish_status(self, link: MqttLink) -> None:
+    def _request_status(self) -> None:
+        """From the frame loop: the gallery thread builds the status document and publishes it."""
         self._storage_reported = self.storage.transitions
-        link.publish_status(self._status_document())
+        self._status_wanted.set()
+        self._gallery_wake.set()
+
+    # ---------------------------------------------------------------------------------- gallery
+
+    def _keep_gallery(self) -> None:
+        """The gallery thread: first load, status, matcher sync and retention, on its own connection.
+
+        A failure (the file locked by the CLI for longer than the busy timeout, say) is logged and tried
+        again at the next turn, and the frame loop never waits on it; only a first load that fails stops
+        the agent, with that error, as it did when the load ran before READY."""
+        store: GalleryStore | None = None
+        retention: RetentionKeeper | None = None
+        warned = False
+        while not self._stop.is_set():
+            try:
+                if store is None:
+                    store = GalleryStore.open(self.settings.gallery.path)
+                    self.gallery_sync.store = store  # SQLite connections stay on the thread that made them
+                    retention = RetentionKeeper(store, self.settings.retention, storage=self.storage)
+                if not self.gallery_loaded.is_set() and not self._first_load():
+                    continue  # a command changed the matcher while it was read: read again
+                if self._status_wanted.is_set():
+                    self._status_wanted.clear()
+                    if self.link is not None:
+                        self.link.publish_status(self._status_from(store))
+                if not warned:
+                    warned = True
+                    model_id = self.gallery_sync.model_id
+                    stale = store.count_needing_reenrolment(model_id)
+                    if stale:
+                        log.warning("%d enrolled people have no %s template and need re-enrolment", stale, model_id)
+                if self.gallery_sync.maybe_sync():  # an erasure or a rename, from the CLI or a command
+                    self._refresh_last_person(store)
+                    if self.outbox is not None:
+                        self.outbox.notify()  # an erasure queued its person_erased event: send it now
+                assert retention is not None
+                retention.settings = self.settings.retention  # set_config may have changed it
+                retention.maybe_purge()
+            except Exception as exc:
+                if not self.gallery_loaded.is_set():  # as before this thread: the agent does not run without it
+                    log.error("could not load the gallery: %s", exc)
+                    self._gallery_failure = exc
+                    self.stop(1)
+                    break
+                log.exception("gallery thread: this turn failed; the next one tries again")
+            self._gallery_wake.wait(GALLERY_TICK_SECONDS)
+            self._gallery_wake.clear()
+        if store is not None:
+            store.close()
+
+    def _first_load(self) -> bool:
+        started = time.monotonic()
+        if not self.gallery_sync.reload():
+            return False
+        self.gallery_loaded.set()
+        log.info("gallery loaded: %d templates in %.2f s", len(self.matcher), time.monotonic() - started)
+        return True
 
     def _report_presence(self, faces: int) -> None:
         """Publish "face present" when it changes; absence only after a track's worth of empty frames,
@@ -285,12 +366,13 @@ class AgentService:
             self._present = present
             self.link.publish_presence(self.telemetry.presence(faces))
 
-    def _refresh_last_person(self) -> None:
-        """A gallery that cannot be read now leaves the sensor as it is until the next change (logged)."""
+    def _refresh_last_person(self, store: GalleryStore | None = None) -> None:
+        """From the frame loop (its own store) or the gallery thread (`store`, that thread's connection). A gallery
+        that cannot be read now leaves the sensor as it is until the next change (logged)."""
         if self.last_person is None:
             return
         try:
-            self.last_person.refresh(self.store, include_names=self.settings.events.include_names)
+            self.last_person.refresh(store or self.store, include_names=self.settings.events.include_names)
         except FaceagentError as exc:
             log.warning("last_person not updated: %s", exc)
 
@@ -314,6 +396,9 @@ class AgentService:
             self._pending_models[1].cancel()  # a model update waiting for the frame loop fails now
         self._commands.put(None)
         worker.join(timeout=10)
+        self._gallery_wake.set()
+        if self.gallery_thread is not None:
+            self.gallery_thread.join(timeout=10)
         if self.outbox is not None:
             self.notifier.extend_timeout(15.0)
             self.outbox.stop(flush_timeout=5.0)
@@ -339,7 +424,7 @@ class AgentService:
             open_store=lambda: GalleryStore.open(self.settings.gallery.path),
             matcher=self.matcher,
             enroller_factory=self._enroller,
-            status=self._status_document,
+            status=self._status_document,  # on the command thread, which opens its own connection
             request_restart=lambda: self.stop(EXIT_RESTART),
             storage=self.storage,
         )
@@ -359,6 +444,8 @@ class AgentService:
         finally:
             dispatcher.close()
             self.replays.close()
+            if (status_store := getattr(self._status_stores, "store", None)) is not None:
+                status_store.close()
 
     def _enroller(self, store: GalleryStore) -> Enroller:
         """The command thread's own pipeline, made on the first enrolment (it costs memory)."""
@@ -405,14 +492,22 @@ class AgentService:
         try:
             settings = replace(self.settings, models=replace(self.settings.models, dir=models_dir))
             pipeline = FacePipeline(pipeline_options(settings))
+        except Exception as exc:
+            log.exception("could not switch to the models in %s; the previous ones run on", models_dir)
+            future.set_exception(exc)
+            return
+        previous_model = self.gallery_sync.model_id
+        # Before the load: a reload on the gallery thread that read the old model id then fails its swap.
+        self.gallery_sync.model_id = pipeline.embedder.info.model_id
+        try:
             self.matcher.load(self.store.iter_templates(pipeline.embedder.info.model_id))
         except Exception as exc:
+            self.gallery_sync.model_id = previous_model
             log.exception("could not switch to the models in %s; the previous ones run on", models_dir)
             future.set_exception(exc)
             return
         self._emitted(self.recognizer.flush(datetime.now(UTC)))
         self.settings, self.pipeline = settings, pipeline
-        self.gallery_sync.model_id = pipeline.embedder.info.model_id
         self.recognizer = self._new_recognizer(settings)
         self.telemetry.models = {"detector": pipeline.detector_spec.id, "embedder": pipeline.embedder.info.model_id}
         self.__dict__.pop("_command_pipeline", None)  # the next enrolment builds one from the new models
@@ -422,10 +517,23 @@ class AgentService:
     # ---------------------------------------------------------------------------------- status
 
     def _status_document(self) -> dict[str, Any]:
-        with GalleryStore.open(self.settings.gallery.path) as store:
-            document = self.telemetry.status(gallery_summary(store), self.storage.report())
-            stale = store.people_needing_reenrolment(self.pipeline.embedder.info.model_id)
-            document["gallery"]["people_needing_reenrolment"] = len(stale)
+        """For get_status, on the command thread, through a connection of its own, opened once (an open
+        checks the whole file) and closed when that thread ends."""
+        store: GalleryStore | None = getattr(self._status_stores, "store", None)
+        if store is None:
+            store = self._status_stores.store = GalleryStore.open(self.settings.gallery.path)
+        return self._status_from(store)
+
+    def _status_from(self, store: GalleryStore | None) -> dict[str, Any]:
+        """The status with the gallery summarised through `store` (None: without, for the first status at
+        start-up). Never on the frame loop: the summary grows with the gallery."""
+        if store is None:
+            document = self.telemetry.status(None, self.storage.report())
+        else:
+            with store.snapshot():
+                document = self.telemetry.status(gallery_summary(store), self.storage.report())
+                stale = store.count_needing_reenrolment(self.gallery_sync.model_id)
+            document["gallery"]["people_needing_reenrolment"] = stale
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()

@@ -65,15 +65,24 @@ class FrameFigures:
 
 
 def gallery_summary(store: GalleryStore) -> GallerySummary:
-    """Counts and a digest of ids, update times and per-model template counts (no names, no embeddings)."""
-    people = store.list_people()
-    counts = store.template_counts()
-    digest = hashlib.sha256()
-    for person in people:
-        per_model = ",".join(f"{model}={n}" for model, n in sorted(counts.get(person.id, {}).items()))
-        digest.update(f"{person.id}|{person.updated_at}|{per_model}\n".encode())
-    templates = sum(n for per_person in counts.values() for n in per_person.values())
-    return GallerySummary(len(people), templates, digest.hexdigest()[:16])
+    """Counts and a digest of ids, update times and per-model template counts (no names, no embeddings).
+
+    The digest hashes one line per person, "id|updated_at|model=n,model=n" in enrolment order."""
+    lines: list[str] = []
+    templates = 0
+    person, updated, per_model = None, "", []
+    for person_id, updated_at, model_id, count in store.people_with_counts():
+        if person_id != person:
+            if person is not None:
+                lines.append(f"{person}|{updated}|{','.join(per_model)}\n")
+            person, updated, per_model = person_id, updated_at, []
+        if model_id is not None:
+            per_model.append(f"{model_id}={count}")
+            templates += count
+    if person is not None:
+        lines.append(f"{person}|{updated}|{','.join(per_model)}\n")
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
+    return GallerySummary(len(lines), templates, digest)
 
 
 def cpu_temperature(root: Path = THERMAL) -> float | None:
@@ -124,13 +133,16 @@ class Telemetry:
     def uptime_s(self) -> int:
         return int(self.clock() - self.started)
 
-    def status(self, gallery: GallerySummary, storage: StorageReport | None = None) -> dict[str, Any]:
-        """The retained `online` document."""
+    def status(self, gallery: GallerySummary | None, storage: StorageReport | None = None) -> dict[str, Any]:
+        """The retained `online` document; `gallery` null until the gallery has been summarised (at start-up
+        the agent does not wait on queries that grow with the gallery)."""
         document = {
             **self._head("online"),
             "version": self.version,
             "models": self.models,
-            "gallery": {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest},
+            "gallery": None
+            if gallery is None
+            else {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest},
             "started_at": self.started_at,
             "uptime_s": self.uptime_s(),
         }

@@ -49,3 +49,54 @@ def test_a_rename_by_another_process_is_picked_up(tmp_path: Path) -> None:
         cli_store.update_person(person_id, name="Ada Lovelace")
         assert sync.maybe_sync() is True
         assert matcher.search(vector).name == "Ada Lovelace"
+
+
+def test_a_reload_that_read_the_gallery_before_a_command_erased_someone_does_not_bring_them_back(
+    tmp_path: Path,
+) -> None:
+    """The command thread commits an erasure and patches the matcher while the sync thread reads rows."""
+    path = tmp_path / "g.db"
+    ticks = iter([0.0, 3.0, 3.1])
+    with (
+        GalleryStore.open(path) as sync_store,
+        GalleryStore.open(path) as command_store,
+        GalleryStore.open(path) as cli_store,
+    ):
+        ada, ada_vector = enrol(command_store, "Ada", 1)
+        matcher = Matcher.for_gallery(GallerySettings())
+        matcher.load(sync_store.iter_templates(MODEL))
+        sync = GallerySync(sync_store, matcher, MODEL, interval_seconds=2.0, clock=lambda: next(ticks))
+        cleo, cleo_vector = enrol(cli_store, "Cleo", 3)  # another process: the sync must reload
+        read = sync_store.iter_templates
+
+        def rows_while_a_command_erases_ada(model_id: str):
+            for i, row in enumerate(read(model_id)):
+                if i == 1:
+                    command_store.delete_person(ada, actor="mqtt:test")
+                    matcher.remove_person(ada)
+                yield row
+
+        sync_store.iter_templates = rows_while_a_command_erases_ada  # type: ignore[method-assign]
+        assert sync.maybe_sync() is False  # the rows predate the erasure: not swapped in
+        assert matcher.search(ada_vector).person_id != ada
+        sync_store.iter_templates = read  # type: ignore[method-assign]
+        assert sync.maybe_sync() is True  # read again at once
+        assert matcher.search(ada_vector).person_id != ada
+        assert matcher.search(cleo_vector).person_id == cleo
+
+
+def test_an_erasure_leaves_the_matcher_even_while_the_full_reload_cannot_complete(tmp_path: Path) -> None:
+    """Erasure must not wait on the slow full reload (a command patching the matcher can keep failing it)."""
+    path = tmp_path / "g.db"
+    ticks = iter([0.0, 3.0])
+    with GalleryStore.open(path) as sync_store, GalleryStore.open(path) as cli_store:
+        ada, ada_vector = enrol(cli_store, "Ada", 1)
+        bob, _ = enrol(cli_store, "Bob", 2)
+        matcher = Matcher.for_gallery(GallerySettings())
+        matcher.load(sync_store.iter_templates(MODEL))
+        sync = GallerySync(sync_store, matcher, MODEL, interval_seconds=2.0, clock=lambda: next(ticks))
+        sync.reload = lambda: False  # type: ignore[method-assign]
+        cli_store.delete_person(ada, actor="cli:test")
+        assert sync.maybe_sync() is False
+        assert matcher.person_ids() == {bob}
+        assert matcher.search(ada_vector).person_id != ada

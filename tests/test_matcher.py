@@ -258,3 +258,39 @@ def test_real_faces_identified_and_stranger_rejected(
     assert identified >= 14, [(name, m) for name, m in matches if not m.accepted]
     assert not any(m.accepted and m.person_id != name for name, m in matches)
     assert not matcher.search(embed(by_person[stranger][0])).accepted
+
+
+def test_searches_during_background_swaps_see_one_whole_gallery_or_the_other() -> None:
+    """A swap is atomic: both probes of one search_many are answered from gallery A, or both from B."""
+    rng = np.random.default_rng(7)
+    a = [(i, f"a{i}", f"A{i}", rng.standard_normal(128).astype(np.float32)) for i in range(300)]
+    b = [(1000 + i, f"b{i}", f"B{i}", rng.standard_normal(128).astype(np.float32)) for i in range(500)]
+    matcher = Matcher(metric="euclidean", threshold=0.6, margin=0.0)
+    matcher.load(a)
+    probe_a, probe_b = a[5][3], b[9][3]
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            for rows in (b, a):
+                matcher.load(rows, if_version=matcher.version)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        for _ in range(300):
+            first, second = (m.person_id or "" for m in matcher.search_many(np.stack([probe_a, probe_b])))
+            assert (first == "a5" and second.startswith("a")) or (second == "b9" and first.startswith("b"))
+    finally:
+        stop.set()
+        swapper.join()
+
+
+def test_a_load_over_a_changed_matcher_is_refused_and_keeps_the_change() -> None:
+    matcher = Matcher(metric="euclidean", threshold=0.6, margin=0.0)
+    vector = np.ones(128, dtype=np.float32)
+    matcher.load([(1, "p1", "Ada", vector)])
+    read_at = matcher.version
+    matcher.remove_person("p1")
+    assert matcher.load([(1, "p1", "Ada", vector)], if_version=read_at) is False
+    assert len(matcher) == 0 and matcher.search(vector).person_id is None

@@ -457,3 +457,85 @@ def test_a_signed_request_is_remembered_until_it_expires(store: GalleryStore) ->
     assert store.remember_signed_request("key-1", expires, now)
     assert not store.remember_signed_request("key-1", expires, now + timedelta(seconds=60))
     assert store.remember_signed_request("key-1", expires + timedelta(seconds=120), now + timedelta(seconds=121))
+
+
+# ------------------------------------------------------------------------------------------ scale (v3)
+
+
+def _version_2_gallery(path: Path) -> None:
+    """A gallery as the code before schema v3 left it: v1 and v2 steps, one person with a template."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in schema.MIGRATIONS[:2]:
+        step(conn)
+    conn.execute("PRAGMA user_version = 2")
+    at = "2026-01-01T00:00:00+00:00"
+    conn.execute("INSERT INTO people (id, name, created_at, updated_at) VALUES ('p_1', 'Ada', ?, ?)", (at, at))
+    conn.execute(
+        "INSERT INTO templates (person_id, embedding, dims, model_id, model_sha256, created_at) "
+        "VALUES ('p_1', ?, 128, ?, ?, ?)",
+        (vector(1).astype("<f4").tobytes(), MODEL, "0" * 64, at),
+    )
+    conn.close()
+
+
+def _indexes(store: GalleryStore) -> set[str]:
+    return {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def test_a_version_2_gallery_is_migrated_to_version_3_in_place_keeping_its_templates(db_path: Path) -> None:
+    _version_2_gallery(db_path)
+    with GalleryStore.open(db_path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
+        assert {"templates_person_model", "people_created"} <= _indexes(store)
+        assert "templates_person" not in _indexes(store)  # the composite index's prefix serves its lookups
+        assert [(pid, name) for _, pid, name, _ in store.iter_templates(MODEL)] == [("p_1", "Ada")]
+        assert store.people_needing_reenrolment("other-model") == ["p_1"]
+
+
+def _plans(store: GalleryStore, call: Callable[[], object]) -> dict[str, list[str]]:
+    """The query plan of every SELECT `call` runs, by its SQL text."""
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        store.db.conn.set_trace_callback(None)
+    plans = {}
+    for sql in statements:
+        if sql.lstrip().upper().startswith("SELECT"):
+            plans[sql] = [row[3] for row in store.db.conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    return plans
+
+
+def test_people_needing_reenrolment_looks_each_person_up_by_the_composite_index(store: GalleryStore) -> None:
+    """Through templates_model alone it walked every template of the model once per person (quadratic)."""
+    plans = _plans(store, lambda: store.people_needing_reenrolment(MODEL))
+    (plan,) = plans.values()
+    assert any("templates_person_model (person_id=? AND model_id=?)" in step for step in plan), plan
+
+
+def test_status_and_listing_queries_never_read_template_rows_or_sort(store: GalleryStore) -> None:
+    """Counts by person and model come from an index alone, people in enrolment order from people_created."""
+    person = store.add_person("Ada")
+    store.add_template(person.id, vector(1), model_id=MODEL, model_sha256="0" * 64, quality={})
+    calls = {
+        "listing": lambda: store.listing(MODEL),
+        "page": lambda: store.listing(MODEL, offset=0, limit=10),
+        "stats": lambda: store.stats(MODEL),
+        "fingerprint": store.fingerprint,
+    }
+    for name, call in calls.items():
+        for sql, plan in _plans(store, call).items():
+            assert not any("TEMP B-TREE" in step for step in plan), (name, sql, plan)
+            scans = [step for step in plan if step.startswith(("SCAN templates", "SCAN t "))]
+            assert all("COVERING INDEX" in step for step in scans), (name, sql, plan)
+
+
+def test_a_listing_page_counts_everyone_but_lists_its_page(store: GalleryStore) -> None:
+    ids = [store.add_person(f"P{i}").id for i in range(5)]
+    store.add_template(ids[3], vector(3), model_id=MODEL, model_sha256="0" * 64, quality={})
+    page = store.listing(MODEL, offset=2, limit=2)
+    assert [row["id"] for row in page["people"]] == ids[2:4]
+    assert [row["needs_reenrolment"] for row in page["people"]] == [True, False]
+    assert page["people"][1]["templates"] == {MODEL: 1}
+    assert (page["total"], page["people_needing_reenrolment"]) == (5, 4)

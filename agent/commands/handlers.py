@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.schema import CommandError, ErrorCode
+from agent.commands.schema import PEOPLE_PAGE, CommandError, ErrorCode
 from agent.config import (
     Settings,
     apply_remote,
@@ -114,9 +114,11 @@ def _shown(ctx: Context, person: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_people(ctx: Context, args: dict[str, Any]) -> Done:
+    """A page of people (`offset`, `limit`, default the first PEOPLE_PAGE); `total` says how many there are."""
     models = ctx.services.get_settings().models
-    listing = ctx.store.listing(embedder_id(models.dir, models.embedder))
-    return Done(listing | {"people": [_shown(ctx, person) for person in listing["people"]]})
+    offset, limit = args.get("offset", 0), args.get("limit", PEOPLE_PAGE)
+    listing = ctx.store.listing(embedder_id(models.dir, models.embedder), offset=offset, limit=limit)
+    return Done(listing | {"offset": offset, "people": [_shown(ctx, person) for person in listing["people"]]})
 
 
 def enroll(ctx: Context, args: dict[str, Any]) -> Done:

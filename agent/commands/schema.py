@@ -67,6 +67,10 @@ MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.tflite")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")  # a model release: agent/models_update.py
 MAX_DEPTH = 6
+# list_people replies a page of people (several MB for 20,000 at once): the default page holds every person
+# of a gallery of this size, so small galleries get the reply they always got.
+PEOPLE_PAGE = 1000
+MAX_PEOPLE_PAGE = 5000
 _TEXT = 200  # the gallery's limit for names and references
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
@@ -341,7 +345,10 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         "ping": CommandSchema(Access.OPEN),
         "get_status": CommandSchema(Access.OPEN),  # counts, health, versions: no names
         "get_config": CommandSchema(Access.OPEN),  # secrets redacted
-        "list_people": CommandSchema(Access.SIGNED),  # names, references and consent records
+        "list_people": CommandSchema(  # names, references and consent records
+            Access.SIGNED,
+            Record({"offset": Number(0, 10_000_000, integer=True), "limit": Number(1, MAX_PEOPLE_PAGE, integer=True)}),
+        ),
         "enroll": CommandSchema(Access.SIGNED, enroll, limits.max_payload_bytes),
         "delete_person": CommandSchema(Access.SIGNED, who),
         "update_person": CommandSchema(Access.SIGNED, update),

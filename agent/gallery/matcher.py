@@ -57,6 +57,7 @@ class Matcher:
         self.threshold = float(threshold)
         self.margin = float(margin)
         self._lock = threading.Lock()
+        self._version = 0  # bumped by every change; `load(..., if_version=)` swaps only over the state it read
         self._reset(None, 0)
 
     # ----------------------------------------------------------------------------------------- state
@@ -81,6 +82,16 @@ class Matcher:
     def person_count(self) -> int:
         return len(self._person_ids)
 
+    def person_ids(self) -> set[str]:
+        """The people held (those with at least one template)."""
+        with self._lock:
+            return set(self._person_ids)
+
+    @property
+    def version(self) -> int:
+        """Changes with every load, add, removal and rename."""
+        return self._version
+
     @property
     def dim(self) -> int | None:
         """Embedding dimension, fixed by the first template held (None while empty after construction)."""
@@ -88,11 +99,13 @@ class Matcher:
 
     # -------------------------------------------------------------------------------------- mutation
 
-    def load(self, rows: Iterable[tuple[int, str, str, np.ndarray]]) -> None:
-        """Replace everything with `rows` (as `GalleryStore.iter_templates` yields them).
+    def load(self, rows: Iterable[tuple[int, str, str, np.ndarray]], *, if_version: int | None = None) -> bool:
+        """Replace everything with `rows` (as `GalleryStore.iter_templates` yields them); True when swapped.
 
         The new matrix is built outside the lock and swapped in, so searches meanwhile see the old
-        gallery or the new one, never a half-loaded one.
+        gallery or the new one, never a half-loaded one. With `if_version` (the `version` read before the
+        rows were), nothing is swapped if the matcher changed meanwhile: a background reload must not undo
+        an erasure a command applied while the rows were being read (they may predate it).
         """
         template_ids: list[int] = []
         owners: list[int] = []
@@ -135,10 +148,14 @@ class Matcher:
         template_rows = np.empty(capacity, dtype=np.int64)
         template_rows[:count] = template_ids
         with self._lock:
+            if if_version is not None and if_version != self._version:
+                return False
+            self._version += 1
             self._dim, self._count = dim, count
             self._vectors, self._sqnorms, self._owners, self._template_ids = stored, sqnorms, owner_rows, template_rows
             self._known_templates = set(template_ids)
             self._person_ids, self._names, self._person_index = person_ids, names, person_index
+        return True
 
     def add(self, template_id: int, person_id: str, name: str, embedding: np.ndarray) -> None:
         """Hold one more template; amortised O(1) (capacity doubles when full)."""
@@ -161,6 +178,7 @@ class Matcher:
                 self._names.append(name)
             else:
                 self._names[index] = name
+            self._version += 1
             row = self._count
             self._vectors[row] = vector
             self._sqnorms[row] = float(vector @ vector)
@@ -175,6 +193,7 @@ class Matcher:
         A person with no template of the loaded model is simply not here, so erasure must not fail on it.
         """
         with self._lock:
+            self._version += 1  # even when not held: a reload in flight may have read the person before the erasure
             index = self._person_index.pop(person_id, None)
             if index is None:
                 return
@@ -196,6 +215,7 @@ class Matcher:
     def rename(self, person_id: str, name: str) -> None:
         """New display name for later matches; unknown people are a no-op (no template of this model)."""
         with self._lock:
+            self._version += 1
             index = self._person_index.get(person_id)
             if index is not None:
                 self._names[index] = name

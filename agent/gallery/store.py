@@ -37,6 +37,8 @@ _DELETE_CHUNK = 500
 ERASED = "person_erased"  # the event that tells consumers downstream to forget a person
 _SHOWN = "face_recognized"  # agent.events.RECOGNIZED: the event that becomes the last recognised person
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
+# People the loaded embedder cannot match; `p` is the people table.
+_NO_TEMPLATE_OF_MODEL = "NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?)"
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -108,6 +110,21 @@ class GalleryStore:
                 conn.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the file, whatever other connections commit meanwhile."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        with self._errors():
+            conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     # ---------------------------------------------------------------------------------------- people
 
     @_guarded
@@ -143,6 +160,10 @@ class GalleryStore:
     @_guarded
     def list_people(self) -> list[Person]:
         return [_person(row) for row in self.db.query("SELECT * FROM people ORDER BY created_at, rowid")]
+
+    @_guarded
+    def person_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT id FROM people")}
 
     @_guarded
     def update_person(
@@ -258,13 +279,35 @@ class GalleryStore:
         return self.db.table("templates").count_where("person_id = ? AND model_id = ?", [person_id, model_id])
 
     @_guarded
-    def template_counts(self) -> dict[str, dict[str, int]]:
-        """person id -> {model id: templates}, for every person with templates."""
+    def template_counts(self, person_ids: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """person id -> {model id: templates}, for every person with templates (or those of `person_ids`)."""
         counts: dict[str, dict[str, int]] = {}
-        sql = "SELECT person_id, model_id, COUNT(*) FROM templates GROUP BY person_id, model_id"
-        for person_id, model_id, count in self.db.execute(sql):
+        if person_ids is None:
+            sql = "SELECT person_id, model_id, COUNT(*) FROM templates GROUP BY person_id, model_id"
+            rows = list(self.db.execute(sql))
+        else:
+            rows = []
+            for start in range(0, len(person_ids), _DELETE_CHUNK):
+                chunk = person_ids[start : start + _DELETE_CHUNK]
+                sql = (
+                    f"SELECT person_id, model_id, COUNT(*) FROM templates WHERE person_id IN "
+                    f"({', '.join('?' * len(chunk))}) GROUP BY person_id, model_id"
+                )
+                rows += self.db.execute(sql, chunk).fetchall()
+        for person_id, model_id, count in rows:
             counts.setdefault(person_id, {})[model_id] = count
         return counts
+
+    def people_with_counts(self) -> Iterator[tuple[str, str, str | None, int]]:
+        """(person id, updated_at, model id, templates) for each person and model, people in enrolment order
+        and models in order; (id, updated_at, None, 0) for a person without templates. One indexed join."""
+        sql = (
+            "SELECT p.id, p.updated_at, t.model_id, COUNT(t.id) FROM people p "
+            "LEFT JOIN templates t ON t.person_id = p.id "
+            "GROUP BY p.created_at, p.rowid, t.model_id ORDER BY p.created_at, p.rowid, t.model_id"
+        )
+        with self._errors():
+            yield from self.db.execute(sql)
 
     def fingerprint(self) -> tuple[int, int, int, str, int]:
         """Changes whenever a person or template is added, renamed or erased, by any process."""
@@ -277,10 +320,18 @@ class GalleryStore:
             templates, last, people, updated, names = self.db.execute(sql).fetchone()
         return int(templates), int(last), int(people), str(updated), int(names)
 
-    def listing(self, model_id: str) -> dict[str, Any]:
-        """Every person as JSON (consent, template counts per model, whether `model_id` can match them)."""
-        people, counts = self.list_people(), self.template_counts()
-        stale = set(self.people_needing_reenrolment(model_id))
+    @_guarded
+    def listing(self, model_id: str, *, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """People as JSON (consent, template counts per model, whether `model_id` can match them), in
+        enrolment order: all of them, or the page of `limit` from `offset`; `total` counts everyone.
+
+        A page costs what its people cost (their template counts come by the composite index), plus two
+        linear counts over the gallery."""
+        if offset < 0 or (limit is not None and limit < 0):
+            raise GalleryError(f"offset and limit must be >= 0, got {offset} and {limit}")
+        sql = "SELECT * FROM people ORDER BY created_at, rowid LIMIT ? OFFSET ?"
+        people = [_person(row) for row in self.db.query(sql, [-1 if limit is None else limit, offset])]
+        counts = self.template_counts([p.id for p in people]) if limit is not None else self.template_counts()
         rows = [
             {
                 "id": p.id,
@@ -290,20 +341,26 @@ class GalleryStore:
                 "created_at": p.created_at,
                 "updated_at": p.updated_at,
                 "templates": counts.get(p.id, {}),
-                "needs_reenrolment": p.id in stale,
+                "needs_reenrolment": model_id not in counts.get(p.id, {}),
             }
             for p in people
         ]
-        return {"model_id": model_id, "people": rows, "people_needing_reenrolment": len(stale)}
+        total = len(people) if limit is None and offset == 0 else self.db.table("people").count
+        stale = self.count_needing_reenrolment(model_id)
+        return {"model_id": model_id, "people": rows, "people_needing_reenrolment": stale, "total": total}
 
     @_guarded
     def people_needing_reenrolment(self, model_id: str) -> list[str]:
-        """Ids of people with no template of `model_id`: the loaded embedder cannot recognise them."""
-        sql = (
-            "SELECT id FROM people p WHERE NOT EXISTS "
-            "(SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?) ORDER BY created_at, rowid"
-        )
+        """Ids of people with no template of `model_id`: the loaded embedder cannot recognise them.
+
+        One lookup per person in templates_person_model (schema v3), so linear in the gallery."""
+        sql = f"SELECT id FROM people p WHERE {_NO_TEMPLATE_OF_MODEL} ORDER BY created_at, rowid"
         return [row[0] for row in self.db.execute(sql, [model_id])]
+
+    @_guarded
+    def count_needing_reenrolment(self, model_id: str) -> int:
+        sql = f"SELECT COUNT(*) FROM people p WHERE {_NO_TEMPLATE_OF_MODEL}"
+        return int(self.db.execute(sql, [model_id]).fetchone()[0])
 
     # ---------------------------------------------------------------------------------------- events
 
@@ -423,7 +480,7 @@ class GalleryStore:
         return {
             "people": self.db.table("people").count,
             "templates": dict(self.db.execute(by_model).fetchall()),
-            "people_needing_reenrolment": len(self.people_needing_reenrolment(model_id)),
+            "people_needing_reenrolment": self.count_needing_reenrolment(model_id),
             "events_pending": self.db.table("events").count,
         }
 

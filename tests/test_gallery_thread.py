@@ -1,0 +1,193 @@
+"""The frame loop never waits on the gallery: status, sync and retention run on the service's gallery thread.
+
+The service runs in this process (its frame loop on a thread of the test) on a real gallery file, a real
+Mosquitto where a broker is needed, and real frames from ../shared/data or an empty folder (a camera that
+delivers nothing).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import agent.service
+from agent.config import load_settings
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.identity import new_event_id, utc_iso
+from agent.service import AgentService, RunOptions
+from tests.broker import Broker
+
+FRAMES = "sequence/hamilton_clip/frames"
+FRAME_LOOP = "test-frame-loop"
+DEVICE = "gallery-thread-1"
+
+
+def start(tmp_path: Path, toml: str, source: Path, db: Path) -> tuple[AgentService, threading.Thread]:
+    config = tmp_path / "faceagent.toml"
+    config.write_text(toml)
+    service = AgentService(load_settings(config), RunOptions(source=f"folder:{source}", db=db))
+    loop = threading.Thread(target=service.run, name=FRAME_LOOP)
+    loop.start()
+    return service, loop
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[Path, str, Path, Path], AgentService]]:
+    started: list[tuple[AgentService, threading.Thread]] = []
+
+    def run(tmp_path: Path, toml: str, source: Path, db: Path) -> AgentService:
+        started.append(start(tmp_path, toml, source, db))
+        return started[-1][0]
+
+    yield run
+    for service, loop in started:
+        service.stop()
+        loop.join(timeout=60)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def enrol_synthetic(store: GalleryStore, name: str, seed: int) -> str:
+    person = store.add_person(name)
+    vector = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
+    store.add_template(person.id, vector, model_id="dlib-resnet29-int8", model_sha256="0" * 64, quality={})
+    return person.id
+
+
+@pytest.mark.slow
+def test_a_slow_gallery_summary_runs_off_the_frame_loop_and_does_not_stall_frames(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every status summary sleeps 5 s (a gallery the size of a city); frames must keep coming meanwhile."""
+    calls: list[str] = []
+    windows: list[tuple[float, float]] = []
+    summarise = agent.service.gallery_summary
+
+    def slow_summary(store: GalleryStore):
+        calls.append(threading.current_thread().name)
+        began = time.monotonic()
+        time.sleep(5.0)
+        windows.append((began, time.monotonic()))
+        return summarise(store)
+
+    monkeypatch.setattr(agent.service, "gallery_summary", slow_summary)
+    observer = observe(broker, [f"faceagent/{DEVICE}/status"])
+    toml = (
+        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\ntelemetry_interval_seconds = 1\n'
+        "[camera]\nfps = 10\nloop = true\n"
+    )
+    service, loop = start(tmp_path, toml, shared_data / FRAMES, tmp_path / "gallery.db")
+    try:
+        assert wait_for(lambda: len(service.clock.stamps) >= 2, timeout=60)
+        assert observer.wait_for(lambda _: any(m.json().get("gallery") for m in observer.messages), timeout=30)
+        assert wait_for(lambda: len(windows) >= 2, timeout=30)  # one more status, built while frames go on
+        stamps, measured = list(service.clock.stamps), list(windows[1:2])
+    finally:
+        service.stop()
+        loop.join(timeout=60)
+    assert calls and FRAME_LOOP not in calls, calls
+    assert observer.messages[0].json()["gallery"] is None  # the first status does not wait for the summary
+    during = [sum(began < stamp < ended for stamp in stamps) for began, ended in measured]
+    assert min(during) >= 2, f"frames completed during each 5 s summary: {during}"
+
+
+def test_retention_purges_while_the_camera_delivers_no_frames(tmp_path: Path, running) -> None:
+    db = tmp_path / "gallery.db"
+    old = utc_iso(datetime.now(UTC) - timedelta(days=10))
+    with GalleryStore.open(db) as store:
+        store.add_event("face_unknown", {"x": 1}, event_id=new_event_id(), person_id=None, created_at=old)
+    empty = tmp_path / "no-frames"
+    empty.mkdir()
+    service = running(tmp_path, "[retention]\nevents_days = 1\npurge_interval_seconds = 1\n", empty, db)
+
+    def events_left() -> int:
+        with GalleryStore.open(db) as store:
+            return store.stats("m")["events_pending"]
+
+    assert wait_for(lambda: events_left() == 0, timeout=30)
+    assert service.recognizer.stats.frames == 0
+
+
+def test_an_erasure_by_another_process_is_reloaded_on_the_gallery_thread(
+    tmp_path: Path, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    load = Matcher.load
+
+    def recorded(self: Matcher, *args, **kwargs) -> bool:
+        loads.append(threading.current_thread().name)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(Matcher, "load", recorded)
+    db = tmp_path / "gallery.db"
+    with GalleryStore.open(db) as store:
+        ada = enrol_synthetic(store, "Ada", 1)
+        enrol_synthetic(store, "Bob", 2)
+    empty = tmp_path / "no-frames"
+    empty.mkdir()
+    service = running(tmp_path, "", empty, db)
+    assert wait_for(lambda: hasattr(service, "matcher") and service.matcher.person_count == 2, timeout=60)
+    with GalleryStore.open(db) as cli:
+        cli.delete_person(ada, actor="cli:test")
+    erased = time.monotonic()
+    assert wait_for(lambda: service.matcher.person_count == 1, timeout=10)
+    assert time.monotonic() - erased < 4.0  # the sync interval is 2 s
+    assert loads == ["faceagent-gallery", "faceagent-gallery"]  # the first load too
+
+
+@pytest.mark.slow
+def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READY must not wait on a query that grows with the gallery; a half-loaded gallery must not decide."""
+    import socket
+
+    from agent.sdnotify import Notifier
+
+    loaded_at: list[float] = []
+    iter_templates = GalleryStore.iter_templates
+
+    def slow_rows(self: GalleryStore, model_id: str):
+        time.sleep(4.0)  # a gallery the size of a city
+        yield from iter_templates(self, model_id)
+        loaded_at.append(time.monotonic())
+
+    monkeypatch.setattr(GalleryStore, "iter_templates", slow_rows)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(60)
+    config = tmp_path / "faceagent.toml"
+    config.write_text("[camera]\nfps = 10\nloop = true\n")
+    source = f"folder:{shared_data / FRAMES}"
+    service = AgentService(
+        load_settings(config),
+        RunOptions(source=source, db=tmp_path / "gallery.db"),
+        notifier=Notifier(str(tmp_path / "notify.sock")),
+    )
+    loop = threading.Thread(target=service.run, name=FRAME_LOOP)
+    loop.start()
+    try:
+        while b"READY=1" not in listener.recv(4096).splitlines():
+            pass
+        assert not service.gallery_loaded.is_set() and service.recognizer.stats.frames == 0
+        assert service.gallery_loaded.wait(timeout=60)
+        assert wait_for(lambda: service.recognizer.stats.frames > 0, timeout=60)
+    finally:
+        service.stop()
+        loop.join(timeout=60)
+        listener.close()
+    assert loaded_at
