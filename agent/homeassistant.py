@@ -14,6 +14,7 @@ Home Assistant announces `online` on `<discovery_prefix>/status` (it restarted a
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from agent.config import HomeAssistantSettings
@@ -112,26 +113,29 @@ def last_person_document(shown: dict[str, Any] | None, *, include_names: bool) -
 class LastPersonTopic:
     """Keeps the retained `<base>/last_person` equal to what the gallery says, on every connect too.
 
-    `refresh` runs on the frame loop (with its store) after a recognition or a gallery change; the connect
-    hook runs on paho's thread and re-sends the latest document. No lock: whoever sends checks afterwards
+    `refresh` runs on the frame loop after a recognition and on the gallery thread after a change on disk,
+    each with its own store: a lock makes each read-and-publish whole, so an older read never lands last. The
+    connect hook runs on paho's thread and re-sends the latest document without the lock: it checks afterwards
     that the document did not change meanwhile, so the last message on the broker is always the newest.
     """
 
     def __init__(self, link: MqttLink) -> None:
         self.link = link
         self._document: dict[str, Any] | None = None
+        self._refreshing = threading.Lock()
 
     def attach(self) -> None:
         self.link.add_connect_hook(self._resend)
 
     def refresh(self, store: GalleryStore, *, include_names: bool) -> bool:
         """Publish what the gallery says now if it differs from the last document; True when it did."""
-        document = last_person_document(store.last_person(), include_names=include_names)
-        if document == self._document:
-            return False
-        self._document = document
-        self._resend()
-        return True
+        with self._refreshing:
+            document = last_person_document(store.last_person(), include_names=include_names)
+            if document == self._document:
+                return False
+            self._document = document
+            self._resend()
+            return True
 
     def _resend(self) -> None:
         while (document := self._document) is not None:

@@ -252,7 +252,7 @@ def test_replies_carry_no_image_bytes(broker, run_device, capsys, shared_data, o
     assert not [m.topic for m in watcher.messages if raw in m.payload or encoded in m.payload]
 
 
-def test_people_pages_through_a_gallery_larger_than_one_reply(broker, run_device, capsys) -> None:
+def test_people_pages_through_a_gallery_larger_than_one_reply(broker, run_device, capsys, operator_key_file) -> None:
     """A device answers list_people a page at a time (PEOPLE_PAGE by default); ctl asks for every page."""
     from agent.commands.schema import PEOPLE_PAGE
     from agent.gallery.store import GalleryStore
@@ -262,6 +262,6 @@ def test_people_pages_through_a_gallery_larger_than_one_reply(broker, run_device
         ids = [store.add_person(f"P{i}").id for i in range(PEOPLE_PAGE + 3)]
     first = running.device.call("list_people")["data"]
     assert (len(first["people"]), first["total"], first["offset"]) == (PEOPLE_PAGE, PEOPLE_PAGE + 3, 0)
-    status, out = ctl(capsys, broker, "people", "dev1", "--json")
+    status, out = ctl(capsys, broker, "people", "dev1", "--json", key=operator_key_file)
     assert status == 0, out[-500:]
     assert [p["id"] for p in json.loads(out)["reply"]["data"]["people"]] == ids
