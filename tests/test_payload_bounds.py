@@ -5,14 +5,21 @@ from __future__ import annotations
 import base64
 import json
 import os
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.commands.dispatcher import ReplyCache, _Answer
 from agent.commands.schema import MAX_DEPTH, MAX_TOKENS, CommandError, command_schemas, decode_payload, prescan
+from agent.commands.signing import CommandSecurity, public_key_text, sign_request
 from agent.config import CommandSettings
+from agent.vision.pipeline import FacePipeline
+from tests.command_fixtures import NOW, POWELL, image_arg, make_device, powell
 
 LIMIT = 16 * 1024 * 1024
 SMALL_TOKENS, SMALL_DEPTH = 40, 4
@@ -118,3 +125,62 @@ def test_nesting_at_the_size_limit_is_refused_for_its_depth() -> None:
 def test_an_unterminated_string_of_escapes_is_refused() -> None:
     error = _refusal(b'{"request_id": "' + b'\\"' * ((LIMIT - 100) // 2))
     assert "unterminated string" in error.message
+
+
+# ------------------------------------------------------------------------------------ the reply cache
+
+
+def _answer(size: int, at: datetime = NOW) -> _Answer:
+    return _Answer("f", b"x" * size, at)
+
+
+def test_the_reply_cache_is_bounded_in_bytes() -> None:
+    cache = ReplyCache(256, timedelta(days=1), max_bytes=10_000)
+    for i in range(256):
+        cache.put(f"r{i}", _answer(3_000))
+    assert cache.bytes <= 10_000 and len(cache) == 3
+    assert cache.get("r255", NOW) is not None and cache.get("r0", NOW) is None
+
+
+def test_a_reply_over_the_whole_budget_is_not_kept() -> None:
+    cache = ReplyCache(256, timedelta(days=1), max_bytes=10_000)
+    cache.put("small", _answer(100))
+    cache.put("huge", _answer(10_001))
+    assert cache.get("huge", NOW) is None and cache.get("small", NOW) is not None and cache.bytes == 100
+
+
+@pytest.fixture(scope="module")
+def operator_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def _signed(key: Ed25519PrivateKey, command: str, request_id: str, **args: Any) -> bytes:
+    request = {"request_id": request_id, "origin": "ops", "args": args}
+    return json.dumps(sign_request(key, "dev1", command, request, now=NOW)).encode()
+
+
+def test_a_repeated_list_people_after_erasure_does_not_return_the_erased_person(
+    tmp_path: Path, pipeline: FacePipeline, shared_data: Path, operator_key: Ed25519PrivateKey
+) -> None:
+    commands = CommandSettings(public_keys=(public_key_text(operator_key),))
+    device = make_device(
+        tmp_path, pipeline, commands=commands, security=CommandSecurity.from_settings(commands, "dev1")
+    )
+    consent = {"reference": "consent-form-4711", "given_by": "Colin Powell"}
+    images = [image_arg(powell(shared_data, POWELL[0]))]
+    enrolled = device.send(
+        "enroll", _signed(operator_key, "enroll", "e1", name="Colin Powell", images=images, consent=consent)
+    )
+    assert enrolled["status"] == "ok", enrolled
+    listing = json.dumps({"request_id": "list-1"}).encode()
+    assert "consent-form-4711" in json.dumps(device.send("list_people", listing))
+    erased = device.send(
+        "delete_person", _signed(operator_key, "delete_person", "d1", person_id=enrolled["data"]["person"]["id"])
+    )
+    assert erased["status"] == "ok", erased
+    again = json.dumps(device.send("list_people", listing))
+    assert (
+        "Colin Powell" not in again
+        and "consent-form-4711" not in again
+        and enrolled["data"]["person"]["id"] not in again
+    )
