@@ -14,11 +14,12 @@ from agent.files import FileRefused, read_regular_file
 
 # What one decode may cost, so a hostile or mistaken upload cannot exhaust a Pi's memory (a 7000x7000 PNG of
 # 190 KB took 0.75-1.27 GB when decoded at full size and converted). Pillow holds RGB/RGBA/I at 4 bytes a
-# pixel, so no decode yields more than MAX_PIXELS (64 MB). A JPEG may have more: libjpeg decodes it reduced
-# (1/2, 1/4 or 1/8 in the DCT), up to MAX_JPEG_PIXELS. A progressive JPEG also buffers all its coefficients
-# at full size (2-6 bytes a pixel), so it may have only half of MAX_PIXELS.
-MAX_PIXELS = 16_000_000
-MAX_JPEG_PIXELS = 100_000_000
+# pixel, so no decode yields more than MAX_PIXELS, 4K UHD (33 MB, and a resize's intermediate of at most as
+# much). A JPEG may have more pixels: libjpeg decodes it reduced (1/2, 1/4 or 1/8 in the DCT), up to
+# MAX_JPEG_PIXELS. A progressive JPEG also buffers all its coefficients at full size (2-6 bytes a pixel), so
+# it may have no more than MAX_PIXELS. See scripts/bench_hostile.py for what the agent's RSS does.
+MAX_PIXELS = 3840 * 2160
+MAX_JPEG_PIXELS = 80_000_000  # under Pillow's own decompression-bomb warning (89 MP)
 MAX_SIDE = 4096  # longest side returned: no camera frame is larger, and every copy after the decode is bounded
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _ORIENTATION = {
@@ -52,7 +53,11 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, max_sid
                 fitted = _fit(*image.size, max_side)
                 if image.size != fitted:  # box-reduce first where Pillow can (not 1, P, I;16): faster, as sharp
                     plain = image.mode in ("1", "P") or image.mode.startswith("I;16")
-                    image = image.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=None if plain else 2.0)
+                    full, image = (
+                        image,
+                        image.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=None if plain else 2.0),
+                    )
+                    full.close()  # its pixels go now, before the conversions below
                 if orientation in _ORIENTATION:
                     image = image.transpose(_ORIENTATION[orientation])
                 return np.asarray(_to_rgb(image))
@@ -68,7 +73,7 @@ def _draft(image: Image.Image, name: str, max_pixels: int, max_side: int) -> Non
     """Have libjpeg decode `image` reduced: no smaller than `max_side` allows, no larger than `max_pixels`."""
     width, height = image.size
     progressive = bool(image.info.get("progressive") or image.info.get("progression"))
-    limit = max_pixels // 2 if progressive else MAX_JPEG_PIXELS
+    limit = max_pixels if progressive else MAX_JPEG_PIXELS
     if width * height > limit:
         kind = "progressive JPEG" if progressive else "JPEG"
         raise ImageError(f"{name}: image is {width}x{height}, over the {limit} pixel limit for a {kind}")
