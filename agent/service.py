@@ -15,6 +15,8 @@ show; the agent runs on without the writes (see agent/storage.py).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import queue
@@ -341,6 +343,8 @@ class AgentService:
                 reply = dispatcher.handle(request.name, request.payload, now=request.received_at)
                 if reply is not None and self.link is not None:
                     self.link.reply(request, reply)
+                del request, reply
+                _return_freed_memory()  # a small payload may have decoded large photos: trim after every command
         finally:
             dispatcher.close()
             replays.close()
@@ -418,6 +422,25 @@ class AgentService:
     def _telemetry_document(self) -> dict[str, Any]:
         figures = self.clock.figures(self.source.status().dropped)
         return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
+
+
+def _load_libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps what a large command freed (its photos, their decodes) in its heaps, so RSS would only
+    ever grow by the largest command seen; malloc_trim gives it back. Elsewhere (musl): nothing to do."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def print_event(event: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ BUDGET_MB = 250.0
 MAX_GAP_S = 5.0  # telemetry comes every second; on a loaded 2-core host a frame may take a while
 MIN_CASE_S = 5.0
 LIMIT = CommandSettings().max_payload_bytes
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -131,13 +132,17 @@ def _fill(image: bytes, limit: int = LIMIT, most: int = 10) -> list[dict[str, st
     return [{"data": _b64(image), "label": f"photo {i}"} for i in range(count)]
 
 
-def _noise_jpeg(target_bytes: int) -> bytes:
-    """Random pixels as a JPEG of about `target_bytes` (no face: enrolment runs the detector and refuses)."""
-    side = int((target_bytes / 1.1) ** 0.5)
-    pixels = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+def _noise_jpeg(max_bytes: int) -> bytes:
+    """Random pixels as the largest square JPEG under `max_bytes` (no face: enrolment runs the detector and
+    refuses it)."""
+    side = int((max_bytes / 1.2) ** 0.5)
+    while True:
+        pixels = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        if buffer.tell() <= max_bytes:
+            return buffer.getvalue()
+        side = int(side * 0.95)
 
 
 Sender = Callable[[Probe], int]
@@ -168,7 +173,7 @@ def _raw(name: str, payload: bytes, times: int = 1) -> Sender:
 
 def _flood(count: int) -> Sender:
     """`count` valid enrol requests at the payload limit, all published before the first is answered."""
-    image = _noise_jpeg(min(CommandSettings().max_image_bytes, LIMIT) - 200_000)
+    image = _noise_jpeg(min(CommandSettings().max_image_bytes, LIMIT))
     images = _fill(image)
 
     def send(probe: Probe) -> int:
@@ -213,10 +218,10 @@ def cases() -> dict[str, tuple[str, Callable[[], Sender]]]:
             "enroll: 3840x2160 4:4:4 progressive JPEGs (at the cap), as many as fit",
             lambda: _enrol_images(_fill(flat_jpeg(3840, 2160, progressive=True, mode="RGB"))),
         ),
-        "nested_json": ("enroll: 16 MiB of nested [", lambda: _raw("enroll", nested_json(LIMIT))),
-        "token_json": ("model_update: 16 MiB of {},", lambda: _raw("model_update", token_json(LIMIT))),
+        "nested_json": (f"enroll: {LIMIT / MIB:g} MiB of nested [", lambda: _raw("enroll", nested_json(LIMIT))),
+        "token_json": (f"model_update: {LIMIT / MIB:g} MiB of {{}},", lambda: _raw("model_update", token_json(LIMIT))),
         "oversized_mqtt": ("ping: one 200 MB message", lambda: _raw("ping", b"x" * (200 * 1024 * 1024))),
-        "max_size_flood": ("enroll: 20 valid requests at 16 MiB at once", lambda: _flood(20)),
+        "max_size_flood": (f"enroll: 20 valid requests of {LIMIT / MIB:g} MiB at once", lambda: _flood(20)),
         "burst": ("300 signed ping/list_people/get_status at once", lambda: _burst(300)),
     }
 

@@ -85,7 +85,7 @@ def _b64(size: int, head: bytes = b"") -> str:
 
 def test_the_largest_valid_enrol_request_passes() -> None:
     limits = CommandSettings()
-    images = [{"data": _b64(1_000_000, b"\xff\xd8\xff"), "label": f"photo {i}"} for i in range(limits.max_images)]
+    images = [{"data": _b64(500_000, b"\xff\xd8\xff"), "label": f"photo {i}"} for i in range(limits.max_images)]
     consent = {"reference": "form 12", "given_by": "Ada", "purpose": "door"}
     args = {"name": "Ada", "external_ref": "e1", "consent": consent, "force": True, "images": images}
     request = {"request_id": "r1", "schema": 1, "origin": "ops", "sent_at": "2025-06-01T12:00:00Z", "args": args}
