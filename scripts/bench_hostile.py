@@ -126,9 +126,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _fill(image: bytes, limit: int = LIMIT, most: int = 10) -> list[dict[str, str]]:
+def _fill(image: bytes, most: int = 10) -> list[dict[str, str]]:
     """As many copies of `image` as one enrol request holds under the payload limit (at most `most`)."""
-    count = max(1, min(most, (limit - 4096) // (len(_b64(image)) + 32), CommandSettings().max_images))
+    count = max(1, min(most, (LIMIT - 4096) // (len(_b64(image)) + 32), CommandSettings().max_images))
     return [{"data": _b64(image), "label": f"photo {i}"} for i in range(count)]
 
 
@@ -313,16 +313,22 @@ def run_case(name: str, label: str, sender: Sender, probe: Probe, pid: int, time
 
 
 def main() -> int:
+    global LIMIT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data)")
     parser.add_argument("--cases", nargs="+", choices=list(cases()), help="run only these cases")
     parser.add_argument("--agent-root", type=Path, default=REPO_ROOT, help="checkout whose agent runs")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a case may take to answer ping")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--payload-limit", type=int, default=LIMIT, help="the agent's commands.max_payload_bytes (an older default)"
+    )
     args = parser.parse_args()
+    LIMIT = args.payload_limit
     data = resolve_data_dir(args.data, [str(FRAMES), str(LFW_PHOTO)])
     DATA.append(data)
     chosen = {name: case for name, case in cases().items() if not args.cases or name in args.cases}
+    print(f"payloads up to {LIMIT} bytes (commands.max_payload_bytes)")
     results = []
     with tempfile.TemporaryDirectory(prefix="faceagent-hostile-") as scratch:
         folder = Path(scratch)
