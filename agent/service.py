@@ -21,6 +21,8 @@ show; the agent runs on without the writes (see agent/storage.py).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import queue
@@ -47,7 +49,7 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import UNLOADED, GallerySync
 from agent.homeassistant import HomeAssistantDiscovery, LastPersonTopic
-from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for
+from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for, packet_limit
 from agent.link.topics import resolve_device_id
 from agent.model_install import installed_models_dir, state_models_dir
 from agent.models_update import ModelUpdater
@@ -68,6 +70,8 @@ EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus= brings the 
 LATENCY_WINDOW = 300  # frames
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 GALLERY_TICK_SECONDS = 0.25  # the gallery thread's longest sleep: status asked for is published within it
+COMMAND_QUEUE = 64  # commands waiting for the command thread ...
+COMMAND_QUEUE_PAYLOADS = 2  # ... holding at most this many largest payloads' worth of bytes (64 x 16 MiB was 1 GiB)
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,9 @@ class AgentService:
         self._exit_code = 0
         self._pending_settings: Settings | None = None
         self._pending_models: tuple[Path, Future[None]] | None = None
-        self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=64)
+        self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=COMMAND_QUEUE)
+        self._queued_bytes = 0  # payload bytes in self._commands
+        self._queue_lock = threading.Lock()
         self.clock = FrameClock()
         self.storage = StorageHealth(Path(self.settings.gallery.path).parent)
         self._storage_reported = 0  # storage.transitions last published in status
@@ -223,7 +229,8 @@ class AgentService:
         if not mqtt.url:
             log.warning("no broker configured (mqtt.url / --mqtt): events stay in the outbox of %s", self.store.path)
             return None, None
-        broker = BrokerSettings.from_settings(mqtt, url=mqtt.url)  # credentials in the URL win
+        limit = packet_limit(self.settings.commands.max_payload_bytes)  # the broker drops larger messages for us
+        broker = BrokerSettings.from_settings(mqtt, url=mqtt.url, max_packet_bytes=limit)  # credentials in the URL win
         client_id = client_id_for(self.device_id, Path(self.settings.gallery.path).parent)
         will = self.telemetry.offline("connection lost")
         link = MqttLink(broker, self.device_id, self._enqueue_command, will=will, client_id=client_id)
@@ -410,11 +417,32 @@ class AgentService:
     # -------------------------------------------------------------------------------- commands
 
     def _enqueue_command(self, request: CommandRequest) -> None:
-        """On paho's thread: never block it; a flood beyond the queue is refused with a log line."""
-        try:
-            self._commands.put_nowait(request)
-        except queue.Full:
-            log.warning("command queue full: dropped %s", request.name[:64])
+        """On paho's thread: never block it; a flood beyond the queue's count or bytes is refused with a log line."""
+        size = len(request.payload)
+        budget = COMMAND_QUEUE_PAYLOADS * self.settings.commands.max_payload_bytes
+        with self._queue_lock:
+            if self._queued_bytes + size > budget:
+                log.warning(
+                    "command queue holds %d bytes: dropped %s (%d bytes, over the %d byte budget)",
+                    self._queued_bytes,
+                    request.name[:64],
+                    size,
+                    budget,
+                )
+                return
+            try:
+                self._commands.put_nowait(request)
+            except queue.Full:
+                log.warning("command queue full: dropped %s", request.name[:64])
+                return
+            self._queued_bytes += size
+
+    def _next_command(self) -> CommandRequest | None:
+        request = self._commands.get()
+        if request is not None:
+            with self._queue_lock:
+                self._queued_bytes -= len(request.payload)
+        return request
 
     def _serve_commands(self) -> None:
         services = CommandServices(
@@ -437,10 +465,12 @@ class AgentService:
         )
         dispatcher = CommandDispatcher(services, self.security)
         try:
-            while (request := self._commands.get()) is not None:
+            while (request := self._next_command()) is not None:
                 reply = dispatcher.handle(request.name, request.payload, now=request.received_at)
                 if reply is not None and self.link is not None:
                     self.link.reply(request, reply)
+                del request, reply
+                _return_freed_memory()  # a small payload may have decoded large photos: trim after every command
         finally:
             dispatcher.close()
             self.replays.close()
@@ -545,6 +575,25 @@ class AgentService:
     def _telemetry_document(self) -> dict[str, Any]:
         figures = self.clock.figures(self.source.status().dropped)
         return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
+
+
+def _load_libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps what a large command freed (its photos, their decodes) in its heaps, so RSS would only
+    ever grow by the largest command seen; malloc_trim gives it back. Elsewhere (musl): nothing to do."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def print_event(event: dict[str, Any]) -> None:

@@ -6,10 +6,12 @@ command is handled as usual.
 
 A repeated request id gets the first answer without running again (QoS 1 may deliver a command twice,
 and an operator may retry after a timeout). The answers live in memory, at most
-`commands.dedupe_entries` of them and for at most `DEDUPE_SECONDS`: the gallery's schema is not this
+`commands.dedupe_entries` of them, `DEDUPE_BYTES` in all (256 list_people replies of a big gallery were
+~600 MB) and for at most `DEDUPE_SECONDS`: the gallery's schema is not this
 package's to migrate, and a restart ends the window in which a broker redelivers. Only answers of
 commands that ran are kept; an `internal` failure is not, so a retry runs again (the gallery's writes
-are transactions, so a failure left nothing half done).
+are transactions, so a failure left nothing half done). An erasure drops every kept answer that names
+the erased person, so a repeated request id cannot bring their data back.
 
 Authority comes after validation (a malformed request is refused as such, signed or not) and before
 anything runs. The audit actor is what was verified, never what the sender claims: `key:<key id>` for a
@@ -48,6 +50,7 @@ from agent.storage import is_disk_full
 __all__ = ["CommandDispatcher", "CommandSecurity", "CommandServices", "ReplyCache", "error_reply"]
 
 DEDUPE_SECONDS = 24 * 3600
+DEDUPE_BYTES = 4 * 1024 * 1024  # a list_people of ~10,000 people; a larger answer is not kept (a repeat reruns)
 _FALLBACK = (
     b'{"schema":1,"request_id":null,"status":"error",'
     b'"error":{"code":"internal","message":"internal error; see the device log"}}'
@@ -64,22 +67,48 @@ class _Answer:
 
 
 class ReplyCache:
-    """The replies of recent requests by request id, bounded in count and age, oldest out first."""
+    """The replies of recent requests by request id, bounded in count, bytes and age, oldest out first."""
 
-    def __init__(self, max_entries: int, max_age: timedelta) -> None:
+    def __init__(self, max_entries: int, max_age: timedelta, max_bytes: int = DEDUPE_BYTES) -> None:
         self.max_entries = max_entries
         self.max_age = max_age
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
 
     def get(self, request_id: str, now: datetime) -> _Answer | None:
         while self._answers and now - next(iter(self._answers.values())).at > self.max_age:
-            self._answers.popitem(last=False)
+            self._drop_oldest()
         return self._answers.get(request_id)
 
     def put(self, request_id: str, answer: _Answer) -> None:
+        """Keep `answer`, unless it alone is over the byte budget (a repeat then runs again)."""
+        self.forget_request(request_id)
+        if len(answer.reply) > self.max_bytes:
+            log.info(
+                "reply of %s (%d bytes) not kept for repeats: over %d", request_id, len(answer.reply), self.max_bytes
+            )
+            return
         self._answers[request_id] = answer
-        while len(self._answers) > self.max_entries:
-            self._answers.popitem(last=False)
+        self.bytes += len(answer.reply)
+        while len(self._answers) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop_oldest()
+
+    def forget_request(self, request_id: str) -> None:
+        answer = self._answers.pop(request_id, None)
+        if answer is not None:
+            self.bytes -= len(answer.reply)
+
+    def forget_mentions(self, values: tuple[str, ...]) -> int:
+        """Drop every reply holding one of `values` as a whole JSON string (an erased person's id or name)."""
+        needles = [json.dumps(value, ensure_ascii=True).encode() for value in values if value]
+        stale = [rid for rid, answer in self._answers.items() if any(n in answer.reply for n in needles)]
+        for request_id in stale:
+            self.forget_request(request_id)
+        return len(stale)
+
+    def _drop_oldest(self) -> None:
+        self.bytes -= len(self._answers.popitem(last=False)[1].reply)
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -95,10 +124,16 @@ def error_reply(request_id: str | None, code: ErrorCode, message: str) -> bytes:
     return _document(request_id, {"status": "error", "error": {"code": str(code), "message": message}})
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def _fingerprint(name: str, document: dict[str, Any]) -> str:
-    """What a repeated request id must repeat: the command and its arguments."""
-    args = json.dumps(document.get("args", {}), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(f"{name}\n{args}".encode()).hexdigest()
+    """What a repeated request id must repeat: the command and its arguments. Hashed piece by piece: the
+    whole text of an enrolment's photos at once would be three more copies of the payload."""
+    digest = hashlib.sha256(f"{name}\n".encode())
+    for piece in _CANONICAL.iterencode(document.get("args", {})):
+        digest.update(piece.encode())
+    return digest.hexdigest()
 
 
 def _shown(name: str) -> str:
@@ -163,6 +198,7 @@ class CommandDispatcher:
         details: dict[str, Any] = {"request_id": request.request_id, "signed_by": signer}
         details["claimed_origin"] = request.origin
         fingerprint = _fingerprint(name, request.document)
+        request.document.clear()  # signature and fingerprint done: the photos' base64 text goes before they are decoded
         earlier = self.replies.get(request.request_id, now)
         if earlier is not None:
             if earlier.fingerprint == fingerprint:
@@ -173,6 +209,11 @@ class CommandDispatcher:
             self._audit(actor, name, details | {"status": "error", "code": "conflict"})
             return error_reply(request.request_id, ErrorCode.CONFLICT, message)
         done, reply, keep = self._execute(name, request, actor, now)
+        if done is not None and done.erased:
+            dropped = self.replies.forget_mentions(done.erased)
+            log.info(
+                "command %s %s: %d kept replies naming the erased person dropped", name, request.request_id, dropped
+            )
         if keep:
             self.replies.put(request.request_id, _Answer(fingerprint, reply, now))
         status = json.loads(reply)

@@ -81,6 +81,7 @@ class Done:
     target: str | None = None  # the person acted on, for the audit record
     details: dict[str, str | int | float | bool | None] | None = None  # scalars for the audit record
     after: Callable[[], None] | None = None  # runs once the reply is built (restart)
+    erased: tuple[str, ...] = ()  # an erased person's id and name: kept replies naming them are dropped
 
 
 Handler = Callable[[Context, dict[str, Any]], Done]
@@ -180,7 +181,7 @@ def delete_person(ctx: Context, args: dict[str, Any]) -> Done:
     person = _person_by(ctx, args)
     counts = ctx.store.delete_person(person.id, actor=ctx.actor)
     ctx.services.matcher.remove_person(person.id)
-    return Done({"person_id": person.id, "deleted": counts}, person.id)
+    return Done({"person_id": person.id, "deleted": counts}, person.id, erased=(person.id, person.name))
 
 
 def update_person(ctx: Context, args: dict[str, Any]) -> Done:

@@ -2,7 +2,8 @@
 
 A small hand-written validator rather than jsonschema or pydantic: no new dependency on the device,
 and the checks run in the order that keeps a hostile payload cheap (bytes counted before decoding,
-base64 length before decoding it, nesting bounded by the decoder). Messages name the field but never
+base64 length before decoding it, tokens and nesting counted by a linear pre-scan before `json` builds
+anything). Messages name the field but never
 echo its value, so an image, a name or a key cannot come back in a reply or a log line.
 
 A request is `{"request_id", "schema"?, "origin"?, "sent_at"?, "signature"?, "args"?}`; `args` holds the
@@ -71,6 +72,10 @@ MAX_DEPTH = 6
 # of a gallery of this size, so small galleries get the reply they always got.
 PEOPLE_PAGE = 1000
 MAX_PEOPLE_PAGE = 5000
+# Strings, brackets, commas and colons in one payload. An enrol request has a few dozen (≤ 10 images of two
+# fields), a model chunk a dozen, a 50-setting set_config ~150: 4096 leaves room and bounds the objects
+# `json` can build to 4096 whatever the payload (nested `{}` / `[]` in 16 MiB were ~850 MB and 15 s).
+MAX_TOKENS = 4096
 _TEXT = 200  # the gallery's limit for names and references
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
@@ -413,13 +418,14 @@ _decode: Callable[[str], Any] = json.JSONDecoder(
 
 def decode_payload(payload: bytes, limit: int) -> dict[str, Any]:
     """The request document: refused when over `limit` bytes (before decoding), not UTF-8 JSON, too
-    deeply nested, or not an object."""
+    deeply nested or made of too many tokens (before `json` builds anything), or not an object."""
     if len(payload) > limit:
         raise CommandError(ErrorCode.TOO_LARGE, f"payload is {len(payload)} bytes, over this command's {limit}")
     try:
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError:
         raise CommandError(ErrorCode.BAD_REQUEST, "payload is not UTF-8 text") from None
+    prescan(text)
     try:
         document = _decode(text)
     except RecursionError:
@@ -430,20 +436,36 @@ def decode_payload(payload: bytes, limit: int) -> dict[str, Any]:
         raise CommandError(ErrorCode.BAD_REQUEST, f"payload is not usable JSON: {str(exc)[:80]}") from None
     if not isinstance(document, dict):
         raise CommandError(ErrorCode.BAD_REQUEST, f"payload must be a JSON object, got {_kind(document)}")
-    if _depth(document) > MAX_DEPTH:
-        raise CommandError(ErrorCode.BAD_REQUEST, f"payload nests deeper than {MAX_DEPTH} levels")
     return document
 
 
-def _depth(document: Any) -> int:
-    deepest, stack = 0, [(document, 1)]
-    while stack:
-        value, level = stack.pop()
-        if isinstance(value, dict | list):
-            deepest = max(deepest, level)
-            if level <= MAX_DEPTH:
-                stack.extend((item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
-    return deepest
+# A whole string (its closing quote optional, so an unterminated one is found in one pass, never rescanned
+# from every later quote), or one structural character. Numbers and literals need no token of their own:
+# each value follows a `[`, `:` or `,`, each key a `{` or `,`.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*("?)|[\[{]|[\]}]|[,:]', re.DOTALL)
+_OPEN, _CLOSE = frozenset("[{"), frozenset("]}")
+
+
+def prescan(text: str, max_tokens: int = MAX_TOKENS, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a payload of more than `max_tokens` tokens or nested deeper than `max_depth`, in one linear
+    pass that stops at the first excess: `json` then builds at most `max_tokens` values (keys and containers
+    included) at most `max_depth` deep. Not a validator: what passes may still be refused by `json`."""
+    depth = 0
+    for count, match in enumerate(_TOKEN.finditer(text), 1):
+        if count > max_tokens:
+            raise CommandError(ErrorCode.BAD_REQUEST, f"payload holds more than {max_tokens} JSON tokens")
+        token = match[0]
+        if token in _OPEN:
+            depth += 1
+            if depth > max_depth:
+                raise CommandError(ErrorCode.BAD_REQUEST, f"payload nests deeper than {max_depth} levels")
+        elif token in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise CommandError(ErrorCode.BAD_REQUEST, f"payload is not JSON: unbalanced {token} at {match.start()}")
+        elif token[0] == '"' and not match[1]:
+            message = f"payload is not JSON: unterminated string at offset {match.start()}"
+            raise CommandError(ErrorCode.BAD_REQUEST, message)
 
 
 def loose_request_id(document: Any) -> str | None:

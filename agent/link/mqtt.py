@@ -34,10 +34,16 @@ from agent.errors import ConfigError
 from agent.identity import utc_now
 from agent.link.topics import Topics
 
-__all__ = ["BrokerSettings", "CommandRequest", "MqttLink", "parse_broker_url"]
+__all__ = ["BrokerSettings", "CommandRequest", "MqttLink", "packet_limit", "parse_broker_url"]
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # paho holds QoS 1 messages for both
+PACKET_HEADROOM = 64 * 1024  # fixed header, topic and properties (response topic, correlation data) around a payload
+
+
+def packet_limit(max_payload_bytes: int) -> int:
+    """The largest MQTT packet worth receiving: the largest payload a command may have, plus its envelope."""
+    return max_payload_bytes + PACKET_HEADROOM
 
 
 CLIENT_ID_NAME = "mqtt-client-id"  # in the state directory
@@ -111,6 +117,10 @@ class BrokerSettings:
     reconnect_min_seconds: float = 1.0  # backoff doubles from here ...
     reconnect_max_seconds: float = 60.0  # ... up to here, forever
     max_inflight: int = 20  # QoS 1 messages awaiting PUBACK: keep <= the broker's Receive Maximum
+    # MQTT 5 Maximum Packet Size in CONNECT: the broker drops larger messages for this client, so they never
+    # reach paho (which reads any packet up to 256 MB into memory). MQTT 3.1.1 has no such property: there
+    # only the broker's own max_packet_size protects the device.
+    max_packet_bytes: int | None = None
 
     @classmethod
     def from_settings(cls, mqtt: MqttSettings, url: str | None = None, **tuning: Any) -> BrokerSettings:
@@ -174,6 +184,12 @@ class MqttLink:
         """Connect in the background; an absent broker is retried with backoff, forever."""
         self._log_state("connecting", logging.INFO, "connecting to %s:%d", self._address["host"], self._address["port"])
         options: dict[str, Any] = {"clean_start": True} if self._v5 else {}
+        if self._v5 and self.settings.max_packet_bytes:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = self.settings.max_packet_bytes
+            options["properties"] = properties  # paho sends it again on every reconnect
+        elif self.settings.max_packet_bytes:
+            log.info("MQTT 3.1.1 cannot limit the size of incoming messages: set max_packet_size on the broker")
         self._client.connect_async(self._address["host"], self._address["port"], self.settings.keepalive, **options)
         self._client.loop_start()
 
