@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -56,7 +58,9 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions
 
 log = logging.getLogger(__name__)
 
-EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus= brings the agent back after `restart`
+EXIT_RESTART = 75  # EX_TEMPFAIL: `run` returns it after `restart`; cmd_run then re-executes the agent in place
+# At most one MQTT `restart` per this many seconds of uptime: a stream of them is refused, never a restart loop.
+RESTART_MIN_INTERVAL_SECONDS = 60.0
 LATENCY_WINDOW = 300  # frames
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 
@@ -122,6 +126,7 @@ class AgentService:
         self.device_id = resolve_device_id(self.settings.mqtt.device_id)
         self._stop = threading.Event()
         self._exit_code = 0
+        self._last_start = time.monotonic()  # this process, or the restart it accepted last
         self._pending_settings: Settings | None = None
         self._pending_models: tuple[Path, Future[None]] | None = None
         self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=64)
@@ -161,7 +166,8 @@ class AgentService:
         models = {"detector": self.pipeline.detector_spec.id, "embedder": model_id}
         self.telemetry = Telemetry(self.device_id, __version__, models)
         self.link, self.outbox = self._start_link()
-        self.source: LatestFrame = open_latest(settings.camera, lossless=self.options.lossless).start()
+        camera = open_latest(settings.camera, lossless=self.options.lossless, config_path=self.options.settings_path)
+        self.source: LatestFrame = camera.start()
         worker = threading.Thread(target=self._serve_commands, name="faceagent-commands", daemon=True)
         worker.start()
         try:
@@ -211,7 +217,11 @@ class AgentService:
                     log.info("source %s ended", self.source.source.description)
                     break
                 camera = self.source.status()
-                if not ready and camera.state in (SourceState.RECONNECTING, SourceState.FAILED):
+                if not ready and camera.state in (
+                    SourceState.RECONNECTING,
+                    SourceState.FAILED,
+                    SourceState.NOT_CONFIGURED,
+                ):
                     # Up and serving commands without a camera: READY, or systemd would restart us in a loop.
                     self.notifier.ready(f"camera {camera.state}: {camera.last_error}")
                     ready = True
@@ -263,8 +273,19 @@ class AgentService:
             for event in events:
                 self.options.on_event(event)
 
+    def _restart_wait(self) -> float:
+        """Seconds until `restart` may run again; 0 accepts it now, and the next one waits a full interval."""
+        wait = self._last_start + RESTART_MIN_INTERVAL_SECONDS - time.monotonic()
+        if wait > 0:
+            return wait
+        self._last_start = time.monotonic()
+        return 0.0
+
     def _shutdown(self, worker: threading.Thread) -> None:
-        self.notifier.stopping("stopping")
+        if self._exit_code == EXIT_RESTART:
+            self.notifier.reloading("restarting in place (MQTT restart)")  # not STOPPING: the unit stays active
+        else:
+            self.notifier.stopping("stopping")
         self.source.stop()
         self._emitted(self.recognizer.flush(datetime.now(UTC)))
         if self._pending_models is not None:
@@ -298,6 +319,7 @@ class AgentService:
             enroller_factory=self._enroller,
             status=self._status_document,
             request_restart=lambda: self.stop(EXIT_RESTART),
+            restart_wait=self._restart_wait,
             storage=self.storage,
         )
         replays = StoredReplayCache(self.settings.gallery.path)  # a restart must not reopen the replay window
@@ -392,6 +414,20 @@ class AgentService:
     def _telemetry_document(self) -> dict[str, Any]:
         figures = self.clock.figures(self.source.status().dropped)
         return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
+
+
+def reexec() -> int:
+    """Replace this process with a fresh agent, same PID and arguments: systemd sees a reload (RELOADING=1 sent
+    at shutdown, READY=1 from the new agent), not a new start, so `restart` never counts against the start
+    limit. Returns EXIT_RESTART only if the exec failed, and the unit's RestartForceExitStatus= restarts it."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        os.execv(sys.executable, sys.orig_argv)
+    except OSError as exc:
+        print(f"faceagent: could not restart in place ({exc}); exiting {EXIT_RESTART} for systemd", file=sys.stderr)
+    return EXIT_RESTART
 
 
 def print_event(event: dict[str, Any]) -> None:
