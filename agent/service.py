@@ -59,8 +59,10 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions
 log = logging.getLogger(__name__)
 
 EXIT_RESTART = 75  # EX_TEMPFAIL: `run` returns it after `restart`; cmd_run then re-executes the agent in place
-# At most one MQTT `restart` per this many seconds of uptime: a stream of them is refused, never a restart loop.
+# At most one MQTT `restart` per this many seconds: a stream of them is refused, never a restart loop. The time of
+# the last one survives the re-exec in RESTARTED_AT_ENV (CLOCK_MONOTONIC, the same clock for every process).
 RESTART_MIN_INTERVAL_SECONDS = 60.0
+RESTARTED_AT_ENV = "FACEAGENT_RESTARTED_AT"
 LATENCY_WINDOW = 300  # frames
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 
@@ -126,7 +128,7 @@ class AgentService:
         self.device_id = resolve_device_id(self.settings.mqtt.device_id)
         self._stop = threading.Event()
         self._exit_code = 0
-        self._last_start = time.monotonic()  # this process, or the restart it accepted last
+        self._last_restart = _restarted_at()  # the last `restart` accepted, by this process or before its re-exec
         self._pending_settings: Settings | None = None
         self._pending_models: tuple[Path, Future[None]] | None = None
         self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=64)
@@ -275,10 +277,11 @@ class AgentService:
 
     def _restart_wait(self) -> float:
         """Seconds until `restart` may run again; 0 accepts it now, and the next one waits a full interval."""
-        wait = self._last_start + RESTART_MIN_INTERVAL_SECONDS - time.monotonic()
-        if wait > 0:
+        now = time.monotonic()
+        if self._last_restart is not None and (wait := self._last_restart + RESTART_MIN_INTERVAL_SECONDS - now) > 0:
             return wait
-        self._last_start = time.monotonic()
+        self._last_restart = now
+        os.environ[RESTARTED_AT_ENV] = repr(now)  # inherited by the re-executed agent
         return 0.0
 
     def _shutdown(self, worker: threading.Thread) -> None:
@@ -414,6 +417,14 @@ class AgentService:
     def _telemetry_document(self) -> dict[str, Any]:
         figures = self.clock.figures(self.source.status().dropped)
         return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
+
+
+def _restarted_at() -> float | None:
+    try:
+        value = float(os.environ.get(RESTARTED_AT_ENV, ""))
+    except ValueError:
+        return None
+    return value if 0 <= value <= time.monotonic() else None
 
 
 def reexec() -> int:

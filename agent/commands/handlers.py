@@ -279,7 +279,7 @@ def purge_events(ctx: Context, args: dict[str, Any]) -> Done:
 def restart(ctx: Context, args: dict[str, Any]) -> Done:
     wait = ctx.services.restart_wait() if ctx.services.restart_wait is not None else 0.0
     if wait > 0:
-        message = f"restart refused: too soon after the agent's last start or restart; retry in {math.ceil(wait)} s"
+        message = f"restart refused: at most one a minute, the last was too recent; retry in {math.ceil(wait)} s"
         raise CommandError(ErrorCode.RATE_LIMITED, message)
     return Done({"restarting": True}, after=ctx.services.request_restart)
 
