@@ -225,9 +225,10 @@ class AgentService:
                     SourceState.NOT_CONFIGURED,
                 ):
                     # Up and serving commands without a camera: READY, or systemd would restart us in a loop.
-                    self.notifier.ready(f"camera {camera.state}: {camera.last_error}")
+                    unset = camera.state == SourceState.NOT_CONFIGURED  # its message starts "camera not configured"
+                    self.notifier.ready(camera.last_error if unset else f"camera {camera.state}: {camera.last_error}")
                     ready = True
-                self.notifier.heartbeat(f"camera {camera.state}, reopening" if camera.errors else None)
+                self.notifier.heartbeat(_waiting_status(camera.state) if camera.errors else None)
             else:
                 detect_before, embed_before = detector_clock.seconds, embedder_clock.seconds
                 faces_before = self.recognizer.stats.faces
@@ -417,6 +418,12 @@ class AgentService:
     def _telemetry_document(self) -> dict[str, Any]:
         figures = self.clock.figures(self.source.status().dropped)
         return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
+
+
+def _waiting_status(state: SourceState) -> str:
+    if state == SourceState.NOT_CONFIGURED:
+        return "camera not configured: set [camera] source, then restart the agent"
+    return f"camera {state}, reopening"
 
 
 def _restarted_at() -> float | None:

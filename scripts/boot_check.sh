@@ -270,6 +270,7 @@ rsync -a --exclude=/.venv --exclude=/.git --exclude=__pycache__ --exclude=.pytes
 install -m 0644 "$REPO/samples/hamilton_clip.mp4" "$REPO/samples/hamilton_frame_0100.jpg" "$RUN_ROOT$IN_ROOT/media/"
 chmod 0755 "$RUN_ROOT$IN_ROOT" "$RUN_ROOT$IN_ROOT/media"
 echo "faceagent-boot" >"$RUN_ROOT/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 faceagent-boot\n' >"$RUN_ROOT/etc/hosts" # sudo resolves its host name
 # The host's pip settings (sudo, as the README runs it, reads only /etc/pip.conf): same index, trusted hosts,
 # proxy, CA bundle; the local folders and file:// indexes they name are bound read-only at the same paths.
 BINDS=()
@@ -309,8 +310,8 @@ for key, value in settings.items():
         urls = value.split()
         for url in urls:
             path = urlparse(url).path if url.startswith("file:") else url if url.startswith("/") else None
-            if path and Path(path).is_dir():
-                binds.add(str(Path(path)))
+            if path and Path(path).is_dir():  # an index's pages link to files beside it (../files/): bind its parent
+                binds.add(str(Path(path).parent if key != "find-links" else Path(path)))
         out[key] = "\n    ".join(urls)
     elif key in ("trusted-host", "proxy", "timeout", "default-timeout", "retries", "index", "no-index",
                  "disable-pip-version-check", "prefer-binary", "only-binary", "no-binary"):
@@ -338,6 +339,10 @@ for ((i = 0; i < 60; i++)); do
     sleep 0.5
 done
 [[ -n $LEADER ]] || { indent <"$LOGS/nspawn.log"; fail "no systemd in the container after 30 s"; }
+for ((i = 0; i < 120; i++)); do # until PID 1 answers on its private socket
+    inside 'test -S /run/systemd/private' 2>/dev/null && break
+    sleep 0.5
+done
 system_state=$(inside 'timeout 90 systemctl is-system-running --wait' 2>&1) || true
 say "  PID 1 in the container: $(inside 'cat /proc/1/comm') ($(inside 'systemctl --version | head -1')), system $system_state"
 [[ $system_state == running || $system_state == degraded ]] || fail "the container did not finish booting: $system_state"
