@@ -8,7 +8,7 @@ from pathlib import Path
 from agent import provisioning
 from agent.config import find_config, load_layered, load_settings, require_tls
 from agent.demo import run_demo
-from agent.service import AgentService, RunOptions, print_event
+from agent.service import EXIT_RESTART, AgentService, RunOptions, print_event, reexec
 
 
 def add_live_commands(commands: argparse._SubParsersAction) -> None:
@@ -45,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     service = AgentService(settings, options)
     service.install_signal_handlers()
-    return service.run()
+    code = service.run()
+    return reexec() if code == EXIT_RESTART else code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

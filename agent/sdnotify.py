@@ -141,6 +141,12 @@ class Notifier:
         """Ask for more time during a slow start or stop (EXTEND_TIMEOUT_USEC), e.g. while flushing the outbox."""
         self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
+    def reloading(self, status: str | None = None) -> None:
+        """An in-place restart has begun: the unit stays active ("reloading") until the next READY=1, so it
+        never counts as a start against StartLimitBurst=. MONOTONIC_USEC is what systemd >= 253 asks for."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", *([f"STATUS={status}"] if status else []))
+
     def stopping(self, status: str | None = None) -> None:
         """Shutdown has begun: systemd stops expecting pings and waits up to TimeoutStopSec= for the exit."""
         self.send("STOPPING=1", *([f"STATUS={status}"] if status else []))

@@ -25,8 +25,10 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -66,7 +68,11 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions
 
 log = logging.getLogger(__name__)
 
-EXIT_RESTART = 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus= brings the agent back after `restart`
+EXIT_RESTART = 75  # EX_TEMPFAIL: `run` returns it after `restart`; cmd_run then re-executes the agent in place
+# At most one MQTT `restart` per this many seconds: a stream of them is refused, never a restart loop. The time of
+# the last one survives the re-exec in RESTARTED_AT_ENV (CLOCK_MONOTONIC, the same clock for every process).
+RESTART_MIN_INTERVAL_SECONDS = 60.0
+RESTARTED_AT_ENV = "FACEAGENT_RESTARTED_AT"
 LATENCY_WINDOW = 300  # frames
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 GALLERY_TICK_SECONDS = 0.25  # the gallery thread's longest sleep: status asked for is published within it
@@ -131,6 +137,7 @@ class AgentService:
         self.device_id = resolve_device_id(self.settings.mqtt.device_id)
         self._stop = threading.Event()
         self._exit_code = 0
+        self._last_restart = _restarted_at()  # the last `restart` accepted, by this process or before its re-exec
         self._pending_settings: Settings | None = None
         self._pending_models: tuple[Path, Future[None]] | None = None
         self._commands: queue.Queue[CommandRequest | None] = queue.Queue(maxsize=COMMAND_QUEUE)
@@ -192,7 +199,8 @@ class AgentService:
         self.telemetry = Telemetry(self.device_id, __version__, models)
         self.warnings = self._warnings()
         self.link, self.outbox = self._start_link()
-        self.source: LatestFrame = open_latest(settings.camera, lossless=self.options.lossless).start()
+        camera = open_latest(settings.camera, lossless=self.options.lossless, config_path=self.options.settings_path)
+        self.source: LatestFrame = camera.start()
         worker = threading.Thread(target=self._serve_commands, name="faceagent-commands", daemon=True)
         worker.start()
         self.gallery_thread = threading.Thread(target=self._keep_gallery, name="faceagent-gallery", daemon=True)
@@ -271,12 +279,17 @@ class AgentService:
                     log.info("source %s ended", self.source.source.description)
                     break
                 camera = self.source.status()
-                if not ready and camera.state in (SourceState.RECONNECTING, SourceState.FAILED):
+                if not ready and camera.state in (
+                    SourceState.RECONNECTING,
+                    SourceState.FAILED,
+                    SourceState.NOT_CONFIGURED,
+                ):
                     # Up and serving commands without a camera: READY, or systemd would restart us in a loop.
-                    self.notifier.ready(f"camera {camera.state}: {camera.last_error}")
+                    unset = camera.state == SourceState.NOT_CONFIGURED  # its message starts "camera not configured"
+                    self.notifier.ready(camera.last_error if unset else f"camera {camera.state}: {camera.last_error}")
                     ready = True
                     self._request_status()  # the first status went out without the gallery summary
-                self.notifier.heartbeat(f"camera {camera.state}, reopening" if camera.errors else None)
+                self.notifier.heartbeat(_waiting_status(camera.state) if camera.errors else None)
             else:
                 detect_before, embed_before = detector_clock.seconds, embedder_clock.seconds
                 faces_before = self.recognizer.stats.faces
@@ -395,8 +408,20 @@ class AgentService:
             for event in events:
                 self.options.on_event(event)
 
+    def _restart_wait(self) -> float:
+        """Seconds until `restart` may run again; 0 accepts it now, and the next one waits a full interval."""
+        now = time.monotonic()
+        if self._last_restart is not None and (wait := self._last_restart + RESTART_MIN_INTERVAL_SECONDS - now) > 0:
+            return wait
+        self._last_restart = now
+        os.environ[RESTARTED_AT_ENV] = repr(now)  # inherited by the re-executed agent
+        return 0.0
+
     def _shutdown(self, worker: threading.Thread) -> None:
-        self.notifier.stopping("stopping")
+        if self._exit_code == EXIT_RESTART:
+            self.notifier.reloading("restarting in place (MQTT restart)")  # not STOPPING: the unit stays active
+        else:
+            self.notifier.stopping("stopping")
         self.source.stop()
         self._emitted(self.recognizer.flush(datetime.now(UTC)))
         if self._pending_models is not None:
@@ -454,6 +479,7 @@ class AgentService:
             enroller_factory=self._enroller,
             status=self._status_document,  # on the command thread, which opens its own connection
             request_restart=lambda: self.stop(EXIT_RESTART),
+            restart_wait=self._restart_wait,
             storage=self.storage,
         )
         services.model_updates = ModelUpdater(
@@ -594,6 +620,34 @@ def _return_freed_memory() -> None:
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+def _waiting_status(state: SourceState) -> str:
+    if state == SourceState.NOT_CONFIGURED:
+        return "camera not configured: set [camera] source, then restart the agent"
+    return f"camera {state}, reopening"
+
+
+def _restarted_at() -> float | None:
+    try:
+        value = float(os.environ.get(RESTARTED_AT_ENV, ""))
+    except ValueError:
+        return None
+    return value if 0 <= value <= time.monotonic() else None
+
+
+def reexec() -> int:
+    """Replace this process with a fresh agent, same PID and arguments: systemd sees a reload (RELOADING=1 sent
+    at shutdown, READY=1 from the new agent), not a new start, so `restart` never counts against the start
+    limit. Returns EXIT_RESTART only if the exec failed, and the unit's RestartForceExitStatus= restarts it."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        os.execv(sys.executable, sys.orig_argv)
+    except OSError as exc:
+        print(f"faceagent: could not restart in place ({exc}); exiting {EXIT_RESTART} for systemd", file=sys.stderr)
+    return EXIT_RESTART
 
 
 def print_event(event: dict[str, Any]) -> None:

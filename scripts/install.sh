@@ -10,7 +10,8 @@ Usage: sudo scripts/install.sh [OPTIONS]
 Installs, from this checkout: the system packages (python3-venv, python3-picamera2), the `faceagent` system
 user (in group video), a venv at /opt/faceagent/venv that sees the system picamera2, the faceagent package
 with its models, /etc/faceagent/faceagent.toml (only if absent: never overwritten), /var/lib/faceagent, and
-the systemd unit, which it enables (and restarts when systemd is running).
+the systemd unit, which it enables (and restarts when systemd is running). With no camera configured the
+agent uses a Pi camera that picamera2 finds, or runs without one and says so in its status and log.
 
   --dry-run                  print every action without doing it
   --root DIR                 act on the system image at DIR (a mounted SD card, a chroot, a test tree);
@@ -256,13 +257,29 @@ step_unit() {
     if systemd_running; then run systemctl daemon-reload; fi
 }
 
+# The configured [camera] source, "" when none (the agent then uses a Pi camera it finds, or runs without one).
+configured_camera() {
+    local config
+    config="$(target "$CONFIG_DIR/faceagent.toml")"
+    [[ -r $config && -x $(target "$VENV/bin/python") ]] || return 0
+    "$(target "$VENV/bin/python")" -c 'import sys, tomllib
+print(str(tomllib.load(open(sys.argv[1], "rb")).get("camera", {}).get("source", "")).strip())' "$config" 2>/dev/null || true
+}
+
 step_enable() {
     # enable only makes symlinks, so it works offline, in a chroot and with --root
     run systemctl "${ROOT_OPTIONS[@]}" enable "$UNIT"
     if systemd_running && ((START)); then
-        run systemctl restart "$UNIT"
+        # Without a camera the agent still comes up (READY, status "camera: not configured"), so this succeeds.
+        run systemctl restart "$UNIT" || die "faceagent did not start: see journalctl -u $UNIT -b"
+        ((DRY_RUN)) || say "faceagent is $(systemctl is-active "$UNIT"): $(systemctl show -p StatusText --value "$UNIT")"
     elif ((START)); then
         say "systemd is not running here: faceagent starts at the next boot"
+    fi
+    if ((!DRY_RUN)) && [[ -z $(configured_camera) ]]; then
+        say "no [camera] source in $CONFIG_DIR/faceagent.toml: the agent uses the Pi camera when picamera2 finds one;"
+        say "otherwise it runs and reports \"camera: not configured\". Next step: set [camera] source (and [mqtt] url),"
+        say "then: sudo systemctl restart $UNIT"
     fi
 }
 

@@ -166,6 +166,14 @@ def test_the_unit_is_installed_and_enabled_offline(root: Path) -> None:
 
 
 @needs_root
+def test_an_install_without_a_camera_prints_the_step_that_finishes_it(root: Path) -> None:
+    result = install("--root", root, "--steps", "user,config,unit,enable")
+    assert result.returncode == 0, result.stderr
+    assert "no [camera] source in /etc/faceagent/faceagent.toml" in result.stdout
+    assert "Next step: set [camera] source" in result.stdout and "sudo systemctl restart faceagent" in result.stdout
+
+
+@needs_root
 def test_installing_the_unit_twice_changes_nothing(root: Path) -> None:
     install("--root", root, "--steps", "user,config,unit,enable")
     before = snapshot(root)
@@ -287,6 +295,21 @@ client.disconnect()
 client.loop_stop()
 print("published")
 """
+
+
+def test_the_unit_starts_after_a_local_broker_without_requiring_one() -> None:
+    assert "mosquitto.service" in " ".join(_unit_values("After"))  # and so stops before it at shutdown
+    pulled_in = " ".join(_unit_values("Wants") + _unit_values("Requires") + _unit_values("BindsTo"))
+    assert "mosquitto" not in pulled_in
+
+
+def test_the_start_limit_lets_restarts_a_minute_apart_through() -> None:
+    """systemd counts every start: the window must be short enough that an occasional watchdog restart or
+    `systemctl restart` never adds up to a `failed` unit, while a start that fails at once still does."""
+    interval, burst = int(_unit_values("StartLimitIntervalSec")[0]), int(_unit_values("StartLimitBurst")[0])
+    restart_sec = int(_unit_values("RestartSec")[0])
+    assert interval / 60 < burst  # one start a minute never reaches the limit
+    assert burst * restart_sec <= interval  # a crash at start-up (one start per RestartSec) does
 
 
 def _unit_values(key: str) -> list[str]:

@@ -176,6 +176,16 @@ def test_stopping_is_sent(receiver: Receiver, notify_path: str) -> None:
     assert receiver.messages() == [["STOPPING=1", "STATUS=flushing outbox"]]
 
 
+def test_reloading_carries_the_monotonic_time_systemd_asks_for(receiver: Receiver, notify_path: str) -> None:
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    with make(notify_path, FakeClock()) as notifier:
+        notifier.reloading("restarting in place")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    [[reloading, monotonic, status]] = receiver.messages()
+    assert (reloading, status) == ("RELOADING=1", "STATUS=restarting in place")
+    assert monotonic.startswith("MONOTONIC_USEC=") and before <= int(monotonic.split("=")[1]) <= after
+
+
 def test_extend_timeout_is_in_microseconds(receiver: Receiver, notify_path: str) -> None:
     with make(notify_path, FakeClock()) as notifier:
         notifier.extend_timeout(2.5)

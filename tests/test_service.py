@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.commands.signing import public_key_text
 from tests.broker import Broker, Observer
 from tests.command_fixtures import OPERATOR_TOML
 
@@ -134,3 +142,118 @@ def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=60)
     assert agent.returncode == 0
+
+
+class NotifySocket:
+    """systemd's end of `$NOTIFY_SOCKET`: a real datagram socket; `lines()` is everything received so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.received: list[str] = []
+
+    def lines(self) -> list[str]:
+        while True:
+            try:
+                self.received.extend(self.sock.recv(4096).decode().split("\n"))
+            except TimeoutError:
+                return self.received
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.lines()):
+                return True
+        return False
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    with tempfile.TemporaryDirectory(prefix="fa-notify-") as folder:  # short: sun_path holds 108 bytes
+        manager = NotifySocket(Path(folder) / "notify")
+        yield manager
+        manager.sock.close()
+
+
+def signing_config(tmp_path: Path, config: Path) -> Path:
+    """Signed commands required, by a new operator key; returns the private key's path for `ctl --sign-key`."""
+    key = Ed25519PrivateKey.generate()
+    pem = tmp_path / "operator.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))  # fmt: skip
+    signing = f'[commands]\nsigning_required = true\npublic_keys = ["{public_key_text(key)}"]\n'
+    config.write_text(config.read_text() + signing)
+    return pem
+
+
+def ctl_call(broker: Broker, key: Path, command: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "ctl", "call", DEVICE, command, "--mqtt", broker.url, "--sign-key", str(key),
+         "--timeout", "30", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return json.loads(result.stdout)["reply"]
+
+
+def start_under_systemd(command: list[str], notify: NotifySocket) -> subprocess.Popen[str]:
+    """The agent as the unit starts it: NOTIFY_SOCKET and a 30 s watchdog meant for its own PID (set by exec)."""
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "30000000"}
+    launcher = "import os, sys; os.environ['WATCHDOG_PID'] = str(os.getpid()); os.execv(sys.executable, sys.argv[1:])"
+    return subprocess.Popen([sys.executable, "-c", launcher, sys.executable, *command], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mqtt_restart_reexecutes_in_place_and_a_second_one_is_refused(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path, notify_socket: NotifySocket
+) -> None:
+    config = write_config(tmp_path, broker, loop=True, fps=15)
+    key = signing_config(tmp_path, config)
+    observer = observe(broker, [f"faceagent/{DEVICE}/status"])
+    frames = shared_data / "sequence/hamilton_clip/frames"
+    db = tmp_path / "gallery.db"
+    command = ["-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(frames)]
+    agent = start_under_systemd(command, notify_socket)
+    try:
+        assert notify_socket.wait_for(lambda lines: "READY=1" in lines, timeout=60), agent.stderr
+        assert ctl_call(broker, key, "restart")["data"] == {"restarting": True}
+        # systemd sees a reload of the same process (not a stop and a new start), then READY again
+        assert notify_socket.wait_for(lambda lines: lines.count("READY=1") == 2, timeout=60)
+        lines = notify_socket.lines()
+        assert "RELOADING=1" in lines[lines.index("READY=1") : len(lines) - lines[::-1].index("READY=1")]
+        assert "STOPPING=1" not in lines and agent.poll() is None
+        refused = ctl_call(broker, key, "restart")
+        assert refused["status"] == "error" and refused["error"]["code"] == "rate_limited", refused
+        assert "retry in" in refused["error"]["message"]
+        assert observer.wait_for(lambda _: [s["state"] for s in status(observer)].count("online") >= 2, timeout=30)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert notify_socket.lines().count("READY=1") == 2  # the refused restart did nothing
+
+
+@pytest.mark.slow
+def test_without_a_camera_the_agent_runs_and_says_how_to_configure_one(
+    tmp_path: Path, broker: Broker, observe, notify_socket: NotifySocket
+) -> None:
+    config = tmp_path / "faceagent.toml"
+    config.write_text(f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\ntelemetry_interval_seconds = 1\n')
+    observer = observe(broker, [f"faceagent/{DEVICE}/status"])
+    command = ["-m", "agent", "--config", str(config), "--db", str(tmp_path / "gallery.db"), "run"]
+    agent = start_under_systemd(command, notify_socket)
+    try:
+        assert notify_socket.wait_for(lambda lines: "READY=1" in lines, timeout=60), "no READY without a camera"
+        assert any(line.startswith("STATUS=camera not configured") for line in notify_socket.lines())
+        assert observer.wait_for(lambda _: any((s.get("camera") or {}).get("state") for s in status(observer)), 30)
+        camera = next(s["camera"] for s in status(observer) if s.get("camera"))
+        assert camera["state"] == "not configured" and f"set [camera] source in {config}" in camera["last_error"]
+        time.sleep(3)
+        assert agent.poll() is None  # still running: no exit for systemd to restart in a loop
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert "camera not configured" in stderr and "sudo systemctl restart faceagent" in stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,10 +27,13 @@ from agent.sources import (
     open_source,
     parse_source,
 )
+from agent.sources.base import SourceNotConfigured
+from agent.sources.factory import NotConfiguredSource
 from agent.sources.folder import FolderSource
 from agent.sources.picamera import PicameraSource
 from agent.sources.pyav import PyavSource
 from agent.vision.image import load_image
+from tests.fakes import picamera2 as fake_picamera2
 
 CLIP_FRAMES = 275
 
@@ -340,9 +344,31 @@ def test_a_directory_path_is_a_folder_source(tmp_path: Path) -> None:
     assert parse_source(str(tmp_path)).kind == "folder"
 
 
-def test_no_configured_source_is_a_clear_error() -> None:
+def test_no_source_and_no_pi_camera_is_reported_as_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # not installed
+    source = open_source(CameraSettings(), Path("/etc/faceagent/faceagent.toml"))
+    with pytest.raises(SourceNotConfigured, match=r"set \[camera\] source in /etc/faceagent/faceagent.toml"):
+        source.open()
+    latest = LatestFrame(source).start()
+    try:
+        assert latest.get(timeout=2.0) is None
+        assert latest.status().state == SourceState.NOT_CONFIGURED
+    finally:
+        latest.stop()
+
+
+def test_no_source_on_a_pi_with_a_camera_means_the_pi_camera(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2)
+    monkeypatch.setenv(fake_picamera2.UNPLUGGED_ENV, str(tmp_path / "unplugged"))
+    monkeypatch.setenv(fake_picamera2.CAMERAS_ENV, "1")
+    assert isinstance(open_source(CameraSettings()), PicameraSource)
+    monkeypatch.setenv(fake_picamera2.CAMERAS_ENV, "0")  # picamera2 installed, no camera attached
+    assert isinstance(open_source(CameraSettings()), NotConfiguredSource)
+
+
+def test_an_empty_source_string_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match=r"no camera configured: set \[camera\] source"):
-        open_source(CameraSettings())
+        parse_source("")
 
 
 def test_an_unknown_source_lists_the_accepted_forms() -> None:

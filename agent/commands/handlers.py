@@ -7,6 +7,7 @@ is refused as `storage_full` (nothing was changed), not reported as an internal 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tempfile
 import tomllib
@@ -58,6 +59,7 @@ class CommandServices:
     enroller_factory: Callable[[GalleryStore], Enroller]
     status: Callable[[], dict]
     request_restart: Callable[[], None]
+    restart_wait: Callable[[], float] | None = None  # seconds until `restart` may run (0: now); None: no limit
     actor_prefix: str = "mqtt"
     model_updates: ModelUpdater | None = None  # the model_update job; None: updates are not offered
     storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
@@ -308,6 +310,10 @@ def purge_events(ctx: Context, args: dict[str, Any]) -> Done:
 
 
 def restart(ctx: Context, args: dict[str, Any]) -> Done:
+    wait = ctx.services.restart_wait() if ctx.services.restart_wait is not None else 0.0
+    if wait > 0:
+        message = f"restart refused: at most one a minute, the last was too recent; retry in {math.ceil(wait)} s"
+        raise CommandError(ErrorCode.RATE_LIMITED, message)
     return Done({"restarting": True}, after=ctx.services.request_restart)
 
 

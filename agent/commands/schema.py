@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     STALE = "stale"
     REPLAYED = "replayed"
     STORAGE_FULL = "storage_full"  # the device's disk is full: nothing was written; retry later
+    RATE_LIMITED = "rate_limited"  # too soon after the last one (restart): the message says when to retry
     INTERNAL = "internal"
 
 

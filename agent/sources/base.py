@@ -28,6 +28,10 @@ class SourceUnavailable(SourceError):
     """A source that cannot work on this machine as configured: retrying will not help, the message says what will."""
 
 
+class SourceNotConfigured(SourceUnavailable):
+    """No camera is configured (a fresh install): the agent still runs, reports it and says how to set one."""
+
+
 @dataclass(frozen=True, slots=True)
 class HiRes:
     """The same exposure at a higher resolution, for sharper face crops than the detection frame gives.

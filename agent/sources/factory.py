@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from agent.config import CameraSettings
-from agent.sources.base import FrameSource, SourceError
+from agent.sources.base import Frame, FrameSource, SourceError, SourceNotConfigured
 from agent.sources.folder import FolderSource
 from agent.sources.latest import LatestFrame
 from agent.sources.picamera import PicameraSource
 from agent.sources.pyav import PyavSource, redact_url
+
+log = logging.getLogger(__name__)
 
 SourceKind = Literal["picamera2", "v4l2", "rtsp", "file", "folder"]
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm"})
@@ -67,11 +72,50 @@ def parse_size(text: str, key: str = "size") -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def open_source(camera: CameraSettings) -> FrameSource:
+class NotConfiguredSource:
+    """Stands in for the camera on a fresh install: opening it says how to configure one, and the agent runs on
+    without frames (status, commands, READY and watchdog pings) instead of exiting into a restart loop."""
+
+    description = "camera"
+
+    def __init__(self, config_path: Path | None = None) -> None:
+        self._config = str(config_path) if config_path else "the configuration file"
+
+    def open(self) -> None:
+        raise SourceNotConfigured(
+            f"camera not configured and no Pi camera found: set [camera] source in {self._config} to one of "
+            f"{FORMS}; then restart the agent (sudo systemctl restart faceagent)"
+        )
+
+    def read(self) -> Frame | None:
+        raise SourceNotConfigured("camera not configured")
+
+    def close(self) -> None:
+        pass
+
+
+def detect_pi_camera() -> bool:
+    """Whether picamera2 is installed and sees a camera: a Pi with its camera needs no [camera] source."""
+    if importlib.util.find_spec("picamera2") is None:
+        return False
+    try:
+        return bool(importlib.import_module("picamera2").Picamera2.global_camera_info())
+    except Exception as exc:  # a broken libcamera must not stop the agent: it then runs as not configured
+        log.warning("picamera2 is installed but could not list cameras: %s", exc)
+        return False
+
+
+def open_source(camera: CameraSettings, config_path: Path | None = None) -> FrameSource:
     """The source `camera.source` names, built but not opened (LatestFrame opens it, and reopens it).
 
-    Raises SourceError when no source is configured or the string names none, before any device is touched.
+    No source configured: the Pi camera when picamera2 sees one, else a source that reports "not configured".
+    Raises SourceError when the string names no source, before any device is touched.
     """
+    if not (camera.source or "").strip():
+        if not detect_pi_camera():
+            return NotConfiguredSource(config_path)
+        log.info("no [camera] source configured: using the Pi camera that picamera2 found")
+        camera = replace(camera, source="picamera2")
     spec = parse_source(camera.source or "")
     size = parse_size(camera.size)
     if spec.kind == "picamera2":
@@ -87,6 +131,7 @@ def open_source(camera: CameraSettings) -> FrameSource:
     return FolderSource(path, fps=camera.fps, loop=camera.loop)
 
 
-def open_latest(camera: CameraSettings, *, lossless: bool = False) -> LatestFrame:
+def open_latest(camera: CameraSettings, *, lossless: bool = False, config_path: Path | None = None) -> LatestFrame:
     """`open_source` behind the newest-frame reader, with the configured reconnect ceiling (not started)."""
-    return LatestFrame(open_source(camera), reconnect_max_seconds=camera.reconnect_max_seconds, lossless=lossless)
+    source = open_source(camera, config_path)
+    return LatestFrame(source, reconnect_max_seconds=camera.reconnect_max_seconds, lossless=lossless)

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from agent.sources.base import Frame, FrameSource, SourceError, SourceUnavailable, utc_now
+from agent.sources.base import Frame, FrameSource, SourceError, SourceNotConfigured, SourceUnavailable, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class SourceState(StrEnum):
     OK = "ok"  # frames are flowing
     RECONNECTING = "reconnecting"  # the last open or read failed; retrying with backoff
     FAILED = "failed"  # cannot work as configured (SourceUnavailable); not retried, see last_error
+    NOT_CONFIGURED = "not configured"  # no camera.source and no Pi camera found; last_error says what to do
     ENDED = "ended"  # a file or folder reached its end
     STOPPED = "stopped"
 
@@ -255,7 +256,8 @@ class LatestFrame:
             self._errors += 1
             self._last_error, self._last_error_at = str(exc), utc_now()
             if not self._stopping.is_set():
-                self._state = SourceState.FAILED
+                not_configured = isinstance(exc, SourceNotConfigured)
+                self._state = SourceState.NOT_CONFIGURED if not_configured else SourceState.FAILED
             self._cond.notify_all()
         log.error("%s", self._named(str(exc)))
 
