@@ -70,32 +70,11 @@ CPU=${CPU_LIST[0]} # the CPU model qemu emulates for every step; the others re-r
 
 # ----------------------------------------------------------------------------- reporting
 
-PHASES=()
-PHASE=""
-PHASE_T0=""
-T_START=$EPOCHREALTIME
-say() { printf '%s\n' "$*"; }
-indent() { sed 's/^/    | /'; }
-seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-phase() { # phase NAME: ends the previous phase, starts the next
-    end_phase ok
-    PHASE=$1
-    PHASE_T0=$EPOCHREALTIME
-    say ""
-    say "== $PHASE"
-}
-end_phase() {
-    [[ -n $PHASE ]] || return 0
-    PHASES+=("$(printf '%-46s %8s s  %s' "$PHASE" "$(seconds_since "$PHASE_T0")" "$1")")
-    PHASE=""
-}
-fail() { # fail MESSAGE...: the one clear line that says what failed, then exit 1
-    local where=$PHASE
-    end_phase FAILED
-    say "" >&2
-    say "arm64 check FAILED${where:+ at '$where'}: $*" >&2
-    exit 1
-}
+CHECK_NAME="arm64 check"
+LOG_NAME=arm64_check
+PHASE_WIDTH=46
+# shellcheck source=scripts/_rootfs_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_rootfs_lib.sh"
 skip_note() { say "  SKIPPED (cannot be tested here): $*"; }
 
 # ----------------------------------------------------------------------------- mounts and cleanup
@@ -105,25 +84,6 @@ MOUNTS=()
 RESTORE_FILE="" # a byte flipped by --corrupt-model (file, offset), flipped back on exit
 RESTORE_OFFSET=""
 
-mounts_under() { # every mount point at or below $1, deepest first
-    awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' |
-        sort -rn | cut -d' ' -f2-
-}
-unmount_under() {
-    local m
-    for m in $(mounts_under "$1"); do
-        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || say "arm64_check: could not unmount $m" >&2
-    done
-}
-safe_remove() { # rm -rf a cached tree, never through a mount point
-    [[ -e $1 ]] || return 0
-    unmount_under "$1"
-    if [[ -n $(mounts_under "$1") ]]; then
-        say "arm64_check: refusing to delete $1: still mounted: $(mounts_under "$1" | tr '\n' ' ')" >&2
-        exit 2
-    fi
-    rm -rf --one-file-system "$1"
-}
 cleanup() {
     local status=$?
     set +e
@@ -140,17 +100,7 @@ cleanup() {
         say "arm64_check: WARNING: still mounted under $ROOT: $(mounts_under "$ROOT" | tr '\n' ' ')" >&2
     fi
     [[ -n $PHASE ]] && end_phase "$([[ $status == 0 ]] && echo ok || echo FAILED)"
-    if [[ ${#PHASES[@]} -gt 0 ]]; then
-        say ""
-        say "== time per phase ($MODE form; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-        printf '  %s\n' "${PHASES[@]}"
-        say "  $(printf '%-46s %8s s' total "$(seconds_since "$T_START")")"
-        # The plain closing line CI reads: each phase is one check.
-        local passed failed
-        passed=$(printf '%s\n' "${PHASES[@]}" | grep -c ' ok$' || true)
-        failed=$(printf '%s\n' "${PHASES[@]}" | grep -c ' FAILED$' || true)
-        say "arm64: $passed passed, $failed failed"
-    fi
+    print_summary arm64 "$MODE form"
     exit $status
 }
 trap cleanup EXIT
@@ -176,8 +126,6 @@ with open(path, "r+b") as f:
     f.write(bytes([byte ^ 0xFF]))
 EOF
 }
-
-sha_of() { sha256sum | cut -c1-16; }
 
 # ----------------------------------------------------------------------------- preconditions
 
@@ -231,31 +179,9 @@ for cpu in "${CPU_LIST[@]}"; do
 done
 
 # The Debian mirror apt already uses here (never a host name written in this repository).
-if [[ -z $MIRROR ]]; then
-    MIRROR=$(
-        for f in /etc/apt/sources.list.d/*.sources; do
-            [[ -f $f ]] || continue
-            # deb822: a paragraph with Types: deb and the suite among its Suites.
-            awk -v suite="$SUITE" 'BEGIN { RS = ""; FS = "\n" }
-                { types = ""; uri = ""; suites = ""
-                  for (i = 1; i <= NF; i++) {
-                      if ($i ~ /^Types:/) types = $i
-                      if ($i ~ /^URIs:/) { uri = $i; sub(/^URIs:[ \t]*/, "", uri); sub(/[ \t].*/, "", uri) }
-                      if ($i ~ /^Suites:/) suites = $i " " }
-                  if (types ~ /[ \t]deb([ \t]|$)/ && suites ~ ("[ \t]" suite "[ \t]") && uri != "") print uri }' "$f"
-        done
-        # one-line format: deb [options] URI SUITE COMPONENTS...
-        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-            [[ -f $f ]] || continue
-            awk -v suite="$SUITE" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                                                  if ($(i + 1) == suite) print $i }' "$f"
-        done
-    )
-    MIRROR=${MIRROR%%$'\n'*}
-fi
+[[ -n $MIRROR ]] || MIRROR=$(debian_mirror "$SUITE")
 [[ -n $MIRROR ]] || fail "no '$SUITE' Debian source in /etc/apt/sources.list{,.d}: pass --mirror URL"
-http_proxy_apt=$(apt-config dump 2>/dev/null | awk -F'"' '/^Acquire::http::Proxy /{ print $2 }')
-if [[ -n $http_proxy_apt && -z ${http_proxy:-} ]]; then export http_proxy=$http_proxy_apt; fi
+use_apt_proxy
 say "  Debian mirror (from apt's sources): $MIRROR"
 
 # ----------------------------------------------------------------------------- cached layers
@@ -321,51 +247,7 @@ rm -f "$ROOT$IN_ROOT/out"/*
 # trusted hosts, timeouts, proxy and the same CA bundle; host-local wheel folders and constraint files
 # are x86-64 caches on this disk, dropped (the chroot gets its packages from PyPI, as a Pi does).
 CA_IN=/etc/faceagent-arm64/host-ca.crt
-python3 - "$ROOT" "$CA_IN" <<'EOF'
-import configparser, os, shutil, sys
-from pathlib import Path
-
-root, ca_in = Path(sys.argv[1]), sys.argv[2]
-home = Path.home()
-files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"), home / ".pip/pip.conf", home / ".config/pip/pip.conf"]
-if os.environ.get("PIP_CONFIG_FILE"):
-    files.append(Path(os.environ["PIP_CONFIG_FILE"]))
-settings = {}
-for f in files:
-    if f.is_file():
-        parser = configparser.ConfigParser()
-        parser.read(f)
-        for section in ("global", "install"):
-            if parser.has_section(section):
-                settings.update(parser.items(section))
-for name, value in os.environ.items():
-    if name.startswith("PIP_"):
-        settings[name[4:].lower().replace("_", "-")] = value
-
-ca = settings.pop("cert", None) or "/etc/ssl/certs/ca-certificates.crt"
-shutil.copyfile(ca, root / ca_in.lstrip("/"))
-out, dropped = {"cert": ca_in}, []
-local = lambda v: v.startswith("file:") or v.startswith("/") or v.startswith(".")
-for key, value in settings.items():
-    if key in ("index-url", "extra-index-url", "find-links"):
-        urls = value.split()
-        keep = [u for u in urls if not local(u)]
-        dropped += [f"{key} {u}" for u in urls if local(u)]
-        if keep:
-            out[key] = "\n    ".join(keep)
-    elif key in ("constraint", "requirement", "client-cert", "config-file", "cache-dir", "src", "target", "prefix"):
-        dropped.append(f"{key} {value}")
-    elif key in ("trusted-host", "proxy", "timeout", "default-timeout", "retries", "index", "no-index",
-                 "disable-pip-version-check", "progress-bar", "prefer-binary", "only-binary", "no-binary"):
-        out[key] = value
-conf = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in out.items())
-(root / "etc/pip.conf").write_text(conf)
-print(f"  CA bundle: {ca} -> {ca_in} (PIP_CERT)")
-print(f"  index: {out.get('index-url', 'https://pypi.org/simple (pip default)')}"
-      + (f", extra: {out['extra-index-url']}" if "extra-index-url" in out else ""))
-for d in dropped:
-    print(f"  not carried over (host-local, x86-64 files on this disk): {d}")
-EOF
+python3 "$REPO/scripts/_pip_for_rootfs.py" "$ROOT" "$CA_IN" --local drop | indent
 CHROOT_ENV=(
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb
     "PIP_CERT=$CA_IN" "SSL_CERT_FILE=$CA_IN" "REQUESTS_CA_BUNDLE=$CA_IN" PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off

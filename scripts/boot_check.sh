@@ -58,32 +58,11 @@ done
 
 # ----------------------------------------------------------------------------- reporting (as arm64_check.sh)
 
-PHASES=()
-PHASE=""
-PHASE_T0=""
-T_START=$EPOCHREALTIME
-say() { printf '%s\n' "$*"; }
-indent() { sed 's/^/    | /'; }
-seconds_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-phase() {
-    end_phase ok
-    PHASE=$1
-    PHASE_T0=$EPOCHREALTIME
-    say ""
-    say "== $PHASE"
-}
-end_phase() {
-    [[ -n $PHASE ]] || return 0
-    PHASES+=("$(printf '%-52s %8s s  %s' "$PHASE" "$(seconds_since "$PHASE_T0")" "$1")")
-    PHASE=""
-}
-fail() {
-    local where=$PHASE
-    end_phase FAILED
-    say "" >&2
-    say "boot check FAILED${where:+ at '$where'}: $*" >&2
-    exit 1
-}
+CHECK_NAME="boot check"
+LOG_NAME=boot_check
+PHASE_WIDTH=52
+# shellcheck source=scripts/_rootfs_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_rootfs_lib.sh"
 
 # ----------------------------------------------------------------------------- container and cleanup
 
@@ -91,20 +70,6 @@ RUN_ROOT=""
 NSPAWN_PID=""
 LEADER=""
 
-mounts_under() {
-    awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' |
-        sort -rn | cut -d' ' -f2-
-}
-safe_remove() { # rm -rf a cached tree, never through a mount point
-    [[ -e $1 ]] || return 0
-    local m
-    for m in $(mounts_under "$1"); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-    if [[ -n $(mounts_under "$1") ]]; then
-        say "boot_check: refusing to delete $1: still mounted: $(mounts_under "$1" | tr '\n' ' ')" >&2
-        exit 2
-    fi
-    rm -rf --one-file-system "$1"
-}
 power_off() { # the container's systemd shuts down cleanly; nspawn exits with it
     [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null || return 0
     [[ -n $LEADER ]] && kill -RTMIN+4 "$LEADER" 2>/dev/null # systemd: poweroff
@@ -131,24 +96,13 @@ cleanup() {
             say "  the container's tree is kept for inspection: $RUN_ROOT (journal: journalctl -D $RUN_ROOT/var/log/journal)"
         fi
     fi
-    if [[ ${#PHASES[@]} -gt 0 ]]; then
-        say ""
-        say "== time per phase ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-        printf '  %s\n' "${PHASES[@]}"
-        say "  $(printf '%-52s %8s s' total "$(seconds_since "$T_START")")"
-        local passed failed
-        passed=$(printf '%s\n' "${PHASES[@]}" | grep -c ' ok$' || true)
-        failed=$(printf '%s\n' "${PHASES[@]}" | grep -c ' FAILED$' || true)
-        say "boot: $passed passed, $failed failed"
-    fi
+    print_summary boot
     exit $status
 }
 trap cleanup EXIT
 trap 'fail "unexpected error (line $LINENO: $BASH_COMMAND)"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-sha_of() { sha256sum | cut -c1-16; }
 
 # inside 'shell command': run in the booted container (all its namespaces), as root, output to stdout
 inside() {
@@ -209,29 +163,9 @@ say "  $(systemd-nspawn --version | head -1), debootstrap $(dpkg-query -W -f='${
 ARCH=$(dpkg --print-architecture)
 
 # The Debian mirror apt already uses here (never a host name written in this repository); as arm64_check.sh.
-if [[ -z $MIRROR ]]; then
-    MIRROR=$(
-        for f in /etc/apt/sources.list.d/*.sources; do
-            [[ -f $f ]] || continue
-            awk -v suite="$SUITE" 'BEGIN { RS = ""; FS = "\n" }
-                { types = ""; uri = ""; suites = ""
-                  for (i = 1; i <= NF; i++) {
-                      if ($i ~ /^Types:/) types = $i
-                      if ($i ~ /^URIs:/) { uri = $i; sub(/^URIs:[ \t]*/, "", uri); sub(/[ \t].*/, "", uri) }
-                      if ($i ~ /^Suites:/) suites = $i " " }
-                  if (types ~ /[ \t]deb([ \t]|$)/ && suites ~ ("[ \t]" suite "[ \t]") && uri != "") print uri }' "$f"
-        done
-        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-            [[ -f $f ]] || continue
-            awk -v suite="$SUITE" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                                                  if ($(i + 1) == suite) print $i }' "$f"
-        done
-    )
-    MIRROR=${MIRROR%%$'\n'*}
-fi
+[[ -n $MIRROR ]] || MIRROR=$(debian_mirror "$SUITE")
 [[ -n $MIRROR ]] || fail "no '$SUITE' Debian source in /etc/apt/sources.list{,.d}: pass --mirror URL"
-http_proxy_apt=$(apt-config dump 2>/dev/null | awk -F'"' '/^Acquire::http::Proxy /{ print $2 }')
-if [[ -n $http_proxy_apt && -z ${http_proxy:-} ]]; then export http_proxy=$http_proxy_apt; fi
+use_apt_proxy
 say "  Debian mirror (from apt's sources): $MIRROR"
 
 # ----------------------------------------------------------------------------- the cached rootfs
@@ -281,50 +215,7 @@ while IFS= read -r line; do
         bind\ *) BINDS+=("--bind-ro=${line#bind }") ;;
         *) say "  $line" ;;
     esac
-done < <(python3 - "$RUN_ROOT" <<'EOF'
-import configparser, os, shutil, sys
-from pathlib import Path
-from urllib.parse import urlparse
-
-root = Path(sys.argv[1])
-home = Path.home()
-files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"), home / ".pip/pip.conf", home / ".config/pip/pip.conf"]
-if os.environ.get("PIP_CONFIG_FILE"):
-    files.append(Path(os.environ["PIP_CONFIG_FILE"]))
-settings = {}
-for f in files:
-    if f.is_file():
-        parser = configparser.ConfigParser()
-        parser.read(f)
-        for section in ("global", "install"):
-            if parser.has_section(section):
-                settings.update(parser.items(section))
-for name, value in os.environ.items():
-    if name.startswith("PIP_"):
-        settings[name[4:].lower().replace("_", "-")] = value
-ca = settings.pop("cert", None) or "/etc/ssl/certs/ca-certificates.crt"
-ca_in = "/etc/faceagent-boot/host-ca.crt"
-(root / "etc/faceagent-boot").mkdir(parents=True, exist_ok=True)
-shutil.copyfile(ca, root / ca_in.lstrip("/"))
-out, binds = {"cert": ca_in}, set()
-for key, value in settings.items():
-    if key in ("index-url", "extra-index-url", "find-links"):
-        urls = value.split()
-        for url in urls:
-            path = urlparse(url).path if url.startswith("file:") else url if url.startswith("/") else None
-            if path and Path(path).is_dir():  # an index's pages link to files beside it (../files/): bind its parent
-                binds.add(str(Path(path).parent if key != "find-links" else Path(path)))
-        out[key] = "\n    ".join(urls)
-    elif key in ("trusted-host", "proxy", "timeout", "default-timeout", "retries", "index", "no-index",
-                 "disable-pip-version-check", "prefer-binary", "only-binary", "no-binary"):
-        out[key] = value
-(root / "etc/pip.conf").write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in out.items()))
-print(f"pip: index {out.get('index-url', 'PyPI (default)')}; CA bundle {ca} -> {ca_in}")
-for b in sorted(binds):
-    print(f"bind {b}")
-    print(f"pip: local package folder {b} bound read-only")
-EOF
-)
+done < <(python3 "$REPO/scripts/_pip_for_rootfs.py" "$RUN_ROOT" /etc/faceagent-boot/host-ca.crt --local bind)
 
 phase "boot: systemd-nspawn -b (systemd as PID 1)"
 LOGS=$CACHE/last-run
