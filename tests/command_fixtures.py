@@ -43,6 +43,13 @@ def operator_commands(**limits: Any) -> CommandSettings:
     return CommandSettings(public_keys=(OPERATOR_PUBLIC,), **limits)
 
 
+def device_trusting(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey, device_id: str = "dev1") -> Device:
+    """A device whose only command key is `key`, for a test that signs with a key of its own."""
+    return make_device(
+        tmp_path, pipeline, commands=CommandSettings(public_keys=(public_key_text(key),)), device_id=device_id
+    )
+
+
 def write_operator_key(folder: Path) -> Path:
     """The test operator's private key as a PEM file (mode 0600), for `ctl --sign-key`."""
     path = folder / "operator.pem"

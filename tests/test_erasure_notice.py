@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.commands.signing import CommandSecurity, public_key_text, sign_request
-from agent.config import CommandSettings, EventSettings
+from agent.commands.signing import public_key_text, sign_request
+from agent.config import EventSettings
 from agent.events import RECOGNIZED, EventEmitter
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
@@ -28,7 +28,7 @@ from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Observer
-from tests.command_fixtures import NOW, POWELL, Device, image_arg, make_device, powell
+from tests.command_fixtures import NOW, POWELL, Device, device_trusting, image_arg, powell
 
 DEVICE = "dev1"
 ERASED = "person_erased"  # agent.events.ERASED, spelt out: consumers depend on the name
@@ -163,10 +163,7 @@ def key() -> Ed25519PrivateKey:
 
 
 def nameless(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> Device:
-    commands = CommandSettings(signing_required=True, public_keys=(public_key_text(key),))
-    device = make_device(
-        tmp_path, pipeline, commands=commands, security=CommandSecurity.from_settings(commands, DEVICE)
-    )
+    device = device_trusting(tmp_path, pipeline, key, DEVICE)
     settings = device.current[0]
     device.current[0] = dataclasses.replace(settings, events=dataclasses.replace(settings.events, include_names=False))
     return device

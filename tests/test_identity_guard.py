@@ -15,12 +15,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from agent.commands.signing import CommandSecurity, key_id, public_key_text, sign_request
-from agent.config import CommandSettings
+from agent.commands.signing import key_id, public_key_text, sign_request
 from agent.gallery.store import GalleryStore
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker
-from tests.command_fixtures import NOW, POWELL, POWELL_PROBE, Device, image_arg, make_device, powell
+from tests.command_fixtures import NOW, POWELL, POWELL_PROBE, Device, device_trusting, image_arg, powell
 
 DEVICE = "dev1"
 DISTANCE = re.compile(r"\d\.\d")  # a score to optimise against
@@ -33,9 +32,7 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def device(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> Device:
-    commands = CommandSettings(signing_required=True, public_keys=(public_key_text(key),))
-    security = CommandSecurity.from_settings(commands, DEVICE)
-    return make_device(tmp_path, pipeline, commands=commands, security=security, device_id=DEVICE)
+    return device_trusting(tmp_path, pipeline, key, DEVICE)
 
 
 def enrol(device: Device, key: Ed25519PrivateKey, **args: Any) -> dict:

@@ -15,13 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import main
-from agent.commands.signing import CommandSecurity, key_id, public_key_text, sign_request
-from agent.config import CommandSettings
+from agent.commands.signing import key_id, sign_request
 from agent.model_install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
 from agent.models_update import RELEASE_FLOOR, ModelUpdater, release_version
 from agent.vision.modelstore import MANIFEST_NAME, ModelStore
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import NOW, make_device
+from tests.command_fixtures import NOW, device_trusting
 from tests.test_model_update import Live, Updates, data, error, int8, signed
 
 __all__ = ["int8"]  # the shipped model's bytes, a session fixture
@@ -65,9 +64,7 @@ def updater(store_path: Path, key: Ed25519PrivateKey, live: Live) -> ModelUpdate
 @pytest.fixture
 def updates(tmp_path: Path, pipeline: FacePipeline) -> SignedUpdates:
     key = Ed25519PrivateKey.generate()
-    commands = CommandSettings(signing_required=True, public_keys=(public_key_text(key),))
-    security = CommandSecurity.from_settings(commands, DEVICE)
-    device = make_device(tmp_path, pipeline, commands=commands, security=security, device_id=DEVICE)
+    device = device_trusting(tmp_path, pipeline, key, DEVICE)
     live = Live(device, pipeline)
     device.services.model_updates = updater(device.store_path, key, live)
     return SignedUpdates(device, live, key, live.embedding())

@@ -18,10 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli import main as cli_main
-from agent.commands.signing import CommandSecurity, public_key_text, sign_request
+from agent.commands.signing import public_key_text, sign_request
 from agent.config import (
     AUDIT_DAYS_MINIMUM,
-    CommandSettings,
     load_layered,
     load_settings,
     read_remote,
@@ -29,7 +28,7 @@ from agent.config import (
 )
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Observer
-from tests.command_fixtures import NOW, Device, make_device
+from tests.command_fixtures import NOW, Device, device_trusting
 
 DEVICE = "dev1"
 
@@ -41,8 +40,7 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def device(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> Device:
-    commands = CommandSettings(signing_required=True, public_keys=(public_key_text(key),))
-    return make_device(tmp_path, pipeline, commands=commands, security=CommandSecurity.from_settings(commands, DEVICE))
+    return device_trusting(tmp_path, pipeline, key, DEVICE)
 
 
 def signed_call(device: Device, key: Ed25519PrivateKey, name: str, *, at: datetime = NOW, **args: object) -> dict:
