@@ -14,10 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.commands.signing import public_key_text
 from tests.broker import Broker, Observer
 from tests.command_fixtures import OPERATOR_TOML
 
@@ -177,17 +174,6 @@ def notify_socket() -> Iterator[NotifySocket]:
         manager.sock.close()
 
 
-def signing_config(tmp_path: Path, config: Path) -> Path:
-    """Signed commands required, by a new operator key; returns the private key's path for `ctl --sign-key`."""
-    key = Ed25519PrivateKey.generate()
-    pem = tmp_path / "operator.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))  # fmt: skip
-    signing = f'[commands]\nsigning_required = true\npublic_keys = ["{public_key_text(key)}"]\n'
-    config.write_text(config.read_text() + signing)
-    return pem
-
-
 def ctl_call(broker: Broker, key: Path, command: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "ctl", "call", DEVICE, command, "--mqtt", broker.url, "--sign-key", str(key),
@@ -207,17 +193,17 @@ def start_under_systemd(command: list[str], notify: NotifySocket) -> subprocess.
 
 @pytest.mark.slow
 def test_mqtt_restart_reexecutes_in_place_and_a_second_one_is_refused(
-    tmp_path: Path, broker: Broker, observe, shared_data: Path, notify_socket: NotifySocket
+    tmp_path: Path, broker: Broker, observe, shared_data: Path, notify_socket: NotifySocket, operator_key_file: Path
 ) -> None:
-    config = write_config(tmp_path, broker, loop=True, fps=15)
-    key = signing_config(tmp_path, config)
+    config = write_config(tmp_path, broker, loop=True, fps=15)  # trusts the test operator's key
+    key = operator_key_file
     observer = observe(broker, [f"faceagent/{DEVICE}/status"])
     frames = shared_data / "sequence/hamilton_clip/frames"
     db = tmp_path / "gallery.db"
     command = ["-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(frames)]
     agent = start_under_systemd(command, notify_socket)
     try:
-        assert notify_socket.wait_for(lambda lines: "READY=1" in lines, timeout=60), agent.stderr
+        assert notify_socket.wait_for(lambda lines: "READY=1" in lines, timeout=60), "no READY: see the log below"
         assert ctl_call(broker, key, "restart")["data"] == {"restarting": True}
         # systemd sees a reload of the same process (not a stop and a new start), then READY again
         assert notify_socket.wait_for(lambda lines: lines.count("READY=1") == 2, timeout=60)
