@@ -143,6 +143,8 @@ class HomeAssistantSettings:
 
     enabled: bool = False
     discovery_prefix: str = "homeassistant"
+    device_name: str | None = None  # the device page's title, and so the entity ids; unset: "faceagent <camera_id>"
+    area: str | None = None  # Home Assistant's suggested area; unset: events.camera_id
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ class Pattern:
 
 
 _DAY = 86400.0
+_LABEL = r"(?=.{1,64}\Z)[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?"
 _TOPIC_PATH = r"(?=.{1,100}\Z)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*"
 _BROKER_URL = r"mqtts?://([^@/\s]+@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?/?"
 SECRET_KEYS = frozenset({"mqtt.password"})
@@ -284,6 +287,8 @@ RULES: dict[str, Range | Choice | Pattern] = {
     "mqtt.max_outbox_events": Range(1, 10_000_000),
     "mqtt.telemetry_interval_seconds": Range(1, 7 * _DAY),
     "homeassistant.discovery_prefix": Pattern(_TOPIC_PATH, "1-100 of A-Z a-z 0-9 _ . - in levels separated by '/'"),
+    "homeassistant.device_name": Pattern(_LABEL, "1-64 printable characters, not starting or ending with a space"),
+    "homeassistant.area": Pattern(_LABEL, "1-64 printable characters, not starting or ending with a space"),
     "camera.size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "1280x720"'),
     "camera.lores_size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "640x360"'),
     "camera.fps": Range(0, 240),

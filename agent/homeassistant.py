@@ -1,43 +1,85 @@
-"""Home Assistant MQTT discovery (opt-in): the device shows up with two entities and no YAML.
+"""Home Assistant MQTT discovery (opt-in): the device shows up with three entities and no YAML.
 
 - "Last recognised person": a sensor on the retained `<base>/last_person` (the name, or the id when
   `events.include_names` is false; id, camera and time as attributes). The agent owns that topic: it is
   rewritten on each recognition, and to "none" as soon as the person shown is erased (from the CLI or over
   MQTT), so Home Assistant never keeps showing an erased name. A rename shows the new name. Only the id is
   stored (the gallery's `meta` table) and the rest is read back from the gallery, so a restart shows the same.
-- "Face present": a binary sensor on `<base>/presence`.
-Both are available while the retained status says `online`, so the last will greys them out. Discovery
+- "Face present": a binary sensor on the retained `<base>/presence`, published on the first frame and as
+  absent on a clean stop, so it is never left `on` with nobody in view.
+- "Face seen": an event entity on `<base>/face_event` (not retained), one message per recognition or unknown
+  face, so every visit can fire an automation, the same person twice included.
+All are available while the retained status says `online`, so the last will greys them out. Discovery
 documents are retained, re-sent on every connect (a broker without persistence forgets them) and whenever
 Home Assistant announces `online` on `<discovery_prefix>/status` (it restarted and may have lost them).
+
+The topics announced are recorded in the state directory, so that a later start with discovery disabled, or
+under another device id or prefix, publishes empty retained configs for them: Home Assistant then removes
+the old entities instead of keeping an orphaned device (and the old retained last_person is cleared too).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import platform
 import threading
+from pathlib import Path
 from typing import Any
 
 from agent.config import HomeAssistantSettings
+from agent.events import RECOGNIZED, UNKNOWN
 from agent.gallery.store import GalleryStore
 from agent.link.mqtt import MqttLink
 
+log = logging.getLogger(__name__)
+
 NOBODY = "none"  # the sensor's state when nobody is shown (nobody recognised yet, or the person was erased)
+RECORD_NAME = "homeassistant.json"  # in the state directory: the topics last announced, to remove them later
+PI_MODEL = Path("/proc/device-tree/model")
+EVENT_TYPES = {RECOGNIZED: "recognized", UNKNOWN: "unknown"}  # the agent's event type -> the entity's event_type
 
 _ATTRIBUTES = (
     "{{ {'person_id': value_json.person_id, 'camera_id': value_json.camera_id, 'at': value_json.at} | tojson }}"
 )
 
 
-class HomeAssistantDiscovery:
-    """Announces one device to Home Assistant through the agent's link."""
+def hardware_model(path: Path = PI_MODEL) -> str:
+    """The Raspberry Pi's model as its firmware names it (e.g. "Raspberry Pi 5 Model B Rev 1.0"), else the OS and
+    architecture: Home Assistant's `model` should say what the hardware is, not repeat the manufacturer."""
+    try:
+        model = path.read_bytes()[:200].decode("utf-8", "replace").strip("\x00 \n")
+    except OSError:
+        model = ""
+    return model if model.isprintable() and model else f"{platform.system()} {platform.machine()}"
 
-    def __init__(self, link: MqttLink, settings: HomeAssistantSettings, *, version: str) -> None:
+
+class HomeAssistantDiscovery:
+    """Announces one device to Home Assistant through the agent's link, and removes what an earlier run announced."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        settings: HomeAssistantSettings,
+        *,
+        version: str,
+        camera_id: str = "cam0",
+        state_dir: Path | None = None,
+        model: str | None = None,
+    ) -> None:
         self.link = link
         self.settings = settings
         self.version = version
+        self.camera_id = camera_id
+        self.record = state_dir / RECORD_NAME if state_dir is not None else None
+        self.model = model or hardware_model()
+        self._stale = self._stale_topics()
 
     def attach(self) -> None:
-        """Announce on every connect and on Home Assistant's birth message; nothing when disabled."""
+        """Remove stale discovery, then announce on every connect and on Home Assistant's birth message."""
+        if self._stale or (not self.settings.enabled and self._recorded() is not None):
+            self.link.add_connect_hook(self._remove_stale)
         if not self.settings.enabled:
             return
         self.link.add_subscription(f"{self.settings.discovery_prefix}/status", self._on_birth)
@@ -46,6 +88,11 @@ class HomeAssistantDiscovery:
     def announce(self) -> None:
         for topic, document in self.messages():
             self.link.publish_raw(topic, json.dumps(document, separators=(",", ":")).encode(), retain=True)
+        self._write_record()
+
+    def owned_topics(self) -> list[str]:
+        """Every retained topic that exists only for Home Assistant: removed with the discovery."""
+        return [topic for topic, _ in self.messages()] + [self.link.topics.last_person]
 
     def messages(self) -> list[tuple[str, dict[str, Any]]]:
         """(config topic, discovery document) for each entity."""
@@ -56,12 +103,14 @@ class HomeAssistantDiscovery:
             "availability_template": "{{ value_json.state }}",
             "payload_available": "online",
             "payload_not_available": "offline",
+            "qos": 1,
             "device": {
                 "identifiers": [f"faceagent_{node}"],
-                "name": f"faceagent {node}",
+                "name": self.settings.device_name or f"faceagent {self.camera_id}",
                 "manufacturer": "faceagent",
-                "model": "faceagent",
+                "model": self.model,
                 "sw_version": self.version,
+                "suggested_area": self.settings.area or self.camera_id,
             },
             "origin": {"name": "faceagent", "sw_version": self.version},
         }
@@ -85,15 +134,91 @@ class HomeAssistantDiscovery:
             "payload_on": "ON",
             "payload_off": "OFF",
         }
+        face_seen = {
+            **common,
+            "name": "Face seen",
+            "unique_id": f"faceagent_{node}_face_seen",
+            "icon": "mdi:face-recognition",
+            "state_topic": topics.face_event,
+            "event_types": sorted(EVENT_TYPES.values()),
+        }
         prefix = self.settings.discovery_prefix
         return [
             (f"{prefix}/sensor/{node}/last_person/config", last_person),
             (f"{prefix}/binary_sensor/{node}/face_present/config", face_present),
+            (f"{prefix}/event/{node}/face_seen/config", face_seen),
         ]
+
+    def publish_events(self, events: list[dict[str, Any]], *, include_names: bool) -> None:
+        """One `face_event` message per recognition or unknown face; nothing when discovery is off."""
+        if not self.settings.enabled:
+            return
+        for event in events:
+            document = face_event_document(event, include_names=include_names)
+            if document is not None:
+                payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+                self.link.publish_raw(self.link.topics.face_event, payload)
 
     def _on_birth(self, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
             self.announce()
+
+    # ------------------------------------------------------------------------------ removal
+
+    def _recorded(self) -> list[str] | None:
+        """The topics a run announced last, or None when none was recorded (or the record is unreadable)."""
+        if self.record is None:
+            return None
+        try:
+            topics = json.loads(self.record.read_text(encoding="utf-8"))["topics"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
+            return None
+        return topics
+
+    def _stale_topics(self) -> list[str]:
+        recorded = self._recorded() or []
+        current = set(self.owned_topics()) if self.settings.enabled else set()
+        return [topic for topic in recorded if topic not in current]
+
+    def _remove_stale(self) -> None:
+        """Empty retained messages: Home Assistant deletes the entities (and the device once it has none)."""
+        for topic in self._stale:
+            self.link.publish_raw(topic, b"", retain=True)
+        if self._stale:
+            log.info("Home Assistant: removed %d retained topic(s) of an earlier announcement", len(self._stale))
+        self._stale = []
+        if not self.settings.enabled and self.record is not None:
+            self.record.unlink(missing_ok=True)
+
+    def _write_record(self) -> None:
+        if self.record is None:
+            return
+        topics = self.owned_topics()
+        if self._recorded() == topics:
+            return
+        text = json.dumps({"schema": 1, "device": self.link.topics.device, "topics": topics}, indent=1)
+        temporary = self.record.with_name(self.record.name + ".tmp")
+        try:
+            temporary.write_text(text + "\n", encoding="utf-8")
+            os.replace(temporary, self.record)
+        except OSError as exc:
+            log.warning("Home Assistant: %s not written (%s): a later removal may miss these topics", self.record, exc)
+
+
+def face_event_document(event: dict[str, Any], *, include_names: bool) -> dict[str, Any] | None:
+    """What the event entity receives for an agent event: who (recognitions only), where, when. Never a distance;
+    no name when `include_names` is false. None for event types the entity does not show."""
+    event_type = EVENT_TYPES.get(event.get("type", ""))
+    if event_type is None:
+        return None
+    document: dict[str, Any] = {"event_type": event_type}
+    if event_type == "recognized":
+        document["person_id"] = event.get("person_id")
+        if include_names and event.get("name") is not None:
+            document["name"] = event["name"]
+    return document | {"camera_id": event.get("camera_id"), "at": event.get("at"), "event_id": event.get("event_id")}
 
 
 def last_person_document(shown: dict[str, Any] | None, *, include_names: bool) -> dict[str, Any]:

@@ -147,7 +147,8 @@ class AgentService:
         self.storage = StorageHealth(Path(self.settings.gallery.path).parent)
         self._storage_reported = 0  # storage.transitions last published in status
         self.events_written = 0
-        self._present = False
+        self._present: bool | None = None  # None: not published yet, so the first frame publishes either way
+        self._presence: dict[str, Any] | None = None  # the last presence document, re-sent on every connect
         self._empty_frames = 1 << 30  # start "absent"
         self._status_wanted = threading.Event()  # the frame loop asks, the gallery thread builds and publishes
         self._gallery_wake = threading.Event()
@@ -156,6 +157,7 @@ class AgentService:
         self._gallery_failure: BaseException | None = None
         self._status_stores = threading.local()  # get_status's connection, one per thread that asks
         self.last_person: LastPersonTopic | None = None  # Home Assistant's sensor state, when discovery is on
+        self.discovery: HomeAssistantDiscovery | None = None
 
     def with_overrides(self, settings: Settings) -> Settings:
         """`settings` with the command line's overrides and the models a model update installed: applied at
@@ -243,8 +245,16 @@ class AgentService:
         will = self.telemetry.offline("connection lost")
         link = MqttLink(broker, self.device_id, self._enqueue_command, will=will, client_id=client_id)
         link.publish_status(self._status_from(None))  # held by the link and re-sent on every connect
+        link.add_connect_hook(self._resend_presence)
+        self.discovery = HomeAssistantDiscovery(
+            link,
+            self.settings.homeassistant,
+            version=__version__,
+            camera_id=self.settings.events.camera_id,
+            state_dir=Path(self.settings.gallery.path).parent,
+        )
+        self.discovery.attach()  # also removes what an earlier run announced, when disabled or renamed since
         if self.settings.homeassistant.enabled:
-            HomeAssistantDiscovery(link, self.settings.homeassistant, version=__version__).attach()
             self.last_person = LastPersonTopic(link)
             self.last_person.attach()
             self._refresh_last_person()
@@ -384,7 +394,13 @@ class AgentService:
         present = faces > 0 or self._empty_frames < self.settings.tracking.max_age_frames
         if self.link is not None and present != self._present:
             self._present = present
-            self.link.publish_presence(self.telemetry.presence(faces))
+            self._presence = self.telemetry.presence(faces)
+            self.link.publish_presence(self._presence)
+
+    def _resend_presence(self) -> None:
+        """On paho's thread after a (re)connect: a presence published while disconnected is sent now."""
+        if (presence := self._presence) is not None and self.link is not None:
+            self.link.publish_presence(presence)
 
     def _refresh_last_person(self, store: GalleryStore | None = None) -> None:
         """From the frame loop (its own store) or the gallery thread (`store`, that thread's connection). A gallery
@@ -402,6 +418,8 @@ class AgentService:
         self.events_written += len(events)
         if any(event["type"] == RECOGNIZED for event in events):
             self._refresh_last_person()
+        if self.discovery is not None:
+            self.discovery.publish_events(events, include_names=self.settings.events.include_names)
         if self.outbox is not None:
             self.outbox.notify()
         if self.options.on_event is not None:
@@ -435,6 +453,8 @@ class AgentService:
             self.notifier.extend_timeout(15.0)
             self.outbox.stop(flush_timeout=5.0)
         if self.link is not None:
+            self._presence = self.telemetry.presence(0)  # nobody is watched any more: never left "on"
+            self.link.publish_presence(self._presence)
             self.link.stop(self.telemetry.offline("stopped"))
         self.store.close()
         self.notifier.close()

@@ -112,6 +112,16 @@ def test_camera_id_must_be_topic_safe(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[events]\ncamera_id = "front/door"\n'))
 
 
+def test_home_assistant_names_are_readable_text(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[homeassistant]\ndevice_name = "Front door"\narea = "Hallway"\n'))
+    assert (settings.homeassistant.device_name, settings.homeassistant.area) == ("Front door", "Hallway")
+
+
+def test_a_home_assistant_name_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"homeassistant\.device_name: must be 1-64 printable characters"):
+        load_settings(write(tmp_path, '[homeassistant]\ndevice_name = "Front\\ndoor"\n'))
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="2 problems") as caught:
         load_settings(write(tmp_path, "[models]\nthreads = 0\n[gallery]\nmargin = -1\n"))

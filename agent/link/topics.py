@@ -70,6 +70,11 @@ class Topics:
         return f"{self.base}/last_person"
 
     @property
+    def face_event(self) -> str:
+        """Not retained: one message per recognition or unknown face, for Home Assistant's event entity."""
+        return f"{self.base}/face_event"
+
+    @property
     def commands(self) -> str:
         """The subscription filter for every command addressed to this device."""
         return f"{self.base}/cmd/+"
