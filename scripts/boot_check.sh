@@ -270,7 +270,7 @@ say "  active, 0 restarts; log: $journal_hint"
 
 phase "operator key, config (clip, local broker, signed commands), enrolment"
 logged keygen '/opt/faceagent/venv/bin/faceagent ctl keygen /root/operator.pem' || { indent <"$LOGS/keygen.log"; fail "faceagent ctl keygen failed"; }
-PUBLIC_KEY=$(sed -n 's/^  "\(.*\)"$/\1/p' "$LOGS/keygen.log")
+PUBLIC_KEY=$(sed -n 's/^public_keys = \["\(.*\)"\]$/\1/p' "$LOGS/keygen.log") # the TOML line keygen prints
 [[ -n $PUBLIC_KEY ]] || { indent <"$LOGS/keygen.log"; fail "faceagent ctl keygen printed no public key"; }
 cat >"$RUN_ROOT$IN_ROOT/out/faceagent.toml" <<EOF
 # written by scripts/boot_check.sh
@@ -280,7 +280,6 @@ device_id = "$DEVICE"
 telemetry_interval_seconds = 10
 
 [commands]
-signing_required = true
 public_keys = ["$PUBLIC_KEY"]
 
 [camera]

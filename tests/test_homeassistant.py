@@ -137,7 +137,11 @@ def show(link: MqttLink, db: Path, *, include_names: bool = True) -> LastPersonT
 
 
 def retained(broker: Broker, observe) -> dict:
-    """The retained last_person document, as a Home Assistant that starts now receives it."""
+    """The retained last_person document, as a Home Assistant that starts now receives it. A first observer
+    waits until the broker has the message (the publish may still be in flight, and then it would arrive
+    live, without the retain flag); only then does the late one subscribe."""
+    primer = observe(broker, [LAST_PERSON])
+    assert primer.wait_for(lambda m: bool(m), 5), "no last_person published"
     late = observe(broker, [LAST_PERSON])
     assert late.wait_for(lambda m: bool(m), 5), "no retained last_person"
     (message,) = late.messages
