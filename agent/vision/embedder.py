@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.errors import ModelError
 from agent.vision.runtime import TfliteModel
 
 
@@ -25,6 +26,9 @@ class Embedder:
     """Runs an embedding model on chips of the size its manifest entry gives."""
 
     def __init__(self, model: TfliteModel, spec: dict[str, Any]) -> None:
+        if spec.get("threshold") is None:
+            # A shipped model whose match threshold is not measured yet must not silently match with a guess.
+            raise ModelError(f"embedder {spec.get('id')!r} has no measured threshold in the manifest; choose another")
         self.model = model
         self.info = EmbedderInfo(
             model_id=str(spec["id"]),
