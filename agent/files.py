@@ -1,4 +1,6 @@
-"""Reading a file named from outside (CLI, config, upload): only a regular file, only up to a limit.
+"""Files read from outside and files replaced in place: the two ways a file can hurt the agent.
+
+Reading a file named from outside (CLI, config, upload): only a regular file, only up to a limit.
 
 A FIFO would block in `open()` until a writer comes, a device such as /dev/zero never ends, and a check by
 name can be raced by a swap; so the file is opened without blocking and checked on the open descriptor.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 
@@ -36,3 +39,38 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise FileRefused(f"grew over the {limit} byte limit while it was read")
     return data
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Replace `path` so a crash leaves the old file or the new one, never half of one; keeps its mode
+    and owner (the settings file may hold the broker password), or sets `mode`."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        stat = None
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            if mode is not None:
+                os.fchmod(stream.fileno(), mode)
+            elif stat is not None:
+                os.fchmod(stream.fileno(), stat.st_mode & 0o7777)
+                if os.geteuid() == 0:
+                    os.fchown(stream.fileno(), stat.st_uid, stat.st_gid)
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` survive a power cut (the entry is on disk, not only the data)."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

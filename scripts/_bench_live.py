@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from agent.config import ModelSettings, Settings
-from agent.enrolment import Enroller
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.service import AgentService, RunOptions, pipeline_options
+from agent.recognition.enrolment import Enroller
+from agent.service.app import AgentService, RunOptions, pipeline_options
 from agent.vision.pipeline import FacePipeline
 
 ENROL = Path("sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png")

@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.cli.operator import Operator
 from agent.commands.signing import public_key_text
 from agent.config import Settings
 from agent.gallery.store import GalleryStore
 from agent.identity import new_person_id, utc_now
 from agent.link.mqtt import BrokerSettings
-from agent.operator import Operator
 from agent.vision.modelstore import embedder_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ def run_service_bench(data: Path, people: int, templates: int, quiet_s: float) -
 
 def time_queries(db: Path, model_id: str) -> dict[str, float]:
     """Milliseconds (best of 3) of every gallery query that status and list_people make, on their own."""
-    from agent.telemetry import gallery_summary
+    from agent.link.telemetry import gallery_summary
 
     with GalleryStore.open(db) as store:
         calls = {
@@ -288,9 +288,9 @@ def measure_stalls(
     loop spends between finishing one frame and starting the next (gallery work, locks, status), which CPU
     contention from other processes barely touches; the raw gap between watchdog pings is printed beside it."""
     from agent.config import load_settings
-    from agent.recognizer import Recognizer
-    from agent.sdnotify import Notifier
-    from agent.service import AgentService, RunOptions
+    from agent.recognition.recognizer import Recognizer
+    from agent.service.app import AgentService, RunOptions
+    from agent.service.sdnotify import Notifier
 
     spans: list[tuple[float, float]] = []
     process = Recognizer.process

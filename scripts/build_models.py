@@ -78,7 +78,7 @@ PIN_BUILD_NUMPY = "2.4.6"
 PIN_DLIB_BIN = "20.0.1.post1"
 PIN_TFLITE_RUNTIME = "2.14.0"
 PIN_LIBDLIB_DEV = "19.24+dfsg-1"
-# The release version of the models built here: a model update must be numbered above it (agent/models_update.py).
+# The release version of the models built here: a model update must be numbered above it (agent/modelupdate/update.py).
 BUNDLED_RELEASE = "1"
 
 MEDIAPIPE_WHEEL = f"mediapipe-{PIN_MEDIAPIPE}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import GallerySettings, Settings
-from agent.enrolment import Enroller, EnrolmentError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.recognition.enrolment import Enroller, EnrolmentError
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

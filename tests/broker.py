@@ -357,7 +357,7 @@ _AGENT = """
 import signal, sys, threading
 from pathlib import Path
 from agent.link.mqtt import BrokerSettings, MqttLink
-from agent.outbox import OutboxPublisher
+from agent.link.outbox import OutboxPublisher
 
 url, device, store = sys.argv[1:4]
 settings = BrokerSettings(url=url, keepalive=5, reconnect_min_seconds=0.1, reconnect_max_seconds=0.5)
@@ -420,7 +420,7 @@ FAST_LINK = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_second
 def link_outbox() -> Iterator[Callable[..., tuple[Any, Any]]]:
     """Factory for a started MqttLink + OutboxPublisher in this process (device "dev1"); both stopped afterwards."""
     from agent.link.mqtt import BrokerSettings, MqttLink  # here: the broker helpers need no agent import
-    from agent.outbox import OutboxPublisher
+    from agent.link.outbox import OutboxPublisher
 
     running: list[tuple[MqttLink, OutboxPublisher]] = []
 

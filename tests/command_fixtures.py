@@ -21,9 +21,9 @@ from agent.commands.dispatcher import CommandDispatcher
 from agent.commands.handlers import CommandServices
 from agent.commands.signing import CommandSecurity, key_id, public_key_text, sign_request
 from agent.config import CommandSettings, Settings, load_settings
-from agent.enrolment import Enroller
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.recognition.enrolment import Enroller
 from agent.vision.pipeline import FacePipeline
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

@@ -115,7 +115,7 @@ def test_agent_imports_without_the_camera_stack() -> None:
 
         sys.meta_path.insert(0, NoCamera())
         names = [m.name for m in pkgutil.walk_packages(agent.__path__, "agent.") if not m.name.endswith("__main__")]
-        importlib.import_module("agent.cli")  # the entry point first, as `faceagent` imports them
+        importlib.import_module("agent.cli.main")  # the entry point first, as `faceagent` imports them
         for name in names:
             importlib.import_module(name)
         print(len(names))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.commands.schema import Access, CommandSchema, command_schemas
 from agent.commands.signing import (
     CommandSecurity,
@@ -25,8 +25,8 @@ from agent.commands.signing import (
 from agent.config import CommandSettings, ModelSettings, Settings, settings_from_dict
 from agent.errors import ConfigError
 from agent.gallery.store import GalleryStore
-from agent.model_install import state_models_dir
-from agent.models_update import ModelUpdater, sign_model
+from agent.modelupdate.install import state_models_dir
+from agent.modelupdate.update import ModelUpdater, sign_model
 from agent.vision.pipeline import FacePipeline
 from tests.command_fixtures import (
     NOW,

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from agent.config import Settings
-from agent.enrolment import Enroller
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.recognition.enrolment import Enroller
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Observer
 

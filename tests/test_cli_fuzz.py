@@ -1,5 +1,5 @@
 """The faceagent command line under hostile arguments: argument lists generated from the real parser, and the
-README's own command lines mutated, run through the real entry point (`agent.cli.main`) in this process,
+README's own command lines mutated, run through the real entry point (`agent.cli.main.main`) in this process,
 against real files in a temporary folder and a real Mosquitto.
 
 The contract: exit 0; or exit 2 with the reason on stderr, a line starting "faceagent" (argparse's usage
@@ -39,9 +39,9 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
-from agent import provisioning
-from agent.cli import build_parser, main
+from agent.cli.main import build_parser, main
 from agent.gallery.store import GalleryStore
+from agent.service import provisioning
 from tests.broker import HOST, Broker
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.commands.signing import CommandSecurity, load_private_key, public_key_text
 from agent.config import CommandSettings, load_layered
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink

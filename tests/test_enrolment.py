@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from agent.config import GallerySettings, Settings
-from agent.enrolment import Enroller, EnrolmentError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.recognition.enrolment import Enroller, EnrolmentError
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 

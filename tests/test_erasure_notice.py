@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.commands.signing import public_key_text, sign_request
 from agent.config import EventSettings
-from agent.events import RECOGNIZED, EventEmitter
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
+from agent.recognition.events import RECOGNIZED, EventEmitter
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline
@@ -31,7 +31,7 @@ from tests.broker import Broker, Observer
 from tests.command_fixtures import NOW, POWELL, Device, device_trusting, image_arg, powell
 
 DEVICE = "dev1"
-ERASED = "person_erased"  # agent.events.ERASED, spelt out: consumers depend on the name
+ERASED = "person_erased"  # agent.recognition.events.ERASED, spelt out: consumers depend on the name
 ERASURES = f"faceagent/{DEVICE}/events/{ERASED}"
 NOTICE_FIELDS = ["schema", "event_id", "type", "person_id", "at"]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from agent.config import EventSettings
-from agent.events import RECOGNIZED, UNKNOWN, EventEmitter, build_event
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
+from agent.recognition.events import RECOGNIZED, UNKNOWN, EventEmitter, build_event
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.service
+import agent.service.app
 from agent.config import load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_iso
-from agent.service import AgentService, RunOptions
+from agent.service.app import AgentService, RunOptions
 from tests.broker import Broker
 
 FRAMES = "sequence/hamilton_clip/frames"
@@ -75,7 +75,7 @@ def test_a_slow_gallery_summary_runs_off_the_frame_loop_and_does_not_stall_frame
     """Every status summary sleeps 5 s (a gallery the size of a city); frames must keep coming meanwhile."""
     calls: list[str] = []
     windows: list[tuple[float, float]] = []
-    summarise = agent.service.gallery_summary
+    summarise = agent.service.app.gallery_summary
 
     def slow_summary(store: GalleryStore):
         calls.append(threading.current_thread().name)
@@ -84,7 +84,7 @@ def test_a_slow_gallery_summary_runs_off_the_frame_loop_and_does_not_stall_frame
         windows.append((began, time.monotonic()))
         return summarise(store)
 
-    monkeypatch.setattr(agent.service, "gallery_summary", slow_summary)
+    monkeypatch.setattr(agent.service.app, "gallery_summary", slow_summary)
     observer = observe(broker, [f"faceagent/{DEVICE}/status"])
     toml = (
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\ntelemetry_interval_seconds = 1\n'
@@ -156,7 +156,7 @@ def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
     """READY must not wait on a query that grows with the gallery; a half-loaded gallery must not decide."""
     import socket
 
-    from agent.sdnotify import Notifier
+    from agent.service.sdnotify import Notifier
 
     loaded_at: list[float] = []
     iter_templates = GalleryStore.iter_templates

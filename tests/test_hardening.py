@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.link.mqtt import CLIENT_ID_NAME, BrokerSettings, MqttLink, client_id_for
-from agent.provisioning import FILE_NAME, Outcome, provision
+from agent.service.provisioning import FILE_NAME, Outcome, provision
 from tests.broker import HOST, Broker
 
 DEVICE = "door-7"

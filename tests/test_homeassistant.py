@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import HomeAssistantSettings
-from agent.events import RECOGNIZED, UNKNOWN
 from agent.gallery.store import GalleryStore
-from agent.homeassistant import RECORD_NAME, HomeAssistantDiscovery, LastPersonTopic, hardware_model
 from agent.identity import new_event_id, utc_now
+from agent.link.homeassistant import RECORD_NAME, HomeAssistantDiscovery, LastPersonTopic, hardware_model
 from agent.link.mqtt import BrokerSettings, MqttLink
+from agent.recognition.events import RECOGNIZED, UNKNOWN
 from tests.broker import Broker, Observer
 
 DEVICE = "dev1"

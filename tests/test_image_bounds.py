@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 
 from agent.commands.signing import CommandSecurity, public_key_text, sign_request
 from agent.config import CommandSettings
-from agent.enrolment import ENROL_SIDE
 from agent.errors import ImageError
+from agent.recognition.enrolment import ENROL_SIDE
 from agent.vision.image import MAX_PIXELS, MAX_SIDE, load_image
 from agent.vision.pipeline import FacePipeline
 from scripts._hostile import flat_jpeg, flat_png

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
+from agent.cli.main import build_parser
 from tests.broker import Broker
 
 REPO = Path(__file__).resolve().parent.parent

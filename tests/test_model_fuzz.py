@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.errors import ModelError
-from agent.model_install import installed_models_dir
+from agent.modelupdate.install import installed_models_dir
 from agent.vision.modelstore import ModelStore, default_models_dir
 from agent.vision.pipeline import FacePipeline
 from tests.test_model_update import data, make_updates

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.commands.signing import key_id, sign_request
-from agent.model_install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
-from agent.models_update import RELEASE_FLOOR, ModelUpdater, release_version
+from agent.modelupdate.install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
+from agent.modelupdate.update import RELEASE_FLOOR, ModelUpdater, release_version
 from agent.vision.modelstore import MANIFEST_NAME, ModelStore
 from agent.vision.pipeline import FacePipeline
 from tests.command_fixtures import NOW, device_trusting

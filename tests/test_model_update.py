@@ -22,14 +22,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.commands.schema import MODEL_CHUNK_BYTES
 from agent.commands.signing import key_id, public_key_text
 from agent.config import load_settings
 from agent.errors import ModelError
 from agent.gallery.store import GalleryStore
-from agent.model_install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
-from agent.models_update import MAX_MODEL_BYTES, ModelUpdater, sign_model
+from agent.modelupdate.install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
+from agent.modelupdate.update import MAX_MODEL_BYTES, ModelUpdater, sign_model
 from agent.vision.image import load_image
 from agent.vision.modelstore import MANIFEST_NAME, ModelStore, default_models_dir
 from agent.vision.pipeline import FacePipeline, PipelineOptions
@@ -398,7 +398,7 @@ def test_every_phase_is_audited_without_model_bytes(updates: Updates, int8: byte
 
 def test_a_restarted_service_loads_the_installed_models(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
-    from agent.service import AgentService
+    from agent.service.app import AgentService
 
     service = AgentService(load_settings(updates.device.settings_path))  # as `faceagent run` starts
     assert service.settings.models.dir == state_models_dir(updates.device.store_path)

@@ -12,7 +12,7 @@ import pytest
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.link.mqtt import BrokerSettings, MqttLink
-from agent.outbox import OutboxPublisher
+from agent.link.outbox import OutboxPublisher
 from tests.broker import FAST_LINK, Broker, Observer, Received, free_port
 
 DEVICE = "dev1"
@@ -161,7 +161,7 @@ def test_full_outbox_drops_the_oldest_and_counts_them(store_path: Path, link_out
 
 def test_dropping_events_is_logged(caplog: pytest.LogCaptureFixture, store_path: Path, link_outbox) -> None:
     store_events(store_path, 5)
-    with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+    with caplog.at_level(logging.WARNING, logger="agent.link.outbox"):
         _, outbox = link_outbox(f"mqtt://127.0.0.1:{free_port()}", store_path, max_events=2)
         deadline = time.monotonic() + 5
         while outbox.stats.dropped < 3 and time.monotonic() < deadline:

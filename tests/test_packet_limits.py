@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.config import CommandSettings, Settings
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, packet_limit
-from agent.service import COMMAND_QUEUE_PAYLOADS, AgentService
+from agent.service.app import COMMAND_QUEUE_PAYLOADS, AgentService
 from tests.broker import HOST, Broker, free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,14 +18,14 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config import load_settings
 from agent.errors import ConfigError, ModelError
 from agent.gallery.store import GalleryStore
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.link.topics import Topics, default_device_id
-from agent.model_install import state_models_dir
-from agent.provisioning import FILE_NAME, Outcome, provision
+from agent.modelupdate.install import state_models_dir
+from agent.service.provisioning import FILE_NAME, Outcome, provision
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Observer

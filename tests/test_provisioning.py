@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.commands.signing import KeyRoles, key_id, public_key_text
 from agent.config import load_settings
-from agent.provisioning import (
+from agent.service.provisioning import (
     FILE_NAME,
     REASON_NAME,
     REJECTED_NAME,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from agent.config import QualitySettings
-from agent.quality import assess, pose, sharpness, view_score
+from agent.recognition.quality import assess, pose, sharpness, view_score
 from agent.vision.detector import Face
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cli import main as cli_main
+from agent.cli.main import main as cli_main
 from agent.commands.signing import public_key_text, sign_request
 from agent.config import (
     AUDIT_DAYS_MINIMUM,

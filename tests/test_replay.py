@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from agent.config import Settings
-from agent.enrolment import Enroller
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
-from agent.recognizer import Recognizer, RecognizerStats
+from agent.recognition.enrolment import Enroller
+from agent.recognition.recognizer import Recognizer, RecognizerStats
 from agent.sources.base import HiRes
 from agent.tracking.tracker import Track
 from agent.vision.image import load_image

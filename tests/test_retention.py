@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.config import RetentionSettings
+from agent.gallery.retention import RetentionKeeper
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_iso
-from agent.retention import RetentionKeeper
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier, socket_address, watchdog_seconds
+from agent.service.sdnotify import Notifier, socket_address, watchdog_seconds
 
 
 class FakeClock:

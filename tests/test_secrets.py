@@ -21,11 +21,11 @@ from urllib.parse import quote
 
 import pytest
 
-from agent.cli import main as cli_main
+from agent.cli.main import main as cli_main
 from agent.config import load_settings, parse_broker_url
 from agent.errors import ConfigError
-from agent.provisioning import FILE_NAME, REASON_NAME, REJECTED_NAME, Outcome, provision
-from agent.provisioning import main as provision_main
+from agent.service.provisioning import FILE_NAME, REASON_NAME, REJECTED_NAME, Outcome, provision
+from agent.service.provisioning import main as provision_main
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Certs, Observer, free_port
 from tests.command_fixtures import make_device

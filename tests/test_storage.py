@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from agent.config import EventSettings, RetentionSettings
-from agent.events import EventEmitter
+from agent.gallery.retention import RetentionKeeper
 from agent.gallery.store import GalleryStore
 from agent.identity import Match, new_event_id, utc_iso
-from agent.retention import RetentionKeeper
+from agent.link.telemetry import GallerySummary, Telemetry
+from agent.recognition.events import EventEmitter
 from agent.storage import StorageFullError, StorageHealth, StorageState, is_disk_full
-from agent.telemetry import GallerySummary, Telemetry
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline

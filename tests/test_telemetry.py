@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 
 from agent.config import EventSettings, HomeAssistantSettings
-from agent.events import EventEmitter
 from agent.gallery.store import GalleryStore
-from agent.homeassistant import HomeAssistantDiscovery
 from agent.identity import Match
+from agent.link.homeassistant import HomeAssistantDiscovery
 from agent.link.mqtt import BrokerSettings, MqttLink
-from agent.outbox import OutboxPublisher, OutboxStats
-from agent.telemetry import (
+from agent.link.outbox import OutboxPublisher, OutboxStats
+from agent.link.telemetry import (
     FrameFigures,
     GallerySummary,
     StageLatency,
@@ -28,6 +27,7 @@ from agent.telemetry import (
     gallery_summary,
     rss_mb,
 )
+from agent.recognition.events import EventEmitter
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from tests.broker import Broker, Received

@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config import load_settings
 from agent.errors import ConfigError
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink

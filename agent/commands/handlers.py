@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.commands.schema import PEOPLE_PAGE, CommandError, ErrorCode
 from agent.config import (
@@ -31,16 +29,22 @@ from agent.config import (
     values_to_toml,
     with_values,
 )
-from agent.enrolment import Enroller, EnrolmentError
 from agent.errors import ConfigError, FaceagentError
+from agent.files import write_atomically
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person, utc_iso
+from agent.recognition.enrolment import Enroller, EnrolmentError
 from agent.storage import StorageFullError, StorageHealth, is_disk_full
 from agent.vision.modelstore import embedder_id
 
-if TYPE_CHECKING:
-    from agent.models_update import ModelUpdater
+
+class ModelUpdates(Protocol):
+    """The model_update job (`agent/modelupdate/update.py`), given to the commands by the service."""
+
+    def run(
+        self, args: dict[str, Any], *, open_store: Callable[[], GalleryStore], actor: str, now: datetime
+    ) -> dict: ...
 
 
 @dataclass
@@ -61,7 +65,7 @@ class CommandServices:
     request_restart: Callable[[], None]
     restart_wait: Callable[[], float] | None = None  # seconds until `restart` may run (0: now); None: no limit
     actor_prefix: str = "mqtt"
-    model_updates: ModelUpdater | None = None  # the model_update job; None: updates are not offered
+    model_updates: ModelUpdates | None = None  # the model_update job; None: updates are not offered
     storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
 
 
@@ -264,36 +268,6 @@ def _setting(settings: Settings, key: str) -> Any:
     return getattr(getattr(settings, section), name)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Replace `path` so a crash leaves the old file or the new one, never half of one; keeps its mode
-    and owner (the settings file may hold the broker password), or sets `mode`."""
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        stat = None
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            if mode is not None:
-                os.fchmod(stream.fileno(), mode)
-            elif stat is not None:
-                os.fchmod(stream.fileno(), stat.st_mode & 0o7777)
-                if os.geteuid() == 0:
-                    os.fchown(stream.fileno(), stat.st_uid, stat.st_gid)
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def purge_events(ctx: Context, args: dict[str, Any]) -> Done:
     """Events older than `older_than_days` (default: retention.events_days; 0: all); audit records by
     the configured retention, never younger than `audit_floor`: a remote command cannot wipe the log
@@ -322,7 +296,7 @@ _MODEL_AUDIT = ("job_id", "model_id", "version", "sha256", "bytes_received", "st
 
 
 def model_update(ctx: Context, args: dict[str, Any]) -> Done:
-    """One phase of a model update job (`agent/models_update.py`); the job's status is in the data."""
+    """One phase of a model update job (`agent/modelupdate/update.py`); the job's status is in the data."""
     updates = ctx.services.model_updates
     if updates is None:
         raise CommandError(ErrorCode.CONFLICT, "this agent does not take model updates (run it as `faceagent run`)")

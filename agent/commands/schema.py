@@ -67,7 +67,7 @@ MODEL_CHUNK_BYTES = 1024 * 1024  # one model_update chunk, decoded
 MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.tflite")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")  # a model release: agent/models_update.py
+VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")  # a model release: agent/modelupdate/update.py
 MAX_DEPTH = 6
 # list_people replies a page of people (several MB for 20,000 at once): the default page holds every person
 # of a gallery of this size, so small galleries get the reply they always got.
@@ -366,7 +366,7 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
 
 
 def _model_update() -> Phases:
-    """begin (signed metadata), chunk (bytes in order), commit, abort, status: see agent/models_update.py."""
+    """begin (signed metadata), chunk (bytes in order), commit, abort, status: see agent/modelupdate/update.py."""
     job = {"phase": Text(16), "job_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -")}
     begin = job | {
         "model_id": Text(64, MODEL_ID, "1-64 of a-z 0-9 . _ -, starting with a letter or digit"),

@@ -22,7 +22,7 @@ visible choice (a warning at start, `commands.authority` in the status document)
 no longer changes anything (signing is the default) and may not be combined with `allow_unsigned`.
 
 Keys have roles: command keys sign commands, release keys (`models.release_keys`) sign model releases
-(agent/models_update.py), and neither verifies the other's signatures; one key in both lists is refused.
+(agent/modelupdate/update.py), and neither verifies the other's signatures; one key in both lists is refused.
 The audit names a signed command's key (`key:<key id>`); an unsigned one is `mqtt:unsigned`, and the origin
 it claims is kept as `claimed_origin` in the details, never as the actor.
 """

@@ -35,7 +35,7 @@ MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
 ERASED = "person_erased"  # the event that tells consumers downstream to forget a person
-_SHOWN = "face_recognized"  # agent.events.RECOGNIZED: the event that becomes the last recognised person
+_SHOWN = "face_recognized"  # agent.recognition.events.RECOGNIZED: the event that becomes the last recognised person
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
 # People the loaded embedder cannot match; `p` is the people table.
 _NO_TEMPLATE_OF_MODEL = "NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import ssl
@@ -31,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import BrokerAddress, MqttSettings, parse_broker_url
 from agent.errors import ConfigError
+from agent.files import write_atomically
 from agent.identity import utc_now
 from agent.link.topics import Topics
 
@@ -67,25 +67,10 @@ def client_id_for(device_id: str, state_dir: Path) -> str:
     if re.fullmatch(r"[0-9a-f]{16}", suffix) is None:
         suffix = secrets.token_hex(8)
         try:
-            _write_private(path, suffix + "\n")
+            write_atomically(path, (suffix + "\n").encode("ascii"), mode=0o600)
         except OSError as exc:
             log.warning("could not keep the MQTT client id in %s (%s): this run uses its own", path, exc.strerror)
     return f"{device_id}-{suffix}"
-
-
-def _write_private(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with open(descriptor, "w", encoding="ascii") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o600)
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

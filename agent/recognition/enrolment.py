@@ -31,7 +31,7 @@ from agent.errors import FaceagentError, ImageError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person
-from agent.quality import QualityReport, assess
+from agent.recognition.quality import QualityReport, assess
 from agent.vision.detector import Face
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cli.operator import CtlError, Operator
 from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
 from agent.config import RULES, CommandSettings, find_config, load_settings, require_tls
 from agent.files import FileRefused, read_regular_file
 from agent.identity import new_ulid
 from agent.link.mqtt import BrokerSettings
-from agent.operator import CtlError, Operator
 
 EXIT_REMOTE = 1
 COMMIT_SECONDS = 600.0  # a commit checks the model on the device (about 15 s on a Pi 4) and swaps it in
@@ -366,7 +366,7 @@ def _model_outcome(device: str, reply: dict | None) -> bool:
 def cmd_model_update(args: argparse.Namespace) -> int:
     """Begin, chunks, commit on every device named: one signed release, one job id."""
     from agent.commands.signing import load_private_key
-    from agent.models_update import MAX_MODEL_BYTES, sign_model
+    from agent.modelupdate.update import MAX_MODEL_BYTES, sign_model
 
     key_path = args.model_key
     if key_path is None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agent import provisioning
+from agent.cli.demo import run_demo
 from agent.config import find_config, load_layered, load_settings, require_tls
-from agent.demo import run_demo
-from agent.service import EXIT_RESTART, AgentService, RunOptions, print_event, reexec
+from agent.service import provisioning
+from agent.service.app import EXIT_RESTART, AgentService, RunOptions, print_event, reexec
 
 
 def add_live_commands(commands: argparse._SubParsersAction) -> None:

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from agent.config import Settings
-from agent.events import EventEmitter
 from agent.identity import Match
-from agent.quality import view_score
+from agent.recognition.events import EventEmitter
+from agent.recognition.quality import view_score
 from agent.sources.base import HiRes
 from agent.storage import StorageHealth
 from agent.tracking.decision import decide, same_person

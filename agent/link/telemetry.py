@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.gallery.store import GalleryStore
 from agent.identity import utc_now
-from agent.outbox import OutboxStats
+from agent.link.outbox import OutboxStats
 from agent.storage import StorageReport
 
 SCHEMA = 1

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from agent import __version__
-from agent.cli_live import add_live_commands
+from agent.cli.ctl import add_ctl_commands
+from agent.cli.live import add_live_commands
 from agent.commands.signing import KeyRoles
 from agent.config import (
     DEFAULT_CONFIG,
@@ -29,13 +30,12 @@ from agent.config import (
     settings_to_dict,
     values_to_toml,
 )
-from agent.ctl import add_ctl_commands
-from agent.enrolment import Enroller
 from agent.errors import FaceagentError, GalleryError, ImageError, NoFaceError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Match, utc_now
-from agent.model_install import installed_models_dir
+from agent.modelupdate.install import installed_models_dir
+from agent.recognition.enrolment import Enroller
 from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore, embedder_id

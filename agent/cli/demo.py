@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image
 
 from agent.config import Settings
-from agent.enrolment import Enroller
 from agent.errors import FaceagentError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.service import AgentService, RunOptions, pipeline_options, print_event
+from agent.recognition.enrolment import Enroller
+from agent.service.app import AgentService, RunOptions, pipeline_options, print_event
 from agent.sources.pyav import PyavSource
 from agent.vision.pipeline import FacePipeline
 

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import threading
 from pathlib import Path
 from typing import Any
 
 from agent.config import HomeAssistantSettings
-from agent.events import RECOGNIZED, UNKNOWN
+from agent.files import write_atomically
 from agent.gallery.store import GalleryStore
 from agent.link.mqtt import MqttLink
+from agent.recognition.events import RECOGNIZED, UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +199,8 @@ class HomeAssistantDiscovery:
         if self._recorded() == topics:
             return
         text = json.dumps({"schema": 1, "device": self.link.topics.device, "topics": topics}, indent=1)
-        temporary = self.record.with_name(self.record.name + ".tmp")
         try:
-            temporary.write_text(text + "\n", encoding="utf-8")
-            os.replace(temporary, self.record)
+            write_atomically(self.record, (text + "\n").encode("utf-8"))
         except OSError as exc:
             log.warning("Home Assistant: %s not written (%s): a later removal may miss these topics", self.record, exc)
 

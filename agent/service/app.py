@@ -44,26 +44,26 @@ from agent.commands.dispatcher import CommandDispatcher
 from agent.commands.handlers import CommandServices
 from agent.commands.signing import CommandSecurity, KeyRoles, StoredReplayCache
 from agent.config import Settings
-from agent.enrolment import Enroller
 from agent.errors import FaceagentError, ModelError
-from agent.events import RECOGNIZED
 from agent.gallery.matcher import Matcher
+from agent.gallery.retention import RetentionKeeper
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import UNLOADED, GallerySync
-from agent.homeassistant import HomeAssistantDiscovery, LastPersonTopic
+from agent.link.homeassistant import HomeAssistantDiscovery, LastPersonTopic
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for, packet_limit
+from agent.link.outbox import OutboxPublisher
+from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
 from agent.link.topics import resolve_device_id
-from agent.model_install import installed_models_dir, state_models_dir
-from agent.models_update import ModelUpdater
-from agent.outbox import OutboxPublisher
-from agent.provisioning import read_status as read_provisioning
-from agent.recognizer import Recognizer
-from agent.retention import RetentionKeeper
-from agent.sdnotify import Notifier
+from agent.modelupdate.install import installed_models_dir, state_models_dir
+from agent.modelupdate.update import ModelUpdater
+from agent.recognition.enrolment import Enroller
+from agent.recognition.events import RECOGNIZED
+from agent.recognition.recognizer import Recognizer
+from agent.service.provisioning import read_status as read_provisioning
+from agent.service.sdnotify import Notifier
 from agent.sources.factory import open_latest
 from agent.sources.latest import LatestFrame, SourceState
 from agent.storage import StorageHealth
-from agent.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
 log = logging.getLogger(__name__)

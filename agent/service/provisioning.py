@@ -53,6 +53,7 @@ from agent.config import (
     url_userinfo,
 )
 from agent.errors import ConfigError
+from agent.files import fsync_dir
 from agent.identity import utc_now
 
 BOOT_DIR = Path("/boot/firmware")  # Raspberry Pi OS Bookworm; /boot before it
@@ -272,7 +273,7 @@ def _install(plan: _Plan, config_dir: Path, owner: tuple[int, int] | None) -> tu
         _check_keys(staged, config_dir, staging)
         for name in names:
             os.replace(staging / name, config_dir / name)
-        _fsync_dir(config_dir)
+        fsync_dir(config_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return tuple(names[-1:] + names[:-1])
@@ -292,14 +293,6 @@ def _write_private(path: Path, content: bytes, owner: tuple[int, int] | None) ->
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def wipe(path: Path) -> str | None:
     """Overwrite `path` with zeros, sync, unlink; a warning instead of an exception.
 
@@ -315,7 +308,7 @@ def wipe(path: Path) -> str | None:
             handle.flush()
             os.fsync(handle.fileno())
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         return f"could not remove {path} from the boot partition: {exc.strerror}"
     return None
@@ -357,7 +350,7 @@ def _replace_on_boot(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 _SECRETISH = r"pas+w|pwd|secret|token|private|credential"  # key names that hold secrets, typos too

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.commands.handlers import write_atomically
+from agent.files import fsync_dir, write_atomically
 from agent.vision.embedder import Embedder
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore
 from agent.vision.runtime import TfliteModel, select_runtime
@@ -47,14 +47,6 @@ def stored_name(file: str, sha256: str) -> str:
     """The installed file's name: the publisher's, tagged with the content."""
     path = Path(file)
     return f"{path.stem}.{sha256[:12]}{path.suffix}"
-
-
-def _fsync_dir(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _link(source: Path, target: Path) -> None:
@@ -115,7 +107,7 @@ class ModelsFolder:
         """Move the model in, keep the manifest in use (`live_dir`'s, seeded here) as the previous one, and
         replace the manifest; returns the one replaced here (None: this is the first update)."""
         os.replace(staged, self.path / name)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         previous = self.manifest.read_bytes() if self.manifest.is_file() else None
         write_atomically(self.path / PREVIOUS_MANIFEST, (live_dir / MANIFEST_NAME).read_bytes())
         write_atomically(self.manifest, json.dumps(manifest, indent=2).encode() + b"\n")
@@ -126,7 +118,7 @@ class ModelsFolder:
         if previous is None:
             self.manifest.unlink(missing_ok=True)
             (self.path / PREVIOUS_MANIFEST).unlink(missing_ok=True)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         else:
             write_atomically(self.manifest, previous)
 

@@ -12,7 +12,7 @@ replacement whose templates stay valid), its anchor embedding matches the live m
 still give finite, input-dependent vectors (all these faces 0.06-0.20 apart): only the "different people
 are different" half catches that, which is why both halves are required.
 
-The check runs in a child process (`python -m agent.model_check`): a malformed model can crash the TFLite
+The check runs in a child process (`python -m agent.modelupdate.check`): a malformed model can crash the TFLite
 runtime outright (a segfault, not an exception), and that must not take the live agent with it.
 """
 
@@ -154,7 +154,7 @@ def check_directory(candidate: Path, reference: Path | None, models: ModelSettin
 
 def run_check(candidate: Path, reference: Path | None, models: ModelSettings) -> Verdict:
     """`check_directory` in a child process, so a crash or a hang of the runtime is only a failed check."""
-    command = [sys.executable, "-m", "agent.model_check", str(candidate)]
+    command = [sys.executable, "-m", "agent.modelupdate.check", str(candidate)]
     command += ["--reference", str(reference)] if reference else []
     for flag in ("detector", "embedder", "runtime"):
         value = getattr(models, flag)
@@ -173,7 +173,7 @@ def run_check(candidate: Path, reference: Path | None, models: ModelSettings) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.model_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agent.modelupdate.check", description=__doc__.splitlines()[0])
     parser.add_argument("candidate", type=Path, help="a models directory with its manifest.json")
     parser.add_argument("--reference", type=Path, help="the live models directory")
     parser.add_argument("--detector")

@@ -3,7 +3,7 @@
     begin   signed metadata                       -> IN_PROGRESS (nothing is accepted unless it verifies)
     chunk   the bytes in order, base64            -> IN_PROGRESS and the bytes received; a repeated chunk
             is acknowledged again, a gap is refused naming the chunk expected, and the job goes on
-    commit  size, sha256 and signature; the test faces in a child process (`agent.model_check`); install;
+    commit  size, sha256 and signature; the test faces in a child process (`agent.modelupdate.check`); install;
             the live pipeline swapped between frames -> SUCCEEDED, or FAILED with the step and the reason
     abort   -> CANCELED          status   the job in progress, else the last one
 
@@ -14,7 +14,7 @@ Why it is built so:
   `model_update` command. The roles are separate: a command key cannot sign a model (an operator who may
   enrol people cannot thereby replace the recogniser), nor a release key a command. The job id and the
   device are not signed, so one signed release serves a whole fleet.
-- Nothing is written into the installed package: models go to the state directory (`agent.model_install`).
+- Nothing is written into the installed package: models go to the state directory (`agent.modelupdate.install`).
   Chunks are fsynced into its `.staging/<job_id>`, removed when the job ends and at start-up (a restart
   ends a job: send it again).
 - Every failure leaves the models in use: the candidate is checked before it is installed, and if the live
@@ -47,13 +47,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.handlers import write_atomically
 from agent.commands.schema import MODEL_CHUNK_BYTES, VERSION, CommandError, ErrorCode
 from agent.commands.signing import verifying_key
 from agent.errors import FaceagentError
+from agent.files import write_atomically
 from agent.identity import utc_iso
-from agent.model_check import run_check
-from agent.model_install import ModelsFolder, load_embedder, rebuild_templates, stored_name
+from agent.modelupdate.check import run_check
+from agent.modelupdate.install import ModelsFolder, load_embedder, rebuild_templates, stored_name
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
 
 if TYPE_CHECKING:
