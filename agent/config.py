@@ -48,7 +48,7 @@ class GallerySettings:
     # Both in the metric's units. 0.1 cosine-distance is about 0.14 raw dlib distance: the same photo
     # re-encoded, or a near-identical frame, adds nothing.
     duplicate_distance: float = 0.1  # a new template this close to an existing one of the person is skipped
-    conflict_distance: float = 0.35  # an enrolment photo this close to ANOTHER person is a conflict
+    conflict_distance: float = 0.35  # an enrollment photo this close to ANOTHER person is a conflict
     # A track's mean embedding sits a little closer to everyone than one photo does, so its decision
     # needs a stricter threshold: 0.32 kept stranger tracks (3 LFW photos each) at <= 0.9% false
     # positives with 200 enrolled over 3 seeds (88-90% identified); 0.35 let 1.2-2.1% through.
@@ -109,11 +109,11 @@ class CommandSettings:
     allow_unsigned: bool = False  # true: anyone on the broker may run every command unsigned (audited mqtt:unsigned)
     public_keys: tuple[str, ...] = ()  # Ed25519: absolute paths of PEM files, or base64 of the 32 raw bytes
     timestamp_window_seconds: float = 120.0  # a signed command's sent_at must be this close to the device clock
-    # Refused before it is decoded; enrol photos count here. A payload costs 4-6x its size while it is received
+    # Refused before it is decoded; enroll photos count here. A payload costs 4-6x its size while it is received
     # and decoded, plus two in the queue: 8 MiB keeps the agent under 250 MB (scripts/bench_hostile.py).
     max_payload_bytes: int = 8 * 1024 * 1024
-    max_image_bytes: int = 4 * 1024 * 1024  # one enrolment photo, decoded
-    max_images: int = 10  # photos in one enrol command
+    max_image_bytes: int = 4 * 1024 * 1024  # one enrollment photo, decoded
+    max_images: int = 10  # photos in one enroll command
     dedupe_entries: int = 256  # replies remembered so a repeated request id is answered, not run again
 
 

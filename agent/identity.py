@@ -35,7 +35,7 @@ def utc_iso(moment: datetime) -> str:
 
 @dataclass(frozen=True)
 class Consent:
-    """Who agreed to the enrolment, when, under which reference, for what purpose."""
+    """Who agreed to the enrollment, when, under which reference, for what purpose."""
 
     given_by: str
     given_at: str  # UTC ISO-8601

@@ -18,7 +18,7 @@ import numpy as np
 from agent.config import ModelSettings, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.service.app import AgentService, RunOptions, pipeline_options
 from agent.vision.pipeline import FacePipeline
 

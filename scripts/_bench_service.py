@@ -5,7 +5,7 @@ Measured, each against its target:
 - `get_status` and `list_people` (default page, then every page) through MQTT and the real command dispatcher,
   signed as operators must sign them (< 2 s each);
 - the longest frame-loop stall: the longest gap between two watchdog pings (WATCHDOG_USEC is set so low that
-  the loop pings after every frame) while an operator enrols, erases and lists through commands and the CLI
+  the loop pings after every frame) while an operator enrolls, erases and lists through commands and the CLI
   erases a person from another process (< 100 ms). The same figure over a quiet window is printed beside it:
   a gap is one frame's own work plus any stall.
 
@@ -193,8 +193,8 @@ def time_queries(db: Path, model_id: str) -> dict[str, float]:
     with GalleryStore.open(db) as store:
         calls = {
             "open (with quick_check)": lambda: GalleryStore.open(db).close(),
-            "people_needing_reenrolment": lambda: store.people_needing_reenrolment(model_id),
-            "count_needing_reenrolment": lambda: store.count_needing_reenrolment(model_id),
+            "people_needing_reenrollment": lambda: store.people_needing_reenrollment(model_id),
+            "count_needing_reenrollment": lambda: store.count_needing_reenrollment(model_id),
             "stats": lambda: store.stats(model_id),
             "fingerprint": store.fingerprint,
             "gallery_summary (status)": lambda: gallery_summary(store),
@@ -372,7 +372,7 @@ def measure_stalls(
 
 
 def operate(operator: Operator, db: Path, data: Path, victim: str) -> dict[str, Any]:
-    """What operators do at once: list, enrol, erase by command, and erase through the CLI."""
+    """What operators do at once: list, enroll, erase by command, and erase through the CLI."""
     figures: dict[str, Any] = {}
     figures["busy_list_s"], reply = timed_call(operator, "list_people", {})
     ok_data(reply, "list_people")

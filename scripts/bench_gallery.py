@@ -11,11 +11,11 @@ Targets, with 100,000 templates: a search takes at most 2x a bare NumPy brute-fo
 over the same matrix in the same run, and loading the templates from a SQLite gallery
 (`GalleryStore.iter_templates` + `Matcher.load`) takes at most 2 s. With `--service` (scripts/_bench_service.py):
 `faceagent run` reaches READY, and answers get_status and list_people, each within 2 s, and its frame loop never
-stalls 100 ms while operators enrol, erase and list and the CLI erases from another process.
+stalls 100 ms while operators enroll, erase and list and the CLI erases from another process.
 
 Data: 128-d random directions scaled to dlib's norm distribution (1.42 +- 0.07, measured on the 7,697 LFW
 embeddings of the int8 embedder), 5 templates per person by default, people interleaved in insertion order
-as enrolments over time would leave them. Queries are templates plus noise, as probes are near someone.
+as enrollments over time would leave them. Queries are templates plus noise, as probes are near someone.
 
 The bare references run on the very matrix the Matcher holds, interleaved with the Matcher query by query
 so that both see the same machine load: `np.linalg.norm(M - q, axis=1).argmin()` and the dot-product form

@@ -127,13 +127,13 @@ def _b64(data: bytes) -> str:
 
 
 def _fill(image: bytes, most: int = 10) -> list[dict[str, str]]:
-    """As many copies of `image` as one enrol request holds under the payload limit (at most `most`)."""
+    """As many copies of `image` as one enroll request holds under the payload limit (at most `most`)."""
     count = max(1, min(most, (LIMIT - 4096) // (len(_b64(image)) + 32), CommandSettings().max_images))
     return [{"data": _b64(image), "label": f"photo {i}"} for i in range(count)]
 
 
 def _noise_jpeg(max_bytes: int) -> bytes:
-    """Random pixels as the largest square JPEG under `max_bytes` (no face: enrolment runs the detector and
+    """Random pixels as the largest square JPEG under `max_bytes` (no face: enrollment runs the detector and
     refuses it)."""
     side = int((max_bytes / 1.2) ** 0.5)
     while True:
@@ -150,7 +150,7 @@ LFW_PHOTO = Path("faces-lfw/Colin_Powell/Colin_Powell_0040.jpg")
 DATA: list[Path] = []  # the shared data folder, once known
 
 
-def _enrol_images(images: list[dict[str, str]]) -> Sender:
+def _enroll_images(images: list[dict[str, str]]) -> Sender:
     def send(probe: Probe) -> int:
         probe.publish("enroll", probe.request("enroll", {"name": "Hostile", "images": images})[1])
         return 1
@@ -158,8 +158,8 @@ def _enrol_images(images: list[dict[str, str]]) -> Sender:
     return send
 
 
-def _lfw_enrol() -> Sender:
-    return _enrol_images([{"data": _b64((DATA[0] / LFW_PHOTO).read_bytes())}])
+def _lfw_enroll() -> Sender:
+    return _enroll_images([{"data": _b64((DATA[0] / LFW_PHOTO).read_bytes())}])
 
 
 def _raw(name: str, payload: bytes, times: int = 1) -> Sender:
@@ -172,7 +172,7 @@ def _raw(name: str, payload: bytes, times: int = 1) -> Sender:
 
 
 def _flood(count: int) -> Sender:
-    """`count` valid enrol requests at the payload limit, all published before the first is answered."""
+    """`count` valid enroll requests at the payload limit, all published before the first is answered."""
     image = _noise_jpeg(min(CommandSettings().max_image_bytes, LIMIT))
     images = _fill(image)
 
@@ -200,23 +200,23 @@ def cases() -> dict[str, tuple[str, Callable[[], Sender]]]:
     """name -> (what is sent, a factory building the payloads when the case runs)."""
     return {
         "idle": ("nothing (baseline)", lambda: lambda probe: 0),
-        "enrol_photo": ("enroll: one LFW photo (the command thread's pipeline is made)", _lfw_enrol),
-        "png_7000": ("enroll: a 7000x7000 RGBA PNG", lambda: _enrol_images(_fill(flat_png(7000, 7000), most=1))),
+        "enroll_photo": ("enroll: one LFW photo (the command thread's pipeline is made)", _lfw_enroll),
+        "png_7000": ("enroll: a 7000x7000 RGBA PNG", lambda: _enroll_images(_fill(flat_png(7000, 7000), most=1))),
         "png_4k_x10": (
             "enroll: 10 PNGs of 3840x2160 RGBA (at the pixel cap)",
-            lambda: _enrol_images(_fill(flat_png(3840, 2160))),
+            lambda: _enroll_images(_fill(flat_png(3840, 2160))),
         ),
         "jpeg_7000": (
             "enroll: a 7000x7000 RGB JPEG",
-            lambda: _enrol_images(_fill(flat_jpeg(7000, 7000, mode="RGB"), most=1)),
+            lambda: _enroll_images(_fill(flat_jpeg(7000, 7000, mode="RGB"), most=1)),
         ),
         "jpeg_80mp_xN": (
             "enroll: 8944x8944 JPEGs (at the JPEG pixel cap), as many as fit",
-            lambda: _enrol_images(_fill(flat_jpeg(8944, 8944))),
+            lambda: _enroll_images(_fill(flat_jpeg(8944, 8944))),
         ),
         "progressive_4k_xN": (
             "enroll: 3840x2160 4:4:4 progressive JPEGs (at the cap), as many as fit",
-            lambda: _enrol_images(_fill(flat_jpeg(3840, 2160, progressive=True, mode="RGB"))),
+            lambda: _enroll_images(_fill(flat_jpeg(3840, 2160, progressive=True, mode="RGB"))),
         ),
         "nested_json": (f"enroll: {LIMIT / MIB:g} MiB of nested [", lambda: _raw("enroll", nested_json(LIMIT))),
         "token_json": (f"model_update: {LIMIT / MIB:g} MiB of {{}},", lambda: _raw("model_update", token_json(LIMIT))),

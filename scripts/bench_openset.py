@@ -12,7 +12,7 @@ prefixes of the sorted identities shuffled with a fixed seed (seed 0 in the per-
 0..N-1 for the choice and the defaults). Probes of enrolled identities are genuine; probes of non-enrolled
 gallery identities plus every distractor are strangers.
 
-Gallery modes: "1 tpl" enrols the gallery image; "3 tpl" also enrols up to 2 of the identity's probe images
+Gallery modes: "1 tpl" enrolls the gallery image; "3 tpl" also enrolls up to 2 of the identity's probe images
 (lowest-numbered) and removes them from the probes; "1 tpl/3p" is "1 tpl" on the probes left by "3 tpl",
 so the two compare on the same probes. Rules: metric euclidean (raw) or cosine (unit-normalised, L2
 between unit vectors), per-person score from the best template or from the mean template (centroid,

@@ -8,7 +8,7 @@
 # 2. Inside: the README's device install verbatim (`sudo scripts/install.sh`, the first line of the sh block
 #    under "Running on a device"), which must exit 0 and leave the unit active with "camera: not configured"
 #    in its status and log, not crash-looping. Then an operator key (`faceagent ctl keygen`), a config (the
-#    bundled clip as a file source, the local broker, signed commands required), an enrolment as the service
+#    bundled clip as a file source, the local broker, signed commands required), an enrollment as the service
 #    user, and these checks on the running unit:
 #    READY (seconds from exec to READY); up --stay seconds (default 120) with one PID and advancing watchdog
 #    pings; retained `online` and a `face_recognized` event on the broker; the sandbox in force (service uid,
@@ -266,9 +266,9 @@ journal_hint=$(inside 'journalctl -u faceagent.service -b --no-pager -o cat | gr
     fail "the log does not say how to configure the camera: '$journal_hint'"
 say "  active, 0 restarts; log: $journal_hint"
 
-# ----------------------------------------------------------------------------- configure, enrol, start
+# ----------------------------------------------------------------------------- configure, enroll, start
 
-phase "operator key, config (clip, local broker, signed commands), enrolment"
+phase "operator key, config (clip, local broker, signed commands), enrollment"
 logged keygen '/opt/faceagent/venv/bin/faceagent ctl keygen /root/operator.pem' || { indent <"$LOGS/keygen.log"; fail "faceagent ctl keygen failed"; }
 PUBLIC_KEY=$(sed -n 's/^public_keys = \["\(.*\)"\]$/\1/p' "$LOGS/keygen.log") # the TOML line keygen prints
 [[ -n $PUBLIC_KEY ]] || { indent <"$LOGS/keygen.log"; fail "faceagent ctl keygen printed no public key"; }
@@ -292,7 +292,7 @@ logged config_check 'sudo -u faceagent /opt/faceagent/venv/bin/faceagent config 
     { indent <"$LOGS/config_check.log"; fail "faceagent config check refused the config"; }
 logged enroll "sudo -u faceagent /opt/faceagent/venv/bin/faceagent --config /etc/faceagent/faceagent.toml enroll \
     --name 'Lin-Manuel Miranda' $IN_ROOT/media/hamilton_frame_0100.jpg" ||
-    { indent <"$LOGS/enroll.log"; fail "enrolment as the service user failed"; }
+    { indent <"$LOGS/enroll.log"; fail "enrollment as the service user failed"; }
 indent <"$LOGS/enroll.log"
 # Everything on the broker from here on, with the retain flag: "retain topic payload" per line.
 inside "systemd-run --quiet --unit=boot-check-mqtt -p StandardOutput=file:$IN_ROOT/out/mqtt.log \

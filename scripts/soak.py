@@ -123,14 +123,14 @@ def write_config(folder: Path, broker: Broker) -> Path:
     return config
 
 
-def enrol(config: Path, db: Path) -> None:
+def enroll(config: Path, db: Path) -> None:
     name, image = MAIN_PERSON
     result = subprocess.run(
         [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", name, str(image)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     if result.returncode != 0:
-        raise SystemExit(f"enrolment failed: {result.stderr[-2000:]}")
+        raise SystemExit(f"enrollment failed: {result.stderr[-2000:]}")
 
 
 class Commander:
@@ -231,7 +231,7 @@ def soak(args: argparse.Namespace, folder: Path, cleanup: list[Any]) -> dict[str
     config = write_config(folder, broker)
     db = folder / "gallery.db"
     print(f"[soak] broker on {broker.url}; enrolling {MAIN_PERSON[0]} ...", flush=True)
-    enrol(config, db)
+    enroll(config, db)
 
     observer = Observer(broker, [f"faceagent/{DEVICE}/#"], client_id="soak-subscriber", persistent=True)
     cleanup.append(observer.close)
@@ -264,10 +264,10 @@ def soak(args: argparse.Namespace, folder: Path, cleanup: list[Any]) -> dict[str
     start = time.monotonic()
     next_sample = start
     next_command = start + 10.0
-    next_enrol = start + 30.0
+    next_enroll = start + 30.0
     next_restart = start + args.restart_every
     last_restart = start
-    enrol_pending: Command | None = None
+    enroll_pending: Command | None = None
     rotation = ["ping", "get_status", "list_people"]
     turn = 0
     failure: str | None = None
@@ -301,15 +301,16 @@ def soak(args: argparse.Namespace, folder: Path, cleanup: list[Any]) -> dict[str
         commander.collect()
         if not quiet:
             commander.resend_unanswered(now)
-            if enrol_pending is not None and enrol_pending.reply is not None:
-                data = enrol_pending.reply.get("data") or {}
+            if enroll_pending is not None and enroll_pending.reply is not None:
+                data = enroll_pending.reply.get("data") or {}
                 person_id = data.get("person_id") if isinstance(data, dict) else None
                 who = {"person_id": person_id} if isinstance(person_id, str) else {"name": SECOND_PERSON[0]}
                 commander.send("delete_person", who)
-                enrol_pending = None
-            elif now >= next_enrol and enrol_pending is None:
-                enrol_pending = commander.send("enroll", {"name": SECOND_PERSON[0], "images": [{"data": second_image}]})
-                next_enrol = now + 60.0
+                enroll_pending = None
+            elif now >= next_enroll and enroll_pending is None:
+                second_request = {"name": SECOND_PERSON[0], "images": [{"data": second_image}]}
+                enroll_pending = commander.send("enroll", second_request)
+                next_enroll = now + 60.0
             elif now >= next_command:
                 commander.send(rotation[turn % len(rotation)])
                 turn += 1
@@ -321,8 +322,8 @@ def soak(args: argparse.Namespace, folder: Path, cleanup: list[Any]) -> dict[str
     drain_deadline = time.monotonic() + args.drain
     with state.printed_lock:
         cutoff_ids = set(state.printed)
-    if enrol_pending is not None:
-        enrol_pending = None  # its delete is sent below once answered
+    if enroll_pending is not None:
+        enroll_pending = None  # its delete is sent below once answered
     while time.monotonic() < drain_deadline and agent.poll() is None:
         commander.collect()
         commander.resend_unanswered(time.monotonic())

@@ -3,7 +3,7 @@
 #   system: mosquitto (the tests start their own brokers on free 127.0.0.1 ports), openssl (test
 #           certificates), systemd (systemd-analyze verifies the unit), shellcheck (the installer),
 #           python3-seccomp (the unit's syscall filter rebuilt in a test); apt, as root or through sudo
-#   python: a .venv with the package and its [test] extra
+#   python: a .venv with the package and its [test] extra (pytest, and ruff, import-linter and mypy, run first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +23,9 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
+# The house rules first (seconds): style, the wings' import contracts, types (pyproject.toml).
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/lint-imports --no-logo --no-cache
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -23,7 +23,7 @@ from agent.commands.signing import CommandSecurity, key_id, public_key_text, sig
 from agent.config import CommandSettings, Settings, load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 from agent.config import Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
 from tests.broker import Broker, Observer
 
@@ -106,7 +106,7 @@ def test_an_anonymous_client_cannot_list_people(fresh: Fresh) -> None:
 
 
 @pytest.mark.slow
-def test_an_anonymous_client_cannot_enrol(fresh: Fresh, shared_data: Path) -> None:
+def test_an_anonymous_client_cannot_enroll(fresh: Fresh, shared_data: Path) -> None:
     photo = base64.b64encode((shared_data / CLIP / "enroll" / "Alex_Lacamoire.png").read_bytes()).decode()
     before = fresh.people()
     reply = fresh.ask("enroll", {"name": "Intruder", "images": [{"data": photo}]})

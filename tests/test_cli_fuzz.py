@@ -49,7 +49,7 @@ SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
 GENERATED = 300  # argument lists built from the parser's own commands and options
 MUTATED = 300  # the README's command lines, each with one or two mutations
 ANSWERS = 30  # `ctl` commands answered by a device that sends hostile replies and statuses
-HANG_SECONDS = 60.0  # far beyond any legitimate case (the slowest, an enrolment, takes about a second)
+HANG_SECONDS = 60.0  # far beyond any legitimate case (the slowest, an enrollment, takes about a second)
 LIVE = {("run",), ("demo",)}  # the live loop: runs until stopped, by design
 SYSTEM_PATHS = [Path("/var/lib/faceagent"), Path("/etc/faceagent"), Path("/dev/null-wal"), Path("/dev/null-shm")]
 

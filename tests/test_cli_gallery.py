@@ -96,9 +96,9 @@ def test_gallery_list_json_counts_templates_per_model_and_stale_people(gallery: 
     result = faceagent("gallery", "list", "--db", str(gallery), "--json", config=empty_config)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["model_id"] == "dlib-resnet29-int8" and document["people_needing_reenrolment"] == 1
+    assert document["model_id"] == "dlib-resnet29-int8" and document["people_needing_reenrollment"] == 1
     by_name = {p["name"]: p for p in document["people"]}
-    assert by_name["Old Model"]["templates"] == {"retired-embedder": 1} and by_name["Old Model"]["needs_reenrolment"]
+    assert by_name["Old Model"]["templates"] == {"retired-embedder": 1} and by_name["Old Model"]["needs_reenrollment"]
     assert by_name["Abdoulaye Wade"]["templates"] == {"dlib-resnet29-int8": 3}
     assert by_name["Abdoulaye Wade"]["external_ref"] == "ref-Abdoulaye_Wade"
 
@@ -106,8 +106,8 @@ def test_gallery_list_json_counts_templates_per_model_and_stale_people(gallery: 
 def test_gallery_list_text_summarises(gallery: Path, empty_config: Path) -> None:
     result = faceagent("--db", str(gallery), "gallery", "list", config=empty_config)
     assert result.returncode == 0, result.stderr
-    assert "[needs re-enrolment]" in result.stdout
-    assert result.stdout.splitlines()[-1] == "4 people; 1 need re-enrolment for dlib-resnet29-int8"
+    assert "[needs re-enrollment]" in result.stdout
+    assert result.stdout.splitlines()[-1] == "4 people; 1 need re-enrollment for dlib-resnet29-int8"
 
 
 def test_db_comes_from_the_config_file(gallery: Path, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ TOTAL = 5000
 
 
 def _noise(fmt: str) -> bytes:
-    """A small image with no face in it: if a mutation leaves it decodable, enrolment still refuses it."""
+    """A small image with no face in it: if a mutation leaves it decodable, enrollment still refuses it."""
     pixels = np.random.default_rng(7).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     PILImage.fromarray(pixels).save(buffer, format=fmt)

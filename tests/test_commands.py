@@ -38,7 +38,7 @@ def device(tmp_path: Path, pipeline: FacePipeline) -> Device:
     return make_device(tmp_path, pipeline)
 
 
-def enrol_powell(device: Device, shared_data: Path, *numbers: str, **envelope: object) -> dict:
+def enroll_powell(device: Device, shared_data: Path, *numbers: str, **envelope: object) -> dict:
     images = [image_arg(powell(shared_data, n), n) for n in numbers or POWELL[:1]]
     return device.call("enroll", {"name": "Colin Powell", "images": images}, **envelope)
 
@@ -104,7 +104,7 @@ def test_a_large_command_over_commands_max_payload_bytes_is_too_large_before_dec
     assert error(device.send(name, b'{"request_id": "r1", "args": ' + b"[" * 8192)) == "too_large"
 
 
-def test_enrol_photos_each_within_the_limit_but_over_the_payload_together_are_too_large(
+def test_enroll_photos_each_within_the_limit_but_over_the_payload_together_are_too_large(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
     limits = operator_commands(max_payload_bytes=64 * 1024, max_image_bytes=32 * 1024)
@@ -114,7 +114,7 @@ def test_enrol_photos_each_within_the_limit_but_over_the_payload_together_are_to
     assert error(reply) == "too_large" and "payload is" in reply["error"]["message"]
 
 
-def test_an_enrol_photo_over_its_limit_is_too_large_before_its_base64_is_decoded(
+def test_an_enroll_photo_over_its_limit_is_too_large_before_its_base64_is_decoded(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
     device = make_device(tmp_path, pipeline, commands=operator_commands(max_image_bytes=4096))
@@ -161,10 +161,10 @@ def test_a_json_array_is_refused(device: Device) -> None:
 # ------------------------------------------------------------------------------ enroll
 
 
-def test_enroll_adds_a_person_the_matcher_then_recognises(
+def test_enroll_adds_a_person_the_matcher_then_recognizes(
     device: Device, shared_data: Path, pipeline: FacePipeline
 ) -> None:
-    reply = enrol_powell(device, shared_data, *POWELL)
+    reply = enroll_powell(device, shared_data, *POWELL)
     assert reply["status"] == "ok" and reply["data"]["templates_added"] == 3
     probe = load_image(powell(shared_data, POWELL_PROBE))
     match = device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
@@ -213,7 +213,7 @@ def test_more_photos_of_an_unknown_person_is_not_found(device: Device, shared_da
 
 
 def test_enroll_is_audited_under_its_signing_key_not_the_claimed_origin(device: Device, shared_data: Path) -> None:
-    enrol_powell(device, shared_data, origin="ops@laptop")
+    enroll_powell(device, shared_data, origin="ops@laptop")
     actor = f"key:{OPERATOR_KEY_ID}"
     assert {(actor, "person.enroll"), (actor, "command.enroll")} <= {(r["actor"], r["action"]) for r in device.audit()}
     (command,) = [row for row in device.audit() if row["action"] == "command.enroll"]
@@ -224,8 +224,8 @@ def test_enroll_is_audited_under_its_signing_key_not_the_claimed_origin(device: 
 
 
 def test_a_repeated_request_id_gets_the_first_answer_without_running_twice(device: Device, shared_data: Path) -> None:
-    first = enrol_powell(device, shared_data, request_id="once")
-    again = enrol_powell(device, shared_data, request_id="once")
+    first = enroll_powell(device, shared_data, request_id="once")
+    again = enroll_powell(device, shared_data, request_id="once")
     assert again == first
     with GalleryStore.open(device.store_path) as store:
         assert len(store.list_people()) == 1
@@ -262,7 +262,7 @@ def test_an_internal_failure_is_not_remembered(device: Device) -> None:
 
 
 def test_delete_person_erases_from_the_store_and_the_matcher(device: Device, shared_data: Path) -> None:
-    person_id = enrol_powell(device, shared_data)["data"]["person"]["id"]
+    person_id = enroll_powell(device, shared_data)["data"]["person"]["id"]
     reply = device.call("delete_person", {"person_id": person_id})
     assert reply["status"] == "ok" and reply["data"]["deleted"]["templates"] == 1
     assert len(device.services.matcher) == 0
@@ -271,7 +271,7 @@ def test_delete_person_erases_from_the_store_and_the_matcher(device: Device, sha
 
 
 def test_delete_person_by_name(device: Device, shared_data: Path) -> None:
-    enrol_powell(device, shared_data)
+    enroll_powell(device, shared_data)
     assert device.call("delete_person", {"name": "Colin Powell"})["status"] == "ok"
 
 
@@ -287,7 +287,7 @@ def test_delete_of_an_unknown_person_is_not_found(device: Device) -> None:
 
 
 def test_update_person_renames_in_the_matcher(device: Device, shared_data: Path, pipeline: FacePipeline) -> None:
-    person_id = enrol_powell(device, shared_data)["data"]["person"]["id"]
+    person_id = enroll_powell(device, shared_data)["data"]["person"]["id"]
     assert device.call("update_person", {"person_id": person_id, "name": "General Powell"})["status"] == "ok"
     probe = load_image(powell(shared_data, POWELL_PROBE))
     match = device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
@@ -295,7 +295,7 @@ def test_update_person_renames_in_the_matcher(device: Device, shared_data: Path,
 
 
 def test_list_people_has_no_embeddings(device: Device, shared_data: Path) -> None:
-    enrol_powell(device, shared_data)
+    enroll_powell(device, shared_data)
     person = device.call("list_people")["data"]["people"][0]
     assert person["name"] == "Colin Powell" and person["templates"] == {"dlib-resnet29-int8": 1}
     assert "embedding" not in json.dumps(person)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.gallery.store import GalleryStore
 
-PER_PERSON = 4  # templates per enrolment in the writer script
+PER_PERSON = 4  # templates per enrollment in the writer script
 ROUNDS = 40
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 
 
-def enrol(store, vectors):
+def enroll(store, vectors):
     with store.transaction():
         person = store.add_person("crash test", actor="crash-test")
         for _ in range({PER_PERSON}):
@@ -62,7 +62,7 @@ def work(path, seed, busy):
         roll = rng.random()
         busy[0] = 1
         if roll < 0.5 or len(people) < 3:
-            enrol(store, vectors)
+            enroll(store, vectors)
         elif roll < 0.75:
             store.delete_person(rng.choice(people), actor="crash-test")
         else:
@@ -157,7 +157,7 @@ def test_sigkill_at_random_moments_leaves_every_operation_all_or_none(tmp_path: 
     deletes = [(target, details) for action, target, details in audit if action == "person.delete"]
     deleted = {target for target, _ in deletes}
     assert len(added) >= 20 and len(deletes) >= 5, "the writers hardly ran: the test proves nothing"
-    assert people == added - deleted  # every committed enrolment is here unless its erasure committed too
+    assert people == added - deleted  # every committed enrollment is here unless its erasure committed too
     assert all(templates.get(p) == PER_PERSON and enrolled.get(p) == 1 for p in people)
     assert set(templates) == people and set(enrolled) == people  # erased people left nothing behind
     assert all(details["templates"] == PER_PERSON and details["events"] >= 1 for _, details in deletes)

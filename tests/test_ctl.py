@@ -82,7 +82,7 @@ def ctl(capsys: pytest.CaptureFixture[str], broker: Broker, *args: str, key: Pat
     return status, captured.out + captured.err
 
 
-def recognised(pipeline: FacePipeline, running: Running, shared_data: Path) -> str | None:
+def recognized(pipeline: FacePipeline, running: Running, shared_data: Path) -> str | None:
     probe = load_image(powell(shared_data, POWELL_PROBE))
     match = running.device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     return match.name if match.accepted else None
@@ -105,7 +105,7 @@ def test_status_asks_the_device(broker, run_device, capsys) -> None:
     assert status == 0 and json.loads(out)["reply"]["data"]["state"] == "online"
 
 
-def test_enrol_on_two_devices_then_both_recognise_him(
+def test_enroll_on_two_devices_then_both_recognize_him(
     broker, run_device, capsys, shared_data, pipeline, operator_key_file
 ) -> None:
     devices = [run_device("dev1"), run_device("dev2", protocol="3.1.1")]
@@ -125,7 +125,7 @@ def test_enrol_on_two_devices_then_both_recognise_him(
     )
     assert status == 0, out
     assert out.count("enrolled Colin Powell") == 2
-    assert [recognised(pipeline, d, shared_data) for d in devices] == ["Colin Powell", "Colin Powell"]
+    assert [recognized(pipeline, d, shared_data) for d in devices] == ["Colin Powell", "Colin Powell"]
 
 
 def test_delete_by_name_reaches_every_online_device(

@@ -1,4 +1,4 @@
-"""Enrolment: one usable face per photo, a quality gate, conflicts refused, all-or-nothing writes."""
+"""Enrollment: one usable face per photo, a quality gate, conflicts refused, all-or-nothing writes."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from PIL import Image
 from agent.config import GallerySettings, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.recognition.enrolment import Enroller, EnrolmentError
+from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 
-ACTOR = "test:enrolment"
+ACTOR = "test:enrollment"
 
 
 # Colin Powell's LFW photos, sorted by what the gate makes of them (checked by eye).
@@ -55,7 +55,7 @@ def enroller(pipeline: FacePipeline, tmp_path: Path) -> Enroller:
     return make_enroller(pipeline, tmp_path)
 
 
-def test_enrols_a_new_person_who_is_then_recognised(enroller: Enroller, shared_data: Path) -> None:
+def test_enrolls_a_new_person_who_is_then_recognized(enroller: Enroller, shared_data: Path) -> None:
     result = enroller.enroll(photos(powell(shared_data, *FRONTAL[:3])), name="Colin Powell", actor=ACTOR)
     assert result.created and result.templates_added == 3
     (probe_path,) = powell(shared_data, PROBE)
@@ -76,13 +76,13 @@ def test_unreadable_and_faceless_photos_are_refused_with_reasons(enroller: Enrol
 
 
 def test_nothing_is_written_when_no_photo_passes(enroller: Enroller, shared_data: Path) -> None:
-    with pytest.raises(EnrolmentError, match="no face found"):
+    with pytest.raises(EnrollmentError, match="no face found"):
         enroller.enroll(photos([shared_data / "negatives" / "skimage_brick.png"]), name="Nobody", actor=ACTOR)
     assert enroller.store.list_people() == []
 
 
 def test_a_photo_with_two_faces_is_refused(enroller: Enroller, shared_data: Path) -> None:
-    with pytest.raises(EnrolmentError, match="2 faces"):
+    with pytest.raises(EnrollmentError, match="2 faces"):
         enroller.enroll(photos(powell(shared_data, TWO_FACES)), name="Colin Powell", actor=ACTOR)
 
 
@@ -91,13 +91,13 @@ def test_two_people_side_by_side_are_refused(enroller: Enroller, shared_data: Pa
     b = load_image(sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0])
     both = tmp_path / "both.png"
     Image.fromarray(np.concatenate([a, b], axis=1)).save(both)
-    with pytest.raises(EnrolmentError, match="2 faces"):
+    with pytest.raises(EnrollmentError, match="2 faces"):
         enroller.enroll(photos([both]), name="Two People", actor=ACTOR)
 
 
 def test_a_face_of_someone_else_is_a_conflict_unless_forced(enroller: Enroller, shared_data: Path) -> None:
     enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
-    with pytest.raises(EnrolmentError, match="conflict: this face already matches another enrolled person"):
+    with pytest.raises(EnrollmentError, match="conflict: this face already matches another enrolled person"):
         enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR)
     forced = enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, force=True)
     assert forced.templates_added == 1
@@ -105,7 +105,7 @@ def test_a_face_of_someone_else_is_a_conflict_unless_forced(enroller: Enroller, 
 
 def test_a_conflict_names_nobody_and_gives_no_distance(enroller: Enroller, shared_data: Path) -> None:
     first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
-    with pytest.raises(EnrolmentError) as refused:
+    with pytest.raises(EnrollmentError) as refused:
         enroller.enroll([("photo", powell(shared_data, FRONTAL[2])[0])], name="Impostor", actor=ACTOR)
     assert "Powell" not in str(refused.value) and first.person.id not in str(refused.value)
     assert not re.search(r"\d\.\d", str(refused.value))
@@ -115,13 +115,13 @@ def test_the_caller_may_have_a_conflict_named(enroller: Enroller, shared_data: P
     """The local CLI's case: its user can read the gallery file anyway."""
     first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
     named = f"conflict: this face matches Colin Powell \\({first.person.id}\\) at distance 0\\.\\d+"
-    with pytest.raises(EnrolmentError, match=named):
+    with pytest.raises(EnrollmentError, match=named):
         enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, reveal_matches=True)
 
 
 def test_someone_elses_face_is_not_added_to_an_enrolled_person(enroller: Enroller, shared_data: Path) -> None:
     ada = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
-    with pytest.raises(EnrolmentError, match="not the same person") as refused:
+    with pytest.raises(EnrollmentError, match="not the same person") as refused:
         enroller.enroll([("photo", bush(shared_data))], person_id=ada.person.id, actor=ACTOR)
     assert "Ada" not in str(refused.value) and not re.search(r"\d\.\d", str(refused.value))
     assert enroller.store.count_templates(ada.person.id, enroller.pipeline.embedder.info.model_id) == 2
@@ -139,7 +139,7 @@ def test_someone_elses_face_is_added_with_force_and_audited(enroller: Enroller, 
 def test_a_person_without_templates_of_the_current_model_takes_a_new_face(
     enroller: Enroller, shared_data: Path
 ) -> None:
-    """Re-enrolment after a model change: there is nothing of this model to compare with."""
+    """Re-enrollment after a model change: there is nothing of this model to compare with."""
     person = enroller.store.add_person("Ada")
     result = enroller.enroll(photos([bush(shared_data)]), person_id=person.id, actor=ACTOR)
     assert result.templates_added == 1
@@ -158,13 +158,13 @@ def test_templates_per_person_are_capped(pipeline: FacePipeline, tmp_path: Path,
     assert result.templates_added == 2
     assert any("template limit" in (o.reason or "") for o in result.photos)
     more = powell(shared_data, FRONTAL[3])
-    with pytest.raises(EnrolmentError, match="template limit"):
+    with pytest.raises(EnrollmentError, match="template limit"):
         enroller.enroll(photos(more), person_id=result.person.id, actor=ACTOR)
 
 
 def test_turned_faces_fail_the_quality_gate(enroller: Enroller, shared_data: Path) -> None:
     turned = powell(shared_data, TURNED)[0]
-    with pytest.raises(EnrolmentError, match="face turned sideways"):
+    with pytest.raises(EnrollmentError, match="face turned sideways"):
         enroller.enroll(photos([turned]), name="Colin Powell", actor=ACTOR)
 
 
@@ -172,7 +172,7 @@ def test_small_faces_fail_the_quality_gate(enroller: Enroller, shared_data: Path
     frame = Image.open(powell(shared_data, FRONTAL[0])[0]).resize((100, 100))
     buffer = io.BytesIO()
     frame.save(buffer, format="PNG")
-    with pytest.raises(EnrolmentError, match="face too small"):
+    with pytest.raises(EnrollmentError, match="face too small"):
         enroller.enroll([("small.png", buffer.getvalue())], name="Colin Powell", actor=ACTOR)
 
 
@@ -195,7 +195,7 @@ def test_chips_are_kept_only_when_opted_in(pipeline: FacePipeline, tmp_path: Pat
         assert chips == (1 if keep else 0)
 
 
-def test_enrolment_is_audited_without_biometric_data(enroller: Enroller, shared_data: Path) -> None:
+def test_enrollment_is_audited_without_biometric_data(enroller: Enroller, shared_data: Path) -> None:
     result = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
     records = [r for r in enroller.store.audit_log() if r["action"] == "person.enroll"]
     assert len(records) == 1 and records[0]["actor"] == ACTOR and records[0]["target"] == result.person.id

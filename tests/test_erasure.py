@@ -61,7 +61,7 @@ def enrolees(lfw_faces: list[Path], pipeline: FacePipeline) -> list[Enrolee]:
 
 
 def fill(store: GalleryStore, enrolees: list[Enrolee]) -> list[str]:
-    """Enrol everyone with chips, plus recognition events naming them; returns their ids."""
+    """Enroll everyone with chips, plus recognition events naming them; returns their ids."""
     ids = []
     for enrolee in enrolees:
         with store.transaction():

@@ -196,7 +196,7 @@ def test_without_names_an_update_reply_carries_no_name(
         assert store.get_person(ada).name == "Ada Lovelace"  # the name stays on the device
 
 
-def test_without_names_an_enrolment_reply_and_its_conflict_carry_no_name(
+def test_without_names_an_enrollment_reply_and_its_conflict_carry_no_name(
     tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey, shared_data: Path
 ) -> None:
     device = nameless(tmp_path, pipeline, key)
@@ -215,7 +215,7 @@ CLIP_ENROL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
 AGENT = "erase-1"
 
 
-def enrol_cli(config: Path, db: Path, name: str, photo: Path) -> str:
+def enroll_cli(config: Path, db: Path, name: str, photo: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", name, str(photo)],
         capture_output=True, text=True, timeout=120,
@@ -235,8 +235,8 @@ def test_erasures_by_mqtt_and_cli_reach_the_event_stream_and_home_assistant(
         '[homeassistant]\nenabled = true\n[camera]\nfps = 15\nloop = true\n[events]\ncamera_id = "stage"\n'
     )
     db = tmp_path / "gallery.db"
-    miranda = enrol_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROL)
-    colin = enrol_cli(config, db, "Colin Powell", powell(shared_data, POWELL[0]))
+    miranda = enroll_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROL)
+    colin = enroll_cli(config, db, "Colin Powell", powell(shared_data, POWELL[0]))
     observer = observe(broker, [f"faceagent/{AGENT}/#"])
     last_person = f"faceagent/{AGENT}/last_person"
 

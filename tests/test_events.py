@@ -57,7 +57,7 @@ def seconds(value: float) -> datetime:
 # ---------------------------------------------------------------------------------------- payloads
 
 
-def test_a_recognised_payload_has_exactly_the_agreed_fields() -> None:
+def test_a_recognized_payload_has_exactly_the_agreed_fields() -> None:
     event = build_event(track(), ADA, camera_id="door", model_id="m1", at=seconds(1))
     assert list(event) == [
         "schema", "event_id", "type", "person_id", "name", "distance", "margin",
@@ -65,7 +65,7 @@ def test_a_recognised_payload_has_exactly_the_agreed_fields() -> None:
     ]  # fmt: skip
 
 
-def test_a_recognised_payload_carries_the_decision_and_the_track() -> None:
+def test_a_recognized_payload_carries_the_decision_and_the_track() -> None:
     event = build_event(track(), ADA, camera_id="door", model_id="m1", at=seconds(1))
     assert event | {"event_id": None} == {
         "schema": 1, "event_id": None, "type": RECOGNIZED, "person_id": "p_ada", "name": "Ada",

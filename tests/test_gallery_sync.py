@@ -14,7 +14,7 @@ from agent.gallery.sync import GallerySync
 MODEL = "dlib-resnet29-int8"
 
 
-def enrol(store: GalleryStore, name: str, seed: int) -> tuple[str, np.ndarray]:
+def enroll(store: GalleryStore, name: str, seed: int) -> tuple[str, np.ndarray]:
     vector = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
     person = store.add_person(name)
     store.add_template(person.id, vector, model_id=MODEL, model_sha256="0" * 64, quality={})
@@ -25,8 +25,8 @@ def test_an_erasure_by_another_process_leaves_the_matcher_within_one_interval(tm
     path = tmp_path / "g.db"
     ticks = iter([0.0, 1.0, 2.5, 5.0])
     with GalleryStore.open(path) as service_store, GalleryStore.open(path) as cli_store:
-        person_id, vector = enrol(service_store, "Ada", 1)
-        enrol(service_store, "Bob", 2)
+        person_id, vector = enroll(service_store, "Ada", 1)
+        enroll(service_store, "Bob", 2)
         matcher = Matcher.for_gallery(GallerySettings())
         matcher.load(service_store.iter_templates(MODEL))
         sync = GallerySync(service_store, matcher, MODEL, interval_seconds=2.0, clock=lambda: next(ticks))
@@ -42,7 +42,7 @@ def test_a_rename_by_another_process_is_picked_up(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     ticks = iter([0.0, 3.0])
     with GalleryStore.open(path) as service_store, GalleryStore.open(path) as cli_store:
-        person_id, vector = enrol(service_store, "Ada", 1)
+        person_id, vector = enroll(service_store, "Ada", 1)
         matcher = Matcher.for_gallery(GallerySettings())
         matcher.load(service_store.iter_templates(MODEL))
         sync = GallerySync(service_store, matcher, MODEL, interval_seconds=2.0, clock=lambda: next(ticks))
@@ -62,11 +62,11 @@ def test_a_reload_that_read_the_gallery_before_a_command_erased_someone_does_not
         GalleryStore.open(path) as command_store,
         GalleryStore.open(path) as cli_store,
     ):
-        ada, ada_vector = enrol(command_store, "Ada", 1)
+        ada, ada_vector = enroll(command_store, "Ada", 1)
         matcher = Matcher.for_gallery(GallerySettings())
         matcher.load(sync_store.iter_templates(MODEL))
         sync = GallerySync(sync_store, matcher, MODEL, interval_seconds=2.0, clock=lambda: next(ticks))
-        cleo, cleo_vector = enrol(cli_store, "Cleo", 3)  # another process: the sync must reload
+        cleo, cleo_vector = enroll(cli_store, "Cleo", 3)  # another process: the sync must reload
         read = sync_store.iter_templates
 
         def rows_while_a_command_erases_ada(model_id: str):
@@ -90,8 +90,8 @@ def test_an_erasure_leaves_the_matcher_even_while_the_full_reload_cannot_complet
     path = tmp_path / "g.db"
     ticks = iter([0.0, 3.0])
     with GalleryStore.open(path) as sync_store, GalleryStore.open(path) as cli_store:
-        ada, ada_vector = enrol(cli_store, "Ada", 1)
-        bob, _ = enrol(cli_store, "Bob", 2)
+        ada, ada_vector = enroll(cli_store, "Ada", 1)
+        bob, _ = enroll(cli_store, "Bob", 2)
         matcher = Matcher.for_gallery(GallerySettings())
         matcher.load(sync_store.iter_templates(MODEL))
         sync = GallerySync(sync_store, matcher, MODEL, interval_seconds=2.0, clock=lambda: next(ticks))

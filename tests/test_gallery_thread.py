@@ -61,7 +61,7 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
     return condition()
 
 
-def enrol_synthetic(store: GalleryStore, name: str, seed: int) -> str:
+def enroll_synthetic(store: GalleryStore, name: str, seed: int) -> str:
     person = store.add_person(name)
     vector = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
     store.add_template(person.id, vector, model_id="dlib-resnet29-int8", model_sha256="0" * 64, quality={})
@@ -135,8 +135,8 @@ def test_an_erasure_by_another_process_is_reloaded_on_the_gallery_thread(
     monkeypatch.setattr(Matcher, "load", recorded)
     db = tmp_path / "gallery.db"
     with GalleryStore.open(db) as store:
-        ada = enrol_synthetic(store, "Ada", 1)
-        enrol_synthetic(store, "Bob", 2)
+        ada = enroll_synthetic(store, "Ada", 1)
+        enroll_synthetic(store, "Bob", 2)
     empty = tmp_path / "no-frames"
     empty.mkdir()
     service = running(tmp_path, "", empty, db)

@@ -117,8 +117,8 @@ def test_discovery_prefix_is_configurable(broker: Broker, announce, observe) -> 
 # ------------------------------------------------------------------------- last_person, kept by the agent
 
 
-def recognise(db: Path, name: str, camera: str = "door") -> str:
-    """`name` enrolled (no templates needed) and recognised once, as the frame loop writes it."""
+def recognize(db: Path, name: str, camera: str = "door") -> str:
+    """`name` enrolled (no templates needed) and recognized once, as the frame loop writes it."""
     with GalleryStore.open(db) as store:
         person = store.add_person(name)
         at = utc_now()
@@ -149,9 +149,9 @@ def retained(broker: Broker, observe) -> dict:
     return message.json()
 
 
-def test_last_person_shows_the_recognised_person_retained(tmp_path: Path, broker: Broker, announce, observe) -> None:
+def test_last_person_shows_the_recognized_person_retained(tmp_path: Path, broker: Broker, announce, observe) -> None:
     db = tmp_path / "gallery.db"
-    ada = recognise(db, "Ada")
+    ada = recognize(db, "Ada")
     show(announce(broker, HomeAssistantSettings(enabled=True)), db)
     document = retained(broker, observe)
     assert document | {"at": None} == {
@@ -162,7 +162,7 @@ def test_last_person_shows_the_recognised_person_retained(tmp_path: Path, broker
 
 def test_erasing_the_person_shown_clears_the_retained_state(tmp_path: Path, broker: Broker, announce, observe) -> None:
     db = tmp_path / "gallery.db"
-    ada = recognise(db, "Ada")
+    ada = recognize(db, "Ada")
     topic = show(announce(broker, HomeAssistantSettings(enabled=True)), db)
     with GalleryStore.open(db) as cli:  # `faceagent person delete`, another connection
         cli.delete_person(ada, actor="cli:test")
@@ -178,8 +178,8 @@ def test_erasing_the_person_shown_clears_the_retained_state(tmp_path: Path, brok
 
 def test_erasing_someone_else_keeps_the_state(tmp_path: Path, broker: Broker, announce, observe) -> None:
     db = tmp_path / "gallery.db"
-    bob = recognise(db, "Bob")
-    recognise(db, "Ada")
+    bob = recognize(db, "Bob")
+    recognize(db, "Ada")
     topic = show(announce(broker, HomeAssistantSettings(enabled=True)), db)
     with GalleryStore.open(db) as store:
         store.delete_person(bob, actor="cli:test")
@@ -189,7 +189,7 @@ def test_erasing_someone_else_keeps_the_state(tmp_path: Path, broker: Broker, an
 
 def test_a_rename_shows_the_new_name(tmp_path: Path, broker: Broker, announce, observe) -> None:
     db = tmp_path / "gallery.db"
-    ada = recognise(db, "Ada")
+    ada = recognize(db, "Ada")
     topic = show(announce(broker, HomeAssistantSettings(enabled=True)), db)
     with GalleryStore.open(db) as store:
         store.update_person(ada, name="Ada Lovelace", actor="cli:test")
@@ -201,7 +201,7 @@ def test_an_erasure_while_the_agent_was_down_is_shown_after_its_restart(
     tmp_path: Path, broker: Broker, announce, observe
 ) -> None:
     db = tmp_path / "gallery.db"
-    ada = recognise(db, "Ada")
+    ada = recognize(db, "Ada")
     first = announce(broker, HomeAssistantSettings(enabled=True))
     show(first, db)
     first.stop({"schema": 1, "state": "offline"}, timeout=0.5)
@@ -217,7 +217,7 @@ def test_a_restarted_agent_shows_the_last_person_again_from_the_gallery(
     """A broker without persistence forgets retained messages: the agent's state is in the gallery."""
     db = tmp_path / "gallery.db"
     broker = start_broker()
-    recognise(db, "Ada", camera="hall")
+    recognize(db, "Ada", camera="hall")
     first = announce(broker, HomeAssistantSettings(enabled=True))
     show(first, db)
     first.stop({"schema": 1, "state": "offline"}, timeout=0.5)
@@ -231,7 +231,7 @@ def test_a_restarted_agent_shows_the_last_person_again_from_the_gallery(
 def test_the_state_is_sent_again_when_the_link_reconnects(tmp_path: Path, start_broker, announce, observe) -> None:
     db = tmp_path / "gallery.db"
     broker = start_broker()
-    recognise(db, "Ada")
+    recognize(db, "Ada")
     link = announce(broker, HomeAssistantSettings(enabled=True))
     show(link, db)
     broker.stop()  # no persistence: the retained message is gone
@@ -242,7 +242,7 @@ def test_the_state_is_sent_again_when_the_link_reconnects(tmp_path: Path, start_
 
 def test_without_names_the_sensor_shows_the_id(tmp_path: Path, broker: Broker, announce, observe) -> None:
     db = tmp_path / "gallery.db"
-    ada = recognise(db, "Ada")
+    ada = recognize(db, "Ada")
     show(announce(broker, HomeAssistantSettings(enabled=True)), db, include_names=False)
     late = observe(broker, [LAST_PERSON])
     assert late.wait_for(lambda m: bool(m), 5)

@@ -35,7 +35,7 @@ def device(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> De
     return device_trusting(tmp_path, pipeline, key, DEVICE)
 
 
-def enrol(device: Device, key: Ed25519PrivateKey, **args: Any) -> dict:
+def enroll(device: Device, key: Ed25519PrivateKey, **args: Any) -> dict:
     device.counter += 1
     request = {"request_id": f"r{device.counter}", "origin": "ops", "args": args}
     return device.send("enroll", json.dumps(sign_request(key, DEVICE, "enroll", request, now=NOW)).encode())
@@ -45,8 +45,8 @@ def bush(shared_data: Path) -> Path:
     return sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0]
 
 
-def enrol_powell(device: Device, key: Ed25519PrivateKey, shared_data: Path) -> str:
-    reply = enrol(device, key, name="Colin Powell", images=[image_arg(powell(shared_data, n), n) for n in POWELL])
+def enroll_powell(device: Device, key: Ed25519PrivateKey, shared_data: Path) -> str:
+    reply = enroll(device, key, name="Colin Powell", images=[image_arg(powell(shared_data, n), n) for n in POWELL])
     assert reply["status"] == "ok", reply
     return reply["data"]["person"]["id"]
 
@@ -54,8 +54,8 @@ def enrol_powell(device: Device, key: Ed25519PrivateKey, shared_data: Path) -> s
 def test_a_photo_matching_another_person_is_answered_without_name_id_or_distance(
     device: Device, key: Ed25519PrivateKey, shared_data: Path
 ) -> None:
-    powell_id = enrol_powell(device, key, shared_data)
-    reply = enrol(device, key, name="Someone", images=[image_arg(powell(shared_data, POWELL_PROBE), "probe")])
+    powell_id = enroll_powell(device, key, shared_data)
+    reply = enroll(device, key, name="Someone", images=[image_arg(powell(shared_data, POWELL_PROBE), "probe")])
     assert reply["status"] == "error" and reply["error"]["code"] == "bad_request"
     text = json.dumps(reply)
     assert "conflict: this face already matches another enrolled person" in text
@@ -65,9 +65,9 @@ def test_a_photo_matching_another_person_is_answered_without_name_id_or_distance
 def test_another_persons_photo_is_refused_for_an_enrolled_person_naming_nobody(
     device: Device, key: Ed25519PrivateKey, shared_data: Path
 ) -> None:
-    powell_id = enrol_powell(device, key, shared_data)
+    powell_id = enroll_powell(device, key, shared_data)
     images = [image_arg(powell(shared_data, POWELL_PROBE), "genuine"), image_arg(bush(shared_data), "other")]
-    reply = enrol(device, key, person_id=powell_id, images=images)
+    reply = enroll(device, key, person_id=powell_id, images=images)
     assert reply["status"] == "ok", reply
     outcomes = {photo["label"]: photo for photo in reply["data"]["photos"]}
     assert outcomes["genuine"]["accepted"] and not outcomes["other"]["accepted"]
@@ -80,8 +80,8 @@ def test_another_persons_photo_is_refused_for_an_enrolled_person_naming_nobody(
 def test_another_persons_photo_is_added_with_force_and_audited(
     device: Device, key: Ed25519PrivateKey, shared_data: Path
 ) -> None:
-    powell_id = enrol_powell(device, key, shared_data)
-    reply = enrol(device, key, person_id=powell_id, images=[image_arg(bush(shared_data), "other")], force=True)
+    powell_id = enroll_powell(device, key, shared_data)
+    reply = enroll(device, key, person_id=powell_id, images=[image_arg(bush(shared_data), "other")], force=True)
     assert reply["status"] == "ok" and reply["data"]["templates_added"] == 1, reply
     (record,) = [r for r in device.audit() if r["action"] == "person.enroll" and r["details"]["forced"]]
     assert record["actor"] == f"key:{key_id(key.public_key())}" and record["target"] == powell_id
@@ -91,12 +91,12 @@ def test_another_persons_photo_is_added_with_force_and_audited(
 def test_the_local_cli_names_the_match(tmp_path: Path, shared_data: Path) -> None:
     """`faceagent enroll` reads the gallery file itself, so naming whom a photo matches reveals nothing new."""
     db = tmp_path / "gallery.db"
-    enrol = [sys.executable, "-m", "agent", "enroll", "--db", str(db)]
-    first = subprocess.run([*enrol, "--name", "Colin Powell", str(powell(shared_data, POWELL[0]))],
+    enroll = [sys.executable, "-m", "agent", "enroll", "--db", str(db)]
+    first = subprocess.run([*enroll, "--name", "Colin Powell", str(powell(shared_data, POWELL[0]))],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert first.returncode == 0, first.stderr
     powell_id = first.stderr.split("(")[1].split(")")[0]
-    again = subprocess.run([*enrol, "--name", "Someone", str(powell(shared_data, POWELL_PROBE))],
+    again = subprocess.run([*enroll, "--name", "Someone", str(powell(shared_data, POWELL_PROBE))],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 2 and f"matches Colin Powell ({powell_id}) at distance 0." in again.stderr
 
@@ -105,7 +105,7 @@ def test_the_local_cli_names_the_match(tmp_path: Path, shared_data: Path) -> Non
 
 
 @pytest.mark.slow
-def test_faceagent_run_answers_a_conflicting_enrol_without_naming_anyone(
+def test_faceagent_run_answers_a_conflicting_enroll_without_naming_anyone(
     tmp_path: Path, broker: Broker, observe, shared_data: Path
 ) -> None:
     key = Ed25519PrivateKey.generate()

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from agent.commands.signing import CommandSecurity, public_key_text, sign_request
 from agent.config import CommandSettings
 from agent.errors import ImageError
-from agent.recognition.enrolment import ENROL_SIDE
+from agent.recognition.enrollment import ENROL_SIDE
 from agent.vision.image import MAX_PIXELS, MAX_SIDE, load_image
 from agent.vision.pipeline import FacePipeline
 from scripts._hostile import flat_jpeg, flat_png
@@ -46,14 +46,14 @@ def test_a_png_under_the_limit_is_shrunk_before_its_mode_is_converted(mode: str)
     assert frame.shape == (800, 1000, 3) and frame.dtype == np.uint8
 
 
-def test_photos_up_to_the_enrolment_side_decode_exactly_as_a_full_decode(lfw_faces: list[Path]) -> None:
+def test_photos_up_to_the_enrollment_side_decode_exactly_as_a_full_decode(lfw_faces: list[Path]) -> None:
     for path in lfw_faces[::200]:
         with Image.open(path) as image:
             full = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         assert np.array_equal(load_image(path, max_side=ENROL_SIDE), full), path
 
 
-def test_an_enrol_command_with_a_7000_pixel_png_is_refused_with_the_reason(
+def test_an_enroll_command_with_a_7000_pixel_png_is_refused_with_the_reason(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
     key = Ed25519PrivateKey.generate()

@@ -197,7 +197,7 @@ def test_concurrent_add_and_search() -> None:
     matcher = filled(vectors[:100], owners[:100])
     errors: list[BaseException] = []
 
-    def enrol() -> None:
+    def enroll() -> None:
         try:
             for i in range(100, 500):
                 matcher.add(i, f"p{owners[i]}", f"name {owners[i]}", vectors[i])
@@ -214,7 +214,7 @@ def test_concurrent_add_and_search() -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=enrol), threading.Thread(target=look), threading.Thread(target=look)]
+    threads = [threading.Thread(target=enroll), threading.Thread(target=look), threading.Thread(target=look)]
     for thread in threads:
         thread.start()
     for thread in threads:

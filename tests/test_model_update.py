@@ -101,7 +101,7 @@ class Live:
     def embedding(self) -> np.ndarray:
         return self.pipeline.analyse(load_image(SAMPLE))[0].embedding
 
-    def recognises(self, person_id: str) -> bool:
+    def recognizes(self, person_id: str) -> bool:
         return self.device.services.matcher.search(self.embedding()).person_id == person_id
 
 
@@ -131,7 +131,7 @@ class Updates:
         assert all(reply["status"] == "ok" for reply in self.chunks(job_id, content))
         return data(self.call("commit", job_id=job_id))
 
-    def enrol(self) -> str:
+    def enroll(self) -> str:
         photo = {"data": base64.b64encode(SAMPLE.read_bytes()).decode()}
         return data(self.device.call("enroll", {"name": "Lin-Manuel Miranda", "images": [photo]}))["person"]["id"]
 
@@ -193,14 +193,14 @@ def updates(tmp_path: Path, pipeline: FacePipeline) -> Updates:
 
 
 def test_a_new_version_of_the_model_in_use_goes_live(updates: Updates, int8: bytes) -> None:
-    person = updates.enrol()
+    person = updates.enroll()
     outcome = updates.send("job-1", int8, version="2025.06.1")
     assert outcome["status"] == "SUCCEEDED" and outcome["embedder_changed"] is False
     assert outcome["previous"] == {"model_id": INT8, "sha256": hashlib.sha256(int8).hexdigest()}
     entry = ModelStore(installed_models_dir(updates.device.store_path)).spec(None, "embedder").raw
     assert entry["version"] == "2025.06.1" and entry["installed"]["job_id"] == "job-1"
-    assert updates.live.swaps == 1 and updates.live.recognises(person)
-    assert outcome["people_needing_reenrolment"] == 0
+    assert updates.live.swaps == 1 and updates.live.recognizes(person)
+    assert outcome["people_needing_reenrollment"] == 0
 
 
 def test_an_installed_model_is_a_new_file_beside_the_models_it_replaces(updates: Updates, int8: bytes) -> None:
@@ -221,24 +221,24 @@ def test_a_second_update_keeps_the_manifest_it_replaces(updates: Updates, int8: 
     assert next(e for e in previous["models"] if e["id"] == INT8)["version"] == "2"
 
 
-def test_a_new_embedder_id_leaves_enrolled_people_to_re_enrol(updates: Updates, int8: bytes) -> None:
-    person = updates.enrol()
+def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates, int8: bytes) -> None:
+    person = updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
     assert outcome["status"] == "SUCCEEDED" and outcome["embedder_changed"] is True
-    assert outcome["people_needing_reenrolment"] == 1 and outcome["templates_rebuilt"] == 0
+    assert outcome["people_needing_reenrollment"] == 1 and outcome["templates_rebuilt"] == 0
     listing = data(updates.device.call("list_people"))
-    assert listing["model_id"] == "dlib-resnet29-int8-b" and listing["people"][0]["needs_reenrolment"] is True
-    assert len(updates.device.services.matcher) == 0 and not updates.live.recognises(person)
+    assert listing["model_id"] == "dlib-resnet29-int8-b" and listing["people"][0]["needs_reenrollment"] is True
+    assert len(updates.device.services.matcher) == 0 and not updates.live.recognizes(person)
 
 
 def test_a_new_embedder_id_rebuilds_templates_from_kept_chips(
     tmp_path: Path, pipeline: FacePipeline, int8: bytes
 ) -> None:
     updates = make_updates(tmp_path, pipeline, keep_chips=True)
-    person = updates.enrol()
+    person = updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
-    assert outcome["templates_rebuilt"] == 1 and outcome["people_needing_reenrolment"] == 0
-    assert updates.live.recognises(person)
+    assert outcome["templates_rebuilt"] == 1 and outcome["people_needing_reenrollment"] == 0
+    assert updates.live.recognizes(person)
     with GalleryStore.open(updates.device.store_path) as store:
         assert store.template_counts()[person] == {INT8: 1, "dlib-resnet29-int8-b": 1}
 
@@ -290,12 +290,12 @@ def test_a_truncated_transfer_fails_at_commit(updates: Updates, int8: bytes) -> 
 
 
 def test_a_model_that_loads_but_gives_nonsense_fails_the_test_faces(updates: Updates, scrambled: bytes) -> None:
-    person = updates.enrol()
+    person = updates.enroll()
     outcome = updates.send("job-1", scrambled, version="2")
     assert outcome["status"] == "FAILED" and outcome["step"] == "check"
     assert "different people are only" in outcome["reason"]
     updates.assert_old_model_runs()
-    assert updates.live.recognises(person)
+    assert updates.live.recognizes(person)
 
 
 def test_a_model_that_kills_the_runtime_fails_without_harming_the_agent(updates: Updates, mangled: bytes) -> None:
@@ -444,8 +444,8 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
     )
     db = tmp_path / "state" / "gallery.db"
     db.parent.mkdir()
-    enrol = [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", "Miranda"]
-    assert subprocess.run([*enrol, str(SAMPLE)], capture_output=True, timeout=120).returncode == 0
+    enroll = [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", "Miranda"]
+    assert subprocess.run([*enroll, str(SAMPLE)], capture_output=True, timeout=120).returncode == 0
     (tmp_path / "good.tflite").write_bytes(int8)
     (tmp_path / "bad.tflite").write_bytes(scrambled)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
@@ -455,12 +455,12 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
-    def recognised_by(model_id: str, after: int = 0) -> bool:
+    def recognized_by(model_id: str, after: int = 0) -> bool:
         events = observer.on(f"faceagent/{DEVICE}/events/face_recognized")[after:]
         return any(event.json()["model_id"] == model_id for event in events)
 
     try:
-        assert observer.wait_for(lambda _: recognised_by(INT8), timeout=120)
+        assert observer.wait_for(lambda _: recognized_by(INT8), timeout=120)
         by_command_key = _ctl_update(
             broker, operator_key_file, tmp_path / "good.tflite", "dlib-resnet29-int8-b", "2", operator_key_file
         )
@@ -468,11 +468,11 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
         good = _ctl_update(broker, key_file, tmp_path / "good.tflite", "dlib-resnet29-int8-b", "2", operator_key_file)
         assert good.returncode == 0, good.stdout + good.stderr
         assert "SUCCEEDED" in good.stdout and "1 templates rebuilt" in good.stdout
-        assert observer.wait_for(lambda _: recognised_by("dlib-resnet29-int8-b"), timeout=120)
+        assert observer.wait_for(lambda _: recognized_by("dlib-resnet29-int8-b"), timeout=120)
         bad = _ctl_update(broker, key_file, tmp_path / "bad.tflite", "dlib-resnet29-int8-b", "3", operator_key_file)
         assert bad.returncode == 1 and "FAILED at check" in bad.stdout, bad.stdout + bad.stderr
         seen = len(observer.on(f"faceagent/{DEVICE}/events/face_recognized"))
-        assert observer.wait_for(lambda _: recognised_by("dlib-resnet29-int8-b", seen), timeout=120)
+        assert observer.wait_for(lambda _: recognized_by("dlib-resnet29-int8-b", seen), timeout=120)
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)

@@ -170,7 +170,7 @@ NAMES = [
 
 
 @pytest.mark.parametrize("name", NAMES, ids=lambda v: repr(v)[:24])
-def test_an_enrolment_name_is_data_never_a_path(
+def test_an_enrollment_name_is_data_never_a_path(
     enrolling: tuple[Device, Path], name: str, no_absolute_escape: None
 ) -> None:
     device, root = enrolling
@@ -191,7 +191,7 @@ def test_a_hostile_person_id_is_refused(enrolling: tuple[Device, Path], person_i
     assert error(device.call("update_person", {"person_id": person_id, "name": "x"})) == "bad_request"
 
 
-def test_a_cli_enrolment_name_is_data_never_a_path(tmp_path: Path, no_absolute_escape: None) -> None:
+def test_a_cli_enrollment_name_is_data_never_a_path(tmp_path: Path, no_absolute_escape: None) -> None:
     state = tmp_path / "state"
     state.mkdir()
     config = state / "faceagent.toml"

@@ -83,7 +83,7 @@ def _b64(size: int, head: bytes = b"") -> str:
     return base64.b64encode(head + os.urandom(size)).decode()
 
 
-def test_the_largest_valid_enrol_request_passes() -> None:
+def test_the_largest_valid_enroll_request_passes() -> None:
     limits = CommandSettings()
     images = [{"data": _b64(500_000, b"\xff\xd8\xff"), "label": f"photo {i}"} for i in range(limits.max_images)]
     consent = {"reference": "form 12", "given_by": "Ada", "purpose": "door"}

@@ -137,7 +137,7 @@ def test_any_keypoints_and_chip_give_a_report(
     assert all(isinstance(reason, str) for reason in report.reasons)
 
 
-def test_the_hamilton_enrolment_photo_passes_the_shipped_gate(pipeline: FacePipeline, shared_data: Path) -> None:
+def test_the_hamilton_enrollment_photo_passes_the_shipped_gate(pipeline: FacePipeline, shared_data: Path) -> None:
     image = load_image(shared_data / "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png")
     (found,) = pipeline.analyse(image)
     assert assess(found.face, found.chip, QualitySettings()).reasons == []

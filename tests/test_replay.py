@@ -1,6 +1,6 @@
 """Replay of the Hamilton clip through the real pipeline, gallery, matcher, tracker and outbox.
 
-Both enrolment photos of the clip are enrolled: Lin-Manuel Miranda, and Alex Lacamoire, who is in the
+Both enrollment photos of the clip are enrolled: Lin-Manuel Miranda, and Alex Lacamoire, who is in the
 clip too (frames 21-45, in profile at the piano). With two people the margin rule is exercised, and the
 nearest wrong answer for Miranda's face, and for Lacamoire's, is a real enrolled person. The clip's
 shots, read off the frames (cuts at 21, 83 and 212): Lacamoire 21-45, nothing detectable 46-82,
@@ -23,7 +23,7 @@ from agent.config import Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Match
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.recognition.recognizer import Recognizer, RecognizerStats
 from agent.sources.base import HiRes
 from agent.tracking.tracker import Track
@@ -90,14 +90,14 @@ def replay(pipeline: FacePipeline, shared_data: Path, tmp_path_factory: pytest.T
     return result
 
 
-def test_miranda_is_recognised_on_his_shot(replay: Replay) -> None:
+def test_miranda_is_recognized_on_his_shot(replay: Replay) -> None:
     on_shot = [m for t, m in replay.decisions if t.first_frame in MIRANDA_SHOT]
     assert on_shot and all(m.accepted and m.name == "Lin-Manuel Miranda" for m in on_shot)
 
 
-def test_recognised_events_name_miranda(replay: Replay) -> None:
-    recognised = [e for e in replay.events if e["type"] == "face_recognized"]
-    assert recognised and {e["person_id"] for e in recognised} == {replay.people["Lin-Manuel Miranda"]}
+def test_recognized_events_name_miranda(replay: Replay) -> None:
+    recognized = [e for e in replay.events if e["type"] == "face_recognized"]
+    assert recognized and {e["person_id"] for e in recognized} == {replay.people["Lin-Manuel Miranda"]}
 
 
 def test_every_other_decision_is_unknown(replay: Replay) -> None:

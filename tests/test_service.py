@@ -18,7 +18,7 @@ import pytest
 from tests.broker import Broker, Observer
 from tests.command_fixtures import OPERATOR_TOML
 
-CLIP_ENROL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
+CLIP_ENROLL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
 DEVICE = "stage-1"
 
 
@@ -32,10 +32,10 @@ def write_config(tmp_path: Path, broker: Broker, *, loop: bool, fps: float) -> P
     return config
 
 
-def enrol_miranda(shared_data: Path, db: Path, config: Path) -> str:
+def enroll_miranda(shared_data: Path, db: Path, config: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db),
-         "--name", "Lin-Manuel Miranda", "--json", str(shared_data / CLIP_ENROL)],
+         "--name", "Lin-Manuel Miranda", "--json", str(shared_data / CLIP_ENROLL)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -75,12 +75,12 @@ def status(observer: Observer) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_run_recognises_the_enrolled_person_and_publishes_every_event(
+def test_run_recognizes_the_enrolled_person_and_publishes_every_event(
     tmp_path: Path, broker: Broker, observe, shared_data: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=False, fps=0)
     db = tmp_path / "gallery.db"
-    person_id = enrol_miranda(shared_data, db, config)
+    person_id = enroll_miranda(shared_data, db, config)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
     frames = shared_data / "sequence/hamilton_clip/frames"
     agent = start_agent(config, db, frames, "--replay-all", "--print-events")
@@ -106,7 +106,7 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
         assert observer.wait_for(lambda _: bool(observer.on(f"faceagent/{DEVICE}/telemetry")), timeout=30)
         assert observer.wait_for(lambda _: any(s.get("camera") for s in status(observer)), timeout=30)
         online = next(s for s in status(observer) if s.get("camera"))
-        assert online["gallery"]["people_needing_reenrolment"] == 0 and online["camera"]["state"] == "ok"
+        assert online["gallery"]["people_needing_reenrollment"] == 0 and online["camera"]["state"] == "ok"
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
@@ -117,7 +117,7 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
 
 
 @pytest.mark.slow
-def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
+def test_ctl_enrolls_a_person_whom_the_running_agent_then_recognizes(
     tmp_path: Path, broker: Broker, observe, shared_data: Path, operator_key_file: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=30)
@@ -128,7 +128,7 @@ def test_ctl_enrols_a_person_whom_the_running_agent_then_recognises(
         ctl = subprocess.run(
             [sys.executable, "-m", "agent", "ctl", "enroll", "--mqtt", broker.url, "--timeout", "60",
              "--device", DEVICE, "--name", "Lin-Manuel Miranda", "--sign-key", str(operator_key_file),
-             str(shared_data / CLIP_ENROL)],
+             str(shared_data / CLIP_ENROLL)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert ctl.returncode == 0, ctl.stdout + ctl.stderr

@@ -305,14 +305,14 @@ def device(state: Path, pipeline: FacePipeline) -> Device:
     return made
 
 
-def enrol_powell(device: Device, shared_data: Path, request_id: str) -> dict:
+def enroll_powell(device: Device, shared_data: Path, request_id: str) -> dict:
     images = [image_arg(powell(shared_data, POWELL[0]), POWELL[0])]
     return device.call("enroll", {"name": "Colin Powell", "images": images}, request_id=request_id)
 
 
 def test_enrolling_on_a_full_disk_answers_storage_full(device: Device, state: Path, shared_data: Path) -> None:
     fill(state)
-    reply = enrol_powell(device, shared_data, "e1")
+    reply = enroll_powell(device, shared_data, "e1")
     assert reply["error"]["code"] == "storage_full", reply
     assert "no space left" in reply["error"]["message"]
     assert device.services.storage is not None and device.services.storage.full
@@ -323,9 +323,9 @@ def test_a_storage_full_answer_is_not_remembered_so_a_retry_runs(
     device: Device, state: Path, shared_data: Path
 ) -> None:
     filler = fill(state)
-    assert enrol_powell(device, shared_data, "e1")["error"]["code"] == "storage_full"
+    assert enroll_powell(device, shared_data, "e1")["error"]["code"] == "storage_full"
     filler.unlink()
-    assert enrol_powell(device, shared_data, "e1")["status"] == "ok"
+    assert enroll_powell(device, shared_data, "e1")["status"] == "ok"
 
 
 def test_changing_settings_on_a_full_disk_answers_storage_full(device: Device, state: Path) -> None:

@@ -38,7 +38,7 @@ def vector(seed: int, dims: int = 128) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.1, dims).astype(np.float32)
 
 
-def enrol(store: GalleryStore, name: str, seeds: list[int], model_id: str = MODEL) -> str:
+def enroll(store: GalleryStore, name: str, seeds: list[int], model_id: str = MODEL) -> str:
     with store.transaction():
         person = store.add_person(name)
         for seed in seeds:
@@ -82,7 +82,7 @@ def test_gallery_is_stamped_with_application_id_and_schema_version(store: Galler
 
 def test_reopening_keeps_the_data(db_path: Path) -> None:
     with GalleryStore.open(db_path) as first:
-        person_id = enrol(first, "Ann", [1, 2])
+        person_id = enroll(first, "Ann", [1, 2])
     with GalleryStore.open(db_path, create=False) as second:
         assert second.get_person(person_id).name == "Ann"
         assert second.count_templates(person_id, MODEL) == 2
@@ -134,7 +134,7 @@ def test_a_sqlite_file_of_another_application_id_is_refused(db_path: Path) -> No
 def test_a_corrupt_gallery_is_refused_untouched(db_path: Path) -> None:
     with GalleryStore.open(db_path) as store:
         for index in range(40):
-            enrol(store, f"person {index}", [index])
+            enroll(store, f"person {index}", [index])
     page_size = 4096
     with open(db_path, "r+b") as handle:  # scribble over the b-tree header of page 3
         handle.seek(2 * page_size)
@@ -205,7 +205,7 @@ def test_a_read_only_gallery_is_a_clear_error() -> None:
     try:
         path = folder / "gallery.db"
         with GalleryStore.open(path) as store:
-            enrol(store, "Ann", [1])
+            enroll(store, "Ann", [1])
         path.chmod(0o444)
         folder.chmod(0o555)
         before = digest(path)
@@ -234,7 +234,7 @@ def test_unknown_person_is_none(store: GalleryStore) -> None:
     assert store.get_person("p_nobody") is None
 
 
-def test_people_are_listed_in_enrolment_order(store: GalleryStore) -> None:
+def test_people_are_listed_in_enrollment_order(store: GalleryStore) -> None:
     ids = [store.add_person(name).id for name in ("Ann", "Bob", "Cy")]
     assert [p.id for p in store.list_people()] == ids
 
@@ -272,8 +272,8 @@ def test_delete_of_unknown_person_is_a_gallery_error_and_audits_nothing(store: G
 
 
 def test_delete_removes_templates_and_events_and_audits_counts(store: GalleryStore) -> None:
-    person_id = enrol(store, "Ann", [1, 2, 3])
-    other = enrol(store, "Bob", [4])
+    person_id = enroll(store, "Ann", [1, 2, 3])
+    other = enroll(store, "Bob", [4])
     event(store, person_id)
     event(store, other)
     counts = store.delete_person(person_id, actor="cli:alice")
@@ -292,25 +292,25 @@ def test_delete_removes_templates_and_events_and_audits_counts(store: GallerySto
 
 
 def test_templates_are_float32_little_endian_blobs(store: GalleryStore) -> None:
-    person_id = enrol(store, "Ann", [1])
+    person_id = enroll(store, "Ann", [1])
     blob, dims = store.db.execute("SELECT embedding, dims FROM templates").fetchone()
     assert dims == 128 and blob == vector(1).astype("<f4").tobytes()
     assert person_id
 
 
 def test_iter_templates_yields_only_the_asked_model(store: GalleryStore) -> None:
-    ann = enrol(store, "Ann", [1, 2])
-    enrol(store, "Old", [3], model_id="old-model")
+    ann = enroll(store, "Ann", [1, 2])
+    enroll(store, "Old", [3], model_id="old-model")
     rows = list(store.iter_templates(MODEL))
     assert [(r[1], r[2]) for r in rows] == [(ann, "Ann"), (ann, "Ann")]
     assert rows[0][3].dtype == np.float32 and np.array_equal(rows[1][3], vector(2))
 
 
-def test_people_needing_reenrolment_lack_a_template_of_the_model(store: GalleryStore) -> None:
-    enrol(store, "Ann", [1])
-    old = enrol(store, "Old", [2], model_id="old-model")
+def test_people_needing_reenrollment_lack_a_template_of_the_model(store: GalleryStore) -> None:
+    enroll(store, "Ann", [1])
+    old = enroll(store, "Old", [2], model_id="old-model")
     bare = store.add_person("No templates").id
-    assert store.people_needing_reenrolment(MODEL) == [old, bare]
+    assert store.people_needing_reenrollment(MODEL) == [old, bare]
     assert store.template_counts() == {store.list_people()[0].id: {MODEL: 1}, old: {"old-model": 1}}
 
 
@@ -326,7 +326,7 @@ def test_malformed_embeddings_are_refused(store: GalleryStore, bad: np.ndarray) 
         store.add_template(person.id, bad, model_id=MODEL, model_sha256="x", quality={})
 
 
-def test_failed_enrolment_leaves_no_person(store: GalleryStore) -> None:
+def test_failed_enrollment_leaves_no_person(store: GalleryStore) -> None:
     with pytest.raises(ValueError), store.transaction():
         person = store.add_person("Ann")
         store.add_template(person.id, vector(1), model_id=MODEL, model_sha256="x", quality={})
@@ -372,7 +372,7 @@ def test_duplicate_event_id_is_refused(store: GalleryStore) -> None:
 
 
 def test_event_for_an_erased_person_is_dropped(store: GalleryStore) -> None:
-    person_id = enrol(store, "Ann", [1])
+    person_id = enroll(store, "Ann", [1])
     store.delete_person(person_id, actor="cli:alice")
     event(store, person_id)
     assert [e["type"] for e in store.pending_events()] == ["person_erased"]
@@ -395,7 +395,7 @@ def test_event_times_are_normalised_to_utc_z(store: GalleryStore) -> None:
 
 def test_audit_details_must_be_scalars(store: GalleryStore) -> None:
     with pytest.raises(ValueError, match="must be a scalar"):
-        store.audit("cli:alice", "person.enrol", "p_1", {"embedding": [0.1] * 128})
+        store.audit("cli:alice", "person.enroll", "p_1", {"embedding": [0.1] * 128})
 
 
 def test_purge_removes_only_expired_events_and_audit(store: GalleryStore) -> None:
@@ -421,13 +421,13 @@ def test_purge_refuses_negative_retention(store: GalleryStore) -> None:
 
 
 def test_stats_count_people_templates_and_pending_events(store: GalleryStore) -> None:
-    enrol(store, "Ann", [1, 2])
-    enrol(store, "Old", [3], model_id="old-model")
+    enroll(store, "Ann", [1, 2])
+    enroll(store, "Old", [3], model_id="old-model")
     event(store)
     assert store.stats(MODEL) == {
         "people": 2,
         "templates": {MODEL: 2, "old-model": 1},
-        "people_needing_reenrolment": 1,
+        "people_needing_reenrollment": 1,
         "events_pending": 1,
     }
 
@@ -489,7 +489,7 @@ def test_a_version_2_gallery_is_migrated_to_version_3_in_place_keeping_its_templ
         assert {"templates_person_model", "people_created"} <= _indexes(store)
         assert "templates_person" not in _indexes(store)  # the composite index's prefix serves its lookups
         assert [(pid, name) for _, pid, name, _ in store.iter_templates(MODEL)] == [("p_1", "Ada")]
-        assert store.people_needing_reenrolment("other-model") == ["p_1"]
+        assert store.people_needing_reenrollment("other-model") == ["p_1"]
 
 
 def _plans(store: GalleryStore, call: Callable[[], object]) -> dict[str, list[str]]:
@@ -507,15 +507,15 @@ def _plans(store: GalleryStore, call: Callable[[], object]) -> dict[str, list[st
     return plans
 
 
-def test_people_needing_reenrolment_looks_each_person_up_by_the_composite_index(store: GalleryStore) -> None:
+def test_people_needing_reenrollment_looks_each_person_up_by_the_composite_index(store: GalleryStore) -> None:
     """Through templates_model alone it walked every template of the model once per person (quadratic)."""
-    plans = _plans(store, lambda: store.people_needing_reenrolment(MODEL))
+    plans = _plans(store, lambda: store.people_needing_reenrollment(MODEL))
     (plan,) = plans.values()
     assert any("templates_person_model (person_id=? AND model_id=?)" in step for step in plan), plan
 
 
 def test_status_and_listing_queries_never_read_template_rows_or_sort(store: GalleryStore) -> None:
-    """Counts by person and model come from an index alone, people in enrolment order from people_created."""
+    """Counts by person and model come from an index alone, people in enrollment order from people_created."""
     person = store.add_person("Ada")
     store.add_template(person.id, vector(1), model_id=MODEL, model_sha256="0" * 64, quality={})
     calls = {
@@ -536,6 +536,6 @@ def test_a_listing_page_counts_everyone_but_lists_its_page(store: GalleryStore) 
     store.add_template(ids[3], vector(3), model_id=MODEL, model_sha256="0" * 64, quality={})
     page = store.listing(MODEL, offset=2, limit=2)
     assert [row["id"] for row in page["people"]] == ids[2:4]
-    assert [row["needs_reenrolment"] for row in page["people"]] == [True, False]
+    assert [row["needs_reenrollment"] for row in page["people"]] == [True, False]
     assert page["people"][1]["templates"] == {MODEL: 1}
-    assert (page["total"], page["people_needing_reenrolment"]) == (5, 4)
+    assert (page["total"], page["people_needing_reenrollment"]) == (5, 4)

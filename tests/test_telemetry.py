@@ -55,7 +55,7 @@ def thermal_zone(root: Path, index: int, kind: str, millidegrees: str) -> None:
     (zone / "temp").write_text(millidegrees + "\n")
 
 
-def enrol(store: GalleryStore, name: str, embedding: np.ndarray) -> str:
+def enroll(store: GalleryStore, name: str, embedding: np.ndarray) -> str:
     person = store.add_person(name)
     store.add_template(person.id, embedding, model_id=MODELS["embedder"], model_sha256="0" * 64, quality={})
     return person.id
@@ -134,16 +134,16 @@ def test_resident_memory_is_measured() -> None:
 
 def test_gallery_summary_counts_people_and_templates(tmp_path: Path) -> None:
     with GalleryStore.open(tmp_path / "g.db") as store:
-        enrol(store, "Ada", np.ones(128, np.float32))
-        enrol(store, "Bob", np.full(128, 0.5, np.float32))
+        enroll(store, "Ada", np.ones(128, np.float32))
+        enroll(store, "Bob", np.full(128, 0.5, np.float32))
         summary = gallery_summary(store)
     assert (summary.people, summary.templates) == (2, 2)
 
 
-def test_gallery_digest_changes_with_every_enrolment_and_erasure(tmp_path: Path) -> None:
+def test_gallery_digest_changes_with_every_enrollment_and_erasure(tmp_path: Path) -> None:
     with GalleryStore.open(tmp_path / "g.db") as store:
         empty = gallery_summary(store).digest
-        ada = enrol(store, "Ada", np.ones(128, np.float32))
+        ada = enroll(store, "Ada", np.ones(128, np.float32))
         one = gallery_summary(store).digest
         store.delete_person(ada, actor="test")
         assert len({empty, one}) == 2 and gallery_summary(store).digest == empty
@@ -176,7 +176,7 @@ def test_no_published_message_carries_images_or_embeddings(tmp_path: Path, broke
     path = tmp_path / "g.db"
     wire = observe(broker, ["#"])
     with GalleryStore.open(path) as store:
-        ada = enrol(store, "Ada", embedding)
+        ada = enroll(store, "Ada", embedding)
         summary = gallery_summary(store)
         t0 = datetime(2024, 5, 1, tzinfo=UTC)
         face = Face(box=(0.0, 0.0, 80.0, 80.0), score=0.9, keypoints=np.zeros((6, 2)))

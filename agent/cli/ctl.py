@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.cli.operator import CtlError, Operator
 from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
-from agent.config import RULES, CommandSettings, find_config, load_settings, require_tls
+from agent.config import RULES, CommandSettings, Pattern, find_config, load_settings, require_tls
 from agent.files import FileRefused, read_regular_file
 from agent.identity import new_ulid
 from agent.link.mqtt import BrokerSettings
@@ -36,8 +36,13 @@ MAX_TAIL_SECONDS = 10 * 365 * 86400.0  # what `events` waits with no --seconds
 # address other devices or make paho raise, so each is checked as argparse reads it (exit 2, one line).
 
 
+def _is_topic_level(text: str) -> bool:
+    rule = RULES["mqtt.device_id"]
+    return isinstance(rule, Pattern) and rule.admits(text)
+
+
 def _device_id(text: str) -> str:
-    if not RULES["mqtt.device_id"].admits(text):
+    if not _is_topic_level(text):
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a device id (1-64 of A-Z a-z 0-9 _ -)")
     return text
 
@@ -47,7 +52,7 @@ def _device_filter(text: str) -> str:
 
 
 def _event_type(text: str) -> str:
-    if text in ("+", "#") or RULES["mqtt.device_id"].admits(text):  # event types are such topic levels too
+    if text in ("+", "#") or _is_topic_level(text):  # event types are such topic levels too
         return text
     raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an event type (1-64 of A-Z a-z 0-9 _ -, or #)")
 
@@ -350,8 +355,8 @@ def _model_outcome(device: str, reply: dict | None) -> bool:
         try:
             print(
                 f"{device}: SUCCEEDED: {data['model_id']} version {data['version']} (sha256 {data['sha256'][:12]}) "
-                f"replaces {data['previous']['model_id']}; {data['people_needing_reenrolment']} people need "
-                f"re-enrolment, {data['templates_rebuilt']} templates rebuilt from kept chips"
+                f"replaces {data['previous']['model_id']}; {data['people_needing_reenrollment']} people need "
+                f"re-enrollment, {data['templates_rebuilt']} templates rebuilt from kept chips"
             )
         except (KeyError, TypeError):  # a device of another version: show it as it came
             print(f"{device}: SUCCEEDED: {json.dumps(data)}")
@@ -418,7 +423,7 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     people = sub.add_parser("people", parents=[common, one], help="the people enrolled on a device")
     people.set_defaults(handler=cmd_people)
 
-    enroll = sub.add_parser("enroll", parents=[common, fleet], help="enrol a person from photos on devices")
+    enroll = sub.add_parser("enroll", parents=[common, fleet], help="enroll a person from photos on devices")
     enroll.add_argument("photos", nargs="+", type=Path)
     who = enroll.add_mutually_exclusive_group(required=True)
     who.add_argument("--name", help="display name of a new person")
@@ -428,7 +433,7 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     enroll.add_argument("--consent-by", help="who gave consent (default: the person)")
     enroll.add_argument("--purpose", help="purpose the consent covers")
     enroll.add_argument(
-        "--force", action="store_true", help="enrol even if a photo matches someone else, or not --person-id"
+        "--force", action="store_true", help="enroll even if a photo matches someone else, or not --person-id"
     )
     enroll.set_defaults(handler=cmd_enroll)
 

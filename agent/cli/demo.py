@@ -1,6 +1,6 @@
 """`faceagent demo`: the real live loop on the bundled clip, on a machine with no camera and no broker.
 
-It enrols the performer from one of the clip's own frames into a fresh temporary gallery, replays the
+It enrolls the performer from one of the clip's own frames into a fresh temporary gallery, replays the
 whole clip through `AgentService` (every frame, as fast as the machine allows) and prints each event as
 a JSON line. With a broker configured the events are published too; without one they stay in the
 outbox, and the demo says so.
@@ -22,7 +22,7 @@ from agent.config import Settings
 from agent.errors import FaceagentError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.service.app import AgentService, RunOptions, pipeline_options, print_event
 from agent.sources.pyav import PyavSource
 from agent.vision.pipeline import FacePipeline
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CLIP_NAME = "hamilton_clip.mp4"
 PERFORMER = "Lin-Manuel Miranda"
-ENROL_FRAME = 150  # a clear, frontal view of the performer
+ENROLL_FRAME = 150  # a clear, frontal view of the performer
 CLIP_FPS = 29.97
 
 
@@ -44,23 +44,25 @@ def bundled_clip() -> Path:
     raise FaceagentError(f"the demo clip {CLIP_NAME} is missing from this installation")
 
 
-def enrol_from_clip(clip: Path, settings: Settings, gallery: Path) -> str:
-    """Enrol the performer from frame ENROL_FRAME of the clip; returns his person id."""
+def enroll_from_clip(clip: Path, settings: Settings, gallery: Path) -> str:
+    """Enroll the performer from frame ENROLL_FRAME of the clip; returns his person id."""
     source = PyavSource(str(clip), "file")
     source.open()
     try:
         frame = None
-        for _ in range(ENROL_FRAME + 1):
+        for _ in range(ENROLL_FRAME + 1):
             frame = source.read()
             if frame is None:
-                raise FaceagentError(f"{clip} has fewer than {ENROL_FRAME + 1} frames")
+                break
+        if frame is None:
+            raise FaceagentError(f"{clip} has fewer than {ENROLL_FRAME + 1} frames")
     finally:
         source.close()
     pipeline = FacePipeline(pipeline_options(settings))
     with GalleryStore.open(gallery) as store:
         enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
         photo = _png(frame.image)
-        result = enroller.enroll([(f"{clip.name}#frame{ENROL_FRAME}", photo)], actor="demo", name=PERFORMER)
+        result = enroller.enroll([(f"{clip.name}#frame{ENROLL_FRAME}", photo)], actor="demo", name=PERFORMER)
     return result.person.id
 
 
@@ -75,9 +77,9 @@ def run_demo(settings: Settings, mqtt_url: str | None = None, keep: Path | None 
     with tempfile.TemporaryDirectory(prefix="faceagent-demo-") as scratch:
         folder = keep or Path(scratch)
         gallery = folder / "demo-gallery.db"
-        person_id = enrol_from_clip(clip, settings, gallery)
+        person_id = enroll_from_clip(clip, settings, gallery)
         print(
-            f"faceagent demo: enrolled {PERFORMER} ({person_id}) from frame {ENROL_FRAME} of {clip.name}",
+            f"faceagent demo: enrolled {PERFORMER} ({person_id}) from frame {ENROLL_FRAME} of {clip.name}",
             file=sys.stderr,
         )
         # Replayed at the clip's own rate, as the camera that filmed it would have delivered it.

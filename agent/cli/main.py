@@ -35,7 +35,7 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Match, utc_now
 from agent.modelupdate.install import installed_models_dir
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore, embedder_id
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--models", type=Path, help="models directory (default: the bundled models)")
     verify.set_defaults(handler=cmd_models_verify)
 
-    enroll = commands.add_parser("enroll", parents=[shared], help="enrol a person from photos (one face each)")
+    enroll = commands.add_parser("enroll", parents=[shared], help="enroll a person from photos (one face each)")
     enroll.add_argument("images", nargs="+", type=Path)
     who = enroll.add_mutually_exclusive_group(required=True)
     who.add_argument("--name", help="display name of a new person")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--consent-by", help="who gave consent (default: the person; with --consent-ref)")
     enroll.add_argument("--purpose", help="purpose the consent covers (with --consent-ref)")
     enroll.add_argument(
-        "--force", action="store_true", help="enrol even if a photo matches someone else, or not --person-id"
+        "--force", action="store_true", help="enroll even if a photo matches someone else, or not --person-id"
     )
     _add_pipeline_args(enroll)
     enroll.set_defaults(handler=cmd_enroll)
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_gallery_commands(commands: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:
     gallery = commands.add_parser("gallery", help="the enrolled people")
     gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
-    listing = gallery_commands.add_parser("list", parents=[shared], help="people, templates per model, re-enrolment")
+    listing = gallery_commands.add_parser("list", parents=[shared], help="people, templates per model, re-enrollment")
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     listing.set_defaults(handler=cmd_gallery_list)
 
@@ -217,11 +217,11 @@ def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str
     matcher = Matcher.for_gallery(settings.gallery)
     with _open_store(args, settings) as store:
         matcher.load(store.iter_templates(model_id))
-        stale = store.people_needing_reenrolment(model_id)
+        stale = store.people_needing_reenrollment(model_id)
     log.info("gallery %s: %d templates of %s", store.path, len(matcher), model_id)
     if stale:
         log.warning(
-            "%d enrolled people have no %s template and cannot be matched (re-enrol them)", len(stale), model_id
+            "%d enrolled people have no %s template and cannot be matched (re-enroll them)", len(stale), model_id
         )
     return matcher
 
@@ -311,12 +311,12 @@ def cmd_gallery_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"gallery": str(store.path), **listing}))
         return 0
-    rows, stale = listing["people"], listing["people_needing_reenrolment"]
+    rows, stale = listing["people"], listing["people_needing_reenrollment"]
     for row in rows:
         templates = ", ".join(f"{n} {model}" for model, n in sorted(row["templates"].items())) or "no templates"
-        flag = "  [needs re-enrolment]" if row["needs_reenrolment"] else ""
+        flag = "  [needs re-enrollment]" if row["needs_reenrollment"] else ""
         print(f"{row['id']}  {row['name']}  ({templates}){flag}")
-    print(f"{len(rows)} people; {stale} need re-enrolment for {model_id}")
+    print(f"{len(rows)} people; {stale} need re-enrollment for {model_id}")
     return 0
 
 

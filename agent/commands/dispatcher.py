@@ -129,7 +129,7 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 def _fingerprint(name: str, document: dict[str, Any]) -> str:
     """What a repeated request id must repeat: the command and its arguments. Hashed piece by piece: the
-    whole text of an enrolment's photos at once would be three more copies of the payload."""
+    whole text of an enrollment's photos at once would be three more copies of the payload."""
     digest = hashlib.sha256(f"{name}\n".encode())
     for piece in _CANONICAL.iterencode(document.get("args", {})):
         digest.update(piece.encode())
@@ -220,7 +220,12 @@ class CommandDispatcher:
         code = status.get("error", {}).get("code")
         log.info("command %s %s from %s: %s", name, request.request_id, actor, code or "ok")
         extra = done.details if done is not None and done.details else {}
-        self._audit(actor, name, details | {"status": status["status"], "code": code} | extra, done and done.target)
+        self._audit(
+            actor,
+            name,
+            details | {"status": status["status"], "code": code} | extra,
+            done.target if done is not None else None,
+        )
         if done is not None and done.after is not None:
             try:
                 done.after()

@@ -34,7 +34,7 @@ from agent.files import write_atomically
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person, utc_iso
-from agent.recognition.enrolment import Enroller, EnrolmentError
+from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.storage import StorageFullError, StorageHealth, is_disk_full
 from agent.vision.modelstore import embedder_id
 
@@ -129,7 +129,7 @@ def list_people(ctx: Context, args: dict[str, Any]) -> Done:
 
 
 def enroll(ctx: Context, args: dict[str, Any]) -> Done:
-    """The CLI's enrolment, photos from the request; neither they nor their bytes come back."""
+    """The CLI's enrollment, photos from the request; neither they nor their bytes come back."""
     person_id = args.get("person_id")
     if person_id and ctx.store.get_person(person_id) is None:
         raise _not_found(person_id)
@@ -151,7 +151,7 @@ def enroll(ctx: Context, args: dict[str, Any]) -> Done:
             consent=consent,
             force=args.get("force", False),
         )
-    except EnrolmentError as exc:
+    except EnrollmentError as exc:
         raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
     outcomes = [
         {"label": o.label, "accepted": o.accepted, "reason": o.reason, "template_id": o.template_id}

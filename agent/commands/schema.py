@@ -73,7 +73,7 @@ MAX_DEPTH = 6
 # of a gallery of this size, so small galleries get the reply they always got.
 PEOPLE_PAGE = 1000
 MAX_PEOPLE_PAGE = 5000
-# Strings, brackets, commas and colons in one payload. An enrol request has a few dozen (≤ 10 images of two
+# Strings, brackets, commas and colons in one payload. An enroll request has a few dozen (≤ 10 images of two
 # fields), a model chunk a dozen, a 50-setting set_config ~150: 4096 leaves room and bounds the objects
 # `json` can build to 4096 whatever the payload (nested `{}` / `[]` in 16 MiB were ~850 MB and 15 s).
 MAX_TOKENS = 4096
@@ -296,7 +296,7 @@ class SettingValues:
 class Request:
     request_id: str
     origin: str | None
-    args: dict[str, Any]  # validated; enrol images decoded to bytes
+    args: dict[str, Any]  # validated; enroll images decoded to bytes
     document: dict[str, Any]  # as received: what a signature and the duplicate check cover
 
 
@@ -367,8 +367,8 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
 
 def _model_update() -> Phases:
     """begin (signed metadata), chunk (bytes in order), commit, abort, status: see agent/modelupdate/update.py."""
-    job = {"phase": Text(16), "job_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -")}
-    begin = job | {
+    job: dict[str, Rule] = {"phase": Text(16), "job_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -")}
+    begin: dict[str, Rule] = job | {
         "model_id": Text(64, MODEL_ID, "1-64 of a-z 0-9 . _ -, starting with a letter or digit"),
         "role": Text(16, re.compile("detector|embedder"), "detector or embedder"),
         "file": Text(100, MODEL_FILE, "a bare file name ending in .tflite"),
@@ -378,7 +378,7 @@ def _model_update() -> Phases:
         "signature": Text(128),
         "entry": Document(),
     }
-    chunk = job | {"index": Number(0, 1_000_000, integer=True), "data": Blob(MODEL_CHUNK_BYTES)}
+    chunk: dict[str, Rule] = job | {"index": Number(0, 1_000_000, integer=True), "data": Blob(MODEL_CHUNK_BYTES)}
     required = frozenset(job)
     return Phases(
         {

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -139,7 +140,7 @@ def _public_key_file(path: Path, where: str) -> Ed25519PublicKey:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from exc
-    key = _raw_public_key(data.decode("ascii", "replace").strip())
+    key: object = _raw_public_key(data.decode("ascii", "replace").strip())
     if key is None:
         try:
             key = serialization.load_pem_public_key(data)
@@ -267,7 +268,7 @@ class CommandSecurity:
         if self.authority is Authority.UNSIGNED_ALLOWED:
             log.warning(
                 "commands.allow_unsigned is true: anyone who can publish to this device's command topics may "
-                "enrol, list and erase people, change settings and restart it; remove it once operators sign"
+                "enroll, list and erase people, change settings and restart it; remove it once operators sign"
             )
         elif self.authority is Authority.NO_KEYS:
             schemas = command_schemas(self.settings)
@@ -319,7 +320,7 @@ class CommandSecurity:
         return identity
 
 
-def verifying_key(keys: dict[str, Ed25519PublicKey], signature: bytes, message: bytes) -> str | None:
+def verifying_key(keys: Mapping[str, Ed25519PublicKey], signature: bytes, message: bytes) -> str | None:
     """The name of the first configured key that `signature` verifies `message` with, or None."""
     for identity, key in keys.items():
         try:

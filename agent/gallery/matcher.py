@@ -1,6 +1,6 @@
 """In-memory 1:N matching: every template of the loaded embedder in one float32 matrix.
 
-The live loop searches on every decision while MQTT commands enrol and erase people, so the matrix is
+The live loop searches on every decision while MQTT commands enroll and erase people, so the matrix is
 built once from the store (`load`) and then patched in place (`add`, `remove_person`, `rename`) under a
 lock, never reloaded. A search is one matrix-vector product over precomputed squared norms
 (||a - b||² = ||a||² + ||b||² - 2a·b); the best person is the owner of the nearest template, and the

@@ -108,7 +108,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def _recovery(path: Path) -> str:
     return (
         f"faceagent left it untouched; restore {path.name} from a backup, or move it aside "
-        f"(mv {path} {path}.bad) and enrol people again into a new gallery"
+        f"(mv {path} {path}.bad) and enroll people again into a new gallery"
     )
 
 

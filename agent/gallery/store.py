@@ -21,7 +21,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import numpy as np
 import sqlite_utils
@@ -35,7 +35,7 @@ MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
 ERASED = "person_erased"  # the event that tells consumers downstream to forget a person
-_SHOWN = "face_recognized"  # agent.recognition.events.RECOGNIZED: the event that becomes the last recognised person
+_SHOWN = "face_recognized"  # agent.recognition.events.RECOGNIZED: the event that becomes the last recognized person
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
 # People the loaded embedder cannot match; `p` is the people table.
 _NO_TEMPLATE_OF_MODEL = "NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?)"
@@ -91,7 +91,7 @@ class GalleryStore:
     def transaction(self) -> Iterator[None]:
         """All-or-nothing: the writes inside commit together or not at all (nested blocks are savepoints).
 
-        An enrolment is `with store.transaction(): add_person(...); add_template(...) ...`, so a crash or an
+        An enrollment is `with store.transaction(): add_person(...); add_template(...) ...`, so a crash or an
         error half-way leaves no person without templates.
         """
         conn = self.db.conn
@@ -262,7 +262,7 @@ class GalleryStore:
         with self.transaction():
             self._require_person(person_id)
             template_id = self.db.table("templates").insert(row).last_pk
-        return int(template_id)
+        return int(cast(int, template_id))
 
     def iter_templates(self, model_id: str) -> Iterator[tuple[int, str, str, np.ndarray]]:
         """(template_id, person_id, person_name, float32 embedding) of every template made by `model_id`."""
@@ -299,7 +299,7 @@ class GalleryStore:
         return counts
 
     def people_with_counts(self) -> Iterator[tuple[str, str, str | None, int]]:
-        """(person id, updated_at, model id, templates) for each person and model, people in enrolment order
+        """(person id, updated_at, model id, templates) for each person and model, people in enrollment order
         and models in order; (id, updated_at, None, 0) for a person without templates. One indexed join."""
         sql = (
             "SELECT p.id, p.updated_at, t.model_id, COUNT(t.id) FROM people p "
@@ -323,7 +323,7 @@ class GalleryStore:
     @_guarded
     def listing(self, model_id: str, *, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
         """People as JSON (consent, template counts per model, whether `model_id` can match them), in
-        enrolment order: all of them, or the page of `limit` from `offset`; `total` counts everyone.
+        enrollment order: all of them, or the page of `limit` from `offset`; `total` counts everyone.
 
         A page costs what its people cost (their template counts come by the composite index), plus two
         linear counts over the gallery."""
@@ -341,24 +341,24 @@ class GalleryStore:
                 "created_at": p.created_at,
                 "updated_at": p.updated_at,
                 "templates": counts.get(p.id, {}),
-                "needs_reenrolment": model_id not in counts.get(p.id, {}),
+                "needs_reenrollment": model_id not in counts.get(p.id, {}),
             }
             for p in people
         ]
         total = len(people) if limit is None and offset == 0 else self.db.table("people").count
-        stale = self.count_needing_reenrolment(model_id)
-        return {"model_id": model_id, "people": rows, "people_needing_reenrolment": stale, "total": total}
+        stale = self.count_needing_reenrollment(model_id)
+        return {"model_id": model_id, "people": rows, "people_needing_reenrollment": stale, "total": total}
 
     @_guarded
-    def people_needing_reenrolment(self, model_id: str) -> list[str]:
-        """Ids of people with no template of `model_id`: the loaded embedder cannot recognise them.
+    def people_needing_reenrollment(self, model_id: str) -> list[str]:
+        """Ids of people with no template of `model_id`: the loaded embedder cannot recognize them.
 
         One lookup per person in templates_person_model (schema v3), so linear in the gallery."""
         sql = f"SELECT id FROM people p WHERE {_NO_TEMPLATE_OF_MODEL} ORDER BY created_at, rowid"
         return [row[0] for row in self.db.execute(sql, [model_id])]
 
     @_guarded
-    def count_needing_reenrolment(self, model_id: str) -> int:
+    def count_needing_reenrollment(self, model_id: str) -> int:
         sql = f"SELECT COUNT(*) FROM people p WHERE {_NO_TEMPLATE_OF_MODEL}"
         return int(self.db.execute(sql, [model_id]).fetchone()[0])
 
@@ -369,7 +369,7 @@ class GalleryStore:
         self, event_type: str, payload: dict, *, event_id: str, person_id: str | None, created_at: str
     ) -> None:
         """Queue an event in the outbox. An event naming a person erased meanwhile is dropped, not stored; a
-        `face_recognized` one also becomes the last recognised person (`last_person`)."""
+        `face_recognized` one also becomes the last recognized person (`last_person`)."""
         row = {
             "id": _text(event_id, "event_id"),
             "type": _text(event_type, "event_type"),
@@ -393,7 +393,7 @@ class GalleryStore:
 
     @_guarded
     def last_person(self) -> dict[str, Any] | None:
-        """Who was recognised last, as shown now: id, current name, camera, time; None when nobody was or the
+        """Who was recognized last, as shown now: id, current name, camera, time; None when nobody was or the
         person is erased. Only the id is stored, so a rename shows at once and an erasure leaves no name."""
         sql = (
             "SELECT m.value, p.name FROM meta m JOIN people p ON p.id = json_extract(m.value, '$.person_id') "
@@ -480,7 +480,7 @@ class GalleryStore:
         return {
             "people": self.db.table("people").count,
             "templates": dict(self.db.execute(by_model).fetchall()),
-            "people_needing_reenrolment": self.count_needing_reenrolment(model_id),
+            "people_needing_reenrollment": self.count_needing_reenrollment(model_id),
             "events_pending": self.db.table("events").count,
         }
 

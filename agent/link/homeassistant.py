@@ -1,6 +1,6 @@
 """Home Assistant MQTT discovery (opt-in): the device shows up with three entities and no YAML.
 
-- "Last recognised person": a sensor on the retained `<base>/last_person` (the name, or the id when
+- "Last recognized person": a sensor on the retained `<base>/last_person` (the name, or the id when
   `events.include_names` is false; id, camera and time as attributes). The agent owns that topic: it is
   rewritten on each recognition, and to "none" as soon as the person shown is erased (from the CLI or over
   MQTT), so Home Assistant never keeps showing an erased name. A rename shows the new name. Only the id is
@@ -35,7 +35,7 @@ from agent.recognition.events import RECOGNIZED, UNKNOWN
 
 log = logging.getLogger(__name__)
 
-NOBODY = "none"  # the sensor's state when nobody is shown (nobody recognised yet, or the person was erased)
+NOBODY = "none"  # the sensor's state when nobody is shown (nobody recognized yet, or the person was erased)
 RECORD_NAME = "homeassistant.json"  # in the state directory: the topics last announced, to remove them later
 PI_MODEL = Path("/proc/device-tree/model")
 EVENT_TYPES = {RECOGNIZED: "recognized", UNKNOWN: "unknown"}  # the agent's event type -> the entity's event_type
@@ -116,7 +116,7 @@ class HomeAssistantDiscovery:
         }
         last_person = {
             **common,
-            "name": "Last recognised person",
+            "name": "Last recognized person",
             "unique_id": f"faceagent_{node}_last_person",
             "icon": "mdi:face-recognition",
             "state_topic": topics.last_person,

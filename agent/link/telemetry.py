@@ -67,10 +67,12 @@ class FrameFigures:
 def gallery_summary(store: GalleryStore) -> GallerySummary:
     """Counts and a digest of ids, update times and per-model template counts (no names, no embeddings).
 
-    The digest hashes one line per person, "id|updated_at|model=n,model=n" in enrolment order."""
+    The digest hashes one line per person, "id|updated_at|model=n,model=n" in enrollment order."""
     lines: list[str] = []
     templates = 0
-    person, updated, per_model = None, "", []
+    person: str | None = None
+    updated = ""
+    per_model: list[str] = []
     for person_id, updated_at, model_id, count in store.people_with_counts():
         if person_id != person:
             if person is not None:

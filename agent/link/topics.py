@@ -66,7 +66,7 @@ class Topics:
 
     @property
     def last_person(self) -> str:
-        """Retained: who was recognised last, cleared when that person is erased (Home Assistant's sensor)."""
+        """Retained: who was recognized last, cleared when that person is erased (Home Assistant's sensor)."""
         return f"{self.base}/last_person"
 
     @property

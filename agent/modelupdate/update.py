@@ -12,7 +12,7 @@ Why it is built so:
   sha256, size and manifest entry, a threshold being as decisive as the weights) must carry an Ed25519
   signature by a release key (`models.release_keys`), on top of the command key that signs each
   `model_update` command. The roles are separate: a command key cannot sign a model (an operator who may
-  enrol people cannot thereby replace the recogniser), nor a release key a command. The job id and the
+  enroll people cannot thereby replace the recognizer), nor a release key a command. The job id and the
   device are not signed, so one signed release serves a whole fleet.
 - Nothing is written into the installed package: models go to the state directory (`agent.modelupdate.install`).
   Chunks are fsynced into its `.staging/<job_id>`, removed when the job ends and at start-up (a restart
@@ -20,7 +20,7 @@ Why it is built so:
 - Every failure leaves the models in use: the candidate is checked before it is installed, and if the live
   agent cannot switch to it after all, the previous manifest is put back.
 - A new embedder id means new templates: the live matcher holds only that model's, people without one are
-  reported for re-enrolment, and with `gallery.keep_chips` on the kept chips are embedded again.
+  reported for re-enrollment, and with `gallery.keep_chips` on the kept chips are embedded again.
 - Releases only move forward, or an old signed release (a model since found weak) could be replayed under
   a new job id. `version` (signed) is 1-4 dotted whole numbers, compared as a tuple of integers with
   trailing zeros dropped: 2026.11.1 > 2026.9 > 2 and 2026.11 == 2026.11.0. A commit of a version not
@@ -111,8 +111,7 @@ def verify_model(keys: Mapping[str, Ed25519PublicKey], meta: Mapping[str, Any], 
         raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         raise CommandError(ErrorCode.UNAUTHORIZED, "args.signature is not base64") from None
-    message = model_message(meta)
-    identity = verifying_key(keys, raw, message)
+    identity = verifying_key(keys, raw, model_message(meta))
     if identity is None:
         message = "the model signature does not verify with any release key (models.release_keys)"
         raise CommandError(ErrorCode.UNAUTHORIZED, message)
@@ -251,7 +250,7 @@ class ModelUpdater:
     def _begin(self, args: dict[str, Any]) -> Job:
         if args["job_id"] in (".", ".."):  # names its folder: `.staging/..` is the models directory itself
             raise CommandError(ErrorCode.BAD_REQUEST, "args.job_id: must not be . or ..")
-        meta = {name: args.get(name) for name in SIGNED_FIELDS} | {"entry": args.get("entry", {})}
+        meta: dict[str, Any] = {name: args.get(name) for name in SIGNED_FIELDS} | {"entry": args.get("entry", {})}
         if self.job is not None and self.job.job_id == args["job_id"] and self.job.meta == meta:
             return self.job  # the same begin again: the job goes on where it is
         if meta["size"] > MAX_MODEL_BYTES:
@@ -416,7 +415,7 @@ class ModelUpdater:
     # ------------------------------------------------------------------------------- templates
 
     def _templates(self, old: ModelSpec, store: GalleryStore, actor: str) -> dict[str, Any]:
-        """After an embedder change: rebuild from kept chips where allowed; who still needs re-enrolment."""
+        """After an embedder change: rebuild from kept chips where allowed; who still needs re-enrollment."""
         settings = self.get_settings()
         new = ModelStore(self.models_dir).spec(settings.models.embedder, "embedder")
         rebuilt = 0
@@ -425,6 +424,10 @@ class ModelUpdater:
                 embedder = load_embedder(self.models_dir, new, settings.models)
                 rebuilt = rebuild_templates(store, self.matcher, embedder, old.id, actor)
             else:
-                log.warning("kept chips were aligned for %s, not %s: people need re-enrolment", old.id, new.id)
-        stale = len(store.people_needing_reenrolment(new.id))
-        return {"embedder_changed": new.id != old.id, "templates_rebuilt": rebuilt, "people_needing_reenrolment": stale}
+                log.warning("kept chips were aligned for %s, not %s: people need re-enrollment", old.id, new.id)
+        stale = len(store.people_needing_reenrollment(new.id))
+        return {
+            "embedder_changed": new.id != old.id,
+            "templates_rebuilt": rebuilt,
+            "people_needing_reenrollment": stale,
+        }

@@ -1,2 +1,2 @@
 """Where faces become identities: the live `recognizer` (tracks, decisions, `events` with cooldowns),
-face `quality`, and `enrolment` (photos become templates). Knows nothing of commands or the MQTT link."""
+face `quality`, and `enrollment` (photos become templates). Knows nothing of commands or the MQTT link."""

@@ -1,6 +1,6 @@
 """Face quality figures: how well a detected face will embed, and why it might not.
 
-Shared by the live loop (which view of a track is worth embedding) and the enrolment gate (which
+Shared by the live loop (which view of a track is worth embedding) and the enrollment gate (which
 photo is good enough to become a template), so `assess` is pure and cheap: a handful of arithmetic
 on the six keypoints, plus one Laplacian over the chip when a chip is given.
 """

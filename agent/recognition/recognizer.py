@@ -194,7 +194,7 @@ class Recognizer:
         log.debug(
             "track %d: %s after %d embeddings (distance %.3f)",
             track.id,
-            "recognised" if match.accepted else "unknown",
+            "recognized" if match.accepted else "unknown",
             len(track.embeddings),
             match.distance,
         )

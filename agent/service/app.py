@@ -6,14 +6,14 @@ Threads, and what each owns (nothing is shared but the thread-safe `Matcher`):
   network, and never on a query that grows with the gallery.
 - gallery: with its own connection, everything that reads the whole gallery: the matcher's first load
   (the agent is READY before it, and makes no decision until it is done: a partial gallery would call
-  enrolled people unknown), the status document (counts, digest, people needing re-enrolment), the
+  enrolled people unknown), the status document (counts, digest, people needing re-enrollment), the
   matcher reload after another process changed the file (`GallerySync`, built here and swapped in), and
   retention every `retention.purge_interval_seconds` whether frames arrive or not.
 - camera: `LatestFrame` reads the source and keeps only the newest frame (a slow loop drops, never queues).
 - paho: the MQTT network loop (`MqttLink`); it only hands commands and PUBACKs over.
 - outbox: publishes stored events in order and deletes each on its PUBACK (its own connection).
-- commands: runs one command at a time with its own gallery connection and, for enrolment, its own
-  pipeline (TFLite interpreters are not thread-safe), so a slow enrolment never stalls frames.
+- commands: runs one command at a time with its own gallery connection and, for enrollment, its own
+  pipeline (TFLite interpreters are not thread-safe), so a slow enrollment never stalls frames.
 
 All three writers report a full state file system to one `StorageHealth`, which status and telemetry
 show; the agent runs on without the writes (see agent/storage.py).
@@ -56,7 +56,7 @@ from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_
 from agent.link.topics import resolve_device_id
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater
-from agent.recognition.enrolment import Enroller
+from agent.recognition.enrollment import Enroller
 from agent.recognition.events import RECOGNIZED
 from agent.recognition.recognizer import Recognizer
 from agent.service.provisioning import read_status as read_provisioning
@@ -357,9 +357,9 @@ class AgentService:
                 if not warned:
                     warned = True
                     model_id = self.gallery_sync.model_id
-                    stale = store.count_needing_reenrolment(model_id)
+                    stale = store.count_needing_reenrollment(model_id)
                     if stale:
-                        log.warning("%d enrolled people have no %s template and need re-enrolment", stale, model_id)
+                        log.warning("%d enrolled people have no %s template and need re-enrollment", stale, model_id)
                 if self.gallery_sync.maybe_sync():  # an erasure or a rename, from the CLI or a command
                     self._refresh_last_person(store)
                     if self.outbox is not None:
@@ -524,7 +524,7 @@ class AgentService:
                 status_store.close()
 
     def _enroller(self, store: GalleryStore) -> Enroller:
-        """The command thread's own pipeline, made on the first enrolment (it costs memory)."""
+        """The command thread's own pipeline, made on the first enrollment (it costs memory)."""
         if not hasattr(self, "_command_pipeline"):
             self._command_pipeline = FacePipeline(pipeline_options(self.settings))
         return Enroller(self._command_pipeline, store, self.matcher, self.settings)
@@ -586,7 +586,7 @@ class AgentService:
         self.settings, self.pipeline = settings, pipeline
         self.recognizer = self._new_recognizer(settings)
         self.telemetry.models = {"detector": pipeline.detector_spec.id, "embedder": pipeline.embedder.info.model_id}
-        self.__dict__.pop("_command_pipeline", None)  # the next enrolment builds one from the new models
+        self.__dict__.pop("_command_pipeline", None)  # the next enrollment builds one from the new models
         log.info("models switched to %s", self.telemetry.models)
         future.set_result(None)
 
@@ -608,8 +608,8 @@ class AgentService:
         else:
             with store.snapshot():
                 document = self.telemetry.status(gallery_summary(store), self.storage.report())
-                stale = store.count_needing_reenrolment(self.gallery_sync.model_id)
-            document["gallery"]["people_needing_reenrolment"] = stale
+                stale = store.count_needing_reenrollment(self.gallery_sync.model_id)
+            document["gallery"]["people_needing_reenrollment"] = stale
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()

@@ -53,7 +53,7 @@ def parse_source(text: str) -> SourceSpec:
             target = spec[len(kind) + 1 :]
             if not target:
                 raise SourceError(f'camera source "{spec}": nothing after "{kind}:"')
-            return SourceSpec(kind, target)  # type: ignore[arg-type]  # kind is one of the literals
+            return SourceSpec(kind, target)
     if spec.startswith("/dev/video"):
         return SourceSpec("v4l2", spec)
     path = Path(spec).expanduser()

@@ -68,7 +68,7 @@ def matrix_for(colour_space: object) -> YuvMatrix:
     picamera2 picks the colour space itself and versions differ (sYCC for an RGB main stream in some,
     Rec709 at 1280x720 and up in others), so it is read back from the camera rather than assumed.
     libcamera spells presets by name ("sYCC", "Rec709", "Smpte170m") and others as
-    "primaries/transfer/encoding/range"; anything unrecognised is taken as sYCC.
+    "primaries/transfer/encoding/range"; anything unrecognized is taken as sYCC.
     """
     text = str(colour_space).lower()
     parts = re.search(r"(\w+)/(\w+)/(\w+)/(full|limited)", text)
@@ -211,6 +211,7 @@ class PicameraSource:
             request.release()  # buffers go back to the camera at once; make_array copied them
         index, self._index = self._index, self._index + 1
         if lores is None or self._lores is None:
+            assert main is not None  # no lores stream: the main one was read
             return Frame(bgr_to_rgb(main), utc_now(), index)
         image = yuv420_to_rgb(lores, self._lores[0], self._lores[1], self._matrix)
         hires = HiRes(main, self._scale, bgr=True) if main is not None else None

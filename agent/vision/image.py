@@ -50,17 +50,18 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, max_sid
                     raise ImageError(f"{name}: image is {width}x{height}, over the {max_pixels} pixel limit")
                 orientation = image.getexif().get(0x0112)
                 image.load()
-                fitted = _fit(*image.size, max_side)
-                if image.size != fitted:  # box-reduce first where Pillow can (not 1, P, I;16): faster, as sharp
-                    plain = image.mode in ("1", "P") or image.mode.startswith("I;16")
-                    full, image = (
-                        image,
-                        image.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=None if plain else 2.0),
+                picture: Image.Image = image
+                fitted = _fit(*picture.size, max_side)
+                if picture.size != fitted:  # box-reduce first where Pillow can (not 1, P, I;16): faster, as sharp
+                    plain = picture.mode in ("1", "P") or picture.mode.startswith("I;16")
+                    full, picture = (
+                        picture,
+                        picture.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=None if plain else 2.0),
                     )
                     full.close()  # its pixels go now, before the conversions below
                 if orientation in _ORIENTATION:
-                    image = image.transpose(_ORIENTATION[orientation])
-                return np.asarray(_to_rgb(image))
+                    picture = picture.transpose(_ORIENTATION[orientation])
+                return np.asarray(_to_rgb(picture))
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

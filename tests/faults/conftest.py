@@ -36,7 +36,7 @@ def agent_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def enrol(shared_data: Path, db: Path, config: Path) -> None:
+def enroll(shared_data: Path, db: Path, config: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db),
          "--name", "Lin-Manuel Miranda", "--json", str(shared_data / CLIP_ENROL)],

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.faults.conftest import (
     EVENT_TOPICS,
     delivered,
-    enrol,
+    enroll,
     first_seen_order,
     integrity,
     outbox,
@@ -38,7 +38,7 @@ def test_broker_killed_and_restarted_during_a_stream_loses_nothing(
     broker = start_broker(persistence=True)
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     observer = observe(broker, EVENT_TOPICS, client_id="fault-observer", persistent=True)
     agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
     held: dict[str, int] = {}  # every event id seen in SQLite, with its seq
@@ -110,7 +110,7 @@ def test_broker_unreachable_at_start_up(tmp_path: Path, start_broker, observe, s
     broker = start_broker(persistence=True)
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     observer = observe(broker, EVENT_TOPICS, client_id="late-observer", persistent=True)
     observer.close()  # its session (and subscription) stays on the broker, which saves it on SIGTERM
     broker.stop()

@@ -17,7 +17,7 @@ from tests.faults.conftest import (
     agent_env,
     ctl_call,
     delivered,
-    enrol,
+    enroll,
     fake_camera_env,
     start_agent_with,
     stop,
@@ -53,7 +53,7 @@ def camera_agent_files(tmp_path: Path, broker, shared_data: Path) -> tuple[Path,
     config = write_config(tmp_path, broker, fps=15)
     config.write_text(config.read_text().replace("[camera]\n", "[camera]\n" + CAMERA))
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     return config, db, tmp_path / "agent.log"
 
 
@@ -125,7 +125,7 @@ def test_recorded_folder_vanishes_and_returns(tmp_path: Path, broker, observe, s
     config = write_config(tmp_path, broker)
     config.write_text(config.read_text().replace("[camera]\n", "[camera]\nreconnect_max_seconds = 1.0\n"))
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     log = tmp_path / "agent.log"
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="folder-observer")
     folder = tmp_path / "recordings"
@@ -174,7 +174,7 @@ def test_agent_started_with_no_camera_runs_and_picks_it_up(
     tmp_path: Path, broker, observe, shared_data: Path, frames: Path
 ) -> None:
     """Boot with the cable out (or the camera not yet detected): the agent comes up, says so, answers commands,
-    and starts recognising once the camera appears, with no restart."""
+    and starts recognizing once the camera appears, with no restart."""
     config, db, log = camera_agent_files(tmp_path, broker, shared_data)
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="boot-observer")
     control = tmp_path / "unplugged"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.faults.conftest import agent_env, enrol, start_agent, stop, write_config
+from tests.faults.conftest import agent_env, enroll, start_agent, stop, write_config
 
 
 def run_once(config: Path, db: Path, frames: Path) -> subprocess.CompletedProcess[str]:
@@ -28,7 +28,7 @@ def test_corrupted_model_file_refuses_to_start(
 ) -> None:
     config = write_config(tmp_path, broker, extra=f'[models]\ndir = "{models_copy}"\n')
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
     import time
 
@@ -60,7 +60,7 @@ def test_corrupted_database_is_refused_and_left_untouched(
 ) -> None:
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
     import time
 

@@ -20,7 +20,7 @@ from tests.faults.conftest import (
     EVENT_TOPICS,
     agent_env,
     delivered,
-    enrol,
+    enroll,
     integrity,
     outbox,
     start_agent,
@@ -56,7 +56,7 @@ def ping(broker_url: str) -> subprocess.CompletedProcess[str]:
 def running_agent(tmp_path, state, broker, observe, shared_data, frames):
     config = write_config(tmp_path, broker)
     db = state / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     observer = observe(broker, [*EVENT_TOPICS, STATUS, TELEMETRY], client_id="disk-observer", persistent=True)
     agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
     assert observer.wait_for(lambda _: len(delivered(observer)) >= 3, timeout=90), "no events before the fill"

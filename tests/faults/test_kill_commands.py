@@ -1,8 +1,8 @@
-"""The agent SIGKILLed while it enrols and erases people on MQTT commands, then restarted.
+"""The agent SIGKILLed while it enrolls and erases people on MQTT commands, then restarted.
 
 An operator keeps sending `enroll` (a real photo) and `delete_person` for what it enrolled, while the agent
 is killed at random moments. What the agent acknowledged must hold after the kill: a person whose
-enrolment was answered `ok` is there with templates (unless an erasure of them was sent since: answered or
+enrollment was answered `ok` is there with templates (unless an erasure of them was sent since: answered or
 not, it may have run), a person whose erasure was answered `ok` has no row, template or event left.
 Whatever was not answered may have happened or not, but all or nothing: no person without templates, no
 template without a person.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.broker import Observer
 from tests.command_fixtures import operator_signed
-from tests.faults.conftest import DEVICE, enrol, start_agent, write_config
+from tests.faults.conftest import DEVICE, enroll, start_agent, write_config
 from tests.faults.test_kill_faults import integrity_rw
 
 KILLS = 15  # with tests/faults/test_kill_faults.py's 50: 65 kills in the suite
@@ -108,13 +108,13 @@ def gallery(db: Path) -> tuple[set[str], dict[str, int], set[str]]:
     return people, templates, named
 
 
-def test_kills_during_enrolment_and_erasure_keep_what_was_acknowledged(
+def test_kills_during_enrollment_and_erasure_keep_what_was_acknowledged(
     tmp_path: Path, start_broker, observe, shared_data: Path, frames: Path
 ) -> None:
     broker = start_broker()
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     photo = base64.b64encode((shared_data / PHOTO).read_bytes()).decode()
     observer = observe(broker, [f"faceagent/{DEVICE}/cmd/+/reply", STATUS], client_id="kill-operator")
     ledger = Ledger()
@@ -134,9 +134,9 @@ def test_kills_during_enrolment_and_erasure_keep_what_was_acknowledged(
         assert set(templates) <= people, f"templates of no person after kill {kill + 1}"
         assert all(templates.get(p, 0) > 0 for p in people), f"a person without templates after kill {kill + 1}"
         kept = ledger.enrolled - ledger.erasing
-        assert kept <= people, f"acknowledged enrolments lost after kill {kill + 1}: {sorted(kept - people)}"
+        assert kept <= people, f"acknowledged enrollments lost after kill {kill + 1}: {sorted(kept - people)}"
         assert not (ledger.erased & (people | named)), f"acknowledged erasures undone after kill {kill + 1}"
-    assert ledger.enrolled and ledger.erased, "no enrolment or erasure was ever answered"
+    assert ledger.enrolled and ledger.erased, "no enrollment or erasure was ever answered"
     print(
         f"\nkills={KILLS} answered={ledger.answered} unanswered (in flight at a kill, or before the agent"
         f" listened)={ledger.unanswered} enrolled ok={len(ledger.enrolled)} erased ok={len(ledger.erased)}"

@@ -1,6 +1,6 @@
 """The agent SIGKILLed at random moments while it writes events and publishes its outbox, then restarted.
 
-Enrolment and erasure kills are covered by tests/test_crash_safety.py; these cover `faceagent run`.
+Enrollment and erasure kills are covered by tests/test_crash_safety.py; these cover `faceagent run`.
 After every kill: `PRAGMA integrity_check` is ok, and every event SQLite held at the kill (read after it, so
 exactly what was committed) is eventually delivered, once after de-duplication by event_id, to a persistent
 QoS 1 observer.
@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.faults.conftest import (
     EVENT_TOPICS,
     delivered,
-    enrol,
+    enroll,
     first_seen_order,
     outbox,
     start_agent,
@@ -88,7 +88,7 @@ def test_kills_while_publishing(tmp_path: Path, start_broker, observe, shared_da
     broker = start_broker(persistence=True)
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     observer = observe(broker, EVENT_TOPICS, client_id="kill-observer", persistent=True)
     written = lambda: len(delivered(observer))  # noqa: E731
     held, kills = kill_cycles(tmp_path, config, db, frames, seed=6, progress=written)
@@ -107,7 +107,7 @@ def test_kills_while_writing_with_the_broker_away(
     broker = start_broker(persistence=True)
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
-    enrol(shared_data, db, config)
+    enroll(shared_data, db, config)
     observer = observe(broker, EVENT_TOPICS, client_id="kill-observer-2", persistent=True)
     observer.close()
     broker.stop()

@@ -2,10 +2,10 @@
 
 Run from the repository root, in the project venv (a minute or two):
 
-    .venv/bin/python scripts/measure_enrol_guard.py [--people 40] [--photos 4]
+    .venv/bin/python scripts/measure_enroll_guard.py [--people 40] [--photos 4]
 
 Data: LFW identities under ../shared/data/faces-lfw with at least `--photos` images, sorted by name, the first
-`--people`. Each identity's photos that pass the enrolment quality gate are used in file order. Every trial
+`--people`. Each identity's photos that pass the enrollment quality gate are used in file order. Every trial
 runs the real `Enroller` on a fresh gallery holding one person, enrolled from their first usable photo:
 
 - genuine: each of their other usable photos, added with `person_id` (must be accepted);
@@ -31,7 +31,7 @@ import numpy as np
 from agent.config import GallerySettings, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
-from agent.recognition.enrolment import Enroller, EnrolmentError
+from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ class Usable:
 
 
 def usable_photos(pipeline: FacePipeline, settings: Settings, folder: Path, limit: int) -> list[Usable]:
-    """The photos the enrolment gate lets through, with the embedding it computes (its own `_candidate`)."""
+    """The photos the enrollment gate lets through, with the embedding it computes (its own `_candidate`)."""
     with tempfile.TemporaryDirectory() as scratch, GalleryStore.open(Path(scratch) / "g.db") as store:
         enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
         found = []
@@ -60,7 +60,7 @@ def usable_photos(pipeline: FacePipeline, settings: Settings, folder: Path, limi
 
 
 def trial(pipeline: FacePipeline, settings: Settings, enrolled: Path, added: Path) -> tuple[bool, str | None]:
-    """Enrol `enrolled` as a new person, then add `added` to them: accepted, and the reason if not."""
+    """Enroll `enrolled` as a new person, then add `added` to them: accepted, and the reason if not."""
     with tempfile.TemporaryDirectory() as scratch:
         gallery = replace(settings.gallery, path=Path(scratch) / "g.db")
         with GalleryStore.open(gallery.path) as store:
@@ -69,7 +69,7 @@ def trial(pipeline: FacePipeline, settings: Settings, enrolled: Path, added: Pat
             person = enroller.enroll([("first", enrolled)], name="Person", actor="measure").person
             try:
                 result = enroller.enroll([("added", added)], person_id=person.id, actor="measure")
-            except EnrolmentError as exc:
+            except EnrollmentError as exc:
                 return False, str(exc)
             return result.templates_added == 1, result.photos[0].reason
 

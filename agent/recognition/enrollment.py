@@ -1,17 +1,17 @@
-"""Enrolment: photos of one person become templates, or are refused with the reason.
+"""Enrollment: photos of one person become templates, or are refused with the reason.
 
 The CLI (`faceagent enroll`) and the MQTT `enroll` command both call `Enroller.enroll`, so the
 quality gate, the conflict check and the audit record are the same whichever door a photo comes in
 by. Photos are never stored: only embeddings (and, when `gallery.keep_chips` is on, the aligned
 chip, so templates can be rebuilt after a model change).
 
-A refusal must not identify anyone: told "this face is Ada at 0.27", whoever may enrol could run 1:N
+A refusal must not identify anyone: told "this face is Ada at 0.27", whoever may enroll could run 1:N
 identification of any photo and optimise against the score. So reasons name nobody and give no distance
 unless the caller asks (`reveal_matches`: the local CLI, whose user can read the gallery file anyway).
 Photos added to an existing person must match that person's templates of the current embedder (nearest
 under `gallery.conflict_distance`, the distance that already decides "this face is that person" for the
 conflict check), so nobody may add their own face to someone else's identity without `force`. Against one
-enrolled photo of each of 40 LFW people (`scripts/measure_enrol_guard.py`, cosine 0.35) it let in 81 of 103
+enrolled photo of each of 40 LFW people (`scripts/measure_enroll_guard.py`, cosine 0.35) it let in 81 of 103
 genuine photos and none of 40 other people's or of 40 look-alikes (the nearest other face in the set); at
 0.40, 97 genuine but 7 look-alikes. A refused genuine photo costs a better photo or `force`; a wrong one
 costs an identity.
@@ -43,10 +43,10 @@ Photo = tuple[str, Path | bytes]  # (label for messages, file path or encoded im
 # quality.min_face_px (60) and the 150 px chip the embedder sees, so the chip is still a reduction. Bigger
 # photos only cost memory (a 12 MP photo: 48 MB in Pillow, and the pipeline copies a frame twice); photos
 # up to 2048 px (all of LFW) decode exactly as before.
-ENROL_SIDE = 2048
+ENROLL_SIDE = 2048
 
 
-class EnrolmentError(FaceagentError):
+class EnrollmentError(FaceagentError):
     """No photo could be enrolled; the message lists each photo's reason."""
 
 
@@ -60,7 +60,7 @@ class PhotoOutcome:
 
 
 @dataclass(frozen=True)
-class EnrolmentResult:
+class EnrollmentResult:
     person: Person
     created: bool
     photos: list[PhotoOutcome]
@@ -99,21 +99,21 @@ class Enroller:
         consent: Consent | None = None,
         force: bool = False,
         reveal_matches: bool = False,
-    ) -> EnrolmentResult:
-        """Enrol a new person (`name`) or add templates to an existing one (`person_id`).
+    ) -> EnrollmentResult:
+        """Enroll a new person (`name`) or add templates to an existing one (`person_id`).
 
         All-or-nothing: the person and every accepted template are written in one transaction; if no
-        photo passes, nothing is written and `EnrolmentError` says why for each photo. `force` accepts photos
+        photo passes, nothing is written and `EnrollmentError` says why for each photo. `force` accepts photos
         that match someone else or do not match `person_id`; `reveal_matches` lets reasons name the person
         matched and give distances (never over MQTT).
         """
         if (name is None) == (person_id is None):
-            raise EnrolmentError("give either a name (new person) or a person id (more photos of someone enrolled)")
+            raise EnrollmentError("give either a name (new person) or a person id (more photos of someone enrolled)")
         existing = self.store.get_person(person_id) if person_id else None
         if person_id and existing is None:
-            raise EnrolmentError(f"no person with id {person_id!r}")
+            raise EnrollmentError(f"no person with id {person_id!r}")
         if not photos:
-            raise EnrolmentError("no photos given")
+            raise EnrollmentError("no photos given")
         outcomes: dict[str, PhotoOutcome] = {}
         candidates = []
         for label, source in photos:
@@ -125,7 +125,7 @@ class Enroller:
         accepted, overridden = self._select(candidates, person_id, force, reveal_matches, outcomes)
         if not accepted:
             reasons = "; ".join(f"{o.label}: {o.reason}" for o in outcomes.values())
-            raise EnrolmentError(f"nothing enrolled: {reasons}")
+            raise EnrollmentError(f"nothing enrolled: {reasons}")
         audit = {"forced": force} | overridden
         person, template_ids = self._store(accepted, existing, name, external_ref, consent, actor, audit, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
@@ -134,11 +134,11 @@ class Enroller:
                 candidate.label, True, None, template_id, candidate.quality.as_dict()
             )
         ordered = [outcomes[label] for label, _ in photos if label in outcomes]
-        return EnrolmentResult(person, existing is None, ordered)
+        return EnrollmentResult(person, existing is None, ordered)
 
     def _candidate(self, label: str, source: Path | bytes) -> _Candidate | PhotoOutcome:
         try:
-            frame = load_image(source, max_side=ENROL_SIDE)
+            frame = load_image(source, max_side=ENROLL_SIDE)
         except ImageError as exc:
             return PhotoOutcome(label, False, f"unreadable: {exc}")
         faces = self.pipeline.detect(frame)
@@ -182,7 +182,7 @@ class Enroller:
             conflict, mismatch = self._not_theirs(candidate.embedding, person_id, held, reveal)
             if (conflict or mismatch) and not force:
                 reason = (
-                    f"{conflict}; use force to enrol anyway" if conflict else f"{mismatch}; use force to add it anyway"
+                    f"{conflict}; use force to enroll anyway" if conflict else f"{mismatch}; use force to add it anyway"
                 )
                 outcomes[candidate.label] = PhotoOutcome(candidate.label, False, reason, quality=quality)
             elif len(own) and own.search(candidate.embedding).distance < gallery.duplicate_distance:
