@@ -28,24 +28,19 @@ from agent.gallery.store import GalleryStore
 from agent.modelupdate.install import state_models_dir
 from agent.modelupdate.update import ModelUpdater, sign_model
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import (
+from tests.support.commands import (
     NOW,
     OPERATOR_KEY,
     OPERATOR_PUBLIC,
-    POWELL,
     Device,
+    error,
     image_arg,
     make_device,
     operator_commands,
-    powell,
 )
+from tests.support.data import POWELL, powell
 
 OPEN = {"ping", "get_status", "get_config"}
-
-
-def error(reply: dict) -> str:
-    assert reply["status"] == "error", reply
-    return reply["error"]["code"]
 
 
 def keyless(tmp_path: Path, pipeline: FacePipeline, **commands: Any) -> Device:

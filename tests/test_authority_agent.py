@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, Observer
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.data import CLIP, CLIP_ENROLL, CLIP_FRAMES
 
 DEVICE = "fresh-1"
-CLIP = "sequence/hamilton_clip"
 STATUS = f"faceagent/{DEVICE}/status"
 
 
@@ -32,7 +32,7 @@ STATUS = f"faceagent/{DEVICE}/status"
 class Fresh:
     """The running agent, its files, and an anonymous client subscribed to everything the device says."""
 
-    agent: subprocess.Popen[bytes]
+    agent: subprocess.Popen[str]
     config: Path
     db: Path
     log: Path
@@ -71,15 +71,12 @@ def fresh(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline, shar
     db = folder / "gallery.db"
     settings = Settings()
     with GalleryStore.open(db) as store:
-        photo = shared_data / CLIP / "enroll" / "Lin-Manuel_Miranda.png"
+        photo = shared_data / CLIP_ENROLL
         enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
         person = enroller.enroll([(photo.name, photo)], actor="test", name="Lin-Manuel Miranda").person.id
     client = Observer(broker, [f"faceagent/{DEVICE}/#"])  # anonymous: no key, no credentials
     log = folder / "agent.log"
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run",
-               "--source", str(shared_data / CLIP / "frames")]  # fmt: skip
-    with open(log, "wb") as stderr:
-        agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    agent = start_agent(config, db, shared_data / CLIP_FRAMES, log=log)
     try:
         online = client.wait_for(lambda m: any(x.topic == STATUS and x.json().get("state") == "online" for x in m), 90)
         assert online, log.read_text()[-3000:]

@@ -18,17 +18,8 @@ from agent.config import load_layered, load_settings, read_remote, remote_settin
 from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import (
-    NOW,
-    OPERATOR_KEY_ID,
-    POWELL,
-    POWELL_PROBE,
-    Device,
-    image_arg,
-    make_device,
-    operator_commands,
-    powell,
-)
+from tests.support.commands import NOW, OPERATOR_KEY_ID, Device, error, image_arg, make_device, operator_commands
+from tests.support.data import POWELL, POWELL_PROBE, powell
 
 NOW_ISO = "2025-06-01T12:00:00.000Z"
 
@@ -41,11 +32,6 @@ def device(tmp_path: Path, pipeline: FacePipeline) -> Device:
 def enroll_powell(device: Device, shared_data: Path, *numbers: str, **envelope: object) -> dict:
     images = [image_arg(powell(shared_data, n), n) for n in numbers or POWELL[:1]]
     return device.call("enroll", {"name": "Colin Powell", "images": images}, **envelope)
-
-
-def error(reply: dict) -> str:
-    assert reply["status"] == "error", reply
-    return reply["error"]["code"]
 
 
 # ------------------------------------------------------------------------------ the reply contract

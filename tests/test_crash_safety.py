@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from agent.gallery.store import GalleryStore
+from tests.support.data import REPO
 
 PER_PERSON = 4  # templates per enrollment in the writer script
 ROUNDS = 40
-REPO = Path(__file__).resolve().parent.parent
 
 WRITER = f"""
 import mmap, os, random, sys, traceback

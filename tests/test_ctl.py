@@ -19,10 +19,9 @@ from agent.config import CommandSettings, load_layered
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, free_port
-from tests.command_fixtures import POWELL, POWELL_PROBE, Device, make_device, operator_commands, powell
-
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
+from tests.support.broker import FAST_LINK, Broker, free_port
+from tests.support.commands import Device, make_device, operator_commands
+from tests.support.data import POWELL, POWELL_PROBE, powell
 
 
 @dataclass
@@ -52,7 +51,7 @@ def run_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterat
         security = CommandSecurity.from_settings(commands, device_id)
         device = make_device(tmp_path / device_id, pipeline, commands=commands, security=security)
         inbox: queue.Queue[CommandRequest | None] = queue.Queue()
-        link = MqttLink(BrokerSettings(url=broker.url, protocol=protocol, **FAST), device_id, inbox.put)
+        link = MqttLink(BrokerSettings(url=broker.url, protocol=protocol, **FAST_LINK), device_id, inbox.put)
 
         def serve() -> None:
             while (request := inbox.get()) is not None:

@@ -10,8 +10,7 @@ from agent.config import GallerySettings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GallerySync
-
-MODEL = "dlib-resnet29-int8"
+from tests.support.data import EMBEDDER_ID as MODEL
 
 
 def enroll(store: GalleryStore, name: str, seed: int) -> tuple[str, np.ndarray]:

@@ -22,9 +22,9 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_iso
 from agent.service.app import AgentService, RunOptions
-from tests.broker import Broker
+from tests.support.broker import Broker
+from tests.support.data import CLIP_FRAMES
 
-FRAMES = "sequence/hamilton_clip/frames"
 FRAME_LOOP = "test-frame-loop"
 DEVICE = "gallery-thread-1"
 
@@ -90,7 +90,7 @@ def test_a_slow_gallery_summary_runs_off_the_frame_loop_and_does_not_stall_frame
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\ntelemetry_interval_seconds = 1\n'
         "[camera]\nfps = 10\nloop = true\n"
     )
-    service, loop = start(tmp_path, toml, shared_data / FRAMES, tmp_path / "gallery.db")
+    service, loop = start(tmp_path, toml, shared_data / CLIP_FRAMES, tmp_path / "gallery.db")
     try:
         assert wait_for(lambda: len(service.clock.stamps) >= 2, timeout=60)
         assert observer.wait_for(lambda _: any(m.json().get("gallery") for m in observer.messages), timeout=30)
@@ -172,7 +172,7 @@ def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
     listener.settimeout(60)
     config = tmp_path / "faceagent.toml"
     config.write_text("[camera]\nfps = 10\nloop = true\n")
-    source = f"folder:{shared_data / FRAMES}"
+    source = f"folder:{shared_data / CLIP_FRAMES}"
     service = AgentService(
         load_settings(config),
         RunOptions(source=source, db=tmp_path / "gallery.db"),

@@ -10,12 +10,13 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.broker import Broker, Observer
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.data import BRICK, CLIP_FRAMES
 
 OLD, NEW = "hall-1", "hall-2"
 
@@ -31,12 +32,12 @@ def write_config(tmp_path: Path, broker: Broker, device: str, *, homeassistant: 
     return config
 
 
-def start_agent(config: Path, db: Path, source: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(source)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def run_agent(config: Path, db: Path, source: Path) -> subprocess.Popen[str]:
+    return start_agent(config, db, source, stderr=subprocess.PIPE)
 
 
 def stop(agent: subprocess.Popen[str]) -> None:
+    """SIGTERM, and a clean exit (its stderr in the failure message otherwise)."""
     agent.send_signal(signal.SIGTERM)
     _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr
@@ -58,7 +59,7 @@ def empty_scene(tmp_path: Path, shared_data: Path) -> Path:
     """A camera looking at a brick wall: frames with no face in them."""
     folder = tmp_path / "wall"
     folder.mkdir()
-    shutil.copy(shared_data / "negatives/skimage_brick.png", folder / "frame.png")
+    shutil.copy(shared_data / BRICK, folder / "frame.png")
     return folder
 
 
@@ -70,7 +71,7 @@ def test_the_first_frame_clears_a_presence_left_on_by_a_crash(
     crashed = b'{"schema":1,"present":true,"faces":1}'  # retained, as a crash in mid-visit leaves it
     leftover.client.publish(f"faceagent/{OLD}/presence", crashed, qos=1, retain=True).wait_for_publish(5)
     observer = observe(broker, [f"faceagent/{OLD}/presence"])
-    agent = start_agent(write_config(tmp_path, broker, OLD), tmp_path / "gallery.db", empty_scene)
+    agent = run_agent(write_config(tmp_path, broker, OLD), tmp_path / "gallery.db", empty_scene)
     try:
         assert observer.wait_for(lambda _: False in presence(observer, OLD), timeout=60), "presence never cleared"
     finally:
@@ -80,8 +81,8 @@ def test_the_first_frame_clears_a_presence_left_on_by_a_crash(
 @pytest.mark.slow
 def test_a_clean_stop_leaves_presence_off(tmp_path: Path, broker: Broker, observe, shared_data: Path) -> None:
     observer = observe(broker, [f"faceagent/{OLD}/presence"])
-    frames = shared_data / "sequence/hamilton_clip/frames"
-    agent = start_agent(write_config(tmp_path, broker, OLD), tmp_path / "gallery.db", frames)
+    frames = shared_data / CLIP_FRAMES
+    agent = run_agent(write_config(tmp_path, broker, OLD), tmp_path / "gallery.db", frames)
     try:
         assert observer.wait_for(lambda _: True in presence(observer, OLD), timeout=60), "no face ever present"
     finally:
@@ -95,12 +96,12 @@ def test_a_new_device_id_removes_the_old_device_from_home_assistant(
 ) -> None:
     db = tmp_path / "gallery.db"
     watcher = observe(broker, ["homeassistant/#"])
-    agent = start_agent(write_config(tmp_path, broker, OLD), db, empty_scene)
+    agent = run_agent(write_config(tmp_path, broker, OLD), db, empty_scene)
     try:
         assert watcher.wait_for(lambda m: sum(f"/{OLD}/" in x.topic for x in m) == 3, timeout=60)
     finally:
         stop(agent)
-    agent = start_agent(write_config(tmp_path, broker, NEW), db, empty_scene)
+    agent = run_agent(write_config(tmp_path, broker, NEW), db, empty_scene)
     try:
         assert watcher.wait_for(lambda m: sum(f"/{NEW}/" in x.topic for x in m) == 3, timeout=60)
         old_configs = {m.topic for m in watcher.messages if f"/{OLD}/" in m.topic}

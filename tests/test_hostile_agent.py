@@ -4,10 +4,8 @@ agent goes on answering and publishing telemetry. Memory figures: scripts/bench_
 from __future__ import annotations
 
 import base64
-import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +14,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.commands.signing import public_key_text, sign_request
+from agent.commands.signing import public_key_text
 from agent.vision.image import MAX_PIXELS
 from scripts._hostile import flat_png, nested_json
-from tests.broker import Broker, Observer
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.commands import signed_by
+from tests.support.data import CLIP_FRAMES
 
 DEVICE = "hostile-1"
 BASE = f"faceagent/{DEVICE}"
@@ -35,7 +36,7 @@ class Agent:
 
     def signed(self, name: str, request_id: str, args: dict | None = None) -> bytes:
         request = {"request_id": request_id, "origin": "test", "args": args or {}}
-        return json.dumps(sign_request(self.key, DEVICE, name, request, now=datetime.now(UTC))).encode()
+        return signed_by(self.key, DEVICE, name, request, datetime.now(UTC))
 
     def replies(self, name: str) -> list[dict]:
         return [m.json() for m in self.observer.on(f"{BASE}/cmd/{name}/reply")]
@@ -63,9 +64,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
         f'[commands]\nsigning_required = true\npublic_keys = ["{public_key_text(key)}"]\nmax_payload_bytes = {LIMIT}\n'
     )
     observer = Observer(broker, [f"{BASE}/#"])
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(folder / "gallery.db"), "run"]
-    frames = shared_data / "sequence/hamilton_clip/frames"
-    process = subprocess.Popen([*command, "--source", f"folder:{frames}"], stderr=subprocess.PIPE, text=True)
+    frames = shared_data / CLIP_FRAMES
+    process = start_agent(config, folder / "gallery.db", f"folder:{frames}", stderr=subprocess.PIPE)
     running = Agent(observer, key, process)
     try:
         assert observer.wait_for(lambda _: running.telemetry_count() > 0, timeout=90), "the agent did not start"

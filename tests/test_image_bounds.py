@@ -18,7 +18,7 @@ from agent.recognition.enrollment import ENROLL_SIDE
 from agent.vision.image import MAX_PIXELS, MAX_SIDE, load_image
 from agent.vision.pipeline import FacePipeline
 from scripts._hostile import flat_jpeg, flat_png
-from tests.command_fixtures import NOW, make_device
+from tests.support.commands import NOW, make_device
 
 
 def test_a_7000_pixel_square_png_is_refused_before_decoding() -> None:

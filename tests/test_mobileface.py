@@ -8,7 +8,6 @@ template the manifest gives, from photos the int8 calibration did not use.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -22,9 +21,8 @@ from agent.vision.aligner import Aligner
 from agent.vision.embedder import Embedder
 from agent.vision.modelstore import ModelStore
 from agent.vision.runtime import TfliteModel, select_runtime
+from tests.support.data import REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FACEAGENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 MF_SOURCE = SHARED_DATA.parent / "models" / "mobileface_v2"
 
 

@@ -13,7 +13,7 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.link.outbox import OutboxPublisher
-from tests.broker import FAST_LINK, Broker, Observer, Received, free_port
+from tests.support.broker import FAST_LINK, Broker, Observer, Received, free_port
 
 DEVICE = "dev1"
 EVENTS = f"faceagent/{DEVICE}/events/#"
@@ -125,10 +125,10 @@ def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: P
           f"delivered {len(collector.messages)}, duplicates {duplicates}")  # fmt: skip
 
 
-def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Path, observe, spawn_agent) -> None:
+def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Path, observe, spawn_link) -> None:
     collector: Observer = observe(broker, [EVENTS])
     producer = Producer(store_path, count=300, interval=0.01)
-    first = spawn_agent(broker.url, DEVICE, store_path)
+    first = spawn_link(broker.url, DEVICE, store_path)
     assert first.wait_connected()
     producer.start()
     time.sleep(0.6)
@@ -139,7 +139,7 @@ def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Pa
     killed_at = len(producer.ids)
     delivered_at_kill = len(first_seen(collector.messages))
     time.sleep(0.3)
-    second = spawn_agent(broker.url, DEVICE, store_path)
+    second = spawn_link(broker.url, DEVICE, store_path)
     assert second.wait_connected()
     producer.join()
     assert killed_at < 300, "the agent must be killed while events are still being produced"

@@ -6,23 +6,21 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from agent.config import CommandSettings, Settings
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, packet_limit
 from agent.service.app import COMMAND_QUEUE_PAYLOADS, AgentService
-from tests.broker import HOST, Broker, free_port
+from tests.support.broker import FAST_LINK, HOST, Broker, free_port
+from tests.support.data import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = "dev1"
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 MIB = 1024 * 1024
 
 
 def _received_after(broker: Broker, observe, protocol: str, payloads: list[bytes]) -> list[bytes]:
     """What a link limited to 1 MiB + headroom receives of `payloads` (sent in order, then a small marker)."""
     received: list[bytes] = []
-    settings = BrokerSettings(url=broker.url, protocol=protocol, max_packet_bytes=packet_limit(MIB), **FAST)
+    settings = BrokerSettings(url=broker.url, protocol=protocol, max_packet_bytes=packet_limit(MIB), **FAST_LINK)
     link = MqttLink(settings, DEVICE, lambda request: received.append(request.payload))
     link.start()
     try:

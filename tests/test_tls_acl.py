@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,28 +15,23 @@ from paho.mqtt.properties import Properties
 from agent.cli.main import main
 from agent.config import load_settings
 from agent.errors import ConfigError
-from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
-from tests.broker import REPO, Broker, Certs, Observer, free_port
+from agent.link.mqtt import CommandRequest, MqttLink
+from tests.support.broker import Broker, Certs, Observer, free_port
+from tests.support.data import REPO
 
 EXAMPLE = REPO / "examples" / "mosquitto"
 ACL = EXAMPLE / "faceagent.acl"
 USERS = {"dev-a": "pass-a", "dev-b": "pass-b", "operator": "pass-op"}
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 @pytest.fixture
-def make_link() -> Iterator[Callable[..., MqttLink]]:
-    links: list[MqttLink] = []
+def make_link(start_link: Callable[..., MqttLink]) -> Callable[..., MqttLink]:
+    """Started links (stopped afterwards), of device dev-a unless `device` says otherwise."""
 
     def make(device: str = "dev-a", on_command: Callable[[CommandRequest], None] | None = None, **settings) -> MqttLink:
-        link = MqttLink(BrokerSettings(**FAST, **settings), device, on_command or (lambda request: None))
-        links.append(link)
-        link.start()
-        return link
+        return start_link(device, on_command, **settings)
 
-    yield make
-    for link in links:
-        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
+    return make
 
 
 @pytest.fixture
