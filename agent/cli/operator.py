@@ -30,6 +30,7 @@ from agent.errors import FaceagentError
 from agent.identity import new_ulid
 from agent.link.mqtt import BrokerSettings
 from agent.link.topics import Topics
+from agent.wire import SCHEMA
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -152,7 +153,7 @@ class Operator:
 
     def _send(self, device: str, name: str, args: dict[str, Any], request_id: str) -> None:
         topics = Topics(self.broker.prefix, device)
-        request: dict[str, Any] = {"schema": 1, "request_id": request_id, "origin": self.origin, "args": args}
+        request: dict[str, Any] = {"schema": SCHEMA, "request_id": request_id, "origin": self.origin, "args": args}
         if self.sign_key is not None:
             from agent.commands.signing import sign_request
 

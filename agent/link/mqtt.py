@@ -9,7 +9,6 @@ per reconnect attempt, so a broker that is away for a day does not fill the jour
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
@@ -33,6 +32,7 @@ from agent.errors import ConfigError
 from agent.files import write_atomically
 from agent.identity import utc_now
 from agent.link.topics import Topics
+from agent.wire import MQTT_5, OFFLINE, ONLINE, Presence, Status, TelemetryDocument, encode, link_status
 
 __all__ = ["BrokerSettings", "CommandRequest", "MqttLink", "packet_limit", "parse_broker_url"]
 
@@ -91,7 +91,7 @@ class BrokerSettings:
     url: str | None
     prefix: str = "faceagent"
     device_id: str | None = None
-    protocol: str = "5"  # "5" | "3.1.1"
+    protocol: str = MQTT_5  # wire.PROTOCOLS
     keepalive: int = 30
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -140,7 +140,7 @@ class MqttLink:
         device_id: str,
         on_command: Callable[[CommandRequest], None],
         *,
-        will: dict | None = None,
+        will: Status | None = None,
         client_id: str | None = None,
     ) -> None:
         if not settings.url:
@@ -150,8 +150,8 @@ class MqttLink:
         self.on_command = on_command
         self.on_acked: Callable[[int], None] | None = None  # the outbox's hook: PUBACK (success) for a mid
         self._address: BrokerAddress = parse_broker_url(settings.url)
-        self._v5 = settings.protocol == "5"
-        self._status: dict = {"schema": 1, "state": "online", "device": device_id}
+        self._v5 = settings.protocol == MQTT_5
+        self._status: Status = link_status(ONLINE, device_id)
         self._connected = threading.Event()
         self._listening = threading.Event()  # the command subscription is acknowledged
         self._command_sub_mid: int | None = None
@@ -161,7 +161,7 @@ class MqttLink:
         self._connect_hooks: list[Callable[[], None]] = []
         self._subscriptions: list[str] = []
         self.client_id = client_id or f"{device_id}-{secrets.token_hex(8)}"  # never the public device id
-        self._client = self._make_client(self.client_id, will or {"schema": 1, "state": "offline", "device": device_id})
+        self._client = self._make_client(self.client_id, will or link_status(OFFLINE, device_id))
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -178,10 +178,10 @@ class MqttLink:
         self._client.connect_async(self._address["host"], self._address["port"], self.settings.keepalive, **options)
         self._client.loop_start()
 
-    def stop(self, offline_status: dict, timeout: float = 2.0) -> None:
+    def stop(self, offline_status: Status, timeout: float = 2.0) -> None:
         """Publish `offline_status` (retained) if connected, then disconnect: the broker drops the will."""
         if self.connected:
-            info = self._publish(self.topics.status, _encode(offline_status), qos=1, retain=True)
+            info = self._publish(self.topics.status, encode(offline_status), qos=1, retain=True)
             deadline = time.monotonic() + timeout
             while info is not None and not _published(info) and self.connected and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -231,20 +231,20 @@ class MqttLink:
         info = self._publish(self.topics.event(event_type), payload, qos=1)
         return info.mid if info is not None and info.rc in _QUEUED else None
 
-    def publish_status(self, status: dict) -> None:
+    def publish_status(self, status: Status) -> None:
         """Retained; remembered and re-published (with a fresh `at`) on every reconnect."""
         self._status = status
         if self.connected:
-            self._publish(self.topics.status, _encode(status), qos=1, retain=True)
+            self._publish(self.topics.status, encode(status), qos=1, retain=True)
 
-    def publish_telemetry(self, telemetry: dict) -> None:
+    def publish_telemetry(self, telemetry: TelemetryDocument) -> None:
         if self.connected:
-            self._publish(self.topics.telemetry, _encode(telemetry), qos=0)
+            self._publish(self.topics.telemetry, encode(telemetry), qos=0)
 
-    def publish_presence(self, presence: dict) -> None:
+    def publish_presence(self, presence: Presence) -> None:
         """Retained, so a consumer that starts later (Home Assistant) sees whether a face is in view."""
         if self.connected:
-            self._publish(self.topics.presence, _encode(presence), qos=1, retain=True)
+            self._publish(self.topics.presence, encode(presence), qos=1, retain=True)
 
     def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """For integrations with their own topics (Home Assistant discovery)."""
@@ -284,7 +284,7 @@ class MqttLink:
 
     # ---------------------------------------------------------------------------------- paho callbacks
 
-    def _make_client(self, client_id: str, will: dict) -> paho.Client:
+    def _make_client(self, client_id: str, will: Status) -> paho.Client:
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -302,7 +302,7 @@ class MqttLink:
             self._configure_tls(client)
         elif any((self.settings.ca_file, self.settings.cert_file, self.settings.key_file)):
             raise ConfigError("mqtt.ca_file/cert_file/key_file are set but the broker URL is mqtt://: use mqtts://")
-        client.will_set(self.topics.status, _encode(will), qos=1, retain=True)
+        client.will_set(self.topics.status, encode(will), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -342,8 +342,8 @@ class MqttLink:
         self._command_sub_mid = client.subscribe(self.topics.commands, qos=1)[1]
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
-        status = {**self._status, "at": utc_now()} if self._status.get("state") == "online" else self._status
-        self._publish(self.topics.status, _encode(status), qos=1, retain=True)
+        status = {**self._status, "at": utc_now()} if self._status["state"] == ONLINE else self._status
+        self._publish(self.topics.status, encode(status), qos=1, retain=True)
         for hook in self._connect_hooks:
             try:
                 hook()
@@ -432,10 +432,6 @@ class MqttLink:
 def _paho_log(client: paho.Client, userdata: Any, level: int, text: str) -> None:
     """paho's own chatter (every failed retry) at DEBUG; an exception it caught in a callback is an error."""
     log.log(logging.ERROR if text.startswith("Caught exception") else logging.DEBUG, "paho: %s", text)
-
-
-def _encode(document: dict) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _valid_topic(topic: str) -> bool:

@@ -19,7 +19,6 @@ agent stop before that, they are sent again after the restart: duplicates, never
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,9 +26,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.gallery.store import ERASED, GalleryStore
+from agent.gallery.store import GalleryStore
 from agent.link.mqtt import MqttLink
 from agent.storage import StorageFullError, StorageHealth
+from agent.wire import PERSON_ERASED, encode
 
 log = logging.getLogger(__name__)
 _DROP_LOG_INTERVAL = 60.0
@@ -184,9 +184,11 @@ class OutboxPublisher:
         if excess <= 0:
             return
         busy = self._busy_ids()
-        notices = store.db.table("events").count_where("type = ?", [ERASED])  # never dropped: erasures must reach
+        notices = store.db.table("events").count_where(
+            "type = ?", [PERSON_ERASED]
+        )  # never dropped: erasures must reach
         rows = store.pending_events(limit=excess + len(busy) + notices)
-        victims = [row["id"] for row in rows if row["id"] not in busy and row["type"] != ERASED][:excess]
+        victims = [row["id"] for row in rows if row["id"] not in busy and row["type"] != PERSON_ERASED][:excess]
         store.delete_events(victims)
         self._dropped += len(victims)
         if self.storage is not None and victims:
@@ -244,5 +246,4 @@ class OutboxPublisher:
 
 def _payload(row: dict) -> bytes:
     """The stored payload with the outbox id as `event_id`, so consumers can drop QoS 1 duplicates."""
-    document = {**row["payload"], "event_id": row["id"]}
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return encode({**row["payload"], "event_id": row["id"]})
