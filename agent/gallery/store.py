@@ -414,6 +414,21 @@ class GalleryStore:
         return [{**row, "payload": json.loads(row["payload"])} for row in self.db.query(sql, [int(limit)])]
 
     @_guarded
+    def count_events(self, event_type: str | None = None) -> int:
+        """Events in the outbox, or those of `event_type`."""
+        if event_type is None:
+            return int(self.db.table("events").count)
+        return int(self.db.table("events").count_where("type = ?", [event_type]))
+
+    @_guarded
+    def oldest_event_ids(self, limit: int, *, excluding_type: str | None = None) -> list[str]:
+        """Ids of the oldest `limit` events, in outbox order, leaving out those of `excluding_type`."""
+        if excluding_type is None:
+            return [row[0] for row in self.db.execute("SELECT id FROM events ORDER BY seq LIMIT ?", [int(limit)])]
+        sql = "SELECT id FROM events WHERE type != ? ORDER BY seq LIMIT ?"
+        return [row[0] for row in self.db.execute(sql, [excluding_type, int(limit)])]
+
+    @_guarded
     def delete_events(self, event_ids: list[str]) -> None:
         with self.transaction():
             for start in range(0, len(event_ids), _DELETE_CHUNK):

@@ -160,7 +160,7 @@ class OutboxPublisher:
         except StorageFullError as exc:  # publishing goes on; the deletes are retried next cycle
             if self.storage is not None:
                 self.storage.write_failed(exc)
-        self._depth = max(0, store.db.table("events").count - len(self._settled))
+        self._depth = max(0, store.count_events() - len(self._settled))
         if self.link.connected and not self._resending():
             self._fill(store)
         self._cycles += 1
@@ -180,15 +180,13 @@ class OutboxPublisher:
 
     def _bound(self, store: GalleryStore) -> None:
         """Keep at most `max_events`: drop the oldest that are not in flight, and count them."""
-        excess = store.db.table("events").count - self.max_events
+        excess = store.count_events() - self.max_events
         if excess <= 0:
             return
         busy = self._busy_ids()
-        notices = store.db.table("events").count_where(
-            "type = ?", [PERSON_ERASED]
-        )  # never dropped: erasures must reach
-        rows = store.pending_events(limit=excess + len(busy) + notices)
-        victims = [row["id"] for row in rows if row["id"] not in busy and row["type"] != PERSON_ERASED][:excess]
+        # Erasure notices are never dropped: they are the only word consumers downstream get of an erasure.
+        oldest = store.oldest_event_ids(excess + len(busy), excluding_type=PERSON_ERASED)
+        victims = [event_id for event_id in oldest if event_id not in busy][:excess]
         store.delete_events(victims)
         self._dropped += len(victims)
         if self.storage is not None and victims:
