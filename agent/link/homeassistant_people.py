@@ -92,12 +92,14 @@ class PersonSensors:
         self._resend.set()
 
     def document(self, person_id: str, label: str) -> dict[str, Any]:
-        """The discovery document of one person's sensor."""
+        """The discovery document of one person's sensor. Its `object_id` fixes the entity id to the person's id:
+        one made from the name would outlive an erasure in Home Assistant's registry of deleted entities."""
         minutes = f"{self.minutes} minute{'s' if self.minutes != 1 else ''}"
         return {
             **self.common,
             "name": f"{label} seen in the last {minutes}",
             "unique_id": f"faceagent_{self.link.topics.device}_seen_{safe_segment(person_id)}",
+            "object_id": f"faceagent_seen_{safe_segment(person_id)}",
             "device_class": "occupancy",
             "state_topic": self.state_topic(person_id),
             "value_template": SEEN_TEMPLATE,
