@@ -41,7 +41,8 @@ class PersonSensors:
     Threads: `seen` runs on the frame loop and `keep` on the gallery thread, both under one lock. Paho's thread
     (a connect, Home Assistant's birth message) only asks for a re-send, which the next `keep` makes: a publish
     made under the lock may wait for paho's callback lock, so paho's thread must never wait for this one.
-    `_labels` is replaced whole, never changed in place, so `topics()` may read it from any thread.
+    `_labels`, `_held` and `_removals` are replaced whole, never changed in place, so `topics()` may read them
+    from any thread.
     """
 
     def __init__(
@@ -115,11 +116,11 @@ class PersonSensors:
         listing = self._look(store, include_names)
         now = self.clock()
         with self._lock:
-            before = self.topics()
             new: list[str] = []
             renamed: list[str] = []
             if listing is not None:
                 new, renamed = self._follow(listing, announced, include_names=include_names)
+            changed = bool(new)  # the erased move from announced to removals: the record changes when those go
             expired = [person_id for person_id, until in self._on_until.items() if until <= now]
             for person_id in expired:
                 del self._on_until[person_id]
@@ -130,11 +131,10 @@ class PersonSensors:
                 self._publish_config(person_id, self._labels[person_id])
             for person_id in new + expired:
                 self._publish_state(person_id)
-            if self.link.connected:
+            if self.link.connected and self._removals:
                 for topic in self._removals:
                     self.link.publish_raw(topic, b"", retain=True)
-                self._removals = []
-            changed = self.topics() != before
+                self._removals, changed = [], True
         if changed:
             self.on_change()
 
@@ -180,7 +180,7 @@ class PersonSensors:
         for person_id in gone:
             self._erased.add(person_id)
             self._on_until.pop(person_id, None)
-            self._removals += [self.config_topic(person_id), self.state_topic(person_id)]
+            self._removals = [*self._removals, self.config_topic(person_id), self.state_topic(person_id)]
         labels = {person_id: label for person_id, label in self._labels.items() if person_id not in gone}
         if any(person_id not in announced and person_id not in listing for person_id in labels):
             self._fingerprint = None  # recognized during this look and not in it: erased or new? look again
@@ -195,7 +195,7 @@ class PersonSensors:
         if not self._listed:  # what an earlier run announced for people no longer enrolled goes now
             self._listed = True
             stale = self._held - self._topics_of(labels)
-            self._removals += sorted(stale, key=lambda topic: not topic.endswith("/config"))
+            self._removals = self._removals + sorted(stale, key=lambda topic: not topic.endswith("/config"))
             self._held = frozenset()
         return new, renamed
 
