@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.gallery.store import GalleryStore
 from tests.broker import Broker, Observer
 from tests.test_service import enroll_miranda
 
@@ -145,3 +146,27 @@ def test_a_person_sensor_is_announced_turned_on_and_removed_by_the_running_agent
         stop(agent)
     late = observe(broker, [sensor, state])
     assert not late.wait_for(lambda m: bool(m), 0.5), "the erased person's sensor is still retained"
+
+
+@pytest.mark.slow
+def test_switching_person_sensors_off_removes_them_at_the_next_start(
+    tmp_path: Path, broker: Broker, observe, empty_scene: Path
+) -> None:
+    db = tmp_path / "gallery.db"
+    with GalleryStore.open(db) as cli:  # enrolled by another process; no photo is needed for the sensor
+        grace = cli.add_person("Grace").id
+    sensor = f"homeassistant/binary_sensor/{OLD}/seen_{grace}/config"
+    state = f"faceagent/{OLD}/seen/{grace}"
+    watcher = observe(broker, [sensor, state])
+    agent = start_agent(write_config(tmp_path, broker, OLD, person_minutes=5), db, empty_scene)
+    try:
+        assert watcher.wait_for(lambda m: {x.topic for x in m if x.payload} == {sensor, state}, timeout=60)
+    finally:
+        stop(agent)
+    agent = start_agent(write_config(tmp_path, broker, OLD, person_minutes=0), db, empty_scene)
+    try:
+        assert watcher.wait_for(lambda m: {x.topic for x in m if not x.payload} == {sensor, state}, timeout=60)
+    finally:
+        stop(agent)
+    late = observe(broker, [sensor, state])
+    assert not late.wait_for(lambda m: bool(m), 0.5), "a person sensor is still retained"
