@@ -420,6 +420,20 @@ class BinarySensorDiscovery(DiscoveryCommon):
     payload_off: str
 
 
+class PersonSeenDiscovery(BinarySensorDiscovery):
+    """One person's optional "seen in the last N minutes" sensor: Home Assistant switches it off itself."""
+
+    object_id: str
+    off_delay: int
+
+
+class PersonSeen(TypedDict):
+    """The retained state of one person's sensor (`<base>/seen/<person_id>`)."""
+
+    schema: int
+    seen: bool
+
+
 class EventEntityDiscovery(DiscoveryCommon):
     name: str
     unique_id: str

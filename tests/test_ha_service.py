@@ -15,18 +15,23 @@ from pathlib import Path
 
 import pytest
 
+from agent.gallery.store import GalleryStore
 from tests.broker import Broker, Observer
+from tests.test_service import enroll_miranda
 
 OLD, NEW = "hall-1", "hall-2"
 
 
-def write_config(tmp_path: Path, broker: Broker, device: str, *, homeassistant: bool = True) -> Path:
+def write_config(
+    tmp_path: Path, broker: Broker, device: str, *, homeassistant: bool = True, person_minutes: int = 0
+) -> Path:
     config = tmp_path / "faceagent.toml"
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{device}"\nkeepalive = 5\n'
         "[camera]\nfps = 10\nloop = true\n"
         '[events]\ncamera_id = "hall"\n'
         f"[homeassistant]\nenabled = {'true' if homeassistant else 'false'}\n"
+        f"person_presence_minutes = {person_minutes}\n"
     )
     return config
 
@@ -110,3 +115,58 @@ def test_a_new_device_id_removes_the_old_device_from_home_assistant(
     late = observe(broker, ["homeassistant/#"])
     late.wait_for(lambda m: False, 0.5)
     assert {m.topic for m in late.messages if m.payload} == {m.topic for m in watcher.messages if f"/{NEW}/" in m.topic}
+
+
+@pytest.mark.slow
+def test_a_person_sensor_is_announced_turned_on_and_removed_by_the_running_agent(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path
+) -> None:
+    """Enrolled before the start: announced off; recognized in the clip: on; erased from the CLI: removed."""
+    config = write_config(tmp_path, broker, OLD, person_minutes=5)
+    db = tmp_path / "gallery.db"
+    miranda = enroll_miranda(shared_data, db, config)
+    sensor = f"homeassistant/binary_sensor/{OLD}/seen_{miranda}/config"
+    state = f"faceagent/{OLD}/seen/{miranda}"
+    watcher = observe(broker, [sensor, state])
+
+    def states() -> list[bool]:
+        return [m.json()["seen"] for m in watcher.on(state) if m.payload]
+
+    agent = start_agent(config, db, shared_data / "sequence/hamilton_clip/frames")
+    try:
+        assert watcher.wait_for(lambda _: bool(watcher.on(sensor)), timeout=60), "no sensor announced"
+        assert watcher.on(sensor)[0].json()["name"] == "Lin-Manuel Miranda seen in the last 5 minutes"
+        assert watcher.wait_for(lambda _: True in states(), timeout=120), states()
+        assert states()[0] is False  # announced off, before the first recognition
+        command = [sys.executable, "-m", "agent", "--config", str(config), "person", "delete", "--db", str(db)]
+        erased = subprocess.run([*command, miranda], capture_output=True, text=True, timeout=120)
+        assert erased.returncode == 0, erased.stderr
+        assert watcher.wait_for(lambda m: {x.topic for x in m if not x.payload} == {sensor, state}, timeout=30)
+    finally:
+        stop(agent)
+    late = observe(broker, [sensor, state])
+    assert not late.wait_for(lambda m: bool(m), 0.5), "the erased person's sensor is still retained"
+
+
+@pytest.mark.slow
+def test_switching_person_sensors_off_removes_them_at_the_next_start(
+    tmp_path: Path, broker: Broker, observe, empty_scene: Path
+) -> None:
+    db = tmp_path / "gallery.db"
+    with GalleryStore.open(db) as cli:  # enrolled by another process; no photo is needed for the sensor
+        grace = cli.add_person("Grace").id
+    sensor = f"homeassistant/binary_sensor/{OLD}/seen_{grace}/config"
+    state = f"faceagent/{OLD}/seen/{grace}"
+    watcher = observe(broker, [sensor, state])
+    agent = start_agent(write_config(tmp_path, broker, OLD, person_minutes=5), db, empty_scene)
+    try:
+        assert watcher.wait_for(lambda m: {x.topic for x in m if x.payload} == {sensor, state}, timeout=60)
+    finally:
+        stop(agent)
+    agent = start_agent(write_config(tmp_path, broker, OLD, person_minutes=0), db, empty_scene)
+    try:
+        assert watcher.wait_for(lambda m: {x.topic for x in m if not x.payload} == {sensor, state}, timeout=60)
+    finally:
+        stop(agent)
+    late = observe(broker, [sensor, state])
+    assert not late.wait_for(lambda m: bool(m), 0.5), "a person sensor is still retained"

@@ -9,6 +9,8 @@
   absent on a clean stop, so it is never left `on` with nobody in view.
 - "Face seen": an event entity on `<base>/face_event` (not retained), one message per recognition or unknown
   face, so every visit can fire an automation, the same person twice included.
+- Optionally (`person_presence_minutes` > 0) "<name> seen in the last N minutes": a binary sensor per enrolled
+  person (agent/link/homeassistant_people.py), removed when they are erased.
 All are available while the retained status says `online`, so the last will greys them out. Discovery
 documents are retained, re-sent on every connect (a broker without persistence forgets them) and whenever
 Home Assistant announces `online` on `<discovery_prefix>/status` (it restarted and may have lost them).
@@ -24,13 +26,15 @@ import json
 import logging
 import platform
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.config import HomeAssistantSettings
 from agent.files import write_atomically
 from agent.gallery.store import GalleryStore
+from agent.link.homeassistant_people import PersonSensors
 from agent.link.mqtt import MqttLink
 from agent.wire import (
     FACE_RECOGNIZED,
@@ -85,6 +89,7 @@ class HomeAssistantDiscovery:
         camera_id: str = "cam0",
         state_dir: Path | None = None,
         model: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
         self.settings = settings
@@ -92,6 +97,18 @@ class HomeAssistantDiscovery:
         self.camera_id = camera_id
         self.record = state_dir / RECORD_NAME if state_dir is not None else None
         self.model = model or hardware_model()
+        self._record_lock = threading.Lock()
+        self.people: PersonSensors | None = None
+        if settings.enabled and settings.person_presence_minutes > 0:
+            self.people = PersonSensors(
+                link,
+                settings.discovery_prefix,
+                self._common(),
+                settings.person_presence_minutes,
+                recorded=self._recorded() or [],
+                on_change=self._write_record,
+                clock=clock,
+            )
         self._stale = self._stale_topics()
 
     def attach(self) -> None:
@@ -104,26 +121,34 @@ class HomeAssistantDiscovery:
         self.link.add_connect_hook(self.announce)
 
     def announce(self) -> None:
+        """On paho's thread: the device's entities now; each person's, by `keep_people` on the gallery thread."""
         for topic, document in self.messages():
             self.link.publish_raw(topic, encode(document), retain=True)
+        if self.people is not None:
+            self.people.resend()
         self._write_record()
+
+    def keep_people(self, store: GalleryStore, *, include_names: bool) -> None:
+        """From the gallery thread, every turn: the per-person sensors follow enrollments, renames and erasures,
+        and switch off when their minutes are up. Nothing to do (and no query) when they are off."""
+        if self.people is not None:
+            self.people.keep(store, include_names=include_names)
 
     def owned_topics(self) -> list[str]:
         """Every retained topic that exists only for Home Assistant: removed with the discovery."""
-        return [topic for topic, _ in self.messages()] + [self.link.topics.last_person]
+        people = self.people.topics() if self.people is not None else []
+        return [topic for topic, _ in self.messages()] + [self.link.topics.last_person] + people
 
-    def messages(self) -> list[tuple[str, Discovery]]:
-        """(config topic, discovery document) for each entity."""
-        topics = self.link.topics
-        node = topics.device
-        common: DiscoveryCommon = {
-            "availability_topic": topics.status,
+    def _common(self) -> DiscoveryCommon:
+        """What every entity's discovery document shares: availability, QoS, the device and the origin."""
+        return {
+            "availability_topic": self.link.topics.status,
             "availability_template": "{{ value_json.state }}",
             "payload_available": ONLINE,
             "payload_not_available": OFFLINE,
             "qos": 1,
             "device": {
-                "identifiers": [f"faceagent_{node}"],
+                "identifiers": [f"faceagent_{self.link.topics.device}"],
                 "name": self.settings.device_name or f"faceagent {self.camera_id}",
                 "manufacturer": "faceagent",
                 "model": self.model,
@@ -132,6 +157,12 @@ class HomeAssistantDiscovery:
             },
             "origin": {"name": "faceagent", "sw_version": self.version},
         }
+
+    def messages(self) -> list[tuple[str, Discovery]]:
+        """(config topic, discovery document) for each of the device's own entities."""
+        topics = self.link.topics
+        node = topics.device
+        common = self._common()
         last_person: SensorDiscovery = {
             **common,
             "name": "Last recognized person",
@@ -168,13 +199,16 @@ class HomeAssistantDiscovery:
         ]
 
     def publish_events(self, events: Sequence[FaceEvent], *, include_names: bool) -> None:
-        """One `face_event` message per recognition or unknown face; nothing when discovery is off."""
+        """One `face_event` message per recognition or unknown face, and each recognized person's sensor on;
+        nothing when discovery is off."""
         if not self.settings.enabled:
             return
         for event in events:
             document = face_event_document(event, include_names=include_names)
             if document is not None:
                 self.link.publish_raw(self.link.topics.face_event, encode(document))
+        if self.people is not None:
+            self.people.seen(events, include_names=include_names)
 
     def _on_birth(self, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
@@ -210,16 +244,18 @@ class HomeAssistantDiscovery:
             self.record.unlink(missing_ok=True)
 
     def _write_record(self) -> None:
+        """From any thread (paho's on connect, the others when a person's sensor comes or goes)."""
         if self.record is None:
             return
-        topics = self.owned_topics()
-        if self._recorded() == topics:
-            return
-        text = json.dumps({"schema": RECORD_FORMAT, "device": self.link.topics.device, "topics": topics}, indent=1)
-        try:
-            write_atomically(self.record, (text + "\n").encode("utf-8"))
-        except OSError as exc:
-            log.warning("Home Assistant: %s not written (%s): a later removal may miss these topics", self.record, exc)
+        with self._record_lock:
+            topics = self.owned_topics()
+            if self._recorded() == topics:
+                return
+            text = json.dumps({"schema": RECORD_FORMAT, "device": self.link.topics.device, "topics": topics}, indent=1)
+            try:
+                write_atomically(self.record, (text + "\n").encode("utf-8"))
+            except OSError as exc:
+                log.warning("Home Assistant: %s not written (%s): a later removal may miss them", self.record, exc)
 
 
 def face_event_document(event: Mapping[str, Any], *, include_names: bool) -> HomeAssistantFaceEvent | None:

@@ -368,6 +368,8 @@ class AgentService:
                 assert retention is not None
                 retention.settings = self.settings.retention  # set_config may have changed it
                 retention.maybe_purge()
+                if self.discovery is not None:  # Home Assistant's per-person sensors follow the gallery
+                    self.discovery.keep_people(store, include_names=self.settings.events.include_names)
             except Exception as exc:
                 if not self.gallery_loaded.is_set():  # as before this thread: the agent does not run without it
                     log.error("could not load the gallery: %s", exc)
