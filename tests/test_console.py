@@ -265,7 +265,12 @@ def run_console() -> Iterator:
 
 @pytest.fixture
 def password_file(tmp_path: Path) -> Path:
-    path = tmp_path / "console.password"
+    return make_password_file(tmp_path)
+
+
+def make_password_file(folder: Path) -> Path:
+    """The hash line of PASSWORD, made as an operator makes it."""
+    path = folder / "console.password"
     result = subprocess.run(
         [sys.executable, "-m", "agent", "console", "--hash-password"],
         input=PASSWORD + "\n",

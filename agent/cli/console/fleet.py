@@ -305,8 +305,11 @@ class Watcher:
             log.warning("the broker refused the console: %s", reason)
             return
         self.state.connected = True
-        topics = ("+/status", "+/telemetry", "+/events/+", "+/cmd/+/reply")
-        client.subscribe([(f"{self.prefix}/{topic}", 1) for topic in topics])
+        # Status and events at QoS 1: the broker queues them for a console busy with a burst (a few hundred
+        # retained statuses arrive at once). Telemetry and replies at QoS 0: a lost point or log line is
+        # harmless, and they never crowd the broker's per-client queue (mosquitto: 1000) out of statuses.
+        topics = (("+/status", 1), ("+/events/+", 1), ("+/telemetry", 0), ("+/cmd/+/reply", 0))
+        client.subscribe([(f"{self.prefix}/{topic}", qos) for topic, qos in topics])
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.state.connected = False

@@ -54,30 +54,46 @@ function outcomeLines(target, devices, describe) {
 
 // ------------------------------------------------------------------------------------------- charts
 
-const SERIES = [
-  ["fps", "frames/s", "#0969da", "n"],
-  ["latency_p50_ms", "p50 ms", "#1a7f37", "ms"],
-  ["latency_p95_ms", "p95 ms", "#cf222e", "ms"],
-  ["cpu_temp_c", "CPU °C", "#bc4c00", "c"],
-  ["outbox_depth", "outbox", "#8250df", "n"],
-  ["dropped_frames", "dropped", "#6e7781", "n"],
+// Four small charts per device, each with its own axis: figures of different units never share a scale.
+const CHARTS = [
+  ["frames/s", [["fps", "frames/s", "#0969da"]]],
+  ["latency ms", [["latency_p50_ms", "p50", "#1a7f37"], ["latency_p95_ms", "p95", "#cf222e"]]],
+  ["CPU °C", [["cpu_temp_c", "°C", "#bc4c00"]]],
+  ["outbox depth · dropped frames (since start)", [["outbox_depth", "outbox", "#8250df"], ["dropped_frames", "dropped", "#6e7781"]]],
 ];
 
+function latest(values) {
+  for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
+  return null;
+}
+
 function drawChart(container, series) {
-  const data = [series.t, ...SERIES.map(([key]) => series[key])];
   container.dataset.points = String(series.t.length);
-  if (container.plot) { container.plot.setData(data); return; }
   if (typeof uPlot === "undefined") return;
-  const options = {
-    width: Math.max(300, container.clientWidth || 400),
-    height: 150,
-    scales: { x: { time: true, range: (plot, low, high) => [high - 3600, high] }, ms: {}, n: {}, c: {} },
-    series: [{}, ...SERIES.map(([, label, stroke, scale]) => ({ label, stroke, scale, width: 1.5, spanGaps: true }))],
-    axes: [{}, { scale: "ms", size: 45 }, { scale: "n", side: 1, size: 40, grid: { show: false } }],
-    legend: { live: true },
-    cursor: { drag: { x: false, y: false } },
-  };
-  container.plot = new uPlot(options, data, container);
+  if (!container.plots) {
+    const width = Math.max(170, Math.floor((container.clientWidth || 400) / 2) - 10);
+    container.plots = CHARTS.map(([title, lines]) => {
+      const heading = el("div", { className: "mini-title" }, title);
+      const box = el("div", { className: "mini" }, heading);
+      container.append(box);
+      const options = {
+        width,
+        height: 100,
+        legend: { show: false },
+        cursor: { drag: { x: false, y: false } },
+        scales: { x: { time: true, range: (plot, low, high) => [Math.max(low, high - 3600), Math.max(high, low + 60)] } },
+        series: [{}, ...lines.map(([, label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: true }))],
+        axes: [{ size: 36, font: "10px system-ui", ticks: { size: 3 } }, { size: 42, font: "10px system-ui", ticks: { size: 3 } }],
+      };
+      const plot = new uPlot(options, [[], ...lines.map(() => [])], box);
+      return { title, lines, heading, plot };
+    });
+  }
+  for (const { title, lines, heading, plot } of container.plots) {
+    plot.setData([series.t, ...lines.map(([key]) => series[key])]);
+    const now = lines.map(([key, label]) => `${label} ${show(latest(series[key]))}`).join(", ");
+    heading.textContent = `${title}: ${now}`;
+  }
 }
 
 // ------------------------------------------------------------------------------------------- fleet
