@@ -22,8 +22,9 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from agent.cli.operator import Operator
+from agent.commands.signing import request_signer
 from agent.link.mqtt import BrokerSettings
+from agent.link.operator import Operator
 from scripts.bench_console import CHROMEDRIVER, CHROMIUM, chromium
 from tests.broker import Broker, Observer
 from tests.command_fixtures import OPERATOR_KEY, OPERATOR_TOML, write_operator_key
@@ -76,7 +77,7 @@ class Fleet:
     def people_on(self, device: str) -> list[str]:
         """The names the device itself lists, asked as the operator's ctl would (signed)."""
         broker = BrokerSettings(url=self.broker.url)
-        with Operator(broker, timeout=30, sign_key=OPERATOR_KEY) as operator:
+        with Operator(broker, timeout=30, signer=request_signer(OPERATOR_KEY)) as operator:
             reply = operator.call([device], "list_people", {})[device]
         assert reply is not None and reply["status"] == "ok", reply
         return [person["name"] for person in reply["data"]["people"]]

@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import parse_broker_url
-from agent.identity import new_ulid
+from agent.link.client import connect_options, make_client, new_client_id
 from agent.link.mqtt import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -262,38 +261,21 @@ class FleetState:
         return view
 
 
-def _paho_client(broker: BrokerSettings, client_id: str) -> paho.Client:
-    """A client with the operator's TLS and credentials, as `faceagent ctl` connects."""
-    address = parse_broker_url(broker.url or "")
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=paho.MQTTv5 if broker.protocol == "5" else paho.MQTTv311,
-    )
-    if broker.username is not None:
-        client.username_pw_set(broker.username, broker.password)
-    if address["tls"]:
-        ca, cert, key = (str(p) if p else None for p in (broker.ca_file, broker.cert_file, broker.key_file))
-        client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-        client.tls_insecure_set(broker.tls_insecure)
-    client.reconnect_delay_set(1, 30)
-    return client
-
-
 class Watcher:
     """The console's one long-lived subscription: status, telemetry, events and replies of every device."""
 
     def __init__(self, broker: BrokerSettings, state: FleetState) -> None:
         self.broker, self.state = broker, state
         self.prefix = broker.prefix
-        self._client = _paho_client(broker, f"faceagent-console-{new_ulid().lower()[-12:]}")
+        self._address = parse_broker_url(broker.url or "")
+        self._client = make_client(broker, self._address, new_client_id("faceagent-console"))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
     def start(self) -> None:
-        address = parse_broker_url(self.broker.url or "")
-        self._client.connect_async(address["host"], address["port"], keepalive=30)
+        address = self._address
+        self._client.connect_async(address["host"], address["port"], keepalive=30, **connect_options(self.broker))
         self._client.loop_start()
 
     def stop(self) -> None:

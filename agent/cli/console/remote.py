@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.cli.operator import Operator
+from agent.commands.signing import request_signer
 from agent.config import RULES, Pattern
 from agent.link.mqtt import BrokerSettings
+from agent.link.operator import Operator
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,7 +60,8 @@ class Remote:
         self.broker, self.timeout, self.sign_key = broker, timeout, sign_key
 
     def _operator(self) -> Operator:
-        return Operator(self.broker, timeout=self.timeout, sign_key=self.sign_key)
+        signer = request_signer(self.sign_key) if self.sign_key is not None else None
+        return Operator(self.broker, timeout=self.timeout, signer=signer)
 
     def call(self, devices: Iterable[str], name: str, args: dict[str, Any]) -> dict[str, Outcome]:
         """`name` to every device at once (one request id), each device's outcome. Blocks: run off the loop."""

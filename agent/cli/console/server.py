@@ -12,10 +12,10 @@ from agent.cli.console.app import Console, build_app
 from agent.cli.console.auth import PasswordHash, Sessions, is_loopback
 from agent.cli.console.fleet import FleetState, Watcher
 from agent.cli.console.remote import Remote
-from agent.cli.operator import CtlError
 from agent.commands.signing import load_private_key
 from agent.config import find_config, load_settings, require_tls
 from agent.link.mqtt import BrokerSettings
+from agent.link.operator import OperatorError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def serve(args: argparse.Namespace) -> int:
     require_tls(settings.mqtt, args.mqtt)
     broker = BrokerSettings.from_settings(settings.mqtt, args.mqtt)
     if not broker.url:
-        raise CtlError("no broker: give --mqtt mqtt://host[:port] (or set mqtt.url in the settings file)")
+        raise OperatorError("no broker: give --mqtt mqtt://host[:port] (or set mqtt.url in the settings file)")
     sign_key = load_private_key(args.sign_key) if args.sign_key is not None else None
     password = PasswordHash.read(args.password_file) if args.password_file is not None else None
     host, port = args.listen
