@@ -145,6 +145,8 @@ class HomeAssistantSettings:
     discovery_prefix: str = "homeassistant"
     device_name: str | None = None  # the device page's title, and so the entity ids; unset: "faceagent <camera_id>"
     area: str | None = None  # Home Assistant's suggested area; unset: events.camera_id
+    # 0: off. N: a binary sensor per enrolled person, on for N minutes after each recognition of them.
+    person_presence_minutes: int = 0
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,7 @@ RULES: dict[str, Range | Choice | Pattern] = {
     "homeassistant.discovery_prefix": Pattern(_TOPIC_PATH, "1-100 of A-Z a-z 0-9 _ . - in levels separated by '/'"),
     "homeassistant.device_name": Pattern(_LABEL, "1-64 printable characters, not starting or ending with a space"),
     "homeassistant.area": Pattern(_LABEL, "1-64 printable characters, not starting or ending with a space"),
+    "homeassistant.person_presence_minutes": Range(0, 1440),
     "camera.size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "1280x720"'),
     "camera.lores_size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "640x360"'),
     "camera.fps": Range(0, 240),

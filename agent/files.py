@@ -74,3 +74,13 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def bundled_sample(name: str) -> Path | None:
+    """A sample file shipped with the package (agent/_samples in a wheel, samples/ in a source checkout): the
+    demo's clip, and the faces a model update is checked on. None when this installation lacks it."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "_samples", package.parent / "samples"):
+        if (folder / name).is_file():
+            return folder / name
+    return None

@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cli.operator import Operator
-from agent.commands.signing import public_key_text
+from agent.commands.signing import public_key_text, request_signer
 from agent.config import Settings
 from agent.gallery.store import GalleryStore
 from agent.identity import new_person_id, utc_now
 from agent.link.mqtt import BrokerSettings
+from agent.link.operator import Operator
 from agent.vision.modelstore import embedder_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,7 +234,7 @@ def measure_process(
                 status = watcher.statuses(DEVICE).get(DEVICE, {})
                 summary_at = time.monotonic() if isinstance(status.get("gallery"), dict) else None
         figures["summary_after_ready_s"] = (summary_at or float("nan")) - ready
-        with Operator(broker, timeout=30, sign_key=key) as operator:
+        with Operator(broker, timeout=30, signer=request_signer(key)) as operator:
             wait_connected(operator)
             figures["get_status_s"], reply = timed_call(operator, "get_status", {})
             figures["status_people"] = ok_data(reply, "get_status")["gallery"]["people"]
@@ -327,7 +327,7 @@ def measure_stalls(
         wait_ready(notify, lambda: not loop.is_alive())
         if not service.gallery_loaded.wait(120):
             raise SystemExit("error: the agent did not load the gallery within 120 s")
-        with Operator(BrokerSettings(url=url, device_id=DEVICE), timeout=30, sign_key=key) as operator:
+        with Operator(BrokerSettings(url=url, device_id=DEVICE), timeout=30, signer=request_signer(key)) as operator:
             wait_connected(operator)
             time.sleep(2.0)  # past start-up's one-off work
             quiet_start = time.monotonic()

@@ -2,7 +2,8 @@
 # Installs everything the tests need on Debian / Raspberry Pi OS, then runs the whole suite.
 #   system: mosquitto (the tests start their own brokers on free 127.0.0.1 ports), openssl (test
 #           certificates), systemd (systemd-analyze verifies the unit), shellcheck (the installer),
-#           python3-seccomp (the unit's syscall filter rebuilt in a test); apt, as root or through sudo
+#           python3-seccomp (the unit's syscall filter rebuilt in a test), chromium and chromium-driver (the
+#           operator's console in a real headless browser); apt, as root or through sudo
 #   python: a .venv with the package and its [test] extra (pytest, and ruff, import-linter and mypy, run first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 dpkg -s python3-seccomp >/dev/null 2>&1 || missing+=(python3-seccomp)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

@@ -111,6 +111,12 @@ def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates,
     assert len(updates.device.services.matcher) == 0 and not updates.live.recognizes(person)
 
 
+def test_the_commit_reply_sends_the_renamed_count_under_both_spellings(updates: Updates, int8: bytes) -> None:
+    updates.enroll()
+    outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
+    assert outcome["people_needing_reenrollment"] == outcome["people_needing_reenrolment"] == 1
+
+
 def test_a_new_embedder_id_rebuilds_templates_from_kept_chips(
     tmp_path: Path, pipeline: FacePipeline, int8: bytes
 ) -> None:

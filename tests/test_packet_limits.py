@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from agent.config import CommandSettings, Settings
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, packet_limit
+from agent.link.operator import Operator
 from agent.service.app import COMMAND_QUEUE_PAYLOADS, AgentService
 from tests.support.broker import FAST_LINK, HOST, Broker, free_port
 from tests.support.data import REPO
@@ -52,6 +53,20 @@ def test_mqtt311_relies_on_the_brokers_max_packet_size(start_broker: Callable[..
     broker = start_broker(port=port, config_text=config)
     received = _received_after(broker, observe, "3.1.1", [b"x" * (2 * MIB), b"y" * MIB])
     assert [len(p) for p in received] == [MIB, len(b"marker")]
+
+
+def test_the_operators_client_announces_the_same_packet_limit(broker: Broker, observe) -> None:
+    """The client factory's policy holds for the operator's tools too: a device's oversized document never
+    reaches an operator that set a limit, the others still do."""
+    sender = observe(broker, [])
+    for device, size in [("dev-big", 2 * MIB), ("dev-small", MIB)]:
+        status = b'{"state":"online","pad":"' + b"x" * size + b'"}'
+        sender.client.publish(f"faceagent/{device}/status", status, qos=1, retain=True).wait_for_publish(5)
+    limited = BrokerSettings(url=broker.url, max_packet_bytes=packet_limit(MIB))
+    with Operator(limited, timeout=2) as operator:
+        assert sorted(operator.statuses()) == ["dev-small"]
+    with Operator(BrokerSettings(url=broker.url), timeout=2) as operator:
+        assert sorted(operator.statuses()) == ["dev-big", "dev-small"]
 
 
 def test_the_example_broker_config_limits_packets_to_what_the_agent_accepts() -> None:

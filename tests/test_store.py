@@ -367,6 +367,23 @@ def test_duplicate_event_id_is_refused(store: GalleryStore) -> None:
         store.add_event("face_unknown", {}, event_id=event_id, person_id=None, created_at=utc_now())
 
 
+def test_events_are_counted_all_together_and_by_type(store: GalleryStore) -> None:
+    for _ in range(3):
+        event(store)
+    store.add_event("face_unknown", {}, event_id=new_event_id(), person_id=None, created_at=utc_now())
+    counts = [store.count_events(kind) for kind in (None, "face_recognized", "face_unknown", "person_erased")]
+    assert counts == [4, 3, 1, 0]
+
+
+def test_the_oldest_event_ids_come_in_outbox_order_leaving_out_one_type(store: GalleryStore) -> None:
+    first = event(store)
+    store.delete_person(store.add_person("Ada").id, actor="test")  # queues a person_erased notice
+    later = [event(store) for _ in range(3)]
+    notice = next(e["id"] for e in store.pending_events() if e["type"] == "person_erased")
+    assert store.oldest_event_ids(3) == [first, notice, later[0]]
+    assert store.oldest_event_ids(3, excluding_type="person_erased") == [first, *later[:2]]
+
+
 def test_event_for_an_erased_person_is_dropped(store: GalleryStore) -> None:
     person_id = enroll(store, "Ann", [1])
     store.delete_person(person_id, actor="cli:alice")

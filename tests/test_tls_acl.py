@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from paho.mqtt.properties import Properties
 from agent.cli.main import main
 from agent.config import load_settings
 from agent.errors import ConfigError
-from agent.link.mqtt import CommandRequest, MqttLink
-from tests.support.broker import Broker, Certs, Observer, free_port
+from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
+from agent.link.operator import CLIENT_OWNER, Operator, OperatorError
+from tests.support.broker import FAST_LINK, Broker, Certs, Observer, free_port, leaf_certificate
 from tests.support.data import REPO
 
 EXAMPLE = REPO / "examples" / "mosquitto"
@@ -83,6 +85,112 @@ def test_a_tls_listener_refuses_a_plain_connection(start_broker, certs: Certs, m
     link = make_link(url=f"mqtt://127.0.0.1:{broker.port}")  # the TLS listener, spoken to in clear
     assert not link.wait_connected(1.5)
     assert watcher.messages == []  # not even the device's status got through
+
+
+# ---------------------------------------------------------- one client factory: the device and the operator
+# The device's link and the operator's client (ctl, a console) are made by agent.link.client under one policy.
+
+CLIENTS = ["device", "operator"]
+
+
+@pytest.fixture
+def connects(make_link) -> Callable[..., bool]:
+    """Whether a client of `kind` connects within `wait` seconds with these BrokerSettings fields."""
+
+    def connects(kind: str, wait: float, **settings) -> bool:
+        if kind == "device":
+            return make_link(**settings).wait_connected(wait)
+        try:
+            with Operator(BrokerSettings(**FAST_LINK, **settings), timeout=wait):
+                return True
+        except OperatorError:
+            return False
+
+    return connects
+
+
+@pytest.fixture(scope="module")
+def misnamed(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(CA, server certificate, key): signed by the test CA, but for a host that is not 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("misnamed")
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(certs.ca.parent / name, folder / name)
+    leaf_certificate(folder, "ca", "misnamed", "serverAuth", "DNS:broker.elsewhere.invalid")
+    return certs.ca, folder / "misnamed.crt", folder / "misnamed.key"
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_device_and_operator_connect_to_a_broker_signed_by_the_configured_ca(
+    start_broker, certs: Certs, connects, kind: str, protocol: str
+) -> None:
+    broker = tls_broker(start_broker, certs)
+    assert connects(kind, 5, url=broker.url, ca_file=certs.ca, protocol=protocol)
+
+
+REFUSALS = {"another-ca": {"other_ca": True}, "no-client-certificate": {"require_certificate": True}}
+
+
+@pytest.mark.parametrize("broker_options", REFUSALS.values(), ids=REFUSALS.keys())
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_device_and_operator_are_refused_alike(start_broker, certs: Certs, connects, kind: str, broker_options) -> None:
+    """A broker certified by a CA they do not trust; a broker that wants a client certificate they do not have."""
+    broker = tls_broker(start_broker, certs, **broker_options)
+    assert not connects(kind, 1.5, url=broker.url, ca_file=certs.ca)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_device_and_operator_present_their_client_certificate(start_broker, certs: Certs, connects, kind: str) -> None:
+    broker = tls_broker(start_broker, certs, require_certificate=True)
+    assert connects(kind, 5, url=broker.url, ca_file=certs.ca, cert_file=certs.client_cert, key_file=certs.client_key)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_device_and_operator_refuse_a_certificate_for_another_host(
+    start_broker, misnamed: tuple[Path, Path, Path], connects, kind: str
+) -> None:
+    broker = start_broker(tls=misnamed)
+    assert not connects(kind, 1.5, url=broker.url, ca_file=misnamed[0])
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_tls_insecure_skips_only_the_host_name_check_and_says_so(
+    caplog, start_broker, misnamed: tuple[Path, Path, Path], connects, kind: str
+) -> None:
+    broker = start_broker(tls=misnamed)
+    with caplog.at_level(logging.WARNING, logger="agent.link"):
+        assert connects(kind, 5, url=broker.url, ca_file=misnamed[0], tls_insecure=True)
+    warned = [r.getMessage() for r in caplog.records if "does not check the broker's host name" in r.getMessage()]
+    assert warned == [f"TLS to 127.0.0.1:{broker.port} does not check the broker's host name (mqtt.tls_insecure): "
+                      "never in production"]  # fmt: skip
+
+
+def test_tls_insecure_still_checks_the_certificate_authority(start_broker, certs: Certs, connects) -> None:
+    broker = tls_broker(start_broker, certs, other_ca=True)
+    assert not connects("operator", 1.5, url=broker.url, ca_file=certs.ca, tls_insecure=True)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_device_and_operator_refuse_tls_files_with_a_plain_url(broker: Broker, certs: Certs, connects, kind) -> None:
+    with pytest.raises(ConfigError, match="the broker URL is mqtt://: use mqtts://"):
+        connects(kind, 1.5, url=broker.url, ca_file=certs.ca)
+
+
+def test_operator_client_ids_name_their_owner_and_never_repeat(broker: Broker) -> None:
+    settings = BrokerSettings(url=broker.url)
+    first, second = Operator(settings, timeout=1).client_id, Operator(settings, timeout=1).client_id
+    assert first.startswith(f"{CLIENT_OWNER}-") and len(first) == len(CLIENT_OWNER) + 17 and first != second
+
+
+def test_ctl_reaches_a_device_over_tls_with_the_settings_files_ca(
+    start_broker, certs: Certs, make_link, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = tls_broker(start_broker, certs)
+    assert make_link(url=broker.url, ca_file=certs.ca).wait_connected(5)
+    config = tmp_path / "faceagent.toml"
+    config.write_text(f'[mqtt]\nurl = "{broker.url}"\nca_file = "{certs.ca}"\nrequire_tls = true\n')
+    assert main(["--config", str(config), "ctl", "devices", "--timeout", "5"]) == 0
+    assert capsys.readouterr().out.startswith("dev-a  online  ")
 
 
 # ------------------------------------------------------------------------------------- require_tls

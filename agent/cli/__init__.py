@@ -1,2 +1,2 @@
 """Every command-line front end: `faceagent` itself (`main`), the live loop (`live`), the operator's
-remote control (`ctl`, over `operator`'s MQTT client) and the offline `demo`."""
+remote control (`ctl`, over the link's operator client, `agent.link.operator`) and the offline `demo`."""

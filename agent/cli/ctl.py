@@ -18,17 +18,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.cli.operator import CtlError, Operator
 from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
 from agent.config import RULES, CommandSettings, Pattern, find_config, load_settings, require_tls
+from agent.errors import FaceagentError
 from agent.files import FileRefused, read_regular_file
 from agent.identity import new_ulid
-from agent.link.mqtt import BrokerSettings
+from agent.link.client import BrokerSettings
+from agent.link.operator import Operator
+from agent.wire import FACE_RECOGNIZED, Command
 
 EXIT_REMOTE = 1
 COMMIT_SECONDS = 600.0  # a commit checks the model on the device (about 15 s on a Pi 4) and swaps it in
 MAX_TIMEOUT_SECONDS = 86400.0
 MAX_TAIL_SECONDS = 10 * 365 * 86400.0  # what `events` waits with no --seconds
+
+
+class CtlError(FaceagentError):
+    """`ctl` cannot proceed: unusable input (a photo, a key, arguments), or no device to address."""
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -114,25 +120,25 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 def _summary(name: str, data: dict[str, Any]) -> str:
-    if name == "enroll":
+    if name == Command.ENROLL:
         person = data["person"]
         verb = "enrolled" if data["created"] else "added photos to"
         who = f"{person['name']} ({person['id']})" if "name" in person else person["id"]  # events.include_names
         lines = [f"{verb} {who}: {data['templates_added']} new templates"]
         lines += [f"  {p['label']}: refused: {p['reason']}" for p in data["photos"] if not p["accepted"]]
         return "\n".join(lines)
-    if name == "delete_person":
+    if name == Command.DELETE_PERSON:
         deleted = data["deleted"]
         return f"deleted {data['person_id']}: {deleted['templates']} templates, {deleted['events']} events"
-    if name == "list_people":
+    if name == Command.LIST_PEOPLE:
         rows = [
             f"  {p['id']}  {p.get('name', '-')}  ({sum(p['templates'].values())} templates)" for p in data["people"]
         ]
         return "\n".join([f"{len(rows)} people", *rows])
-    if name == "get_config":
+    if name == Command.GET_CONFIG:
         values = data["settings"]
         return "\n".join(f"  {s}.{k} = {json.dumps(v)}" for s, keys in values.items() for k, v in keys.items())
-    if name == "set_config":
+    if name == Command.SET_CONFIG:
         return "set " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in data["changed"].items())
     return json.dumps(data, indent=2)
 
@@ -165,12 +171,12 @@ def report(replies: dict[str, dict | None], name: str, timeout: float, as_json: 
 def _operator(args: argparse.Namespace) -> Operator:
     settings = load_settings(find_config(getattr(args, "config", None)))
     require_tls(settings.mqtt, args.mqtt)
-    sign_key = None
+    signer = None
     if args.sign_key is not None:
-        from agent.commands.signing import load_private_key
+        from agent.commands.signing import load_private_key, request_signer
 
-        sign_key = load_private_key(args.sign_key)
-    return Operator(BrokerSettings.from_settings(settings.mqtt, args.mqtt), timeout=args.timeout, sign_key=sign_key)
+        signer = request_signer(load_private_key(args.sign_key))
+    return Operator(BrokerSettings.from_settings(settings.mqtt, args.mqtt), timeout=args.timeout, signer=signer)
 
 
 def _targets(args: argparse.Namespace, operator: Operator, everywhere: bool) -> tuple[list[str], int]:
@@ -218,11 +224,11 @@ def cmd_call(args: argparse.Namespace, name: str, arguments: dict[str, Any], eve
 def cmd_people(args: argparse.Namespace) -> int:
     """Every person of one device, page by page (a device older than paging answers with everyone at once)."""
     with _operator(args) as operator:
-        reply = operator.call([args.target], "list_people", {})[args.target]
+        reply = operator.call([args.target], Command.LIST_PEOPLE, {})[args.target]
         people = _people_page(reply)
         total = _object(reply.get("data")).get("total") if reply is not None and people is not None else None
         while people is not None and isinstance(total, int) and len(people) < total:
-            page = operator.call([args.target], "list_people", {"offset": len(people)})[args.target]
+            page = operator.call([args.target], Command.LIST_PEOPLE, {"offset": len(people)})[args.target]
             more = _people_page(page)
             if more is None:  # silent or refused: say so rather than print a partial list as if whole
                 reply, people = page, None
@@ -232,7 +238,7 @@ def cmd_people(args: argparse.Namespace) -> int:
                 people += more
         if reply is not None and people is not None:
             reply = reply | {"data": _object(reply.get("data")) | {"people": people, "offset": 0}}
-    return report({args.target: reply}, "list_people", args.timeout, args.json)
+    return report({args.target: reply}, Command.LIST_PEOPLE, args.timeout, args.json)
 
 
 def _people_page(reply: dict | None) -> list[dict[str, Any]] | None:
@@ -243,13 +249,13 @@ def _people_page(reply: dict | None) -> list[dict[str, Any]] | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _operator(args) as operator:
-        reply = operator.call([args.target], "get_status", {})[args.target]
+        reply = operator.call([args.target], Command.GET_STATUS, {})[args.target]
         retained = operator.statuses(args.target).get(args.target) if reply is None else None
     if reply is None and retained is not None:
         print(f"{args.target}: no reply within {args.timeout:g} s; its last status ({retained.get('state')}):")
         print(json.dumps(retained, indent=None if args.json else 2))
         return EXIT_REMOTE
-    return report({args.target: reply}, "get_status", args.timeout, args.json)
+    return report({args.target: reply}, Command.GET_STATUS, args.timeout, args.json)
 
 
 def _photos(paths: list[Path], limits: CommandSettings) -> list[dict[str, str]]:
@@ -281,12 +287,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         arguments["consent"] = {k: v for k, v in consent.items() if v}
     if args.force:
         arguments["force"] = True
-    return cmd_call(args, "enroll", arguments)
+    return cmd_call(args, Command.ENROLL, arguments)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     who = {"name": args.name} if args.name else {"person_id": args.person_id}
-    return cmd_call(args, "delete_person", who, everywhere=True)
+    return cmd_call(args, Command.DELETE_PERSON, who, everywhere=True)
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -333,10 +339,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _model_phase(operator: Operator, devices: list[str], arguments: dict[str, Any]) -> list[str]:
     """Send one phase; the devices whose job goes on. A silent device is asked once more (repeats are
     harmless: a chunk received twice is acknowledged twice); the others are reported and dropped."""
-    replies = operator.call(devices, "model_update", arguments)
+    replies = operator.call(devices, Command.MODEL_UPDATE, arguments)
     silent = [device for device, reply in replies.items() if reply is None]
     if silent:
-        replies |= operator.call(silent, "model_update", arguments)
+        replies |= operator.call(silent, Command.MODEL_UPDATE, arguments)
     going = []
     for device, reply in replies.items():
         if reply is not None and _object(reply.get("data")).get("status") == "IN_PROGRESS":
@@ -392,9 +398,10 @@ def cmd_model_update(args: argparse.Namespace) -> int:
             going = _model_phase(operator, going, {"phase": "chunk", "job_id": job_id, "index": index, "data": data})
         dropped = [device for device in begun if device not in going]
         if dropped:  # free them for the next job now rather than after their idle timeout
-            operator.call(dropped, "model_update", {"phase": "abort", "job_id": job_id})
+            operator.call(dropped, Command.MODEL_UPDATE, {"phase": "abort", "job_id": job_id})
         operator.timeout = max(operator.timeout, COMMIT_SECONDS)
-        replies = operator.call(going, "model_update", {"phase": "commit", "job_id": job_id}) if going else {}
+        commit = {"phase": "commit", "job_id": job_id}
+        replies = operator.call(going, Command.MODEL_UPDATE, commit) if going else {}
     succeeded = [_model_outcome(device, reply) for device, reply in replies.items()]
     return status if succeeded and all(succeeded) and len(succeeded) == len(devices) else EXIT_REMOTE
 
@@ -446,14 +453,14 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="a device's settings")
     config_sub = config.add_subparsers(dest="ctl_config", required=True)
     get = config_sub.add_parser("get", parents=[common, one], help="effective settings (secrets redacted)")
-    get.set_defaults(handler=lambda a: cmd_call(a, "get_config", {}))
+    get.set_defaults(handler=lambda a: cmd_call(a, Command.GET_CONFIG, {}))
     put = config_sub.add_parser("set", parents=[common, fleet], help="change settable keys; persisted on device")
     put.add_argument("values", nargs="+", metavar="KEY=VALUE", help="e.g. gallery.threshold=0.4")
-    put.set_defaults(handler=lambda a: cmd_call(a, "set_config", {"values": dict(map(_setting, a.values))}))
+    put.set_defaults(handler=lambda a: cmd_call(a, Command.SET_CONFIG, {"values": dict(map(_setting, a.values))}))
 
     events = sub.add_parser("events", parents=[common], help="print events as they happen")
     events.add_argument("--device", type=_device_filter, default="+", help="one device (default: all)")
-    events.add_argument("--type", type=_event_type, default="#", help="one event type, e.g. face_recognized")
+    events.add_argument("--type", type=_event_type, default="#", help=f"one event type, e.g. {FACE_RECOGNIZED}")
     events.add_argument("--count", type=_whole(1, 2**31), help="stop after this many events")
     events.add_argument("--seconds", type=_seconds(MAX_TAIL_SECONDS), help="stop after this long")
     events.set_defaults(handler=_tail)
@@ -489,11 +496,22 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    """Print events as they arrive until `--count` of them or `--seconds` have passed (or Ctrl-C)."""
     with _operator(args) as operator:
         try:
-            return operator.tail(args.device, args.type, args.count, args.seconds, args.json)
+            for shown, event in enumerate(operator.events(args.device, args.type, args.seconds), start=1):
+                document = event.document
+                if args.json:
+                    print(json.dumps({"device": event.device, "type": event.event_type, "event": document}), flush=True)
+                else:
+                    summary = document.get("name") or document.get("person_id") or ""
+                    line = f"{document.get('at', '?')}  {event.device}  {event.event_type}  {summary}"
+                    print(line.rstrip(), flush=True)
+                if args.count is not None and shown >= args.count:
+                    break
         except KeyboardInterrupt:
-            return 0
+            pass
+    return 0
 
 
 def _json_object(text: str) -> dict[str, Any]:

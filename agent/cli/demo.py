@@ -20,6 +20,7 @@ from PIL import Image
 
 from agent.config import Settings
 from agent.errors import FaceagentError
+from agent.files import bundled_sample
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.recognition.enrollment import Enroller
@@ -29,7 +30,6 @@ from agent.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CLIP_NAME = "hamilton_clip.mp4"
 PERFORMER = "Lin-Manuel Miranda"
 ENROLL_FRAME = 150  # a clear, frontal view of the performer
@@ -38,9 +38,9 @@ CLIP_FPS = 29.97
 
 def bundled_clip() -> Path:
     """The clip shipped in the wheel (agent/_samples) or in the source checkout (samples/)."""
-    for folder in (Path(__file__).resolve().parent / "_samples", SAMPLES):
-        if (folder / CLIP_NAME).is_file():
-            return folder / CLIP_NAME
+    found = bundled_sample(CLIP_NAME)
+    if found is not None:
+        return found
     raise FaceagentError(f"the demo clip {CLIP_NAME} is missing from this installation")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import __version__
+from agent.cli.console import add_console_commands
 from agent.cli.ctl import add_ctl_commands
 from agent.cli.live import add_live_commands
 from agent.commands.signing import KeyRoles
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_gallery_commands(commands, shared)
     add_ctl_commands(commands)
+    add_console_commands(commands)
     add_live_commands(commands)
     return parser
 

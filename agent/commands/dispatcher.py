@@ -1,8 +1,8 @@
 """Where a command lands: decode, validate, authorise, de-duplicate, run, audit, answer.
 
 `CommandDispatcher.handle` never raises: whatever the payload, the caller gets a reply document
-`{"schema": 1, "request_id", "status": "ok"|"error", "data" | "error": {"code", "message"}}` and the next
-command is handled as usual.
+(`agent.wire.OkReply` or `ErrorReply`: `{"schema", "request_id", "status": "ok"|"error", "data" | "error":
+{"code", "message"}}`) and the next command is handled as usual.
 
 A repeated request id gets the first answer without running again (QoS 1 may deliver a command twice,
 and an operator may retry after a timeout). The answers live in memory, at most
@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,15 +47,12 @@ from agent.commands.signing import CommandSecurity
 from agent.errors import FaceagentError
 from agent.gallery.store import GalleryStore
 from agent.storage import is_disk_full
+from agent.wire import Reply, error_document, ok_document
 
 __all__ = ["CommandDispatcher", "CommandSecurity", "CommandServices", "ReplyCache", "error_reply"]
 
 DEDUPE_SECONDS = 24 * 3600
 DEDUPE_BYTES = 4 * 1024 * 1024  # a list_people of ~10,000 people; a larger answer is not kept (a repeat reruns)
-_FALLBACK = (
-    b'{"schema":1,"request_id":null,"status":"error",'
-    b'"error":{"code":"internal","message":"internal error; see the device log"}}'
-)
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +112,20 @@ class ReplyCache:
         return len(self._answers)
 
 
-def _document(request_id: str | None, body: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {"schema": 1, "request_id": request_id, **body}, ensure_ascii=True, allow_nan=False, default=str
-    ).encode()
+def _encode(reply: Reply) -> bytes:
+    """ASCII only, so `ReplyCache.forget_mentions` finds an erased name as its escaped JSON string."""
+    return json.dumps(reply, ensure_ascii=True, allow_nan=False, default=str).encode()
 
 
 def error_reply(request_id: str | None, code: ErrorCode, message: str) -> bytes:
-    return _document(request_id, {"status": "error", "error": {"code": str(code), "message": message}})
+    return _encode(error_document(request_id, code, message))
+
+
+def _ok(request_id: str, data: Mapping[str, Any]) -> bytes:
+    return _encode(ok_document(request_id, data))
+
+
+_FALLBACK = error_reply(None, ErrorCode.INTERNAL, "internal error; see the device log")
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -239,7 +243,7 @@ class CommandDispatcher:
         try:
             context = Context(self.services, self._store, actor, now)
             done = HANDLERS[name](context, request.args)
-            return done, _document(rid, {"status": "ok", "data": done.data}), True
+            return done, _ok(rid, done.data), True
         except CommandError as exc:  # a full disk is not the request's fault: a retry runs again
             return None, error_reply(rid, exc.code, exc.message), exc.code is not ErrorCode.STORAGE_FULL
         except FaceagentError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from agent.identity import Consent, Person, utc_iso
 from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.storage import StorageFullError, StorageHealth, is_disk_full
 from agent.vision.modelstore import embedder_id
+from agent.wire import Command, OnlineStatus, PeoplePage, PersonRow, reenrollment_count, reenrollment_flag
 
 
 class ModelUpdates(Protocol):
@@ -61,7 +62,7 @@ class CommandServices:
     open_store: Callable[[], GalleryStore]  # a store for the command thread (one store per thread)
     matcher: Matcher
     enroller_factory: Callable[[GalleryStore], Enroller]
-    status: Callable[[], dict]
+    status: Callable[[], OnlineStatus]
     request_restart: Callable[[], None]
     restart_wait: Callable[[], float] | None = None  # seconds until `restart` may run (0: now); None: no limit
     actor_prefix: str = "mqtt"
@@ -83,7 +84,7 @@ class Context:
 
 @dataclass(frozen=True)
 class Done:
-    data: dict[str, Any]
+    data: Mapping[str, Any]  # the reply's `data` document
     target: str | None = None  # the person acted on, for the audit record
     details: dict[str, str | int | float | bool | None] | None = None  # scalars for the audit record
     after: Callable[[], None] | None = None  # runs once the reply is built (restart)
@@ -125,7 +126,31 @@ def list_people(ctx: Context, args: dict[str, Any]) -> Done:
     models = ctx.services.get_settings().models
     offset, limit = args.get("offset", 0), args.get("limit", PEOPLE_PAGE)
     listing = ctx.store.listing(embedder_id(models.dir, models.embedder), offset=offset, limit=limit)
-    return Done(listing | {"offset": offset, "people": [_shown(ctx, person) for person in listing["people"]]})
+    page: PeoplePage = {
+        "model_id": listing["model_id"],
+        "people": [_person_row(ctx, person) for person in listing["people"]],
+        **reenrollment_count(listing["people_needing_reenrollment"]),
+        "total": listing["total"],
+        "offset": offset,
+    }
+    return Done(page)
+
+
+def _person_row(ctx: Context, person: dict[str, Any]) -> PersonRow:
+    """One person of `GalleryStore.listing` as list_people shows them (no name without `events.include_names`)."""
+    row: PersonRow = {
+        "id": person["id"],
+        "name": person["name"],
+        "external_ref": person["external_ref"],
+        "consent": person["consent"],
+        "created_at": person["created_at"],
+        "updated_at": person["updated_at"],
+        "templates": person["templates"],
+        **reenrollment_flag(person["needs_reenrollment"]),
+    }
+    if not ctx.services.get_settings().events.include_names:
+        del row["name"]
+    return row
 
 
 def enroll(ctx: Context, args: dict[str, Any]) -> Done:
@@ -333,16 +358,16 @@ def refusing_full_storage(handler: Handler) -> Handler:
 HANDLERS: dict[str, Handler] = {
     name: refusing_full_storage(handler)
     for name, handler in {
-        "ping": ping,
-        "get_status": get_status,
-        "list_people": list_people,
-        "enroll": enroll,
-        "delete_person": delete_person,
-        "update_person": update_person,
-        "get_config": get_config,
-        "set_config": set_config,
-        "purge_events": purge_events,
-        "restart": restart,
-        "model_update": model_update,
+        Command.PING: ping,
+        Command.GET_STATUS: get_status,
+        Command.LIST_PEOPLE: list_people,
+        Command.ENROLL: enroll,
+        Command.DELETE_PERSON: delete_person,
+        Command.UPDATE_PERSON: update_person,
+        Command.GET_CONFIG: get_config,
+        Command.SET_CONFIG: set_config,
+        Command.PURGE_EVENTS: purge_events,
+        Command.RESTART: restart,
+        Command.MODEL_UPDATE: model_update,
     }.items()
 }

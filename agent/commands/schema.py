@@ -26,20 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from agent.config import CommandSettings
-
-
-class ErrorCode(StrEnum):
-    BAD_REQUEST = "bad_request"
-    UNKNOWN_COMMAND = "unknown_command"
-    TOO_LARGE = "too_large"
-    NOT_FOUND = "not_found"
-    CONFLICT = "conflict"
-    UNAUTHORIZED = "unauthorized"
-    STALE = "stale"
-    REPLAYED = "replayed"
-    STORAGE_FULL = "storage_full"  # the device's disk is full: nothing was written; retry later
-    RATE_LIMITED = "rate_limited"  # too soon after the last one (restart): the message says when to retry
-    INTERNAL = "internal"
+from agent.wire import SCHEMA, Command, ErrorCode
 
 
 class Access(StrEnum):
@@ -310,7 +297,7 @@ class CommandSchema:
         envelope = Record(
             {
                 "request_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -"),
-                "schema": Number(1, 1, integer=True),
+                "schema": Number(SCHEMA, SCHEMA, integer=True),
                 "origin": Text(64, ORIGIN, "1-64 of A-Z a-z 0-9 _ . : @ -"),
                 "sent_at": Timestamp(),
                 "signature": Text(128),
@@ -348,20 +335,20 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
     )
     settings = Record({"values": SettingValues()}, required=frozenset({"values"}))
     return {
-        "ping": CommandSchema(Access.OPEN),
-        "get_status": CommandSchema(Access.OPEN),  # counts, health, versions: no names
-        "get_config": CommandSchema(Access.OPEN),  # secrets redacted
-        "list_people": CommandSchema(  # names, references and consent records
+        Command.PING: CommandSchema(Access.OPEN),
+        Command.GET_STATUS: CommandSchema(Access.OPEN),  # counts, health, versions: no names
+        Command.GET_CONFIG: CommandSchema(Access.OPEN),  # secrets redacted
+        Command.LIST_PEOPLE: CommandSchema(  # names, references and consent records
             Access.SIGNED,
             Record({"offset": Number(0, 10_000_000, integer=True), "limit": Number(1, MAX_PEOPLE_PAGE, integer=True)}),
         ),
-        "enroll": CommandSchema(Access.SIGNED, enroll, limits.max_payload_bytes),
-        "delete_person": CommandSchema(Access.SIGNED, who),
-        "update_person": CommandSchema(Access.SIGNED, update),
-        "set_config": CommandSchema(Access.SIGNED, settings),
-        "purge_events": CommandSchema(Access.SIGNED, Record({"older_than_days": Number(0, 36500)})),
-        "restart": CommandSchema(Access.SIGNED),
-        "model_update": CommandSchema(Access.SIGNED, _model_update(), limits.max_payload_bytes),
+        Command.ENROLL: CommandSchema(Access.SIGNED, enroll, limits.max_payload_bytes),
+        Command.DELETE_PERSON: CommandSchema(Access.SIGNED, who),
+        Command.UPDATE_PERSON: CommandSchema(Access.SIGNED, update),
+        Command.SET_CONFIG: CommandSchema(Access.SIGNED, settings),
+        Command.PURGE_EVENTS: CommandSchema(Access.SIGNED, Record({"older_than_days": Number(0, 36500)})),
+        Command.RESTART: CommandSchema(Access.SIGNED),
+        Command.MODEL_UPDATE: CommandSchema(Access.SIGNED, _model_update(), limits.max_payload_bytes),
     }
 
 

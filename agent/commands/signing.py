@@ -35,9 +35,9 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,12 +86,21 @@ def public_key_text(key: Ed25519PrivateKey) -> str:
 
 
 def sign_request(
-    key: Ed25519PrivateKey, device_id: str, name: str, request: dict[str, Any], *, now: datetime
+    key: Ed25519PrivateKey, device_id: str, name: str, request: Mapping[str, Any], *, now: datetime
 ) -> dict[str, Any]:
     """`request` with a fresh `sent_at` and its signature for `name` on `device_id`."""
     unsigned = {k: v for k, v in request.items() if k != "signature"} | {"sent_at": utc_iso(now)}
     signature = key.sign(canonical_request(device_id, name, unsigned))
     return unsigned | {"signature": base64.b64encode(signature).decode()}
+
+
+def request_signer(key: Ed25519PrivateKey) -> Callable[[str, str, Mapping[str, Any]], dict[str, Any]]:
+    """An operator client's signer (`agent.link.operator.RequestSigner`): each request signed as it is sent."""
+
+    def sign(device_id: str, name: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        return sign_request(key, device_id, name, request, now=datetime.now(UTC))
+
+    return sign
 
 
 def load_public_keys(entries: tuple[str, ...], setting: str = "commands.public_keys") -> dict[str, Ed25519PublicKey]:

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -30,12 +30,11 @@ from agent.errors import GalleryError
 from agent.gallery import schema
 from agent.identity import Consent, Person, new_event_id, new_person_id, utc_iso, utc_now
 from agent.storage import StorageFullError, is_disk_full
+from agent.wire import FACE_RECOGNIZED, PERSON_ERASED, SCHEMA, PersonErased
 
 MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
-ERASED = "person_erased"  # the event that tells consumers downstream to forget a person
-_SHOWN = "face_recognized"  # agent.recognition.events.RECOGNIZED: the event that becomes the last recognized person
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
 # People the loaded embedder cannot match; `p` is the people table.
 _NO_TEMPLATE_OF_MODEL = "NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?)"
@@ -222,8 +221,14 @@ class GalleryStore:
         """The outbox row announcing an erasure: no name, nothing but the id. Its `person_id` column stays
         NULL (the person row is gone), so neither the erasure's cascade nor `add_event`'s check removes it."""
         event_id, now = new_event_id(), utc_now()
-        payload = {"schema": 1, "event_id": event_id, "type": ERASED, "person_id": person_id, "at": now}
-        row = {"id": event_id, "type": ERASED, "person_id": None, "payload": _json(payload, "payload")}
+        payload: PersonErased = {
+            "schema": SCHEMA,
+            "event_id": event_id,
+            "type": PERSON_ERASED,
+            "person_id": person_id,
+            "at": now,
+        }
+        row = {"id": event_id, "type": PERSON_ERASED, "person_id": None, "payload": _json(payload, "payload")}
         self.db.table("events").insert(row | {"created_at": now})
 
     def _require_person(self, person_id: str) -> Person:
@@ -366,7 +371,7 @@ class GalleryStore:
 
     @_guarded
     def add_event(
-        self, event_type: str, payload: dict, *, event_id: str, person_id: str | None, created_at: str
+        self, event_type: str, payload: Mapping[str, Any], *, event_id: str, person_id: str | None, created_at: str
     ) -> None:
         """Queue an event in the outbox. An event naming a person erased meanwhile is dropped, not stored; a
         `face_recognized` one also becomes the last recognized person (`last_person`)."""
@@ -384,7 +389,7 @@ class GalleryStore:
             if self.db.table("events").count_where("id = ?", [event_id]):
                 raise GalleryError(f"event id {event_id!r} is already in the outbox of {self.path}")
             self.db.table("events").insert(row)
-            if event_type == _SHOWN and person_id is not None:
+            if event_type == FACE_RECOGNIZED and person_id is not None:
                 shown = {"person_id": person_id, "camera_id": payload.get("camera_id"), "at": row["created_at"]}
                 self.db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -407,6 +412,21 @@ class GalleryStore:
         """The oldest `limit` events, in outbox order."""
         sql = "SELECT seq, id, type, payload, created_at FROM events ORDER BY seq LIMIT ?"
         return [{**row, "payload": json.loads(row["payload"])} for row in self.db.query(sql, [int(limit)])]
+
+    @_guarded
+    def count_events(self, event_type: str | None = None) -> int:
+        """Events in the outbox, or those of `event_type`."""
+        if event_type is None:
+            return int(self.db.table("events").count)
+        return int(self.db.table("events").count_where("type = ?", [event_type]))
+
+    @_guarded
+    def oldest_event_ids(self, limit: int, *, excluding_type: str | None = None) -> list[str]:
+        """Ids of the oldest `limit` events, in outbox order, leaving out those of `excluding_type`."""
+        if excluding_type is None:
+            return [row[0] for row in self.db.execute("SELECT id FROM events ORDER BY seq LIMIT ?", [int(limit)])]
+        sql = "SELECT id FROM events WHERE type != ? ORDER BY seq LIMIT ?"
+        return [row[0] for row in self.db.execute(sql, [excluding_type, int(limit)])]
 
     @_guarded
     def delete_events(self, event_ids: list[str]) -> None:
@@ -464,7 +484,8 @@ class GalleryStore:
         with self.transaction():
             counts = {
                 "events": self.db.execute(
-                    f"DELETE FROM events WHERE {expired}", [ERASED, cutoffs["events"], ERASED, cutoffs["audit"]]
+                    f"DELETE FROM events WHERE {expired}",
+                    [PERSON_ERASED, cutoffs["events"], PERSON_ERASED, cutoffs["audit"]],
                 ).rowcount,
                 "audit": self.db.execute("DELETE FROM audit WHERE at < ?", [cutoffs["audit"]]).rowcount,
             }

@@ -9,6 +9,8 @@
   absent on a clean stop, so it is never left `on` with nobody in view.
 - "Face seen": an event entity on `<base>/face_event` (not retained), one message per recognition or unknown
   face, so every visit can fire an automation, the same person twice included.
+- Optionally (`person_presence_minutes` > 0) "<name> seen in the last N minutes": a binary sensor per enrolled
+  person (agent/link/homeassistant_people.py), removed when they are erased.
 All are available while the retained status says `online`, so the last will greys them out. Discovery
 documents are retained, re-sent on every connect (a broker without persistence forgets them) and whenever
 Home Assistant announces `online` on `<discovery_prefix>/status` (it restarted and may have lost them).
@@ -24,21 +26,41 @@ import json
 import logging
 import platform
 import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.config import HomeAssistantSettings
 from agent.files import write_atomically
 from agent.gallery.store import GalleryStore
+from agent.link.homeassistant_people import PersonSensors
 from agent.link.mqtt import MqttLink
-from agent.recognition.events import RECOGNIZED, UNKNOWN
+from agent.wire import (
+    FACE_RECOGNIZED,
+    FACE_UNKNOWN,
+    OFFLINE,
+    ONLINE,
+    SCHEMA,
+    BinarySensorDiscovery,
+    Discovery,
+    DiscoveryCommon,
+    EventEntityDiscovery,
+    FaceEvent,
+    HomeAssistantFaceEvent,
+    LastPerson,
+    SensorDiscovery,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
 NOBODY = "none"  # the sensor's state when nobody is shown (nobody recognized yet, or the person was erased)
 RECORD_NAME = "homeassistant.json"  # in the state directory: the topics last announced, to remove them later
 PI_MODEL = Path("/proc/device-tree/model")
-EVENT_TYPES = {RECOGNIZED: "recognized", UNKNOWN: "unknown"}  # the agent's event type -> the entity's event_type
+RECORD_FORMAT = 1  # the record's own format, a file of this device's: not a wire document
+# The agent's event type -> the entity's event_type.
+EVENT_TYPES: dict[str, Literal["recognized", "unknown"]] = {FACE_RECOGNIZED: "recognized", FACE_UNKNOWN: "unknown"}
 
 _ATTRIBUTES = (
     "{{ {'person_id': value_json.person_id, 'camera_id': value_json.camera_id, 'at': value_json.at} | tojson }}"
@@ -67,6 +89,7 @@ class HomeAssistantDiscovery:
         camera_id: str = "cam0",
         state_dir: Path | None = None,
         model: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.link = link
         self.settings = settings
@@ -74,6 +97,18 @@ class HomeAssistantDiscovery:
         self.camera_id = camera_id
         self.record = state_dir / RECORD_NAME if state_dir is not None else None
         self.model = model or hardware_model()
+        self._record_lock = threading.Lock()
+        self.people: PersonSensors | None = None
+        if settings.enabled and settings.person_presence_minutes > 0:
+            self.people = PersonSensors(
+                link,
+                settings.discovery_prefix,
+                self._common(),
+                settings.person_presence_minutes,
+                recorded=self._recorded() or [],
+                on_change=self._write_record,
+                clock=clock,
+            )
         self._stale = self._stale_topics()
 
     def attach(self) -> None:
@@ -86,26 +121,34 @@ class HomeAssistantDiscovery:
         self.link.add_connect_hook(self.announce)
 
     def announce(self) -> None:
+        """On paho's thread: the device's entities now; each person's, by `keep_people` on the gallery thread."""
         for topic, document in self.messages():
-            self.link.publish_raw(topic, json.dumps(document, separators=(",", ":")).encode(), retain=True)
+            self.link.publish_raw(topic, encode(document), retain=True)
+        if self.people is not None:
+            self.people.resend()
         self._write_record()
+
+    def keep_people(self, store: GalleryStore, *, include_names: bool) -> None:
+        """From the gallery thread, every turn: the per-person sensors follow enrollments, renames and erasures,
+        and switch off when their minutes are up. Nothing to do (and no query) when they are off."""
+        if self.people is not None:
+            self.people.keep(store, include_names=include_names)
 
     def owned_topics(self) -> list[str]:
         """Every retained topic that exists only for Home Assistant: removed with the discovery."""
-        return [topic for topic, _ in self.messages()] + [self.link.topics.last_person]
+        people = self.people.topics() if self.people is not None else []
+        return [topic for topic, _ in self.messages()] + [self.link.topics.last_person] + people
 
-    def messages(self) -> list[tuple[str, dict[str, Any]]]:
-        """(config topic, discovery document) for each entity."""
-        topics = self.link.topics
-        node = topics.device
-        common = {
-            "availability_topic": topics.status,
+    def _common(self) -> DiscoveryCommon:
+        """What every entity's discovery document shares: availability, QoS, the device and the origin."""
+        return {
+            "availability_topic": self.link.topics.status,
             "availability_template": "{{ value_json.state }}",
-            "payload_available": "online",
-            "payload_not_available": "offline",
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
             "qos": 1,
             "device": {
-                "identifiers": [f"faceagent_{node}"],
+                "identifiers": [f"faceagent_{self.link.topics.device}"],
                 "name": self.settings.device_name or f"faceagent {self.camera_id}",
                 "manufacturer": "faceagent",
                 "model": self.model,
@@ -114,7 +157,13 @@ class HomeAssistantDiscovery:
             },
             "origin": {"name": "faceagent", "sw_version": self.version},
         }
-        last_person = {
+
+    def messages(self) -> list[tuple[str, Discovery]]:
+        """(config topic, discovery document) for each of the device's own entities."""
+        topics = self.link.topics
+        node = topics.device
+        common = self._common()
+        last_person: SensorDiscovery = {
             **common,
             "name": "Last recognized person",
             "unique_id": f"faceagent_{node}_last_person",
@@ -124,7 +173,7 @@ class HomeAssistantDiscovery:
             "json_attributes_topic": topics.last_person,
             "json_attributes_template": _ATTRIBUTES,
         }
-        face_present = {
+        face_present: BinarySensorDiscovery = {
             **common,
             "name": "Face present",
             "unique_id": f"faceagent_{node}_face_present",
@@ -134,7 +183,7 @@ class HomeAssistantDiscovery:
             "payload_on": "ON",
             "payload_off": "OFF",
         }
-        face_seen = {
+        face_seen: EventEntityDiscovery = {
             **common,
             "name": "Face seen",
             "unique_id": f"faceagent_{node}_face_seen",
@@ -149,15 +198,17 @@ class HomeAssistantDiscovery:
             (f"{prefix}/event/{node}/face_seen/config", face_seen),
         ]
 
-    def publish_events(self, events: list[dict[str, Any]], *, include_names: bool) -> None:
-        """One `face_event` message per recognition or unknown face; nothing when discovery is off."""
+    def publish_events(self, events: Sequence[FaceEvent], *, include_names: bool) -> None:
+        """One `face_event` message per recognition or unknown face, and each recognized person's sensor on;
+        nothing when discovery is off."""
         if not self.settings.enabled:
             return
         for event in events:
             document = face_event_document(event, include_names=include_names)
             if document is not None:
-                payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-                self.link.publish_raw(self.link.topics.face_event, payload)
+                self.link.publish_raw(self.link.topics.face_event, encode(document))
+        if self.people is not None:
+            self.people.seen(events, include_names=include_names)
 
     def _on_birth(self, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
@@ -193,41 +244,61 @@ class HomeAssistantDiscovery:
             self.record.unlink(missing_ok=True)
 
     def _write_record(self) -> None:
+        """From any thread (paho's on connect, the others when a person's sensor comes or goes)."""
         if self.record is None:
             return
-        topics = self.owned_topics()
-        if self._recorded() == topics:
-            return
-        text = json.dumps({"schema": 1, "device": self.link.topics.device, "topics": topics}, indent=1)
-        try:
-            write_atomically(self.record, (text + "\n").encode("utf-8"))
-        except OSError as exc:
-            log.warning("Home Assistant: %s not written (%s): a later removal may miss these topics", self.record, exc)
+        with self._record_lock:
+            topics = self.owned_topics()
+            if self._recorded() == topics:
+                return
+            text = json.dumps({"schema": RECORD_FORMAT, "device": self.link.topics.device, "topics": topics}, indent=1)
+            try:
+                write_atomically(self.record, (text + "\n").encode("utf-8"))
+            except OSError as exc:
+                log.warning("Home Assistant: %s not written (%s): a later removal may miss them", self.record, exc)
 
 
-def face_event_document(event: dict[str, Any], *, include_names: bool) -> dict[str, Any] | None:
+def face_event_document(event: Mapping[str, Any], *, include_names: bool) -> HomeAssistantFaceEvent | None:
     """What the event entity receives for an agent event: who (recognitions only), where, when. Never a distance;
     no name when `include_names` is false. None for event types the entity does not show."""
     event_type = EVENT_TYPES.get(event.get("type", ""))
     if event_type is None:
         return None
-    document: dict[str, Any] = {"event_type": event_type}
-    if event_type == "recognized":
-        document["person_id"] = event.get("person_id")
-        if include_names and event.get("name") is not None:
-            document["name"] = event["name"]
-    return document | {"camera_id": event.get("camera_id"), "at": event.get("at"), "event_id": event.get("event_id")}
+    document: HomeAssistantFaceEvent = {
+        "event_type": event_type,
+        "person_id": event.get("person_id"),
+        "name": event.get("name", ""),
+        "camera_id": event.get("camera_id"),
+        "at": event.get("at"),
+        "event_id": event.get("event_id"),
+    }
+    if event_type == "unknown":
+        del document["person_id"]
+    if event_type == "unknown" or not include_names or event.get("name") is None:
+        del document["name"]
+    return document
 
 
-def last_person_document(shown: dict[str, Any] | None, *, include_names: bool) -> dict[str, Any]:
+def last_person_document(shown: Mapping[str, Any] | None, *, include_names: bool) -> LastPerson:
     """The retained `last_person` payload for `GalleryStore.last_person()`; `state` is what the sensor shows."""
     if shown is None:
-        document: dict[str, Any] = {"schema": 1, "state": NOBODY, "person_id": None, "name": None}
-        document |= {"camera_id": None, "at": None}
+        document: LastPerson = {
+            "schema": SCHEMA,
+            "state": NOBODY,
+            "person_id": None,
+            "name": None,
+            "camera_id": None,
+            "at": None,
+        }
     else:
-        state = shown["name"] if include_names else shown["person_id"]
-        document = {"schema": 1, "state": state, "person_id": shown["person_id"], "name": shown["name"]}
-        document |= {"camera_id": shown.get("camera_id"), "at": shown.get("at")}
+        document = {
+            "schema": SCHEMA,
+            "state": shown["name"] if include_names else shown["person_id"],
+            "person_id": shown["person_id"],
+            "name": shown["name"],
+            "camera_id": shown.get("camera_id"),
+            "at": shown.get("at"),
+        }
     if not include_names:
         del document["name"]
     return document
@@ -244,7 +315,7 @@ class LastPersonTopic:
 
     def __init__(self, link: MqttLink) -> None:
         self.link = link
-        self._document: dict[str, Any] | None = None
+        self._document: LastPerson | None = None
         self._refreshing = threading.Lock()
 
     def attach(self) -> None:
@@ -262,7 +333,6 @@ class LastPersonTopic:
 
     def _resend(self) -> None:
         while (document := self._document) is not None:
-            payload = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-            self.link.publish_raw(self.link.topics.last_person, payload, retain=True)
+            self.link.publish_raw(self.link.topics.last_person, encode(document), retain=True)
             if self._document is document:
                 return

@@ -9,68 +9,49 @@ per reconnect attempt, so a broker that is away for a day does not fill the jour
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import secrets
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import BrokerAddress, MqttSettings, parse_broker_url
+from agent.config import BrokerAddress, parse_broker_url
 from agent.errors import ConfigError
-from agent.files import write_atomically
 from agent.identity import utc_now
+from agent.link.client import (
+    CLIENT_ID_NAME,
+    BrokerSettings,
+    client_id_for,
+    connect_options,
+    make_client,
+    new_client_id,
+    packet_limit,
+)
 from agent.link.topics import Topics
+from agent.wire import OFFLINE, ONLINE, Presence, Status, TelemetryDocument, encode, link_status
 
-__all__ = ["BrokerSettings", "CommandRequest", "MqttLink", "packet_limit", "parse_broker_url"]
+# BrokerSettings, client_id_for and packet_limit live in agent.link.client (the one client factory); they are
+# named here too because the device's link is where callers have always found them.
+__all__ = [
+    "CLIENT_ID_NAME",
+    "BrokerSettings",
+    "CommandRequest",
+    "MqttLink",
+    "client_id_for",
+    "packet_limit",
+    "parse_broker_url",
+]
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # paho holds QoS 1 messages for both
-PACKET_HEADROOM = 64 * 1024  # fixed header, topic and properties (response topic, correlation data) around a payload
-
-
-def packet_limit(max_payload_bytes: int) -> int:
-    """The largest MQTT packet worth receiving: the largest payload a command may have, plus its envelope."""
-    return max_payload_bytes + PACKET_HEADROOM
-
-
-CLIENT_ID_NAME = "mqtt-client-id"  # in the state directory
-
-
-def client_id_for(device_id: str, state_dir: Path) -> str:
-    """The device id plus a random suffix made once and kept in `state_dir` (0600).
-
-    The device id is public (it is in every topic), and a broker drops a session when another client
-    connects with its id: with the bare device id, any client allowed to connect could knock the device
-    off, again and again. The suffix stays the same across restarts on purpose: a new connection then
-    takes over a session left half-open by a power cut, so the broker publishes the old last will
-    ("offline") at once, before the new "online", instead of up to 1.5 keepalives after it. If the file
-    cannot be written the suffix is made per process (sessions are clean, so nothing else depends on it).
-    """
-    path = state_dir / CLIENT_ID_NAME
-    try:
-        suffix = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        suffix = ""
-    if re.fullmatch(r"[0-9a-f]{16}", suffix) is None:
-        suffix = secrets.token_hex(8)
-        try:
-            write_atomically(path, (suffix + "\n").encode("ascii"), mode=0o600)
-        except OSError as exc:
-            log.warning("could not keep the MQTT client id in %s (%s): this run uses its own", path, exc.strerror)
-    return f"{device_id}-{suffix}"
 
 
 @dataclass(frozen=True)
@@ -84,53 +65,6 @@ class CommandRequest:
     received_at: datetime
 
 
-@dataclass(frozen=True)
-class BrokerSettings:
-    """How to reach the broker; built from the [mqtt] section and `--mqtt URL` by `from_settings`."""
-
-    url: str | None
-    prefix: str = "faceagent"
-    device_id: str | None = None
-    protocol: str = "5"  # "5" | "3.1.1"
-    keepalive: int = 30
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password: str | None = None
-    tls_insecure: bool = False
-    reconnect_min_seconds: float = 1.0  # backoff doubles from here ...
-    reconnect_max_seconds: float = 60.0  # ... up to here, forever
-    max_inflight: int = 20  # QoS 1 messages awaiting PUBACK: keep <= the broker's Receive Maximum
-    # MQTT 5 Maximum Packet Size in CONNECT: the broker drops larger messages for this client, so they never
-    # reach paho (which reads any packet up to 256 MB into memory). MQTT 3.1.1 has no such property: there
-    # only the broker's own max_packet_size protects the device.
-    max_packet_bytes: int | None = None
-
-    @classmethod
-    def from_settings(cls, mqtt: MqttSettings, url: str | None = None, **tuning: Any) -> BrokerSettings:
-        """[mqtt] with a `--mqtt URL` laid over it: user and password in that URL win over the file's."""
-        settings = cls(
-            url=url or mqtt.url,
-            prefix=mqtt.prefix,
-            device_id=mqtt.device_id,
-            protocol=mqtt.protocol,
-            keepalive=mqtt.keepalive,
-            ca_file=mqtt.ca_file,
-            cert_file=mqtt.cert_file,
-            key_file=mqtt.key_file,
-            username=mqtt.username,
-            password=mqtt.password,
-            tls_insecure=mqtt.tls_insecure,
-            **tuning,
-        )
-        if url:
-            address = parse_broker_url(url)
-            if address["username"] is not None:
-                settings = replace(settings, username=address["username"], password=address["password"])
-        return settings
-
-
 class MqttLink:
     """The device's one connection: status with last will, events, telemetry, commands in, replies out."""
 
@@ -140,7 +74,7 @@ class MqttLink:
         device_id: str,
         on_command: Callable[[CommandRequest], None],
         *,
-        will: dict | None = None,
+        will: Status | None = None,
         client_id: str | None = None,
     ) -> None:
         if not settings.url:
@@ -150,8 +84,8 @@ class MqttLink:
         self.on_command = on_command
         self.on_acked: Callable[[int], None] | None = None  # the outbox's hook: PUBACK (success) for a mid
         self._address: BrokerAddress = parse_broker_url(settings.url)
-        self._v5 = settings.protocol == "5"
-        self._status: dict = {"schema": 1, "state": "online", "device": device_id}
+        self._v5 = settings.v5
+        self._status: Status = link_status(ONLINE, device_id)
         self._connected = threading.Event()
         self._listening = threading.Event()  # the command subscription is acknowledged
         self._command_sub_mid: int | None = None
@@ -160,28 +94,22 @@ class MqttLink:
         self._refusal: str | None = None
         self._connect_hooks: list[Callable[[], None]] = []
         self._subscriptions: list[str] = []
-        self.client_id = client_id or f"{device_id}-{secrets.token_hex(8)}"  # never the public device id
-        self._client = self._make_client(self.client_id, will or {"schema": 1, "state": "offline", "device": device_id})
+        self.client_id = client_id or new_client_id(device_id)  # never the public device id alone
+        self._client = self._make_client(self.client_id, will or link_status(OFFLINE, device_id))
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Connect in the background; an absent broker is retried with backoff, forever."""
         self._log_state("connecting", logging.INFO, "connecting to %s:%d", self._address["host"], self._address["port"])
-        options: dict[str, Any] = {"clean_start": True} if self._v5 else {}
-        if self._v5 and self.settings.max_packet_bytes:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.MaximumPacketSize = self.settings.max_packet_bytes
-            options["properties"] = properties  # paho sends it again on every reconnect
-        elif self.settings.max_packet_bytes:
-            log.info("MQTT 3.1.1 cannot limit the size of incoming messages: set max_packet_size on the broker")
+        options = connect_options(self.settings)
         self._client.connect_async(self._address["host"], self._address["port"], self.settings.keepalive, **options)
         self._client.loop_start()
 
-    def stop(self, offline_status: dict, timeout: float = 2.0) -> None:
+    def stop(self, offline_status: Status, timeout: float = 2.0) -> None:
         """Publish `offline_status` (retained) if connected, then disconnect: the broker drops the will."""
         if self.connected:
-            info = self._publish(self.topics.status, _encode(offline_status), qos=1, retain=True)
+            info = self._publish(self.topics.status, encode(offline_status), qos=1, retain=True)
             deadline = time.monotonic() + timeout
             while info is not None and not _published(info) and self.connected and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -231,20 +159,20 @@ class MqttLink:
         info = self._publish(self.topics.event(event_type), payload, qos=1)
         return info.mid if info is not None and info.rc in _QUEUED else None
 
-    def publish_status(self, status: dict) -> None:
+    def publish_status(self, status: Status) -> None:
         """Retained; remembered and re-published (with a fresh `at`) on every reconnect."""
         self._status = status
         if self.connected:
-            self._publish(self.topics.status, _encode(status), qos=1, retain=True)
+            self._publish(self.topics.status, encode(status), qos=1, retain=True)
 
-    def publish_telemetry(self, telemetry: dict) -> None:
+    def publish_telemetry(self, telemetry: TelemetryDocument) -> None:
         if self.connected:
-            self._publish(self.topics.telemetry, _encode(telemetry), qos=0)
+            self._publish(self.topics.telemetry, encode(telemetry), qos=0)
 
-    def publish_presence(self, presence: dict) -> None:
+    def publish_presence(self, presence: Presence) -> None:
         """Retained, so a consumer that starts later (Home Assistant) sees whether a face is in view."""
         if self.connected:
-            self._publish(self.topics.presence, _encode(presence), qos=1, retain=True)
+            self._publish(self.topics.presence, encode(presence), qos=1, retain=True)
 
     def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """For integrations with their own topics (Home Assistant discovery)."""
@@ -284,25 +212,9 @@ class MqttLink:
 
     # ---------------------------------------------------------------------------------- paho callbacks
 
-    def _make_client(self, client_id: str, will: dict) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-            clean_session=None if self._v5 else True,
-        )
-        client.suppress_exceptions = True  # a bug in a callback must not end the network thread
-        client.on_log = _paho_log
-        # paho types the delays as int; it sleeps on floats, and tests need sub-second backoff
-        client.reconnect_delay_set(self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds)  # type: ignore[arg-type]
-        client.max_inflight_messages_set(self.settings.max_inflight)
-        if self.settings.username is not None:
-            client.username_pw_set(self.settings.username, self.settings.password)
-        if self._address["tls"]:
-            self._configure_tls(client)
-        elif any((self.settings.ca_file, self.settings.cert_file, self.settings.key_file)):
-            raise ConfigError("mqtt.ca_file/cert_file/key_file are set but the broker URL is mqtt://: use mqtts://")
-        client.will_set(self.topics.status, _encode(will), qos=1, retain=True)
+    def _make_client(self, client_id: str, will: Status) -> paho.Client:
+        client = make_client(self.settings, self._address, client_id)
+        client.will_set(self.topics.status, encode(will), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -310,20 +222,6 @@ class MqttLink:
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         return client
-
-    def _configure_tls(self, client: paho.Client) -> None:
-        s = self.settings
-        try:
-            client.tls_set(
-                ca_certs=str(s.ca_file) if s.ca_file else None,
-                certfile=str(s.cert_file) if s.cert_file else None,
-                keyfile=str(s.key_file) if s.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"mqtt TLS files (ca_file, cert_file, key_file) unusable: {exc}") from exc
-        client.tls_insecure_set(s.tls_insecure)
 
     def _on_connect(
         self,
@@ -342,8 +240,8 @@ class MqttLink:
         self._command_sub_mid = client.subscribe(self.topics.commands, qos=1)[1]
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
-        status = {**self._status, "at": utc_now()} if self._status.get("state") == "online" else self._status
-        self._publish(self.topics.status, _encode(status), qos=1, retain=True)
+        status = {**self._status, "at": utc_now()} if self._status["state"] == ONLINE else self._status
+        self._publish(self.topics.status, encode(status), qos=1, retain=True)
         for hook in self._connect_hooks:
             try:
                 hook()
@@ -427,15 +325,6 @@ class MqttLink:
         if state != self._state:
             self._state = state
             log.log(level, message, *args)
-
-
-def _paho_log(client: paho.Client, userdata: Any, level: int, text: str) -> None:
-    """paho's own chatter (every failed retry) at DEBUG; an exception it caught in a callback is an error."""
-    log.log(logging.ERROR if text.startswith("Caught exception") else logging.DEBUG, "paho: %s", text)
-
-
-def _encode(document: dict) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _valid_topic(topic: str) -> bool:

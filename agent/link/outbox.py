@@ -19,7 +19,6 @@ agent stop before that, they are sent again after the restart: duplicates, never
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,9 +26,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.gallery.store import ERASED, GalleryStore
+from agent.gallery.store import GalleryStore
 from agent.link.mqtt import MqttLink
 from agent.storage import StorageFullError, StorageHealth
+from agent.wire import PERSON_ERASED, encode
 
 log = logging.getLogger(__name__)
 _DROP_LOG_INTERVAL = 60.0
@@ -160,7 +160,7 @@ class OutboxPublisher:
         except StorageFullError as exc:  # publishing goes on; the deletes are retried next cycle
             if self.storage is not None:
                 self.storage.write_failed(exc)
-        self._depth = max(0, store.db.table("events").count - len(self._settled))
+        self._depth = max(0, store.count_events() - len(self._settled))
         if self.link.connected and not self._resending():
             self._fill(store)
         self._cycles += 1
@@ -180,13 +180,13 @@ class OutboxPublisher:
 
     def _bound(self, store: GalleryStore) -> None:
         """Keep at most `max_events`: drop the oldest that are not in flight, and count them."""
-        excess = store.db.table("events").count - self.max_events
+        excess = store.count_events() - self.max_events
         if excess <= 0:
             return
         busy = self._busy_ids()
-        notices = store.db.table("events").count_where("type = ?", [ERASED])  # never dropped: erasures must reach
-        rows = store.pending_events(limit=excess + len(busy) + notices)
-        victims = [row["id"] for row in rows if row["id"] not in busy and row["type"] != ERASED][:excess]
+        # Erasure notices are never dropped: they are the only word consumers downstream get of an erasure.
+        oldest = store.oldest_event_ids(excess + len(busy), excluding_type=PERSON_ERASED)
+        victims = [event_id for event_id in oldest if event_id not in busy][:excess]
         store.delete_events(victims)
         self._dropped += len(victims)
         if self.storage is not None and victims:
@@ -244,5 +244,4 @@ class OutboxPublisher:
 
 def _payload(row: dict) -> bytes:
     """The stored payload with the outbox id as `event_id`, so consumers can drop QoS 1 duplicates."""
-    document = {**row["payload"], "event_id": row["id"]}
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return encode({**row["payload"], "event_id": row["id"]})

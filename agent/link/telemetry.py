@@ -4,8 +4,8 @@
 gallery size and digest, uptime); `telemetry` is how the device is coping (frame rate, latency
 percentiles, drops, outbox depth, temperature, memory). Both carry the state file system's health
 (`storage`): a full disk is a condition to see at a glance and a figure to trend. The caller measures
-the frame figures; this module only reads what the operating system offers and shapes the JSON
-(schema 1, UTC ISO-8601 times).
+the frame figures; this module only reads what the operating system offers and shapes the documents
+(`agent.wire`: schema, UTC ISO-8601 times).
 """
 
 from __future__ import annotations
@@ -18,14 +18,26 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.gallery.store import GalleryStore
 from agent.identity import utc_now
 from agent.link.outbox import OutboxStats
 from agent.storage import StorageReport
+from agent.wire import (
+    OFFLINE,
+    ONLINE,
+    SCHEMA,
+    FrameSection,
+    GallerySection,
+    HealthSection,
+    OfflineStatus,
+    OnlineStatus,
+    Presence,
+    StorageSection,
+    TelemetryDocument,
+    reenrollment_count,
+)
 
-SCHEMA = 1
 THERMAL = Path("/sys/class/thermal")
 _CPU_ZONES = ("cpu-thermal", "cpu_thermal", "soc_thermal", "x86_pkg_temp", "cpu")
 
@@ -135,34 +147,57 @@ class Telemetry:
     def uptime_s(self) -> int:
         return int(self.clock() - self.started)
 
-    def status(self, gallery: GallerySummary | None, storage: StorageReport | None = None) -> dict[str, Any]:
+    def status(
+        self,
+        gallery: GallerySummary | None,
+        storage: StorageReport | None = None,
+        *,
+        needing_reenrollment: int | None = None,
+    ) -> OnlineStatus:
         """The retained `online` document; `gallery` null until the gallery has been summarised (at start-up
-        the agent does not wait on queries that grow with the gallery)."""
-        document = {
-            **self._head("online"),
+        the agent does not wait on queries that grow with the gallery). `needing_reenrollment`: the people the
+        loaded embedder cannot recognize, when counted."""
+        section: GallerySection | None = None
+        if gallery is not None:
+            section = {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest}
+            if needing_reenrollment is not None:
+                section |= reenrollment_count(needing_reenrollment)
+        document: OnlineStatus = {
+            "schema": SCHEMA,
+            "device": self.device_id,
+            "at": utc_now(),
+            "state": ONLINE,
             "version": self.version,
             "models": self.models,
-            "gallery": None
-            if gallery is None
-            else {"people": gallery.people, "templates": gallery.templates, "digest": gallery.digest},
+            "gallery": section,
             "started_at": self.started_at,
             "uptime_s": self.uptime_s(),
         }
-        return document if storage is None else document | {"storage": storage_json(storage)}
+        if storage is not None:
+            document["storage"] = storage_json(storage)
+        return document
 
-    def offline(self, reason: str) -> dict[str, Any]:
+    def offline(self, reason: str) -> OfflineStatus:
         """The retained `offline` document: `reason` "stopped" from a clean stop, "connection lost" as the will.
 
         The will is registered at connect time, so its `at` is that moment, not the moment of the loss.
         """
-        return {**self._head("offline"), "reason": reason, "version": self.version, "started_at": self.started_at}
+        return {
+            "schema": SCHEMA,
+            "device": self.device_id,
+            "at": utc_now(),
+            "state": OFFLINE,
+            "reason": reason,
+            "version": self.version,
+            "started_at": self.started_at,
+        }
 
     def telemetry(
         self, frames: FrameFigures | None, outbox: OutboxStats | None, storage: StorageReport | None = None
-    ) -> dict[str, Any]:
-        document: dict[str, Any] = {**self._head(None), "uptime_s": self.uptime_s()}
+    ) -> TelemetryDocument:
+        measured: FrameSection = {}
         if frames is not None:
-            document |= {
+            measured = {
                 "fps": _finite(frames.fps),
                 "latency_ms": {
                     stage: {"p50": _finite(lat.p50_ms), "p95": _finite(lat.p95_ms)}
@@ -170,27 +205,33 @@ class Telemetry:
                 },
                 "dropped_frames": int(frames.dropped_frames),
             }
+        health: HealthSection = {}
         if outbox is not None:
-            document["outbox"] = {
+            health["outbox"] = {
                 "depth": outbox.depth,
                 "inflight": outbox.inflight,
                 "published": outbox.published,
                 "dropped_events": outbox.dropped,
             }
         if storage is not None:
-            document["storage"] = storage_json(storage)
-        return document | {"cpu_temp_c": cpu_temperature(self.thermal_root), "memory": {"rss_mb": rss_mb()}}
+            health["storage"] = storage_json(storage)
+        return {
+            "schema": SCHEMA,
+            "device": self.device_id,
+            "at": utc_now(),
+            "uptime_s": self.uptime_s(),
+            **measured,
+            **health,
+            "cpu_temp_c": cpu_temperature(self.thermal_root),
+            "memory": {"rss_mb": rss_mb()},
+        }
 
-    def presence(self, faces: int) -> dict[str, Any]:
+    def presence(self, faces: int) -> Presence:
         """Whether a face is in view now (the Home Assistant "face present" sensor reads this)."""
-        return {**self._head(None), "present": faces > 0, "faces": int(faces)}
-
-    def _head(self, state: str | None) -> dict[str, Any]:
-        head: dict[str, Any] = {"schema": SCHEMA, "device": self.device_id, "at": utc_now()}
-        return head if state is None else {**head, "state": state}
+        return {"schema": SCHEMA, "device": self.device_id, "at": utc_now(), "present": faces > 0, "faces": int(faces)}
 
 
-def storage_json(report: StorageReport) -> dict[str, Any]:
+def storage_json(report: StorageReport) -> StorageSection:
     """`state` "ok" or "full" and `since` when; `dropped_events`: events not written for lack of space."""
     return {
         "state": str(report.state),

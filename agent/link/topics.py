@@ -82,6 +82,13 @@ class Topics:
     def event(self, event_type: str) -> str:
         return f"{self.base}/events/{safe_segment(event_type) or 'event'}"
 
+    def event_filter(self, event_type: str) -> str:
+        """The subscription to one type's events (`event_type` "+" or "#": every type)."""
+        return f"{self.base}/events/{event_type}"
+
+    def command(self, name: str) -> str:
+        return f"{self.base}/cmd/{name}"
+
     def reply(self, command: str) -> str:
         return f"{self.base}/cmd/{command}/reply"
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from agent.config import ModelSettings
 from agent.errors import FaceagentError
+from agent.files import bundled_sample
 from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, PipelineOptions
@@ -56,10 +57,9 @@ class Verdict:
 
 def sample_file(name: str) -> Path:
     """A bundled sample: agent/_samples in a wheel, samples/ in the source checkout."""
-    package = Path(__file__).resolve().parent
-    for folder in (package / "_samples", package.parent / "samples"):
-        if (folder / name).is_file():
-            return folder / name
+    found = bundled_sample(name)
+    if found is not None:
+        return found
     raise FaceagentError(f"the sample {name} is missing from this installation: model updates cannot be checked")
 
 

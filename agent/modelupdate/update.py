@@ -55,6 +55,7 @@ from agent.identity import utc_iso
 from agent.modelupdate.check import run_check
 from agent.modelupdate.install import ModelsFolder, load_embedder, rebuild_templates, stored_name
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
+from agent.wire import reenrollment_count
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -426,8 +427,4 @@ class ModelUpdater:
             else:
                 log.warning("kept chips were aligned for %s, not %s: people need re-enrollment", old.id, new.id)
         stale = len(store.people_needing_reenrollment(new.id))
-        return {
-            "embedder_changed": new.id != old.id,
-            "templates_rebuilt": rebuilt,
-            "people_needing_reenrollment": stale,
-        }
+        return {"embedder_changed": new.id != old.id, "templates_rebuilt": rebuilt, **reenrollment_count(stale)}

@@ -14,41 +14,31 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.config import EventSettings
-from agent.gallery.store import ERASED as ERASED  # queued by GalleryStore.delete_person: the id, never the name
 from agent.identity import Match, new_event_id, utc_iso
 from agent.storage import StorageFullError, StorageHealth
 from agent.tracking.tracker import Track
+from agent.wire import FACE_RECOGNIZED as RECOGNIZED  # the names this module has always exported
+from agent.wire import FACE_UNKNOWN as UNKNOWN
+from agent.wire import PERSON_ERASED as ERASED  # queued by GalleryStore.delete_person: the id, never the name
+from agent.wire import SCHEMA, FaceEvent, FaceRecognized, FaceUnknown, Sighting
 
 if TYPE_CHECKING:
     from agent.gallery.store import GalleryStore
 
-SCHEMA = 1
-RECOGNIZED = "face_recognized"
-UNKNOWN = "face_unknown"
+__all__ = ["ERASED", "RECOGNIZED", "UNKNOWN", "Cooldown", "EventEmitter", "build_event"]
 
 
 def build_event(
     track: Track, match: Match, *, camera_id: str, model_id: str, at: datetime, include_names: bool = True
-) -> dict[str, Any]:
+) -> FaceEvent:
     """The payload for a decided track: `face_recognized` if `match.accepted`, else `face_unknown`.
 
     Without `include_names` a recognition carries the `person_id` only: the name never leaves the device."""
-    event: dict[str, Any] = {"schema": SCHEMA, "event_id": new_event_id()}
-    if match.accepted:
-        event |= {
-            "type": RECOGNIZED,
-            "person_id": match.person_id,
-            **({"name": match.name} if include_names else {}),
-            "distance": round(match.distance, 4),
-            # Infinite when only one person is enrolled: JSON has no infinity, so null.
-            "margin": round(match.margin, 4) if math.isfinite(match.margin) else None,
-        }
-    else:
-        event["type"] = UNKNOWN
-    return event | {
+    event_id = new_event_id()
+    sighting: Sighting = {
         "track_id": track.id,
         "first_seen": utc_iso(track.first_seen),
         "last_seen": utc_iso(track.last_seen),
@@ -57,6 +47,23 @@ def build_event(
         "model_id": model_id,
         "at": utc_iso(at),
     }
+    if not match.accepted or match.person_id is None or match.name is None:  # accepted: always a gallery person
+        unknown: FaceUnknown = {"schema": SCHEMA, "event_id": event_id, "type": UNKNOWN, **sighting}
+        return unknown
+    recognized: FaceRecognized = {
+        "schema": SCHEMA,
+        "event_id": event_id,
+        "type": RECOGNIZED,
+        "person_id": match.person_id,
+        "name": match.name,
+        "distance": round(match.distance, 4),
+        # Infinite when only one person is enrolled: JSON has no infinity, so null.
+        "margin": round(match.margin, 4) if math.isfinite(match.margin) else None,
+        **sighting,
+    }
+    if not include_names:
+        del recognized["name"]
+    return recognized
 
 
 class Cooldown:
@@ -111,7 +118,7 @@ class EventEmitter:
         self.emitted: Counter[str] = Counter()  # by event type
         self.suppressed = 0  # decisions silenced by a cooldown
 
-    def emit(self, track: Track, match: Match, at: datetime) -> dict[str, Any] | None:
+    def emit(self, track: Track, match: Match, at: datetime) -> FaceEvent | None:
         """The event for this decision, already stored; None if a cooldown or the settings silence it, or
         if it was dropped for lack of space (the cooldown is then left as it was: the next one may go)."""
         if match.accepted:
@@ -131,9 +138,11 @@ class EventEmitter:
             at=at,
             include_names=self.settings.include_names,
         )
-        keys = {"event_id": event["event_id"], "person_id": event.get("person_id"), "created_at": event["at"]}
+        person_id = event["person_id"] if event["type"] == RECOGNIZED else None
         try:
-            self.store.add_event(event["type"], event, **keys)
+            self.store.add_event(
+                event["type"], event, event_id=event["event_id"], person_id=person_id, created_at=event["at"]
+            )
         except StorageFullError as exc:
             if self.storage is None:
                 raise

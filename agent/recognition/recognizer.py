@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,7 @@ from agent.tracking.decision import decide, same_person
 from agent.tracking.tracker import Track, Tracker
 from agent.vision.detector import Face
 from agent.vision.image import as_rgb_frame
+from agent.wire import FaceEvent
 
 if TYPE_CHECKING:
     from agent.gallery.matcher import Matcher
@@ -110,7 +111,7 @@ class Recognizer:
         self.on_decision = on_decision
         self._hires: HiRes | None = None
 
-    def process(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None = None) -> list[dict[str, Any]]:
+    def process(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None = None) -> list[FaceEvent]:
         """Events emitted for this frame (already in the outbox). `timestamp` must be timezone-aware.
 
         `hires` (picamera2's main stream) is where small faces are cut from when they are embedded:
@@ -120,7 +121,7 @@ class Recognizer:
         self._hires = hires
         self.stats.frames += 1
         image = Image.fromarray(as_rgb_frame(frame))
-        events: list[dict[str, Any]] = []
+        events: list[FaceEvent] = []
         if self.cuts.is_cut(image):
             self.stats.cuts += 1
             events += self._close(self.tracker.close_all(), timestamp)
@@ -141,14 +142,14 @@ class Recognizer:
         events += self._close(self.tracker.pop_closed(), timestamp)
         return events
 
-    def flush(self, timestamp: datetime) -> list[dict[str, Any]]:
+    def flush(self, timestamp: datetime) -> list[FaceEvent]:
         """Decide every open track (end of stream, shutdown); the next frame starts afresh."""
         _require_aware(timestamp)
         return self._close(self.tracker.close_all(), timestamp)
 
     def _gather(
         self, track: Track, image: Image.Image, index: int, embedding: np.ndarray | None, timestamp: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[FaceEvent]:
         """One more view of an undecided track: embed it if the policy asks, then decide if the evidence allows."""
         tracking = self.settings.tracking
         score = view_score(track.face, self.settings.quality)
@@ -178,15 +179,15 @@ class Recognizer:
                 return self.pipeline.embed_face(Image.fromarray(crop), replace(face, keypoints=keypoints)).embedding
         return self.pipeline.embed_face(image, face).embedding
 
-    def _close(self, tracks: list[Track], timestamp: datetime) -> list[dict[str, Any]]:
+    def _close(self, tracks: list[Track], timestamp: datetime) -> list[FaceEvent]:
         """A track that ends undecided decides on what it has, however little."""
-        events: list[dict[str, Any]] = []
+        events: list[FaceEvent] = []
         for track in tracks:
             if track.decision is None and track.embeddings:
                 events += self._settle(track, self._decide(track), timestamp)
         return events
 
-    def _settle(self, track: Track, match: Match, timestamp: datetime) -> list[dict[str, Any]]:
+    def _settle(self, track: Track, match: Match, timestamp: datetime) -> list[FaceEvent]:
         """Make `match` the track's one decision, and its event unless a cooldown holds it back."""
         track.decision = match
         self.stats.decisions += 1

@@ -65,6 +65,7 @@ from agent.sources.factory import open_latest
 from agent.sources.latest import LatestFrame, SourceState
 from agent.storage import StorageHealth
 from agent.vision.pipeline import FacePipeline, PipelineOptions
+from agent.wire import FaceEvent, OnlineStatus, Presence, TelemetryDocument
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class RunOptions:
     settings_path: Path | None = None  # the local settings file (set_config persists beside the gallery)
     remote_problem: str | None = None  # why the remote settings overlay was ignored at load
     lossless: bool = False  # replay every frame of a file or folder (demo, tests); never for a camera
-    on_event: Callable[[dict[str, Any]], None] | None = None  # e.g. print JSON lines
+    on_event: Callable[[FaceEvent], None] | None = None  # e.g. print JSON lines
 
 
 def pipeline_options(settings: Settings) -> PipelineOptions:
@@ -148,7 +149,7 @@ class AgentService:
         self._storage_reported = 0  # storage.transitions last published in status
         self.events_written = 0
         self._present: bool | None = None  # None: not published yet, so the first frame publishes either way
-        self._presence: dict[str, Any] | None = None  # the last presence document, re-sent on every connect
+        self._presence: Presence | None = None  # the last presence document, re-sent on every connect
         self._empty_frames = 1 << 30  # start "absent"
         self._status_wanted = threading.Event()  # the frame loop asks, the gallery thread builds and publishes
         self._gallery_wake = threading.Event()
@@ -367,6 +368,8 @@ class AgentService:
                 assert retention is not None
                 retention.settings = self.settings.retention  # set_config may have changed it
                 retention.maybe_purge()
+                if self.discovery is not None:  # Home Assistant's per-person sensors follow the gallery
+                    self.discovery.keep_people(store, include_names=self.settings.events.include_names)
             except Exception as exc:
                 if not self.gallery_loaded.is_set():  # as before this thread: the agent does not run without it
                     log.error("could not load the gallery: %s", exc)
@@ -412,7 +415,7 @@ class AgentService:
         except FaceagentError as exc:
             log.warning("last_person not updated: %s", exc)
 
-    def _emitted(self, events: list[dict[str, Any]]) -> None:
+    def _emitted(self, events: list[FaceEvent]) -> None:
         if not events:
             return
         self.events_written += len(events)
@@ -592,7 +595,7 @@ class AgentService:
 
     # ---------------------------------------------------------------------------------- status
 
-    def _status_document(self) -> dict[str, Any]:
+    def _status_document(self) -> OnlineStatus:
         """For get_status, on the command thread, through a connection of its own, opened once (an open
         checks the whole file) and closed when that thread ends."""
         store: GalleryStore | None = getattr(self._status_stores, "store", None)
@@ -600,16 +603,16 @@ class AgentService:
             store = self._status_stores.store = GalleryStore.open(self.settings.gallery.path)
         return self._status_from(store)
 
-    def _status_from(self, store: GalleryStore | None) -> dict[str, Any]:
+    def _status_from(self, store: GalleryStore | None) -> OnlineStatus:
         """The status with the gallery summarised through `store` (None: without, for the first status at
         start-up). Never on the frame loop: the summary grows with the gallery."""
         if store is None:
             document = self.telemetry.status(None, self.storage.report())
         else:
             with store.snapshot():
-                document = self.telemetry.status(gallery_summary(store), self.storage.report())
+                summary = gallery_summary(store)
                 stale = store.count_needing_reenrollment(self.gallery_sync.model_id)
-            document["gallery"]["people_needing_reenrollment"] = stale
+            document = self.telemetry.status(summary, self.storage.report(), needing_reenrollment=stale)
         source: LatestFrame | None = getattr(self, "source", None)  # the link may connect before the camera starts
         document["camera"] = source.status().to_json() if source else None
         document["runtime"] = self.pipeline.runtime.describe()
@@ -618,7 +621,7 @@ class AgentService:
         document["commands"] = self.security.describe() | {"release_keys": sorted(self.keys.releases)}
         return document
 
-    def _telemetry_document(self) -> dict[str, Any]:
+    def _telemetry_document(self) -> TelemetryDocument:
         figures = self.clock.figures(self.source.status().dropped)
         return self.telemetry.telemetry(figures, self.outbox.stats if self.outbox else None, self.storage.report())
 
@@ -670,5 +673,5 @@ def reexec() -> int:
     return EXIT_RESTART
 
 
-def print_event(event: dict[str, Any]) -> None:
+def print_event(event: FaceEvent) -> None:
     print(json.dumps(event), flush=True)

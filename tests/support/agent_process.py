@@ -36,13 +36,13 @@ def fake_camera_env(frames: Path, unplugged: Path) -> dict[str, str]:
 
 
 def faceagent(
-    *args: str, config: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None
+    *args: str, config: Path | None = None, input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to its end; `config` isolates the run from a real /etc/faceagent/faceagent.toml."""
+    """Run the CLI to its end (`input` on its stdin); `config` isolates the run from a real
+    /etc/faceagent/faceagent.toml."""
     prefix = ["--config", str(config)] if config else []
-    return subprocess.run(
-        [*AGENT, *prefix, *args], capture_output=True, text=True, timeout=timeout, env=env or agent_env()
-    )
+    command = [*AGENT, *prefix, *args]
+    return subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout, env=agent_env())
 
 
 def enroll_cli(config: Path | None, db: Path, name: str, *photos: Path) -> str:

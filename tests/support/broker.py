@@ -70,7 +70,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _ca(folder: Path, name: str) -> None:
+def ca_certificate(folder: Path, name: str) -> None:
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
@@ -79,7 +79,7 @@ def _ca(folder: Path, name: str) -> None:
     )  # fmt: skip
 
 
-def _leaf(folder: Path, ca: str, name: str, usage: str, san: str) -> None:
+def leaf_certificate(folder: Path, ca: str, name: str, usage: str, san: str) -> None:
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder,
@@ -98,11 +98,11 @@ def make_certs(folder: Path) -> Certs:
         pytest.skip("openssl not installed")
     folder.mkdir(parents=True, exist_ok=True)
     local = "IP:127.0.0.1,DNS:localhost"
-    _ca(folder, "ca")
-    _leaf(folder, "ca", "server", "serverAuth", local)
-    _leaf(folder, "ca", "client", "clientAuth", "DNS:client")
-    _ca(folder, "other-ca")
-    _leaf(folder, "other-ca", "other-server", "serverAuth", local)
+    ca_certificate(folder, "ca")
+    leaf_certificate(folder, "ca", "server", "serverAuth", local)
+    leaf_certificate(folder, "ca", "client", "clientAuth", "DNS:client")
+    ca_certificate(folder, "other-ca")
+    leaf_certificate(folder, "other-ca", "other-server", "serverAuth", local)
     f = folder
     return Certs(
         f / "ca.crt", f / "server.crt", f / "server.key", f / "client.crt", f / "client.key",

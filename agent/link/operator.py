@@ -1,9 +1,12 @@
-"""The operator's broker connection for `faceagent ctl`: find devices, send commands, collect replies.
+"""The operator's broker connection: find devices, send commands, collect replies, follow events.
 
-One paho client per `ctl` run. Retained status documents name the devices; a command goes to
+Not the device's side: `faceagent ctl` uses it, and so can any other operator's tool (a web console, a fleet
+simulator). One paho client per session, made by the same factory and under the same TLS policy as the
+device's (`agent.link.client`). Retained status documents name the devices; a command goes to
 `<prefix>/<device>/cmd/<name>` with one request id for the whole fleet, so the audit records of one
 operation match across devices, and replies are matched by that id on the reply topic (MQTT 5 also
-names it as the response topic, with the id as correlation data).
+names it as the response topic, with the id as correlation data). Signing is the caller's: a `RequestSigner`
+(`agent.commands.signing.request_signer`) adds `sent_at` and the signature to each request.
 """
 
 from __future__ import annotations
@@ -16,29 +19,31 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import parse_broker_url
 from agent.errors import FaceagentError
 from agent.identity import new_ulid
-from agent.link.mqtt import BrokerSettings
+from agent.link.client import BrokerSettings, connect_options, make_client, new_client_id
 from agent.link.topics import Topics
+from agent.wire import SCHEMA, RequestDocument, encode
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+CLIENT_OWNER = "faceagent-ctl"  # the client id's readable part: a broker's log tells operators from devices
 _QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK
 
 
-class CtlError(FaceagentError):
-    """The operator's side cannot proceed: no broker, refused connection, unusable input."""
+class OperatorError(FaceagentError):
+    """The operator's side cannot proceed: no broker, a refused connection, a request JSON cannot carry."""
+
+
+# Signs one request (device id, command name, request): the request with `sent_at` and `signature` added.
+RequestSigner = Callable[[str, str, Mapping[str, Any]], Mapping[str, Any]]
 
 
 def operator_origin() -> str:
@@ -51,30 +56,20 @@ def operator_origin() -> str:
 
 
 class Operator:
-    """One broker connection for one `ctl` run: subscribe, publish requests, collect replies."""
+    """One broker connection for one operator's session: subscribe, publish requests, collect replies."""
 
-    def __init__(self, broker: BrokerSettings, *, timeout: float, sign_key: Ed25519PrivateKey | None = None) -> None:
+    def __init__(self, broker: BrokerSettings, *, timeout: float, signer: RequestSigner | None = None) -> None:
         if not broker.url:
-            raise CtlError("no broker: give --mqtt mqtt://host[:port] (or set mqtt.url in the settings file)")
-        self.broker, self.timeout, self.sign_key = broker, timeout, sign_key
+            raise OperatorError("no broker: give --mqtt mqtt://host[:port] (or set mqtt.url in the settings file)")
+        self.broker, self.timeout, self.signer = broker, timeout, signer
         self.origin = operator_origin()
         self._address = parse_broker_url(broker.url)
-        self._v5 = broker.protocol == "5"
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._acks: set[int] = set()
         self._event = threading.Condition()
         self._connected: str | None = None
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"faceagent-ctl-{new_ulid().lower()[-12:]}",
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-        )
-        if broker.username is not None:
-            self._client.username_pw_set(broker.username, broker.password)
-        if self._address["tls"]:
-            ca, cert, key = (str(p) if p else None for p in (broker.ca_file, broker.cert_file, broker.key_file))
-            self._client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-            self._client.tls_insecure_set(broker.tls_insecure)
+        self.client_id = new_client_id(CLIENT_OWNER)
+        self._client = make_client(broker, self._address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda client, userdata, mid, *rest: self._acked(mid)
         self._client.on_message = lambda client, userdata, msg: self._inbox.put((msg.topic, bytes(msg.payload)))
@@ -82,15 +77,15 @@ class Operator:
     def __enter__(self) -> Operator:
         host, port = self._address["host"], self._address["port"]
         try:
-            self._client.connect(host, port, keepalive=30)
+            self._client.connect(host, port, keepalive=self.broker.keepalive, **connect_options(self.broker))
         except (OSError, ValueError) as exc:
-            raise CtlError(f"cannot reach the broker at {host}:{port}: {exc}") from exc
+            raise OperatorError(f"cannot reach the broker at {host}:{port}: {exc}") from exc
         self._client.loop_start()
         with self._event:
             self._event.wait_for(lambda: self._connected is not None, self.timeout)
         if self._connected != "ok":
             self.__exit__()
-            raise CtlError(f"the broker at {host}:{port} refused the connection: {self._connected or 'no answer'}")
+            raise OperatorError(f"the broker at {host}:{port} refused the connection: {self._connected or 'no answer'}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -111,7 +106,7 @@ class Operator:
         _, mid = self._client.subscribe([(topic, 1) for topic in topics])
         with self._event:
             if not self._event.wait_for(lambda: mid in self._acks, self.timeout):
-                raise CtlError("the broker did not confirm the subscription")
+                raise OperatorError("the broker did not confirm the subscription")
 
     def _messages(self, deadline: float, quiet: float | None = None) -> Iterator[tuple[str, bytes]]:
         """(topic, payload) until `deadline`, or until nothing came for `quiet` seconds."""
@@ -152,34 +147,34 @@ class Operator:
 
     def _send(self, device: str, name: str, args: dict[str, Any], request_id: str) -> None:
         topics = Topics(self.broker.prefix, device)
-        request: dict[str, Any] = {"schema": 1, "request_id": request_id, "origin": self.origin, "args": args}
-        if self.sign_key is not None:
-            from agent.commands.signing import sign_request
-
-            request = sign_request(self.sign_key, device, name, request, now=datetime.now(UTC))
+        request: RequestDocument = {"schema": SCHEMA, "request_id": request_id, "origin": self.origin, "args": args}
+        signed = request if self.signer is None else self.signer(device, name, request)
+        try:
+            payload = encode(signed)
+        except ValueError as exc:  # NaN or infinity: JSON has neither, and no device could read them
+            raise OperatorError(f"{name}: the arguments are not JSON a device can read: {exc}") from None
         properties = None
-        if self._v5:
+        if self.broker.v5:
             properties = Properties(PacketTypes.PUBLISH)
             properties.ResponseTopic = topics.reply(name)
             properties.CorrelationData = request_id.encode()
-        payload = json.dumps(request, separators=(",", ":")).encode()
-        self._client.publish(f"{topics.base}/cmd/{name}", payload, qos=1, properties=properties)
+        self._client.publish(topics.command(name), payload, qos=1, properties=properties)
 
-    def tail(self, device: str, event_type: str, count: int | None, seconds: float | None, as_json: bool) -> int:
-        """Print events as they arrive until `count` of them or `seconds` have passed (or Ctrl-C)."""
-        self._subscribe([f"{Topics(self.broker.prefix, device).base}/events/{event_type}"])
+    def events(self, device: str, event_type: str, seconds: float | None) -> Iterator[ReceivedEvent]:
+        """Events as they arrive, for `seconds` (None: until the caller stops); `device` and `event_type`
+        may be "+" (and the type "#") for all."""
+        self._subscribe([Topics(self.broker.prefix, device).event_filter(event_type)])
         deadline = time.monotonic() + (seconds if seconds is not None else 10 * 365 * 86400)
-        for shown, (topic, payload) in enumerate(self._messages(deadline), start=1):
+        for topic, payload in self._messages(deadline):
             parts = topic.split("/")
-            event = _json_or_text(payload)
-            if as_json:
-                print(json.dumps({"device": parts[-3], "type": parts[-1], "event": event}), flush=True)
-            else:
-                summary = event.get("name") or event.get("person_id") or ""
-                print(f"{event.get('at', '?')}  {parts[-3]}  {parts[-1]}  {summary}".rstrip(), flush=True)
-            if count is not None and shown >= count:
-                break
-        return 0
+            yield ReceivedEvent(device=parts[-3], event_type=parts[-1], document=_json_or_text(payload))
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    device: str
+    event_type: str
+    document: dict[str, Any]  # as the device sent it (`agent.wire.Event`), or {"text": ...} when not JSON
 
 
 def _json_or_text(payload: bytes) -> dict:

@@ -1,0 +1,212 @@
+"""The operator's console in a real headless Chromium (Debian's chromium and chromium-driver), against a real
+Mosquitto and two real agents (`faceagent run`) replaying the bundled clip in a loop.
+
+One fleet for the module (starting two agents costs tens of seconds): each test checks one thing the operator
+does on a page, and the screenshots in docs/ are taken by this browser along the way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from agent.commands.signing import request_signer
+from agent.link.mqtt import BrokerSettings
+from agent.link.operator import Operator
+from scripts.bench_console import CHROMEDRIVER, CHROMIUM, chromium
+from tests.support.agent_process import agent_config, start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.commands import OPERATOR_KEY, write_operator_key
+from tests.support.console import ConsoleProcess, make_password_file, start_console
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, REPO
+
+DOCS = REPO / "docs"
+DEVICES = ("stage-1", "stage-2")
+PERFORMER = "Lin-Manuel Miranda"
+pytestmark = pytest.mark.slow
+
+
+def _need_browser() -> None:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        message = "Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass
+class Fleet:
+    broker: Broker
+    console: ConsoleProcess
+    driver: webdriver.Chrome
+    observer: Observer
+    sign_key: Path
+
+    def page(self, path: str) -> None:
+        self.driver.get(self.console.url + path)
+
+    def wait(self, condition, timeout: float = 60, message: str = "") -> object:
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.25).until(lambda d: condition(), message)
+
+    def text(self, selector: str) -> str:
+        found = self.driver.find_elements(By.CSS_SELECTOR, selector)
+        return "\n".join(element.text for element in found)
+
+    def screenshot(self, name: str, showing: str | None = None) -> None:
+        """docs/console-<name>.png: the page from its top, or with the element `showing` in the middle."""
+        if showing is None:
+            self.driver.execute_script("window.scrollTo(0, 0)")
+        else:
+            element = self.driver.find_element(By.CSS_SELECTOR, showing)
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        DOCS.mkdir(exist_ok=True)
+        self.driver.save_screenshot(str(DOCS / f"console-{name}.png"))
+
+    def people_on(self, device: str) -> list[str]:
+        """The names the device itself lists, asked as the operator's ctl would (signed)."""
+        broker = BrokerSettings(url=self.broker.url)
+        with Operator(broker, timeout=30, signer=request_signer(OPERATOR_KEY)) as operator:
+            reply = operator.call([device], "list_people", {})[device]
+        assert reply is not None and reply["status"] == "ok", reply
+        return [person["name"] for person in reply["data"]["people"]]
+
+    def recognized(self, device: str) -> list[str]:
+        topic = f"faceagent/{device}/events/face_recognized"
+        return [m.json().get("name") for m in self.observer.on(topic)]
+
+
+def start_device(folder: Path, broker: Broker, device: str, frames: Path) -> subprocess.Popen[str]:
+    """One agent of the fleet, with its own folder, config and log."""
+    folder.mkdir(parents=True)
+    config = agent_config(folder, broker, device, fps=10, events="cooldown_seconds = 5\n")
+    return start_agent(config, folder / "gallery.db", frames, log=folder / "agent.log")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Fleet]:
+    _need_browser()
+    folder = tmp_path_factory.mktemp("console-fleet")
+    broker = Broker(folder / "broker").start()
+    agents = [start_device(folder / device, broker, device, shared_data / CLIP_FRAMES) for device in DEVICES]
+    observer = Observer(broker, ["faceagent/#"])
+    sign_key = write_operator_key(folder / "operator")
+    console = start_console(broker, "--sign-key", str(sign_key), "--timeout", "60")
+    profile = Path(tempfile.mkdtemp(prefix="console-chromium-"))
+    driver = chromium(profile)
+    try:
+        yield Fleet(broker, console, driver, observer, sign_key)
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        console.stop()
+        observer.close()
+        for agent in agents:
+            agent.send_signal(signal.SIGTERM)
+        for agent in agents:
+            agent.wait(60)
+        broker.kill()
+
+
+def chart_points(fleet: Fleet, device: str) -> int:
+    found = fleet.driver.find_elements(By.CSS_SELECTOR, f'article[data-device="{device}"] .chart')
+    return int(found[0].get_attribute("data-points") or 0) if found else 0
+
+
+def test_both_devices_appear_with_a_live_telemetry_chart(fleet: Fleet) -> None:
+    fleet.page("/")
+    for device in DEVICES:
+        fleet.wait(lambda d=device: chart_points(fleet, d) >= 2, 180, f"no telemetry chart for {device}")
+        canvas = fleet.driver.find_elements(By.CSS_SELECTOR, f'article[data-device="{device}"] .chart canvas')
+        assert canvas and int(canvas[0].get_attribute("width") or 0) > 0
+    assert "2 devices, 2 online" in fleet.text("#fleet-count")
+    fleet.screenshot("fleet")
+
+
+def test_a_bad_setting_shows_its_validation_message_beside_it(fleet: Fleet) -> None:
+    fleet.page(f"/device/{DEVICES[0]}")
+    field = fleet.wait(lambda: fleet.driver.find_elements(By.CSS_SELECTOR, 'input[name="gallery.threshold"]'), 90)
+    assert isinstance(field, list)
+    field[0].clear()
+    field[0].send_keys("5")
+    fleet.driver.find_element(By.ID, "settings-save").click()
+    message = '.field-error[data-key="gallery.threshold"]'
+    fleet.wait(lambda: "must be a number greater than 0 and at most 4" in fleet.text(message), 90)
+    assert fleet.text("#settings-error") == ""  # the message sits beside its field, not at the top
+    fleet.screenshot("device", showing=message)
+
+
+def open_people(fleet: Fleet) -> None:
+    fleet.page("/people")
+    fleet.wait(lambda: "online devices" in fleet.text("#people-state"), 120, "the people page did not load")
+
+
+def enroll_from_the_page(fleet: Fleet, photo: Path) -> str:
+    open_people(fleet)
+    driver = fleet.driver
+    driver.find_element(By.ID, "enroll-name").send_keys(PERFORMER)
+    driver.find_element(By.ID, "enroll-ref").send_keys("cast-001")
+    driver.find_element(By.ID, "enroll-consent").send_keys("form 2025-117")
+    driver.find_element(By.ID, "enroll-purpose").send_keys("stage door")
+    driver.find_element(By.ID, "enroll-consent-ok").click()
+    driver.find_element(By.ID, "enroll-photos").send_keys(str(photo))
+    driver.find_element(By.ID, "enroll-submit").click()
+    fleet.wait(lambda: all(f"{d}: " in fleet.text("#enroll-result") for d in DEVICES), 120, "no enroll outcome")
+    return fleet.text("#enroll-result")
+
+
+def test_enrollment_by_upload_makes_the_agents_recognize_the_performer(fleet: Fleet, shared_data: Path) -> None:
+    result = enroll_from_the_page(fleet, shared_data / CLIP_ENROLL)
+    for device in DEVICES:
+        assert f"{device}: enrolled {PERFORMER}" in result, result
+    fleet.wait(lambda: PERFORMER in fleet.recognized(DEVICES[0]), 180, "the agent did not recognize the performer")
+    fleet.wait(lambda: PERFORMER in fleet.text("#people .name"), 60)  # the page reloads the listing
+    row = fleet.text(f'#people tr[data-person="{PERFORMER}"]')
+    assert all(device in row for device in DEVICES) and "form 2025-117" in row  # merged, with its consent record
+    fleet.screenshot("people")
+
+
+def test_the_events_page_shows_recognitions_live_and_filtered(fleet: Fleet) -> None:
+    fleet.page(f"/events?person=Miranda&device={DEVICES[0]}")
+    fleet.wait(lambda: PERFORMER in fleet.text("#events .person"), 180, "no live recognition on the events page")
+    devices = {row.get_attribute("data-device") for row in fleet.driver.find_elements(By.CSS_SELECTOR, "#events tr")}
+    assert devices == {DEVICES[0]}
+    fleet.screenshot("events")
+
+
+def test_erasure_from_the_page_removes_the_person_from_the_devices(fleet: Fleet, shared_data: Path) -> None:
+    if PERFORMER not in fleet.people_on(DEVICES[0]):
+        enroll_from_the_page(fleet, shared_data / CLIP_ENROLL)
+    open_people(fleet)
+    fleet.wait(lambda: PERFORMER in fleet.text("#people .name"), 60)
+    fleet.driver.find_element(By.CSS_SELECTOR, f'#people tr[data-person="{PERFORMER}"] button.erase').click()
+    question = fleet.text("#confirm-text")
+    assert f"Erase {PERFORMER} from 2 device(s)" in question and "cannot be undone" in question
+    assert all(device in fleet.text("#confirm-extra") for device in DEVICES)  # says where, before anything goes
+    fleet.driver.find_element(By.ID, "confirm-ok").click()
+    fleet.wait(lambda: all(f"{d}: erased {PERFORMER}" in fleet.text("#enroll-result") for d in DEVICES), 120)
+    for device in DEVICES:
+        assert PERFORMER not in fleet.people_on(device)
+
+
+def test_off_loopback_the_browser_gets_the_login_page_without_the_password(fleet: Fleet, tmp_path: Path) -> None:
+    password = make_password_file(tmp_path)
+    guarded = start_console(fleet.broker, "--password-file", str(password), listen_host="0.0.0.0")
+    try:
+        fleet.driver.get(guarded.url + "/people")
+        fleet.wait(lambda: fleet.driver.current_url.endswith("/login"), 30)
+        assert "This console listens beyond this machine" in fleet.text("main")
+        assert not fleet.driver.find_elements(By.ID, "people")
+        fleet.screenshot("login")
+    finally:
+        guarded.stop()
