@@ -29,7 +29,7 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import TfliteModel, select_runtime
 from tests.support.compare import cosine
 
-pytestmark = pytest.mark.arm64
+pytestmark = [pytest.mark.arm64, pytest.mark.slow]  # the arm64 parity check (run on arm64 by scripts/arm64_check.sh)
 
 # Chosen from the arm64 check's fixed pairs for their wide margins at the 0.6 threshold (x86: 0.37, 0.93).
 SAME_PAIR = ("faces-lfw/LeBron_James/LeBron_James_0001.jpg", "faces-lfw/LeBron_James/LeBron_James_0004.jpg")

@@ -24,6 +24,8 @@ from tests.support.agent_process import start_agent
 from tests.support.broker import Broker, Observer
 from tests.support.data import CLIP, CLIP_ENROLL, CLIP_FRAMES
 
+pytestmark = pytest.mark.slow  # `faceagent run` as a real process
+
 DEVICE = "fresh-1"
 STATUS = f"faceagent/{DEVICE}/status"
 
@@ -89,20 +91,17 @@ def fresh(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline, shar
         broker.kill()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ping", "get_status"])
 def test_an_anonymous_client_gets_answers_to_what_reveals_no_one(fresh: Fresh, name: str) -> None:
     assert fresh.ask(name)["status"] == "ok"
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_list_people(fresh: Fresh) -> None:
     reply = fresh.ask("list_people")
     assert reply["status"] == "error" and reply["error"]["code"] == "unauthorized" and "data" not in reply
     assert "Lin-Manuel" not in json.dumps(reply)
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_enroll(fresh: Fresh, shared_data: Path) -> None:
     photo = base64.b64encode((shared_data / CLIP / "enroll" / "Alex_Lacamoire.png").read_bytes()).decode()
     before = fresh.people()
@@ -110,21 +109,18 @@ def test_an_anonymous_client_cannot_enroll(fresh: Fresh, shared_data: Path) -> N
     assert reply["error"]["code"] == "unauthorized" and fresh.people() == before
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_erase_a_person(fresh: Fresh) -> None:
     before = fresh.people()
     assert fresh.ask("delete_person", {"person_id": fresh.person})["error"]["code"] == "unauthorized"
     assert fresh.people() == before
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_change_a_setting(fresh: Fresh) -> None:
     before = fresh.config.read_bytes()
     assert fresh.ask("set_config", {"values": {"gallery.threshold": 3.9}})["error"]["code"] == "unauthorized"
     assert fresh.config.read_bytes() == before
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_purge_events(fresh: Fresh) -> None:
     assert fresh.ask("purge_events", {"older_than_days": 0})["error"]["code"] == "unauthorized"
     with GalleryStore.open(fresh.db) as store:
@@ -132,7 +128,6 @@ def test_an_anonymous_client_cannot_purge_events(fresh: Fresh) -> None:
     assert [r["details"]["code"] for r in ran] == ["unauthorized"]
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_restart_the_device(fresh: Fresh) -> None:
     assert fresh.ask("restart")["error"]["code"] == "unauthorized"
     time.sleep(1.0)  # a restart would stop the agent at its next frame
@@ -140,13 +135,11 @@ def test_an_anonymous_client_cannot_restart_the_device(fresh: Fresh) -> None:
     assert all(m.json().get("state") != "offline" for m in fresh.client.on(STATUS)[fresh.started :])
 
 
-@pytest.mark.slow
 def test_a_fresh_device_shows_it_has_no_keys_in_its_status(fresh: Fresh) -> None:
     status = fresh.ask("get_status")["data"]
     assert status["commands"] == {"authority": "no_keys", "command_keys": [], "release_keys": []}
 
 
-@pytest.mark.slow
 def test_a_fresh_device_warns_once_at_start_how_to_add_a_key(fresh: Fresh) -> None:
     warnings = [line for line in fresh.log.read_text().splitlines() if "no command key configured" in line]
     assert len(warnings) == 1 and "faceagent ctl keygen" in warnings[0] and "public_keys" in warnings[0]

@@ -10,6 +10,8 @@ import pytest
 from tests.support.agent_process import faceagent
 from tests.support.data import BRICK, SAMPLE
 
+pytestmark = pytest.mark.slow  # the faceagent command as a real process, a few seconds each
+
 
 def test_version_reports_the_runtime() -> None:
     result = faceagent("--version")

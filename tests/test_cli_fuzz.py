@@ -378,6 +378,7 @@ def test_each_readme_command_line_runs_as_written(world: World, index: int) -> N
     tried["readme"] += 1
 
 
+@pytest.mark.slow  # fuzzing: hundreds of generated command lines
 @given(data=st.data())
 @examples(GENERATED)
 def test_generated_command_lines_exit_0_or_2_never_a_traceback(world: World, data: st.DataObject) -> None:
@@ -386,6 +387,7 @@ def test_generated_command_lines_exit_0_or_2_never_a_traceback(world: World, dat
     tried["generated"] += 1
 
 
+@pytest.mark.slow  # fuzzing: hundreds of generated command lines
 @given(data=st.data())
 @examples(MUTATED)
 def test_mutated_readme_command_lines_exit_0_or_2_never_a_traceback(world: World, data: st.DataObject) -> None:
@@ -485,6 +487,7 @@ CTL = [
     | st.binary(max_size=30)
     | hostile_values.map(lambda v: json.dumps(v).encode()),
 )
+@pytest.mark.slow  # fuzzing: hundreds of generated command lines
 @examples(ANSWERS)
 def test_ctl_survives_hostile_replies_and_statuses(
     world: World, responder: Responder, command: list[str], answer: Callable[[dict[str, Any]], bytes], status: bytes

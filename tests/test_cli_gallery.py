@@ -20,6 +20,8 @@ from tests.support.agent_process import faceagent
 from tests.support.compare import file_sha256
 from tests.support.data import BRICK, CLIP_ENROLL, SAMPLE
 
+pytestmark = pytest.mark.slow  # the faceagent command as a real process, a few seconds each
+
 ACTOR = f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
 
 

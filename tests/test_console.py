@@ -248,6 +248,7 @@ def csrf_of(page: str) -> str:
     return found[1]
 
 
+@pytest.mark.slow  # the faceagent command as a real process
 def test_off_loopback_the_console_will_not_start_without_a_password(broker: Broker) -> None:
     result = faceagent("console", "--mqtt", broker.url, "--listen", f"0.0.0.0:{free_port()}", timeout=60)
     assert result.returncode == 2

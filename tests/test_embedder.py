@@ -40,6 +40,7 @@ def parity_chips(pipeline: FacePipeline, lfw_faces: list[Path]) -> list[np.ndarr
 @pytest.mark.parametrize(
     ("embedder_id", "min_cosine"), [("dlib-resnet29-int8", 0.998), ("dlib-resnet29-float32", 0.99999)]
 )
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_embedder_matches_dlib_on_the_same_chip(
     models_dir: Path, parity_chips: list[np.ndarray], dlib_encoder, embedder_id: str, min_cosine: float
 ) -> None:
@@ -57,6 +58,7 @@ def test_every_embedder_in_the_manifest_is_tested_here(models_dir: Path) -> None
     assert embedders == {"dlib-resnet29-int8", "dlib-resnet29-float32", *mobileface}
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_every_detector_finds_real_faces(models_dir: Path, lfw_faces: list[Path]) -> None:
     store = ModelStore(models_dir)
     for spec in (s for s in store.specs.values() if s.role == "detector"):
@@ -65,6 +67,7 @@ def test_every_detector_finds_real_faces(models_dir: Path, lfw_faces: list[Path]
         assert found >= 39, spec.id
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_same_person_is_closer_than_different_people(pipeline: FacePipeline, lfw_pairs) -> None:
     same = [p for p in lfw_pairs if p[1]][:20]
     different = [p for p in lfw_pairs if not p[1]][:20]

@@ -161,6 +161,7 @@ def test_no_vacuum_is_needed_freed_pages_stay_but_are_zeroed(tmp_path: Path, enr
     assert leaks(files, enrolees[0].blobs) == []
 
 
+@pytest.mark.slow  # the faceagent command as a real process
 def test_cli_person_delete_erases_the_bytes(tmp_path: Path, enrolees: list[Enrolee]) -> None:
     path = tmp_path / "g.db"
     with GalleryStore.open(path) as store:

@@ -22,6 +22,8 @@ from tests.support.broker import Broker, Observer
 from tests.support.commands import signed_by
 from tests.support.data import CLIP_FRAMES
 
+pytestmark = pytest.mark.slow  # `faceagent run` as a real process
+
 DEVICE = "hostile-1"
 BASE = f"faceagent/{DEVICE}"
 MIB = 1024 * 1024
@@ -86,14 +88,12 @@ def _still_running(agent: Agent, request_id: str) -> None:
     assert agent.process.poll() is None
 
 
-@pytest.mark.slow
 def test_an_oversized_mqtt_message_is_never_delivered(agent: Agent) -> None:
     agent.observer.publish(f"{BASE}/cmd/ping", b'{"request_id": "huge", "pad": "' + b"x" * (3 * MIB) + b'"}')
     _still_running(agent, "after-huge")
     assert not any(r["request_id"] == "huge" for r in agent.replies("ping"))  # too_large had it arrived
 
 
-@pytest.mark.slow
 def test_nested_json_at_the_size_limit_is_refused(agent: Agent) -> None:
     agent.observer.publish(f"{BASE}/cmd/enroll", nested_json(LIMIT - 1024))
     assert agent.observer.wait_for(lambda _: bool(agent.replies("enroll")), timeout=60)
@@ -102,7 +102,6 @@ def test_nested_json_at_the_size_limit_is_refused(agent: Agent) -> None:
     _still_running(agent, "after-nested")
 
 
-@pytest.mark.slow
 def test_a_7000_pixel_png_in_enroll_is_refused_with_the_reason(agent: Agent) -> None:
     images = [{"data": base64.b64encode(flat_png(7000, 7000)).decode()}]
     agent.observer.publish(f"{BASE}/cmd/enroll", agent.signed("enroll", "png-7000", {"name": "X", "images": images}))

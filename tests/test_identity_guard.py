@@ -77,6 +77,7 @@ def test_another_persons_photo_is_added_with_force_and_audited(
     assert record["details"]["mismatches_overridden"] == 1
 
 
+@pytest.mark.slow  # the faceagent command as a real process
 def test_the_local_cli_names_the_match(tmp_path: Path, shared_data: Path) -> None:
     """`faceagent enroll` reads the gallery file itself, so naming whom a photo matches reveals nothing new."""
     db = tmp_path / "gallery.db"

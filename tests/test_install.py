@@ -20,6 +20,8 @@ from agent.cli.main import build_parser
 from tests.support.broker import Broker
 from tests.support.data import REPO, SAMPLE
 
+pytestmark = pytest.mark.slow  # the installer and the systemd unit: install.sh, systemd-analyze, its sandbox
+
 SCRIPT = REPO / "scripts" / "install.sh"
 UNIT = REPO / "systemd" / "faceagent.service"
 AGENT = Path(sys.executable).parent / "faceagent"

@@ -86,6 +86,7 @@ def test_truncated_params_file_is_refused_clearly(tmp_path: Path) -> None:
         bm.read_mxnet_params(cut)
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_float32_matches_the_onnx_reference_on_real_chips(
     models_dir: Path, parity_chips: np.ndarray, onnx_reference: np.ndarray
 ) -> None:
@@ -95,6 +96,7 @@ def test_float32_matches_the_onnx_reference_on_real_chips(
     assert cos.min() >= 0.9999
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_int8_matches_float32_on_real_chips(models_dir: Path, parity_chips: np.ndarray) -> None:
     store = ModelStore(models_dir)
     f32 = _embed(_load(store, "mobileface-v2-float32"), parity_chips)

@@ -131,6 +131,7 @@ def test_a_mutated_model_is_refused_by_its_manifest_hash(
     derandomize=True,  # the same cases every run: each is a child process, and CI time is counted
     suppress_health_check=list(HealthCheck),
 )
+@pytest.mark.slow  # fuzzing: 20 mutated models, each checked in a child process
 def test_a_signed_but_broken_model_fails_its_check_and_the_models_in_use_run_on(
     pipeline: FacePipeline, originals: dict[str, bytes], model_id: str, mutation: Mutation
 ) -> None:

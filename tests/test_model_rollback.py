@@ -59,6 +59,7 @@ def refused_as_rollback(outcome: dict, floor: str) -> bool:
     return outcome["status"] == "FAILED" and outcome["step"] == "verify" and f"not above {floor}" in outcome["reason"]
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_an_older_signed_release_replayed_under_a_new_job_id_is_refused(updates: SignedUpdates, int8: bytes) -> None:
     old = signed_release(updates.key, int8, version="2")
     assert updates.release("job-1", int8, old)["status"] == "SUCCEEDED"
@@ -68,6 +69,7 @@ def test_an_older_signed_release_replayed_under_a_new_job_id_is_refused(updates:
     assert updates.live.swaps == 2
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_an_equal_version_is_refused(updates: SignedUpdates, int8: bytes) -> None:
     assert updates.release("job-1", int8, signed_release(updates.key, int8, version="2"))["status"] == "SUCCEEDED"
     again = signed_release(updates.key, int8, version="2", entry={"threshold": 0.5})  # another release, the same number
@@ -80,6 +82,7 @@ def test_a_release_not_above_the_shipped_models_is_refused(updates: SignedUpdate
     assert installed_models_dir(updates.device.store_path) is None and updates.live.swaps == 0
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_restart_does_not_reset_the_floor(updates: SignedUpdates, int8: bytes) -> None:
     old = signed_release(updates.key, int8, version="2")
     assert updates.release("job-1", int8, signed_release(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
@@ -88,6 +91,7 @@ def test_a_restart_does_not_reset_the_floor(updates: SignedUpdates, int8: bytes)
     assert updates.installed()["version"] == "3"
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_the_floor_outlives_the_installed_manifest(updates: SignedUpdates, int8: bytes) -> None:
     """With the installed manifests gone the agent falls back to the shipped models; the floor stays."""
     assert updates.release("job-1", int8, signed_release(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
@@ -111,6 +115,7 @@ def test_a_damaged_floor_refuses_every_release(updates: SignedUpdates, int8: byt
     assert updates.live.swaps == 0
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_failed_install_does_not_raise_the_floor(updates: SignedUpdates, int8: bytes) -> None:
     release = signed_release(updates.key, int8, version="3")
     updates.live.broken = True

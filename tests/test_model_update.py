@@ -72,6 +72,7 @@ def updates(tmp_path: Path, pipeline: FacePipeline) -> Updates:
 # ------------------------------------------------------------------------------------ good updates
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_new_version_of_the_model_in_use_goes_live(updates: Updates, int8: bytes) -> None:
     person = updates.enroll()
     outcome = updates.send("job-1", int8, version="2025.06.1")
@@ -83,6 +84,7 @@ def test_a_new_version_of_the_model_in_use_goes_live(updates: Updates, int8: byt
     assert outcome["people_needing_reenrollment"] == 0
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_an_installed_model_is_a_new_file_beside_the_models_it_replaces(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8)
     models_dir = state_models_dir(updates.device.store_path)
@@ -93,6 +95,7 @@ def test_an_installed_model_is_a_new_file_beside_the_models_it_replaces(updates:
     assert ModelStore(models_dir).verify_all() and not (models_dir / ".staging" / "job-1").exists()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_second_update_keeps_the_manifest_it_replaces(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8, version="2")
     updates.send("job-2", int8, version="3")
@@ -101,6 +104,7 @@ def test_a_second_update_keeps_the_manifest_it_replaces(updates: Updates, int8: 
     assert next(e for e in previous["models"] if e["id"] == INT8)["version"] == "2"
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates, int8: bytes) -> None:
     person = updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
@@ -111,12 +115,14 @@ def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates,
     assert len(updates.device.services.matcher) == 0 and not updates.live.recognizes(person)
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_the_commit_reply_sends_the_renamed_count_under_both_spellings(updates: Updates, int8: bytes) -> None:
     updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
     assert outcome["people_needing_reenrollment"] == outcome["people_needing_reenrolment"] == 1
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_new_embedder_id_rebuilds_templates_from_kept_chips(
     tmp_path: Path, pipeline: FacePipeline, int8: bytes
 ) -> None:
@@ -175,6 +181,7 @@ def test_a_truncated_transfer_fails_at_commit(updates: Updates, int8: bytes) -> 
     updates.assert_old_model_runs()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_loads_but_gives_nonsense_fails_the_test_faces(updates: Updates, scrambled: bytes) -> None:
     person = updates.enroll()
     outcome = updates.send("job-1", scrambled, version="2")
@@ -184,18 +191,21 @@ def test_a_model_that_loads_but_gives_nonsense_fails_the_test_faces(updates: Upd
     assert updates.live.recognizes(person)
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_kills_the_runtime_fails_without_harming_the_agent(updates: Updates, mangled: bytes) -> None:
     outcome = updates.send("job-1", mangled)
     assert outcome["status"] == "FAILED" and outcome["step"] == "load", outcome
     updates.assert_old_model_runs()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_does_not_match_its_manifest_entry_fails_its_check(updates: Updates, int8: bytes) -> None:
     outcome = updates.send("job-1", int8, entry={"output": {"shape": [1, 512], "dtype": "float32"}})
     assert outcome["status"] == "FAILED" and outcome["step"] == "check" and "shape" in outcome["reason"]
     updates.assert_old_model_runs()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_failed_swap_puts_the_previous_manifest_back(updates: Updates, int8: bytes) -> None:
     updates.live.broken = True
     outcome = updates.send("job-1", int8)
@@ -273,6 +283,7 @@ def test_a_phase_must_be_named(updates: Updates) -> None:
     assert error(updates.call("rollback", job_id="job-1")) == "bad_request"
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_every_phase_is_audited_without_model_bytes(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8)
     records = [r for r in updates.device.audit() if r["action"] == "command.model_update"]
@@ -282,6 +293,7 @@ def test_every_phase_is_audited_without_model_bytes(updates: Updates, int8: byte
     assert max(len(json.dumps(r["details"])) for r in records) < 600
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_restarted_service_loads_the_installed_models(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
     from agent.service.app import AgentService

@@ -104,6 +104,7 @@ def test_events_wait_in_the_outbox_while_no_broker_acknowledges(start_broker, st
     assert pending_ids(store_path) == []
 
 
+@pytest.mark.slow  # the broker stopped and restarted mid-stream
 def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: Path, link_outbox, observe) -> None:
     broker = start_broker(persistence=True)  # the consumer's queued messages survive the restart
     collector = observe(broker, [EVENTS], client_id="collector", persistent=True)
@@ -125,6 +126,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: P
           f"delivered {len(collector.messages)}, duplicates {duplicates}")  # fmt: skip
 
 
+@pytest.mark.slow  # the link in a process of its own, SIGKILLed and restarted
 def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Path, observe, spawn_link) -> None:
     collector: Observer = observe(broker, [EVENTS])
     producer = Producer(store_path, count=300, interval=0.01)

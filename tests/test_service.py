@@ -18,6 +18,8 @@ from tests.support.agent_process import agent_config, agent_env, ctl_call, enrol
 from tests.support.broker import Broker, Observer
 from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
 
+pytestmark = pytest.mark.slow  # `faceagent run` as a real process
+
 DEVICE = "stage-1"
 
 
@@ -57,7 +59,6 @@ def status(observer: Observer) -> list[dict]:
     return [m.json() for m in observer.on(f"faceagent/{DEVICE}/status")]
 
 
-@pytest.mark.slow
 def test_run_recognizes_the_enrolled_person_and_publishes_every_event(
     tmp_path: Path, broker: Broker, observe, shared_data: Path
 ) -> None:
@@ -79,7 +80,6 @@ def test_run_recognizes_the_enrolled_person_and_publishes_every_event(
     assert status(observer)[-1]["state"] == "offline" and status(observer)[-1]["reason"] == "stopped"
 
 
-@pytest.mark.slow
 def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, observe, shared_data: Path) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=15)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
@@ -99,7 +99,6 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
     assert telemetry["fps"] > 0 and "total" in telemetry["latency_ms"]
 
 
-@pytest.mark.slow
 def test_ctl_enrolls_a_person_whom_the_running_agent_then_recognizes(
     tmp_path: Path, broker: Broker, observe, shared_data: Path, operator_key_file: Path
 ) -> None:
@@ -167,7 +166,6 @@ def start_under_systemd(command: list[str], notify: NotifySocket) -> subprocess.
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-@pytest.mark.slow
 def test_mqtt_restart_reexecutes_in_place_and_a_second_one_is_refused(
     tmp_path: Path, broker: Broker, observe, shared_data: Path, notify_socket: NotifySocket, operator_key_file: Path
 ) -> None:
@@ -197,7 +195,6 @@ def test_mqtt_restart_reexecutes_in_place_and_a_second_one_is_refused(
     assert notify_socket.lines().count("READY=1") == 2  # the refused restart did nothing
 
 
-@pytest.mark.slow
 def test_without_a_camera_the_agent_runs_and_says_how_to_configure_one(
     tmp_path: Path, broker: Broker, observe, notify_socket: NotifySocket
 ) -> None:
