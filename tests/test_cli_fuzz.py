@@ -45,6 +45,8 @@ from tests.support.broker import HOST, Broker
 from tests.support.commands import write_private_key
 from tests.support.data import SAMPLE
 
+pytestmark = pytest.mark.slow  # fuzzing: hundreds of generated command lines, counted by its last test
+
 GENERATED = 300  # argument lists built from the parser's own commands and options
 MUTATED = 300  # the README's command lines, each with one or two mutations
 ANSWERS = 30  # `ctl` commands answered by a device that sends hostile replies and statuses
@@ -378,7 +380,6 @@ def test_each_readme_command_line_runs_as_written(world: World, index: int) -> N
     tried["readme"] += 1
 
 
-@pytest.mark.slow  # fuzzing: hundreds of generated command lines
 @given(data=st.data())
 @examples(GENERATED)
 def test_generated_command_lines_exit_0_or_2_never_a_traceback(world: World, data: st.DataObject) -> None:
@@ -387,7 +388,6 @@ def test_generated_command_lines_exit_0_or_2_never_a_traceback(world: World, dat
     tried["generated"] += 1
 
 
-@pytest.mark.slow  # fuzzing: hundreds of generated command lines
 @given(data=st.data())
 @examples(MUTATED)
 def test_mutated_readme_command_lines_exit_0_or_2_never_a_traceback(world: World, data: st.DataObject) -> None:
@@ -487,7 +487,6 @@ CTL = [
     | st.binary(max_size=30)
     | hostile_values.map(lambda v: json.dumps(v).encode()),
 )
-@pytest.mark.slow  # fuzzing: hundreds of generated command lines
 @examples(ANSWERS)
 def test_ctl_survives_hostile_replies_and_statuses(
     world: World, responder: Responder, command: list[str], answer: Callable[[dict[str, Any]], bytes], status: bytes

@@ -229,6 +229,7 @@ def test_concurrent_add_and_search() -> None:
         assert match.distance == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy, not a unit
 def test_real_faces_identified_and_stranger_rejected(
     pipeline: FacePipeline, lfw_faces: list[Path], shared_data: Path
 ) -> None:

@@ -31,6 +31,8 @@ from agent.vision.pipeline import FacePipeline
 from tests.support.commands import data
 from tests.support.model_updates import make_updates
 
+pytestmark = pytest.mark.slow  # fuzzing: mutated models, 20 checked in child processes, counted by its last test
+
 HASHED = 150  # mutations refused by the manifest's sha256
 SIGNED = 20  # mutations shipped as signed updates, each checked in a child process (about 1 s each)
 MODELS = {  # manifest id -> (role, file)
@@ -131,7 +133,6 @@ def test_a_mutated_model_is_refused_by_its_manifest_hash(
     derandomize=True,  # the same cases every run: each is a child process, and CI time is counted
     suppress_health_check=list(HealthCheck),
 )
-@pytest.mark.slow  # fuzzing: 20 mutated models, each checked in a child process
 def test_a_signed_but_broken_model_fails_its_check_and_the_models_in_use_run_on(
     pipeline: FacePipeline, originals: dict[str, bytes], model_id: str, mutation: Mutation
 ) -> None:
