@@ -65,7 +65,10 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline() -> FacePipeline:
-    return FacePipeline(PipelineOptions())
+    """The default models on one inference thread: the same detections and embeddings, bit for bit, as the
+    default two, and five to eight times faster on a shared 2-core machine, where a second TFLite thread waits
+    for a core instead of working (measured: 40 LFW photos in 1.6-2.1 s against 9.7-15.6 s at load 3)."""
+    return FacePipeline(PipelineOptions(threads=1))
 
 
 @pytest.fixture(scope="session")
