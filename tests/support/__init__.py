@@ -6,8 +6,11 @@
 - `commands`: a device's command side as the service wires it, and the test operator's command key.
 - `model_updates`: that device with a `ModelUpdater`, and signed model releases for it.
 - `agent_process`: `faceagent` as a process (CLI runs, `faceagent run`, the link alone), its config and env.
+- `console`: `faceagent console` as a process, and its password file.
 - `faults`: what the fault suite reads back after a kill (the outbox, integrity, what was delivered).
 - `tmpfs`: a small tmpfs that really fills up.
 - `compare`: small comparisons several test modules make (images, embeddings, files).
+- `factory`: fixture factories that close what they made.
+- `markers`: the collection rule that keeps the fault suite out of `-m "not slow"`.
 - `fakes/picamera2`: the one fake, at the hardware boundary (there is no Pi camera here).
 """
