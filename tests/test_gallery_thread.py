@@ -23,6 +23,7 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_iso
 from agent.service.app import AgentService, RunOptions
+from agent.vision.modelstore import default_models_dir
 from tests.broker import Broker
 
 FRAMES = "sequence/hamilton_clip/frames"
@@ -211,3 +212,38 @@ def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
         loop.join(timeout=60)
         listener.close()
     assert loaded_at
+
+
+def test_a_model_swap_builds_its_matcher_on_the_gallery_thread(
+    tmp_path: Path, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new models' matcher grows with the gallery: it is built aside, never on the frame loop, and the
+    frame loop only takes it whole, between two frames."""
+    loads: list[str] = []
+    takes: list[str] = []
+    load, take = Matcher.load, Matcher.take
+
+    def recorded_load(self: Matcher, *args, **kwargs) -> bool:
+        loads.append(threading.current_thread().name)
+        return load(self, *args, **kwargs)
+
+    def recorded_take(self: Matcher, other: Matcher) -> None:
+        takes.append(threading.current_thread().name)
+        take(self, other)
+
+    monkeypatch.setattr(Matcher, "load", recorded_load)
+    monkeypatch.setattr(Matcher, "take", recorded_take)
+    db = tmp_path / "gallery.db"
+    with GalleryStore.open(db) as store:
+        enroll_synthetic(store, "Ada", 1)
+        enroll_synthetic(store, "Bob", 2)
+    empty = tmp_path / "no-frames"
+    empty.mkdir()
+    service = running(tmp_path, "", empty, db)
+    assert service.gallery_loaded.wait(timeout=60)
+    swap = threading.Thread(target=service.switch_models, args=(default_models_dir(),), name="faceagent-commands")
+    swap.start()
+    swap.join(timeout=120)
+    assert not swap.is_alive() and service.matcher.person_count == 2
+    assert loads == ["faceagent-gallery", "faceagent-gallery"]  # the first load, then the new models' matcher
+    assert takes == [FRAME_LOOP]

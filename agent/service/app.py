@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -56,6 +53,7 @@ from agent.service.frameloop import FrameLoop
 from agent.service.gallerythread import GalleryThread
 from agent.service.jobs import outcome
 from agent.service.publisher import FramePublisher
+from agent.service.restart import EXIT_RESTART, RestartLimit
 from agent.service.sdnotify import Notifier
 from agent.service.status import FrameClock, StatusReport
 from agent.sources.factory import open_latest
@@ -64,11 +62,6 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions
 
 log = logging.getLogger(__name__)
 
-EXIT_RESTART = 75  # EX_TEMPFAIL: `run` returns it after `restart`; cmd_run then re-executes the agent in place
-# At most one MQTT `restart` per this many seconds: a stream of them is refused, never a restart loop. The time of
-# the last one survives the re-exec in RESTARTED_AT_ENV (CLOCK_MONOTONIC, the same clock for every process).
-RESTART_MIN_INTERVAL_SECONDS = 60.0
-RESTARTED_AT_ENV = "FACEAGENT_RESTARTED_AT"
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 JOIN_SECONDS = 10.0
 FRAME_SECTIONS = frozenset({"gallery", "quality", "tracking", "events"})  # settings the frame loop consumes
@@ -104,26 +97,11 @@ def changed_sections(old: Settings, new: Settings) -> frozenset[str]:
     return frozenset(section for section, values in after.items() if before[section] != values)
 
 
-class RestartLimit:
-    """At most one `restart` per RESTART_MIN_INTERVAL_SECONDS, across the re-exec."""
-
-    def __init__(self) -> None:
-        self.last = _restarted_at()  # the last `restart` accepted, by this process or before its re-exec
-
-    def wait(self) -> float:
-        """Seconds until `restart` may run again; 0 accepts it now, and the next one waits a full interval."""
-        now = time.monotonic()
-        if self.last is not None and (wait := self.last + RESTART_MIN_INTERVAL_SECONDS - now) > 0:
-            return wait
-        self.last = now
-        os.environ[RESTARTED_AT_ENV] = repr(now)  # inherited by the re-executed agent
-        return 0.0
-
-
 class AgentService:
     """One camera's live loop plus the broker link; `run()` returns the process exit code."""
 
     def __init__(self, settings: Settings, options: RunOptions | None = None, notifier: Notifier | None = None) -> None:
+        """Builds every part and starts none: a bad setting or key stops the agent here, before READY."""
         self.options = options or RunOptions()
         settings = self.settings = self.with_overrides(settings)  # the running settings (set_config replaces them)
         self.notifier = notifier or Notifier.from_environ()
@@ -131,63 +109,31 @@ class AgentService:
         self._stop = threading.Event()
         self._exit_code = 0
         self._failure: BaseException | None = None  # what stopped the gallery thread's first load
-        state_dir = Path(settings.gallery.path).parent
-        self.storage = StorageHealth(state_dir)
-        keys = KeyRoles.from_settings(settings)  # a bad key stops the start, not the command thread later
+        self._builder = threading.get_ident()  # runs the frame loop: its SQLite connection is made here
+        self.storage = StorageHealth(Path(settings.gallery.path).parent)
+        keys = KeyRoles.from_settings(settings)
         self.replays = StoredReplayCache(settings.gallery.path)  # a restart must not reopen the replay window
         security = CommandSecurity(settings.commands, self.device_id, keys.commands, self.replays)
         security.announce()
         pipeline = FacePipeline(pipeline_options(settings))
         log.info("TFLite runtime: %s", pipeline.runtime.describe())
-        model_id = pipeline.embedder.info.model_id
         self.store = GalleryStore.open(settings.gallery.path)  # the frame loop's: this thread's
         self.matcher = Matcher.for_gallery(settings.gallery)  # filled by the gallery thread
         self.recognizer = Recognizer(
             pipeline, self.matcher, self.store, settings, settings.events.camera_id, storage=self.storage
         )
-        telemetry = Telemetry(
-            self.device_id, __version__, {"detector": pipeline.detector_spec.id, "embedder": model_id}
-        )
         self.source = open_latest(
             settings.camera, lossless=self.options.lossless, config_path=self.options.settings_path
         )
-        self.status = StatusReport(
-            telemetry,
-            self.storage,
-            self.source,
-            security,
-            tuple(keys.releases),
-            pipeline.runtime.describe(),
-            state_dir,
-            tuple(self._warnings()),
-        )
+        self.status = self._status_report(pipeline, security, keys)
         self.commands = CommandQueue(settings.commands.max_payload_bytes)
-        self.link = self._link(telemetry)
-        self.outbox = (
-            None
-            if self.link is None
-            else OutboxPublisher(
-                settings.gallery.path, self.link, max_events=settings.mqtt.max_outbox_events, storage=self.storage
-            )
-        )
-        discovery, last_person = self._home_assistant()
-        self.publisher = FramePublisher(
-            settings,
-            self.store,
-            telemetry,
-            link=self.link,
-            outbox=self.outbox,
-            discovery=discovery,
-            last_person=last_person,
-            on_event=self.options.on_event,
-        )
-        if self.link is not None:
-            self.link.add_connect_hook(self.publisher.resend_presence)
-            self.publisher.refresh_last_person()
+        self.link = self._link()
+        self.outbox = self._outbox()
+        self.publisher = self._publisher()
         self.gallery = GalleryThread(
             settings.gallery.path,
             self.matcher,
-            model_id,
+            pipeline.embedder.info.model_id,
             settings.retention,
             storage=self.storage,
             status=self.status,
@@ -212,33 +158,7 @@ class AgentService:
         )
         self.command_pipeline = OnFirstUse(lambda: FacePipeline(pipeline_options(self.settings)))
         self.restarts = RestartLimit()
-        services = CommandServices(
-            settings_path=self.options.settings_path,
-            get_settings=lambda: self.settings,  # a set_config is seen at once
-            apply_settings=self.apply_settings,
-            open_store=lambda: GalleryStore.open(self.settings.gallery.path),
-            gallery=self.gallery,
-            enroller_factory=self._enroller,
-            status=lambda: self.worker.status_document(),
-            request_restart=lambda: self.stop(EXIT_RESTART),
-            restart_wait=self.restarts.wait,
-            storage=self.storage,
-            model_updates=ModelUpdater(
-                state_models_dir(settings.gallery.path),
-                get_settings=lambda: self.settings,
-                keys=keys.releases,
-                apply=self.switch_models,
-                gallery=self.gallery,
-            ),
-        )
-        self.worker = CommandWorker(
-            self.commands,
-            CommandDispatcher(services, security),
-            self.replays,
-            self.status,
-            lambda: GalleryStore.open(self.settings.gallery.path),
-            self.link,
-        )
+        self.worker = self._command_worker(keys, security)
 
     def with_overrides(self, settings: Settings) -> Settings:
         """`settings` with the command line's overrides and the models a model update installed: applied at
@@ -263,7 +183,20 @@ class AgentService:
             log.warning("%s", warning)
         return warnings
 
-    def _link(self, telemetry: Telemetry) -> MqttLink | None:
+    def _status_report(self, pipeline: FacePipeline, security: CommandSecurity, keys: KeyRoles) -> StatusReport:
+        models = {"detector": pipeline.detector_spec.id, "embedder": pipeline.embedder.info.model_id}
+        return StatusReport(
+            Telemetry(self.device_id, __version__, models),
+            self.storage,
+            self.source,
+            security,
+            tuple(keys.releases),
+            pipeline.runtime.describe(),
+            Path(self.settings.gallery.path).parent,
+            tuple(self._warnings()),
+        )
+
+    def _link(self) -> MqttLink | None:
         settings = self.settings
         mqtt = settings.mqtt
         if not mqtt.url:
@@ -272,28 +205,76 @@ class AgentService:
         limit = packet_limit(settings.commands.max_payload_bytes)  # the broker drops larger messages for us
         broker = BrokerSettings.from_settings(mqtt, url=mqtt.url, max_packet_bytes=limit)  # credentials in the URL win
         client_id = client_id_for(self.device_id, Path(settings.gallery.path).parent)
-        will = telemetry.offline("connection lost")
+        will = self.status.telemetry.offline("connection lost")
         link = MqttLink(broker, self.device_id, self.commands.offer, will=will, client_id=client_id)
         link.publish_status(self.status.status(None))  # held by the link and re-sent on every connect
         return link
 
-    def _home_assistant(self) -> tuple[HomeAssistantDiscovery | None, LastPersonTopic | None]:
+    def _outbox(self) -> OutboxPublisher | None:
         if self.link is None:
-            return None, None
+            return None
         settings = self.settings
-        discovery = HomeAssistantDiscovery(
-            self.link,
-            settings.homeassistant,
-            version=__version__,
-            camera_id=settings.events.camera_id,
-            state_dir=Path(settings.gallery.path).parent,
+        return OutboxPublisher(
+            settings.gallery.path, self.link, max_events=settings.mqtt.max_outbox_events, storage=self.storage
         )
-        discovery.attach()  # also removes what an earlier run announced, when disabled or renamed since
-        if not settings.homeassistant.enabled:
-            return discovery, None
-        last_person = LastPersonTopic(self.link)
-        last_person.attach()
-        return discovery, last_person
+
+    def _publisher(self) -> FramePublisher:
+        """Presence, Home Assistant (discovery also removes what an earlier run announced, when disabled or
+        renamed since) and the local event listener."""
+        settings, link = self.settings, self.link
+        discovery, last_person = None, None
+        if link is not None:
+            discovery = HomeAssistantDiscovery(
+                link,
+                settings.homeassistant,
+                version=__version__,
+                camera_id=settings.events.camera_id,
+                state_dir=Path(settings.gallery.path).parent,
+            )
+            discovery.attach()
+            if settings.homeassistant.enabled:
+                last_person = LastPersonTopic(link)
+                last_person.attach()
+        publisher = FramePublisher(
+            settings,
+            self.store,
+            self.status.telemetry,
+            link=link,
+            outbox=self.outbox,
+            discovery=discovery,
+            last_person=last_person,
+            on_event=self.options.on_event,
+        )
+        if link is not None:
+            link.add_connect_hook(publisher.resend_presence)
+            publisher.refresh_last_person()
+        return publisher
+
+    def _command_worker(self, keys: KeyRoles, security: CommandSecurity) -> CommandWorker:
+        def open_store() -> GalleryStore:
+            return GalleryStore.open(self.settings.gallery.path)
+
+        services = CommandServices(
+            settings_path=self.options.settings_path,
+            get_settings=lambda: self.settings,  # a set_config is seen at once
+            apply_settings=self.apply_settings,
+            open_store=open_store,
+            gallery=self.gallery,
+            enroller_factory=self._enroller,
+            status=lambda: self.worker.status_document(),
+            request_restart=lambda: self.stop(EXIT_RESTART),
+            restart_wait=self.restarts.wait,
+            storage=self.storage,
+            model_updates=ModelUpdater(
+                state_models_dir(self.settings.gallery.path),
+                get_settings=lambda: self.settings,
+                keys=keys.releases,
+                apply=self.switch_models,
+                gallery=self.gallery,
+            ),
+        )
+        dispatcher = CommandDispatcher(services, security)
+        return CommandWorker(self.commands, dispatcher, self.replays, self.status, open_store, self.link)
 
     # -------------------------------------------------------------------------------------- control
 
@@ -310,6 +291,8 @@ class AgentService:
     # ------------------------------------------------------------------------------------------ run
 
     def run(self) -> int:
+        if threading.get_ident() != self._builder:
+            raise RuntimeError("AgentService.run() must run on the thread that built the service (its frame loop)")
         if self.link is not None:
             self.link.start()
         if self.outbox is not None:
@@ -409,28 +392,6 @@ class AgentService:
     @property
     def gallery_loaded(self) -> threading.Event:
         return self.gallery.loaded
-
-
-def _restarted_at() -> float | None:
-    try:
-        value = float(os.environ.get(RESTARTED_AT_ENV, ""))
-    except ValueError:
-        return None
-    return value if 0 <= value <= time.monotonic() else None
-
-
-def reexec() -> int:
-    """Replace this process with a fresh agent, same PID and arguments: systemd sees a reload (RELOADING=1 sent
-    at shutdown, READY=1 from the new agent), not a new start, so `restart` never counts against the start
-    limit. Returns EXIT_RESTART only if the exec failed, and the unit's RestartForceExitStatus= restarts it."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    try:
-        os.execv(sys.executable, sys.orig_argv)
-    except OSError as exc:
-        print(f"faceagent: could not restart in place ({exc}); exiting {EXIT_RESTART} for systemd", file=sys.stderr)
-    return EXIT_RESTART
 
 
 def print_event(event: dict[str, Any]) -> None:

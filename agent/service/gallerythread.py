@@ -107,6 +107,7 @@ class GalleryThread:
         try:
             store = GalleryStore.open(self.path)
         except Exception as exc:
+            self.jobs.close()
             self._fail(exc)
             return
         sync = GallerySync(store, self.matcher, self.model_id, seen=UNLOADED)
@@ -115,7 +116,7 @@ class GalleryThread:
         try:
             self._serve(parts)
         finally:
-            self.jobs.close()
+            self.jobs.close()  # a write or a model swap waiting for this thread fails now
             store.close()
 
     def _serve(self, parts: GalleryParts) -> None:
