@@ -143,9 +143,10 @@ def enroll(ctx: Context, args: dict[str, Any]) -> Done:
         given = args["consent"]
         given_by = given.get("given_by") or args.get("name") or person_id or ""
         consent = Consent(given_by, utc_iso(ctx.now), given["reference"], given.get("purpose"))
+    enroller = ctx.services.enroller_factory(ctx.store)
     try:
         with ctx.services.gallery.writing(ctx.store) as changed:
-            result = ctx.services.enroller_factory(ctx.store).enroll(
+            result = enroller.enroll(
                 photos,
                 actor=ctx.actor,
                 name=args.get("name"),

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from agent.errors import FaceagentError
 
@@ -31,7 +31,7 @@ class JobQueue(Generic[P]):
 
     def __init__(self, owner: str) -> None:
         self.owner = owner  # for messages: "the frame loop", "the gallery thread"
-        self._jobs: deque[tuple[Callable[[P], object], Future[object]]] = deque()
+        self._jobs: deque[tuple[Callable[[P], Any], Future[Any]]] = deque()
         self._arrived = threading.Condition()
         self._closed = False
 
@@ -42,7 +42,7 @@ class JobQueue(Generic[P]):
             if self._closed:
                 future.set_exception(JobsClosed(f"{self.owner} has stopped"))
                 return future
-            self._jobs.append((job, future))  # type: ignore[arg-type]
+            self._jobs.append((job, future))
             self._arrived.notify_all()
         return future
 
