@@ -1,8 +1,8 @@
 """What each command does, through the same services the CLI calls (`Enroller`, `GalleryStore`, the
-settings loader). A gallery write is made inside `services.gallery.writing(store)`, so the live matcher
-follows it (just the people changed) before the reply goes out. Arguments arrive validated (`schema`); a handler raises
-`CommandError` for an expected refusal and returns `Done` otherwise. A write that finds the disk full
-is refused as `storage_full` (nothing was changed), not reported as an internal failure.
+settings loader). Arguments arrive validated (`schema`); a handler raises `CommandError` for an expected
+refusal and returns `Done` otherwise. A write that finds the disk full is refused as `storage_full`
+(nothing was changed), not reported as an internal failure. A write to people or templates is made inside
+`services.gallery.writing(store)`, so the live matcher follows it (just those people) before the reply.
 """
 
 from __future__ import annotations
