@@ -57,7 +57,7 @@ def updater(store_path: Path, key: Ed25519PrivateKey, live: Live) -> ModelUpdate
         get_settings=lambda: live.device.current[0],
         keys={key_id(key.public_key()): key.public_key()},
         apply=live.apply,
-        matcher=live.device.services.matcher,
+        gallery=live.device.gallery,
     )
 
 

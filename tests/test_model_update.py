@@ -1,8 +1,8 @@
 """Model updates through the dispatcher: each way a job can end, and the models in use after it.
 
 The device is the command side as the service wires it (`tests/command_fixtures.py`) plus a `ModelUpdater`
-whose `apply` does at once what the service's frame thread does between frames. Every check of a
-candidate runs the real child process on the real test faces.
+whose `apply` does at once what the service's gallery thread and frame loop do (the new embedder's matcher
+built aside, then taken whole). Every check of a candidate runs the real child process on the real test faces.
 """
 
 from __future__ import annotations
@@ -93,8 +93,7 @@ class Live:
             raise ModelError("the frame loop could not build the pipeline")
         settings = self.device.current[0]
         pipeline = FacePipeline(PipelineOptions(models_dir=models_dir))
-        with GalleryStore.open(self.device.store_path) as store:
-            self.device.services.matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
+        self.device.gallery.switch_model(pipeline.embedder.info.model_id, self.device.matcher.take)
         self.device.current[0] = replace(settings, models=replace(settings.models, dir=models_dir))
         self.pipeline, self.swaps = pipeline, self.swaps + 1
 
@@ -102,7 +101,7 @@ class Live:
         return self.pipeline.analyse(load_image(SAMPLE))[0].embedding
 
     def recognizes(self, person_id: str) -> bool:
-        return self.device.services.matcher.search(self.embedding()).person_id == person_id
+        return self.device.matcher.search(self.embedding()).person_id == person_id
 
 
 @dataclass
@@ -179,7 +178,7 @@ def make_updates(tmp_path: Path, pipeline: FacePipeline, *, keep_chips: bool = F
         get_settings=lambda: device.current[0],
         keys={key_id(key.public_key()): key.public_key()},
         apply=live.apply,
-        matcher=device.services.matcher,
+        gallery=device.gallery,
     )
     return Updates(device, live, key, live.embedding())
 
@@ -228,7 +227,7 @@ def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates,
     assert outcome["people_needing_reenrollment"] == 1 and outcome["templates_rebuilt"] == 0
     listing = data(updates.device.call("list_people"))
     assert listing["model_id"] == "dlib-resnet29-int8-b" and listing["people"][0]["needs_reenrollment"] is True
-    assert len(updates.device.services.matcher) == 0 and not updates.live.recognizes(person)
+    assert len(updates.device.matcher) == 0 and not updates.live.recognizes(person)
 
 
 def test_the_commit_reply_sends_the_renamed_count_under_both_spellings(updates: Updates, int8: bytes) -> None:
