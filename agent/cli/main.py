@@ -1,4 +1,11 @@
-"""The `faceagent` command: wiring only; the work happens in the modules it calls."""
+"""The `faceagent` command: the argument parser and the offline commands run on the device's files.
+
+`identify`, `compare`, `enroll`, `gallery list`, `person update|delete`, `config check` and `models verify`
+live here, each a short function over the same objects the service and the MQTT commands use (`FacePipeline`,
+`Matcher`, `Enroller`, `GalleryStore`, the settings loader), so a photo enrolled from the shell passes the same
+gate as one sent over MQTT. The long-running commands are in `live`, the operator's `ctl` in `ctl` and its
+web page in `console`.
+"""
 
 from __future__ import annotations
 
