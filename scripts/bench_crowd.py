@@ -189,63 +189,51 @@ def enroll(
     return enrolled
 
 
-@dataclass
-class OurRun:
-    seconds: list[float]  # per frame: Recognizer.process
-    embeddings: list[int]  # per frame
-    faces: list[int]  # detections per frame
-    tracks: int
-    decisions: int
-    recognized: int
-    load: str
+class LiveLoop:
+    """One camera's Recognizer on one scene, as the service drives it; per-frame cost and counts."""
 
+    def __init__(
+        self, pipeline: FacePipeline, matcher: Matcher, store: GalleryStore, settings: Settings, scene: Scene
+    ) -> None:
+        self.recognizer = Recognizer(pipeline, matcher, store, settings, "bench")
+        self.scene = scene
+        self.start = datetime(2025, 1, 1, tzinfo=UTC)
+        self.seconds: list[float] = []
+        self.embeddings: list[int] = []
+        self.faces: list[int] = []
 
-def run_ours(
-    pipeline: FacePipeline, matcher: Matcher, store: GalleryStore, settings: Settings, scene: Scene, frames: int
-) -> OurRun:
-    recognizer = Recognizer(pipeline, matcher, store, settings, "bench")
-    start = datetime(2025, 1, 1, tzinfo=UTC)
-    seconds, embeddings, faces = [], [], []
-    load = load_average()
-    for index in range(frames):
-        frame = scene.frame(index)
-        before_embeddings, before_faces = recognizer.stats.embeddings, recognizer.stats.faces
+    def step(self, index: int) -> None:
+        """Frame `index` (composed before the clock starts) through `Recognizer.process`."""
+        frame = self.scene.frame(index)
+        stats = self.recognizer.stats
+        before_embeddings, before_faces = stats.embeddings, stats.faces
         t0 = time.perf_counter()
-        recognizer.process(frame, start + timedelta(seconds=index / FPS))
-        seconds.append(time.perf_counter() - t0)
-        embeddings.append(recognizer.stats.embeddings - before_embeddings)
-        faces.append(recognizer.stats.faces - before_faces)
-    stats = recognizer.stats
-    return OurRun(seconds, embeddings, faces, recognizer.tracker.started, stats.decisions, stats.recognized, load)
+        self.recognizer.process(frame, self.start + timedelta(seconds=index / FPS))
+        self.seconds.append(time.perf_counter() - t0)
+        self.embeddings.append(stats.embeddings - before_embeddings)
+        self.faces.append(stats.faces - before_faces)
 
 
-def run_untracked(pipeline: FacePipeline, scene: Scene, frames: int) -> list[float]:
-    """Our pipeline with no tracker: every face of every frame detected, aligned and embedded."""
-    seconds = []
-    for index in range(frames):
-        frame = scene.frame(index)
-        t0 = time.perf_counter()
-        pipeline.analyse(frame)
-        seconds.append(time.perf_counter() - t0)
-    return seconds
+def untracked_seconds(pipeline: FacePipeline, frame: np.ndarray) -> float:
+    """Our pipeline with no tracker: every face of the frame detected, aligned and embedded."""
+    t0 = time.perf_counter()
+    pipeline.analyse(frame)
+    return time.perf_counter() - t0
 
 
-def run_library(face_recognition: Any, scene: Scene, frames: int) -> tuple[list[float], list[int]]:
-    """face_recognition's defaults on the same frames: HOG locations, then an encoding per face."""
-    seconds, faces = [], []
-    for index in range(frames):
-        frame = scene.frame(index)
-        t0 = time.perf_counter()
-        locations = face_recognition.face_locations(frame)
-        face_recognition.face_encodings(frame, locations)
-        seconds.append(time.perf_counter() - t0)
-        faces.append(len(locations))
-    return seconds, faces
+def library_seconds(face_recognition: Any, frame: np.ndarray) -> tuple[float, int]:
+    """face_recognition's defaults on one frame: HOG locations, then an encoding per face."""
+    t0 = time.perf_counter()
+    locations = face_recognition.face_locations(frame)
+    face_recognition.face_encodings(frame, locations)
+    return time.perf_counter() - t0, len(locations)
 
 
 def ratio(result: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
     """`result[key]` over the one-face run's, as "2.50x"."""
-    return f"{result[key] / base[key]:.2f}x" if base and base[key] else "-"
+    if base is None or not (math.isfinite(result[key]) and base[key] > 0):
+        return "-"
+    return f"{result[key] / base[key]:.2f}x"
 
 
 def ms(values: Sequence[float]) -> float:
@@ -295,39 +283,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{p.identity}{'*' if p.identity in enrolled else ''}" for p in people)
             + " (* enrolled)"
         )
-        for count in args.faces:
-            scene = Scene(background, [face_tile(data, p.shown) for p in people[:count]], cell_corners(count))
-            progress(f"{count} faces: live loop, {args.frames} frames")
-            ours = run_ours(pipeline, matcher, store, settings, scene, args.frames)
-            progress(f"{count} faces: every face embedded, {args.peer_frames} frames")
-            untracked = run_untracked(pipeline, scene, args.peer_frames)
-            library, library_faces = (
-                run_library(face_recognition, scene, args.peer_frames) if face_recognition else ([], [])
-            )
-            steady = slice(args.frames - args.steady, args.frames)
+        scenes = {
+            n: Scene(background, [face_tile(data, p.shown) for p in people[:n]], cell_corners(n)) for n in args.faces
+        }
+        loops = {n: LiveLoop(pipeline, matcher, store, settings, scene) for n, scene in scenes.items()}
+        steady_from = args.frames - args.steady
+        for count, loop in loops.items():
+            progress(f"{count} faces: live loop, frames 1-{steady_from}")
+            for index in range(steady_from):
+                loop.step(index)
+        # The steady window and the peers round-robin over the counts, so a change in the machine's load
+        # falls on every count alike instead of on whichever ran last.
+        load_steady = load_average()
+        progress(f"steady window (frames {steady_from + 1}-{args.frames}) and peers, counts in turn")
+        for index in range(steady_from, args.frames):
+            for loop in loops.values():
+                loop.step(index)
+        untracked: dict[int, list[float]] = {n: [] for n in args.faces}
+        library: dict[int, list[tuple[float, int]]] = {n: [] for n in args.faces}
+        for index in range(args.peer_frames):
+            for count, scene in scenes.items():
+                untracked[count].append(untracked_seconds(pipeline, scene.frame(index)))
+                if face_recognition is not None:
+                    library[count].append(library_seconds(face_recognition, scene.frame(index)))
+        for count, loop in loops.items():
+            stats = loop.recognizer.stats
+            steady = slice(steady_from, args.frames)
             results.append(
                 {
                     "faces_in_view": count,
-                    "load_average": ours.load,
-                    "faces_detected_per_frame": float(np.mean(ours.faces)),
-                    "frame_ms_all": ms(ours.seconds),
-                    "frame_ms_steady": ms(ours.seconds[steady]),
-                    "frame_ms_p95_steady": 1000 * float(np.percentile(ours.seconds[steady], 95)),
-                    "embeddings_per_frame_all": float(np.mean(ours.embeddings)),
-                    "embeddings_per_frame_max": int(max(ours.embeddings)),
-                    "embeddings_steady": int(sum(ours.embeddings[steady])),
-                    "embeddings_total": int(sum(ours.embeddings)),
-                    "tracks": ours.tracks,
-                    "decisions": ours.decisions,
-                    "recognized": ours.recognized,
-                    "untracked_frame_ms": ms(untracked),
-                    "library_frame_ms": ms(library),
-                    "library_faces_per_frame": float(np.mean(library_faces)) if library_faces else None,
+                    "load_average_steady": load_steady,
+                    "faces_detected_per_frame": float(np.mean(loop.faces)),
+                    "frame_ms_all": ms(loop.seconds),
+                    "frame_ms_steady": ms(loop.seconds[steady]),
+                    "frame_ms_p50_steady": 1000 * float(np.median(loop.seconds[steady])),
+                    "embeddings_per_frame_all": float(np.mean(loop.embeddings)),
+                    "embeddings_per_frame_max": int(max(loop.embeddings)),
+                    "embeddings_steady": int(sum(loop.embeddings[steady])),
+                    "embeddings_total": int(sum(loop.embeddings)),
+                    "tracks": loop.recognizer.tracker.started,
+                    "decisions": stats.decisions,
+                    "recognized": stats.recognized,
+                    "untracked_frame_ms": ms(untracked[count]),
+                    "library_frame_ms": ms([s for s, _ in library[count]]),
+                    "library_faces_per_frame": float(np.mean([f for _, f in library[count]]))
+                    if library[count]
+                    else None,
                     "embeddings_by_10_frames": [
-                        int(sum(ours.embeddings[i : i + 10])) for i in range(0, args.frames, 10)
+                        int(sum(loop.embeddings[i : i + 10])) for i in range(0, args.frames, 10)
                     ],
                 }
             )
+        print(f"load average during the steady window: {load_steady}; at the end: {load_average()}")
     base = results[0] if results[0]["faces_in_view"] == 1 else None
     for r in results:
         rows.append(
@@ -336,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{r['faces_detected_per_frame']:.1f}",
                 f"{r['frame_ms_steady']:.2f}",
                 ratio(r, base, "frame_ms_steady"),
+                f"{r['frame_ms_p50_steady']:.2f}",
+                ratio(r, base, "frame_ms_p50_steady"),
                 f"{r['frame_ms_all']:.2f}",
                 f"{r['embeddings_per_frame_all']:.2f}",
                 r["embeddings_per_frame_max"],
@@ -343,9 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{r['tracks']}/{r['decisions']}/{r['recognized']}",
                 f"{r['untracked_frame_ms']:.1f}",
                 ratio(r, base, "untracked_frame_ms"),
-                f"{r['library_frame_ms']:.1f}",
+                f"{r['library_frame_ms']:.1f}" if math.isfinite(r["library_frame_ms"]) else "-",
                 ratio(r, base, "library_frame_ms"),
-                r["load_average"].split(" (")[0],
             ]
         )
     print()
@@ -356,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "found",
                 "steady ms",
                 "x1",
+                "p50 ms",
+                "x1",
                 "all ms",
                 "emb/frame",
                 "max",
@@ -365,13 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "x1",
                 "face_rec ms",
                 "x1",
-                "load 1m",
             ],
             rows,
         )
     )
     print()
-    print("steady ms: mean Recognizer.process over the last frames (every track decided); all ms: over every frame;")
+    print("steady ms / p50 ms: mean / median Recognizer.process over the last frames (every track decided);")
+    print("all ms: mean over every frame;")
     print("emb/frame: embeddings per frame over the run (max: in one frame); emb steady: in the steady window;")
     print("untracked: FacePipeline.analyse (every face embedded every frame); face_rec: face_recognition 1.3.0.")
     for r in results:
