@@ -29,7 +29,7 @@ from agent.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"  # agent/cli/demo.py -> the checkout's samples/
 CLIP_NAME = "hamilton_clip.mp4"
 PERFORMER = "Lin-Manuel Miranda"
 ENROLL_FRAME = 150  # a clear, frontal view of the performer
@@ -38,7 +38,7 @@ CLIP_FPS = 29.97
 
 def bundled_clip() -> Path:
     """The clip shipped in the wheel (agent/_samples) or in the source checkout (samples/)."""
-    for folder in (Path(__file__).resolve().parent / "_samples", SAMPLES):
+    for folder in (Path(__file__).resolve().parents[1] / "_samples", SAMPLES):
         if (folder / CLIP_NAME).is_file():
             return folder / CLIP_NAME
     raise FaceagentError(f"the demo clip {CLIP_NAME} is missing from this installation")

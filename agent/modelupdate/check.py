@@ -56,7 +56,7 @@ class Verdict:
 
 def sample_file(name: str) -> Path:
     """A bundled sample: agent/_samples in a wheel, samples/ in the source checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # agent/, from agent/modelupdate/check.py
     for folder in (package / "_samples", package.parent / "samples"):
         if (folder / name).is_file():
             return folder / name
