@@ -31,6 +31,8 @@ from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import Runtime, TfliteModel, installed_runtimes
 
+pytestmark = pytest.mark.slow  # about 260 faces through both runtimes' pipelines: over a minute on a busy machine
+
 # Lowest cosine between the two runtimes' embeddings of one face, a little under the minimum measured.
 FLOAT_FLOOR = 0.99999
 INT8_FLOOR = 0.98  # mobileface-v2-int8: min 0.98390 over 770 faces
