@@ -29,10 +29,10 @@ from _bench_common import resolve_data_dir
 from _bench_service import FRAMES, build_gallery, frame_spans, run_in_thread, start_mosquitto
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.cli.operator import Operator
-from agent.commands.signing import public_key_text
+from agent.commands.signing import public_key_text, request_signer
 from agent.config import Settings, load_settings
 from agent.link.mqtt import BrokerSettings
+from agent.link.operator import Operator
 from agent.modelupdate.update import sign_model
 from agent.service.app import AgentService, RunOptions
 from agent.vision.modelstore import default_models_dir, embedder_id
@@ -90,7 +90,9 @@ def measure(data: Path, people: int, templates: int, quiet_s: float) -> dict[str
         try:
             if not service.gallery_loaded.wait(180):
                 raise SystemExit("error: the agent did not load the gallery within 180 s")
-            with Operator(BrokerSettings(url=url, device_id=DEVICE), timeout=600, sign_key=command_key) as operator:
+            with Operator(
+                BrokerSettings(url=url, device_id=DEVICE), timeout=600, signer=request_signer(command_key)
+            ) as operator:
                 while operator.call([DEVICE], "ping", {})[DEVICE] is None:
                     time.sleep(0.5)
                 time.sleep(2.0)
