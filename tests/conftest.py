@@ -67,7 +67,8 @@ def models_dir() -> Path:
 def pipeline() -> FacePipeline:
     """The default models on one inference thread: the same detections and embeddings, bit for bit, as the
     default two, and five to eight times faster on a shared 2-core machine, where a second TFLite thread waits
-    for a core instead of working (measured: 40 LFW photos in 1.6-2.1 s against 9.7-15.6 s at load 3)."""
+    for a core instead of working (40 LFW photos: 1.6-2.1 s against 9.7-15.6 s with tflite-runtime at load 3,
+    2.0-3.2 s against 4.5-5.1 s with ai-edge-litert at a load of 200)."""
     return FacePipeline(PipelineOptions(threads=1))
 
 

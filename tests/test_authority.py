@@ -78,7 +78,7 @@ def snapshot(device: Device) -> tuple[Any, ...]:
     """Everything a refused command must leave as it was."""
     with GalleryStore.open(device.store_path) as store:
         state = store.fingerprint(), [e["id"] for e in store.pending_events()]
-    return state, device.settings_path.read_bytes(), device.current[0], device.restarts, len(device.services.matcher)
+    return state, device.settings_path.read_bytes(), device.current[0], device.restarts, len(device.matcher)
 
 
 def refused_requests(person: str, shared_data: Path) -> dict[str, dict[str, Any]]:
@@ -215,7 +215,7 @@ def roles_device(tmp_path: Path, pipeline: FacePipeline) -> Device:
         get_settings=lambda: device.current[0],
         keys=roles.releases,
         apply=lambda models_dir: None,
-        matcher=device.services.matcher,
+        gallery=device.gallery,
     )
     return device
 

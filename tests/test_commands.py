@@ -153,7 +153,7 @@ def test_enroll_adds_a_person_the_matcher_then_recognizes(
     reply = enroll_powell(device, shared_data, *POWELL)
     assert reply["status"] == "ok" and reply["data"]["templates_added"] == 3
     probe = load_image(powell(shared_data, POWELL_PROBE))
-    match = device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
+    match = device.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     assert match.accepted and match.person_id == reply["data"]["person"]["id"]
 
 
@@ -251,7 +251,7 @@ def test_delete_person_erases_from_the_store_and_the_matcher(device: Device, sha
     person_id = enroll_powell(device, shared_data)["data"]["person"]["id"]
     reply = device.call("delete_person", {"person_id": person_id})
     assert reply["status"] == "ok" and reply["data"]["deleted"]["templates"] == 1
-    assert len(device.services.matcher) == 0
+    assert len(device.matcher) == 0
     with GalleryStore.open(device.store_path) as store:
         assert store.get_person(person_id) is None
 
@@ -276,7 +276,7 @@ def test_update_person_renames_in_the_matcher(device: Device, shared_data: Path,
     person_id = enroll_powell(device, shared_data)["data"]["person"]["id"]
     assert device.call("update_person", {"person_id": person_id, "name": "General Powell"})["status"] == "ok"
     probe = load_image(powell(shared_data, POWELL_PROBE))
-    match = device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
+    match = device.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     assert match.name == "General Powell"
 
 
@@ -314,7 +314,7 @@ def test_set_config_persists_and_applies(device: Device) -> None:
     applied = dataclasses.replace(
         device.current[0], commands=on_disk.commands
     )  # the fixture's keys are not in the file
-    assert applied == on_disk and device.services.matcher.threshold == 0.3
+    assert applied == on_disk and device.matcher.threshold == 0.3
 
 
 def test_set_config_writes_a_private_overlay_and_leaves_no_temporary(device: Device) -> None:

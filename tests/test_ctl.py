@@ -83,7 +83,7 @@ def ctl(capsys: pytest.CaptureFixture[str], broker: Broker, *args: str, key: Pat
 
 def recognized(pipeline: FacePipeline, running: Running, shared_data: Path) -> str | None:
     probe = load_image(powell(shared_data, POWELL_PROBE))
-    match = running.device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
+    match = running.device.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     return match.name if match.accepted else None
 
 
@@ -136,7 +136,7 @@ def test_delete_by_name_reaches_every_online_device(
     status, out = ctl(capsys, broker, "delete", "--name", "Colin Powell", key=operator_key_file)
     assert status == 0, out
     assert out.count("deleted p_") == 2
-    assert [len(d.device.services.matcher) for d in devices] == [0, 0]
+    assert [len(d.device.matcher) for d in devices] == [0, 0]
 
 
 def test_an_offline_device_is_reported_not_skipped_silently(

@@ -1,8 +1,8 @@
 """Model updates through the dispatcher: each way a job can end, and the models in use after it.
 
 The device is the command side as the service wires it plus a `ModelUpdater` whose `apply` does at once what
-the service's frame thread does between frames (tests/support/model_updates.py). Every check of a candidate
-runs the real child process on the real test faces.
+the service's gallery thread and frame loop do (the new embedder's matcher built aside, then taken whole;
+tests/support/model_updates.py). Every check of a candidate runs the real child process on the real test faces.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates,
     assert outcome["people_needing_reenrollment"] == 1 and outcome["templates_rebuilt"] == 0
     listing = data(updates.device.call("list_people"))
     assert listing["model_id"] == "dlib-resnet29-int8-b" and listing["people"][0]["needs_reenrollment"] is True
-    assert len(updates.device.services.matcher) == 0 and not updates.live.recognizes(person)
+    assert len(updates.device.matcher) == 0 and not updates.live.recognizes(person)
 
 
 @pytest.mark.slow  # a real child process checks the candidate model

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from agent.config import CommandSettings, Settings
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, packet_limit
 from agent.link.operator import Operator
-from agent.service.app import COMMAND_QUEUE_PAYLOADS, AgentService
+from agent.service.commandworker import COMMAND_QUEUE_PAYLOADS, CommandQueue
 from tests.support.broker import FAST_LINK, HOST, Broker, free_port
 from tests.support.data import REPO
 
@@ -81,11 +81,11 @@ def _request(size: int) -> CommandRequest:
 
 def _queued_after(count: int, size: int) -> list[int]:
     """Payload sizes the service queued of `count` commands of `size` bytes arriving at once."""
-    service = AgentService(Settings())
+    commands = CommandQueue(Settings().commands.max_payload_bytes)  # as the service builds it
     for _ in range(count):
-        service._enqueue_command(_request(size))
-    queued = [service._next_command() for _ in range(service._commands.qsize())]
-    assert service._queued_bytes == 0
+        commands.offer(_request(size))
+    queued = [commands.take() for _ in range(commands.qsize())]
+    assert commands.queued_bytes == 0
     return [len(request.payload) for request in queued if request is not None]
 
 

@@ -23,6 +23,7 @@ from agent.commands.signing import CommandSecurity, key_id, public_key_text, sig
 from agent.config import CommandSettings, Settings, load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import GallerySync
 from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
 
@@ -101,6 +102,8 @@ class Device:
     settings_path: Path
     store_path: Path
     current: list[Settings]
+    matcher: Matcher  # the live matcher: `gallery` follows every write the commands make
+    gallery: GallerySync
     device_id: str = "dev1"
     restarts: list[int] = field(default_factory=list)
     counter: int = 0
@@ -159,6 +162,7 @@ def make_device(
     GalleryStore.open(store_path).close()
     gallery = settings.gallery
     matcher = Matcher(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+    sync = GallerySync(GalleryStore.open(store_path), matcher, pipeline.embedder.info.model_id)
     restarts: list[int] = []
 
     def apply(new: Settings) -> None:
@@ -170,11 +174,11 @@ def make_device(
         get_settings=lambda: current[0],
         apply_settings=apply,
         open_store=lambda: GalleryStore.open(store_path),
-        matcher=matcher,
-        enroller_factory=lambda store: Enroller(pipeline, store, matcher, current[0]),
+        gallery=sync,
+        enroller_factory=lambda store: Enroller(pipeline, store, matcher, current[0], add_to_matcher=False),
         status=lambda: {"state": "online", "gallery": {"people": len(matcher)}},
         request_restart=lambda: restarts.append(1),
     )
     security = security or CommandSecurity.from_settings(commands, device_id)
     dispatcher = CommandDispatcher(services, security)
-    return Device(dispatcher, services, settings_path, store_path, current, device_id, restarts)
+    return Device(dispatcher, services, settings_path, store_path, current, matcher, sync, device_id, restarts)

@@ -1,8 +1,8 @@
 """A device's command side with a `ModelUpdater`, as the service wires it, and model releases signed for it.
 
-`Live.apply` does at once what the service's frame thread does between frames: build the pipeline on the new
-models, reload the matcher, remember the models folder. Every check of a candidate runs the real child process
-on the real test faces.
+`Live.apply` does at once what the service's gallery thread and frame loop do: build the pipeline on the new
+models, build the new embedder's matcher aside and take it whole, remember the models folder. Every check of a
+candidate runs the real child process on the real test faces.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.commands.signing import key_id
 from agent.errors import ModelError
-from agent.gallery.store import GalleryStore
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater, sign_model
 from agent.vision.image import load_image
@@ -43,8 +42,7 @@ class Live:
             raise ModelError("the frame loop could not build the pipeline")
         settings = self.device.current[0]
         pipeline = FacePipeline(PipelineOptions(models_dir=models_dir))
-        with GalleryStore.open(self.device.store_path) as store:
-            self.device.services.matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
+        self.device.gallery.switch_model(pipeline.embedder.info.model_id, self.device.matcher.take)
         self.device.current[0] = replace(settings, models=replace(settings.models, dir=models_dir))
         self.pipeline, self.swaps = pipeline, self.swaps + 1
 
@@ -52,7 +50,7 @@ class Live:
         return self.pipeline.analyse(load_image(SAMPLE))[0].embedding
 
     def recognizes(self, person_id: str) -> bool:
-        return self.device.services.matcher.search(self.embedding()).person_id == person_id
+        return self.device.matcher.search(self.embedding()).person_id == person_id
 
 
 @dataclass
@@ -119,7 +117,7 @@ def updater(key: Ed25519PrivateKey, live: Live) -> ModelUpdater:
         get_settings=lambda: device.current[0],
         keys={key_id(key.public_key()): key.public_key()},
         apply=live.apply,
-        matcher=device.services.matcher,
+        gallery=device.gallery,
     )
 
 
