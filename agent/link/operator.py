@@ -118,13 +118,16 @@ class Operator:
                     return
 
     def statuses(self, device: str = "+") -> dict[str, dict]:
-        """Device id -> its retained status document."""
-        self._subscribe([Topics(self.broker.prefix, device).status])
+        """Device id -> its retained status document. The subscription ends with the answer: devices go on
+        publishing statuses, and a call that follows must not wade through them."""
+        topic = Topics(self.broker.prefix, device).status
+        self._subscribe([topic])
         found: dict[str, dict] = {}
-        for topic, payload in self._messages(time.monotonic() + self.timeout, _QUIET_SECONDS):
-            parts = topic.split("/")
-            if topic.endswith("/status") and payload:
+        for received, payload in self._messages(time.monotonic() + self.timeout, _QUIET_SECONDS):
+            parts = received.split("/")
+            if received.endswith("/status") and payload:
                 found[parts[-2]] = _json_or_text(payload)
+        self._client.unsubscribe(topic)
         return found
 
     def call(self, devices: list[str], name: str, args: dict[str, Any]) -> dict[str, dict | None]:
@@ -133,17 +136,29 @@ class Operator:
             return {}  # paho refuses an empty subscription
         request_id = new_ulid()
         replies: dict[str, dict | None] = dict.fromkeys(devices)
+        waiting = len(replies)
         self._subscribe([Topics(self.broker.prefix, d).reply(name) for d in devices])
         for device in devices:
             self._send(device, name, args, request_id)
         for topic, payload in self._messages(time.monotonic() + self.timeout):
-            device = topic.split("/")[-4]
+            replier = self._replying_device(topic, name)
+            if replier is None or replier not in replies or replies[replier] is not None:
+                continue  # another subscription's message (a status, an event), or a repeat
             document = _json_or_text(payload)
-            if device in replies and replies[device] is None and document.get("request_id") == request_id:
-                replies[device] = document
-            if all(reply is not None for reply in replies.values()):
-                break
+            if document.get("request_id") == request_id:
+                replies[replier] = document
+                waiting -= 1
+                if not waiting:
+                    break
         return replies
+
+    def _replying_device(self, topic: str, name: str) -> str | None:
+        """The device in `<prefix>/<device>/cmd/<name>/reply`, or None for any other topic."""
+        head, tail = f"{self.broker.prefix}/", f"/cmd/{name}/reply"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        device = topic[len(head) : -len(tail)]
+        return None if "/" in device else device
 
     def _send(self, device: str, name: str, args: dict[str, Any], request_id: str) -> None:
         topics = Topics(self.broker.prefix, device)
