@@ -313,11 +313,20 @@ class FleetOptions:
 
 
 def fleet_options(
-    url: str, state: Path, data: Path, public_key: str, *, cache_dir: Path = DEFAULT_CACHE_DIR, **tuning: Any
+    url: str,
+    state: Path,
+    data: Path,
+    public_key: str,
+    *,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    extra_photos: Sequence[Path] = (),
+    **tuning: Any,
 ) -> FleetOptions:
-    """Options for a fleet on `url` kept under `state`, its face cache built first if need be."""
+    """Options for a fleet on `url` kept under `state`, its face cache built first if need be (with
+    `extra_photos` too: photos the operator will send beside the cast's)."""
     people, strangers = tuning.get("people", FleetOptions.people), tuning.get("strangers", FleetOptions.strangers)
-    _, cache = cached_faces(data, Cast.from_split(data, people, strangers).photos, cache_dir)
+    photos = [*Cast.from_split(data, people, strangers).photos, *map(str, extra_photos)]
+    _, cache = cached_faces(data, photos, cache_dir)
     return FleetOptions(url=url, state=state, data=data, cache=cache, public_key=public_key, **tuning)
 
 

@@ -141,7 +141,9 @@ class ReplyClock:
 class Operation:
     devices: int
     command: str
-    targets: str  # "all" or the one device
+    shape: str  # SHAPES
+    photos: str  # "lfw" (250 px) or "large" (upscaled)
+    request_bytes: int  # the photos' base64 in one request
     ctl_seconds: float
     answered_seconds: float | None  # ctl start to the last reply on the broker
     replies_ok: int
@@ -154,16 +156,31 @@ class Operation:
     problems: list[str]
 
 
-def check_reply(command: str, reply: dict[str, Any] | None) -> str | None:
+# How ctl addresses the devices: one device (the peer), every device by name (one signed copy each, as every
+# `--all` did before fleet-wide requests), or `--all` (one copy published for the whole fleet).
+SHAPES = ("one", "each", "fleet")
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    label: str
+    paths: list[Path]
+
+    @property
+    def base64_bytes(self) -> int:
+        return sum(4 * -(-path.stat().st_size // 3) for path in self.paths)
+
+
+def check_reply(command: str, reply: dict[str, Any] | None, photos: int) -> str | None:
     """What is wrong with one device's reply, or None."""
     if reply is None:
         return "no reply"
     if reply.get("status") != "ok":
         return f"refused: {reply.get('error')}"
     data = reply.get("data") or {}
-    if command == "enroll" and not (data.get("created") and data.get("templates_added") == len(BROADCAST_PHOTOS)):
+    if command == "enroll" and not (data.get("created") and data.get("templates_added") == photos):
         return f"enrolled wrongly: {data}"
-    if command == "delete_person" and (data.get("deleted") or {}).get("templates") != len(BROADCAST_PHOTOS):
+    if command == "delete_person" and (data.get("deleted") or {}).get("templates") != photos:
         return f"erased wrongly: {data}"
     return None
 
@@ -182,72 +199,103 @@ def ctl_measured(arguments: list[str]) -> tuple[float, int, int, str]:
     return wall, done.returncode, int(peak[-1]), done.stdout
 
 
-def operate(
-    fleet: Fleet, broker: subprocess.Popen[bytes], port: int, key: Path, command: str, targets: list[str] | None
-) -> Operation:
-    url = f"mqtt://127.0.0.1:{port}"
-    common = ["--mqtt", url, "--sign-key", str(key), "--json", "--timeout", "300"]
-    chosen = ["--all"] if targets is None else [arg for device in targets for arg in ("--device", device)]
-    if command == "enroll":
-        photos = [str(fleet.options.data / photo) for photo in BROADCAST_PHOTOS]
-        arguments = ["enroll", *chosen, *common, "--name", PERSON, *photos]
-    else:
-        arguments = ["delete", *chosen, *common, "--name", PERSON]
-    expected = fleet.ids if targets is None else targets
-    wire = "delete_person" if command == "delete" else command
-    clock = ReplyClock(port, wire)
-    rest_kb = rss_kb(broker.pid)
-    broker_cpu, sim_cpu = cpu_seconds(broker.pid), sum(cpu_seconds(pid) for pid in fleet.pids)
-    started = time.monotonic()
-    with PeakSampler(broker.pid).running() as sampler:
-        wall, _, operator_kb, out = ctl_measured(arguments)
-        deadline = time.monotonic() + 10  # replies ctl saw have reached the observer too, or soon will
-        while len(clock.arrivals) < len(expected) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    broker_cpu = cpu_seconds(broker.pid) - broker_cpu
-    sim_cpu = sum(cpu_seconds(pid) for pid in fleet.pids) - sim_cpu
-    clock.close()
-    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    replies = {line["device"]: line["reply"] for line in lines}
-    problems = [f"{d}: {p}" for d in expected if (p := check_reply(wire, replies.get(d))) is not None]
-    arrivals = [clock.arrivals[d][0] for d in expected if d in clock.arrivals]
-    answered = max(arrivals) - started if len(arrivals) == len(expected) else None
-    return Operation(
-        devices=len(fleet.ids),
-        command=command,
-        targets="all" if targets is None else ",".join(targets),
-        ctl_seconds=round(wall, 3),
-        answered_seconds=round(answered, 3) if answered is not None else None,
-        replies_ok=len(expected) - len(problems),
-        lost=len(problems),
-        broker_cpu_s=round(broker_cpu, 2),
-        broker_peak_mb=round(sampler.peak_kb / 1024, 1),
-        broker_rest_mb=round(rest_kb / 1024, 1),
-        operator_peak_mb=round(operator_kb / 1024, 1),
-        simulator_cpu_s=round(sim_cpu, 2),
-        problems=problems[:10],
-    )
+@dataclass
+class Bench:
+    """One fleet on one broker: each operation run through `faceagent ctl` and measured."""
+
+    fleet: Fleet
+    broker: subprocess.Popen[bytes]
+    port: int
+    key: Path
+
+    def operate(self, command: str, shape: str, photos: PhotoSet) -> Operation:
+        expected = self.fleet.ids[:1] if shape == "one" else self.fleet.ids
+        chosen = ["--all"] if shape == "fleet" else [arg for device in expected for arg in ("--device", device)]
+        common = ["--mqtt", f"mqtt://127.0.0.1:{self.port}", "--sign-key", str(self.key), "--json"]
+        common += ["--timeout", "600"]
+        if command == "enroll":
+            arguments = ["enroll", *chosen, *common, "--name", PERSON, *map(str, photos.paths)]
+        else:
+            arguments = ["delete", *chosen, *common, "--name", PERSON]
+        wire = "delete_person" if command == "delete" else command
+        clock = ReplyClock(self.port, wire)
+        pids = self.fleet.pids
+        rest_kb = rss_kb(self.broker.pid)
+        broker_cpu, sim_cpu = cpu_seconds(self.broker.pid), sum(cpu_seconds(pid) for pid in pids)
+        started = time.monotonic()
+        with PeakSampler(self.broker.pid).running() as sampler:
+            wall, _, operator_kb, out = ctl_measured(arguments)
+            deadline = time.monotonic() + 10  # replies ctl saw have reached the observer too, or soon will
+            while len(clock.arrivals) < len(expected) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        broker_cpu = cpu_seconds(self.broker.pid) - broker_cpu
+        sim_cpu = sum(cpu_seconds(pid) for pid in pids) - sim_cpu
+        clock.close()
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        replies = {line["device"]: line["reply"] for line in lines}
+        checked = {device: check_reply(wire, replies.get(device), len(photos.paths)) for device in expected}
+        problems = [f"{device}: {problem}" for device, problem in checked.items() if problem is not None]
+        arrivals = [clock.arrivals[device][0] for device in expected if device in clock.arrivals]
+        answered = max(arrivals) - started if len(arrivals) == len(expected) else None
+        return Operation(
+            devices=len(self.fleet.ids),
+            command=command,
+            shape=shape,
+            photos=photos.label,
+            request_bytes=photos.base64_bytes,
+            ctl_seconds=round(wall, 3),
+            answered_seconds=round(answered, 3) if answered is not None else None,
+            replies_ok=len(expected) - len(problems),
+            lost=len(problems),
+            broker_cpu_s=round(broker_cpu, 2),
+            broker_peak_mb=round(sampler.peak_kb / 1024, 1),
+            broker_rest_mb=round(rest_kb / 1024, 1),
+            operator_peak_mb=round(operator_kb / 1024, 1),
+            simulator_cpu_s=round(sim_cpu, 2),
+            problems=problems[:10],
+        )
+
+
+def large_photos(data: Path, side: int, folder: Path) -> PhotoSet:
+    """The broadcast photos upscaled to `side` pixels (JPEG quality 95), the size of a phone's photo of a face:
+    made once beside the face cache, never in the repository."""
+    from PIL import Image as PILImage
+
+    paths = []
+    for photo in BROADCAST_PHOTOS:
+        target = folder / f"large-{side}" / Path(photo).name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with PILImage.open(data / photo) as image:
+                image.convert("RGB").resize((side, side), PILImage.Resampling.LANCZOS).save(target, quality=95)
+        paths.append(target)
+    return PhotoSet(f"large-{side}", paths)
 
 
 def measure_size(size: int, args: argparse.Namespace, key: Path, public_key: str) -> list[Operation]:
     folder = Path(tempfile.mkdtemp(prefix=f"bench-fleet-{size}-"))
     state = scratch_folder()
     broker, port = start_mosquitto(folder)
+    lfw = PhotoSet("lfw", [args.data / photo for photo in BROADCAST_PHOTOS])
+    photo_sets = [lfw] + ([large_photos(args.data, args.large_side, args.cache_dir)] if args.large_side else [])
     operations: list[Operation] = []
     try:
         url = f"mqtt://127.0.0.1:{port}"
+        extra = [path for photos in photo_sets[1:] for path in photos.paths]
         tuning = {"cache_dir": args.cache_dir, "telemetry_seconds": args.telemetry_seconds}
-        options = fleet_options(url, state, args.data, public_key, **tuning)
+        options = fleet_options(url, state, args.data, public_key, extra_photos=extra, **tuning)
         processes = args.processes or max(2, math.ceil(size / 125))
         progress(f"{size} devices in {processes} processes: starting")
         started = time.monotonic()
-        with Fleet(size, options, processes=processes, connect_timeout=300) as fleet:
+        with Fleet(size, options, processes=processes, connect_timeout=600) as fleet:
             progress(f"{size} devices connected in {time.monotonic() - started:.1f} s")
-            for targets in ([fleet.ids[0]], None):  # the peer (one device), then the whole fleet
-                for command in ("enroll", "delete"):
-                    operation = operate(fleet, broker, port, key, command, targets)
-                    progress(f"  {command} {operation.targets[:20]}: {json.dumps(asdict(operation))}")
-                    operations.append(operation)
+            bench = Bench(fleet, broker, port, key)
+            for photos in photo_sets:
+                for shape in args.shapes.split(","):
+                    for command in ("enroll", "delete"):
+                        operation = bench.operate(command, shape, photos)
+                        progress(f"  {json.dumps(asdict(operation))}")
+                        operations.append(operation)
     finally:
         broker.terminate()
         broker.wait(10)
@@ -257,6 +305,7 @@ def measure_size(size: int, args: argparse.Namespace, key: Path, public_key: str
 
 
 def plot(operations: list[Operation], path: Path) -> bool:
+    """Each figure against the fleet size, per command, shape and photo set; False without matplotlib."""
     try:
         import matplotlib
 
@@ -264,24 +313,25 @@ def plot(operations: list[Operation], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fleet_ops = [op for op in operations if op.targets == "all"]
     figures = [
-        ("answered_seconds", "last reply after ctl start (s)"),
+        ("answered_seconds", "last reply, from ctl start (s)"),
         ("broker_cpu_s", "broker CPU over the operation (s)"),
         ("broker_peak_mb", "broker peak RSS (MB)"),
         ("operator_peak_mb", "ctl peak RSS (MB)"),
     ]
-    fig, axes = plt.subplots(1, len(figures), figsize=(4 * len(figures), 3.4))
+    lines = sorted({(op.command, op.shape, op.photos) for op in operations if op.shape != "one"})
+    fig, axes = plt.subplots(1, len(figures), figsize=(4.2 * len(figures), 3.6))
     for axis, (name, label) in zip(axes, figures, strict=True):
-        for command, marker in (("enroll", "o-"), ("delete", "s--")):
-            points = [(op.devices, getattr(op, name)) for op in fleet_ops if op.command == command]
-            points = [(x, y) for x, y in points if y is not None]
-            axis.plot([x for x, _ in points], [y for _, y in points], marker, label=command)
+        for command, shape, photos in lines:
+            chosen = [op for op in operations if (op.command, op.shape, op.photos) == (command, shape, photos)]
+            points = sorted((op.devices, getattr(op, name)) for op in chosen if getattr(op, name) is not None)
+            style = ("-" if shape == "fleet" else "--") + ("o" if command == "enroll" else "s")
+            axis.plot([x for x, _ in points], [y for _, y in points], style, label=f"{command} {shape} {photos}")
         axis.set_xscale("log")
         axis.set_xlabel("devices")
         axis.set_title(label, fontsize=9)
         axis.grid(True, alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -291,6 +341,8 @@ def plot(operations: list[Operation], path: Path) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100,500", help="fleet sizes, comma separated")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"how ctl addresses devices: {', '.join(SHAPES)}")
+    parser.add_argument("--large-side", type=int, default=0, help="also enroll these photos upscaled to N px")
     parser.add_argument("--processes", type=int, default=0, help="simulator processes (default: one per 125 devices)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
@@ -317,13 +369,15 @@ def main() -> int:
     finally:
         shutil.rmtree(keys, ignore_errors=True)
     load_after = load_average()
-    headers = ["devices", "command", "to", "answered s", "ctl s", "lost", "broker CPU s", "broker peak MB"]
-    headers += ["broker rest MB", "ctl peak MB", "sim CPU s"]
+    headers = ["devices", "command", "shape", "photos", "KB/request", "answered s", "ctl s", "lost"]
+    headers += ["broker CPU s", "broker peak MB", "broker rest MB", "ctl peak MB", "sim CPU s"]
     rows = [
         [
             op.devices,
             op.command,
-            "all" if op.targets == "all" else "one",
+            op.shape,
+            op.photos,
+            op.request_bytes // 1024 if op.command == "enroll" else 0,
             op.answered_seconds if op.answered_seconds is not None else "-",
             op.ctl_seconds,
             op.lost,
@@ -339,7 +393,7 @@ def main() -> int:
     print(f"load average before: {load_before}; after: {load_after}")
     for op in operations:
         for problem in op.problems:
-            print(f"LOST  {op.devices} devices, {op.command}: {problem}")
+            print(f"LOST  {op.devices} devices, {op.command} {op.shape} {op.photos}: {problem}")
     if args.json:
         write_json(args.json, {"operations": [asdict(op) for op in operations], "load": [load_before, load_after]})
     if args.plot and not plot(operations, args.plot):

@@ -4,7 +4,10 @@ that keeps publishing while it waits for replies."""
 
 from __future__ import annotations
 
+import base64
 import json
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,9 @@ from agent.cli.main import main
 from agent.link.client import BrokerSettings
 from agent.link.mqtt import CommandRequest, MqttLink
 from agent.link.operator import Operator
+from agent.wire import FLEET
 from scripts._fleet import BROADCAST_PHOTOS, Fleet, fleet_options
-from tests.broker import Broker, Observer
+from tests.broker import REPO, Broker, Observer
 from tests.command_fixtures import OPERATOR_PUBLIC
 
 FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
@@ -47,15 +51,18 @@ def enroll_everywhere(
 ) -> dict[str, Any]:
     """The broadcast person enrolled on every online device with `ctl enroll --all`: device -> reply."""
     photos = [str(shared_data / photo) for photo in BROADCAST_PHOTOS]
-    return ctl_json(capsys, broker, key, "enroll", "--all", "--name", PERSON, *photos)
+    return ctl_json(capsys, broker.url, "enroll", "--all", "--name", PERSON, *photos, key=key)[1]
 
 
-def ctl_json(capsys: pytest.CaptureFixture[str], broker: Broker, key: Path, *args: str) -> dict[str, Any]:
-    """`faceagent ctl ... --json` in this process: device -> its reply (None when silent)."""
+def ctl_json(
+    capsys: pytest.CaptureFixture[str], url: str, *args: str, key: Path | None = None
+) -> tuple[int, dict[str, Any]]:
+    """`faceagent ctl ... --json` in this process: its exit status, and device -> its reply (None when silent)."""
     capsys.readouterr()
-    main(["ctl", *args, "--json", "--mqtt", broker.url, "--sign-key", str(key), "--timeout", "120"])
+    signing = ["--sign-key", str(key)] if key else []
+    status = main(["ctl", *args, "--json", "--mqtt", url, *signing, "--timeout", "120"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
-    return {line["device"]: line["reply"] for line in lines}
+    return status, {line["device"]: line["reply"] for line in lines}
 
 
 @pytest.mark.slow
@@ -77,7 +84,7 @@ def test_broadcast_enroll_then_erase_is_answered_by_every_device_of_fifty(
     person_ids = {device: reply["data"]["person"]["id"] for device, reply in enrolled.items()}
     assert len(set(person_ids.values())) == len(fleet.ids)  # each device made its own person
 
-    erased = ctl_json(capsys, broker, operator_key_file, "delete", "--all", "--name", PERSON)
+    erased = ctl_json(capsys, broker.url, "delete", "--all", "--name", PERSON, key=operator_key_file)[1]
     assert sorted(erased) == fleet.ids
     for device, reply in erased.items():
         assert reply is not None, f"{device} did not answer the erasure"
@@ -133,3 +140,149 @@ def test_statuses_published_while_an_operator_waits_for_replies_are_not_taken_fo
         assert replies["dev1"] is not None and replies["dev1"]["status"] == "ok"
     finally:
         link.stop({"schema": 1, "state": "offline", "device": "dev1"}, timeout=1.0)
+
+
+# ------------------------------------------------------------------------------- the example ACL
+
+ACL = REPO / "examples" / "mosquitto" / "faceagent.acl"
+USERS = {"dev-a": "pass-a", "operator": "pass-op", "homeassistant": "pass-ha"}
+
+
+def login(name: str) -> dict[str, str]:
+    return {"username": name, "password": USERS[name]}
+
+
+def test_with_the_example_acl_a_device_takes_a_request_published_for_every_device(
+    start_broker: Callable[..., Broker], observe: Callable[..., Observer]
+) -> None:
+    broker = start_broker(passwords=USERS, acl_file=ACL)
+    operator = observe(broker, ["faceagent/dev-a/#"], **login("operator"))
+    link: MqttLink
+    link = MqttLink(
+        BrokerSettings(url=broker.url, **FAST, **login("dev-a")), "dev-a", lambda r: link.reply(r, b'{"status":"ok"}')
+    )
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        operator.publish(f"faceagent/{FLEET}/cmd/ping", b'{"request_id":"1","to":"*"}')
+        assert operator.wait_for(lambda m: any(x.topic == "faceagent/dev-a/cmd/ping/reply" for x in m), 5)
+        statuses = [m.json() for m in operator.messages if m.topic == "faceagent/dev-a/status"]
+        assert statuses[-1]["fleet_commands"] is True
+    finally:
+        link.stop({"schema": 1, "state": "offline", "device": "dev-a"}, timeout=0.5)
+
+
+def test_with_the_example_acl_home_assistant_cannot_read_requests_for_every_device(
+    start_broker: Callable[..., Broker], observe: Callable[..., Observer]
+) -> None:
+    broker = start_broker(passwords=USERS, acl_file=ACL)
+    home_assistant = observe(broker, [f"faceagent/{FLEET}/cmd/+", "faceagent/#"], **login("homeassistant"))
+    device = observe(broker, [f"faceagent/{FLEET}/cmd/+"], **login("dev-a"))
+    operator = observe(broker, [], **login("operator"))
+    operator.publish(f"faceagent/{FLEET}/cmd/enroll", b'{"request_id":"1","to":"*"}')
+    assert device.wait_for(lambda m: len(m) == 1, 5)  # delivered to a device ...
+    assert not home_assistant.wait_for(lambda m: len(m) > 0, 0.3)  # ... never to Home Assistant
+
+
+class AnsweringDevice:
+    """A device's link that answers every command ok (with the request's id), on a test broker."""
+
+    def __init__(self, broker: Broker, device: str, **login: str) -> None:
+        self.link = MqttLink(BrokerSettings(url=broker.url, **FAST, **login), device, self.answer)
+        self.link.start()
+
+    def answer(self, request: CommandRequest) -> None:
+        request_id = json.loads(request.payload)["request_id"]
+        self.link.reply(request, json.dumps({"schema": 1, "request_id": request_id, "status": "ok"}).encode())
+
+    def stop(self) -> None:
+        self.link.stop({"schema": 1, "state": "offline", "device": self.link.topics.device}, timeout=0.5)
+
+
+@pytest.fixture
+def answering_device() -> Iterator[Callable[..., AnsweringDevice]]:
+    devices: list[AnsweringDevice] = []
+
+    def start(broker: Broker, device: str, **login: str) -> AnsweringDevice:
+        devices.append(AnsweringDevice(broker, device, **login))
+        assert devices[-1].link.wait_connected(5)
+        return devices[-1]
+
+    yield start
+    for device in devices:
+        device.stop()
+
+
+def test_ctl_all_sends_its_own_copy_to_a_device_the_broker_keeps_from_requests_for_every_device(
+    start_broker: Callable[..., Broker],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    answering_device: Callable[..., AnsweringDevice],
+) -> None:
+    """An ACL written before fleet-wide requests: Mosquitto grants the subscription and delivers nothing."""
+    older = tmp_path / "older.acl"
+    older.write_text(ACL.read_text().replace("pattern read  faceagent/*/cmd/+\n", ""))
+    broker = start_broker(passwords=USERS, acl_file=older)
+    answering_device(broker, "dev-a", **login("dev-a"))
+    url = f"mqtt://operator:{USERS['operator']}@127.0.0.1:{broker.port}"
+    status, replies = ctl_json(capsys, url, "delete", "--all", "--name", PERSON)
+    assert status == 0 and list(replies) == ["dev-a"]
+
+
+def test_ctl_all_publishes_one_request_for_every_device_that_listens_for_it(
+    broker: Broker,
+    observe: Callable[..., Observer],
+    capsys: pytest.CaptureFixture[str],
+    answering_device: Callable[..., AnsweringDevice],
+) -> None:
+    requests = observe(broker, ["faceagent/+/cmd/delete_person"])
+    for device in ("dev1", "dev2", "dev3"):
+        answering_device(broker, device)
+    status, replies = ctl_json(capsys, broker.url, "delete", "--all", "--name", PERSON)
+    assert status == 0 and sorted(replies) == ["dev1", "dev2", "dev3"]
+    assert requests.wait_for(lambda m: len(m) >= 1, 5)
+    assert not requests.wait_for(lambda m: len(m) > 1, 0.3)  # no copy of its own for any device
+    assert requests.messages[0].topic == f"faceagent/{FLEET}/cmd/delete_person"
+
+
+@pytest.mark.slow
+def test_the_console_enrolls_on_every_online_device_with_one_request(
+    broker: Broker,
+    observe: Callable[..., Observer],
+    answering_device: Callable[..., AnsweringDevice],
+    shared_data: Path,
+) -> None:
+    from tests.test_console import browser_like, csrf_of, fetch, start_console
+
+    requests = observe(broker, ["faceagent/+/cmd/enroll"])
+    for device in ("dev1", "dev2"):
+        answering_device(broker, device)
+    console = start_console(broker)
+    try:
+        opener = browser_like()
+        fleet: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while len([d for d in fleet if d["online"]]) < 2 and time.monotonic() < deadline:
+            fleet = json.loads(fetch(opener, console.url + "/api/fleet")[2])["devices"]
+            time.sleep(0.1)
+        _, _, page = fetch(opener, console.url + "/")
+        photo = base64.b64encode((shared_data / BROADCAST_PHOTOS[0]).read_bytes()).decode()
+        body = {
+            "devices": ["dev1", "dev2"],
+            "name": PERSON,
+            "images": [{"data": photo}],
+            "consent": {"reference": "c1"},
+        }
+        headers = {"Content-Type": "application/json", "X-CSRF-Token": csrf_of(page), "Origin": console.url}
+        post = urllib.request.Request(
+            console.url + "/api/people/enroll", data=json.dumps(body).encode(), headers=headers
+        )
+        status, _, text = fetch(opener, post)
+        assert status == 200, text
+        outcomes = json.loads(text)["devices"]
+        assert sorted(outcomes) == ["dev1", "dev2"] and all(o["ok"] for o in outcomes.values()), text
+        assert requests.wait_for(lambda m: len(m) >= 1, 5)
+        assert not requests.wait_for(lambda m: len(m) > 1, 0.3)  # no copy of its own for either device
+        assert requests.messages[0].topic == f"faceagent/{FLEET}/cmd/enroll"
+    finally:
+        console.stop()

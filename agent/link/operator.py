@@ -5,7 +5,10 @@ simulator). One paho client per session, made by the same factory and under the 
 device's (`agent.link.client`). Retained status documents name the devices; a command goes to
 `<prefix>/<device>/cmd/<name>` with one request id for the whole fleet, so the audit records of one
 operation match across devices, and replies are matched by that id on the reply topic (MQTT 5 also
-names it as the response topic, with the id as correlation data). Signing is the caller's: a `RequestSigner`
+names it as the response topic, with the id as correlation data). Devices that take fleet-wide requests
+(status `fleet_commands`) can instead share one copy, published once on `<prefix>/*/cmd/<name>` and signed
+for every device: the operator then sends, and the broker receives, a request's photos once, not once per
+device. Each device still answers on its own reply topic. Signing is the caller's: a `RequestSigner`
 (`agent.commands.signing.request_signer`) adds `sent_at` and the signature to each request.
 """
 
@@ -19,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +35,14 @@ from agent.errors import FaceagentError
 from agent.identity import new_ulid
 from agent.link.client import BrokerSettings, connect_options, make_client, new_client_id
 from agent.link.topics import Topics
-from agent.wire import SCHEMA, RequestDocument, encode
+from agent.wire import FLEET, SCHEMA, Command, RequestDocument, encode
 
 CLIENT_OWNER = "faceagent-ctl"  # the client id's readable part: a broker's log tells operators from devices
 _QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK
+# How long the devices that say they take fleet-wide requests have to answer a fleet-wide ping: those that do
+# not get the request addressed to them alone (an answer that comes later only costs a duplicate, which the
+# device answers from its reply cache without running the request again).
+FLEET_PROBE_SECONDS = 3.0
 
 
 class OperatorError(FaceagentError):
@@ -130,17 +137,40 @@ class Operator:
         self._client.unsubscribe(topic)
         return found
 
-    def call(self, devices: list[str], name: str, args: dict[str, Any]) -> dict[str, dict | None]:
-        """Send `name` to every device; device -> its reply document, None when it stayed silent."""
+    def call(
+        self, devices: list[str], name: str, args: dict[str, Any], *, fleet: Collection[str] = ()
+    ) -> dict[str, dict | None]:
+        """Send `name` to every device; device -> its reply document, None when it stayed silent.
+
+        `fleet`: those of `devices` whose status says they take requests published once for the whole fleet. A
+        fleet-wide ping first confirms which of them do (an ACL may keep such requests from a device); those
+        share one copy of the request, every other device gets its own. The shared copy reaches every device
+        listening, listed or not: give `fleet` only when `devices` are all the online devices (`ctl --all`).
+        Only the listed devices are waited for."""
         if not devices:
             return {}  # paho refuses an empty subscription
+        claimed = [device for device in devices if device in fleet]
+        shared: set[str] = set()
+        if claimed:
+            probe = self._exchange(claimed, Command.PING, {}, set(claimed), min(self.timeout, FLEET_PROBE_SECONDS))
+            shared = {device for device, reply in probe.items() if reply is not None}
+        return self._exchange(devices, name, args, shared, self.timeout)
+
+    def _exchange(
+        self, devices: list[str], name: str, args: dict[str, Any], shared: set[str], timeout: float
+    ) -> dict[str, dict | None]:
+        """One request id: one fleet-wide copy if any device is `shared`, one copy for each other device; the
+        replies of `devices` until all have answered or `timeout` has passed."""
         request_id = new_ulid()
         replies: dict[str, dict | None] = dict.fromkeys(devices)
         waiting = len(replies)
         self._subscribe([Topics(self.broker.prefix, d).reply(name) for d in devices])
+        if shared:
+            self._send(FLEET, name, args, request_id)
         for device in devices:
-            self._send(device, name, args, request_id)
-        for topic, payload in self._messages(time.monotonic() + self.timeout):
+            if device not in shared:
+                self._send(device, name, args, request_id)
+        for topic, payload in self._messages(time.monotonic() + timeout):
             replier = self._replying_device(topic, name)
             if replier is None or replier not in replies or replies[replier] is not None:
                 continue  # another subscription's message (a status, an event), or a repeat
@@ -161,8 +191,11 @@ class Operator:
         return None if "/" in device else device
 
     def _send(self, device: str, name: str, args: dict[str, Any], request_id: str) -> None:
+        """One request to `device`, or to every device when `device` is FLEET (signed for them all)."""
         topics = Topics(self.broker.prefix, device)
         request: RequestDocument = {"schema": SCHEMA, "request_id": request_id, "origin": self.origin, "args": args}
+        if device == FLEET:
+            request["to"] = FLEET
         signed = request if self.signer is None else self.signer(device, name, request)
         try:
             payload = encode(signed)
@@ -171,7 +204,8 @@ class Operator:
         properties = None
         if self.broker.v5:
             properties = Properties(PacketTypes.PUBLISH)
-            properties.ResponseTopic = topics.reply(name)
+            if device != FLEET:  # each device answers a fleet-wide request on its own reply topic
+                properties.ResponseTopic = topics.reply(name)
             properties.CorrelationData = request_id.encode()
         self._client.publish(topics.command(name), payload, qos=1, properties=properties)
 
