@@ -16,6 +16,7 @@ does not make a fleet look slower than its broker.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ BROADCAST_PROBE = "faces-lfw/Colin_Powell/Colin_Powell_0234.jpg"
 COMMAND_QUEUE = 64  # as the agent: commands waiting for a device's command thread
 DEVICE_PREFIX = "sim"
 READY_LINE = "fleet-ready"
+REPORT_LINE = "fleet-device"
 
 
 def device_ids(count: int, first: int = 0) -> list[str]:
@@ -401,6 +403,7 @@ class SimDevice:
         self._emitter: EventEmitter | None = None
         self._match_ms: list[float] = []
         self.dropped_jobs = 0
+        self.events_written = 0  # events this run put in the outbox
         self._thread = threading.Thread(target=self._serve, name=f"{device_id}-commands", daemon=True)
 
     def start(self) -> None:
@@ -484,6 +487,7 @@ class SimDevice:
         match = decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
         self._match_ms.append(1000 * (time.perf_counter() - started))
         if self._emitter.emit(track, match, now) is not None:
+            self.events_written += 1
             self.outbox.notify()
 
     def _apply_settings(self, settings: Settings) -> None:
@@ -515,18 +519,18 @@ class Clock:
 
     devices: list[SimDevice]
     options: FleetOptions
-    _due: list[tuple[float, int, str]] = field(default_factory=list)
+    quiet: threading.Event = field(default_factory=threading.Event)  # set: the cameras see nobody any more
+    _due: list[tuple[float, int, str]] = field(default_factory=list)  # a heap: (when, device index, what)
 
     def run(self, stop: threading.Event) -> None:
         now = time.monotonic()
         count = max(len(self.devices), 1)
         for index in range(len(self.devices)):
             offset = index / count
-            self._due.append((now + offset * self.options.telemetry_seconds, index, "telemetry"))
+            heapq.heappush(self._due, (now + offset * self.options.telemetry_seconds, index, "telemetry"))
             if self.options.event_seconds > 0:
-                self._due.append((now + offset * self.options.event_seconds, index, "event"))
+                heapq.heappush(self._due, (now + offset * self.options.event_seconds, index, "event"))
         while not stop.is_set():
-            self._due.sort()
             when, index, what = self._due[0]
             if stop.wait(max(0.0, when - time.monotonic())):
                 return
@@ -536,13 +540,17 @@ class Clock:
                 device.ask(Chore.STATUS)  # retained: uptime and gallery stay current, as the agent's do
                 interval = self.options.telemetry_seconds
             else:
-                device.ask(Chore.EVENT)
+                if not self.quiet.is_set():
+                    device.ask(Chore.EVENT)
                 interval = self.options.event_seconds
-            self._due[0] = (when + interval, index, what)
+            heapq.heapreplace(self._due, (when + interval, index, what))
 
 
-def serve_devices(ids: Sequence[str], options: FleetOptions, stop: threading.Event, connect_timeout: float) -> int:
-    """Run `ids` until `stop`; prints READY_LINE once every one is connected. Returns an exit status."""
+def serve_devices(
+    ids: Sequence[str], options: FleetOptions, stop: threading.Event, quiet: threading.Event, connect_timeout: float
+) -> int:
+    """Run `ids` until `stop` (events until `quiet`); prints READY_LINE once every one is connected and, at the
+    end, a REPORT_LINE per device: the events it wrote and those its outbox still holds. Returns an exit status."""
     cache = FaceCache.load(options.cache)
     cast = Cast.from_split(options.data, options.people, options.strangers)
     visits = cast.visits(cache)
@@ -555,12 +563,15 @@ def serve_devices(ids: Sequence[str], options: FleetOptions, stop: threading.Eve
         print(f"not connected within {connect_timeout:g} s: {', '.join(late[:10])}", file=sys.stderr, flush=True)
     else:
         print(f"{READY_LINE} {len(devices)}", flush=True)
-    clock = threading.Thread(target=Clock(devices, options).run, args=(stop,), name="fleet-clock", daemon=True)
+    clock = threading.Thread(target=Clock(devices, options, quiet).run, args=(stop,), name="fleet-clock", daemon=True)
     clock.start()
     stop.wait()
     clock.join(timeout=5)
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(SimDevice.stop, devices))
+    for device in devices:
+        report = {"device": device.device_id, "events": device.events_written, "unsent": device.outbox.stats.depth}
+        print(f"{REPORT_LINE} {json.dumps(report)}", flush=True)
     dropped = sum(device.dropped_jobs for device in devices)
     if dropped:
         print(f"{dropped} commands or chores dropped on full queues", file=sys.stderr, flush=True)
@@ -595,6 +606,7 @@ class Fleet:
         self.processes = max(1, min(processes, count))
         self.connect_timeout = connect_timeout
         self.workers: list[subprocess.Popen[str]] = []
+        self.reports: dict[str, dict[str, Any]] = {}  # device -> its last words (events written, unsent)
 
     def __enter__(self) -> Fleet:
         self.start()
@@ -618,16 +630,25 @@ class Fleet:
                 self.stop()
                 raise RuntimeError(f"a fleet worker did not start (exit {worker.poll()}): {line.strip()}")
 
+    def quiet(self) -> None:
+        """The cameras see nobody from now on: no more events (the outboxes go on sending what they hold)."""
+        for worker in self.workers:
+            worker.send_signal(signal.SIGUSR1)
+
     def stop(self) -> None:
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
         for worker in self.workers:
             try:
-                worker.wait(60)
+                out, _ = worker.communicate(timeout=120)
             except subprocess.TimeoutExpired:
                 worker.kill()
-                worker.wait(10)
+                out, _ = worker.communicate(timeout=10)
+            for line in out.splitlines():
+                if line.startswith(REPORT_LINE + " "):
+                    report = json.loads(line[len(REPORT_LINE) + 1 :])
+                    self.reports[report["device"]] = report
         self.workers = []
 
     @property

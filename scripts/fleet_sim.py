@@ -70,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    """One worker process: SIGTERM stops its devices, SIGUSR1 stops their events."""
+    stop, quiet = threading.Event(), threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
-    return serve_devices(args.ids, FleetOptions.from_json(args.options), stop, args.connect_timeout)
+    signal.signal(signal.SIGUSR1, lambda *_: quiet.set())
+    return serve_devices(args.ids, FleetOptions.from_json(args.options), stop, quiet, args.connect_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

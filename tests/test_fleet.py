@@ -286,3 +286,58 @@ def test_the_console_enrolls_on_every_online_device_with_one_request(
         assert requests.messages[0].topic == f"faceagent/{FLEET}/cmd/enroll"
     finally:
         console.stop()
+
+
+# ------------------------------------------------------------------------ the example event consumer
+
+
+def event(event_id: str) -> bytes:
+    return json.dumps({"schema": 1, "event_id": event_id, "type": "face_unknown", "track_id": 1}).encode()
+
+
+def test_the_example_consumer_passes_each_event_on_once_whatever_the_repeats(
+    broker: Broker, observe: Callable[..., Observer]
+) -> None:
+    from examples.events_consumer import EventConsumer
+
+    got: list[str] = []
+    consumer = EventConsumer(broker.url, "test-consumer", lambda device, kind, e: got.append(e["event_id"]))
+    consumer.start()
+    try:
+        assert consumer.subscribed.wait(5)
+        device = observe(broker, [])
+        for event_id in ("e1", "e1", "e2", "e1"):
+            device.publish("faceagent/dev1/events/face_unknown", event(event_id))
+        deadline = time.monotonic() + 5
+        while consumer.received < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (got, consumer.duplicates) == (["e1", "e2"], 2)
+    finally:
+        consumer.stop()
+
+
+def test_the_example_consumer_gets_what_was_sent_while_it_was_away_and_the_broker_restarted(
+    start_broker: Callable[..., Broker], observe: Callable[..., Observer]
+) -> None:
+    from examples.events_consumer import EventConsumer
+
+    broker = start_broker(persistence=True)
+    got: list[str] = []
+    consumer = EventConsumer(broker.url, "test-consumer", lambda device, kind, e: got.append(e["event_id"]))
+    consumer.start()
+    assert consumer.subscribed.wait(5)
+    consumer.stop()
+    device = observe(broker, [])
+    device.publish("faceagent/dev1/events/face_unknown", event("while-away"))
+    device.close()
+    broker.stop()  # Mosquitto saves the consumer's session and its queued event ...
+    broker.start()  # ... and loads them again
+    consumer = EventConsumer(broker.url, "test-consumer", lambda device, kind, e: got.append(e["event_id"]))
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == ["while-away"]
+    finally:
+        consumer.stop()
