@@ -9,7 +9,8 @@ Per size and operation, measured:
 - broker: Mosquitto's CPU seconds over the operation and its peak resident memory (sampled from /proc every
   20 ms), and its resident memory at rest with the fleet connected;
 - operator: the ctl process's peak resident memory (getrusage of the child);
-- the simulator's CPU seconds, which on this machine competes with the broker and ctl for the same 2 cores.
+- the simulator's CPU seconds, which on this machine competes with the broker and ctl for the same 2 cores,
+  and the cores the fleet keeps busy at rest (measured before the operations).
 The peer, measured in the same run: the same command addressed to one device (`--device sim0000`).
 
     python scripts/bench_fleet.py [--sizes 10,100,500] [--json results.json] [--plot docs/fleet-broadcast.png]
@@ -153,6 +154,7 @@ class Operation:
     broker_rest_mb: float
     operator_peak_mb: float
     simulator_cpu_s: float
+    simulator_idle_cores: float  # the fleet's own CPU at rest (cores busy), measured before the operations
     problems: list[str]
 
 
@@ -207,6 +209,14 @@ class Bench:
     broker: subprocess.Popen[bytes]
     port: int
     key: Path
+    idle_cores: float = 0.0
+
+    def measure_idle(self, seconds: float) -> float:
+        """How many cores the simulated fleet keeps busy doing nothing (outbox polls, keepalives, telemetry)."""
+        before, started = sum(cpu_seconds(pid) for pid in self.fleet.pids), time.monotonic()
+        time.sleep(seconds)
+        self.idle_cores = (sum(cpu_seconds(pid) for pid in self.fleet.pids) - before) / (time.monotonic() - started)
+        return self.idle_cores
 
     def operate(self, command: str, shape: str, photos: PhotoSet) -> Operation:
         expected = self.fleet.ids[:1] if shape == "one" else self.fleet.ids
@@ -252,6 +262,7 @@ class Bench:
             broker_rest_mb=round(rest_kb / 1024, 1),
             operator_peak_mb=round(operator_kb / 1024, 1),
             simulator_cpu_s=round(sim_cpu, 2),
+            simulator_idle_cores=round(self.idle_cores, 2),
             problems=problems[:10],
         )
 
@@ -290,6 +301,7 @@ def measure_size(size: int, args: argparse.Namespace, key: Path, public_key: str
         with Fleet(size, options, processes=processes, connect_timeout=600) as fleet:
             progress(f"{size} devices connected in {time.monotonic() - started:.1f} s")
             bench = Bench(fleet, broker, port, key)
+            progress(f"the fleet at rest keeps {bench.measure_idle(args.idle_seconds):.2f} cores busy")
             for photos in photo_sets:
                 for shape in args.shapes.split(","):
                     for command in ("enroll", "delete"):
@@ -347,6 +359,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--telemetry-seconds", type=float, default=60.0)
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="how long the fleet's rest is measured")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="draw the growth curves into this PNG (needs matplotlib)")
     args = parser.parse_args()
@@ -370,7 +383,7 @@ def main() -> int:
         shutil.rmtree(keys, ignore_errors=True)
     load_after = load_average()
     headers = ["devices", "command", "shape", "photos", "KB/request", "answered s", "ctl s", "lost"]
-    headers += ["broker CPU s", "broker peak MB", "broker rest MB", "ctl peak MB", "sim CPU s"]
+    headers += ["broker CPU s", "broker peak MB", "broker rest MB", "ctl peak MB", "sim CPU s", "sim idle cores"]
     rows = [
         [
             op.devices,
@@ -386,6 +399,7 @@ def main() -> int:
             op.broker_rest_mb,
             op.operator_peak_mb,
             op.simulator_cpu_s,
+            op.simulator_idle_cores,
         ]
         for op in operations
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -341,3 +342,33 @@ def test_the_example_consumer_gets_what_was_sent_while_it_was_away_and_the_broke
         assert got == ["while-away"]
     finally:
         consumer.stop()
+
+
+def test_the_operator_finds_the_devices_while_a_large_fleet_keeps_publishing_statuses(
+    broker: Broker, observe: Callable[..., Observer]
+) -> None:
+    """500 devices at one status a minute publish one every 0.12 s: finding them must not wait for a quiet
+    moment that never comes (it waited for --timeout)."""
+    device = observe(broker, [])
+    busy = threading.Event()
+
+    def publish_status() -> None:
+        device.client.publish("faceagent/dev1/status", b'{"state": "online"}', qos=1, retain=True).wait_for_publish(5)
+
+    def publish_statuses() -> None:  # until the operator has its answer, or for at most as long as it would wait
+        deadline = time.monotonic() + 20
+        while not busy.is_set() and time.monotonic() < deadline:
+            publish_status()
+            time.sleep(0.05)
+
+    publish_status()
+    publisher = threading.Thread(target=publish_statuses)
+    publisher.start()
+    try:
+        with Operator(BrokerSettings(url=broker.url, **FAST), timeout=30) as operator:
+            found = operator.statuses()
+            still_publishing = publisher.is_alive()
+    finally:
+        busy.set()
+        publisher.join()
+    assert "dev1" in found and still_publishing

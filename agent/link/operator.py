@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -38,7 +38,7 @@ from agent.link.topics import Topics
 from agent.wire import FLEET, SCHEMA, Command, RequestDocument, encode
 
 CLIENT_OWNER = "faceagent-ctl"  # the client id's readable part: a broker's log tells operators from devices
-_QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK
+_QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK: no more for this long, all came
 # How long the devices that say they take fleet-wide requests have to answer a fleet-wide ping: those that do
 # not get the request addressed to them alone (an answer that comes later only costs a duplicate, which the
 # device answers from its reply cache without running the request again).
@@ -71,7 +71,7 @@ class Operator:
         self.broker, self.timeout, self.signer = broker, timeout, signer
         self.origin = operator_origin()
         self._address = parse_broker_url(broker.url)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._inbox: queue.Queue[_Message] = queue.Queue()
         self._acks: set[int] = set()
         self._event = threading.Condition()
         self._connected: str | None = None
@@ -79,7 +79,9 @@ class Operator:
         self._client = make_client(broker, self._address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda client, userdata, mid, *rest: self._acked(mid)
-        self._client.on_message = lambda client, userdata, msg: self._inbox.put((msg.topic, bytes(msg.payload)))
+        self._client.on_message = lambda client, userdata, msg: self._inbox.put(
+            _Message(msg.topic, bytes(msg.payload), bool(msg.retain))
+        )
 
     def __enter__(self) -> Operator:
         host, port = self._address["host"], self._address["port"]
@@ -115,14 +117,19 @@ class Operator:
             if not self._event.wait_for(lambda: mid in self._acks, self.timeout):
                 raise OperatorError("the broker did not confirm the subscription")
 
-    def _messages(self, deadline: float, quiet: float | None = None) -> Iterator[tuple[str, bytes]]:
-        """(topic, payload) until `deadline`, or until nothing came for `quiet` seconds."""
-        while (left := deadline - time.monotonic()) > 0:
+    def _messages(self, deadline: float, settle: float | None = None) -> Iterator[_Message]:
+        """Messages until `deadline`; with `settle`, only until no retained message came for `settle` seconds.
+        Live messages do not hold it open: a large fleet publishes statuses all the time (500 devices at one a
+        minute is one every 0.12 s), so waiting for quiet would wait for the deadline."""
+        settled = time.monotonic() + settle if settle else deadline
+        while (left := min(deadline, settled) - time.monotonic()) > 0:
             try:
-                yield self._inbox.get(timeout=min(left, quiet) if quiet else left)
+                message = self._inbox.get(timeout=left)
             except queue.Empty:
-                if quiet:
-                    return
+                return
+            if settle and message.retained:
+                settled = time.monotonic() + settle
+            yield message
 
     def statuses(self, device: str = "+") -> dict[str, dict]:
         """Device id -> its retained status document. The subscription ends with the answer: devices go on
@@ -130,7 +137,7 @@ class Operator:
         topic = Topics(self.broker.prefix, device).status
         self._subscribe([topic])
         found: dict[str, dict] = {}
-        for received, payload in self._messages(time.monotonic() + self.timeout, _QUIET_SECONDS):
+        for received, payload, _ in self._messages(time.monotonic() + self.timeout, _QUIET_SECONDS):
             parts = received.split("/")
             if received.endswith("/status") and payload:
                 found[parts[-2]] = _json_or_text(payload)
@@ -170,7 +177,7 @@ class Operator:
         for device in devices:
             if device not in shared:
                 self._send(device, name, args, request_id)
-        for topic, payload in self._messages(time.monotonic() + timeout):
+        for topic, payload, _ in self._messages(time.monotonic() + timeout):
             replier = self._replying_device(topic, name)
             if replier is None or replier not in replies or replies[replier] is not None:
                 continue  # another subscription's message (a status, an event), or a repeat
@@ -214,9 +221,15 @@ class Operator:
         may be "+" (and the type "#") for all."""
         self._subscribe([Topics(self.broker.prefix, device).event_filter(event_type)])
         deadline = time.monotonic() + (seconds if seconds is not None else 10 * 365 * 86400)
-        for topic, payload in self._messages(deadline):
+        for topic, payload, _ in self._messages(deadline):
             parts = topic.split("/")
             yield ReceivedEvent(device=parts[-3], event_type=parts[-1], document=_json_or_text(payload))
+
+
+class _Message(NamedTuple):
+    topic: str
+    payload: bytes
+    retained: bool  # sent from the broker's store at subscription, not published since
 
 
 @dataclass(frozen=True)
