@@ -30,6 +30,11 @@ MQTT_5: Final = "5"
 MQTT_3_1_1: Final = "3.1.1"
 PROTOCOLS: Final = (MQTT_5, MQTT_3_1_1)
 
+# A request for every device: published once on `<prefix>/*/cmd/<name>` (a level no device id can take) and
+# signed for this audience in place of a device id (agent/commands/signing.py); each device answers on its own
+# reply topic. A device that listens there says so in its status (`fleet_commands`).
+FLEET: Final = "*"
+
 # The retained status document's `state`; Home Assistant's availability reads it.
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
@@ -178,6 +183,7 @@ class OnlineStatus(TypedDict):
     gallery: GallerySection | None  # null until summarised, off the frame loop, after a start
     started_at: str
     uptime_s: int
+    fleet_commands: NotRequired[bool]  # set by the link: it takes requests published once for the whole fleet
     storage: NotRequired[StorageSection]
     # Added by the service: the camera, the inference runtime, the provisioning outcome, settings that weaken
     # the device, and how commands are authorised.
@@ -204,6 +210,7 @@ class LinkStatus(TypedDict):
     schema: int
     state: Literal["online", "offline"]
     device: str
+    fleet_commands: NotRequired[bool]
 
 
 Status = OnlineStatus | OfflineStatus | LinkStatus
@@ -277,6 +284,7 @@ class RequestDocument(TypedDict):
     schema: NotRequired[int]
     request_id: str
     origin: NotRequired[str]
+    to: NotRequired[str]  # FLEET: signed for every device, not for the one it reached
     sent_at: NotRequired[str]
     signature: NotRequired[str]
     args: NotRequired[dict[str, Any]]

@@ -25,6 +25,7 @@ from agent.commands.signing import (
 from agent.config import CommandSettings
 from agent.errors import ConfigError
 from agent.vision.pipeline import FacePipeline
+from agent.wire import FLEET
 from tests.support.commands import NOW, Device, make_device, write_private_key
 
 DEVICE = "dev1"
@@ -215,3 +216,42 @@ def test_the_stored_replay_cache_falls_back_to_memory_when_the_gallery_cannot_be
     expires = NOW + timedelta(seconds=WINDOW)
     assert replays.add("k", expires, NOW)
     assert not replays.add("k", expires, NOW + timedelta(seconds=1))
+
+
+# ------------------------------------------------------------------------- requests for every device
+
+
+def fleet_signed(key: Ed25519PrivateKey, name: str, *, sign_for: str = FLEET, to: str | None = FLEET) -> bytes:
+    request: dict[str, object] = {"request_id": "f1", "origin": "ops", "args": {}}
+    if to is not None:
+        request["to"] = to
+    return json.dumps(sign_request(key, sign_for, name, request, now=NOW)).encode()
+
+
+def test_a_request_signed_for_every_device_runs_on_any_and_is_audited_as_such(
+    device: Device, key: Ed25519PrivateKey
+) -> None:
+    assert device.send("restart", fleet_signed(key, "restart"))["status"] == "ok"
+    assert device.audit()[0]["details"]["to"] == FLEET
+
+
+def test_a_request_signed_for_one_device_cannot_pass_as_one_for_every_device(
+    device: Device, key: Ed25519PrivateKey
+) -> None:
+    assert code(device.send("restart", fleet_signed(key, "restart", sign_for="dev2"))) == "unauthorized"
+
+
+def test_a_request_signed_for_every_device_cannot_pass_as_one_for_this_device(
+    device: Device, key: Ed25519PrivateKey
+) -> None:
+    assert code(device.send("restart", fleet_signed(key, "restart", to=None))) == "unauthorized"
+
+
+def test_a_request_for_every_device_is_refused_when_replayed(device: Device, key: Ed25519PrivateKey) -> None:
+    copy = fleet_signed(key, "restart")
+    assert device.send("restart", copy)["status"] == "ok"
+    assert code(device.send("restart", copy)) == "replayed"
+
+
+def test_only_every_device_may_be_named_as_the_audience(device: Device, key: Ed25519PrivateKey) -> None:
+    assert code(device.send("restart", fleet_signed(key, "restart", sign_for="dev1", to="dev1"))) == "bad_request"

@@ -1,9 +1,12 @@
 """`faceagent ctl`: the operator's side of the MQTT link, over the same broker the devices use.
 
 Each subcommand is one request to one device or to a fleet (`--device`, repeatable, or `--all` online
-devices; `delete` defaults to every online device). `ctl` waits for every addressed device up to
-`--timeout` and says which did not answer. Exit status: 0 all answered ok, 1 a device refused, failed,
-was offline or stayed silent, 2 a local problem (no broker, unreadable photo, bad key).
+devices; `delete` defaults to every online device). With `--all`, the devices that take requests published
+once for the whole fleet (their status says `fleet_commands`, and a fleet-wide ping confirms it) share one
+signed copy, so a request's photos cross the broker once, not once per device; named devices each get their
+own. `ctl` waits for every addressed device up to `--timeout` and says which did not answer. Exit status: 0 all
+answered ok, 1 a device refused, failed, was offline or stayed silent, 2 a local problem (no broker, unreadable
+photo, bad key).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +184,18 @@ def _operator(args: argparse.Namespace) -> Operator:
     return Operator(BrokerSettings.from_settings(settings.mqtt, args.mqtt), timeout=args.timeout, signer=signer)
 
 
-def _targets(args: argparse.Namespace, operator: Operator, everywhere: bool) -> tuple[list[str], int]:
-    """The devices named, or with --all (or by default for `everywhere`) every online device."""
+@dataclass(frozen=True)
+class Targets:
+    devices: list[str]
+    status: int  # EXIT_REMOTE when some device was skipped as offline
+    fleet: frozenset[str] = frozenset()  # devices that share one fleet-wide request (only with --all)
+
+
+def _targets(args: argparse.Namespace, operator: Operator, everywhere: bool) -> Targets:
+    """The devices named, or with --all (or by default for `everywhere`) every online device; of those, the ones
+    whose status says they take a request published once for the whole fleet."""
     if args.device and not args.all:
-        return list(dict.fromkeys(args.device)), 0
+        return Targets(list(dict.fromkeys(args.device)), 0)
     if not (args.all or everywhere):
         raise CtlError("name the devices with --device ID (repeatable), or use --all")
     statuses = operator.statuses()
@@ -193,7 +205,8 @@ def _targets(args: argparse.Namespace, operator: Operator, everywhere: bool) -> 
     online = sorted(d for d, s in statuses.items() if s.get("state") == "online")
     if not online:
         raise CtlError("no device is online")
-    return online, EXIT_REMOTE if offline else 0
+    fleet = frozenset(d for d in online if statuses[d].get("fleet_commands") is True)
+    return Targets(online, EXIT_REMOTE if offline else 0, fleet)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -217,9 +230,9 @@ def cmd_call(args: argparse.Namespace, name: str, arguments: dict[str, Any], eve
     """`name` to one device (a DEVICE argument) or to a fleet (--device/--all)."""
     with _operator(args) as operator:
         single = getattr(args, "target", None)
-        devices, status = ([single], 0) if single else _targets(args, operator, everywhere)
-        replies = operator.call(devices, name, arguments)
-    return report(replies, name, args.timeout, args.json) or status
+        targets = Targets([single], 0) if single else _targets(args, operator, everywhere)
+        replies = operator.call(targets.devices, name, arguments, fleet=targets.fleet)
+    return report(replies, name, args.timeout, args.json) or targets.status
 
 
 def cmd_people(args: argparse.Namespace) -> int:
@@ -390,7 +403,8 @@ def cmd_model_update(args: argparse.Namespace) -> int:
     begin = {"phase": "begin", "job_id": job_id, **meta, "signature": sign_model(load_private_key(key_path), meta)}
     step = args.chunk_kib * 1024
     with _operator(args) as operator:
-        devices, status = _targets(args, operator, everywhere=False)
+        targets = _targets(args, operator, everywhere=False)
+        devices, status = targets.devices, targets.status
         begun = going = _model_phase(operator, devices, begin)
         for index, start in enumerate(range(0, len(content), step)):
             if not going:  # no device took the begin, or every one has dropped out

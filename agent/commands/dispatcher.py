@@ -201,6 +201,7 @@ class CommandDispatcher:
     def _run(self, name: str, request: Request, actor: str, signer: str | None, now: datetime) -> bytes:
         details: dict[str, Any] = {"request_id": request.request_id, "signed_by": signer}
         details["claimed_origin"] = request.origin
+        details["to"] = request.document.get("to")  # "*": one request for the whole fleet
         fingerprint = _fingerprint(name, request.document)
         request.document.clear()  # signature and fingerprint done: the photos' base64 text goes before they are decoded
         earlier = self.replies.get(request.request_id, now)

@@ -6,8 +6,8 @@ base64 length before decoding it, tokens and nesting counted by a linear pre-sca
 anything). Messages name the field but never
 echo its value, so an image, a name or a key cannot come back in a reply or a log line.
 
-A request is `{"request_id", "schema"?, "origin"?, "sent_at"?, "signature"?, "args"?}`; `args` holds the
-command's own fields (`command_schemas`).
+A request is `{"request_id", "schema"?, "origin"?, "to"?, "sent_at"?, "signature"?, "args"?}`; `args` holds
+the command's own fields (`command_schemas`); `to` is "*" for a request meant for every device (signed so).
 
 Every command also declares its `Access` here, beside its arguments, so a new command cannot be added
 without saying who may run it: `OPEN` for what changes nothing and reveals no personal data (anyone on the
@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from agent.config import CommandSettings
-from agent.wire import SCHEMA, Command, ErrorCode
+from agent.wire import FLEET, SCHEMA, Command, ErrorCode
 
 
 class Access(StrEnum):
@@ -47,6 +47,7 @@ class CommandError(Exception):
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 ORIGIN = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+AUDIENCE = re.compile(re.escape(FLEET))
 COMMAND_NAME = re.compile(r"[a-z][a-z_]{0,31}")
 SETTING_KEY = re.compile(r"[a-z_]{1,32}\.[a-z_]{1,64}")
 SMALL_PAYLOAD_BYTES = 64 * 1024  # every command but enroll and model_update
@@ -299,6 +300,7 @@ class CommandSchema:
                 "request_id": Text(64, REQUEST_ID, "1-64 of A-Z a-z 0-9 _ . : -"),
                 "schema": Number(SCHEMA, SCHEMA, integer=True),
                 "origin": Text(64, ORIGIN, "1-64 of A-Z a-z 0-9 _ . : @ -"),
+                "to": Text(len(FLEET), AUDIENCE, f"{FLEET!r} (every device) or left out (this device)"),
                 "sent_at": Timestamp(),
                 "signature": Text(128),
                 "args": self.args,

@@ -2,7 +2,12 @@
 
 The operator signs, with Ed25519, a canonical form of the request: a fixed tag, the device id and the
 command name (so a request signed for one device or command cannot be replayed to another), then the
-request as JSON with sorted keys, no whitespace and no `signature` field. Signing covers the parsed
+request as JSON with sorted keys, no whitespace and no `signature` field. A request meant for every device
+(`"to": "*"`, published once on `<prefix>/*/cmd/<name>`: agent.wire.FLEET) is signed with "*" in place of
+the device id: one signature the whole fleet checks, and no device id can stand for it, so a request signed
+for one device still cannot pass as one for all, nor the reverse. What a fleet-wide signature allows is what
+the operator asked of every device; a copy of it replayed to one device later is refused as replayed (that
+device ran it) or as stale (outside the timestamp window), as any signed request. Signing covers the parsed
 document, not the bytes on the wire, so any JSON encoder may send it; numbers must survive a round
 trip through a float (Python's `json` does).
 
@@ -52,6 +57,7 @@ from agent.errors import ConfigError, FaceagentError
 from agent.files import FileRefused, read_regular_file
 from agent.gallery.store import GalleryStore
 from agent.identity import utc_iso
+from agent.wire import FLEET
 
 TAG = b"faceagent-command-v1"
 REPLAY_ENTRIES = 10_000
@@ -318,9 +324,10 @@ class CommandSecurity:
         return signer
 
     def _verify(self, name: str, request: dict[str, Any], signature: Any) -> str:
+        audience = FLEET if request.get("to") == FLEET else self.device_id
         try:
             raw = base64.b64decode(signature, validate=True)
-            message = canonical_request(self.device_id, name, request)
+            message = canonical_request(audience, name, request)
         except (binascii.Error, ValueError, TypeError, UnicodeEncodeError):
             raise CommandError(ErrorCode.UNAUTHORIZED, "the signature is not base64 of a canonical request") from None
         identity = verifying_key(self.keys, raw, message)

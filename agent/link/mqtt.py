@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -160,10 +160,11 @@ class MqttLink:
         return info.mid if info is not None and info.rc in _QUEUED else None
 
     def publish_status(self, status: Status) -> None:
-        """Retained; remembered and re-published (with a fresh `at`) on every reconnect."""
+        """Retained; remembered and re-published (with a fresh `at`) on every reconnect. An online status says
+        the device listens for requests published once for the whole fleet (`fleet_commands`)."""
         self._status = status
         if self.connected:
-            self._publish(self.topics.status, encode(status), qos=1, retain=True)
+            self._publish(self.topics.status, encode(_listening(status)), qos=1, retain=True)
 
     def publish_telemetry(self, telemetry: TelemetryDocument) -> None:
         if self.connected:
@@ -237,11 +238,12 @@ class MqttLink:
         self._log_state("connected", logging.INFO, "connected to %s:%d", self._address["host"], self._address["port"])
         self._epoch += 1
         self._connected.set()
-        self._command_sub_mid = client.subscribe(self.topics.commands, qos=1)[1]
+        commands = [(self.topics.commands, 1), (self.topics.fleet_commands, 1)]
+        self._command_sub_mid = client.subscribe(commands)[1]
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         status = {**self._status, "at": utc_now()} if self._status["state"] == ONLINE else self._status
-        self._publish(self.topics.status, encode(status), qos=1, retain=True)
+        self._publish(self.topics.status, encode(_listening(cast(Status, status))), qos=1, retain=True)
         for hook in self._connect_hooks:
             try:
                 hook()
@@ -275,12 +277,17 @@ class MqttLink:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Properties
     ) -> None:
-        if mid != self._command_sub_mid:
+        if mid != self._command_sub_mid or not reasons:
             return
-        if any(reason.is_failure for reason in reasons):
+        if reasons[0].is_failure:
             log.error("the broker refused the command subscription %s: %s", self.topics.commands, reasons[0])
         else:
             self._listening.set()
+        if len(reasons) > 1 and reasons[1].is_failure:  # Mosquitto grants it and then delivers nothing instead
+            log.warning(
+                "the broker refused %s (its ACL?): operators' --all sends this device a copy of its own",
+                self.topics.fleet_commands,
+            )
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         name = self.topics.command_name(message.topic)
@@ -325,6 +332,12 @@ class MqttLink:
         if state != self._state:
             self._state = state
             log.log(level, message, *args)
+
+
+def _listening(status: Status) -> Status:
+    """An online status says this device subscribes to fleet-wide requests; an operator confirms it with a
+    fleet-wide ping before relying on it (an ACL may keep them from the device)."""
+    return cast(Status, {**status, "fleet_commands": True}) if status["state"] == ONLINE else status
 
 
 def _valid_topic(topic: str) -> bool:

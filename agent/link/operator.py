@@ -5,7 +5,10 @@ simulator). One paho client per session, made by the same factory and under the 
 device's (`agent.link.client`). Retained status documents name the devices; a command goes to
 `<prefix>/<device>/cmd/<name>` with one request id for the whole fleet, so the audit records of one
 operation match across devices, and replies are matched by that id on the reply topic (MQTT 5 also
-names it as the response topic, with the id as correlation data). Signing is the caller's: a `RequestSigner`
+names it as the response topic, with the id as correlation data). Devices that take fleet-wide requests
+(status `fleet_commands`) can instead share one copy, published once on `<prefix>/*/cmd/<name>` and signed
+for every device: the operator then sends, and the broker receives, a request's photos once, not once per
+device. Each device still answers on its own reply topic. Signing is the caller's: a `RequestSigner`
 (`agent.commands.signing.request_signer`) adds `sent_at` and the signature to each request.
 """
 
@@ -19,9 +22,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -32,10 +35,14 @@ from agent.errors import FaceagentError
 from agent.identity import new_ulid
 from agent.link.client import BrokerSettings, connect_options, make_client, new_client_id
 from agent.link.topics import Topics
-from agent.wire import SCHEMA, RequestDocument, encode
+from agent.wire import FLEET, SCHEMA, Command, RequestDocument, encode
 
 CLIENT_OWNER = "faceagent-ctl"  # the client id's readable part: a broker's log tells operators from devices
-_QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK
+_QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK: no more for this long, all came
+# How long the devices that say they take fleet-wide requests have to answer a fleet-wide ping: those that do
+# not get the request addressed to them alone (an answer that comes later only costs a duplicate, which the
+# device answers from its reply cache without running the request again).
+FLEET_PROBE_SECONDS = 3.0
 
 
 class OperatorError(FaceagentError):
@@ -64,7 +71,7 @@ class Operator:
         self.broker, self.timeout, self.signer = broker, timeout, signer
         self.origin = operator_origin()
         self._address = parse_broker_url(broker.url)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._inbox: queue.Queue[_Message] = queue.Queue()
         self._acks: set[int] = set()
         self._event = threading.Condition()
         self._connected: str | None = None
@@ -72,7 +79,9 @@ class Operator:
         self._client = make_client(broker, self._address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda client, userdata, mid, *rest: self._acked(mid)
-        self._client.on_message = lambda client, userdata, msg: self._inbox.put((msg.topic, bytes(msg.payload)))
+        self._client.on_message = lambda client, userdata, msg: self._inbox.put(
+            _Message(msg.topic, bytes(msg.payload), bool(msg.retain))
+        )
 
     def __enter__(self) -> Operator:
         host, port = self._address["host"], self._address["port"]
@@ -108,46 +117,92 @@ class Operator:
             if not self._event.wait_for(lambda: mid in self._acks, self.timeout):
                 raise OperatorError("the broker did not confirm the subscription")
 
-    def _messages(self, deadline: float, quiet: float | None = None) -> Iterator[tuple[str, bytes]]:
-        """(topic, payload) until `deadline`, or until nothing came for `quiet` seconds."""
-        while (left := deadline - time.monotonic()) > 0:
+    def _messages(self, deadline: float, settle: float | None = None) -> Iterator[_Message]:
+        """Messages until `deadline`; with `settle`, only until no retained message came for `settle` seconds.
+        Live messages do not hold it open: a large fleet publishes statuses all the time (500 devices at one a
+        minute is one every 0.12 s), so waiting for quiet would wait for the deadline."""
+        settled = time.monotonic() + settle if settle else deadline
+        while (left := min(deadline, settled) - time.monotonic()) > 0:
             try:
-                yield self._inbox.get(timeout=min(left, quiet) if quiet else left)
+                message = self._inbox.get(timeout=left)
             except queue.Empty:
-                if quiet:
-                    return
+                return
+            if settle and message.retained:
+                settled = time.monotonic() + settle
+            yield message
 
     def statuses(self, device: str = "+") -> dict[str, dict]:
-        """Device id -> its retained status document."""
-        self._subscribe([Topics(self.broker.prefix, device).status])
+        """Device id -> its retained status document. The subscription ends with the answer: devices go on
+        publishing statuses, and a call that follows must not wade through them."""
+        topic = Topics(self.broker.prefix, device).status
+        self._subscribe([topic])
         found: dict[str, dict] = {}
-        for topic, payload in self._messages(time.monotonic() + self.timeout, _QUIET_SECONDS):
-            parts = topic.split("/")
-            if topic.endswith("/status") and payload:
+        for received, payload, _ in self._messages(time.monotonic() + self.timeout, _QUIET_SECONDS):
+            parts = received.split("/")
+            if received.endswith("/status") and payload:
                 found[parts[-2]] = _json_or_text(payload)
+        self._client.unsubscribe(topic)
         return found
 
-    def call(self, devices: list[str], name: str, args: dict[str, Any]) -> dict[str, dict | None]:
-        """Send `name` to every device; device -> its reply document, None when it stayed silent."""
+    def call(
+        self, devices: list[str], name: str, args: dict[str, Any], *, fleet: Collection[str] = ()
+    ) -> dict[str, dict | None]:
+        """Send `name` to every device; device -> its reply document, None when it stayed silent.
+
+        `fleet`: those of `devices` whose status says they take requests published once for the whole fleet. A
+        fleet-wide ping first confirms which of them do (an ACL may keep such requests from a device); those
+        share one copy of the request, every other device gets its own. The shared copy reaches every device
+        listening, listed or not: give `fleet` only when `devices` are all the online devices (`ctl --all`).
+        Only the listed devices are waited for."""
         if not devices:
             return {}  # paho refuses an empty subscription
+        claimed = [device for device in devices if device in fleet]
+        shared: set[str] = set()
+        if claimed:
+            probe = self._exchange(claimed, Command.PING, {}, set(claimed), min(self.timeout, FLEET_PROBE_SECONDS))
+            shared = {device for device, reply in probe.items() if reply is not None}
+        return self._exchange(devices, name, args, shared, self.timeout)
+
+    def _exchange(
+        self, devices: list[str], name: str, args: dict[str, Any], shared: set[str], timeout: float
+    ) -> dict[str, dict | None]:
+        """One request id: one fleet-wide copy if any device is `shared`, one copy for each other device; the
+        replies of `devices` until all have answered or `timeout` has passed."""
         request_id = new_ulid()
         replies: dict[str, dict | None] = dict.fromkeys(devices)
+        waiting = len(replies)
         self._subscribe([Topics(self.broker.prefix, d).reply(name) for d in devices])
+        if shared:
+            self._send(FLEET, name, args, request_id)
         for device in devices:
-            self._send(device, name, args, request_id)
-        for topic, payload in self._messages(time.monotonic() + self.timeout):
-            device = topic.split("/")[-4]
+            if device not in shared:
+                self._send(device, name, args, request_id)
+        for topic, payload, _ in self._messages(time.monotonic() + timeout):
+            replier = self._replying_device(topic, name)
+            if replier is None or replier not in replies or replies[replier] is not None:
+                continue  # another subscription's message (a status, an event), or a repeat
             document = _json_or_text(payload)
-            if device in replies and replies[device] is None and document.get("request_id") == request_id:
-                replies[device] = document
-            if all(reply is not None for reply in replies.values()):
-                break
+            if document.get("request_id") == request_id:
+                replies[replier] = document
+                waiting -= 1
+                if not waiting:
+                    break
         return replies
 
+    def _replying_device(self, topic: str, name: str) -> str | None:
+        """The device in `<prefix>/<device>/cmd/<name>/reply`, or None for any other topic."""
+        head, tail = f"{self.broker.prefix}/", f"/cmd/{name}/reply"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        device = topic[len(head) : -len(tail)]
+        return None if "/" in device else device
+
     def _send(self, device: str, name: str, args: dict[str, Any], request_id: str) -> None:
+        """One request to `device`, or to every device when `device` is FLEET (signed for them all)."""
         topics = Topics(self.broker.prefix, device)
         request: RequestDocument = {"schema": SCHEMA, "request_id": request_id, "origin": self.origin, "args": args}
+        if device == FLEET:
+            request["to"] = FLEET
         signed = request if self.signer is None else self.signer(device, name, request)
         try:
             payload = encode(signed)
@@ -156,7 +211,8 @@ class Operator:
         properties = None
         if self.broker.v5:
             properties = Properties(PacketTypes.PUBLISH)
-            properties.ResponseTopic = topics.reply(name)
+            if device != FLEET:  # each device answers a fleet-wide request on its own reply topic
+                properties.ResponseTopic = topics.reply(name)
             properties.CorrelationData = request_id.encode()
         self._client.publish(topics.command(name), payload, qos=1, properties=properties)
 
@@ -165,9 +221,15 @@ class Operator:
         may be "+" (and the type "#") for all."""
         self._subscribe([Topics(self.broker.prefix, device).event_filter(event_type)])
         deadline = time.monotonic() + (seconds if seconds is not None else 10 * 365 * 86400)
-        for topic, payload in self._messages(deadline):
+        for topic, payload, _ in self._messages(deadline):
             parts = topic.split("/")
             yield ReceivedEvent(device=parts[-3], event_type=parts[-1], document=_json_or_text(payload))
+
+
+class _Message(NamedTuple):
+    topic: str
+    payload: bytes
+    retained: bool  # sent from the broker's store at subscription, not published since
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.wire import FLEET
+
 MACHINE_ID = Path("/etc/machine-id")
 _APP_KEY = b"faceagent.device-id.v1"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -79,6 +81,11 @@ class Topics:
         """The subscription filter for every command addressed to this device."""
         return f"{self.base}/cmd/+"
 
+    @property
+    def fleet_commands(self) -> str:
+        """The subscription filter for commands published once for every device (`agent.wire.FLEET`)."""
+        return f"{self.prefix}/{FLEET}/cmd/+"
+
     def event(self, event_type: str) -> str:
         return f"{self.base}/events/{safe_segment(event_type) or 'event'}"
 
@@ -93,9 +100,9 @@ class Topics:
         return f"{self.base}/cmd/{command}/reply"
 
     def command_name(self, topic: str) -> str | None:
-        """The command in `<base>/cmd/<name>`, or None for any other topic."""
-        head = f"{self.base}/cmd/"
-        if not topic.startswith(head):
-            return None
-        name = topic[len(head) :]
-        return None if "/" in name else name
+        """The command in `<base>/cmd/<name>` or `<prefix>/*/cmd/<name>`, or None for any other topic."""
+        for head in (f"{self.base}/cmd/", f"{self.prefix}/{FLEET}/cmd/"):
+            if topic.startswith(head):
+                name = topic[len(head) :]
+                return None if "/" in name else name
+        return None

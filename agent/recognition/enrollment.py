@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,9 @@ from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person
 from agent.recognition.quality import QualityReport, assess
 from agent.vision.detector import Face
+from agent.vision.embedder import EmbedderInfo
 from agent.vision.image import load_image
-from agent.vision.pipeline import FacePipeline
+from agent.vision.pipeline import FaceEmbedding
 
 Photo = tuple[str, Path | bytes]  # (label for messages, file path or encoded image bytes)
 # Photos are shrunk to this longest side while decoded (a JPEG in the DCT). The detector sees the whole
@@ -44,6 +46,23 @@ Photo = tuple[str, Path | bytes]  # (label for messages, file path or encoded im
 # photos only cost memory (a 12 MP photo: 48 MB in Pillow, and the pipeline copies a frame twice); photos
 # up to 2048 px (all of LFW) decode exactly as before.
 ENROLL_SIDE = 2048
+
+
+class EmbeddingModel(Protocol):
+    @property
+    def info(self) -> EmbedderInfo: ...
+
+
+class FaceFinder(Protocol):
+    """What enrollment asks of the vision pipeline: `FacePipeline` on a device; the fleet simulator's
+    embeddings, computed once by `FacePipeline` and looked up by frame (scripts/_fleet.py)."""
+
+    @property
+    def embedder(self) -> EmbeddingModel: ...
+
+    def detect(self, frame: np.ndarray) -> list[Face]: ...
+
+    def embed_face(self, frame: np.ndarray | Image.Image, face: Face) -> FaceEmbedding: ...
 
 
 class EnrollmentError(FaceagentError):
@@ -84,7 +103,7 @@ class Enroller:
 
     def __init__(
         self,
-        pipeline: FacePipeline,
+        pipeline: FaceFinder,
         store: GalleryStore,
         matcher: Matcher,
         settings: Settings,

@@ -337,7 +337,7 @@ def build_app(console: Console) -> Starlette:
 
     async def people(request: Request) -> Response:
         online = state.online()
-        outcomes = await run_in_threadpool(remote.people, online)
+        outcomes = await run_in_threadpool(remote.people, online, fleet=state.taking_fleet_requests())
         per_device = {d: list(o.data.get("people") or []) for d, o in outcomes.items() if o.ok}
         problems = {d: o.error for d, o in outcomes.items() if not o.ok}
         offline = [d for d in state.device_ids() if d not in online]
@@ -364,7 +364,10 @@ def build_app(console: Console) -> Starlette:
         }
         if external_ref := _text(body.get("external_ref"), "external reference"):
             arguments["external_ref"] = external_ref
-        outcomes = await run_in_threadpool(remote.call, devices, "enroll", arguments)
+        online = state.online()
+        # Every online device chosen: one copy of the photos for all that take fleet-wide requests.
+        fleet = state.taking_fleet_requests() if sorted(devices) == online else set()
+        outcomes = await run_in_threadpool(remote.call, devices, "enroll", arguments, fleet=fleet)
         del arguments, body  # the photos go no further than the devices
         console.record(request, "enroll", outcomes, f"enroll {name}")
         return _outcomes(outcomes)

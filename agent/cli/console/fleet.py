@@ -226,6 +226,15 @@ class FleetState:
         with self._lock:
             return sorted(d for d, r in self._devices.items() if r.status and r.status.get("state") == "online")
 
+    def taking_fleet_requests(self) -> set[str]:
+        """Online devices whose status says they take requests published once for the whole fleet."""
+        with self._lock:
+            return {
+                d
+                for d, r in self._devices.items()
+                if r.status and r.status.get("state") == "online" and r.status.get("fleet_commands") is True
+            }
+
     def device(self, device: str) -> dict[str, Any] | None:
         with self._lock:
             record = self._devices.get(device)

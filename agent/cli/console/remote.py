@@ -7,7 +7,7 @@ Also the fleet-wide view of people: each device's `list_people`, merged by `exte
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,22 +63,26 @@ class Remote:
         signer = request_signer(self.sign_key) if self.sign_key is not None else None
         return Operator(self.broker, timeout=self.timeout, signer=signer)
 
-    def call(self, devices: Iterable[str], name: str, args: dict[str, Any]) -> dict[str, Outcome]:
-        """`name` to every device at once (one request id), each device's outcome. Blocks: run off the loop."""
+    def call(
+        self, devices: Iterable[str], name: str, args: dict[str, Any], *, fleet: Collection[str] = ()
+    ) -> dict[str, Outcome]:
+        """`name` to every device at once (one request id), each device's outcome. Blocks: run off the loop.
+        `fleet`: as `Operator.call`'s, only when `devices` are every online device."""
         targets = list(dict.fromkeys(devices))
         if not targets:
             return {}
         with self._operator() as operator:
-            replies = operator.call(targets, name, args)
+            replies = operator.call(targets, name, args, fleet=fleet)
         return {device: Outcome.of(replies.get(device), self.timeout) for device in targets}
 
-    def people(self, devices: Iterable[str]) -> dict[str, Outcome]:
-        """Every person of every device, page by page; a device whose paging fails is reported, not cut short."""
+    def people(self, devices: Iterable[str], *, fleet: Collection[str] = ()) -> dict[str, Outcome]:
+        """Every person of every device, page by page; a device whose paging fails is reported, not cut short.
+        `fleet`: as `call`'s, for the first page."""
         targets = list(dict.fromkeys(devices))
         if not targets:
             return {}
         with self._operator() as operator:
-            first = operator.call(targets, "list_people", {})
+            first = operator.call(targets, "list_people", {}, fleet=fleet)
             outcomes = {device: Outcome.of(first.get(device), self.timeout) for device in targets}
             for device, outcome in outcomes.items():
                 people = list(outcome.data.get("people") or []) if outcome.ok else []

@@ -1,0 +1,662 @@
+"""The fleet simulator's parts: many devices in one process, each wired from the agent's own pieces.
+
+A simulated device is what `faceagent run` builds (agent/service/app.py) less the camera and the models: its
+own state folder and SQLite gallery, `MqttLink` with its last will, `OutboxPublisher`, `CommandDispatcher`
+with the real handlers, `CommandSecurity` with the stored replay cache, `Telemetry` documents, and one
+command thread. Enrollment and recognition do real work (the photo is decoded, the quality gate, conflict
+and duplicate checks run against the device's own gallery, templates are written, events are decided by
+the `Matcher` and written to the outbox) but faces, chips and embeddings come from `FaceCache`: what the
+real `FacePipeline` found in a fixed set of photos from ../shared/data, computed once and kept in a cache
+folder outside the repository. A photo the cache does not hold has no face, and the device says so.
+
+`Fleet` runs N devices in a few worker processes (`scripts/fleet_sim.py worker`), so the GIL of one process
+does not make a fleet look slower than its broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from agent import __version__
+from agent.commands.dispatcher import CommandDispatcher
+from agent.commands.handlers import CommandServices
+from agent.commands.signing import CommandSecurity, KeyRoles, StoredReplayCache
+from agent.config import Settings, load_settings
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for, packet_limit
+from agent.link.outbox import OutboxPublisher
+from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
+from agent.recognition.enrollment import ENROLL_SIDE, Enroller, EnrollmentError
+from agent.recognition.events import EventEmitter
+from agent.storage import StorageHealth
+from agent.tracking.decision import decide
+from agent.tracking.tracker import Track
+from agent.vision.detector import Face
+from agent.vision.embedder import EmbedderInfo
+from agent.vision.image import load_image
+from agent.vision.pipeline import FaceEmbedding, FacePipeline, PipelineOptions
+from agent.wire import OnlineStatus
+
+log = logging.getLogger("fleet")
+
+CACHE_FORMAT = 1
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "faceagent" / "fleet-sim"
+# The person every broadcast benchmark enrolls and erases (photos the command tests use too), and a probe of theirs.
+BROADCAST_PHOTOS = tuple(f"faces-lfw/Colin_Powell/Colin_Powell_{n}.jpg" for n in ("0040", "0133", "0170"))
+BROADCAST_PROBE = "faces-lfw/Colin_Powell/Colin_Powell_0234.jpg"
+COMMAND_QUEUE = 64  # as the agent: commands waiting for a device's command thread
+DEVICE_PREFIX = "sim"
+READY_LINE = "fleet-ready"
+REPORT_LINE = "fleet-device"
+
+
+def device_ids(count: int, first: int = 0) -> list[str]:
+    return [f"{DEVICE_PREFIX}{index:04d}" for index in range(first, first + count)]
+
+
+# ------------------------------------------------------------------------------------------ face cache
+
+
+def decode_photo(data: bytes) -> np.ndarray:
+    """A photo decoded exactly as enrollment decodes it, so the cache and the device agree on the frame."""
+    return load_image(data, max_side=ENROLL_SIDE)
+
+
+def frame_digest(frame: np.ndarray) -> str:
+    return hashlib.sha256(repr((frame.shape, frame.dtype.str)).encode() + frame.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedFace:
+    face: Face
+    chip: np.ndarray
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class FaceCache:
+    """Every face the real pipeline found in each photo, by the digest of the decoded photo."""
+
+    info: EmbedderInfo
+    detector_id: str
+    frames: dict[str, list[CachedFace]]  # frame digest -> faces, best detection first
+    photos: dict[str, str]  # photo path (relative to the data folder) -> frame digest
+
+    def faces_of(self, photo: str) -> list[CachedFace]:
+        return self.frames[self.photos[photo]]
+
+    def save(self, path: Path) -> None:
+        entries = [(digest, face) for digest, faces in self.frames.items() for face in faces]
+        meta = {
+            "format": CACHE_FORMAT,
+            "info": asdict(self.info),
+            "detector_id": self.detector_id,
+            "photos": self.photos,
+            "digests": sorted(self.frames),
+            "owners": [digest for digest, _ in entries],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(
+            partial,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            boxes=np.array([face.face.box for _, face in entries], dtype=np.float64).reshape(-1, 4),
+            scores=np.array([face.face.score for _, face in entries], dtype=np.float64),
+            keypoints=np.array([face.face.keypoints for _, face in entries]),
+            chips=np.array([face.chip for _, face in entries]),
+            embeddings=np.array([face.embedding for _, face in entries]),
+        )
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> FaceCache:
+        with np.load(path) as data:
+            meta = json.loads(data["meta"].tobytes())
+            if meta["format"] != CACHE_FORMAT:
+                raise ValueError(f"{path}: cache format {meta['format']}, expected {CACHE_FORMAT}")
+            frames: dict[str, list[CachedFace]] = {digest: [] for digest in meta["digests"]}
+            for index, digest in enumerate(meta["owners"]):
+                face = Face(tuple(data["boxes"][index]), float(data["scores"][index]), data["keypoints"][index])
+                frames[digest].append(CachedFace(face, data["chips"][index], data["embeddings"][index]))
+        return cls(EmbedderInfo(**meta["info"]), meta["detector_id"], frames, meta["photos"])
+
+
+def build_cache(data: Path, photos: Sequence[str], pipeline: FacePipeline) -> FaceCache:
+    """Run the real pipeline once over `photos`, as enrollment would (decode, detect, align, embed)."""
+    frames: dict[str, list[CachedFace]] = {}
+    digests: dict[str, str] = {}
+    for photo in photos:
+        frame = decode_photo((data / photo).read_bytes())
+        digest = digests[photo] = frame_digest(frame)
+        image = Image.fromarray(frame)
+        found = []
+        for face in pipeline.detect(frame):
+            embedded = pipeline.embed_face(image, face)
+            found.append(CachedFace(face, embedded.chip, embedded.embedding))
+        frames[digest] = found
+    return FaceCache(pipeline.embedder.info, pipeline.detector_spec.id, frames, digests)
+
+
+def cache_key(data: Path, photos: Sequence[str], options: PipelineOptions) -> str:
+    """Names what the cached embeddings depend on: the photos' bytes, the models, the vision code."""
+    from agent.vision.modelstore import ModelStore
+
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(photos), str(options)]).encode())
+    for photo in photos:
+        digest.update(hashlib.sha256((data / photo).read_bytes()).digest())
+    models = ModelStore(options.models_dir).directory
+    for source in [models / "manifest.json", *sorted((REPO / "agent" / "vision").glob("*.py"))]:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def cached_faces(data: Path, photos: Sequence[str], cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[FaceCache, Path]:
+    """The cache for `photos`, built with the real pipeline on first use (a few seconds), then read."""
+    options = PipelineOptions()
+    path = cache_dir / f"faces-{cache_key(data, photos, options)}.npz"
+    if not path.exists():
+        log.info("computing embeddings of %d photos with the real pipeline into %s", len(photos), path)
+        build_cache(data, photos, FacePipeline(options)).save(path)
+    return FaceCache.load(path), path
+
+
+class CachedPipeline:
+    """Enrollment's `FaceFinder` over a `FaceCache`: a decoded photo's faces as the real pipeline found them.
+
+    One per enrollment (it remembers the faces of the last photo detected, for `embed_face`)."""
+
+    def __init__(self, cache: FaceCache) -> None:
+        self.cache = cache
+        self.embedder = _CachedEmbedder(cache.info)
+        self._found: list[CachedFace] = []
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        found = self.cache.frames.get(frame_digest(frame))
+        if found is None:
+            log.warning("a photo outside the simulator's face cache: taken as showing no face")
+        self._found = found or []
+        return [entry.face for entry in self._found]
+
+    def embed_face(self, frame: np.ndarray | Image.Image, face: Face) -> FaceEmbedding:
+        entry = next(entry for entry in self._found if entry.face is face)
+        return FaceEmbedding(face, entry.chip, entry.embedding)
+
+
+@dataclass(frozen=True)
+class _CachedEmbedder:
+    info: EmbedderInfo
+
+
+# ------------------------------------------------------------------------------------------- cast
+
+
+@dataclass(frozen=True)
+class Cast:
+    """The photos a simulation uses: people every device starts with, their later sightings, strangers."""
+
+    enrolled: dict[str, str]  # name -> the photo each device was enrolled from
+    sightings: dict[str, list[str]]  # name -> photos of them the simulated camera shows
+    strangers: list[str]  # photos of people enrolled nowhere
+    broadcast: tuple[str, ...] = BROADCAST_PHOTOS  # whom the operator enrolls on every device
+    broadcast_probe: str = BROADCAST_PROBE
+
+    @classmethod
+    def from_split(cls, data: Path, people: int, strangers: int) -> Cast:
+        """The first `people` LFW identities with a gallery photo and two probes, and `strangers`
+        single-photo identities (ident_split.tsv), never the broadcast person."""
+        rows = [line.split("\t") for line in (data / "ident_split.tsv").read_text().splitlines()[1:]]
+        gallery: dict[str, str] = {}
+        probes: dict[str, list[str]] = {}
+        distractors: list[str] = []
+        broadcast_person = Path(BROADCAST_PHOTOS[0]).parent.name
+        for identity, role, path in rows:
+            if identity == broadcast_person:
+                continue
+            if role == "gallery":
+                gallery[identity] = path
+            elif role == "probe":
+                probes.setdefault(identity, []).append(path)
+            elif role == "distractor":
+                distractors.append(path)
+        chosen = [name for name in gallery if len(probes.get(name, [])) >= 2][:people]
+        return cls(
+            {name: gallery[name] for name in chosen},
+            {name: probes[name][:2] for name in chosen},
+            distractors[:strangers],
+        )
+
+    @property
+    def photos(self) -> list[str]:
+        sightings = [photo for photos in self.sightings.values() for photo in photos]
+        return [*self.enrolled.values(), *sightings, *self.strangers, *self.broadcast, self.broadcast_probe]
+
+    def visits(self, cache: FaceCache) -> list[list[CachedFace]]:
+        """What the camera shows, one visit (a track's faces) at a time: each enrolled person, then a stranger."""
+        known = [[cache.faces_of(photo)[0] for photo in photos] for photos in self.sightings.values()]
+        unknown = [[cache.faces_of(photo)[0]] for photo in self.strangers if cache.faces_of(photo)]
+        visits = [visit for pair in zip(known, unknown, strict=False) for visit in pair]
+        return [*visits, *known[len(unknown) :], *unknown[len(known) :], [cache.faces_of(self.broadcast_probe)[0]]]
+
+
+def seed_gallery(path: Path, data: Path, cast: Cast, cache: FaceCache, settings: Settings) -> int:
+    """The gallery every device is flashed with: each enrolled person of `cast`, through the real enrollment.
+    Returns how many were enrolled (a photo the quality gate refuses is left out)."""
+    enrolled = 0
+    with GalleryStore.open(path) as store:
+        matcher = Matcher.for_gallery(settings.gallery)
+        enroller = Enroller(CachedPipeline(cache), store, matcher, settings)
+        for name, photo in cast.enrolled.items():
+            try:
+                enroller.enroll([(Path(photo).name, (data / photo).read_bytes())], actor="fleet-sim", name=name)
+                enrolled += 1
+            except EnrollmentError as exc:
+                log.info("seed gallery: %s left out: %s", name, exc)
+    return enrolled
+
+
+# ------------------------------------------------------------------------------------------ device
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """What every simulated device shares; JSON on a worker's command line."""
+
+    url: str
+    state: Path  # one folder per device under it
+    data: Path  # ../shared/data
+    cache: Path  # the FaceCache file
+    public_key: str  # the operator's command key (base64), trusted by every device
+    prefix: str = "faceagent"
+    protocol: str = "5"
+    telemetry_seconds: float = 60.0
+    event_seconds: float = 0.0  # one event per device this often; 0: none
+    people: int = 20
+    strangers: int = 20
+
+    @property
+    def seed(self) -> Path:
+        """The gallery file each device starts from (made once per state folder by `prepare`)."""
+        return self.state / "seed-gallery.db"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FleetOptions:
+        values = json.loads(text)
+        for key in ("state", "data", "cache"):
+            values[key] = Path(values[key])
+        return cls(**values)
+
+
+def fleet_options(
+    url: str,
+    state: Path,
+    data: Path,
+    public_key: str,
+    *,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    extra_photos: Sequence[Path] = (),
+    **tuning: Any,
+) -> FleetOptions:
+    """Options for a fleet on `url` kept under `state`, its face cache built first if need be (with
+    `extra_photos` too: photos the operator will send beside the cast's)."""
+    people, strangers = tuning.get("people", FleetOptions.people), tuning.get("strangers", FleetOptions.strangers)
+    photos = [*Cast.from_split(data, people, strangers).photos, *map(str, extra_photos)]
+    _, cache = cached_faces(data, photos, cache_dir)
+    return FleetOptions(url=url, state=state, data=data, cache=cache, public_key=public_key, **tuning)
+
+
+def device_settings(device_id: str, folder: Path, options: FleetOptions) -> Settings:
+    """The defaults a flashed device runs with, pointed at its own gallery, the broker and the operator's key.
+    Events have no cooldown: the simulated camera paces them."""
+    defaults = load_settings(None)
+    return replace(
+        defaults,
+        gallery=replace(defaults.gallery, path=folder / "gallery.db"),
+        mqtt=replace(
+            defaults.mqtt, url=options.url, device_id=device_id, prefix=options.prefix, protocol=options.protocol
+        ),
+        commands=replace(defaults.commands, public_keys=(options.public_key,)),
+        events=replace(defaults.events, cooldown_seconds=0.0, unknown_cooldown_seconds=0.0),
+    )
+
+
+class Chore(Enum):
+    """Work a device's command thread does besides commands (it owns that thread's gallery connection)."""
+
+    STATUS = "status"
+    EVENT = "event"
+
+
+Job = CommandRequest | Chore | None
+
+
+class SimDevice:
+    """One simulated device: the agent's link, outbox, dispatcher and gallery; a command thread of its own."""
+
+    def __init__(self, device_id: str, options: FleetOptions, cache: FaceCache, visits: list[list[CachedFace]]) -> None:
+        self.device_id = device_id
+        self.folder = options.state / device_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.settings = device_settings(device_id, self.folder, options)
+        self.gallery = Path(self.settings.gallery.path)
+        if not self.gallery.exists():
+            shutil.copyfile(options.seed, self.gallery)
+        self.cache, self.visits, self._next_visit = cache, visits, int(device_id[len(DEVICE_PREFIX) :] or 0)
+        keys = KeyRoles.from_settings(self.settings)
+        self.replays = StoredReplayCache(self.gallery)
+        self.security = CommandSecurity(self.settings.commands, device_id, keys.commands, self.replays)
+        self.storage = StorageHealth(self.folder)
+        self.matcher = Matcher.for_gallery(self.settings.gallery)
+        with GalleryStore.open(self.gallery) as store:
+            self.matcher.load(store.iter_templates(cache.info.model_id))
+        self.telemetry = Telemetry(
+            device_id, __version__, {"detector": cache.detector_id, "embedder": cache.info.model_id}
+        )
+        mqtt = self.settings.mqtt
+        limit = packet_limit(self.settings.commands.max_payload_bytes)
+        broker = BrokerSettings.from_settings(mqtt, url=mqtt.url, max_packet_bytes=limit)
+        will = self.telemetry.offline("connection lost")
+        client_id = client_id_for(device_id, self.folder)
+        self.link = MqttLink(broker, device_id, self._enqueue, will=will, client_id=client_id)
+        self.outbox = OutboxPublisher(self.gallery, self.link, max_events=mqtt.max_outbox_events, storage=self.storage)
+        services = CommandServices(
+            settings_path=None,  # the built-in defaults stand for the device's local file
+            get_settings=lambda: self.settings,
+            apply_settings=self._apply_settings,
+            open_store=lambda: GalleryStore.open(self.gallery),
+            matcher=self.matcher,
+            enroller_factory=lambda store: Enroller(CachedPipeline(cache), store, self.matcher, self.settings),
+            status=self._status_document,
+            request_restart=lambda: log.info("%s: restart asked for (a simulated device runs on)", device_id),
+            storage=self.storage,
+        )
+        self.dispatcher = CommandDispatcher(services, self.security)
+        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=COMMAND_QUEUE)
+        self._store: GalleryStore | None = None  # the command thread's connection for status and events
+        self._emitter: EventEmitter | None = None
+        self._match_ms: list[float] = []
+        self.dropped_jobs = 0
+        self.events_written = 0  # events this run put in the outbox
+        self._thread = threading.Thread(target=self._serve, name=f"{device_id}-commands", daemon=True)
+
+    def start(self) -> None:
+        with GalleryStore.open(self.gallery) as store:
+            self.link.publish_status(self._status_from(store))  # held by the link, re-sent on every connect
+        self._thread.start()
+        self.outbox.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+        self.outbox.stop(flush_timeout=2.0)
+        self.link.stop(self.telemetry.offline("stopped"))
+
+    def ask(self, chore: Chore) -> None:
+        """From the fleet's clock: a status to publish or an event to make, on the command thread."""
+        self._offer(chore)
+
+    def publish_telemetry(self) -> None:
+        samples, self._match_ms = self._match_ms, []
+        frames = FrameFigures(fps=0.0, latency_ms={"match": StageLatency.of(samples)}, dropped_frames=0)
+        self.link.publish_telemetry(self.telemetry.telemetry(frames, self.outbox.stats, self.storage.report()))
+
+    # ------------------------------------------------------------------------------- command thread
+
+    def _enqueue(self, request: CommandRequest) -> None:
+        """On paho's thread: never block it (the agent drops a command beyond its queue the same way)."""
+        self._offer(request)
+
+    def _offer(self, job: CommandRequest | Chore) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self.dropped_jobs += 1
+            log.warning("%s: queue full, %s dropped", self.device_id, job)
+
+    def _serve(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    self._run(job)
+                except Exception:
+                    log.exception("%s: %s failed", self.device_id, job)
+        finally:
+            self.dispatcher.close()
+            self.replays.close()
+            if self._store is not None:
+                self._store.close()
+
+    def _run(self, job: CommandRequest | Chore) -> None:
+        if isinstance(job, CommandRequest):
+            reply = self.dispatcher.handle(job.name, job.payload, now=job.received_at)
+            if reply is not None:
+                self.link.reply(job, reply)
+        elif job is Chore.STATUS:
+            self.link.publish_status(self._status_from(self._own_store()))
+        else:
+            self._emit_event()
+
+    def _own_store(self) -> GalleryStore:
+        if self._store is None:
+            self._store = GalleryStore.open(self.gallery)
+        return self._store
+
+    def _emit_event(self) -> None:
+        """One visit of the simulated camera: the track's embeddings decided by the matcher, the event written to
+        the outbox (as the recognizer does after its tracker)."""
+        if self._emitter is None:
+            events = self.settings.events
+            model_id = self.cache.info.model_id
+            self._emitter = EventEmitter(
+                events, self._own_store(), camera_id=events.camera_id, model_id=model_id, storage=self.storage
+            )
+        visit = self.visits[self._next_visit % len(self.visits)]
+        self._next_visit += 1
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        track = Track(self._next_visit, visit[0].face, 0, len(visit), now, now, frames=len(visit))
+        track.embeddings = [face.embedding for face in visit]
+        match = decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
+        self._match_ms.append(1000 * (time.perf_counter() - started))
+        if self._emitter.emit(track, match, now) is not None:
+            self.events_written += 1
+            self.outbox.notify()
+
+    def _apply_settings(self, settings: Settings) -> None:
+        self.matcher.threshold, self.matcher.margin = settings.gallery.threshold, settings.gallery.margin
+        self.settings = settings
+        self._emitter = None  # made again with the new event settings
+
+    def _status_document(self) -> OnlineStatus:
+        return self._status_from(self._own_store())
+
+    def _status_from(self, store: GalleryStore) -> OnlineStatus:
+        with store.snapshot():
+            summary = gallery_summary(store)
+            stale = store.count_needing_reenrollment(self.cache.info.model_id)
+        document = self.telemetry.status(summary, self.storage.report(), needing_reenrollment=stale)
+        document["camera"] = None
+        document["runtime"] = "fleet simulator (embeddings computed once by the real pipeline)"
+        document["warnings"] = []
+        document["commands"] = self.security.describe() | {"release_keys": []}
+        return document
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+@dataclass
+class Clock:
+    """Telemetry, status and events of every device of a worker, spread evenly over each interval."""
+
+    devices: list[SimDevice]
+    options: FleetOptions
+    quiet: threading.Event = field(default_factory=threading.Event)  # set: the cameras see nobody any more
+    _due: list[tuple[float, int, str]] = field(default_factory=list)  # a heap: (when, device index, what)
+
+    def run(self, stop: threading.Event) -> None:
+        now = time.monotonic()
+        count = max(len(self.devices), 1)
+        for index in range(len(self.devices)):
+            offset = index / count
+            heapq.heappush(self._due, (now + offset * self.options.telemetry_seconds, index, "telemetry"))
+            if self.options.event_seconds > 0:
+                heapq.heappush(self._due, (now + offset * self.options.event_seconds, index, "event"))
+        while not stop.is_set():
+            when, index, what = self._due[0]
+            if stop.wait(max(0.0, when - time.monotonic())):
+                return
+            device = self.devices[index]
+            if what == "telemetry":
+                device.publish_telemetry()
+                device.ask(Chore.STATUS)  # retained: uptime and gallery stay current, as the agent's do
+                interval = self.options.telemetry_seconds
+            else:
+                if not self.quiet.is_set():
+                    device.ask(Chore.EVENT)
+                interval = self.options.event_seconds
+            heapq.heapreplace(self._due, (when + interval, index, what))
+
+
+def serve_devices(
+    ids: Sequence[str], options: FleetOptions, stop: threading.Event, quiet: threading.Event, connect_timeout: float
+) -> int:
+    """Run `ids` until `stop` (events until `quiet`); prints READY_LINE once every one is connected and, at the
+    end, a REPORT_LINE per device: the events it wrote and those its outbox still holds. Returns an exit status."""
+    cache = FaceCache.load(options.cache)
+    cast = Cast.from_split(options.data, options.people, options.strangers)
+    visits = cast.visits(cache)
+    devices = [SimDevice(device_id, options, cache, visits) for device_id in ids]
+    for device in devices:
+        device.start()
+    deadline = time.monotonic() + connect_timeout
+    late = [d.device_id for d in devices if not d.link.wait_connected(max(0.0, deadline - time.monotonic()))]
+    if late:
+        print(f"not connected within {connect_timeout:g} s: {', '.join(late[:10])}", file=sys.stderr, flush=True)
+    else:
+        print(f"{READY_LINE} {len(devices)}", flush=True)
+    clock = threading.Thread(target=Clock(devices, options, quiet).run, args=(stop,), name="fleet-clock", daemon=True)
+    clock.start()
+    stop.wait()
+    clock.join(timeout=5)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(SimDevice.stop, devices))
+    for device in devices:
+        report = {"device": device.device_id, "events": device.events_written, "unsent": device.outbox.stats.depth}
+        print(f"{REPORT_LINE} {json.dumps(report)}", flush=True)
+    dropped = sum(device.dropped_jobs for device in devices)
+    if dropped:
+        print(f"{dropped} commands or chores dropped on full queues", file=sys.stderr, flush=True)
+    return 1 if late else 0
+
+
+# ------------------------------------------------------------------------------------------ launcher
+
+
+def prepare(options: FleetOptions, settings: Settings | None = None) -> int:
+    """The seed gallery (once per state folder): the cast enrolled through the real enrollment."""
+    if options.seed.exists():
+        return -1
+    options.seed.parent.mkdir(parents=True, exist_ok=True)
+    cast = Cast.from_split(options.data, options.people, options.strangers)
+    settings = settings or load_settings(None)
+    partial = options.seed.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    enrolled = seed_gallery(partial, options.data, cast, FaceCache.load(options.cache), settings)
+    partial.replace(options.seed)
+    return enrolled
+
+
+class Fleet:
+    """N simulated devices in `processes` worker processes, started together and stopped together."""
+
+    def __init__(
+        self, count: int, options: FleetOptions, *, processes: int = 2, connect_timeout: float = 120.0
+    ) -> None:
+        self.ids = device_ids(count)
+        self.options = options
+        self.processes = max(1, min(processes, count))
+        self.connect_timeout = connect_timeout
+        self.workers: list[subprocess.Popen[str]] = []
+        self.reports: dict[str, dict[str, Any]] = {}  # device -> its last words (events written, unsent)
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        prepare(self.options)
+        script = Path(__file__).resolve().parent / "fleet_sim.py"
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        for share in _shares(self.ids, self.processes):
+            command = [sys.executable, str(script), "worker", "--options", self.options.to_json(), *share]
+            command += ["--connect-timeout", str(self.connect_timeout)]
+            self.workers.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment))
+        for worker in self.workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if not line.startswith(READY_LINE):
+                self.stop()
+                raise RuntimeError(f"a fleet worker did not start (exit {worker.poll()}): {line.strip()}")
+
+    def quiet(self) -> None:
+        """The cameras see nobody from now on: no more events (the outboxes go on sending what they hold)."""
+        for worker in self.workers:
+            worker.send_signal(signal.SIGUSR1)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                out, _ = worker.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                out, _ = worker.communicate(timeout=10)
+            for line in out.splitlines():
+                if line.startswith(REPORT_LINE + " "):
+                    report = json.loads(line[len(REPORT_LINE) + 1 :])
+                    self.reports[report["device"]] = report
+        self.workers = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.pid for worker in self.workers]
+
+
+def _shares(ids: list[str], processes: int) -> Iterator[list[str]]:
+    size = -(-len(ids) // processes)
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
