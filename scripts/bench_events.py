@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.commands.signing import public_key_text
 from examples.events_consumer import EventConsumer
 from scripts._bench_common import load_average, progress, write_json
-from scripts._fleet import DEFAULT_CACHE_DIR, Fleet, fleet_options
+from scripts._fleet import Fleet, fleet_options
+from scripts._fleet_faces import DEFAULT_CACHE_DIR
 from scripts.bench_fleet import PeakSampler, cpu_seconds
 from scripts.fleet_sim import SHARED_DATA, scratch_folder
 

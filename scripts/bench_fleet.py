@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.commands.signing import public_key_text
 from scripts._bench_common import format_table, load_average, progress, write_json
 from scripts._bench_service import start_mosquitto
-from scripts._fleet import BROADCAST_PHOTOS, DEFAULT_CACHE_DIR, Fleet, fleet_options
+from scripts._fleet import Fleet, fleet_options
+from scripts._fleet_faces import BROADCAST_PHOTOS, DEFAULT_CACHE_DIR
 from scripts.fleet_sim import SHARED_DATA, scratch_folder
 
 # `faceagent ...` in a process that reports its own peak resident memory (VmHWM of its address space) on

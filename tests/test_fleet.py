@@ -10,18 +10,22 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.cli.main import main
+from agent.gallery.store import GalleryStore
+from agent.identity import new_event_id, utc_now
 from agent.link.client import BrokerSettings
 from agent.link.mqtt import CommandRequest, MqttLink
 from agent.link.operator import Operator
 from agent.wire import FLEET
-from scripts._fleet import BROADCAST_PHOTOS, Fleet, fleet_options
-from tests.broker import REPO, Broker, Observer
+from scripts._fleet import Fleet, fleet_options
+from scripts._fleet_faces import BROADCAST_PHOTOS
+from tests.broker import REPO, Broker, Certs, Observer, free_port
 from tests.command_fixtures import OPERATOR_PUBLIC
 
 FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
@@ -372,3 +376,107 @@ def test_the_operator_finds_the_devices_while_a_large_fleet_keeps_publishing_sta
         busy.set()
         publisher.join()
     assert "dev1" in found and still_publishing
+
+
+# ------------------------------------------------------------------- a site bridged to a central broker
+
+BRIDGE = REPO / "examples" / "mosquitto" / "bridge-site.conf"
+CENTRAL_USERS = {"site-a": "pass-site", "operator": "pass-op"}
+
+
+@dataclass
+class Sites:
+    central: Broker
+    site: Broker
+    certs: Certs
+
+    def operator_settings(self) -> BrokerSettings:
+        return BrokerSettings(
+            url=f"mqtts://127.0.0.1:{self.central.port}",
+            ca_file=self.certs.ca,
+            username="operator",
+            password=CENTRAL_USERS["operator"],
+            **FAST,
+        )
+
+
+@pytest.fixture
+def sites(start_broker: Callable[..., Broker], certs: Certs, tmp_path: Path) -> Iterator[Sites]:
+    """A central broker (TLS, passwords, persistence) and a site broker bridged to it by the example's file,
+    with only the address, the CA, the password and the retry delays made local."""
+    central = start_broker(
+        tls=(certs.ca, certs.server_cert, certs.server_key), passwords=CENTRAL_USERS, persistence=True
+    )
+    bridge = BRIDGE.read_text()
+    for old, new in [
+        ("central.example.lan:8883", f"127.0.0.1:{central.port}"),
+        ("/etc/mosquitto/certs/central-ca.crt", str(certs.ca)),
+        ("change-me", CENTRAL_USERS["site-a"]),
+        ("restart_timeout 2 60", "restart_timeout 1 2"),
+    ]:
+        assert old in bridge
+        bridge = bridge.replace(old, new)
+    port, folder = free_port(), tmp_path / "site"
+    local = f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+    site = Broker(folder, port=port, config_text=local + bridge).start()
+    yield Sites(central, site, certs)
+    site.kill()
+
+
+def bridge_up(observer: Observer) -> Callable[[list[Any]], bool]:
+    def up(messages: list[Any]) -> bool:
+        states = [m.payload for m in messages if m.topic == "faceagent-sites/site-a/bridge"]
+        return bool(states) and states[-1] == b"1"
+
+    return up
+
+
+def test_events_of_a_device_at_a_site_reach_the_central_consumer_once_the_uplink_is_back(
+    sites: Sites, observe: Callable[..., Observer], link_outbox: Callable[..., tuple[Any, Any]], tmp_path: Path
+) -> None:
+    central = observe(
+        sites.central,
+        ["faceagent/+/events/#", "faceagent-sites/+/bridge"],
+        client_id="central-sink",
+        persistent=True,
+        ca=sites.certs.ca,
+        username="operator",
+        password=CENTRAL_USERS["operator"],
+    )
+    assert central.wait_for(bridge_up(central), 15)
+    store_path = tmp_path / "dev1.db"
+    link, outbox = link_outbox(sites.site.url, store_path)
+    assert link.wait_connected(5)
+    sites.central.stop()  # the uplink is down
+    with GalleryStore.open(store_path) as store:
+        sent = [new_event_id() for _ in range(5)]
+        for event_id in sent:
+            payload = {"schema": 1, "type": "face_unknown", "track_id": 1}
+            store.add_event("face_unknown", payload, event_id=event_id, person_id=None, created_at=utc_now())
+    outbox.notify()
+    deadline = time.monotonic() + 10
+    while (outbox.stats.depth or outbox.stats.inflight) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert outbox.stats.depth == 0  # the site broker took them all: the device holds nothing any more
+    sites.central.start()  # the uplink is back
+    assert central.wait_for(lambda m: len([x for x in m if "/events/" in x.topic]) >= len(sent), 30)
+    assert [m.json()["event_id"] for m in central.messages if "/events/" in m.topic] == sent
+
+
+def test_a_request_for_every_device_from_the_central_broker_is_answered_by_a_device_at_a_site(
+    sites: Sites, answering_device: Callable[..., AnsweringDevice], observe: Callable[..., Observer]
+) -> None:
+    watcher = observe(
+        sites.central,
+        ["faceagent-sites/+/bridge", "faceagent/+/status"],
+        ca=sites.certs.ca,
+        username="operator",
+        password=CENTRAL_USERS["operator"],
+    )
+    answering_device(sites.site, "dev1")
+    assert watcher.wait_for(lambda m: any(x.topic == "faceagent/dev1/status" for x in m), 15)  # statuses go up
+    with Operator(sites.operator_settings(), timeout=15) as operator:
+        status = operator.statuses()["dev1"]
+        replies = operator.call(["dev1"], "delete_person", {"name": PERSON}, fleet={"dev1"})
+    assert status["fleet_commands"] is True
+    assert replies["dev1"] is not None and replies["dev1"]["status"] == "ok"
