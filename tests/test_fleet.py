@@ -21,7 +21,7 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.link.client import BrokerSettings
 from agent.link.mqtt import CommandRequest, MqttLink
-from agent.link.operator import Operator
+from agent.link.operator import FLEET_PROBE_SECONDS, Operator
 from agent.wire import FLEET
 from scripts._fleet import Fleet, fleet_options
 from scripts._fleet_faces import BROADCAST_PHOTOS
@@ -190,15 +190,19 @@ def test_with_the_example_acl_home_assistant_cannot_read_requests_for_every_devi
 
 
 class AnsweringDevice:
-    """A device's link that answers every command ok (with the request's id), on a test broker."""
+    """A device's link that answers every command ok (with the request's id), on a test broker; a ping only
+    after `ping_delay` seconds (a busy device)."""
 
-    def __init__(self, broker: Broker, device: str, **login: str) -> None:
+    def __init__(self, broker: Broker, device: str, ping_delay: float = 0.0, **login: str) -> None:
+        self.ping_delay = ping_delay
         self.link = MqttLink(BrokerSettings(url=broker.url, **FAST, **login), device, self.answer)
         self.link.start()
 
     def answer(self, request: CommandRequest) -> None:
         request_id = json.loads(request.payload)["request_id"]
-        self.link.reply(request, json.dumps({"schema": 1, "request_id": request_id, "status": "ok"}).encode())
+        reply = json.dumps({"schema": 1, "request_id": request_id, "status": "ok"}).encode()
+        delay = self.ping_delay if request.name == "ping" else 0.0
+        threading.Timer(delay, self.link.reply, (request, reply)).start()
 
     def stop(self) -> None:
         self.link.stop({"schema": 1, "state": "offline", "device": self.link.topics.device}, timeout=0.5)
@@ -208,8 +212,8 @@ class AnsweringDevice:
 def answering_device() -> Iterator[Callable[..., AnsweringDevice]]:
     devices: list[AnsweringDevice] = []
 
-    def start(broker: Broker, device: str, **login: str) -> AnsweringDevice:
-        devices.append(AnsweringDevice(broker, device, **login))
+    def start(broker: Broker, device: str, ping_delay: float = 0.0, **login: str) -> AnsweringDevice:
+        devices.append(AnsweringDevice(broker, device, ping_delay, **login))
         assert devices[-1].link.wait_connected(5)
         return devices[-1]
 
@@ -232,6 +236,24 @@ def test_ctl_all_sends_its_own_copy_to_a_device_the_broker_keeps_from_requests_f
     url = f"mqtt://operator:{USERS['operator']}@127.0.0.1:{broker.port}"
     status, replies = ctl_json(capsys, url, "delete", "--all", "--name", PERSON)
     assert status == 0 and list(replies) == ["dev-a"]
+
+
+def test_devices_slow_to_answer_the_fleet_ping_share_the_request_while_answers_keep_coming(
+    broker: Broker,
+    observe: Callable[..., Observer],
+    capsys: pytest.CaptureFixture[str],
+    answering_device: Callable[..., AnsweringDevice],
+) -> None:
+    """A busy fleet answers its ping over longer than any fixed wait: each answer extends it (by
+    FLEET_PROBE_SECONDS of quiet), so the last device still gets the shared copy, not a copy of its own."""
+    requests = observe(broker, ["faceagent/+/cmd/delete_person"])
+    for index, device in enumerate(("dev1", "dev2", "dev3")):
+        answering_device(broker, device, ping_delay=index * 0.6 * FLEET_PROBE_SECONDS)
+    status, replies = ctl_json(capsys, broker.url, "delete", "--all", "--name", PERSON)
+    assert status == 0 and sorted(replies) == ["dev1", "dev2", "dev3"]
+    assert requests.wait_for(lambda m: len(m) >= 1, 5)
+    assert not requests.wait_for(lambda m: len(m) > 1, 0.3)
+    assert requests.messages[0].topic == f"faceagent/{FLEET}/cmd/delete_person"
 
 
 def test_ctl_all_publishes_one_request_for_every_device_that_listens_for_it(
