@@ -5,9 +5,9 @@ own state folder and SQLite gallery, `MqttLink` with its last will, `OutboxPubli
 with the real handlers, `CommandSecurity` with the stored replay cache, `Telemetry` documents, and one
 command thread. Enrollment and recognition do real work (the photo is decoded, the quality gate, conflict
 and duplicate checks run against the device's own gallery, templates are written, events are decided by
-the `Matcher` and written to the outbox) but faces, chips and embeddings come from `FaceCache`: what the
-real `FacePipeline` found in a fixed set of photos from ../shared/data, computed once and kept in a cache
-folder outside the repository. A photo the cache does not hold has no face, and the device says so.
+the `Matcher` and written to the outbox) but faces, chips and embeddings come from `FaceCache`
+(scripts/_fleet_faces.py): what the real `FacePipeline` found in a fixed set of photos from ../shared/data,
+computed once and kept outside the repository.
 
 `Fleet` runs N devices in a few worker processes (`scripts/fleet_sim.py worker`), so the GIL of one process
 does not make a fleet look slower than its broker.
@@ -15,7 +15,6 @@ does not make a fleet look slower than its broker.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
@@ -36,9 +35,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from agent import __version__
 from agent.commands.dispatcher import CommandDispatcher
 from agent.commands.handlers import CommandServices
@@ -50,25 +46,25 @@ from agent.gallery.sync import UNLOADED, GallerySync
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for, packet_limit
 from agent.link.outbox import OutboxPublisher
 from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
-from agent.recognition.enrollment import ENROLL_SIDE, Enroller, EnrollmentError
+from agent.recognition.enrollment import Enroller
 from agent.recognition.events import EventEmitter
 from agent.storage import StorageHealth
 from agent.tracking.decision import decide
 from agent.tracking.tracker import Track
-from agent.vision.detector import Face
-from agent.vision.embedder import EmbedderInfo
-from agent.vision.image import load_image
-from agent.vision.pipeline import FaceEmbedding, FacePipeline, PipelineOptions
 from agent.wire import OnlineStatus
+from scripts._fleet_faces import (
+    DEFAULT_CACHE_DIR,
+    REPO,
+    CachedFace,
+    CachedPipeline,
+    Cast,
+    FaceCache,
+    cached_faces,
+    seed_gallery,
+)
 
 log = logging.getLogger("fleet")
 
-CACHE_FORMAT = 1
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "faceagent" / "fleet-sim"
-# The person every broadcast benchmark enrolls and erases (photos the command tests use too), and a probe of theirs.
-BROADCAST_PHOTOS = tuple(f"faces-lfw/Colin_Powell/Colin_Powell_{n}.jpg" for n in ("0040", "0133", "0170"))
-BROADCAST_PROBE = "faces-lfw/Colin_Powell/Colin_Powell_0234.jpg"
 COMMAND_QUEUE = 64  # as the agent: commands waiting for a device's command thread
 DEVICE_PREFIX = "sim"
 READY_LINE = "fleet-ready"
@@ -77,206 +73,6 @@ REPORT_LINE = "fleet-device"
 
 def device_ids(count: int, first: int = 0) -> list[str]:
     return [f"{DEVICE_PREFIX}{index:04d}" for index in range(first, first + count)]
-
-
-# ------------------------------------------------------------------------------------------ face cache
-
-
-def decode_photo(data: bytes) -> np.ndarray:
-    """A photo decoded exactly as enrollment decodes it, so the cache and the device agree on the frame."""
-    return load_image(data, max_side=ENROLL_SIDE)
-
-
-def frame_digest(frame: np.ndarray) -> str:
-    return hashlib.sha256(repr((frame.shape, frame.dtype.str)).encode() + frame.tobytes()).hexdigest()
-
-
-@dataclass(frozen=True)
-class CachedFace:
-    face: Face
-    chip: np.ndarray
-    embedding: np.ndarray
-
-
-@dataclass(frozen=True)
-class FaceCache:
-    """Every face the real pipeline found in each photo, by the digest of the decoded photo."""
-
-    info: EmbedderInfo
-    detector_id: str
-    frames: dict[str, list[CachedFace]]  # frame digest -> faces, best detection first
-    photos: dict[str, str]  # photo path (relative to the data folder) -> frame digest
-
-    def faces_of(self, photo: str) -> list[CachedFace]:
-        return self.frames[self.photos[photo]]
-
-    def save(self, path: Path) -> None:
-        entries = [(digest, face) for digest, faces in self.frames.items() for face in faces]
-        meta = {
-            "format": CACHE_FORMAT,
-            "info": asdict(self.info),
-            "detector_id": self.detector_id,
-            "photos": self.photos,
-            "digests": sorted(self.frames),
-            "owners": [digest for digest, _ in entries],
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(
-            partial,
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            boxes=np.array([face.face.box for _, face in entries], dtype=np.float64).reshape(-1, 4),
-            scores=np.array([face.face.score for _, face in entries], dtype=np.float64),
-            keypoints=np.array([face.face.keypoints for _, face in entries]),
-            chips=np.array([face.chip for _, face in entries]),
-            embeddings=np.array([face.embedding for _, face in entries]),
-        )
-        partial.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> FaceCache:
-        with np.load(path) as data:
-            meta = json.loads(data["meta"].tobytes())
-            if meta["format"] != CACHE_FORMAT:
-                raise ValueError(f"{path}: cache format {meta['format']}, expected {CACHE_FORMAT}")
-            frames: dict[str, list[CachedFace]] = {digest: [] for digest in meta["digests"]}
-            for index, digest in enumerate(meta["owners"]):
-                face = Face(tuple(data["boxes"][index]), float(data["scores"][index]), data["keypoints"][index])
-                frames[digest].append(CachedFace(face, data["chips"][index], data["embeddings"][index]))
-        return cls(EmbedderInfo(**meta["info"]), meta["detector_id"], frames, meta["photos"])
-
-
-def build_cache(data: Path, photos: Sequence[str], pipeline: FacePipeline) -> FaceCache:
-    """Run the real pipeline once over `photos`, as enrollment would (decode, detect, align, embed)."""
-    frames: dict[str, list[CachedFace]] = {}
-    digests: dict[str, str] = {}
-    for photo in photos:
-        frame = decode_photo((data / photo).read_bytes())
-        digest = digests[photo] = frame_digest(frame)
-        image = Image.fromarray(frame)
-        found = []
-        for face in pipeline.detect(frame):
-            embedded = pipeline.embed_face(image, face)
-            found.append(CachedFace(face, embedded.chip, embedded.embedding))
-        frames[digest] = found
-    return FaceCache(pipeline.embedder.info, pipeline.detector_spec.id, frames, digests)
-
-
-def cache_key(data: Path, photos: Sequence[str], options: PipelineOptions) -> str:
-    """Names what the cached embeddings depend on: the photos' bytes, the models, the vision code."""
-    from agent.vision.modelstore import ModelStore
-
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(photos), str(options)]).encode())
-    for photo in photos:
-        digest.update(hashlib.sha256((data / photo).read_bytes()).digest())
-    models = ModelStore(options.models_dir).directory
-    for source in [models / "manifest.json", *sorted((REPO / "agent" / "vision").glob("*.py"))]:
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()[:24]
-
-
-def cached_faces(data: Path, photos: Sequence[str], cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[FaceCache, Path]:
-    """The cache for `photos`, built with the real pipeline on first use (a few seconds), then read."""
-    options = PipelineOptions()
-    path = cache_dir / f"faces-{cache_key(data, photos, options)}.npz"
-    if not path.exists():
-        log.info("computing embeddings of %d photos with the real pipeline into %s", len(photos), path)
-        build_cache(data, photos, FacePipeline(options)).save(path)
-    return FaceCache.load(path), path
-
-
-class CachedPipeline:
-    """Enrollment's `FaceFinder` over a `FaceCache`: a decoded photo's faces as the real pipeline found them.
-
-    One per enrollment (it remembers the faces of the last photo detected, for `embed_face`)."""
-
-    def __init__(self, cache: FaceCache) -> None:
-        self.cache = cache
-        self.embedder = _CachedEmbedder(cache.info)
-        self._found: list[CachedFace] = []
-
-    def detect(self, frame: np.ndarray) -> list[Face]:
-        found = self.cache.frames.get(frame_digest(frame))
-        if found is None:
-            log.warning("a photo outside the simulator's face cache: taken as showing no face")
-        self._found = found or []
-        return [entry.face for entry in self._found]
-
-    def embed_face(self, frame: np.ndarray | Image.Image, face: Face) -> FaceEmbedding:
-        entry = next(entry for entry in self._found if entry.face is face)
-        return FaceEmbedding(face, entry.chip, entry.embedding)
-
-
-@dataclass(frozen=True)
-class _CachedEmbedder:
-    info: EmbedderInfo
-
-
-# ------------------------------------------------------------------------------------------- cast
-
-
-@dataclass(frozen=True)
-class Cast:
-    """The photos a simulation uses: people every device starts with, their later sightings, strangers."""
-
-    enrolled: dict[str, str]  # name -> the photo each device was enrolled from
-    sightings: dict[str, list[str]]  # name -> photos of them the simulated camera shows
-    strangers: list[str]  # photos of people enrolled nowhere
-    broadcast: tuple[str, ...] = BROADCAST_PHOTOS  # whom the operator enrolls on every device
-    broadcast_probe: str = BROADCAST_PROBE
-
-    @classmethod
-    def from_split(cls, data: Path, people: int, strangers: int) -> Cast:
-        """The first `people` LFW identities with a gallery photo and two probes, and `strangers`
-        single-photo identities (ident_split.tsv), never the broadcast person."""
-        rows = [line.split("\t") for line in (data / "ident_split.tsv").read_text().splitlines()[1:]]
-        gallery: dict[str, str] = {}
-        probes: dict[str, list[str]] = {}
-        distractors: list[str] = []
-        broadcast_person = Path(BROADCAST_PHOTOS[0]).parent.name
-        for identity, role, path in rows:
-            if identity == broadcast_person:
-                continue
-            if role == "gallery":
-                gallery[identity] = path
-            elif role == "probe":
-                probes.setdefault(identity, []).append(path)
-            elif role == "distractor":
-                distractors.append(path)
-        chosen = [name for name in gallery if len(probes.get(name, [])) >= 2][:people]
-        return cls(
-            {name: gallery[name] for name in chosen},
-            {name: probes[name][:2] for name in chosen},
-            distractors[:strangers],
-        )
-
-    @property
-    def photos(self) -> list[str]:
-        sightings = [photo for photos in self.sightings.values() for photo in photos]
-        return [*self.enrolled.values(), *sightings, *self.strangers, *self.broadcast, self.broadcast_probe]
-
-    def visits(self, cache: FaceCache) -> list[list[CachedFace]]:
-        """What the camera shows, one visit (a track's faces) at a time: each enrolled person, then a stranger."""
-        known = [[cache.faces_of(photo)[0] for photo in photos] for photos in self.sightings.values()]
-        unknown = [[cache.faces_of(photo)[0]] for photo in self.strangers if cache.faces_of(photo)]
-        visits = [visit for pair in zip(known, unknown, strict=False) for visit in pair]
-        return [*visits, *known[len(unknown) :], *unknown[len(known) :], [cache.faces_of(self.broadcast_probe)[0]]]
-
-
-def seed_gallery(path: Path, data: Path, cast: Cast, cache: FaceCache, settings: Settings) -> int:
-    """The gallery every device is flashed with: each enrolled person of `cast`, through the real enrollment.
-    Returns how many were enrolled (a photo the quality gate refuses is left out)."""
-    enrolled = 0
-    with GalleryStore.open(path) as store:
-        matcher = Matcher.for_gallery(settings.gallery)
-        enroller = Enroller(CachedPipeline(cache), store, matcher, settings)
-        for name, photo in cast.enrolled.items():
-            try:
-                enroller.enroll([(Path(photo).name, (data / photo).read_bytes())], actor="fleet-sim", name=name)
-                enrolled += 1
-            except EnrollmentError as exc:
-                log.info("seed gallery: %s left out: %s", name, exc)
-    return enrolled
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -295,6 +91,10 @@ class FleetOptions:
     protocol: str = "5"
     telemetry_seconds: float = 60.0
     event_seconds: float = 0.0  # one event per device this often; 0: none
+    # Commands running at once in one worker process. A simulated device's CPU is this machine's, so running
+    # more at once only costs memory and starves the network threads: 125 devices decoding three 1600 px photos
+    # each at the same moment held 3 GB per worker and missed their keepalives.
+    concurrency: int = 2
     people: int = 20
     strangers: int = 20
 
@@ -362,7 +162,15 @@ Job = CommandRequest | Chore | None
 class SimDevice:
     """One simulated device: the agent's link, outbox, dispatcher and gallery; a command thread of its own."""
 
-    def __init__(self, device_id: str, options: FleetOptions, cache: FaceCache, visits: list[list[CachedFace]]) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        options: FleetOptions,
+        cache: FaceCache,
+        visits: list[list[CachedFace]],
+        running: threading.Semaphore,
+    ) -> None:
+        self.running = running  # the worker's turns at running a command (FleetOptions.concurrency)
         self.device_id = device_id
         self.folder = options.state / device_id
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -460,7 +268,8 @@ class SimDevice:
 
     def _run(self, job: CommandRequest | Chore) -> None:
         if isinstance(job, CommandRequest):
-            reply = self.dispatcher.handle(job.name, job.payload, now=job.received_at)
+            with self.running:
+                reply = self.dispatcher.handle(job.name, job.payload, now=job.received_at)
             if reply is not None:
                 self.link.reply(job, reply)
         elif job is Chore.STATUS:
@@ -564,7 +373,8 @@ def serve_devices(
     cache = FaceCache.load(options.cache)
     cast = Cast.from_split(options.data, options.people, options.strangers)
     visits = cast.visits(cache)
-    devices = [SimDevice(device_id, options, cache, visits) for device_id in ids]
+    running = threading.BoundedSemaphore(options.concurrency)
+    devices = [SimDevice(device_id, options, cache, visits, running) for device_id in ids]
     for device in devices:
         device.start()
     deadline = time.monotonic() + connect_timeout

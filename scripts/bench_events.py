@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.commands.signing import public_key_text
 from examples.events_consumer import EventConsumer
 from scripts._bench_common import load_average, progress, write_json
-from scripts._fleet import DEFAULT_CACHE_DIR, Fleet, fleet_options
+from scripts._fleet import Fleet, fleet_options
+from scripts._fleet_faces import DEFAULT_CACHE_DIR
 from scripts.bench_fleet import PeakSampler, cpu_seconds
 from scripts.fleet_sim import SHARED_DATA, scratch_folder
 
@@ -193,6 +194,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Each figure of several runs (one per fleet size) against the fleet size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(runs, key=lambda run: run["devices"])
+    sizes = [run["devices"] for run in runs]
+    panels = [
+        ("events written and received, per second", [("written", lambda r: r["written"] / r["seconds"])]),
+        (
+            "lost, duplicates, out of order",
+            [(k, lambda r, k=k: r[k]) for k in ("lost", "duplicates_dropped", "out_of_order")],
+        ),
+        ("broker CPU per event (ms)", [("broker", lambda r: 1000 * r["broker_cpu_s"] / max(r["written"], 1))]),
+        ("broker peak RSS (MB)", [("broker", lambda r: r["broker_peak_mb"])]),
+        ("delay to the consumer (s)", [(q, lambda r, q=q: r["delay_s"][q]) for q in ("p50", "p95")]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    for axis, (title, lines) in zip(axes, panels, strict=True):
+        for label, value in lines:
+            axis.plot(sizes, [value(run) for run in runs], "o-", label=label)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("devices")
+        axis.set_xticks(sizes)
+        axis.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=500)
@@ -205,7 +240,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--plot-runs", type=Path, nargs="+", help="measure nothing: plot these --json files")
+    parser.add_argument("--plot", type=Path, default=Path("docs/fleet-events.png"), help="where --plot-runs draws")
     args = parser.parse_args()
+    if args.plot_runs:
+        plot([json.loads(path.read_text()) for path in args.plot_runs], args.plot)
+        return 0
     load_before = load_average()
     figures = run(args) | {"load_before": load_before, "load_after": load_average()}
     print(json.dumps(figures, indent=2))

@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.commands.signing import public_key_text
 from scripts._bench_common import format_table, load_average, progress, write_json
 from scripts._bench_service import start_mosquitto
-from scripts._fleet import BROADCAST_PHOTOS, DEFAULT_CACHE_DIR, Fleet, fleet_options
+from scripts._fleet import Fleet, fleet_options
+from scripts._fleet_faces import BROADCAST_PHOTOS, DEFAULT_CACHE_DIR
 from scripts.fleet_sim import SHARED_DATA, scratch_folder
 
 # `faceagent ...` in a process that reports its own peak resident memory (VmHWM of its address space) on
@@ -339,8 +340,8 @@ def plot(operations: list[Operation], path: Path) -> bool:
             points = sorted((op.devices, getattr(op, name)) for op in chosen if getattr(op, name) is not None)
             style = ("-" if shape == "fleet" else "--") + ("o" if command == "enroll" else "s")
             axis.plot([x for x, _ in points], [y for _, y in points], style, label=f"{command} {shape} {photos}")
-        axis.set_xscale("log")
-        axis.set_xlabel("devices")
+        axis.set_xlabel("devices (linear: a straight line is linear growth)")
+        axis.set_xticks([10, 100, 250, 500])
         axis.set_title(label, fontsize=9)
         axis.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -362,7 +363,12 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="how long the fleet's rest is measured")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="draw the growth curves into this PNG (needs matplotlib)")
+    parser.add_argument("--from-json", type=Path, help="measure nothing: show (and plot) the figures of a --json")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        operations = [Operation(**op) for op in saved["operations"]]
+        return report(operations, *saved["load"], plot_to=args.plot)
     if not (args.data / "ident_split.tsv").is_file():
         raise SystemExit(f"error: shared face data not found at {args.data}")
     operator = Ed25519PrivateKey.generate()
@@ -382,6 +388,13 @@ def main() -> int:
     finally:
         shutil.rmtree(keys, ignore_errors=True)
     load_after = load_average()
+    if args.json:
+        write_json(args.json, {"operations": [asdict(op) for op in operations], "load": [load_before, load_after]})
+    return report(operations, load_before, load_after, plot_to=args.plot)
+
+
+def report(operations: list[Operation], load_before: str, load_after: str, *, plot_to: Path | None) -> int:
+    """The table, the load, every lost reply, the plot; exit status 1 if any reply was lost."""
     headers = ["devices", "command", "shape", "photos", "KB/request", "answered s", "ctl s", "lost"]
     headers += ["broker CPU s", "broker peak MB", "broker rest MB", "ctl peak MB", "sim CPU s", "sim idle cores"]
     rows = [
@@ -408,9 +421,7 @@ def main() -> int:
     for op in operations:
         for problem in op.problems:
             print(f"LOST  {op.devices} devices, {op.command} {op.shape} {op.photos}: {problem}")
-    if args.json:
-        write_json(args.json, {"operations": [asdict(op) for op in operations], "load": [load_before, load_after]})
-    if args.plot and not plot(operations, args.plot):
+    if plot_to and not plot(operations, plot_to):
         print("matplotlib not installed: no plot drawn")
     return 1 if any(op.lost for op in operations) else 0
 

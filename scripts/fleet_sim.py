@@ -31,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.commands.signing import load_private_key, public_key_text
-from scripts._fleet import DEFAULT_CACHE_DIR, REPO, Fleet, FleetOptions, fleet_options, serve_devices
+from scripts._fleet import Fleet, FleetOptions, fleet_options, serve_devices
+from scripts._fleet_faces import DEFAULT_CACHE_DIR, REPO
 
 SHARED_DATA = Path(os.environ.get("FACEAGENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             telemetry_seconds=args.telemetry_seconds,
             event_seconds=args.event_seconds,
+            concurrency=args.concurrency,
             people=args.people,
             strangers=args.strangers,
         )
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strangers", type=int, default=20, help="strangers the cameras see")
     parser.add_argument("--telemetry-seconds", type=float, default=60.0)
     parser.add_argument("--event-seconds", type=float, default=0.0, help="one event per device this often (0: none)")
+    parser.add_argument("--concurrency", type=int, default=2, help="commands running at once per worker process")
     parser.set_defaults(handler=run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -10,18 +10,22 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.cli.main import main
+from agent.gallery.store import GalleryStore
+from agent.identity import new_event_id, utc_now
 from agent.link.client import BrokerSettings
 from agent.link.mqtt import CommandRequest, MqttLink
-from agent.link.operator import Operator
+from agent.link.operator import FLEET_PROBE_SECONDS, Operator
 from agent.wire import FLEET
-from scripts._fleet import BROADCAST_PHOTOS, Fleet, fleet_options
-from tests.support.broker import Broker, Observer
+from scripts._fleet import Fleet, fleet_options
+from scripts._fleet_faces import BROADCAST_PHOTOS
+from tests.support.broker import Broker, Certs, Observer, free_port
 from tests.support.commands import OPERATOR_PUBLIC
 from tests.support.data import REPO
 
@@ -187,15 +191,19 @@ def test_with_the_example_acl_home_assistant_cannot_read_requests_for_every_devi
 
 
 class AnsweringDevice:
-    """A device's link that answers every command ok (with the request's id), on a test broker."""
+    """A device's link that answers every command ok (with the request's id), on a test broker; a ping only
+    after `ping_delay` seconds (a busy device)."""
 
-    def __init__(self, broker: Broker, device: str, **login: str) -> None:
+    def __init__(self, broker: Broker, device: str, ping_delay: float = 0.0, **login: str) -> None:
+        self.ping_delay = ping_delay
         self.link = MqttLink(BrokerSettings(url=broker.url, **FAST, **login), device, self.answer)
         self.link.start()
 
     def answer(self, request: CommandRequest) -> None:
         request_id = json.loads(request.payload)["request_id"]
-        self.link.reply(request, json.dumps({"schema": 1, "request_id": request_id, "status": "ok"}).encode())
+        reply = json.dumps({"schema": 1, "request_id": request_id, "status": "ok"}).encode()
+        delay = self.ping_delay if request.name == "ping" else 0.0
+        threading.Timer(delay, self.link.reply, (request, reply)).start()
 
     def stop(self) -> None:
         self.link.stop({"schema": 1, "state": "offline", "device": self.link.topics.device}, timeout=0.5)
@@ -205,8 +213,8 @@ class AnsweringDevice:
 def answering_device() -> Iterator[Callable[..., AnsweringDevice]]:
     devices: list[AnsweringDevice] = []
 
-    def start(broker: Broker, device: str, **login: str) -> AnsweringDevice:
-        devices.append(AnsweringDevice(broker, device, **login))
+    def start(broker: Broker, device: str, ping_delay: float = 0.0, **login: str) -> AnsweringDevice:
+        devices.append(AnsweringDevice(broker, device, ping_delay, **login))
         assert devices[-1].link.wait_connected(5)
         return devices[-1]
 
@@ -229,6 +237,24 @@ def test_ctl_all_sends_its_own_copy_to_a_device_the_broker_keeps_from_requests_f
     url = f"mqtt://operator:{USERS['operator']}@127.0.0.1:{broker.port}"
     status, replies = ctl_json(capsys, url, "delete", "--all", "--name", PERSON)
     assert status == 0 and list(replies) == ["dev-a"]
+
+
+def test_devices_slow_to_answer_the_fleet_ping_share_the_request_while_answers_keep_coming(
+    broker: Broker,
+    observe: Callable[..., Observer],
+    capsys: pytest.CaptureFixture[str],
+    answering_device: Callable[..., AnsweringDevice],
+) -> None:
+    """A busy fleet answers its ping over longer than any fixed wait: each answer extends it (by
+    FLEET_PROBE_SECONDS of quiet), so the last device still gets the shared copy, not a copy of its own."""
+    requests = observe(broker, ["faceagent/+/cmd/delete_person"])
+    for index, device in enumerate(("dev1", "dev2", "dev3")):
+        answering_device(broker, device, ping_delay=index * 0.6 * FLEET_PROBE_SECONDS)
+    status, replies = ctl_json(capsys, broker.url, "delete", "--all", "--name", PERSON)
+    assert status == 0 and sorted(replies) == ["dev1", "dev2", "dev3"]
+    assert requests.wait_for(lambda m: len(m) >= 1, 5)
+    assert not requests.wait_for(lambda m: len(m) > 1, 0.3)
+    assert requests.messages[0].topic == f"faceagent/{FLEET}/cmd/delete_person"
 
 
 def test_ctl_all_publishes_one_request_for_every_device_that_listens_for_it(
@@ -373,3 +399,107 @@ def test_the_operator_finds_the_devices_while_a_large_fleet_keeps_publishing_sta
         busy.set()
         publisher.join()
     assert "dev1" in found and still_publishing
+
+
+# ------------------------------------------------------------------- a site bridged to a central broker
+
+BRIDGE = REPO / "examples" / "mosquitto" / "bridge-site.conf"
+CENTRAL_USERS = {"site-a": "pass-site", "operator": "pass-op"}
+
+
+@dataclass
+class Sites:
+    central: Broker
+    site: Broker
+    certs: Certs
+
+    def operator_settings(self) -> BrokerSettings:
+        return BrokerSettings(
+            url=f"mqtts://127.0.0.1:{self.central.port}",
+            ca_file=self.certs.ca,
+            username="operator",
+            password=CENTRAL_USERS["operator"],
+            **FAST,
+        )
+
+
+@pytest.fixture
+def sites(start_broker: Callable[..., Broker], certs: Certs, tmp_path: Path) -> Iterator[Sites]:
+    """A central broker (TLS, passwords, persistence) and a site broker bridged to it by the example's file,
+    with only the address, the CA, the password and the retry delays made local."""
+    central = start_broker(
+        tls=(certs.ca, certs.server_cert, certs.server_key), passwords=CENTRAL_USERS, persistence=True
+    )
+    bridge = BRIDGE.read_text()
+    for old, new in [
+        ("central.example.lan:8883", f"127.0.0.1:{central.port}"),
+        ("/etc/mosquitto/certs/central-ca.crt", str(certs.ca)),
+        ("change-me", CENTRAL_USERS["site-a"]),
+        ("restart_timeout 2 60", "restart_timeout 1 2"),
+    ]:
+        assert old in bridge
+        bridge = bridge.replace(old, new)
+    port, folder = free_port(), tmp_path / "site"
+    local = f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+    site = Broker(folder, port=port, config_text=local + bridge).start()
+    yield Sites(central, site, certs)
+    site.kill()
+
+
+def bridge_up(observer: Observer) -> Callable[[list[Any]], bool]:
+    def up(messages: list[Any]) -> bool:
+        states = [m.payload for m in messages if m.topic == "faceagent-sites/site-a/bridge"]
+        return bool(states) and states[-1] == b"1"
+
+    return up
+
+
+def test_events_of_a_device_at_a_site_reach_the_central_consumer_once_the_uplink_is_back(
+    sites: Sites, observe: Callable[..., Observer], link_outbox: Callable[..., tuple[Any, Any]], tmp_path: Path
+) -> None:
+    central = observe(
+        sites.central,
+        ["faceagent/+/events/#", "faceagent-sites/+/bridge"],
+        client_id="central-sink",
+        persistent=True,
+        ca=sites.certs.ca,
+        username="operator",
+        password=CENTRAL_USERS["operator"],
+    )
+    assert central.wait_for(bridge_up(central), 15)
+    store_path = tmp_path / "dev1.db"
+    link, outbox = link_outbox(sites.site.url, store_path)
+    assert link.wait_connected(5)
+    sites.central.stop()  # the uplink is down
+    with GalleryStore.open(store_path) as store:
+        sent = [new_event_id() for _ in range(5)]
+        for event_id in sent:
+            payload = {"schema": 1, "type": "face_unknown", "track_id": 1}
+            store.add_event("face_unknown", payload, event_id=event_id, person_id=None, created_at=utc_now())
+    outbox.notify()
+    deadline = time.monotonic() + 10
+    while (outbox.stats.depth or outbox.stats.inflight) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert outbox.stats.depth == 0  # the site broker took them all: the device holds nothing any more
+    sites.central.start()  # the uplink is back
+    assert central.wait_for(lambda m: len([x for x in m if "/events/" in x.topic]) >= len(sent), 30)
+    assert [m.json()["event_id"] for m in central.messages if "/events/" in m.topic] == sent
+
+
+def test_a_request_for_every_device_from_the_central_broker_is_answered_by_a_device_at_a_site(
+    sites: Sites, answering_device: Callable[..., AnsweringDevice], observe: Callable[..., Observer]
+) -> None:
+    watcher = observe(
+        sites.central,
+        ["faceagent-sites/+/bridge", "faceagent/+/status"],
+        ca=sites.certs.ca,
+        username="operator",
+        password=CENTRAL_USERS["operator"],
+    )
+    answering_device(sites.site, "dev1")
+    assert watcher.wait_for(lambda m: any(x.topic == "faceagent/dev1/status" for x in m), 15)  # statuses go up
+    with Operator(sites.operator_settings(), timeout=15) as operator:
+        status = operator.statuses()["dev1"]
+        replies = operator.call(["dev1"], "delete_person", {"name": PERSON}, fleet={"dev1"})
+    assert status["fleet_commands"] is True
+    assert replies["dev1"] is not None and replies["dev1"]["status"] == "ok"

@@ -39,9 +39,11 @@ from agent.wire import FLEET, SCHEMA, Command, RequestDocument, encode
 
 CLIENT_OWNER = "faceagent-ctl"  # the client id's readable part: a broker's log tells operators from devices
 _QUIET_SECONDS = 0.3  # retained messages arrive together right after SUBACK: no more for this long, all came
-# How long the devices that say they take fleet-wide requests have to answer a fleet-wide ping: those that do
-# not get the request addressed to them alone (an answer that comes later only costs a duplicate, which the
-# device answers from its reply cache without running the request again).
+# The devices that say they take fleet-wide requests answer a fleet-wide ping; once none has answered for this
+# long, those still silent get the request addressed to them alone (an answer that comes later only costs a
+# duplicate, which the device answers from its reply cache without running the request again). A quiet spell
+# rather than a deadline: 500 busy devices' answers may take longer than any fixed wait to all arrive, and a
+# device cut off by its ACL never answers.
 FLEET_PROBE_SECONDS = 3.0
 
 
@@ -159,15 +161,16 @@ class Operator:
         claimed = [device for device in devices if device in fleet]
         shared: set[str] = set()
         if claimed:
-            probe = self._exchange(claimed, Command.PING, {}, set(claimed), min(self.timeout, FLEET_PROBE_SECONDS))
+            probe = self._exchange(claimed, Command.PING, {}, set(claimed), quiet=FLEET_PROBE_SECONDS)
             shared = {device for device, reply in probe.items() if reply is not None}
-        return self._exchange(devices, name, args, shared, self.timeout)
+        return self._exchange(devices, name, args, shared)
 
     def _exchange(
-        self, devices: list[str], name: str, args: dict[str, Any], shared: set[str], timeout: float
+        self, devices: list[str], name: str, args: dict[str, Any], shared: set[str], quiet: float | None = None
     ) -> dict[str, dict | None]:
         """One request id: one fleet-wide copy if any device is `shared`, one copy for each other device; the
-        replies of `devices` until all have answered or `timeout` has passed."""
+        replies of `devices` until all have answered or `self.timeout` has passed (with `quiet`: or no reply
+        has come for `quiet` seconds)."""
         request_id = new_ulid()
         replies: dict[str, dict | None] = dict.fromkeys(devices)
         waiting = len(replies)
@@ -177,7 +180,16 @@ class Operator:
         for device in devices:
             if device not in shared:
                 self._send(device, name, args, request_id)
-        for topic, payload, _ in self._messages(time.monotonic() + timeout):
+        last = time.monotonic()  # when this request was sent, then when its latest reply came
+        deadline = last + self.timeout
+        while waiting:
+            left = (min(deadline, last + quiet) if quiet else deadline) - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                topic, payload, _ = self._inbox.get(timeout=left)
+            except queue.Empty:
+                break
             replier = self._replying_device(topic, name)
             if replier is None or replier not in replies or replies[replier] is not None:
                 continue  # another subscription's message (a status, an event), or a repeat
@@ -185,8 +197,7 @@ class Operator:
             if document.get("request_id") == request_id:
                 replies[replier] = document
                 waiting -= 1
-                if not waiting:
-                    break
+                last = time.monotonic()
         return replies
 
     def _replying_device(self, topic: str, name: str) -> str | None:
