@@ -43,10 +43,12 @@ def resolve_data_dir(data: Path | None, required: Sequence[str]) -> Path:
     return directory
 
 
-def load_pipeline(embedder: str | None, threads: int, detector: str | None = None) -> FacePipeline:
+def load_pipeline(
+    embedder: str | None, threads: int, detector: str | None = None, runtime: str | None = None
+) -> FacePipeline:
     """A FacePipeline, or exit with the agent's own one-line explanation (e.g. models not built yet)."""
     try:
-        return FacePipeline(PipelineOptions(embedder=embedder, detector=detector, threads=threads))
+        return FacePipeline(PipelineOptions(embedder=embedder, detector=detector, threads=threads, runtime=runtime))
     except FaceagentError as exc:
         sys.exit(f"error: cannot load the faceagent pipeline (embedder {embedder or 'default'}): {exc}")
 

@@ -71,7 +71,7 @@ def run_live(data: Path, threads: int, templates: int) -> dict[str, Any]:
         "fps": stats.frames / elapsed,
         "latency_ms": latency,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "runtime": service.pipeline.runtime.describe(),
+        "runtime": service.status.runtime,
         "threads": threads,
     }
 

@@ -15,6 +15,7 @@ Needs Mosquitto (`mosquitto` on PATH or in /usr/sbin) and the shared data (../sh
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,21 +289,11 @@ def measure_stalls(
     loop spends between finishing one frame and starting the next (gallery work, locks, status), which CPU
     contention from other processes barely touches; the raw gap between watchdog pings is printed beside it."""
     from agent.config import load_settings
-    from agent.recognition.recognizer import Recognizer
     from agent.service.app import AgentService, RunOptions
     from agent.service.sdnotify import Notifier
 
-    spans: list[tuple[float, float]] = []
-    process = Recognizer.process
-
-    def timed(self: Recognizer, *args: Any, **kwargs: Any) -> Any:
-        began = time.monotonic()
-        try:
-            return process(self, *args, **kwargs)
-        finally:
-            spans.append((began, time.monotonic()))
-
-    Recognizer.process = timed  # type: ignore[method-assign]
+    patches = contextlib.ExitStack()
+    spans = patches.enter_context(frame_spans())
     writes: list[tuple[float, float]] = []  # the frame loop's event writes: where a gallery lock would bite
     add_event = GalleryStore.add_event
 
@@ -317,11 +308,11 @@ def measure_stalls(
     GalleryStore.add_event = timed_write  # type: ignore[method-assign]
     notify = NotifyListener(folder / "notify-2.sock")
     notifier = Notifier(str(notify.path), watchdog_timeout=0.002)  # a ping after every frame
-    service = AgentService(
-        load_settings(config), RunOptions(source=f"folder:{data / FRAMES}", db=db), notifier=notifier
+    service, loop = run_in_thread(
+        lambda: AgentService(
+            load_settings(config), RunOptions(source=f"folder:{data / FRAMES}", db=db), notifier=notifier
+        )
     )
-    loop = threading.Thread(target=service.run, name="frame-loop")
-    loop.start()
     figures: dict[str, Any] = {}
     try:
         wait_ready(notify, lambda: not loop.is_alive())
@@ -334,6 +325,7 @@ def measure_stalls(
             time.sleep(quiet_s)
             figures["quiet"] = frame_figures(spans, notify, quiet_start, time.monotonic())
             busy_start = time.monotonic()
+            reloads_before = gallery_reloads(service)
             gone: list[float] = []
 
             def watch_victim() -> None:
@@ -352,10 +344,9 @@ def measure_stalls(
                 seen = time.monotonic() if status["gallery"]["people"] == people - 1 else None
             figures["cli_delete_seen_s"] = (seen or float("nan")) - figures.pop("cli_started")
             figures.pop("cli_done")
-            reloads = service.gallery_sync.reloads
-            while service.gallery_sync.reloads == reloads and time.monotonic() < busy_start + 60:
-                time.sleep(0.05)  # the gallery thread's reload after the erasures, while frames go on
-            figures["reloads"] = service.gallery_sync.reloads
+            while gallery_reloads(service) == reloads_before and time.monotonic() < busy_start + 60:
+                time.sleep(0.05)  # the gallery thread's reload after the CLI's erasure, while frames go on
+            figures["reloads"] = gallery_reloads(service)  # the first load included
             time.sleep(1.0)
             figures["busy"] = frame_figures(spans, notify, busy_start, time.monotonic())
             busy_writes = [1000 * (done - began) for began, done in writes if began >= busy_start]
@@ -366,9 +357,57 @@ def measure_stalls(
         service.stop()
         loop.join(timeout=60)
         notify.close()
-        Recognizer.process = process  # type: ignore[method-assign]
+        patches.close()
         GalleryStore.add_event = add_event  # type: ignore[method-assign]
     return figures
+
+
+@contextlib.contextmanager
+def frame_spans() -> Iterator[list[tuple[float, float]]]:
+    """(start, end) of every `Recognizer.process` while inside: each frame's own work, so the time between two
+    frames is what the loop spent on anything else."""
+    from agent.recognition.recognizer import Recognizer
+
+    spans: list[tuple[float, float]] = []
+    process = Recognizer.process
+
+    def timed(self: Recognizer, *args: Any, **kwargs: Any) -> Any:
+        began = time.monotonic()
+        try:
+            return process(self, *args, **kwargs)
+        finally:
+            spans.append((began, time.monotonic()))
+
+    Recognizer.process = timed  # type: ignore[method-assign]
+    try:
+        yield spans
+    finally:
+        Recognizer.process = process  # type: ignore[method-assign]
+
+
+def run_in_thread(build: Callable[[], Any]) -> tuple[Any, threading.Thread]:
+    """The agent built and run on a thread named "frame-loop" (the thread that builds it runs its loop)."""
+    built: list[Any] = []
+    ready = threading.Event()
+
+    def main() -> None:
+        try:
+            built.append(build())
+        finally:
+            ready.set()
+        built[0].run()
+
+    loop = threading.Thread(target=main, name="frame-loop")
+    loop.start()
+    ready.wait()
+    if not built:
+        raise SystemExit("error: the agent could not be built")
+    return built[0], loop
+
+
+def gallery_reloads(service: Any) -> int:
+    """Full matcher reloads so far, asked of the gallery thread that does them."""
+    return int(service.gallery.jobs.submit(lambda parts: parts.sync.reloads).result(timeout=60))
 
 
 def operate(operator: Operator, db: Path, data: Path, victim: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -41,6 +42,7 @@ from agent.commands.signing import CommandSecurity, KeyRoles, StoredReplayCache
 from agent.config import Settings, load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import UNLOADED, GallerySync
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for, packet_limit
 from agent.link.outbox import OutboxPublisher
 from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
@@ -199,8 +201,10 @@ class SimDevice:
             get_settings=lambda: self.settings,
             apply_settings=self._apply_settings,
             open_store=lambda: GalleryStore.open(self.gallery),
-            matcher=self.matcher,
-            enroller_factory=lambda store: Enroller(CachedPipeline(cache), store, self.matcher, self.settings),
+            gallery=self,
+            enroller_factory=lambda store: Enroller(
+                CachedPipeline(cache), store, self.matcher, self.settings, add_to_matcher=False
+            ),
             status=self._status_document,
             request_restart=lambda: log.info("%s: restart asked for (a simulated device runs on)", device_id),
             storage=self.storage,
@@ -298,6 +302,12 @@ class SimDevice:
         if self._emitter.emit(track, match, now) is not None:
             self.events_written += 1
             self.outbox.notify()
+
+    def writing(self, store: GalleryStore) -> AbstractContextManager[set[str]]:
+        """`GalleryWrites`: the command thread is also the one writer of this device's matcher, so each
+        command's write is followed at once, through the command's own connection."""
+        sync = GallerySync(store, self.matcher, self.cache.info.model_id, seen=UNLOADED)
+        return sync.writing(store)
 
     def _apply_settings(self, settings: Settings) -> None:
         self.matcher.threshold, self.matcher.margin = settings.gallery.threshold, settings.gallery.margin

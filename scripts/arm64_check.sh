@@ -11,9 +11,12 @@
 #    `faceagent compare --json` on real LFW pairs from ../shared/data, the embeddings of the faces of
 #    those pairs (scripts/arm64_embeddings.py), `faceagent enroll` + `identify --db` (the gallery) and,
 #    unless --short, `pytest -m arm64` and a real `scripts/install.sh` run (--short: its --dry-run).
+#    Both runtimes: the README install must pick ai-edge-litert (the default), and the embeddings run
+#    again under tflite-runtime (the fallback, pyproject's [tflite] extra, installed for that step only).
 #    qemu emulates the Pi's own cores (QEMU_CPU): cortex-a72 = Pi 4 (no dotprod, no fp16), the first
 #    --cpu, runs everything; cortex-a76 = Pi 5 (dotprod, fp16) also runs the embeddings in the full form.
-# 3. Runs the same pairs and faces on this (x86-64) host and fails when any face's embeddings differ by
+# 3. Runs the same pairs and faces on this (x86-64) host, under each runtime, and fails when any face's
+#    embeddings (same runtime on both sides) differ by
 #    cosine < --tolerance, or any decision (same/different, 1:N matched person) differs, except one that
 #    sat on its threshold: the two sides' distances at most --decision-band apart (listed as borderline;
 #    --decision-band 0 fails those too).
@@ -260,9 +263,12 @@ done
 mount -t proc proc "$ROOT/proc"
 MOUNTS+=("$ROOT/proc")
 bind_mount /dev "$ROOT/dev"
-bind_mount /sys "$ROOT/sys" ro # XNNPACK's cpuinfo reads /sys/devices/system/cpu, as on a Pi
+# Not the host's /sys: it describes this machine's x86 cores (cache levels, clusters), and XNNPACK's cpuinfo in
+# ai-edge-litert >= 2.2 dereferences null on it under qemu-user (SIGSEGV right after reading
+# cpu1/cache/index2/shared_cpu_list; 2.0.3 and tflite-runtime cope). A Pi's /sys describes its own ARM cores;
+# without one, cpuinfo falls back to its defaults.
 bind_mount "$DATA" "$ROOT$IN_ROOT/shared/data" ro
-say "  mounted /proc, /dev, /sys (read-only) and $DATA (read-only) into the chroot; unmounted on exit"
+say "  mounted /proc, /dev and $DATA (read-only) into the chroot, not the host's /sys; unmounted on exit"
 
 LOGS=$CACHE/last-run
 safe_remove "$LOGS"
@@ -296,6 +302,8 @@ in_chroot version ".venv/bin/faceagent --version && .venv/bin/python -c 'import 
 indent <"$LOGS/version.log"
 grep -qx 'machine aarch64' "$LOGS/version.log" || fail "the chroot's Python does not report aarch64"
 grep -q 'TFLite runtime: none' "$LOGS/version.log" && fail "no TFLite runtime in the arm64 install"
+grep -q 'TFLite runtime: ai-edge-litert' "$LOGS/version.log" ||
+    fail "the README install did not give ai-edge-litert, the default runtime on aarch64 (see above)"
 in_chroot help ".venv/bin/faceagent --help" || fail "faceagent --help failed in the arm64 chroot"
 has_command() { grep -qE "^ {4}$1 " "$LOGS/help.log" || grep -qE "[{,]$1[,}]" "$LOGS/help.log"; }
 
@@ -344,6 +352,31 @@ for cpu in "${CPU_LIST[@]}"; do
     fi
     indent <"$LOGS/embed_arm64_$cpu.log"
 done
+
+phase "tflite-runtime, the fallback: embeddings again (arm64)"
+# The [tflite] extra's requirements alone (the package itself is installed already), as pyproject.toml says.
+tflite_deps=$(python3 -c 'import sys, tomllib
+print(" ".join(repr(r) for r in tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["tflite"]))' \
+    "$REPO/pyproject.toml")
+say "  pip install $tflite_deps"
+if ! in_chroot tflite_install ".venv/bin/pip install -q $tflite_deps && .venv/bin/python -c 'from agent.vision.runtime \
+        import select_runtime; print(\"loads:\", select_runtime(\"tflite-runtime\").describe())'"; then
+    tail -n 20 "$LOGS/tflite_install.log" | indent
+    fail "tflite-runtime (pyproject's [tflite] extra) did not install or load in the arm64 chroot"
+fi
+tail -n 1 "$LOGS/tflite_install.log" | indent
+for cpu in "${CPU_LIST[@]}"; do
+    if ! QEMU_CPU=$cpu in_chroot "embed_arm64_tflite_$cpu" ".venv/bin/python scripts/arm64_embeddings.py embed \
+            --runtime tflite-runtime --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv \
+            --label 'aarch64 ($cpu)' --out $IN_ROOT/out/embeddings_arm64_tflite_$cpu.json"; then
+        tail -n 20 "$LOGS/embed_arm64_tflite_$cpu.log" | indent
+        fail "the embeddings script failed under tflite-runtime in the arm64 chroot ($cpu)"
+    fi
+    indent <"$LOGS/embed_arm64_tflite_$cpu.log"
+done
+# Back to what the README install gives, for the steps after this one.
+in_chroot tflite_uninstall ".venv/bin/pip uninstall -q -y tflite-runtime" ||
+    { indent <"$LOGS/tflite_uninstall.log"; fail "could not remove tflite-runtime again in the arm64 chroot"; }
 
 phase "faceagent enroll + identify --db (arm64)"
 GALLERY=0
@@ -451,12 +484,13 @@ skip_note "speed: qemu-user runs arm64 code far slower than a Pi does; Pi 4/5 ti
 phase "the same pairs and faces on the host (x86-64)"
 HOST_PY=${FACEAGENT_HOST_PYTHON:-$REPO/.venv/bin/python}
 host_ok() { "$1" -c 'import agent.vision.pipeline, sys; from agent.vision.runtime import select_runtime
-select_runtime(); sys.exit(0 if agent.vision.pipeline.__file__.startswith(sys.argv[1]) else 1)' "$REPO/agent/" 2>/dev/null; }
+select_runtime("ai-edge-litert"); select_runtime("tflite-runtime")
+sys.exit(0 if agent.vision.pipeline.__file__.startswith(sys.argv[1]) else 1)' "$REPO/agent/" 2>/dev/null; }
 if [[ ! -x $HOST_PY ]] || ! host_ok "$HOST_PY"; then
-    say "  $HOST_PY is not an install of this checkout: installing one in $CACHE/host-venv"
+    say "  $HOST_PY is not an install of this checkout with both runtimes: installing one in $CACHE/host-venv"
     HOST_VENV=$CACHE/host-venv
     [[ -x $HOST_VENV/bin/python ]] || python3 -m venv "$HOST_VENV"
-    "$HOST_VENV/bin/pip" install -q -e "$REPO" >"$LOGS/host_install.log" 2>&1 ||
+    "$HOST_VENV/bin/pip" install -q -e "${REPO}[tflite]" >"$LOGS/host_install.log" 2>&1 ||
         { tail -n 20 "$LOGS/host_install.log" | indent; fail "could not install this checkout on the host"; }
     HOST_PY=$HOST_VENV/bin/python
 fi
@@ -469,6 +503,10 @@ indent <"$LOGS/compare_x86.log"
 on_host embed_x86 "$HOST_PY" scripts/arm64_embeddings.py embed --data "$DATA" --pairs "$OUT/pairs.tsv" \
     --label x86_64 --out "$OUT/embeddings_x86.json" || { indent <"$LOGS/embed_x86.log"; fail "the embeddings script failed on the host"; }
 indent <"$LOGS/embed_x86.log"
+on_host embed_x86_tflite "$HOST_PY" scripts/arm64_embeddings.py embed --runtime tflite-runtime --data "$DATA" \
+    --pairs "$OUT/pairs.tsv" --label x86_64 --out "$OUT/embeddings_x86_tflite.json" ||
+    { indent <"$LOGS/embed_x86_tflite.log"; fail "the embeddings script failed on the host under tflite-runtime"; }
+indent <"$LOGS/embed_x86_tflite.log"
 if [[ $GALLERY == 1 ]]; then
     rm -f "$OUT/gallery_x86.db"
     on_host gallery_x86 "$HOST_PY" scripts/arm64_embeddings.py cli-gallery --faceagent "$HOST_FACEAGENT" --data "$DATA" \
@@ -480,7 +518,7 @@ fi
 cp "$OUT"/* "$LOGS/"
 disagree=()
 for cpu in "${CPU_LIST[@]}"; do
-    phase "parity x86-64 vs arm64 ($cpu)"
+    phase "parity x86-64 vs arm64 ($cpu), both under ai-edge-litert"
     cli=()
     if [[ $cpu == "$CPU" ]]; then
         cli=(--cli "$LOGS/compare_x86.jsonl" "$LOGS/compare_arm64.jsonl")
@@ -489,6 +527,12 @@ for cpu in "${CPU_LIST[@]}"; do
     if ! python3 "$REPO/scripts/arm64_embeddings.py" compare "$LOGS/embeddings_x86.json" \
         "$LOGS/embeddings_arm64_$cpu.json" --tolerance "$TOLERANCE" --decision-band "$BAND" "${cli[@]}"; then
         disagree+=("$cpu")
+        end_phase FAILED
+    fi
+    phase "parity x86-64 vs arm64 ($cpu), both under tflite-runtime"
+    if ! python3 "$REPO/scripts/arm64_embeddings.py" compare "$LOGS/embeddings_x86_tflite.json" \
+        "$LOGS/embeddings_arm64_tflite_$cpu.json" --tolerance "$TOLERANCE" --decision-band "$BAND"; then
+        disagree+=("$cpu, tflite-runtime")
         end_phase FAILED
     fi
 done

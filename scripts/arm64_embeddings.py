@@ -3,7 +3,8 @@
 `scripts/arm64_check.sh` runs this on the x86-64 host and inside the arm64 Bookworm chroot:
 
     python scripts/arm64_embeddings.py select --data ../shared/data --same 10 --different 10 --out pairs.tsv
-    python scripts/arm64_embeddings.py embed --data ../shared/data --pairs pairs.tsv --out x86.json
+    python scripts/arm64_embeddings.py embed --data ../shared/data --pairs pairs.tsv --out x86.json \
+        [--runtime tflite-runtime]
     python scripts/arm64_embeddings.py cli-compare --faceagent .venv/bin/faceagent --data ../shared/data \
         --pairs pairs.tsv --out x86_compare.jsonl
     python scripts/arm64_embeddings.py cli-gallery --faceagent .venv/bin/faceagent --data ../shared/data \
@@ -79,7 +80,9 @@ def person_of(image: str) -> str:
 # --------------------------------------------------------------------------- embed
 
 
-def embed(data: Path, pairs: list[tuple[bool, str, str]], threads: int, label: str | None) -> dict[str, Any]:
+def embed(
+    data: Path, pairs: list[tuple[bool, str, str]], threads: int, label: str | None, runtime: str | None = None
+) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
@@ -89,7 +92,7 @@ def embed(data: Path, pairs: list[tuple[bool, str, str]], threads: int, label: s
     from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 
     started = time.perf_counter()
-    pipeline = FacePipeline(PipelineOptions(threads=threads))
+    pipeline = FacePipeline(PipelineOptions(threads=threads, runtime=runtime))
     load_seconds = time.perf_counter() - started
     info = pipeline.embedder.info
     images = sorted({p for _, a, b in pairs for p in (a, b)})
@@ -469,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     emb.add_argument("--pairs", type=Path, required=True)
     emb.add_argument("--threads", type=int, default=2)
     emb.add_argument("--label", help="name of this side in reports (default: the machine, e.g. aarch64)")
+    emb.add_argument("--runtime", choices=["ai-edge-litert", "tflite-runtime"], help="force a TFLite runtime")
     emb.add_argument("--out", type=Path, required=True)
     cli = commands.add_parser("cli-compare", help="run `faceagent compare --json` on every pair")
     cli.add_argument("--faceagent", required=True, help="path of the faceagent command")
@@ -508,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         write_pairs(select_pairs(args.data, args.same, args.different), args.out)
         return 0
     if args.command == "embed":
-        result = embed(args.data, read_pairs(args.pairs), args.threads, args.label)
+        result = embed(args.data, read_pairs(args.pairs), args.threads, args.label, args.runtime)
         args.out.write_text(json.dumps(result, indent=1))
         found = sum(f["found"] for f in result["faces"].values())
         print(

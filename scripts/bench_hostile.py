@@ -44,7 +44,7 @@ from agent.commands.signing import public_key_text, sign_request  # noqa: E402
 from agent.config import CommandSettings  # noqa: E402
 from scripts._bench_common import resolve_data_dir  # noqa: E402
 from scripts._hostile import flat_jpeg, flat_png, nested_json, token_json  # noqa: E402
-from tests.broker import HOST, Broker  # noqa: E402
+from tests.support.broker import HOST, Broker  # noqa: E402
 
 DEVICE = "hostile-1"
 BASE = f"faceagent/{DEVICE}"

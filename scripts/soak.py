@@ -45,8 +45,8 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from tests.broker import HOST, Broker, Observer  # noqa: E402
-from tests.command_fixtures import OPERATOR_TOML, operator_signed  # noqa: E402
+from tests.support.broker import HOST, Broker, Observer  # noqa: E402
+from tests.support.commands import OPERATOR_TOML, operator_signed  # noqa: E402
 
 DEVICE = "soak-1"
 CLIP = REPO.parent / "shared/data/sequence/hamilton_clip"

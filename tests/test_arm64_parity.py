@@ -27,16 +27,13 @@ from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import TfliteModel, select_runtime
+from tests.support.compare import cosine
 
-pytestmark = pytest.mark.arm64
+pytestmark = [pytest.mark.arm64, pytest.mark.slow]  # the arm64 parity check (run on arm64 by scripts/arm64_check.sh)
 
 # Chosen from the arm64 check's fixed pairs for their wide margins at the 0.6 threshold (x86: 0.37, 0.93).
 SAME_PAIR = ("faces-lfw/LeBron_James/LeBron_James_0001.jpg", "faces-lfw/LeBron_James/LeBron_James_0004.jpg")
 DIFFERENT_PAIR = ("faces-lfw/George_Foreman/George_Foreman_0002.jpg", "faces-lfw/Ralph_Goodale/Ralph_Goodale_0001.jpg")
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_runtime_and_numpy_fit_together() -> None:
@@ -67,7 +64,7 @@ def test_int8_embedder_agrees_with_float32_on_this_architecture(pipeline: FacePi
     int8_vector = pipeline.embed_face(sample_frame, face).embedding
     float_vector = float32.embed_face(sample_frame, face).embedding
     # Measured on x86-64: cosine 0.99939, distance 0.051 (the threshold is 0.6).
-    assert _cosine(int8_vector, float_vector) > 0.998
+    assert cosine(int8_vector, float_vector) > 0.998
     assert distance(int8_vector, float_vector) < 0.1
 
 

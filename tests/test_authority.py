@@ -28,24 +28,19 @@ from agent.gallery.store import GalleryStore
 from agent.modelupdate.install import state_models_dir
 from agent.modelupdate.update import ModelUpdater, sign_model
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import (
+from tests.support.commands import (
     NOW,
     OPERATOR_KEY,
     OPERATOR_PUBLIC,
-    POWELL,
     Device,
+    error,
     image_arg,
     make_device,
     operator_commands,
-    powell,
 )
+from tests.support.data import POWELL, powell
 
 OPEN = {"ping", "get_status", "get_config"}
-
-
-def error(reply: dict) -> str:
-    assert reply["status"] == "error", reply
-    return reply["error"]["code"]
 
 
 def keyless(tmp_path: Path, pipeline: FacePipeline, **commands: Any) -> Device:
@@ -83,7 +78,7 @@ def snapshot(device: Device) -> tuple[Any, ...]:
     """Everything a refused command must leave as it was."""
     with GalleryStore.open(device.store_path) as store:
         state = store.fingerprint(), [e["id"] for e in store.pending_events()]
-    return state, device.settings_path.read_bytes(), device.current[0], device.restarts, len(device.services.matcher)
+    return state, device.settings_path.read_bytes(), device.current[0], device.restarts, len(device.matcher)
 
 
 def refused_requests(person: str, shared_data: Path) -> dict[str, dict[str, Any]]:
@@ -220,7 +215,7 @@ def roles_device(tmp_path: Path, pipeline: FacePipeline) -> Device:
         get_settings=lambda: device.current[0],
         keys=roles.releases,
         apply=lambda models_dir: None,
-        matcher=device.services.matcher,
+        gallery=device.gallery,
     )
     return device
 

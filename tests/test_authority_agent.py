@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +20,13 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, Observer
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.data import CLIP, CLIP_ENROLL, CLIP_FRAMES
+
+pytestmark = pytest.mark.slow  # `faceagent run` as a real process
 
 DEVICE = "fresh-1"
-CLIP = "sequence/hamilton_clip"
 STATUS = f"faceagent/{DEVICE}/status"
 
 
@@ -32,7 +34,7 @@ STATUS = f"faceagent/{DEVICE}/status"
 class Fresh:
     """The running agent, its files, and an anonymous client subscribed to everything the device says."""
 
-    agent: subprocess.Popen[bytes]
+    agent: subprocess.Popen[str]
     config: Path
     db: Path
     log: Path
@@ -71,15 +73,12 @@ def fresh(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline, shar
     db = folder / "gallery.db"
     settings = Settings()
     with GalleryStore.open(db) as store:
-        photo = shared_data / CLIP / "enroll" / "Lin-Manuel_Miranda.png"
+        photo = shared_data / CLIP_ENROLL
         enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
         person = enroller.enroll([(photo.name, photo)], actor="test", name="Lin-Manuel Miranda").person.id
     client = Observer(broker, [f"faceagent/{DEVICE}/#"])  # anonymous: no key, no credentials
     log = folder / "agent.log"
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run",
-               "--source", str(shared_data / CLIP / "frames")]  # fmt: skip
-    with open(log, "wb") as stderr:
-        agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    agent = start_agent(config, db, shared_data / CLIP_FRAMES, log=log)
     try:
         online = client.wait_for(lambda m: any(x.topic == STATUS and x.json().get("state") == "online" for x in m), 90)
         assert online, log.read_text()[-3000:]
@@ -92,20 +91,17 @@ def fresh(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline, shar
         broker.kill()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ping", "get_status"])
 def test_an_anonymous_client_gets_answers_to_what_reveals_no_one(fresh: Fresh, name: str) -> None:
     assert fresh.ask(name)["status"] == "ok"
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_list_people(fresh: Fresh) -> None:
     reply = fresh.ask("list_people")
     assert reply["status"] == "error" and reply["error"]["code"] == "unauthorized" and "data" not in reply
     assert "Lin-Manuel" not in json.dumps(reply)
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_enroll(fresh: Fresh, shared_data: Path) -> None:
     photo = base64.b64encode((shared_data / CLIP / "enroll" / "Alex_Lacamoire.png").read_bytes()).decode()
     before = fresh.people()
@@ -113,21 +109,18 @@ def test_an_anonymous_client_cannot_enroll(fresh: Fresh, shared_data: Path) -> N
     assert reply["error"]["code"] == "unauthorized" and fresh.people() == before
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_erase_a_person(fresh: Fresh) -> None:
     before = fresh.people()
     assert fresh.ask("delete_person", {"person_id": fresh.person})["error"]["code"] == "unauthorized"
     assert fresh.people() == before
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_change_a_setting(fresh: Fresh) -> None:
     before = fresh.config.read_bytes()
     assert fresh.ask("set_config", {"values": {"gallery.threshold": 3.9}})["error"]["code"] == "unauthorized"
     assert fresh.config.read_bytes() == before
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_purge_events(fresh: Fresh) -> None:
     assert fresh.ask("purge_events", {"older_than_days": 0})["error"]["code"] == "unauthorized"
     with GalleryStore.open(fresh.db) as store:
@@ -135,7 +128,6 @@ def test_an_anonymous_client_cannot_purge_events(fresh: Fresh) -> None:
     assert [r["details"]["code"] for r in ran] == ["unauthorized"]
 
 
-@pytest.mark.slow
 def test_an_anonymous_client_cannot_restart_the_device(fresh: Fresh) -> None:
     assert fresh.ask("restart")["error"]["code"] == "unauthorized"
     time.sleep(1.0)  # a restart would stop the agent at its next frame
@@ -143,13 +135,11 @@ def test_an_anonymous_client_cannot_restart_the_device(fresh: Fresh) -> None:
     assert all(m.json().get("state") != "offline" for m in fresh.client.on(STATUS)[fresh.started :])
 
 
-@pytest.mark.slow
 def test_a_fresh_device_shows_it_has_no_keys_in_its_status(fresh: Fresh) -> None:
     status = fresh.ask("get_status")["data"]
     assert status["commands"] == {"authority": "no_keys", "command_keys": [], "release_keys": []}
 
 
-@pytest.mark.slow
 def test_a_fresh_device_warns_once_at_start_how_to_add_a_key(fresh: Fresh) -> None:
     warnings = [line for line in fresh.log.read_text().splitlines() if "no command key configured" in line]
     assert len(warnings) == 1 and "faceagent ctl keygen" in warnings[0] and "public_keys" in warnings[0]

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
+from tests.support.agent_process import faceagent
+from tests.support.data import BRICK, SAMPLE
 
-
-def faceagent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120)
+pytestmark = pytest.mark.slow  # the faceagent command as a real process, a few seconds each
 
 
 def test_version_reports_the_runtime() -> None:
@@ -34,7 +30,7 @@ def test_identify_prints_one_json_line_per_face() -> None:
 
 
 def test_identify_without_face_exits_2(shared_data: Path) -> None:
-    result = faceagent("identify", "--json", str(shared_data / "negatives" / "skimage_brick.png"))
+    result = faceagent("identify", "--json", str(shared_data / BRICK))
     assert result.returncode == 2
     assert "no face found" in result.stderr
 
@@ -66,7 +62,7 @@ def test_compare_different_people(shared_data: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["missing.jpg", "negative"])
 def test_compare_exits_2_with_one_line(shared_data: Path, bad: str) -> None:
-    other = str(shared_data / "negatives" / "skimage_brick.png") if bad == "negative" else "missing.jpg"
+    other = str(shared_data / BRICK) if bad == "negative" else "missing.jpg"
     result = faceagent("compare", str(SAMPLE), other)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,10 +41,12 @@ from PIL import Image
 from agent.cli.main import build_parser, main
 from agent.gallery.store import GalleryStore
 from agent.service import provisioning
-from tests.broker import HOST, Broker
+from tests.support.broker import HOST, Broker
+from tests.support.commands import write_private_key
+from tests.support.data import SAMPLE
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
+pytestmark = pytest.mark.slow  # fuzzing: hundreds of generated command lines, counted by its last test
+
 GENERATED = 300  # argument lists built from the parser's own commands and options
 MUTATED = 300  # the README's command lines, each with one or two mutations
 ANSWERS = 30  # `ctl` commands answered by a device that sends hostile replies and statuses
@@ -92,8 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for name in ("boot", "etc", "state"):
         (root / name).mkdir()
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    (root / "key.pem").write_bytes(pem)
+    write_private_key(key, root / "key.pem")
     (root / "model.tflite").write_bytes(b"TFL3" + bytes(60))
     (root / "bad.toml").write_text("[gallery]\nthreshold = 'high'\n")
     config = root / "settings.toml"  # gallery.path points into the folder: nothing reaches /var/lib/faceagent

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,25 +16,19 @@ import pytest
 from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, most_central
+from tests.support.agent_process import faceagent
+from tests.support.compare import file_sha256
+from tests.support.data import BRICK, CLIP_ENROLL, SAMPLE
+
+pytestmark = pytest.mark.slow  # the faceagent command as a real process, a few seconds each
 
 ACTOR = f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
-
-
-def faceagent(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI; `config` isolates the test from a real /etc/faceagent/faceagent.toml."""
-    prefix = ["--config", str(config)] if config else []
-    command = [sys.executable, "-m", "agent", *prefix, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("faceagent: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     return result.stderr
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -133,10 +125,10 @@ def test_a_corrupt_gallery_exits_2_untouched(gallery: Path, empty_config: Path) 
     with open(gallery, "r+b") as handle:
         handle.seek(4096)
         handle.write(b"\x5a" * 200)
-    before = digest(gallery)
+    before = file_sha256(gallery)
     message = one_line_error(faceagent("gallery", "list", "--db", str(gallery), config=empty_config))
     assert "corrupt" in message and "untouched" in message
-    assert digest(gallery) == before
+    assert file_sha256(gallery) == before
 
 
 def test_a_foreign_database_exits_2_untouched(tmp_path: Path, empty_config: Path) -> None:
@@ -144,9 +136,9 @@ def test_a_foreign_database_exits_2_untouched(tmp_path: Path, empty_config: Path
     with sqlite3.connect(foreign) as conn:
         conn.execute("CREATE TABLE albums (id INTEGER PRIMARY KEY)")
     conn.close()
-    before = digest(foreign)
+    before = file_sha256(foreign)
     assert "another application" in one_line_error(faceagent("person", "delete", "--db", str(foreign), "p_x"))
-    assert digest(foreign) == before
+    assert file_sha256(foreign) == before
 
 
 # ------------------------------------------------------------------------------------ person
@@ -255,8 +247,7 @@ def test_identify_with_a_gallery_names_the_person_or_says_unknown(
 
 
 def test_identify_with_a_missing_gallery_exits_2(tmp_path: Path, empty_config: Path) -> None:
-    sample = Path(__file__).resolve().parent.parent / "samples" / "hamilton_frame_0100.jpg"
-    result = faceagent("identify", "--db", str(tmp_path / "absent.db"), str(sample), config=empty_config)
+    result = faceagent("identify", "--db", str(tmp_path / "absent.db"), str(SAMPLE), config=empty_config)
     assert "does not exist" in one_line_error(result)
 
 
@@ -264,8 +255,8 @@ def test_enroll_creates_the_gallery_and_reports_each_photo(
     tmp_path: Path, empty_config: Path, shared_data: Path
 ) -> None:
     db = tmp_path / "new.db"
-    photo = shared_data / "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
-    brick = shared_data / "negatives/skimage_brick.png"
+    photo = shared_data / CLIP_ENROLL
+    brick = shared_data / BRICK
     result = faceagent(
         "enroll", "--db", str(db), "--name", "Lin-Manuel Miranda", "--consent-ref", "F-17", "--json",
         str(photo), str(brick), config=empty_config,
@@ -283,7 +274,7 @@ def test_enroll_with_no_usable_photo_exits_2_and_writes_nothing(
     tmp_path: Path, empty_config: Path, shared_data: Path
 ) -> None:
     db = tmp_path / "new.db"
-    brick = shared_data / "negatives/skimage_brick.png"
+    brick = shared_data / BRICK
     result = faceagent("enroll", "--db", str(db), "--name", "Nobody", str(brick), config=empty_config)
     assert result.returncode == 2
     assert "nothing enrolled" in one_line_error(result)

@@ -41,7 +41,9 @@ from agent.commands.schema import (
 )
 from agent.config import CommandSettings
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import NOW, Device, make_device
+from tests.support.commands import NOW, Device, make_device
+
+pytestmark = pytest.mark.slow  # fuzzing: thousands of malformed commands
 
 # Not about authority: unsigned payloads reach every handler, as the fuzzing needs.
 LIMITS = CommandSettings(allow_unsigned=True, max_image_bytes=64 * 1024, max_images=3, max_payload_bytes=512 * 1024)

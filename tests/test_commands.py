@@ -18,17 +18,8 @@ from agent.config import load_layered, load_settings, read_remote, remote_settin
 from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import (
-    NOW,
-    OPERATOR_KEY_ID,
-    POWELL,
-    POWELL_PROBE,
-    Device,
-    image_arg,
-    make_device,
-    operator_commands,
-    powell,
-)
+from tests.support.commands import NOW, OPERATOR_KEY_ID, Device, error, image_arg, make_device, operator_commands
+from tests.support.data import POWELL, POWELL_PROBE, powell
 
 NOW_ISO = "2025-06-01T12:00:00.000Z"
 
@@ -41,11 +32,6 @@ def device(tmp_path: Path, pipeline: FacePipeline) -> Device:
 def enroll_powell(device: Device, shared_data: Path, *numbers: str, **envelope: object) -> dict:
     images = [image_arg(powell(shared_data, n), n) for n in numbers or POWELL[:1]]
     return device.call("enroll", {"name": "Colin Powell", "images": images}, **envelope)
-
-
-def error(reply: dict) -> str:
-    assert reply["status"] == "error", reply
-    return reply["error"]["code"]
 
 
 # ------------------------------------------------------------------------------ the reply contract
@@ -167,7 +153,7 @@ def test_enroll_adds_a_person_the_matcher_then_recognizes(
     reply = enroll_powell(device, shared_data, *POWELL)
     assert reply["status"] == "ok" and reply["data"]["templates_added"] == 3
     probe = load_image(powell(shared_data, POWELL_PROBE))
-    match = device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
+    match = device.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     assert match.accepted and match.person_id == reply["data"]["person"]["id"]
 
 
@@ -265,7 +251,7 @@ def test_delete_person_erases_from_the_store_and_the_matcher(device: Device, sha
     person_id = enroll_powell(device, shared_data)["data"]["person"]["id"]
     reply = device.call("delete_person", {"person_id": person_id})
     assert reply["status"] == "ok" and reply["data"]["deleted"]["templates"] == 1
-    assert len(device.services.matcher) == 0
+    assert len(device.matcher) == 0
     with GalleryStore.open(device.store_path) as store:
         assert store.get_person(person_id) is None
 
@@ -290,7 +276,7 @@ def test_update_person_renames_in_the_matcher(device: Device, shared_data: Path,
     person_id = enroll_powell(device, shared_data)["data"]["person"]["id"]
     assert device.call("update_person", {"person_id": person_id, "name": "General Powell"})["status"] == "ok"
     probe = load_image(powell(shared_data, POWELL_PROBE))
-    match = device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
+    match = device.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     assert match.name == "General Powell"
 
 
@@ -328,7 +314,7 @@ def test_set_config_persists_and_applies(device: Device) -> None:
     applied = dataclasses.replace(
         device.current[0], commands=on_disk.commands
     )  # the fixture's keys are not in the file
-    assert applied == on_disk and device.services.matcher.threshold == 0.3
+    assert applied == on_disk and device.matcher.threshold == 0.3
 
 
 def test_set_config_writes_a_private_overlay_and_leaves_no_temporary(device: Device) -> None:

@@ -23,8 +23,7 @@ from agent.config import (
     settings_to_toml,
 )
 from agent.errors import ConfigError
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.data import REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,14 +7,9 @@ import base64
 import http.cookiejar
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,11 +22,10 @@ from agent.cli.console.metrics import registry_for
 from agent.cli.console.remote import merge_people
 from agent.errors import ConfigError
 from agent.link.mqtt import BrokerSettings
-from tests.broker import HOST, Broker, free_port
-
-PASSWORD = "correct horse battery staple"
-REPO = Path(__file__).resolve().parent.parent
-
+from tests.support.agent_process import faceagent
+from tests.support.broker import HOST, Broker, free_port
+from tests.support.console import PASSWORD, ConsoleProcess, make_password_file, start_console
+from tests.support.factory import closing_factory
 
 # ------------------------------------------------------------------------------------ password and sessions
 
@@ -218,69 +212,16 @@ def test_people_shown_without_a_name_stay_apart() -> None:
 # ------------------------------------------------------------------------------------ the console process
 
 
-@dataclass
-class ConsoleProcess:
-    process: subprocess.Popen[str]
-    url: str
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.terminate()
-        _, stderr = self.process.communicate(timeout=20)
-        return stderr
-
-
-def start_console(broker: Broker, *options: str, listen_host: str = HOST) -> ConsoleProcess:
-    """`faceagent console` as an operator runs it, on a free port; returns once it answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "agent", "console", "--mqtt", broker.url, "--listen", f"{listen_host}:{port}"]
-    process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    console = ConsoleProcess(process, f"http://{HOST}:{port}")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the console exited: {console.stop()}")
-        try:
-            socket.create_connection((HOST, port), timeout=0.2).close()
-            return console
-        except OSError:
-            time.sleep(0.1)
-    console.stop()
-    raise AssertionError("the console did not listen within 30 s")
-
-
 @pytest.fixture
-def run_console() -> Iterator:
-    started: list[ConsoleProcess] = []
-
-    def run(broker: Broker, *options: str, listen_host: str = HOST) -> ConsoleProcess:
-        console = start_console(broker, *options, listen_host=listen_host)
-        started.append(console)
-        return console
-
-    yield run
-    for console in started:
-        console.stop()
+def run_console() -> Iterator[Callable[..., ConsoleProcess]]:
+    """Factory: `run_console(broker, *options, listen_host=...)`; each console stopped afterwards."""
+    with closing_factory(start_console, ConsoleProcess.stop) as factory:
+        yield factory
 
 
 @pytest.fixture
 def password_file(tmp_path: Path) -> Path:
     return make_password_file(tmp_path)
-
-
-def make_password_file(folder: Path) -> Path:
-    """The hash line of PASSWORD, made as an operator makes it."""
-    path = folder / "console.password"
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "console", "--hash-password"],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    path.write_text(result.stdout)
-    return path
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -307,13 +248,9 @@ def csrf_of(page: str) -> str:
     return found[1]
 
 
+@pytest.mark.slow  # the faceagent command as a real process
 def test_off_loopback_the_console_will_not_start_without_a_password(broker: Broker) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "console", "--mqtt", broker.url, "--listen", f"0.0.0.0:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = faceagent("console", "--mqtt", broker.url, "--listen", f"0.0.0.0:{free_port()}", timeout=60)
     assert result.returncode == 2
     assert "not a loopback address: give --password-file" in result.stderr
 

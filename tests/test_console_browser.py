@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,15 +25,15 @@ from agent.commands.signing import request_signer
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import Operator
 from scripts.bench_console import CHROMEDRIVER, CHROMIUM, chromium
-from tests.broker import Broker, Observer
-from tests.command_fixtures import OPERATOR_KEY, OPERATOR_TOML, write_operator_key
-from tests.test_console import ConsoleProcess, make_password_file, start_console
+from tests.support.agent_process import agent_config, start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.commands import OPERATOR_KEY, write_operator_key
+from tests.support.console import ConsoleProcess, make_password_file, start_console
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 DEVICES = ("stage-1", "stage-2")
 PERFORMER = "Lin-Manuel Miranda"
-CLIP_ENROLL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
 pytestmark = pytest.mark.slow
 
 
@@ -87,17 +86,11 @@ class Fleet:
         return [m.json().get("name") for m in self.observer.on(topic)]
 
 
-def start_agent(folder: Path, broker: Broker, device: str, frames: Path) -> subprocess.Popen[bytes]:
+def start_device(folder: Path, broker: Broker, device: str, frames: Path) -> subprocess.Popen[str]:
+    """One agent of the fleet, with its own folder, config and log."""
     folder.mkdir(parents=True)
-    config = folder / "faceagent.toml"
-    config.write_text(
-        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{device}"\nkeepalive = 5\ntelemetry_interval_seconds = 1\n'
-        "[camera]\nfps = 10\nloop = true\n"
-        '[events]\ncamera_id = "stage"\ncooldown_seconds = 5\n' + OPERATOR_TOML
-    )
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(folder / "gallery.db"), "run"]
-    with open(folder / "agent.log", "wb") as log:
-        return subprocess.Popen([*command, "--source", str(frames)], stdout=subprocess.DEVNULL, stderr=log)
+    config = agent_config(folder, broker, device, fps=10, events="cooldown_seconds = 5\n")
+    return start_agent(config, folder / "gallery.db", frames, log=folder / "agent.log")
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +98,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
     _need_browser()
     folder = tmp_path_factory.mktemp("console-fleet")
     broker = Broker(folder / "broker").start()
-    agents = [
-        start_agent(folder / device, broker, device, shared_data / "sequence/hamilton_clip/frames")
-        for device in DEVICES
-    ]
+    agents = [start_device(folder / device, broker, device, shared_data / CLIP_FRAMES) for device in DEVICES]
     observer = Observer(broker, ["faceagent/#"])
     sign_key = write_operator_key(folder / "operator")
     console = start_console(broker, "--sign-key", str(sign_key), "--timeout", "60")

@@ -17,11 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.gallery.store import GalleryStore
+from tests.support.data import REPO
+
+pytestmark = pytest.mark.slow  # crash safety: writer processes SIGKILLed at random moments
 
 PER_PERSON = 4  # templates per enrollment in the writer script
 ROUNDS = 40
-REPO = Path(__file__).resolve().parent.parent
 
 WRITER = f"""
 import mmap, os, random, sys, traceback

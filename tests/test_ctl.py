@@ -19,10 +19,9 @@ from agent.config import CommandSettings, load_layered
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, free_port
-from tests.command_fixtures import POWELL, POWELL_PROBE, Device, make_device, operator_commands, powell
-
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
+from tests.support.broker import FAST_LINK, Broker, free_port
+from tests.support.commands import Device, make_device, operator_commands
+from tests.support.data import POWELL, POWELL_PROBE, powell
 
 
 @dataclass
@@ -52,7 +51,7 @@ def run_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterat
         security = CommandSecurity.from_settings(commands, device_id)
         device = make_device(tmp_path / device_id, pipeline, commands=commands, security=security)
         inbox: queue.Queue[CommandRequest | None] = queue.Queue()
-        link = MqttLink(BrokerSettings(url=broker.url, protocol=protocol, **FAST), device_id, inbox.put)
+        link = MqttLink(BrokerSettings(url=broker.url, protocol=protocol, **FAST_LINK), device_id, inbox.put)
 
         def serve() -> None:
             while (request := inbox.get()) is not None:
@@ -84,7 +83,7 @@ def ctl(capsys: pytest.CaptureFixture[str], broker: Broker, *args: str, key: Pat
 
 def recognized(pipeline: FacePipeline, running: Running, shared_data: Path) -> str | None:
     probe = load_image(powell(shared_data, POWELL_PROBE))
-    match = running.device.services.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
+    match = running.device.matcher.search(pipeline.embed_face(probe, pipeline.detect(probe)[0]).embedding)
     return match.name if match.accepted else None
 
 
@@ -137,7 +136,7 @@ def test_delete_by_name_reaches_every_online_device(
     status, out = ctl(capsys, broker, "delete", "--name", "Colin Powell", key=operator_key_file)
     assert status == 0, out
     assert out.count("deleted p_") == 2
-    assert [len(d.device.services.matcher) for d in devices] == [0, 0]
+    assert [len(d.device.matcher) for d in devices] == [0, 0]
 
 
 def test_an_offline_device_is_reported_not_skipped_silently(

@@ -83,6 +83,7 @@ def test_finds_a_face_in_99_percent_of_lfw(pipeline: FacePipeline, lfw_faces: li
     assert found_rate >= 0.99
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy, not a unit
 def test_finds_nothing_in_at_least_23_of_25_negatives(pipeline: FacePipeline, shared_data: Path) -> None:
     negatives = sorted((shared_data / "negatives").iterdir())
     negatives = [p for p in negatives if p.suffix.lower() in (".jpg", ".png")]
@@ -122,6 +123,7 @@ def test_grayscale_and_rgba_frames_are_accepted(pipeline: FacePipeline, sample_f
     assert len(pipeline.detect(rgba)) == 1
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy, not a unit
 def test_full_range_detector_finds_faces_too_small_for_short_range(
     models_dir: Path, pipeline: FacePipeline, lfw_faces: list[Path]
 ) -> None:

@@ -12,6 +12,7 @@ from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
+from tests.support.compare import cosine
 
 dlib = pytest.importorskip("dlib", reason="dlib (pip install dlib-bin) is the reference for the parity test")
 face_recognition_models = pytest.importorskip("face_recognition_models")
@@ -36,18 +37,15 @@ def parity_chips(pipeline: FacePipeline, lfw_faces: list[Path]) -> list[np.ndarr
     return chips
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.mark.parametrize(
     ("embedder_id", "min_cosine"), [("dlib-resnet29-int8", 0.998), ("dlib-resnet29-float32", 0.99999)]
 )
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_embedder_matches_dlib_on_the_same_chip(
     models_dir: Path, parity_chips: list[np.ndarray], dlib_encoder, embedder_id: str, min_cosine: float
 ) -> None:
     ours = FacePipeline(PipelineOptions(models_dir=models_dir, embedder=embedder_id)).embedder
-    cosines = [_cosine(ours.embed(chip), np.array(dlib_encoder.compute_face_descriptor(chip))) for chip in parity_chips]
+    cosines = [cosine(ours.embed(chip), np.array(dlib_encoder.compute_face_descriptor(chip))) for chip in parity_chips]
     print(f"{embedder_id}: {len(cosines)} faces, min cosine {min(cosines):.5f}, mean {np.mean(cosines):.5f}")
     assert len(cosines) >= 40
     assert min(cosines) >= min_cosine
@@ -60,6 +58,7 @@ def test_every_embedder_in_the_manifest_is_tested_here(models_dir: Path) -> None
     assert embedders == {"dlib-resnet29-int8", "dlib-resnet29-float32", *mobileface}
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_every_detector_finds_real_faces(models_dir: Path, lfw_faces: list[Path]) -> None:
     store = ModelStore(models_dir)
     for spec in (s for s in store.specs.values() if s.role == "detector"):
@@ -68,6 +67,7 @@ def test_every_detector_finds_real_faces(models_dir: Path, lfw_faces: list[Path]
         assert found >= 39, spec.id
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_same_person_is_closer_than_different_people(pipeline: FacePipeline, lfw_pairs) -> None:
     same = [p for p in lfw_pairs if p[1]][:20]
     different = [p for p in lfw_pairs if not p[1]][:20]

@@ -18,6 +18,7 @@ from agent.gallery.store import GalleryStore
 from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
+from tests.support.data import bush, powell
 
 ACTOR = "test:enrollment"
 
@@ -29,12 +30,8 @@ TWO_FACES = "0049"  # someone else's face beside his
 PROBE = "0234"
 
 
-def powell(shared_data: Path, *numbers: str) -> list[Path]:
-    return [shared_data / "faces-lfw" / "Colin_Powell" / f"Colin_Powell_{n}.jpg" for n in numbers]
-
-
-def bush(shared_data: Path) -> Path:
-    return sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0]
+def powells(shared_data: Path, *numbers: str) -> list[Path]:
+    return [powell(shared_data, n) for n in numbers]
 
 
 def make_enroller(pipeline: FacePipeline, tmp_path: Path, **gallery: object) -> Enroller:
@@ -56,9 +53,9 @@ def enroller(pipeline: FacePipeline, tmp_path: Path) -> Enroller:
 
 
 def test_enrolls_a_new_person_who_is_then_recognized(enroller: Enroller, shared_data: Path) -> None:
-    result = enroller.enroll(photos(powell(shared_data, *FRONTAL[:3])), name="Colin Powell", actor=ACTOR)
+    result = enroller.enroll(photos(powells(shared_data, *FRONTAL[:3])), name="Colin Powell", actor=ACTOR)
     assert result.created and result.templates_added == 3
-    (probe_path,) = powell(shared_data, PROBE)
+    (probe_path,) = powells(shared_data, PROBE)
     probe = load_image(probe_path)
     face = enroller.pipeline.detect(probe)[0]
     match = enroller.matcher.search(enroller.pipeline.embed_face(probe, face).embedding)
@@ -66,7 +63,7 @@ def test_enrolls_a_new_person_who_is_then_recognized(enroller: Enroller, shared_
 
 
 def test_unreadable_and_faceless_photos_are_refused_with_reasons(enroller: Enroller, shared_data: Path) -> None:
-    (good,) = powell(shared_data, FRONTAL[0])
+    (good,) = powells(shared_data, FRONTAL[0])
     batch = [("broken.jpg", b"not an image"), ("brick.png", shared_data / "negatives" / "skimage_brick.png")]
     result = enroller.enroll([*batch, ("good.jpg", good)], name="Colin Powell", actor=ACTOR)
     reasons = {o.label: o.reason for o in result.photos}
@@ -83,12 +80,12 @@ def test_nothing_is_written_when_no_photo_passes(enroller: Enroller, shared_data
 
 def test_a_photo_with_two_faces_is_refused(enroller: Enroller, shared_data: Path) -> None:
     with pytest.raises(EnrollmentError, match="2 faces"):
-        enroller.enroll(photos(powell(shared_data, TWO_FACES)), name="Colin Powell", actor=ACTOR)
+        enroller.enroll(photos(powells(shared_data, TWO_FACES)), name="Colin Powell", actor=ACTOR)
 
 
 def test_two_people_side_by_side_are_refused(enroller: Enroller, shared_data: Path, tmp_path: Path) -> None:
-    a = load_image(powell(shared_data, FRONTAL[0])[0])
-    b = load_image(sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0])
+    a = load_image(powells(shared_data, FRONTAL[0])[0])
+    b = load_image(bush(shared_data))
     both = tmp_path / "both.png"
     Image.fromarray(np.concatenate([a, b], axis=1)).save(both)
     with pytest.raises(EnrollmentError, match="2 faces"):
@@ -96,31 +93,31 @@ def test_two_people_side_by_side_are_refused(enroller: Enroller, shared_data: Pa
 
 
 def test_a_face_of_someone_else_is_a_conflict_unless_forced(enroller: Enroller, shared_data: Path) -> None:
-    enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    enroller.enroll(photos(powells(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
     with pytest.raises(EnrollmentError, match="conflict: this face already matches another enrolled person"):
-        enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR)
-    forced = enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, force=True)
+        enroller.enroll(photos(powells(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR)
+    forced = enroller.enroll(photos(powells(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, force=True)
     assert forced.templates_added == 1
 
 
 def test_a_conflict_names_nobody_and_gives_no_distance(enroller: Enroller, shared_data: Path) -> None:
-    first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    first = enroller.enroll(photos(powells(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
     with pytest.raises(EnrollmentError) as refused:
-        enroller.enroll([("photo", powell(shared_data, FRONTAL[2])[0])], name="Impostor", actor=ACTOR)
+        enroller.enroll([("photo", powells(shared_data, FRONTAL[2])[0])], name="Impostor", actor=ACTOR)
     assert "Powell" not in str(refused.value) and first.person.id not in str(refused.value)
     assert not re.search(r"\d\.\d", str(refused.value))
 
 
 def test_the_caller_may_have_a_conflict_named(enroller: Enroller, shared_data: Path) -> None:
     """The local CLI's case: its user can read the gallery file anyway."""
-    first = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    first = enroller.enroll(photos(powells(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
     named = f"conflict: this face matches Colin Powell \\({first.person.id}\\) at distance 0\\.\\d+"
     with pytest.raises(EnrollmentError, match=named):
-        enroller.enroll(photos(powell(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, reveal_matches=True)
+        enroller.enroll(photos(powells(shared_data, FRONTAL[2])), name="Impostor", actor=ACTOR, reveal_matches=True)
 
 
 def test_someone_elses_face_is_not_added_to_an_enrolled_person(enroller: Enroller, shared_data: Path) -> None:
-    ada = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
+    ada = enroller.enroll(photos(powells(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
     with pytest.raises(EnrollmentError, match="not the same person") as refused:
         enroller.enroll([("photo", bush(shared_data))], person_id=ada.person.id, actor=ACTOR)
     assert "Ada" not in str(refused.value) and not re.search(r"\d\.\d", str(refused.value))
@@ -128,7 +125,7 @@ def test_someone_elses_face_is_not_added_to_an_enrolled_person(enroller: Enrolle
 
 
 def test_someone_elses_face_is_added_with_force_and_audited(enroller: Enroller, shared_data: Path) -> None:
-    ada = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
+    ada = enroller.enroll(photos(powells(shared_data, *FRONTAL[:2])), name="Ada", actor=ACTOR)
     forced = enroller.enroll(photos([bush(shared_data)]), person_id=ada.person.id, actor=ACTOR, force=True)
     assert forced.templates_added == 1
     record = next(r for r in enroller.store.audit_log() if r["action"] == "person.enroll")
@@ -146,7 +143,7 @@ def test_a_person_without_templates_of_the_current_model_takes_a_new_face(
 
 
 def test_near_duplicates_are_skipped(enroller: Enroller, shared_data: Path) -> None:
-    (photo,) = powell(shared_data, FRONTAL[0])
+    (photo,) = powells(shared_data, FRONTAL[0])
     result = enroller.enroll([("a.jpg", photo), ("b.jpg", photo.read_bytes())], name="Colin Powell", actor=ACTOR)
     assert result.templates_added == 1
     assert "near-duplicate" in next(o.reason for o in result.photos if not o.accepted)
@@ -154,22 +151,22 @@ def test_near_duplicates_are_skipped(enroller: Enroller, shared_data: Path) -> N
 
 def test_templates_per_person_are_capped(pipeline: FacePipeline, tmp_path: Path, shared_data: Path) -> None:
     enroller = make_enroller(pipeline, tmp_path, max_templates_per_person=2)
-    result = enroller.enroll(photos(powell(shared_data, *FRONTAL[:3])), name="Colin Powell", actor=ACTOR)
+    result = enroller.enroll(photos(powells(shared_data, *FRONTAL[:3])), name="Colin Powell", actor=ACTOR)
     assert result.templates_added == 2
     assert any("template limit" in (o.reason or "") for o in result.photos)
-    more = powell(shared_data, FRONTAL[3])
+    more = powells(shared_data, FRONTAL[3])
     with pytest.raises(EnrollmentError, match="template limit"):
         enroller.enroll(photos(more), person_id=result.person.id, actor=ACTOR)
 
 
 def test_turned_faces_fail_the_quality_gate(enroller: Enroller, shared_data: Path) -> None:
-    turned = powell(shared_data, TURNED)[0]
+    turned = powells(shared_data, TURNED)[0]
     with pytest.raises(EnrollmentError, match="face turned sideways"):
         enroller.enroll(photos([turned]), name="Colin Powell", actor=ACTOR)
 
 
 def test_small_faces_fail_the_quality_gate(enroller: Enroller, shared_data: Path) -> None:
-    frame = Image.open(powell(shared_data, FRONTAL[0])[0]).resize((100, 100))
+    frame = Image.open(powells(shared_data, FRONTAL[0])[0]).resize((100, 100))
     buffer = io.BytesIO()
     frame.save(buffer, format="PNG")
     with pytest.raises(EnrollmentError, match="face too small"):
@@ -177,8 +174,8 @@ def test_small_faces_fail_the_quality_gate(enroller: Enroller, shared_data: Path
 
 
 def test_more_photos_can_be_added_to_an_enrolled_person(enroller: Enroller, shared_data: Path) -> None:
-    first = enroller.enroll(photos(powell(shared_data, FRONTAL[0])), name="Colin Powell", actor=ACTOR)
-    more = enroller.enroll(photos(powell(shared_data, *FRONTAL[3:5])), person_id=first.person.id, actor=ACTOR)
+    first = enroller.enroll(photos(powells(shared_data, FRONTAL[0])), name="Colin Powell", actor=ACTOR)
+    more = enroller.enroll(photos(powells(shared_data, *FRONTAL[3:5])), person_id=first.person.id, actor=ACTOR)
     assert not more.created and more.person.id == first.person.id
     model_id = enroller.pipeline.embedder.info.model_id
     assert enroller.store.count_templates(first.person.id, model_id) == 1 + more.templates_added
@@ -188,7 +185,7 @@ def test_chips_are_kept_only_when_opted_in(pipeline: FacePipeline, tmp_path: Pat
     for keep in (False, True):
         (tmp_path / str(keep)).mkdir()
         enroller = make_enroller(pipeline, tmp_path / str(keep), keep_chips=keep)
-        enroller.enroll(photos(powell(shared_data, FRONTAL[0])), name="C", actor=ACTOR)
+        enroller.enroll(photos(powells(shared_data, FRONTAL[0])), name="C", actor=ACTOR)
         enroller.store.close()
         with sqlite3.connect(tmp_path / str(keep) / "g.db") as conn:
             (chips,) = conn.execute("SELECT COUNT(chip) FROM templates").fetchone()
@@ -196,7 +193,7 @@ def test_chips_are_kept_only_when_opted_in(pipeline: FacePipeline, tmp_path: Pat
 
 
 def test_enrollment_is_audited_without_biometric_data(enroller: Enroller, shared_data: Path) -> None:
-    result = enroller.enroll(photos(powell(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
+    result = enroller.enroll(photos(powells(shared_data, *FRONTAL[:2])), name="Colin Powell", actor=ACTOR)
     records = [r for r in enroller.store.audit_log() if r["action"] == "person.enroll"]
     assert len(records) == 1 and records[0]["actor"] == ACTOR and records[0]["target"] == result.person.id
     assert "embedding" not in str(records[0]) and "Colin" not in str(records[0])

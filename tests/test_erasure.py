@@ -7,8 +7,6 @@ when they linger, and that it is `secure_delete`, not a VACUUM, that removes the
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +18,10 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, most_central
+from tests.support.agent_process import faceagent
+from tests.support.data import EMBEDDER_ID as MODEL
 
 WINDOW = 16
-MODEL = "dlib-resnet29-int8"
 
 
 @dataclass(frozen=True)
@@ -162,16 +161,12 @@ def test_no_vacuum_is_needed_freed_pages_stay_but_are_zeroed(tmp_path: Path, enr
     assert leaks(files, enrolees[0].blobs) == []
 
 
+@pytest.mark.slow  # the faceagent command as a real process
 def test_cli_person_delete_erases_the_bytes(tmp_path: Path, enrolees: list[Enrolee]) -> None:
     path = tmp_path / "g.db"
     with GalleryStore.open(path) as store:
         target = fill(store, enrolees)[0]
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "person", "delete", "--db", str(path), target],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = faceagent("person", "delete", "--db", str(path), target, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "4 templates, 3 events" in result.stdout
     assert leaks(gallery_bytes(path), enrolees[0].blobs) == []

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +26,10 @@ from agent.recognition.events import RECOGNIZED, EventEmitter
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, Observer
-from tests.command_fixtures import NOW, POWELL, Device, device_trusting, image_arg, powell
+from tests.support.agent_process import enroll_cli, faceagent, start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.commands import Device, device_trusting, image_arg
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, POWELL, powell
 
 DEVICE = "dev1"
 ERASED = "person_erased"  # agent.recognition.events.ERASED, spelt out: consumers depend on the name
@@ -157,11 +158,6 @@ def test_without_names_a_recognition_event_carries_only_the_id(broker: Broker, d
     assert b"Lovelace" not in message.payload
 
 
-@pytest.fixture(scope="module")
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
 def nameless(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> Device:
     device = device_trusting(tmp_path, pipeline, key, DEVICE)
     settings = device.current[0]
@@ -169,17 +165,12 @@ def nameless(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> 
     return device
 
 
-def signed(key: Ed25519PrivateKey, command: str, request_id: str, **args: object) -> bytes:
-    request = {"request_id": request_id, "origin": "ops", "args": args}
-    return json.dumps(sign_request(key, DEVICE, command, request, now=NOW)).encode()
-
-
 def test_without_names_list_people_replies_with_ids_only(
     tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey
 ) -> None:
     device = nameless(tmp_path, pipeline, key)
     ada = add(device.store_path, "Ada Lovelace")
-    reply = device.send("list_people", signed(key, "list_people", "r1"))
+    reply = device.call_as(key, "list_people", {})
     assert reply["status"] == "ok" and [p["id"] for p in reply["data"]["people"]] == [ada]
     assert "name" not in reply["data"]["people"][0] and "Lovelace" not in json.dumps(reply)
 
@@ -189,7 +180,7 @@ def test_without_names_an_update_reply_carries_no_name(
 ) -> None:
     device = nameless(tmp_path, pipeline, key)
     ada = add(device.store_path, "Ada")
-    reply = device.send("update_person", signed(key, "update_person", "r1", person_id=ada, name="Ada Lovelace"))
+    reply = device.call_as(key, "update_person", {"person_id": ada, "name": "Ada Lovelace"})
     assert reply["status"] == "ok" and reply["data"]["person"]["id"] == ada
     assert "Lovelace" not in json.dumps(reply)
     with GalleryStore.open(device.store_path) as store:
@@ -201,9 +192,9 @@ def test_without_names_an_enrollment_reply_and_its_conflict_carry_no_name(
 ) -> None:
     device = nameless(tmp_path, pipeline, key)
     photo = image_arg(powell(shared_data, POWELL[0]), "p1")
-    first = device.send("enroll", signed(key, "enroll", "e1", name="Colin Powell", images=[photo]))
+    first = device.call_as(key, "enroll", {"name": "Colin Powell", "images": [photo]})
     assert first["status"] == "ok" and first["data"]["person"] == {"id": first["data"]["person"]["id"]}
-    again = device.send("enroll", signed(key, "enroll", "e2", name="Someone Else", images=[photo]))
+    again = device.call_as(key, "enroll", {"name": "Someone Else", "images": [photo]})
     message = again["error"]["message"]  # every photo refused: the reasons come back in the error
     assert "p1: conflict: this face already matches another enrolled person" in message
     assert "Powell" not in json.dumps(first) + json.dumps(again) and "Someone" not in json.dumps(again)
@@ -211,17 +202,7 @@ def test_without_names_an_enrollment_reply_and_its_conflict_carry_no_name(
 
 # --------------------------------------------------------------------------------- the real agent process
 
-CLIP_ENROL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
 AGENT = "erase-1"
-
-
-def enroll_cli(config: Path, db: Path, name: str, photo: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", name, str(photo)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return "p_" + (result.stdout + result.stderr).split("(p_")[1].split(")")[0]
 
 
 @pytest.mark.slow
@@ -235,7 +216,7 @@ def test_erasures_by_mqtt_and_cli_reach_the_event_stream_and_home_assistant(
         '[homeassistant]\nenabled = true\n[camera]\nfps = 15\nloop = true\n[events]\ncamera_id = "stage"\n'
     )
     db = tmp_path / "gallery.db"
-    miranda = enroll_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROL)
+    miranda = enroll_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROLL)
     colin = enroll_cli(config, db, "Colin Powell", powell(shared_data, POWELL[0]))
     observer = observe(broker, [f"faceagent/{AGENT}/#"])
     last_person = f"faceagent/{AGENT}/last_person"
@@ -247,16 +228,11 @@ def test_erasures_by_mqtt_and_cli_reach_the_event_stream_and_home_assistant(
     def erased() -> list[dict]:
         return [m.json() for m in observer.on(f"faceagent/{AGENT}/events/{ERASED}")]
 
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run"]
-    source = shared_data / "sequence/hamilton_clip/frames"
-    agent = subprocess.Popen([*command, "--source", str(source)], stderr=subprocess.PIPE, text=True)
+    agent = start_agent(config, db, shared_data / CLIP_FRAMES, stderr=subprocess.PIPE)
     try:
         assert observer.wait_for(lambda _: shown() == "Lin-Manuel Miranda", timeout=180), shown()
         started = time.monotonic()
-        cli = subprocess.run(
-            [sys.executable, "-m", "agent", "--config", str(config), "person", "delete", "--db", str(db), miranda],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        cli = faceagent("person", "delete", "--db", str(db), miranda, config=config)
         assert cli.returncode == 0, cli.stderr
         cli_run = time.monotonic() - started
         assert observer.wait_for(lambda _: [e["person_id"] for e in erased()] == [miranda], timeout=30)

@@ -25,8 +25,9 @@ from agent.link.operator import FLEET_PROBE_SECONDS, Operator
 from agent.wire import FLEET
 from scripts._fleet import Fleet, fleet_options
 from scripts._fleet_faces import BROADCAST_PHOTOS
-from tests.broker import REPO, Broker, Certs, Observer, free_port
-from tests.command_fixtures import OPERATOR_PUBLIC
+from tests.support.broker import Broker, Certs, Observer, free_port
+from tests.support.commands import OPERATOR_PUBLIC
+from tests.support.data import REPO
 
 FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 PERSON = "Colin Powell"
@@ -279,7 +280,8 @@ def test_the_console_enrolls_on_every_online_device_with_one_request(
     answering_device: Callable[..., AnsweringDevice],
     shared_data: Path,
 ) -> None:
-    from tests.test_console import browser_like, csrf_of, fetch, start_console
+    from tests.support.console import start_console
+    from tests.test_console import browser_like, csrf_of, fetch
 
     requests = observe(broker, ["faceagent/+/cmd/enroll"])
     for device in ("dev1", "dev2"):

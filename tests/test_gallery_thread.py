@@ -7,6 +7,7 @@ delivers nothing).
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,15 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.service.app
+import agent.service.status
 from agent.config import load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_iso
 from agent.service.app import AgentService, RunOptions
-from tests.broker import Broker
+from agent.vision.modelstore import default_models_dir
+from tests.support.broker import Broker
+from tests.support.data import CLIP_FRAMES
 
-FRAMES = "sequence/hamilton_clip/frames"
 FRAME_LOOP = "test-frame-loop"
 DEVICE = "gallery-thread-1"
 
@@ -32,9 +34,28 @@ DEVICE = "gallery-thread-1"
 def start(tmp_path: Path, toml: str, source: Path, db: Path) -> tuple[AgentService, threading.Thread]:
     config = tmp_path / "faceagent.toml"
     config.write_text(toml)
-    service = AgentService(load_settings(config), RunOptions(source=f"folder:{source}", db=db))
-    loop = threading.Thread(target=service.run, name=FRAME_LOOP)
+    return on_a_thread(lambda: AgentService(load_settings(config), RunOptions(source=f"folder:{source}", db=db)))
+
+
+def on_a_thread(build: Callable[[], AgentService]) -> tuple[AgentService, threading.Thread]:
+    """The service built and run on a thread of the test, as `faceagent run` builds and runs it on its main
+    thread (the thread that builds it runs its frame loop)."""
+    built: queue.Queue[AgentService | Exception] = queue.Queue()
+
+    def main() -> None:
+        try:
+            service = build()
+        except Exception as exc:
+            built.put(exc)
+            raise
+        built.put(service)
+        service.run()
+
+    loop = threading.Thread(target=main, name=FRAME_LOOP)
     loop.start()
+    service = built.get(timeout=120)
+    if isinstance(service, Exception):
+        raise service
     return service, loop
 
 
@@ -75,7 +96,7 @@ def test_a_slow_gallery_summary_runs_off_the_frame_loop_and_does_not_stall_frame
     """Every status summary sleeps 5 s (a gallery the size of a city); frames must keep coming meanwhile."""
     calls: list[str] = []
     windows: list[tuple[float, float]] = []
-    summarise = agent.service.app.gallery_summary
+    summarise = agent.service.status.gallery_summary
 
     def slow_summary(store: GalleryStore):
         calls.append(threading.current_thread().name)
@@ -84,13 +105,13 @@ def test_a_slow_gallery_summary_runs_off_the_frame_loop_and_does_not_stall_frame
         windows.append((began, time.monotonic()))
         return summarise(store)
 
-    monkeypatch.setattr(agent.service.app, "gallery_summary", slow_summary)
+    monkeypatch.setattr(agent.service.status, "gallery_summary", slow_summary)
     observer = observe(broker, [f"faceagent/{DEVICE}/status"])
     toml = (
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\ntelemetry_interval_seconds = 1\n'
         "[camera]\nfps = 10\nloop = true\n"
     )
-    service, loop = start(tmp_path, toml, shared_data / FRAMES, tmp_path / "gallery.db")
+    service, loop = start(tmp_path, toml, shared_data / CLIP_FRAMES, tmp_path / "gallery.db")
     try:
         assert wait_for(lambda: len(service.clock.stamps) >= 2, timeout=60)
         assert observer.wait_for(lambda _: any(m.json().get("gallery") for m in observer.messages), timeout=30)
@@ -172,14 +193,14 @@ def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
     listener.settimeout(60)
     config = tmp_path / "faceagent.toml"
     config.write_text("[camera]\nfps = 10\nloop = true\n")
-    source = f"folder:{shared_data / FRAMES}"
-    service = AgentService(
-        load_settings(config),
-        RunOptions(source=source, db=tmp_path / "gallery.db"),
-        notifier=Notifier(str(tmp_path / "notify.sock")),
+    source = f"folder:{shared_data / CLIP_FRAMES}"
+    service, loop = on_a_thread(
+        lambda: AgentService(
+            load_settings(config),
+            RunOptions(source=source, db=tmp_path / "gallery.db"),
+            notifier=Notifier(str(tmp_path / "notify.sock")),
+        )
     )
-    loop = threading.Thread(target=service.run, name=FRAME_LOOP)
-    loop.start()
     try:
         while b"READY=1" not in listener.recv(4096).splitlines():
             pass
@@ -191,3 +212,38 @@ def test_ready_comes_before_a_slow_first_load_and_no_frame_is_decided_before_it(
         loop.join(timeout=60)
         listener.close()
     assert loaded_at
+
+
+def test_a_model_swap_builds_its_matcher_on_the_gallery_thread(
+    tmp_path: Path, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new models' matcher grows with the gallery: it is built aside, never on the frame loop, and the
+    frame loop only takes it whole, between two frames."""
+    loads: list[str] = []
+    takes: list[str] = []
+    load, take = Matcher.load, Matcher.take
+
+    def recorded_load(self: Matcher, *args, **kwargs) -> bool:
+        loads.append(threading.current_thread().name)
+        return load(self, *args, **kwargs)
+
+    def recorded_take(self: Matcher, other: Matcher) -> None:
+        takes.append(threading.current_thread().name)
+        take(self, other)
+
+    monkeypatch.setattr(Matcher, "load", recorded_load)
+    monkeypatch.setattr(Matcher, "take", recorded_take)
+    db = tmp_path / "gallery.db"
+    with GalleryStore.open(db) as store:
+        enroll_synthetic(store, "Ada", 1)
+        enroll_synthetic(store, "Bob", 2)
+    empty = tmp_path / "no-frames"
+    empty.mkdir()
+    service = running(tmp_path, "", empty, db)
+    assert service.gallery_loaded.wait(timeout=60)
+    swap = threading.Thread(target=service.switch_models, args=(default_models_dir(),), name="faceagent-commands")
+    swap.start()
+    swap.join(timeout=120)
+    assert not swap.is_alive() and service.matcher.person_count == 2
+    assert loads == ["faceagent-gallery", "faceagent-gallery"]  # the first load, then the new models' matcher
+    assert takes == [FRAME_LOOP]

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.link.mqtt import CLIENT_ID_NAME, BrokerSettings, MqttLink, client_id_for
 from agent.service.provisioning import FILE_NAME, Outcome, provision
-from tests.broker import HOST, Broker
+from tests.support.broker import HOST, Broker
 
 DEVICE = "door-7"
 

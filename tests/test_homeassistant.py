@@ -14,7 +14,7 @@ from agent.identity import new_event_id, utc_now
 from agent.link.homeassistant import RECORD_NAME, HomeAssistantDiscovery, LastPersonTopic, hardware_model
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.recognition.events import RECOGNIZED, UNKNOWN
-from tests.broker import Broker, Observer
+from tests.support.broker import FAST_LINK, Broker, Observer
 
 DEVICE = "dev1"
 SENSOR = f"homeassistant/sensor/{DEVICE}/last_person/config"
@@ -22,7 +22,6 @@ BINARY = f"homeassistant/binary_sensor/{DEVICE}/face_present/config"
 EVENT = f"homeassistant/event/{DEVICE}/face_seen/config"
 LAST_PERSON = f"faceagent/{DEVICE}/last_person"
 FACE_EVENT = f"faceagent/{DEVICE}/face_event"
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def announce() -> Iterator[Callable[..., MqttLink]]:
     links: list[MqttLink] = []
 
     def start(broker: Broker, settings: HomeAssistantSettings, device: str = DEVICE, **options) -> MqttLink:
-        link = MqttLink(BrokerSettings(url=broker.url, **FAST), device, lambda request: None)
+        link = MqttLink(BrokerSettings(url=broker.url, **FAST_LINK), device, lambda request: None)
         HomeAssistantDiscovery(link, settings, version="1.2.3", **options).attach()
         links.append(link)
         link.start()

@@ -17,10 +17,9 @@ from agent.link.homeassistant import HomeAssistantDiscovery
 from agent.link.homeassistant_people import LOOK_SECONDS
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.recognition.events import RECOGNIZED, UNKNOWN
-from tests.broker import Broker, Observer
+from tests.support.broker import FAST_LINK, Broker, Observer
 
 DEVICE = "dev1"
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 ON = HomeAssistantSettings(enabled=True, person_presence_minutes=10)
 EVERYTHING = ["homeassistant/#", f"faceagent/{DEVICE}/#"]
 SETTLED = "test/settled"
@@ -93,7 +92,7 @@ class Devices:
         self.started: list[Device] = []
 
     def start(self, broker: Broker, settings: HomeAssistantSettings = ON, *, state_dir: Path | None = None) -> Device:
-        link = MqttLink(BrokerSettings(url=broker.url, **FAST), DEVICE, lambda request: None)
+        link = MqttLink(BrokerSettings(url=broker.url, **FAST_LINK), DEVICE, lambda request: None)
         clock = Clock()
         discovery = HomeAssistantDiscovery(link, settings, version="1.2.3", state_dir=state_dir, clock=clock)
         discovery.attach()

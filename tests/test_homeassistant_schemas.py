@@ -41,7 +41,7 @@ from agent.link.homeassistant import HomeAssistantDiscovery, LastPersonTopic
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.link.telemetry import Telemetry
 from agent.recognition.events import RECOGNIZED, UNKNOWN
-from tests.broker import Broker, Received
+from tests.support.broker import Broker, Received
 
 DEVICE = "door-1"
 PLATFORMS = {"sensor": sensor, "binary_sensor": binary_sensor, "event": event}

@@ -4,10 +4,8 @@ agent goes on answering and publishing telemetry. Memory figures: scripts/bench_
 from __future__ import annotations
 
 import base64
-import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +14,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.commands.signing import public_key_text, sign_request
+from agent.commands.signing import public_key_text
 from agent.vision.image import MAX_PIXELS
 from scripts._hostile import flat_png, nested_json
-from tests.broker import Broker, Observer
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.commands import signed_by
+from tests.support.data import CLIP_FRAMES
+
+pytestmark = pytest.mark.slow  # `faceagent run` as a real process
 
 DEVICE = "hostile-1"
 BASE = f"faceagent/{DEVICE}"
@@ -35,7 +38,7 @@ class Agent:
 
     def signed(self, name: str, request_id: str, args: dict | None = None) -> bytes:
         request = {"request_id": request_id, "origin": "test", "args": args or {}}
-        return json.dumps(sign_request(self.key, DEVICE, name, request, now=datetime.now(UTC))).encode()
+        return signed_by(self.key, DEVICE, name, request, datetime.now(UTC))
 
     def replies(self, name: str) -> list[dict]:
         return [m.json() for m in self.observer.on(f"{BASE}/cmd/{name}/reply")]
@@ -63,9 +66,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
         f'[commands]\nsigning_required = true\npublic_keys = ["{public_key_text(key)}"]\nmax_payload_bytes = {LIMIT}\n'
     )
     observer = Observer(broker, [f"{BASE}/#"])
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(folder / "gallery.db"), "run"]
-    frames = shared_data / "sequence/hamilton_clip/frames"
-    process = subprocess.Popen([*command, "--source", f"folder:{frames}"], stderr=subprocess.PIPE, text=True)
+    frames = shared_data / CLIP_FRAMES
+    process = start_agent(config, folder / "gallery.db", f"folder:{frames}", stderr=subprocess.PIPE)
     running = Agent(observer, key, process)
     try:
         assert observer.wait_for(lambda _: running.telemetry_count() > 0, timeout=90), "the agent did not start"
@@ -86,14 +88,12 @@ def _still_running(agent: Agent, request_id: str) -> None:
     assert agent.process.poll() is None
 
 
-@pytest.mark.slow
 def test_an_oversized_mqtt_message_is_never_delivered(agent: Agent) -> None:
     agent.observer.publish(f"{BASE}/cmd/ping", b'{"request_id": "huge", "pad": "' + b"x" * (3 * MIB) + b'"}')
     _still_running(agent, "after-huge")
     assert not any(r["request_id"] == "huge" for r in agent.replies("ping"))  # too_large had it arrived
 
 
-@pytest.mark.slow
 def test_nested_json_at_the_size_limit_is_refused(agent: Agent) -> None:
     agent.observer.publish(f"{BASE}/cmd/enroll", nested_json(LIMIT - 1024))
     assert agent.observer.wait_for(lambda _: bool(agent.replies("enroll")), timeout=60)
@@ -102,7 +102,6 @@ def test_nested_json_at_the_size_limit_is_refused(agent: Agent) -> None:
     _still_running(agent, "after-nested")
 
 
-@pytest.mark.slow
 def test_a_7000_pixel_png_in_enroll_is_refused_with_the_reason(agent: Agent) -> None:
     images = [{"data": base64.b64encode(flat_png(7000, 7000)).decode()}]
     agent.observer.publish(f"{BASE}/cmd/enroll", agent.signed("enroll", "png-7000", {"name": "X", "images": images}))

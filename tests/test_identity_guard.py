@@ -7,27 +7,22 @@ import json
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from agent.commands.signing import key_id, public_key_text, sign_request
+from agent.commands.signing import key_id, public_key_text
 from agent.gallery.store import GalleryStore
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker
-from tests.command_fixtures import NOW, POWELL, POWELL_PROBE, Device, device_trusting, image_arg, powell
+from tests.support.agent_process import enroll_cli, faceagent, start_agent
+from tests.support.broker import Broker
+from tests.support.commands import Device, device_trusting, image_arg, write_private_key
+from tests.support.data import CLIP_FRAMES, POWELL, POWELL_PROBE, bush, powell
 
 DEVICE = "dev1"
 DISTANCE = re.compile(r"\d\.\d")  # a score to optimise against
-
-
-@pytest.fixture(scope="module")
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -36,13 +31,7 @@ def device(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> De
 
 
 def enroll(device: Device, key: Ed25519PrivateKey, **args: Any) -> dict:
-    device.counter += 1
-    request = {"request_id": f"r{device.counter}", "origin": "ops", "args": args}
-    return device.send("enroll", json.dumps(sign_request(key, DEVICE, "enroll", request, now=NOW)).encode())
-
-
-def bush(shared_data: Path) -> Path:
-    return sorted((shared_data / "faces-lfw" / "George_W_Bush").glob("*.jpg"))[0]
+    return device.call_as(key, "enroll", args)
 
 
 def enroll_powell(device: Device, key: Ed25519PrivateKey, shared_data: Path) -> str:
@@ -88,16 +77,12 @@ def test_another_persons_photo_is_added_with_force_and_audited(
     assert record["details"]["mismatches_overridden"] == 1
 
 
+@pytest.mark.slow  # the faceagent command as a real process
 def test_the_local_cli_names_the_match(tmp_path: Path, shared_data: Path) -> None:
     """`faceagent enroll` reads the gallery file itself, so naming whom a photo matches reveals nothing new."""
     db = tmp_path / "gallery.db"
-    enroll = [sys.executable, "-m", "agent", "enroll", "--db", str(db)]
-    first = subprocess.run([*enroll, "--name", "Colin Powell", str(powell(shared_data, POWELL[0]))],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert first.returncode == 0, first.stderr
-    powell_id = first.stderr.split("(")[1].split(")")[0]
-    again = subprocess.run([*enroll, "--name", "Someone", str(powell(shared_data, POWELL_PROBE))],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    powell_id = enroll_cli(None, db, "Colin Powell", powell(shared_data, POWELL[0]))
+    again = faceagent("enroll", "--db", str(db), "--name", "Someone", str(powell(shared_data, POWELL_PROBE)))
     assert again.returncode == 2 and f"matches Colin Powell ({powell_id}) at distance 0." in again.stderr
 
 
@@ -109,8 +94,7 @@ def test_faceagent_run_answers_a_conflicting_enroll_without_naming_anyone(
     tmp_path: Path, broker: Broker, observe, shared_data: Path
 ) -> None:
     key = Ed25519PrivateKey.generate()
-    key_file = tmp_path / "ops.pem"
-    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    key_file = write_private_key(key, tmp_path / "ops.pem")
     config = tmp_path / "faceagent.toml"
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n'
@@ -118,29 +102,17 @@ def test_faceagent_run_answers_a_conflicting_enroll_without_naming_anyone(
         "[camera]\nfps = 5\nloop = true\n"
     )
     db = tmp_path / "gallery.db"
-    enrolled = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", "Colin Powell",
-         *(str(powell(shared_data, n)) for n in POWELL)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert enrolled.returncode == 0, enrolled.stderr
-    powell_id = enrolled.stderr.split("(")[1].split(")")[0]
+    powell_id = enroll_cli(config, db, "Colin Powell", *(powell(shared_data, n) for n in POWELL))
     probe = tmp_path / "probe.jpg"  # ctl labels a photo with its file name
     probe.write_bytes(powell(shared_data, POWELL_PROBE).read_bytes())
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
-    frames = shared_data / "sequence" / "hamilton_clip" / "frames"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(frames)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    agent = start_agent(config, db, shared_data / CLIP_FRAMES, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         online = f"faceagent/{DEVICE}/status"
         assert observer.wait_for(lambda _: any(m.json()["state"] == "online" for m in observer.on(online)), 60)
-        ctl = subprocess.run(
-            [sys.executable, "-m", "agent", "--config", str(config), "ctl", "enroll", "--mqtt", broker.url,
-             "--timeout", "60",
-             "--sign-key", str(key_file), "--device", DEVICE, "--name", "Someone", str(probe)],
-            capture_output=True, text=True, timeout=120,
+        ctl = faceagent(
+            "ctl", "enroll", "--mqtt", broker.url, "--timeout", "60", "--sign-key", str(key_file),
+            "--device", DEVICE, "--name", "Someone", str(probe), config=config,
         )  # fmt: skip
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -14,11 +14,11 @@ from PIL import Image, ImageOps
 from agent.commands.signing import CommandSecurity, public_key_text, sign_request
 from agent.config import CommandSettings
 from agent.errors import ImageError
-from agent.recognition.enrollment import ENROL_SIDE
+from agent.recognition.enrollment import ENROLL_SIDE
 from agent.vision.image import MAX_PIXELS, MAX_SIDE, load_image
 from agent.vision.pipeline import FacePipeline
 from scripts._hostile import flat_jpeg, flat_png
-from tests.command_fixtures import NOW, make_device
+from tests.support.commands import NOW, make_device
 
 
 def test_a_7000_pixel_square_png_is_refused_before_decoding() -> None:
@@ -30,7 +30,7 @@ def test_a_7000_pixel_square_png_is_refused_before_decoding() -> None:
 
 def test_a_7000_pixel_square_jpeg_is_decoded_reduced() -> None:
     data = flat_jpeg(7000, 7000)
-    for side in (MAX_SIDE, ENROL_SIDE):
+    for side in (MAX_SIDE, ENROLL_SIDE):
         height, width, _ = load_image(data, max_side=side).shape
         assert width == height and 7000 // 8 <= width <= side and width * height <= MAX_PIXELS
 
@@ -50,7 +50,7 @@ def test_photos_up_to_the_enrollment_side_decode_exactly_as_a_full_decode(lfw_fa
     for path in lfw_faces[::200]:
         with Image.open(path) as image:
             full = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        assert np.array_equal(load_image(path, max_side=ENROL_SIDE), full), path
+        assert np.array_equal(load_image(path, max_side=ENROLL_SIDE), full), path
 
 
 def test_an_enroll_command_with_a_7000_pixel_png_is_refused_with_the_reason(

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import build_parser
-from tests.broker import Broker
+from tests.support.broker import Broker
+from tests.support.data import REPO, SAMPLE
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # the installer and the systemd unit: install.sh, systemd-analyze, its sandbox
+
 SCRIPT = REPO / "scripts" / "install.sh"
 UNIT = REPO / "systemd" / "faceagent.service"
 AGENT = Path(sys.executable).parent / "faceagent"
-SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
 EXPECTED_ACTIONS = [
     "apt-get install -y --no-install-recommends python3-venv python3-picamera2",
     "useradd --root {root} --system --user-group --groups video",

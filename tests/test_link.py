@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,38 +15,27 @@ from agent.config import MqttSettings, parse_broker_url
 from agent.errors import ConfigError
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.topics import Topics, default_device_id
-from tests.broker import AgentProcess, Broker, Observer, free_port
+from tests.support.agent_process import LinkProcess
+from tests.support.broker import FAST_LINK, Broker, Observer, free_port, wait_until
 
 DEVICE = "dev1"
 STATUS = f"faceagent/{DEVICE}/status"
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 @pytest.fixture
-def make_link() -> Iterator[Callable[..., MqttLink]]:
-    """Factory for started links; each is stopped afterwards. `on_command` defaults to an echo reply."""
-    links: list[MqttLink] = []
+def make_link(start_link: Callable[..., MqttLink]) -> Callable[..., MqttLink]:
+    """Started links of DEVICE (stopped afterwards); `on_command` defaults to an echo reply."""
 
     def make(url: str, *, protocol: str = "5", on_command: Callable[[CommandRequest], None] | None = None) -> MqttLink:
-        link = MqttLink(BrokerSettings(url=url, protocol=protocol, **FAST), DEVICE, on_command or (lambda r: None))
-        if on_command is None:
-            link.on_command = lambda request: link.reply(request, b'{"echo":' + request.payload + b"}")
-        links.append(link)
-        link.start()
-        return link
+        started: list[MqttLink] = []
 
-    yield make
-    for link in links:
-        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
+        def echo(request: CommandRequest) -> None:
+            started[0].reply(request, b'{"echo":' + request.payload + b"}")
 
+        started.append(start_link(DEVICE, on_command or echo, url=url, protocol=protocol))
+        return started[0]
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return make
 
 
 def states(observer: Observer) -> list[str]:
@@ -66,8 +55,8 @@ def test_status_online_is_retained(broker: Broker, make_link: Callable[..., Mqtt
     assert late.on(STATUS)[0].json()["state"] == "online"
 
 
-def test_killed_agent_leaves_retained_offline_will(broker: Broker, observe, spawn_agent) -> None:
-    agent: AgentProcess = spawn_agent(broker.url, DEVICE)
+def test_killed_agent_leaves_retained_offline_will(broker: Broker, observe, spawn_link) -> None:
+    agent: LinkProcess = spawn_link(broker.url, DEVICE)
     assert agent.wait_connected()
     watcher = observe(broker, [STATUS])
     assert watcher.wait_for(lambda _: states(watcher) == ["online"], 5)
@@ -78,7 +67,7 @@ def test_killed_agent_leaves_retained_offline_will(broker: Broker, observe, spaw
 
 
 def test_clean_stop_publishes_offline_itself(broker: Broker, observe) -> None:
-    link = MqttLink(BrokerSettings(url=broker.url, **FAST), DEVICE, lambda r: None)
+    link = MqttLink(BrokerSettings(url=broker.url, **FAST_LINK), DEVICE, lambda r: None)
     link.start()
     assert link.wait_connected(5)
     watcher = observe(broker, [STATUS])

@@ -229,6 +229,7 @@ def test_concurrent_add_and_search() -> None:
         assert match.distance == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy, not a unit
 def test_real_faces_identified_and_stranger_rejected(
     pipeline: FacePipeline, lfw_faces: list[Path], shared_data: Path
 ) -> None:
@@ -294,3 +295,57 @@ def test_a_load_over_a_changed_matcher_is_refused_and_keeps_the_change() -> None
     matcher.remove_person("p1")
     assert matcher.load([(1, "p1", "Ada", vector)], if_version=read_at) is False
     assert len(matcher) == 0 and matcher.search(vector).person_id is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    people=st.integers(2, 12),
+    refreshed=st.sets(st.integers(0, 11), max_size=6),
+    rows_each=st.integers(0, 3),
+)
+def test_replacing_people_equals_a_load_of_the_gallery_they_leave(
+    seed: int, people: int, refreshed: set[int], rows_each: int
+) -> None:
+    """What a write leaves (some people erased, re-enrolled or new) applied to those people alone searches as
+    a matcher loaded from the whole gallery afterwards."""
+    vectors, owners = random_gallery(seed, 4 * people, people)
+    rows = [(i, f"p{o}", f"name {o}", v) for i, (v, o) in enumerate(zip(vectors, owners.tolist(), strict=True))]
+    live = filled(vectors, owners)
+    fresh = random_gallery(seed + 1, rows_each * len(refreshed), max(1, len(refreshed)))[0]
+    new_rows = [
+        (1000 + k, f"p{person}", f"renamed {person}", fresh[k])
+        for k, person in enumerate(sorted(refreshed) * rows_each)
+    ]
+    live.replace_people({f"p{person}" for person in refreshed}, new_rows)
+    after = [row for row in rows if int(row[1][1:]) not in refreshed] + new_rows
+    whole = Matcher(metric="euclidean", threshold=0.6, margin=0.0)
+    whole.load(after)
+    queries = random_gallery(seed + 2, 5, 1)[0]
+    assert live.person_ids() == whole.person_ids() and len(live) == len(whole)
+    for query in queries:
+        got, want = live.search(query), whole.search(query)
+        assert (got.person_id, got.name) == (want.person_id, want.name)
+        assert math.isclose(got.distance, want.distance, rel_tol=1e-5)
+
+
+def test_a_bad_row_leaves_the_people_as_they_were() -> None:
+    vectors, owners = random_gallery(3, 8, 2)
+    matcher = filled(vectors, owners)
+    before = matcher.search(vectors[0])
+    with pytest.raises(MatcherError):
+        matcher.replace_people({"p0"}, [(100, "p0", "Ada", np.full(DIM, np.nan, dtype=np.float32))])
+    with pytest.raises(MatcherError):  # template 1 is someone's already (unless it is p0's: then it is replaced)
+        held_by_other = next(i for i, o in enumerate(owners.tolist()) if o != 0)
+        matcher.replace_people({"p0"}, [(held_by_other, "p0", "Ada", vectors[0])])
+    assert matcher.search(vectors[0]) == before and len(matcher) == 8
+
+
+def test_taking_a_matcher_built_aside_swaps_everything_at_once() -> None:
+    vectors, owners = random_gallery(4, 20, 5)
+    live = filled(vectors[:10], owners[:10])
+    aside = filled(vectors[10:], owners[10:])
+    expected = aside.search(vectors[12])
+    live.take(aside)
+    assert len(live) == 10 and live.search(vectors[12]) == expected
+    assert live.threshold == 0.6  # the live matcher's own settings stay

@@ -8,7 +8,6 @@ template the manifest gives, from photos the int8 calibration did not use.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -22,9 +21,8 @@ from agent.vision.aligner import Aligner
 from agent.vision.embedder import Embedder
 from agent.vision.modelstore import ModelStore
 from agent.vision.runtime import TfliteModel, select_runtime
+from tests.support.data import REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FACEAGENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 MF_SOURCE = SHARED_DATA.parent / "models" / "mobileface_v2"
 
 
@@ -88,6 +86,7 @@ def test_truncated_params_file_is_refused_clearly(tmp_path: Path) -> None:
         bm.read_mxnet_params(cut)
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_float32_matches_the_onnx_reference_on_real_chips(
     models_dir: Path, parity_chips: np.ndarray, onnx_reference: np.ndarray
 ) -> None:
@@ -97,6 +96,7 @@ def test_float32_matches_the_onnx_reference_on_real_chips(
     assert cos.min() >= 0.9999
 
 
+@pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
 def test_int8_matches_float32_on_real_chips(models_dir: Path, parity_chips: np.ndarray) -> None:
     store = ModelStore(models_dir)
     f32 = _embed(_load(store, "mobileface-v2-float32"), parity_chips)

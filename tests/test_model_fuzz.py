@@ -28,7 +28,10 @@ from agent.errors import ModelError
 from agent.modelupdate.install import installed_models_dir
 from agent.vision.modelstore import ModelStore, default_models_dir
 from agent.vision.pipeline import FacePipeline
-from tests.test_model_update import data, make_updates
+from tests.support.commands import data
+from tests.support.model_updates import make_updates
+
+pytestmark = pytest.mark.slow  # fuzzing: mutated models, 20 checked in child processes, counted by its last test
 
 HASHED = 150  # mutations refused by the manifest's sha256
 SIGNED = 20  # mutations shipped as signed updates, each checked in a child process (about 1 s each)

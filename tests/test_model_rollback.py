@@ -1,7 +1,7 @@
 """Model releases only move forward: an older or equal signed release is refused at `verify`, across restarts.
 
 Signed `model_update` commands through the real dispatcher, the real `ModelUpdater` and the real model check
-(`tests/test_model_update.py`'s device), with the shipped int8 embedder as the release's bytes.
+(tests/support/model_updates.py), with the shipped int8 embedder as the release's bytes.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cli.main import main
-from agent.commands.signing import key_id, sign_request
 from agent.modelupdate.install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
-from agent.modelupdate.update import RELEASE_FLOOR, ModelUpdater, release_version
+from agent.modelupdate.update import RELEASE_FLOOR, release_version
 from agent.vision.modelstore import MANIFEST_NAME, ModelStore
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import NOW, device_trusting
-from tests.test_model_update import Live, Updates, data, error, int8, signed
+from tests.support.commands import data, device_trusting, error
+from tests.support.model_updates import Live, Updates, signed_release, updater
 
-__all__ = ["int8"]  # the shipped model's bytes, a session fixture
 DEVICE = "dev1"
 
 
@@ -32,10 +30,7 @@ class SignedUpdates(Updates):
     """Every phase signed by the operator key, as state-changing commands must be."""
 
     def call(self, phase: str, **args: Any) -> dict:
-        self.device.counter += 1
-        request = {"request_id": f"r{self.device.counter}", "origin": "ops", "args": {"phase": phase, **args}}
-        payload = sign_request(self.key, DEVICE, "model_update", request, now=NOW)
-        return self.device.send("model_update", json.dumps(payload).encode())
+        return self.device.call_as(self.key, "model_update", {"phase": phase, **args})
 
     def release(self, job_id: str, content: bytes, release: dict[str, Any]) -> dict:
         """A whole job for an already signed release (as a replay sends it); the commit's reply data."""
@@ -45,20 +40,10 @@ class SignedUpdates(Updates):
 
     def restart(self) -> None:
         """What a restarted service builds: a new updater on the same state directory."""
-        self.device.services.model_updates = updater(self.device.store_path, self.key, self.live)
+        self.device.services.model_updates = updater(self.key, self.live)
 
     def installed(self) -> dict[str, Any]:
         return ModelStore(installed_models_dir(self.device.store_path)).spec(None, "embedder").raw
-
-
-def updater(store_path: Path, key: Ed25519PrivateKey, live: Live) -> ModelUpdater:
-    return ModelUpdater(
-        state_models_dir(store_path),
-        get_settings=lambda: live.device.current[0],
-        keys={key_id(key.public_key()): key.public_key()},
-        apply=live.apply,
-        matcher=live.device.services.matcher,
-    )
 
 
 @pytest.fixture
@@ -66,7 +51,7 @@ def updates(tmp_path: Path, pipeline: FacePipeline) -> SignedUpdates:
     key = Ed25519PrivateKey.generate()
     device = device_trusting(tmp_path, pipeline, key, DEVICE)
     live = Live(device, pipeline)
-    device.services.model_updates = updater(device.store_path, key, live)
+    device.services.model_updates = updater(key, live)
     return SignedUpdates(device, live, key, live.embedding())
 
 
@@ -74,38 +59,42 @@ def refused_as_rollback(outcome: dict, floor: str) -> bool:
     return outcome["status"] == "FAILED" and outcome["step"] == "verify" and f"not above {floor}" in outcome["reason"]
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_an_older_signed_release_replayed_under_a_new_job_id_is_refused(updates: SignedUpdates, int8: bytes) -> None:
-    old = signed(updates.key, int8, version="2")
+    old = signed_release(updates.key, int8, version="2")
     assert updates.release("job-1", int8, old)["status"] == "SUCCEEDED"
-    assert updates.release("job-2", int8, signed(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
+    assert updates.release("job-2", int8, signed_release(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
     assert refused_as_rollback(updates.release("job-3", int8, old), "3")
     assert updates.installed()["version"] == "3" and updates.installed()["installed"]["job_id"] == "job-2"
     assert updates.live.swaps == 2
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_an_equal_version_is_refused(updates: SignedUpdates, int8: bytes) -> None:
-    assert updates.release("job-1", int8, signed(updates.key, int8, version="2"))["status"] == "SUCCEEDED"
-    again = signed(updates.key, int8, version="2", entry={"threshold": 0.5})  # another release, the same number
+    assert updates.release("job-1", int8, signed_release(updates.key, int8, version="2"))["status"] == "SUCCEEDED"
+    again = signed_release(updates.key, int8, version="2", entry={"threshold": 0.5})  # another release, the same number
     assert refused_as_rollback(updates.release("job-2", int8, again), "2")
     assert updates.installed()["installed"]["job_id"] == "job-1" and updates.live.swaps == 1
 
 
 def test_a_release_not_above_the_shipped_models_is_refused(updates: SignedUpdates, int8: bytes) -> None:
-    assert refused_as_rollback(updates.release("job-1", int8, signed(updates.key, int8, version="1")), "1")
+    assert refused_as_rollback(updates.release("job-1", int8, signed_release(updates.key, int8, version="1")), "1")
     assert installed_models_dir(updates.device.store_path) is None and updates.live.swaps == 0
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_restart_does_not_reset_the_floor(updates: SignedUpdates, int8: bytes) -> None:
-    old = signed(updates.key, int8, version="2")
-    assert updates.release("job-1", int8, signed(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
+    old = signed_release(updates.key, int8, version="2")
+    assert updates.release("job-1", int8, signed_release(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
     updates.restart()
     assert refused_as_rollback(updates.release("job-2", int8, old), "3")
     assert updates.installed()["version"] == "3"
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_the_floor_outlives_the_installed_manifest(updates: SignedUpdates, int8: bytes) -> None:
     """With the installed manifests gone the agent falls back to the shipped models; the floor stays."""
-    assert updates.release("job-1", int8, signed(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
+    assert updates.release("job-1", int8, signed_release(updates.key, int8, version="3"))["status"] == "SUCCEEDED"
     models_dir = state_models_dir(updates.device.store_path)
     (models_dir / MANIFEST_NAME).unlink()
     (models_dir / PREVIOUS_MANIFEST).unlink()
@@ -113,7 +102,7 @@ def test_the_floor_outlives_the_installed_manifest(updates: SignedUpdates, int8:
     updates.device.current[0] = replace(settings, models=replace(settings.models, dir=None))
     updates.restart()
     assert json.loads((models_dir / RELEASE_FLOOR).read_text()) == {"embedder": "3"}
-    assert refused_as_rollback(updates.release("job-2", int8, signed(updates.key, int8, version="2")), "3")
+    assert refused_as_rollback(updates.release("job-2", int8, signed_release(updates.key, int8, version="2")), "3")
 
 
 def test_a_damaged_floor_refuses_every_release(updates: SignedUpdates, int8: bytes) -> None:
@@ -121,13 +110,14 @@ def test_a_damaged_floor_refuses_every_release(updates: SignedUpdates, int8: byt
     models_dir = state_models_dir(updates.device.store_path)
     models_dir.mkdir(parents=True)
     (models_dir / RELEASE_FLOOR).write_text('{"embedder": "3"')
-    outcome = updates.release("job-1", int8, signed(updates.key, int8, version="9"))
+    outcome = updates.release("job-1", int8, signed_release(updates.key, int8, version="9"))
     assert outcome["status"] == "FAILED" and outcome["step"] == "verify" and "unreadable" in outcome["reason"]
     assert updates.live.swaps == 0
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_failed_install_does_not_raise_the_floor(updates: SignedUpdates, int8: bytes) -> None:
-    release = signed(updates.key, int8, version="3")
+    release = signed_release(updates.key, int8, version="3")
     updates.live.broken = True
     assert updates.release("job-1", int8, release)["step"] == "swap"
     updates.live.broken = False
@@ -135,7 +125,7 @@ def test_a_failed_install_does_not_raise_the_floor(updates: SignedUpdates, int8:
 
 
 def test_a_version_that_is_not_dotted_numbers_is_refused_at_begin(updates: SignedUpdates, int8: bytes) -> None:
-    reply = updates.call("begin", job_id="job-1", **signed(updates.key, int8, version="2025.06.1-beta"))
+    reply = updates.call("begin", job_id="job-1", **signed_release(updates.key, int8, version="2025.06.1-beta"))
     assert error(reply) == "bad_request" and "args.version" in reply["error"]["message"]
 
 

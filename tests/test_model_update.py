@@ -1,54 +1,42 @@
 """Model updates through the dispatcher: each way a job can end, and the models in use after it.
 
-The device is the command side as the service wires it (`tests/command_fixtures.py`) plus a `ModelUpdater`
-whose `apply` does at once what the service's frame thread does between frames. Every check of a
-candidate runs the real child process on the real test faces.
+The device is the command side as the service wires it plus a `ModelUpdater` whose `apply` does at once what
+the service's gallery thread and frame loop do (the new embedder's matcher built aside, then taken whole;
+tests/support/model_updates.py). Every check of a candidate runs the real child process on the real test faces.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import signal
 import subprocess
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from agent.cli.main import main
 from agent.commands.schema import MODEL_CHUNK_BYTES
-from agent.commands.signing import key_id, public_key_text
+from agent.commands.signing import public_key_text
 from agent.config import load_settings
-from agent.errors import ModelError
 from agent.gallery.store import GalleryStore
 from agent.modelupdate.install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
-from agent.modelupdate.update import MAX_MODEL_BYTES, ModelUpdater, sign_model
-from agent.vision.image import load_image
-from agent.vision.modelstore import MANIFEST_NAME, ModelStore, default_models_dir
+from agent.modelupdate.update import MAX_MODEL_BYTES
+from agent.vision.modelstore import MANIFEST_NAME, ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 from agent.vision.runtime import select_runtime
-from tests.broker import Broker
-from tests.command_fixtures import OPERATOR_TOML, Device, make_device
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
-INT8 = "dlib-resnet29-int8"
-CHUNK = 256 * 1024
-
+from tests.support.agent_process import enroll_cli, faceagent, start_agent
+from tests.support.broker import Broker
+from tests.support.commands import OPERATOR_TOML, data, error, write_private_key
+from tests.support.data import EMBEDDER_ID as INT8
+from tests.support.data import SAMPLE, SAMPLE_CLIP
+from tests.support.model_updates import CHUNK, Updates, make_updates, signed_release
 
 # ------------------------------------------------------------------------------------ model files
-
-
-@pytest.fixture(scope="session")
-def int8() -> bytes:
-    return (default_models_dir() / "dlib_resnet29_int8.tflite").read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -76,114 +64,6 @@ def mangled(int8: bytes) -> bytes:
     return bytes(content)
 
 
-# ------------------------------------------------------------------------------------ the device
-
-
-@dataclass
-class Live:
-    """The running agent's models: what the frame thread swaps."""
-
-    device: Device
-    pipeline: FacePipeline
-    swaps: int = 0
-    broken: bool = False
-
-    def apply(self, models_dir: Path) -> None:
-        if self.broken:
-            raise ModelError("the frame loop could not build the pipeline")
-        settings = self.device.current[0]
-        pipeline = FacePipeline(PipelineOptions(models_dir=models_dir))
-        with GalleryStore.open(self.device.store_path) as store:
-            self.device.services.matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
-        self.device.current[0] = replace(settings, models=replace(settings.models, dir=models_dir))
-        self.pipeline, self.swaps = pipeline, self.swaps + 1
-
-    def embedding(self) -> np.ndarray:
-        return self.pipeline.analyse(load_image(SAMPLE))[0].embedding
-
-    def recognizes(self, person_id: str) -> bool:
-        return self.device.services.matcher.search(self.embedding()).person_id == person_id
-
-
-@dataclass
-class Updates:
-    device: Device
-    live: Live
-    key: Ed25519PrivateKey
-    before: np.ndarray  # the sample face's embedding under the shipped model
-
-    def call(self, phase: str, **args: Any) -> dict:
-        return self.device.call("model_update", {"phase": phase, **args})
-
-    def begin(self, job_id: str, content: bytes, *, key: Ed25519PrivateKey | None = None, **meta: Any) -> dict:
-        return self.call("begin", job_id=job_id, **signed(key or self.key, content, **meta))
-
-    def chunks(self, job_id: str, content: bytes, *, first: int = 0, last: int | None = None) -> list[dict]:
-        pieces = [content[start : start + CHUNK] for start in range(0, len(content), CHUNK)]
-        return [self.chunk(job_id, i, pieces[i]) for i in range(first, len(pieces) if last is None else last)]
-
-    def chunk(self, job_id: str, index: int, data: bytes) -> dict:
-        return self.call("chunk", job_id=job_id, index=index, data=base64.b64encode(data).decode())
-
-    def send(self, job_id: str, content: bytes, **meta: Any) -> dict:
-        """A whole job; the commit's reply data."""
-        assert self.begin(job_id, content, **meta)["data"]["status"] == "IN_PROGRESS"
-        assert all(reply["status"] == "ok" for reply in self.chunks(job_id, content))
-        return data(self.call("commit", job_id=job_id))
-
-    def enroll(self) -> str:
-        photo = {"data": base64.b64encode(SAMPLE.read_bytes()).decode()}
-        return data(self.device.call("enroll", {"name": "Lin-Manuel Miranda", "images": [photo]}))["person"]["id"]
-
-    def assert_old_model_runs(self) -> None:
-        """Nothing installed, nothing swapped, nothing staged: the shipped model still embeds as before."""
-        models_dir = state_models_dir(self.device.store_path)
-        assert installed_models_dir(self.device.store_path) is None and self.live.swaps == 0
-        assert not list((models_dir / ".staging").glob("*")) and not list(models_dir.glob("*.tflite"))
-        assert np.array_equal(self.live.embedding(), self.before)
-        assert np.array_equal(FacePipeline(PipelineOptions()).analyse(load_image(SAMPLE))[0].embedding, self.before)
-        assert data(self.device.call("ping"))["pong"] is True
-
-
-def signed(key: Ed25519PrivateKey, content: bytes, **meta: Any) -> dict[str, Any]:
-    release = {
-        "model_id": INT8,
-        "role": "embedder",
-        "file": "dlib_resnet29_int8.tflite",
-        "version": "2",
-        "sha256": hashlib.sha256(content).hexdigest(),
-        "size": len(content),
-        "entry": {},
-    } | meta
-    return release | {"signature": sign_model(key, release)}
-
-
-def data(reply: dict) -> dict:
-    assert reply["status"] == "ok", reply
-    return reply["data"]
-
-
-def error(reply: dict) -> str:
-    assert reply["status"] == "error", reply
-    return reply["error"]["code"]
-
-
-def make_updates(tmp_path: Path, pipeline: FacePipeline, *, keep_chips: bool = False) -> Updates:
-    device = make_device(tmp_path, pipeline)
-    settings = device.current[0]
-    device.current[0] = replace(settings, gallery=replace(settings.gallery, keep_chips=keep_chips))
-    key = Ed25519PrivateKey.generate()
-    live = Live(device, pipeline)
-    device.services.model_updates = ModelUpdater(
-        state_models_dir(device.store_path),
-        get_settings=lambda: device.current[0],
-        keys={key_id(key.public_key()): key.public_key()},
-        apply=live.apply,
-        matcher=device.services.matcher,
-    )
-    return Updates(device, live, key, live.embedding())
-
-
 @pytest.fixture
 def updates(tmp_path: Path, pipeline: FacePipeline) -> Updates:
     return make_updates(tmp_path, pipeline)
@@ -192,6 +72,7 @@ def updates(tmp_path: Path, pipeline: FacePipeline) -> Updates:
 # ------------------------------------------------------------------------------------ good updates
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_new_version_of_the_model_in_use_goes_live(updates: Updates, int8: bytes) -> None:
     person = updates.enroll()
     outcome = updates.send("job-1", int8, version="2025.06.1")
@@ -203,6 +84,7 @@ def test_a_new_version_of_the_model_in_use_goes_live(updates: Updates, int8: byt
     assert outcome["people_needing_reenrollment"] == 0
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_an_installed_model_is_a_new_file_beside_the_models_it_replaces(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8)
     models_dir = state_models_dir(updates.device.store_path)
@@ -213,6 +95,7 @@ def test_an_installed_model_is_a_new_file_beside_the_models_it_replaces(updates:
     assert ModelStore(models_dir).verify_all() and not (models_dir / ".staging" / "job-1").exists()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_second_update_keeps_the_manifest_it_replaces(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8, version="2")
     updates.send("job-2", int8, version="3")
@@ -221,6 +104,7 @@ def test_a_second_update_keeps_the_manifest_it_replaces(updates: Updates, int8: 
     assert next(e for e in previous["models"] if e["id"] == INT8)["version"] == "2"
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates, int8: bytes) -> None:
     person = updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
@@ -228,15 +112,17 @@ def test_a_new_embedder_id_leaves_enrolled_people_to_re_enroll(updates: Updates,
     assert outcome["people_needing_reenrollment"] == 1 and outcome["templates_rebuilt"] == 0
     listing = data(updates.device.call("list_people"))
     assert listing["model_id"] == "dlib-resnet29-int8-b" and listing["people"][0]["needs_reenrollment"] is True
-    assert len(updates.device.services.matcher) == 0 and not updates.live.recognizes(person)
+    assert len(updates.device.matcher) == 0 and not updates.live.recognizes(person)
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_the_commit_reply_sends_the_renamed_count_under_both_spellings(updates: Updates, int8: bytes) -> None:
     updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
     assert outcome["people_needing_reenrollment"] == outcome["people_needing_reenrolment"] == 1
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_new_embedder_id_rebuilds_templates_from_kept_chips(
     tmp_path: Path, pipeline: FacePipeline, int8: bytes
 ) -> None:
@@ -271,12 +157,12 @@ def test_a_signature_by_an_unknown_key_is_refused_at_begin(updates: Updates, int
 
 @pytest.mark.parametrize("field, value", [("version", "3"), ("entry", {"threshold": 0.9}), ("size", 1)])
 def test_metadata_changed_after_signing_is_refused(updates: Updates, int8: bytes, field: str, value: Any) -> None:
-    release = signed(updates.key, int8) | {field: value}
+    release = signed_release(updates.key, int8) | {field: value}
     assert error(updates.call("begin", job_id="job-1", **release)) == "unauthorized"
 
 
 def test_an_unsigned_model_is_refused_even_where_commands_need_no_signature(updates: Updates, int8: bytes) -> None:
-    release = {k: v for k, v in signed(updates.key, int8).items() if k != "signature"}
+    release = {k: v for k, v in signed_release(updates.key, int8).items() if k != "signature"}
     reply = updates.call("begin", job_id="job-1", **release)
     assert error(reply) == "unauthorized" and "must be signed" in reply["error"]["message"]
 
@@ -295,6 +181,7 @@ def test_a_truncated_transfer_fails_at_commit(updates: Updates, int8: bytes) -> 
     updates.assert_old_model_runs()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_loads_but_gives_nonsense_fails_the_test_faces(updates: Updates, scrambled: bytes) -> None:
     person = updates.enroll()
     outcome = updates.send("job-1", scrambled, version="2")
@@ -304,18 +191,21 @@ def test_a_model_that_loads_but_gives_nonsense_fails_the_test_faces(updates: Upd
     assert updates.live.recognizes(person)
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_kills_the_runtime_fails_without_harming_the_agent(updates: Updates, mangled: bytes) -> None:
     outcome = updates.send("job-1", mangled)
     assert outcome["status"] == "FAILED" and outcome["step"] == "load", outcome
     updates.assert_old_model_runs()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_does_not_match_its_manifest_entry_fails_its_check(updates: Updates, int8: bytes) -> None:
     outcome = updates.send("job-1", int8, entry={"output": {"shape": [1, 512], "dtype": "float32"}})
     assert outcome["status"] == "FAILED" and outcome["step"] == "check" and "shape" in outcome["reason"]
     updates.assert_old_model_runs()
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_failed_swap_puts_the_previous_manifest_back(updates: Updates, int8: bytes) -> None:
     updates.live.broken = True
     outcome = updates.send("job-1", int8)
@@ -393,6 +283,7 @@ def test_a_phase_must_be_named(updates: Updates) -> None:
     assert error(updates.call("rollback", job_id="job-1")) == "bad_request"
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_every_phase_is_audited_without_model_bytes(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8)
     records = [r for r in updates.device.audit() if r["action"] == "command.model_update"]
@@ -402,6 +293,7 @@ def test_every_phase_is_audited_without_model_bytes(updates: Updates, int8: byte
     assert max(len(json.dumps(r["details"])) for r in records) < 600
 
 
+@pytest.mark.slow  # a real child process checks the candidate model
 def test_a_restarted_service_loads_the_installed_models(updates: Updates, int8: bytes) -> None:
     updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
     from agent.service.app import AgentService
@@ -428,10 +320,11 @@ DEVICE = "stage-1"
 def _ctl_update(
     broker: Broker, key_file: Path, model: Path, model_id: str, version: str, sign_key: Path
 ) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "agent", "ctl", "model-update", "--mqtt", broker.url, "--device", DEVICE,
-               "--timeout", "60", "--model-key", str(key_file), "--model-id", model_id, "--role", "embedder",
-               "--model-version", version, "--sign-key", str(sign_key), str(model)]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return faceagent(
+        "ctl", "model-update", "--mqtt", broker.url, "--device", DEVICE, "--timeout", "60",
+        "--model-key", str(key_file), "--model-id", model_id, "--role", "embedder",
+        "--model-version", version, "--sign-key", str(sign_key), str(model), timeout=600,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -440,8 +333,7 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
 ) -> None:
     """Signed twice: each command by the operator's command key, the release by a release key."""
     key = Ed25519PrivateKey.generate()
-    key_file = tmp_path / "release.pem"
-    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    key_file = write_private_key(key, tmp_path / "release.pem")
     config = tmp_path / "faceagent.toml"
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n{OPERATOR_TOML}'
@@ -450,16 +342,11 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
     )
     db = tmp_path / "state" / "gallery.db"
     db.parent.mkdir()
-    enroll = [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db), "--name", "Miranda"]
-    assert subprocess.run([*enroll, str(SAMPLE)], capture_output=True, timeout=120).returncode == 0
+    enroll_cli(config, db, "Miranda", SAMPLE)
     (tmp_path / "good.tflite").write_bytes(int8)
     (tmp_path / "bad.tflite").write_bytes(scrambled)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
-    clip = REPO / "samples" / "hamilton_clip.mp4"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(clip)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    agent = start_agent(config, db, SAMPLE_CLIP, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def recognized_by(model_id: str, after: int = 0) -> bool:
         events = observer.on(f"faceagent/{DEVICE}/events/face_recognized")[after:]

@@ -13,7 +13,7 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.link.mqtt import BrokerSettings, MqttLink
 from agent.link.outbox import OutboxPublisher
-from tests.broker import FAST_LINK, Broker, Observer, Received, free_port
+from tests.support.broker import FAST_LINK, Broker, Observer, Received, free_port
 
 DEVICE = "dev1"
 EVENTS = f"faceagent/{DEVICE}/events/#"
@@ -104,6 +104,7 @@ def test_events_wait_in_the_outbox_while_no_broker_acknowledges(start_broker, st
     assert pending_ids(store_path) == []
 
 
+@pytest.mark.slow  # the broker stopped and restarted mid-stream
 def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: Path, link_outbox, observe) -> None:
     broker = start_broker(persistence=True)  # the consumer's queued messages survive the restart
     collector = observe(broker, [EVENTS], client_id="collector", persistent=True)
@@ -125,10 +126,11 @@ def test_broker_outage_loses_nothing_and_keeps_order(start_broker, store_path: P
           f"delivered {len(collector.messages)}, duplicates {duplicates}")  # fmt: skip
 
 
-def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Path, observe, spawn_agent) -> None:
+@pytest.mark.slow  # the link in a process of its own, SIGKILLed and restarted
+def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Path, observe, spawn_link) -> None:
     collector: Observer = observe(broker, [EVENTS])
     producer = Producer(store_path, count=300, interval=0.01)
-    first = spawn_agent(broker.url, DEVICE, store_path)
+    first = spawn_link(broker.url, DEVICE, store_path)
     assert first.wait_connected()
     producer.start()
     time.sleep(0.6)
@@ -139,7 +141,7 @@ def test_agent_killed_and_restarted_loses_nothing(broker: Broker, store_path: Pa
     killed_at = len(producer.ids)
     delivered_at_kill = len(first_seen(collector.messages))
     time.sleep(0.3)
-    second = spawn_agent(broker.url, DEVICE, store_path)
+    second = spawn_link(broker.url, DEVICE, store_path)
     assert second.wait_connected()
     producer.join()
     assert killed_at < 300, "the agent must be killed while events are still being produced"

@@ -6,24 +6,22 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from agent.config import CommandSettings, Settings
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, packet_limit
 from agent.link.operator import Operator
-from agent.service.app import COMMAND_QUEUE_PAYLOADS, AgentService
-from tests.broker import HOST, Broker, free_port
+from agent.service.commandworker import COMMAND_QUEUE_PAYLOADS, CommandQueue
+from tests.support.broker import FAST_LINK, HOST, Broker, free_port
+from tests.support.data import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = "dev1"
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 MIB = 1024 * 1024
 
 
 def _received_after(broker: Broker, observe, protocol: str, payloads: list[bytes]) -> list[bytes]:
     """What a link limited to 1 MiB + headroom receives of `payloads` (sent in order, then a small marker)."""
     received: list[bytes] = []
-    settings = BrokerSettings(url=broker.url, protocol=protocol, max_packet_bytes=packet_limit(MIB), **FAST)
+    settings = BrokerSettings(url=broker.url, protocol=protocol, max_packet_bytes=packet_limit(MIB), **FAST_LINK)
     link = MqttLink(settings, DEVICE, lambda request: received.append(request.payload))
     link.start()
     try:
@@ -83,11 +81,11 @@ def _request(size: int) -> CommandRequest:
 
 def _queued_after(count: int, size: int) -> list[int]:
     """Payload sizes the service queued of `count` commands of `size` bytes arriving at once."""
-    service = AgentService(Settings())
+    commands = CommandQueue(Settings().commands.max_payload_bytes)  # as the service builds it
     for _ in range(count):
-        service._enqueue_command(_request(size))
-    queued = [service._next_command() for _ in range(service._commands.qsize())]
-    assert service._queued_bytes == 0
+        commands.offer(_request(size))
+    queued = [commands.take() for _ in range(commands.qsize())]
+    assert commands.queued_bytes == 0
     return [len(request.payload) for request in queued if request is not None]
 
 

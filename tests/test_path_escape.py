@@ -28,12 +28,11 @@ from agent.modelupdate.install import state_models_dir
 from agent.service.provisioning import FILE_NAME, Outcome, provision
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, Observer
-from tests.command_fixtures import Device, make_device
-from tests.test_model_update import Updates, data, error, make_updates
+from tests.support.broker import Broker, Observer
+from tests.support.commands import Device, data, error, make_device
+from tests.support.data import SAMPLE
+from tests.support.model_updates import Updates, make_updates
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"
 ABSOLUTE = "/tmp/faceagent-escape"
 HOSTILE = [
     "..",

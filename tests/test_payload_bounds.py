@@ -19,7 +19,8 @@ from agent.commands.schema import MAX_DEPTH, MAX_TOKENS, CommandError, command_s
 from agent.commands.signing import CommandSecurity, public_key_text, sign_request
 from agent.config import CommandSettings
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import NOW, POWELL, image_arg, make_device, powell
+from tests.support.commands import NOW, image_arg, make_device
+from tests.support.data import POWELL, powell
 
 LIMIT = 16 * 1024 * 1024
 SMALL_TOKENS, SMALL_DEPTH = 40, 4

@@ -1,4 +1,4 @@
-"""The picamera2 source against the fake `Picamera2` of tests/fakes: the one fake in the project, as there is no
+"""The picamera2 source against the fake `Picamera2` of tests/support/fakes: the one fake in the project, as there is no
 camera here.
 
 The fake serves real frames of the Hamilton clip the way picamera2 does: `lores` as a YUV420 array of shape
@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tests.fakes.picamera2 as fake_picamera2
+import tests.support.fakes.picamera2 as fake_picamera2
 from agent.sources import LatestFrame, SourceError, SourceState, SourceUnavailable
 from agent.sources.picamera import PicameraSource
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.fakes.picamera2 import FakePicamera2, resized
+from tests.support.compare import mean_abs
+from tests.support.fakes.picamera2 import FakePicamera2, resized
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,6 @@ def read_one(source: PicameraSource):
         return source.read()
     finally:
         source.close()
-
-
-def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
 def test_the_camera_is_asked_for_the_configured_streams_and_rate(

@@ -27,7 +27,7 @@ from agent.service.provisioning import (
     read_status,
     wipe,
 )
-from tests.broker import Certs
+from tests.support.broker import Certs
 
 GOOD = """
 [mqtt]

@@ -16,6 +16,7 @@ from agent.recognition.quality import assess, pose, sharpness, view_score
 from agent.vision.detector import Face
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
 
 # Explicit levels, so the expected messages do not follow changes to the shipped defaults.
 GATE = QualitySettings(min_face_px=60, min_score=0.75, min_sharpness=30, max_yaw=0.35, max_roll_degrees=25)
@@ -138,13 +139,13 @@ def test_any_keypoints_and_chip_give_a_report(
 
 
 def test_the_hamilton_enrollment_photo_passes_the_shipped_gate(pipeline: FacePipeline, shared_data: Path) -> None:
-    image = load_image(shared_data / "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png")
+    image = load_image(shared_data / CLIP_ENROLL)
     (found,) = pipeline.analyse(image)
     assert assess(found.face, found.chip, QualitySettings()).reasons == []
 
 
 def test_a_blurred_audience_face_in_the_clip_is_refused_as_blurry(pipeline: FacePipeline, shared_data: Path) -> None:
-    image = load_image(shared_data / "sequence/hamilton_clip/frames/frame_0240.jpg")
+    image = load_image(shared_data / CLIP_FRAMES / "frame_0240.jpg")
     blurriest = min(pipeline.analyse(image), key=lambda found: sharpness(found.chip))
     reasons = assess(blurriest.face, blurriest.chip, QualitySettings()).reasons
     assert any(reason.startswith("too blurry") for reason in reasons)

@@ -9,7 +9,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,15 +26,12 @@ from agent.config import (
     remote_settings_path,
 )
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, Observer
-from tests.command_fixtures import NOW, Device, device_trusting
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.commands import NOW, Device, device_trusting
+from tests.support.data import copy_clip_frames
 
 DEVICE = "dev1"
-
-
-@pytest.fixture(scope="module")
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -44,10 +40,7 @@ def device(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey) -> De
 
 
 def signed_call(device: Device, key: Ed25519PrivateKey, name: str, *, at: datetime = NOW, **args: object) -> dict:
-    device.counter += 1
-    request = {"request_id": f"s{device.counter}", "origin": "ops", "args": args}
-    payload = json.dumps(sign_request(key, DEVICE, name, request, now=at)).encode()
-    return device.send(name, payload, now=at)
+    return device.call_as(key, name, args, now=at)
 
 
 def local_file(device: Device, text: str) -> None:
@@ -172,13 +165,6 @@ def test_purge_events_keeps_audit_records_younger_than_the_floor(device: Device,
 # ------------------------------------------------------------------------------------ the running agent
 
 
-def frames(shared_data: Path, folder: Path) -> Path:
-    folder.mkdir()
-    for frame in sorted((shared_data / "sequence/hamilton_clip/frames").iterdir())[:3]:
-        shutil.copy(frame, folder / frame.name)
-    return folder
-
-
 @pytest.fixture
 def agent(
     tmp_path: Path, broker: Broker, shared_data: Path, models_dir: Path, key: Ed25519PrivateKey
@@ -193,11 +179,8 @@ def agent(
         f'[mqtt]\nurl = "mqtt://127.0.0.1:1"\ndevice_id = "{DEVICE}"\n[camera]\nfps = 2\nloop = true\n'
         f'[commands]\nsigning_required = true\npublic_keys = ["{public_key_text(key)}"]\n'
     )
-    source = frames(shared_data, tmp_path / "frames")
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(state / "gallery.db"), "run"]
-    process = subprocess.Popen(
-        [*command, "--source", str(source), "--mqtt", broker.url], stderr=subprocess.PIPE, text=True
-    )
+    source = copy_clip_frames(shared_data, tmp_path / "frames", 3)
+    process = start_agent(config, state / "gallery.db", source, "--mqtt", broker.url, stderr=subprocess.PIPE)
     yield config, state, source
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)

@@ -74,7 +74,7 @@ def replay(pipeline: FacePipeline, shared_data: Path, tmp_path_factory: pytest.T
             pipeline, matcher, store, settings, "stage", on_decision=lambda t, m: result.decisions.append((t, m))
         )
         for index, path in enumerate(frames, start=1):
-            result.events += recognizer.process(load_image(path), frame_time(index))
+            result.events += recognizer.process(load_image(path), frame_time(index)).events
         result.events += recognizer.flush(frame_time(len(frames) + 1))
         result.outbox = store.pending_events(limit=10_000)
     result.stats, result.suppressed = recognizer.stats, recognizer.events.suppressed

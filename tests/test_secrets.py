@@ -12,7 +12,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +26,10 @@ from agent.errors import ConfigError
 from agent.service.provisioning import FILE_NAME, REASON_NAME, REJECTED_NAME, Outcome, provision
 from agent.service.provisioning import main as provision_main
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker, Certs, Observer, free_port
-from tests.command_fixtures import make_device
+from tests.support.agent_process import start_agent
+from tests.support.broker import Broker, Certs, Observer, free_port
+from tests.support.commands import make_device
+from tests.support.data import copy_clip_frames
 
 _ALPHABET = "abcXYZ0189@/:%\"'#?! \\üß☃密码"
 LONG = "".join(random.Random(4).choice(_ALPHABET) for _ in range(500))
@@ -238,16 +239,12 @@ def agent_after_rejection(tmp_path_factory: pytest.TempPathFactory, shared_data:
     (boot / FILE_NAME).write_text(hostile_file(f"mqtts://door-1:{LONG}@broker.example.com:99x", LONG))
     assert provision(boot, etc, state).outcome is Outcome.REJECTED
     broker = Broker(root / "broker", port=free_port()).start()
-    frames = root / "frames"
-    frames.mkdir()
-    for frame in sorted((shared_data / "sequence/hamilton_clip/frames").iterdir())[:3]:
-        shutil.copy(frame, frames / frame.name)
+    frames = copy_clip_frames(shared_data, root / "frames", 3)
     config = root / "faceagent.toml"
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\ntls_insecure = true\n[camera]\nfps = 2\nloop = true\n'
     )
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(state / "gallery.db"), "run"]
-    agent = subprocess.Popen([*command, "--source", str(frames)], stderr=subprocess.PIPE, text=True)
+    agent = start_agent(config, state / "gallery.db", frames, stderr=subprocess.PIPE)
     try:
         watcher = Observer(broker, [f"faceagent/{DEVICE}/status"])
         assert watcher.wait_for(lambda ms: any(m.json().get("provisioning") for m in ms), timeout=120)

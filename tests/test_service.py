@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,36 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import Broker, Observer
-from tests.command_fixtures import OPERATOR_TOML
+from tests.support.agent_process import agent_config, agent_env, ctl_call, enroll_cli, faceagent, start_agent
+from tests.support.broker import Broker, Observer
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
 
-CLIP_ENROLL = "sequence/hamilton_clip/enroll/Lin-Manuel_Miranda.png"
+pytestmark = pytest.mark.slow  # `faceagent run` as a real process
+
 DEVICE = "stage-1"
 
 
 def write_config(tmp_path: Path, broker: Broker, *, loop: bool, fps: float) -> Path:
-    config = tmp_path / "faceagent.toml"
-    config.write_text(
-        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\nkeepalive = 5\ntelemetry_interval_seconds = 1\n'
-        f"[camera]\nfps = {fps}\nloop = {'true' if loop else 'false'}\n"
-        '[events]\ncamera_id = "stage"\n' + OPERATOR_TOML
-    )
-    return config
+    return agent_config(tmp_path, broker, DEVICE, loop=loop, fps=fps)
 
 
-def enroll_miranda(shared_data: Path, db: Path, config: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(config), "enroll", "--db", str(db),
-         "--name", "Lin-Manuel Miranda", "--json", str(shared_data / CLIP_ENROLL)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stderr.split("(")[1].split(")")[0]
-
-
-def start_agent(config: Path, db: Path, source: Path, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(source)]
-    return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_agent(config: Path, db: Path, source: Path, *extra: str) -> subprocess.Popen[str]:
+    """`faceagent run` with its output kept for the test to read."""
+    return start_agent(config, db, source, *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def longest_number_list(document: object) -> int:
@@ -74,16 +59,15 @@ def status(observer: Observer) -> list[dict]:
     return [m.json() for m in observer.on(f"faceagent/{DEVICE}/status")]
 
 
-@pytest.mark.slow
 def test_run_recognizes_the_enrolled_person_and_publishes_every_event(
     tmp_path: Path, broker: Broker, observe, shared_data: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=False, fps=0)
     db = tmp_path / "gallery.db"
-    person_id = enroll_miranda(shared_data, db, config)
+    person_id = enroll_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROLL)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
-    frames = shared_data / "sequence/hamilton_clip/frames"
-    agent = start_agent(config, db, frames, "--replay-all", "--print-events")
+    frames = shared_data / CLIP_FRAMES
+    agent = run_agent(config, db, frames, "--replay-all", "--print-events")
     stdout, stderr = agent.communicate(timeout=300)
     assert agent.returncode == 0, stderr
     printed = [json.loads(line) for line in stdout.splitlines()]
@@ -96,11 +80,10 @@ def test_run_recognizes_the_enrolled_person_and_publishes_every_event(
     assert status(observer)[-1]["state"] == "offline" and status(observer)[-1]["reason"] == "stopped"
 
 
-@pytest.mark.slow
 def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, observe, shared_data: Path) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=15)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
-    agent = start_agent(config, tmp_path / "gallery.db", shared_data / "sequence/hamilton_clip/frames")
+    agent = run_agent(config, tmp_path / "gallery.db", shared_data / CLIP_FRAMES)
     try:
         assert observer.wait_for(lambda _: any(s["state"] == "online" for s in status(observer)), timeout=60)
         assert observer.wait_for(lambda _: bool(observer.on(f"faceagent/{DEVICE}/telemetry")), timeout=30)
@@ -116,20 +99,17 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
     assert telemetry["fps"] > 0 and "total" in telemetry["latency_ms"]
 
 
-@pytest.mark.slow
 def test_ctl_enrolls_a_person_whom_the_running_agent_then_recognizes(
     tmp_path: Path, broker: Broker, observe, shared_data: Path, operator_key_file: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=30)
     observer = observe(broker, ["#"])  # everything on the broker, the operator's photos included
-    agent = start_agent(config, tmp_path / "gallery.db", shared_data / "sequence/hamilton_clip/frames")
+    agent = run_agent(config, tmp_path / "gallery.db", shared_data / CLIP_FRAMES)
     try:
         assert observer.wait_for(lambda _: any(s["state"] == "online" for s in status(observer)), timeout=60)
-        ctl = subprocess.run(
-            [sys.executable, "-m", "agent", "ctl", "enroll", "--mqtt", broker.url, "--timeout", "60",
-             "--device", DEVICE, "--name", "Lin-Manuel Miranda", "--sign-key", str(operator_key_file),
-             str(shared_data / CLIP_ENROLL)],
-            capture_output=True, text=True, timeout=120,
+        ctl = faceagent(
+            "ctl", "enroll", "--mqtt", broker.url, "--timeout", "60", "--device", DEVICE,
+            "--name", "Lin-Manuel Miranda", "--sign-key", str(operator_key_file), str(shared_data / CLIP_ENROLL),
         )  # fmt: skip
         assert ctl.returncode == 0, ctl.stdout + ctl.stderr
         assert observer.wait_for(lambda _: bool(events(observer, "face_recognized")), timeout=120)
@@ -174,43 +154,37 @@ def notify_socket() -> Iterator[NotifySocket]:
         manager.sock.close()
 
 
-def ctl_call(broker: Broker, key: Path, command: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "ctl", "call", DEVICE, command, "--mqtt", broker.url, "--sign-key", str(key),
-         "--timeout", "30", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return json.loads(result.stdout)["reply"]
+def ctl_reply(broker: Broker, key: Path, command: str) -> dict:
+    return json.loads(ctl_call(broker.url, DEVICE, command, sign_key=key, wait=30).stdout)["reply"]
 
 
 def start_under_systemd(command: list[str], notify: NotifySocket) -> subprocess.Popen[str]:
     """The agent as the unit starts it: NOTIFY_SOCKET and a 30 s watchdog meant for its own PID (set by exec)."""
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "30000000"}
+    env = agent_env() | {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "30000000"}
     launcher = "import os, sys; os.environ['WATCHDOG_PID'] = str(os.getpid()); os.execv(sys.executable, sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", launcher, sys.executable, *command], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-@pytest.mark.slow
 def test_mqtt_restart_reexecutes_in_place_and_a_second_one_is_refused(
     tmp_path: Path, broker: Broker, observe, shared_data: Path, notify_socket: NotifySocket, operator_key_file: Path
 ) -> None:
     config = write_config(tmp_path, broker, loop=True, fps=15)  # trusts the test operator's key
     key = operator_key_file
     observer = observe(broker, [f"faceagent/{DEVICE}/status"])
-    frames = shared_data / "sequence/hamilton_clip/frames"
+    frames = shared_data / CLIP_FRAMES
     db = tmp_path / "gallery.db"
     command = ["-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(frames)]
     agent = start_under_systemd(command, notify_socket)
     try:
         assert notify_socket.wait_for(lambda lines: "READY=1" in lines, timeout=60), "no READY: see the log below"
-        assert ctl_call(broker, key, "restart")["data"] == {"restarting": True}
+        assert ctl_reply(broker, key, "restart")["data"] == {"restarting": True}
         # systemd sees a reload of the same process (not a stop and a new start), then READY again
         assert notify_socket.wait_for(lambda lines: lines.count("READY=1") == 2, timeout=60)
         lines = notify_socket.lines()
         assert "RELOADING=1" in lines[lines.index("READY=1") : len(lines) - lines[::-1].index("READY=1")]
         assert "STOPPING=1" not in lines and agent.poll() is None
-        refused = ctl_call(broker, key, "restart")
+        refused = ctl_reply(broker, key, "restart")
         assert refused["status"] == "error" and refused["error"]["code"] == "rate_limited", refused
         assert "retry in" in refused["error"]["message"]
         assert observer.wait_for(lambda _: [s["state"] for s in status(observer)].count("online") >= 2, timeout=30)
@@ -221,7 +195,6 @@ def test_mqtt_restart_reexecutes_in_place_and_a_second_one_is_refused(
     assert notify_socket.lines().count("READY=1") == 2  # the refused restart did nothing
 
 
-@pytest.mark.slow
 def test_without_a_camera_the_agent_runs_and_says_how_to_configure_one(
     tmp_path: Path, broker: Broker, observe, notify_socket: NotifySocket
 ) -> None:

@@ -26,15 +26,10 @@ from agent.config import CommandSettings
 from agent.errors import ConfigError
 from agent.vision.pipeline import FacePipeline
 from agent.wire import FLEET
-from tests.command_fixtures import NOW, Device, make_device
+from tests.support.commands import NOW, Device, make_device, write_private_key
 
 DEVICE = "dev1"
 WINDOW = 120.0
-
-
-@pytest.fixture(scope="module")
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
 
 
 def secured(tmp_path: Path, pipeline: FacePipeline, key: Ed25519PrivateKey, *, unsigned: bool = False) -> Device:
@@ -167,10 +162,7 @@ def test_an_unusable_public_key_entry_is_a_config_error(entry: str) -> None:
 
 
 def test_a_private_key_loads_from_pem(tmp_path: Path, key: Ed25519PrivateKey) -> None:
-    path = tmp_path / "ops.key"
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    path = write_private_key(key, tmp_path / "ops.key")
     assert key_id(load_private_key(path).public_key()) == key_id(key.public_key())
 
 

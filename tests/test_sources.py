@@ -33,7 +33,8 @@ from agent.sources.folder import FolderSource
 from agent.sources.picamera import PicameraSource
 from agent.sources.pyav import PyavSource
 from agent.vision.image import load_image
-from tests.fakes import picamera2 as fake_picamera2
+from tests.support.compare import mean_abs
+from tests.support.fakes import picamera2 as fake_picamera2
 
 CLIP_FRAMES = 275
 
@@ -72,10 +73,6 @@ def read_all(source: FolderSource | PyavSource, limit: int = 10_000) -> list[Fra
     finally:
         source.close()
     return frames
-
-
-def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
 # ------------------------------------------------------------------------------------ folder

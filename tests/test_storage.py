@@ -27,9 +27,10 @@ from agent.storage import StorageFullError, StorageHealth, StorageState, is_disk
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline
-from tests.broker import Broker
-from tests.command_fixtures import POWELL, Device, image_arg, make_device, powell
-from tests.tmpfs import fill, small_tmpfs
+from tests.support.broker import Broker, wait_until
+from tests.support.commands import Device, image_arg, make_device
+from tests.support.data import POWELL, powell
+from tests.support.tmpfs import fill, small_tmpfs
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DEVICE = "dev1"
@@ -229,15 +230,6 @@ def test_a_purge_the_full_disk_refuses_is_reported_and_tried_again_later(store: 
 
 
 # ------------------------------------------------------------------------------- the outbox
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_the_outbox_publishes_what_it_holds_while_the_disk_is_full(

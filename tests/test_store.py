@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import stat
@@ -18,8 +17,9 @@ from agent.errors import GalleryError
 from agent.gallery import schema
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, new_event_id, utc_iso, utc_now
+from tests.support.compare import file_sha256
+from tests.support.data import EMBEDDER_ID as MODEL
 
-MODEL = "dlib-resnet29-int8"
 NOBODY = 65534
 
 
@@ -44,10 +44,6 @@ def enroll(store: GalleryStore, name: str, seeds: list[int], model_id: str = MOD
         for seed in seeds:
             store.add_template(person.id, vector(seed), model_id=model_id, model_sha256="ab" * 32, quality={"q": 1.0})
     return person.id
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def event(store: GalleryStore, person_id: str | None = None, created_at: str | None = None) -> str:
@@ -106,10 +102,10 @@ def test_a_directory_is_not_a_gallery(tmp_path: Path) -> None:
 
 def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
     db_path.write_bytes(b"name,embedding\nann,0.1 0.2\n" * 100)
-    before = digest(db_path)
+    before = file_sha256(db_path)
     with pytest.raises(GalleryError, match=r"not a SQLite database.*untouched.*\.bad"):
         GalleryStore.open(db_path)
-    assert digest(db_path) == before
+    assert file_sha256(db_path) == before
 
 
 def test_a_foreign_sqlite_database_is_refused_untouched(db_path: Path) -> None:
@@ -117,10 +113,10 @@ def test_a_foreign_sqlite_database_is_refused_untouched(db_path: Path) -> None:
         conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
         conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
     conn.close()
-    before = digest(db_path)
+    before = file_sha256(db_path)
     with pytest.raises(GalleryError, match=r"another application \(tables invoices\).*untouched"):
         GalleryStore.open(db_path)
-    assert digest(db_path) == before
+    assert file_sha256(db_path) == before
 
 
 def test_a_sqlite_file_of_another_application_id_is_refused(db_path: Path) -> None:
@@ -139,10 +135,10 @@ def test_a_corrupt_gallery_is_refused_untouched(db_path: Path) -> None:
     with open(db_path, "r+b") as handle:  # scribble over the b-tree header of page 3
         handle.seek(2 * page_size)
         handle.write(b"\xa5" * 64)
-    before = digest(db_path)
+    before = file_sha256(db_path)
     with pytest.raises(GalleryError, match=rf"gallery {db_path} is corrupt.*untouched.*restore"):
         GalleryStore.open(db_path)
-    assert digest(db_path) == before
+    assert file_sha256(db_path) == before
 
 
 def test_a_gallery_newer_than_the_code_is_refused_untouched(db_path: Path) -> None:
@@ -150,10 +146,10 @@ def test_a_gallery_newer_than_the_code_is_refused_untouched(db_path: Path) -> No
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
     conn.close()
-    before = digest(db_path)
+    before = file_sha256(db_path)
     with pytest.raises(GalleryError, match=r"newer than this faceagent understands.*upgrade faceagent"):
         GalleryStore.open(db_path)
-    assert digest(db_path) == before
+    assert file_sha256(db_path) == before
 
 
 def test_a_failing_migration_step_leaves_the_previous_version(db_path: Path, monkeypatch) -> None:
@@ -208,10 +204,10 @@ def test_a_read_only_gallery_is_a_clear_error() -> None:
             enroll(store, "Ann", [1])
         path.chmod(0o444)
         folder.chmod(0o555)
-        before = digest(path)
+        before = file_sha256(path)
         message = _without_write_access(lambda: GalleryStore.open(path))
         assert "read-only" in message and str(path) in message
-        assert digest(path) == before
+        assert file_sha256(path) == before
     finally:
         folder.chmod(0o755)
         for child in folder.iterdir():

@@ -30,10 +30,9 @@ from agent.link.telemetry import (
 from agent.recognition.events import EventEmitter
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
-from tests.broker import Broker, Received
+from tests.support.broker import FAST_LINK, Broker, Received
 
 MODELS = {"detector": "blazeface-short", "embedder": "dlib-resnet29-int8"}
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 class FakeClock:
@@ -185,7 +184,7 @@ def test_no_published_message_carries_images_or_embeddings(tmp_path: Path, broke
             track, Match(ada, "Ada", 0.2, 0.3, True), t0
         )
     source = telemetry(tmp_path)
-    link = MqttLink(BrokerSettings(url=broker.url, **FAST), "dev1", lambda r: None, will=source.offline("lost"))
+    link = MqttLink(BrokerSettings(url=broker.url, **FAST_LINK), "dev1", lambda r: None, will=source.offline("lost"))
     HomeAssistantDiscovery(link, HomeAssistantSettings(enabled=True), version="1.2.3").attach()
     outbox = OutboxPublisher(path, link, max_events=100, poll_seconds=0.05)
     link.publish_status(source.status(summary))

@@ -6,7 +6,7 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,27 +18,22 @@ from agent.config import load_settings
 from agent.errors import ConfigError
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.link.operator import CLIENT_OWNER, Operator, OperatorError
-from tests.broker import REPO, Broker, Certs, Observer, _leaf, free_port
+from tests.support.broker import FAST_LINK, Broker, Certs, Observer, free_port, leaf_certificate
+from tests.support.data import REPO
 
 EXAMPLE = REPO / "examples" / "mosquitto"
 ACL = EXAMPLE / "faceagent.acl"
 USERS = {"dev-a": "pass-a", "dev-b": "pass-b", "operator": "pass-op"}
-FAST = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 @pytest.fixture
-def make_link() -> Iterator[Callable[..., MqttLink]]:
-    links: list[MqttLink] = []
+def make_link(start_link: Callable[..., MqttLink]) -> Callable[..., MqttLink]:
+    """Started links (stopped afterwards), of device dev-a unless `device` says otherwise."""
 
     def make(device: str = "dev-a", on_command: Callable[[CommandRequest], None] | None = None, **settings) -> MqttLink:
-        link = MqttLink(BrokerSettings(**FAST, **settings), device, on_command or (lambda request: None))
-        links.append(link)
-        link.start()
-        return link
+        return start_link(device, on_command, **settings)
 
-    yield make
-    for link in links:
-        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
+    return make
 
 
 @pytest.fixture
@@ -106,7 +101,7 @@ def connects(make_link) -> Callable[..., bool]:
         if kind == "device":
             return make_link(**settings).wait_connected(wait)
         try:
-            with Operator(BrokerSettings(**FAST, **settings), timeout=wait):
+            with Operator(BrokerSettings(**FAST_LINK, **settings), timeout=wait):
                 return True
         except OperatorError:
             return False
@@ -120,7 +115,7 @@ def misnamed(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     folder = tmp_path_factory.mktemp("misnamed")
     for name in ("ca.crt", "ca.key"):
         shutil.copy(certs.ca.parent / name, folder / name)
-    _leaf(folder, "ca", "misnamed", "serverAuth", "DNS:broker.elsewhere.invalid")
+    leaf_certificate(folder, "ca", "misnamed", "serverAuth", "DNS:broker.elsewhere.invalid")
     return certs.ca, folder / "misnamed.crt", folder / "misnamed.key"
 
 

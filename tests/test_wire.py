@@ -31,9 +31,9 @@ from agent.storage import StorageHealth
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.pipeline import FacePipeline
-from tests.command_fixtures import Device, make_device
+from tests.support.commands import Device, make_device
+from tests.support.data import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ADA = Match("p_ada", "Ada", 0.31234567, 0.1, True)
 STRANGER = Match("p_ada", "Ada", 0.7, 0.01, False)

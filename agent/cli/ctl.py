@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.cli.arguments import add_person_arguments
 from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
 from agent.config import RULES, CommandSettings, Pattern, find_config, load_settings, require_tls
 from agent.errors import FaceagentError
@@ -446,16 +447,7 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
 
     enroll = sub.add_parser("enroll", parents=[common, fleet], help="enroll a person from photos on devices")
     enroll.add_argument("photos", nargs="+", type=Path)
-    who = enroll.add_mutually_exclusive_group(required=True)
-    who.add_argument("--name", help="display name of a new person")
-    who.add_argument("--person-id", help="add photos to this person (ids differ between devices)")
-    enroll.add_argument("--external-ref", help="your reference for the person")
-    enroll.add_argument("--consent-ref", help="reference of the consent record")
-    enroll.add_argument("--consent-by", help="who gave consent (default: the person)")
-    enroll.add_argument("--purpose", help="purpose the consent covers")
-    enroll.add_argument(
-        "--force", action="store_true", help="enroll even if a photo matches someone else, or not --person-id"
-    )
+    add_person_arguments(enroll, person_id_help="add photos to this person (ids differ between devices)")
     enroll.set_defaults(handler=cmd_enroll)
 
     delete = sub.add_parser("delete", parents=[common, fleet], help="erase a person (default: on every device)")

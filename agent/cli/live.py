@@ -8,7 +8,8 @@ from pathlib import Path
 from agent.cli.demo import run_demo
 from agent.config import find_config, load_layered, load_settings, require_tls
 from agent.service import provisioning
-from agent.service.app import EXIT_RESTART, AgentService, RunOptions, print_event, reexec
+from agent.service.app import AgentService, RunOptions, print_event
+from agent.service.restart import EXIT_RESTART, reexec
 
 
 def add_live_commands(commands: argparse._SubParsersAction) -> None:

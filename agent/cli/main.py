@@ -1,4 +1,11 @@
-"""The `faceagent` command: wiring only; the work happens in the modules it calls."""
+"""The `faceagent` command: the argument parser and the offline commands run on the device's files.
+
+`identify`, `compare`, `enroll`, `gallery list`, `person update|delete`, `config check` and `models verify`
+live here, each a short function over the same objects the service and the MQTT commands use (`FacePipeline`,
+`Matcher`, `Enroller`, `GalleryStore`, the settings loader), so a photo enrolled from the shell passes the same
+gate as one sent over MQTT. The long-running commands are in `live`, the operator's `ctl` in `ctl` and its
+web page in `console`.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import __version__
+from agent.cli.arguments import add_person_arguments
 from agent.cli.console import add_console_commands
 from agent.cli.ctl import add_ctl_commands
 from agent.cli.live import add_live_commands
@@ -126,16 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     enroll = commands.add_parser("enroll", parents=[shared], help="enroll a person from photos (one face each)")
     enroll.add_argument("images", nargs="+", type=Path)
-    who = enroll.add_mutually_exclusive_group(required=True)
-    who.add_argument("--name", help="display name of a new person")
-    who.add_argument("--person-id", help="add photos to this enrolled person")
-    enroll.add_argument("--external-ref", help="your reference for the person (e.g. an employee number)")
-    enroll.add_argument("--consent-ref", help="reference of the consent record (a form number, a ticket)")
-    enroll.add_argument("--consent-by", help="who gave consent (default: the person; with --consent-ref)")
-    enroll.add_argument("--purpose", help="purpose the consent covers (with --consent-ref)")
-    enroll.add_argument(
-        "--force", action="store_true", help="enroll even if a photo matches someone else, or not --person-id"
-    )
+    add_person_arguments(enroll, person_id_help="add photos to this enrolled person")
     _add_pipeline_args(enroll)
     enroll.set_defaults(handler=cmd_enroll)
 

@@ -1,7 +1,8 @@
-"""What each command does, through the same services the CLI calls (`Enroller`, `GalleryStore`,
-`Matcher`, the settings loader). Arguments arrive validated (`schema`); a handler raises
-`CommandError` for an expected refusal and returns `Done` otherwise. A write that finds the disk full
-is refused as `storage_full` (nothing was changed), not reported as an internal failure.
+"""What each command does, through the same services the CLI calls (`Enroller`, `GalleryStore`, the
+settings loader). Arguments arrive validated (`schema`); a handler raises `CommandError` for an expected
+refusal and returns `Done` otherwise. A write that finds the disk full is refused as `storage_full`
+(nothing was changed), not reported as an internal failure. A write to people or templates is made inside
+`services.gallery.writing(store)`, so the live matcher follows it (just those people) before the reply.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from agent.config import (
 )
 from agent.errors import ConfigError, FaceagentError
 from agent.files import write_atomically
-from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import GalleryWrites
 from agent.identity import Consent, Person, utc_iso
 from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.storage import StorageFullError, StorageHealth, is_disk_full
@@ -52,15 +53,16 @@ class ModelUpdates(Protocol):
 class CommandServices:
     """What commands act on; built by the service, each field what the CLI uses too.
 
-    `apply_settings` makes new settings live (matcher threshold and margin included); `request_restart`
-    only schedules a graceful restart, so the reply is published before the agent stops.
+    `apply_settings` makes new settings live, each changed section in its consumers (matcher threshold and
+    margin included); `request_restart` only schedules a graceful restart, so the reply is published before
+    the agent stops. Commands never change the live matcher themselves: `gallery` does, after their writes.
     """
 
     settings_path: Path | None  # the local settings file (read-only here; None: the built-in defaults)
     get_settings: Callable[[], Settings]
     apply_settings: Callable[[Settings], None]
     open_store: Callable[[], GalleryStore]  # a store for the command thread (one store per thread)
-    matcher: Matcher
+    gallery: GalleryWrites  # told about every write to people or templates
     enroller_factory: Callable[[GalleryStore], Enroller]
     status: Callable[[], OnlineStatus]
     request_restart: Callable[[], None]
@@ -166,16 +168,19 @@ def enroll(ctx: Context, args: dict[str, Any]) -> Done:
         given = args["consent"]
         given_by = given.get("given_by") or args.get("name") or person_id or ""
         consent = Consent(given_by, utc_iso(ctx.now), given["reference"], given.get("purpose"))
+    enroller = ctx.services.enroller_factory(ctx.store)
     try:
-        result = ctx.services.enroller_factory(ctx.store).enroll(
-            photos,
-            actor=ctx.actor,
-            name=args.get("name"),
-            person_id=person_id,
-            external_ref=args.get("external_ref"),
-            consent=consent,
-            force=args.get("force", False),
-        )
+        with ctx.services.gallery.writing(ctx.store) as changed:
+            result = enroller.enroll(
+                photos,
+                actor=ctx.actor,
+                name=args.get("name"),
+                person_id=person_id,
+                external_ref=args.get("external_ref"),
+                consent=consent,
+                force=args.get("force", False),
+            )
+            changed.add(result.person.id)
     except EnrollmentError as exc:
         raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
     outcomes = [
@@ -210,8 +215,9 @@ def _person_by(ctx: Context, args: dict[str, Any]) -> Person:
 def delete_person(ctx: Context, args: dict[str, Any]) -> Done:
     """Erasure: the store first (templates, events, chips), then the live matcher."""
     person = _person_by(ctx, args)
-    counts = ctx.store.delete_person(person.id, actor=ctx.actor)
-    ctx.services.matcher.remove_person(person.id)
+    with ctx.services.gallery.writing(ctx.store) as changed:
+        counts = ctx.store.delete_person(person.id, actor=ctx.actor)
+        changed.add(person.id)
     return Done({"person_id": person.id, "deleted": counts}, person.id, erased=(person.id, person.name))
 
 
@@ -219,10 +225,11 @@ def update_person(ctx: Context, args: dict[str, Any]) -> Done:
     person_id = args["person_id"]
     if ctx.store.get_person(person_id) is None:
         raise _not_found(person_id)
-    person = ctx.store.update_person(
-        person_id, name=args.get("name"), external_ref=args.get("external_ref"), actor=ctx.actor
-    )
-    ctx.services.matcher.rename(person.id, person.name)
+    with ctx.services.gallery.writing(ctx.store) as changed:
+        person = ctx.store.update_person(
+            person_id, name=args.get("name"), external_ref=args.get("external_ref"), actor=ctx.actor
+        )
+        changed.add(person.id)
     shown = _shown(ctx, {"id": person.id, "name": person.name, "external_ref": person.external_ref})
     return Done({"person": shown}, person.id)
 

@@ -1,8 +1,10 @@
 """In-memory 1:N matching: every template of the loaded embedder in one float32 matrix.
 
 The live loop searches on every decision while MQTT commands enroll and erase people, so the matrix is
-built once from the store (`load`) and then patched in place (`add`, `remove_person`, `rename`) under a
-lock, never reloaded. A search is one matrix-vector product over precomputed squared norms
+built once from the store (`load`) and then changed in place under a lock: a few people at a time
+(`replace_people` after a write; `add`, `remove_person`, `rename`), or whole when another process changed
+the file (`load` swaps in a matrix it built outside the lock) or the embedder changed (a matcher built
+aside, then `take`n in one step). A search is one matrix-vector product over precomputed squared norms
 (||a - b||² = ||a||² + ||b||² - 2a·b); the best person is the owner of the nearest template, and the
 second-best PERSON is the nearest template once the best person's rows are masked out, which gives the
 per-person minimum without reducing over every person: with 100,000 templates of 20,000 people it took
@@ -160,32 +162,36 @@ class Matcher:
     def add(self, template_id: int, person_id: str, name: str, embedding: np.ndarray) -> None:
         """Hold one more template; amortised O(1) (capacity doubles when full)."""
         with self._lock:
-            dim = _check_shape(np.asarray(embedding), self._dim, template_id)
+            _check_shape(np.asarray(embedding), self._dim, template_id)
             vector = np.asarray(embedding, dtype=np.float32)
             if not np.isfinite(vector).all():
                 raise MatcherError(f"template {template_id} has a non-finite embedding")
             if int(template_id) in self._known_templates:
                 raise MatcherError(f"template {template_id} is already held")
             vector = self._prepare_rows(vector[None, :], [int(template_id)])[0]
-            if self._dim is None:
-                self._reset(dim, _MIN_CAPACITY)
-            if self._count == len(self._vectors):
-                self._grow(2 * len(self._vectors))
-            index = self._person_index.get(person_id)
-            if index is None:
-                index = self._person_index[person_id] = len(self._person_ids)
-                self._person_ids.append(person_id)
-                self._names.append(name)
-            else:
-                self._names[index] = name
             self._version += 1
-            row = self._count
-            self._vectors[row] = vector
-            self._sqnorms[row] = float(vector @ vector)
-            self._owners[row] = index
-            self._template_ids[row] = int(template_id)
-            self._known_templates.add(int(template_id))
-            self._count = row + 1
+            self._append(int(template_id), person_id, name, vector)
+
+    def _append(self, template_id: int, person_id: str, name: str, vector: np.ndarray) -> None:
+        """Under the lock: one more row, checked and prepared (`_prepare_rows`) by the caller."""
+        if self._dim is None:
+            self._reset(len(vector), _MIN_CAPACITY)
+        if self._count == len(self._vectors):
+            self._grow(2 * len(self._vectors))
+        index = self._person_index.get(person_id)
+        if index is None:
+            index = self._person_index[person_id] = len(self._person_ids)
+            self._person_ids.append(person_id)
+            self._names.append(name)
+        else:
+            self._names[index] = name
+        row = self._count
+        self._vectors[row] = vector
+        self._sqnorms[row] = float(vector @ vector)
+        self._owners[row] = index
+        self._template_ids[row] = template_id
+        self._known_templates.add(template_id)
+        self._count = row + 1
 
     def remove_person(self, person_id: str) -> None:
         """Drop every template of the person and compact the rows; unknown people are a no-op.
@@ -194,23 +200,73 @@ class Matcher:
         """
         with self._lock:
             self._version += 1  # even when not held: a reload in flight may have read the person before the erasure
-            index = self._person_index.pop(person_id, None)
-            if index is None:
-                return
+            self._drop({person_id})
+
+    def replace_people(self, person_ids: Iterable[str], rows: Iterable[tuple[int, str, str, np.ndarray]]) -> None:
+        """Hold exactly `rows` (as `GalleryStore.person_templates` yields them) for each of `person_ids`: what a
+        write to those people left in the gallery, applied in one step (no rows: they were erased). Every row
+        is checked before anything changes, so a bad one leaves the matcher as it was."""
+        wanted = set(person_ids)
+        rows = list(rows)
+        ids = [int(template_id) for template_id, *_ in rows]
+        if len(set(ids)) != len(ids):
+            raise MatcherError("the rows repeat a template id")
+        if strangers := {person_id for _, person_id, _, _ in rows} - wanted:
+            raise MatcherError(f"rows of {len(strangers)} people who were not asked for")
+        with self._lock:
+            vectors = [np.asarray(row[3], dtype=np.float32) for row in rows]
+            dim = self._dim
+            for template_id, vector in zip(ids, vectors, strict=True):
+                dim = _check_shape(vector, dim, template_id)
+            matrix = np.stack(vectors) if vectors else np.empty((0, dim or 0), np.float32)
+            if not np.isfinite(matrix).all():
+                raise MatcherError(f"template {ids[int((~np.isfinite(matrix).all(axis=1)).argmax())]} is not finite")
+            matrix = self._prepare_rows(matrix, ids)
             count = self._count
-            keep = self._owners[:count] != index
-            kept = int(keep.sum())
-            self._known_templates.difference_update(self._template_ids[:count][~keep].tolist())
-            for array in (self._vectors, self._sqnorms, self._owners, self._template_ids):
-                array[:kept] = array[:count][keep]
-            owners = self._owners[:kept]
-            owners[owners > index] -= 1
-            del self._person_ids[index], self._names[index]
-            for later in self._person_ids[index:]:
-                self._person_index[later] -= 1
-            self._count = kept
-            if kept == 0:
-                self._reset(None, 0)
+            theirs = np.isin(self._owners[:count], [self._person_index[p] for p in wanted if p in self._person_index])
+            taken = (self._known_templates - set(self._template_ids[:count][theirs].tolist())) & set(ids)
+            if taken:
+                raise MatcherError(f"template {min(taken)} is already held by someone else")
+            self._version += 1
+            self._drop(wanted)
+            for template_id, (_, person_id, name, _), vector in zip(ids, rows, matrix, strict=True):
+                self._append(template_id, person_id, name, vector)
+
+    def take(self, other: Matcher) -> None:
+        """Hold what `other` holds, by reference and in one step: a matrix built aside (off the frame loop)
+        goes live at once. `other` must not be used afterwards."""
+        if other is self:
+            return
+        if other.metric != self.metric:
+            raise MatcherError(f"cannot take a {other.metric} matcher into a {self.metric} one")
+        with other._lock, self._lock:
+            self._version += 1
+            self._dim, self._count = other._dim, other._count
+            self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
+            self._template_ids, self._known_templates = other._template_ids, other._known_templates
+            self._person_ids, self._names, self._person_index = other._person_ids, other._names, other._person_index
+
+    def _drop(self, person_ids: set[str]) -> None:
+        """Under the lock: every row of these people out, in one compaction."""
+        indices = [self._person_index[p] for p in person_ids if p in self._person_index]
+        if not indices:
+            return
+        count = self._count
+        gone = np.zeros(len(self._person_ids), dtype=bool)
+        gone[indices] = True
+        keep = ~gone[self._owners[:count]]
+        kept = int(keep.sum())
+        self._known_templates.difference_update(self._template_ids[:count][~keep].tolist())
+        for array in (self._vectors, self._sqnorms, self._owners, self._template_ids):
+            array[:kept] = array[:count][keep]
+        renumber = np.cumsum(~gone) - 1  # old person index -> its index among those kept
+        self._owners[:kept] = renumber[self._owners[:kept]]
+        self._person_ids = [p for p, dropped in zip(self._person_ids, gone, strict=True) if not dropped]
+        self._names = [n for n, dropped in zip(self._names, gone, strict=True) if not dropped]
+        self._person_index = {person_id: i for i, person_id in enumerate(self._person_ids)}
+        self._count = kept
+        if kept == 0:
+            self._reset(None, 0)
 
     def rename(self, person_id: str, name: str) -> None:
         """New display name for later matches; unknown people are a no-op (no template of this model)."""

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -280,6 +280,32 @@ class GalleryStore:
                 yield template_id, person_id, name, np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
     @_guarded
+    def person_templates(self, model_id: str, person_ids: Iterable[str]) -> list[tuple[int, str, str, np.ndarray]]:
+        """`iter_templates` for these people only: what a write to them left (by the person's index)."""
+        wanted = sorted(set(person_ids))
+        rows: list[tuple[int, str, str, np.ndarray]] = []
+        for start in range(0, len(wanted), _DELETE_CHUNK):
+            chunk = wanted[start : start + _DELETE_CHUNK]
+            sql = (
+                "SELECT t.id, t.person_id, p.name, t.embedding FROM templates t JOIN people p ON p.id = t.person_id "
+                f"WHERE t.model_id = ? AND t.person_id IN ({', '.join('?' * len(chunk))}) ORDER BY t.id"
+            )
+            for template_id, person_id, name, blob in self.db.execute(sql, [model_id, *chunk]):
+                rows.append((template_id, person_id, name, np.frombuffer(blob, dtype="<f4").astype(np.float32)))
+        return rows
+
+    @_guarded
+    def chips_to_rebuild(self, old_model_id: str, new_model_id: str) -> list[tuple[str, str, bytes, str]]:
+        """(person id, name, chip, quality JSON) of each chip kept with a template of `old_model_id` that has
+        no template of `new_model_id` yet, in template order: what a rebuild after a model change embeds."""
+        sql = (
+            "SELECT t.person_id, p.name, t.chip, t.quality FROM templates t JOIN people p ON p.id = t.person_id "
+            "WHERE t.model_id = ? AND t.chip IS NOT NULL AND NOT EXISTS (SELECT 1 FROM templates u "
+            "WHERE u.person_id = t.person_id AND u.model_id = ? AND u.chip = t.chip) ORDER BY t.id"
+        )
+        return [tuple(row) for row in self.db.execute(sql, [old_model_id, new_model_id]).fetchall()]
+
+    @_guarded
     def count_templates(self, person_id: str, model_id: str) -> int:
         return self.db.table("templates").count_where("person_id = ? AND model_id = ?", [person_id, model_id])
 
@@ -313,6 +339,12 @@ class GalleryStore:
         )
         with self._errors():
             yield from self.db.execute(sql)
+
+    @_guarded
+    def data_version(self) -> int:
+        """SQLite's `data_version`: changes when another connection (any thread or process) commits, never for
+        this connection's own commits; two equal readings bracket a stretch in which only this one wrote."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def fingerprint(self) -> tuple[int, int, int, str, int]:
         """Changes whenever a person or template is added, renamed or erased, by any process."""

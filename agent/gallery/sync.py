@@ -1,21 +1,33 @@
-"""Keep the in-memory matcher in step with changes other processes make to the gallery file.
+"""The one writer of the live matcher: it follows every change to the gallery file, whoever made it.
 
-`faceagent person delete` on the command line writes to the same SQLite file the running service
-matches from. Erasure must take effect at once, not at the next restart, so a background thread (never
-the frame loop: a reload of 100,000 templates takes about a second) asks this cheap question every
-`interval_seconds` (one aggregate over indexes) and, when the answer changes, drops the people erased
-meanwhile at once and then rebuilds the matcher. The new matrix is built from one read snapshot and
-swapped in only if no command patched the matcher while it was read (`Matcher.load(if_version=)`);
-otherwise it is read again, so a reload can never bring back a person a command has just erased.
-Changes made through the service's own commands are already in the matcher; the reload after them is
-redundant but harmless, and off the frame loop.
+- A write of this process (a command enrolls, renames, erases, or a model update rebuilds templates) is
+  recorded around the write (`recorded`) and handed over as a `GalleryWrite`: `apply` refreshes just the
+  people it changed, a few rows read by index, whatever the gallery's size.
+- Another process (`faceagent person delete` on the command line) writes to the same SQLite file. Erasure
+  must take effect at once, not at the next restart, so `maybe_sync` asks a cheap question every
+  `interval_seconds` (one aggregate over indexes) and, when the answer changed in a way no recorded write
+  explains, drops the people erased meanwhile at once and then rebuilds the matcher (about a second at
+  100,000 templates: never on the frame loop). The new matrix is built from one read snapshot, aside, and
+  swapped in only if the matcher did not change while it was read (`Matcher.load(if_version=)`); otherwise
+  it is read again, so a reload can never bring back a person just erased.
+- A new embedder (`switch_model`): its templates are read and its matrix built aside, then handed to
+  `go_live`, which swaps it in together with the new models.
+
+A recorded write explains the fingerprint it left when the gallery was, just before it, what the matcher
+already held, and no other connection committed while it ran (SQLite's `data_version`); anything else
+leaves the fingerprint unexplained, and the next look rebuilds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
@@ -24,6 +36,35 @@ log = logging.getLogger(__name__)
 
 Fingerprint = tuple[int, int, int, str, int]
 UNLOADED: Fingerprint = (-1, -1, -1, "", -1)  # no gallery's: the matcher holds nothing read yet
+
+
+@dataclass(frozen=True)
+class GalleryWrite:
+    """The people one write of this process changed, and the gallery's fingerprint just before and after it."""
+
+    people: frozenset[str]
+    before: Fingerprint
+    after: Fingerprint | None  # None: another connection committed meanwhile, so the change is not all ours
+
+
+class GalleryWrites(Protocol):
+    """Where a gallery write is announced, so the live matcher follows it before the writer goes on."""
+
+    def writing(self, store: GalleryStore) -> AbstractContextManager[set[str]]:
+        """Around a write through `store`: add the ids of the people changed to the set it yields."""
+        ...
+
+
+@contextmanager
+def recorded(store: GalleryStore, done: Callable[[GalleryWrite], None]) -> Iterator[set[str]]:
+    """Record the write made inside (through `store`) and pass it to `done` once it has succeeded; a write
+    that raised changed nothing (each store write is one transaction) or is caught by the next look."""
+    people: set[str] = set()
+    version = store.data_version()
+    before = store.fingerprint()
+    yield people
+    after = store.fingerprint()
+    done(GalleryWrite(frozenset(people), before, after if store.data_version() == version else None))
 
 
 class GallerySync:
@@ -42,16 +83,35 @@ class GallerySync:
         """`seen`: the fingerprint read with the rows the matcher holds (default: the gallery's now)."""
         self.store = store
         self.matcher = matcher
-        self.model_id = model_id  # set by the frame loop on a model switch, before its own matcher.load
+        self.model_id = model_id  # whose templates the matcher holds; changed only by `switch_model`
         self.interval_seconds = interval_seconds
         self.clock = clock
         self._due = clock() + interval_seconds
         self._seen = seen if seen is not None else self.store.fingerprint()
         self.reloads = 0
         self.retries = 0
+        self.refreshes = 0
+
+    def writing(self, store: GalleryStore) -> AbstractContextManager[set[str]]:
+        """`GalleryWrites` applied at once, on the writer's thread and through its connection (where no thread
+        of its own owns the matcher: the CLI's tools, tests)."""
+        return recorded(store, lambda write: self.apply(write, store))
+
+    def apply(self, write: GalleryWrite, store: GalleryStore | None = None) -> None:
+        """Refresh the people a write of this process changed, reading through `store` (default: the sync's
+        own); their rows are read now, so a later change to them (by anyone) is taken too."""
+        if write.people:
+            reader = store or self.store
+            with reader.snapshot():
+                rows = reader.person_templates(self.model_id, write.people)
+            self.matcher.replace_people(write.people, rows)
+            self.refreshes += 1
+        if write.after is not None and write.before == self._seen:
+            self._seen = write.after  # the change is all ours, and now in the matcher: nothing to reload
 
     def maybe_sync(self) -> bool:
-        """Reload the matcher if the gallery changed since the last look; True when it did."""
+        """Reload the matcher if the gallery changed since the last look in a way no write explained; True
+        when it did."""
         now = self.clock()
         if now < self._due:
             return False
@@ -80,11 +140,8 @@ class GallerySync:
     def reload(self) -> bool:
         """Load every template of the model from one snapshot; False (nothing swapped) when the matcher
         changed meanwhile, so the rows may predate a command's change."""
-        version = self.matcher.version  # before the model id and the rows: a switch or patch after it fails the swap
-        model_id = self.model_id
-        with self.store.snapshot():  # held only while reading: an erasure's WAL checkpoint waits for readers
-            current = self.store.fingerprint()
-            rows = list(self.store.iter_templates(model_id))
+        version = self.matcher.version  # before the rows: a patch after it fails the swap
+        current, rows = self._read(self.model_id)
         swapped = self.matcher.load(rows, if_version=version)
         if not swapped:
             self.retries += 1
@@ -92,3 +149,17 @@ class GallerySync:
         self._seen = current
         self.reloads += 1
         return True
+
+    def switch_model(self, model_id: str, go_live: Callable[[Matcher], None]) -> None:
+        """Build the matcher of `model_id`'s templates aside and hand it to `go_live`, which makes it live
+        (with the models that made it) or raises: nothing here changes unless it returns."""
+        current, rows = self._read(model_id)
+        matcher = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=self.matcher.margin)
+        matcher.load(rows)
+        go_live(matcher)
+        self.model_id, self._seen = model_id, current
+        log.info("matcher switched to %s: %d templates", model_id, len(self.matcher))
+
+    def _read(self, model_id: str) -> tuple[Fingerprint, list[tuple[int, str, str, np.ndarray]]]:
+        with self.store.snapshot():  # held only while reading: an erasure's WAL checkpoint waits for readers
+            return self.store.fingerprint(), list(self.store.iter_templates(model_id))

@@ -307,8 +307,8 @@ def last_person_document(shown: Mapping[str, Any] | None, *, include_names: bool
 class LastPersonTopic:
     """Keeps the retained `<base>/last_person` equal to what the gallery says, on every connect too.
 
-    `refresh` runs on the frame loop after a recognition and on the gallery thread after a change on disk,
-    each with its own store: a lock makes each read-and-publish whole, so an older read never lands last. The
+    `refresh` runs on the frame loop, after a recognition and (as a job) after a change on disk, with its own store:
+    a lock makes each read-and-publish whole, so an older read never lands last. The
     connect hook runs on paho's thread and re-sends the latest document without the lock: it checks afterwards
     that the document did not change meanwhile, so the last message on the broker is always the newest.
     """

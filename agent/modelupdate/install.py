@@ -26,7 +26,6 @@ from agent.vision.runtime import TfliteModel, select_runtime
 
 if TYPE_CHECKING:
     from agent.config import ModelSettings
-    from agent.gallery.matcher import Matcher
     from agent.gallery.store import GalleryStore
 
 PREVIOUS_MANIFEST = "manifest.previous.json"
@@ -140,32 +139,22 @@ def load_embedder(models_dir: Path, spec: ModelSpec, models: ModelSettings) -> E
     return Embedder(TfliteModel(select_runtime(models.runtime).load(content, models.threads)), spec.raw)
 
 
-def rebuild_templates(store: GalleryStore, matcher: Matcher, embedder: Embedder, old_id: str, actor: str) -> int:
-    """Templates of `embedder` from the chips kept with templates of `old_id`, each chip once; audited.
-
-    Reads the chips with its own query: the store offers none (chips are only written there).
-    """
+def rebuild_templates(store: GalleryStore, embedder: Embedder, old_id: str, actor: str) -> list[str]:
+    """Templates of `embedder` from the chips kept with templates of `old_id`, each chip once, in one audited
+    transaction; the person of each template added (the caller tells the live matcher about them)."""
     info = embedder.info
     shape = embedder.model.input_shape[1:]
-    sql = (
-        "SELECT t.person_id, p.name, t.chip, t.quality FROM templates t JOIN people p ON p.id = t.person_id "
-        "WHERE t.model_id = ? AND t.chip IS NOT NULL AND NOT EXISTS (SELECT 1 FROM templates u "
-        "WHERE u.person_id = t.person_id AND u.model_id = ? AND u.chip = t.chip) ORDER BY t.id"
-    )
-    rows = store.db.execute(sql, [old_id, info.model_id]).fetchall()
-    added: list[tuple[int, str, str, np.ndarray]] = []
+    added: list[str] = []
     with store.transaction():
-        for person_id, name, chip, quality in rows:
+        for person_id, _, chip, quality in store.chips_to_rebuild(old_id, info.model_id):
             if len(chip) != math.prod(shape):
                 continue
             vector = embedder.embed(np.frombuffer(chip, dtype=np.uint8).reshape(shape))
             quality_figures = json.loads(quality)
-            template_id = store.add_template(
+            store.add_template(
                 person_id, vector, model_id=info.model_id, model_sha256=info.sha256, quality=quality_figures, chip=chip
             )
-            added.append((template_id, person_id, name, vector))
+            added.append(person_id)
         details = {"from_model": old_id, "model": info.model_id, "templates": len(added)}
         store.audit(actor, "templates.rebuild", None, details)
-    for row in added:
-        matcher.add(*row)
-    return len(added)
+    return added

@@ -61,8 +61,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
     from agent.config import Settings
-    from agent.gallery.matcher import Matcher
     from agent.gallery.store import GalleryStore
+    from agent.gallery.sync import GalleryWrites
 
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 JOB_IDLE_SECONDS = 600.0  # a job silent this long gives way to the next `begin`
@@ -210,8 +210,9 @@ class Job:
 class ModelUpdater:
     """The device's one model-update job and everything a commit needs; used from the command thread only.
 
-    `apply(models_dir)` makes the live agent use the manifest in `models_dir` (the service swaps its
-    pipeline between two frames and reloads the matcher with that embedder's templates) or raises.
+    `apply(models_dir)` makes the live agent use the manifest in `models_dir` (the service builds the new
+    pipeline and that embedder's matcher aside, then swaps both in between two frames) or raises; templates
+    rebuilt afterwards reach the live matcher through `gallery`, like every other gallery write.
     """
 
     def __init__(
@@ -221,13 +222,13 @@ class ModelUpdater:
         get_settings: Callable[[], Settings],
         keys: Mapping[str, Ed25519PublicKey],  # release keys (models.release_keys), never command keys
         apply: Callable[[Path], None],
-        matcher: Matcher,
+        gallery: GalleryWrites,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.folder = ModelsFolder(self.models_dir)
         self.floor = ReleaseFloor(self.models_dir)
-        self.get_settings, self.keys, self.apply, self.matcher, self.clock = get_settings, keys, apply, matcher, clock
+        self.get_settings, self.keys, self.apply, self.gallery, self.clock = get_settings, keys, apply, gallery, clock
         self.job: Job | None = None
         self.last: Job | None = None
         shutil.rmtree(self.models_dir / STAGING, ignore_errors=True)
@@ -423,7 +424,10 @@ class ModelUpdater:
         if new.id != old.id and settings.gallery.keep_chips:
             if new.raw.get("alignment") == old.raw.get("alignment"):
                 embedder = load_embedder(self.models_dir, new, settings.models)
-                rebuilt = rebuild_templates(store, self.matcher, embedder, old.id, actor)
+                with self.gallery.writing(store) as changed:
+                    added = rebuild_templates(store, embedder, old.id, actor)
+                    changed.update(added)
+                rebuilt = len(added)
             else:
                 log.warning("kept chips were aligned for %s, not %s: people need re-enrollment", old.id, new.id)
         stale = len(store.people_needing_reenrollment(new.id))

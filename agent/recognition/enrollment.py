@@ -101,11 +101,22 @@ class _Candidate:
 class Enroller:
     """Runs the quality gate, conflict and duplicate checks, then stores templates in one transaction."""
 
-    def __init__(self, pipeline: FaceFinder, store: GalleryStore, matcher: Matcher, settings: Settings) -> None:
+    def __init__(
+        self,
+        pipeline: FaceFinder,
+        store: GalleryStore,
+        matcher: Matcher,
+        settings: Settings,
+        *,
+        add_to_matcher: bool = True,
+    ) -> None:
+        """`matcher` is searched for conflicts and, with `add_to_matcher`, holds the new templates at once;
+        the service passes False: its live matcher follows the gallery file through its one writer."""
         self.pipeline = pipeline
         self.store = store
         self.matcher = matcher
         self.settings = settings
+        self.add_to_matcher = add_to_matcher
 
     def enroll(
         self,
@@ -148,7 +159,8 @@ class Enroller:
         audit = {"forced": force} | overridden
         person, template_ids = self._store(accepted, existing, name, external_ref, consent, actor, audit, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
-            self.matcher.add(template_id, person.id, person.name, candidate.embedding)
+            if self.add_to_matcher:
+                self.matcher.add(template_id, person.id, person.name, candidate.embedding)
             outcomes[candidate.label] = PhotoOutcome(
                 candidate.label, True, None, template_id, candidate.quality.as_dict()
             )

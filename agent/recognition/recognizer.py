@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -77,8 +78,21 @@ class RecognizerStats:
     hires_crops: int = 0  # embeddings cut from the high-resolution stream
 
 
+@dataclass(frozen=True)
+class FrameResult:
+    """What one frame gave: its events (already in the outbox), the faces detected, and where the time went."""
+
+    events: list[FaceEvent]
+    faces: int
+    timings_ms: dict[str, float] = field(default_factory=dict)  # total, detect_invoke, embed_invoke
+
+
 class Recognizer:
-    """Turns one camera's frames into identity events; not thread-safe (one per camera loop)."""
+    """Turns one camera's frames into identity events; not thread-safe (one per camera loop).
+
+    Settings and models change in place between two frames (`update`, `use_pipeline`): open tracks and the
+    cooldowns survive a threshold change, so nobody is announced twice for it.
+    """
 
     def __init__(
         self,
@@ -111,13 +125,41 @@ class Recognizer:
         self.on_decision = on_decision
         self._hires: HiRes | None = None
 
-    def process(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None = None) -> list[FaceEvent]:
-        """Events emitted for this frame (already in the outbox). `timestamp` must be timezone-aware.
+    def update(self, settings: Settings) -> None:
+        """New [gallery], [quality], [tracking] and [events] values from the next frame on; tracks, cooldowns
+        and counts carry on. (The matcher's own threshold and margin are its owner's to set.)"""
+        self.settings = settings
+        self.tracker.settings = settings.tracking
+        self.events.settings = settings.events
+        self.events.camera_id = settings.events.camera_id
+
+    def use_pipeline(self, pipeline: FacePipeline) -> None:
+        """Other models from the next frame on. Embeddings of two models do not compare, so every open track
+        must be decided first (`flush`) and the matcher hold the new model's templates."""
+        self.pipeline = pipeline
+        self.events.model_id = pipeline.embedder.info.model_id
+
+    def process(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None = None) -> FrameResult:
+        """One frame's events (already in the outbox), faces and stage timings. `timestamp` must be
+        timezone-aware.
 
         `hires` (picamera2's main stream) is where small faces are cut from when they are embedded:
         detection runs on the small frame, recognition gets the sharp pixels.
         """
         _require_aware(timestamp)
+        started = time.monotonic()
+        detector, embedder = self.pipeline.detector.model.clock, self.pipeline.embedder.model.clock
+        detect_before, embed_before = detector.seconds, embedder.seconds
+        events, faces = self._frame(frame, timestamp, hires)
+        timings = {
+            "total": 1000 * (time.monotonic() - started),
+            "detect_invoke": 1000 * (detector.seconds - detect_before),
+            "embed_invoke": 1000 * (embedder.seconds - embed_before),
+        }
+        return FrameResult(events, faces, timings)
+
+    def _frame(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None) -> tuple[list[FaceEvent], int]:
+        """The frame's events and how many faces it showed."""
         self._hires = hires
         self.stats.frames += 1
         image = Image.fromarray(as_rgb_frame(frame))
@@ -140,7 +182,7 @@ class Recognizer:
             if track.decision is None:
                 events += self._gather(track, image, index, embedded.get(id(track.face)), timestamp)
         events += self._close(self.tracker.pop_closed(), timestamp)
-        return events
+        return events, len(faces)
 
     def flush(self, timestamp: datetime) -> list[FaceEvent]:
         """Decide every open track (end of stream, shutdown); the next frame starts afresh."""

@@ -2,6 +2,10 @@
 
 Both expose the same `Interpreter` class; only the import differs. The choice is made once, at
 start-up, and reported (`Runtime.describe()`), so a fleet operator can see which one a device runs.
+ai-edge-litert comes first: its XNNPACK delegate runs fully int8 models, which tflite-runtime 2.14's
+does not, so the int8 embedder's invoke is about 7x faster (scripts/bench_embedder.py). The two give
+the same decisions (tests/test_runtime_parity.py); tflite-runtime stays for machines litert's wheels
+do not reach, and can be forced with `models.runtime`.
 """
 
 from __future__ import annotations
@@ -21,10 +25,21 @@ import numpy as np
 
 from agent.errors import ModelError
 
-# (distribution name, module holding `Interpreter`), in order of preference.
-_BACKENDS: tuple[tuple[str, str], ...] = (
-    ("ai-edge-litert", "ai_edge_litert.interpreter"),
-    ("tflite-runtime", "tflite_runtime.interpreter"),
+
+@dataclass(frozen=True)
+class Backend:
+    """A runtime we know: its distribution, the module holding `Interpreter`, and the extra that installs it."""
+
+    name: str
+    module: str
+    extra: str
+    numpy_below: int | None = None  # the NumPy major version it was built against is below this
+
+
+BACKENDS: tuple[Backend, ...] = (  # in order of preference
+    Backend("ai-edge-litert", "ai_edge_litert.interpreter", "litert"),
+    # Built against NumPy 1.x: under 2.x it imports, then fails on the first interpreter.
+    Backend("tflite-runtime", "tflite_runtime.interpreter", "tflite", numpy_below=2),
 )
 
 
@@ -91,26 +106,40 @@ def _read_lines(sink: Any) -> list[str]:
 
 def select_runtime(preferred: str | None = None) -> Runtime:
     """Import the first available runtime (or exactly `preferred`, a distribution name)."""
-    candidates = [b for b in _BACKENDS if preferred in (None, b[0])]
+    candidates = [b for b in BACKENDS if preferred in (None, b.name)]
     if not candidates:
-        names = ", ".join(name for name, _ in _BACKENDS)
+        names = ", ".join(b.name for b in BACKENDS)
         raise ModelError(f"unknown TFLite runtime {preferred!r}; choose one of: {names}")
     failures = []
-    for dist, module_name in candidates:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            failures.append(f"{dist}: {exc}")
+    numpy_major = int(np.__version__.split(".")[0])
+    for backend in candidates:
+        if backend.numpy_below is not None and numpy_major >= backend.numpy_below:
+            failures.append(f"{backend.name}: needs NumPy < {backend.numpy_below}, this is {np.__version__}")
             continue
         try:
-            version = importlib.metadata.version(dist)
+            module = importlib.import_module(backend.module)
+        except ImportError as exc:
+            failures.append(f"{backend.name}: {exc}")
+            continue
+        try:
+            version = importlib.metadata.version(backend.name)
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
-        return Runtime(dist, version, module.Interpreter)
-    raise ModelError(
-        "no TFLite runtime is installed: pip install 'tflite-runtime' 'numpy<2' "
-        "(or: pip install 'faceagent[litert]'); tried " + "; ".join(failures)
-    )
+        return Runtime(backend.name, version, module.Interpreter)
+    install = " or ".join(f"pip install 'faceagent[{b.extra}]'" for b in candidates)
+    what = f"the TFLite runtime {preferred} cannot" if preferred else "no TFLite runtime can"
+    raise ModelError(f"{what} be loaded ({'; '.join(failures)}); install: {install}")
+
+
+def installed_runtimes() -> list[Runtime]:
+    """Every runtime that imports here, in order of preference (tests and benchmarks run each)."""
+    runtimes = []
+    for backend in BACKENDS:
+        try:
+            runtimes.append(select_runtime(backend.name))
+        except ModelError:
+            continue
+    return runtimes
 
 
 @dataclass

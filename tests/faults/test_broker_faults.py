@@ -5,17 +5,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.faults.conftest import (
+import pytest
+
+from tests.support.agent_process import start_agent, stop_agent
+from tests.support.faults import (
     EVENT_TOPICS,
     delivered,
     enroll,
     first_seen_order,
     integrity,
     outbox,
-    start_agent,
-    stop,
     write_config,
 )  # fmt: skip
+
+pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
 
 RESTARTS = 5
 
@@ -76,7 +79,7 @@ def test_broker_killed_and_restarted_during_a_stream_loses_nothing(
             held.update({i: s for s, i in pending})
             time.sleep(0.1)
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
     unsent = {i: s for s, i in outbox(db)}
     held.update(unsent)
@@ -85,7 +88,7 @@ def test_broker_killed_and_restarted_during_a_stream_loses_nothing(
         try:
             observer.wait_for(lambda _: set(unsent) <= set(delivered(observer)), timeout=60)
         finally:
-            assert stop(agent) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+            assert stop_agent(agent) == 0, (tmp_path / "agent.log").read_text()[-3000:]
     must_arrive = set(held) - lost_by_broker
     if not observer.wait_for(lambda _: must_arrive <= set(delivered(observer)), timeout=30):
         missing = must_arrive - set(delivered(observer))
@@ -130,7 +133,7 @@ def test_broker_unreachable_at_start_up(tmp_path: Path, start_broker, observe, s
         )
         held.update({i: s for s, i in outbox(db)})
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
     assert observer.wait_for(lambda _: set(held) <= set(delivered(observer)), timeout=30)
     unique = [i for i in first_seen_order(delivered(observer)) if i in held]

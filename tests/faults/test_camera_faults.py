@@ -1,5 +1,5 @@
 """The camera dies and comes back under the real agent: a real `faceagent run --source picamera2` process whose
-`import picamera2` finds tests/fakes/picamera2 (the hardware boundary; there is no Pi camera here), serving the
+`import picamera2` finds tests/support/fakes/picamera2 (the hardware boundary; there is no Pi camera here), serving the
 Hamilton clip and failing like a pulled ribbon cable while a control file exists. The agent must stay up, say so
 in its retained status, keep answering commands, and deliver frames and events again once the cable is back.
 The same for a folder of recorded frames that goes away and comes back."""
@@ -10,21 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.broker import Observer
-from tests.faults.conftest import (
-    DEVICE,
-    EVENT_TOPICS,
-    agent_env,
-    ctl_call,
-    delivered,
-    enroll,
-    fake_camera_env,
-    start_agent_with,
-    stop,
-    write_config,
-)  # fmt: skip
+import pytest
 
-STATUS = f"faceagent/{DEVICE}/status"
+from tests.support.agent_process import ctl_call, fake_camera_env, start_agent, stop_agent
+from tests.support.broker import Observer
+from tests.support.faults import DEVICE, EVENT_TOPICS, STATUS, delivered, enroll, write_config
+
+pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
+
 UNPLUGGED_SECONDS = 8.0  # longer than the source's 5 s capture timeout, so reopening fails a few times too
 # main and lores at the clip's own size: no resizing in the fake, faces as large as in the folder-source tests
 CAMERA = 'source = "picamera2"\nsize = "640x360"\nlores_size = "640x360"\nreconnect_max_seconds = 1.0\n'
@@ -61,7 +54,7 @@ def test_camera_unplugged_and_replugged(tmp_path: Path, broker, observe, shared_
     config, db, log = camera_agent_files(tmp_path, broker, shared_data)
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="camera-observer")
     control = tmp_path / "unplugged"
-    agent = start_agent_with(config, db, "picamera2", fake_camera_env(frames, control), log=log)
+    agent = start_agent(config, db, "picamera2", env=fake_camera_env(frames, control), log=log)
     try:
         waited(observer, lambda o: len(delivered(o)) >= 3, 90, "no events from the camera", log)
         waited(observer, lambda o: latest_camera(o).get("state") == "ok", 5, "camera not reported ok", log)
@@ -78,7 +71,7 @@ def test_camera_unplugged_and_replugged(tmp_path: Path, broker, observe, shared_
             log,
         )
         down = latest_camera(observer)
-        answer = ctl_call(broker.url, "ping")
+        answer = ctl_call(broker.url, DEVICE, "ping")
         assert answer.returncode == 0, answer.stdout + answer.stderr
         assert '"pong": true' in answer.stdout, answer.stdout
         time.sleep(max(0.0, unplugged_at + UNPLUGGED_SECONDS - time.monotonic()))
@@ -102,7 +95,7 @@ def test_camera_unplugged_and_replugged(tmp_path: Path, broker, observe, shared_
         waited(observer, lambda o: len(set(delivered(o))) >= events_before + 3, 30, "events did not keep coming", log)
         after = latest_camera(observer)
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, log.read_text()[-3000:]
     assert down["last_error_at"] and any(
         m in (down["last_error"] or "") for m in ("no frame within 5 s", "no camera number 0")
@@ -130,7 +123,7 @@ def test_recorded_folder_vanishes_and_returns(tmp_path: Path, broker, observe, s
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="folder-observer")
     folder = tmp_path / "recordings"
     folder.symlink_to(frames, target_is_directory=True)
-    agent = start_agent_with(config, db, str(folder), agent_env(), log=log)
+    agent = start_agent(config, db, folder, log=log)
     try:
         waited(observer, lambda o: len(delivered(o)) >= 2, 90, "no events from the folder", log)
         folder.unlink()
@@ -157,7 +150,7 @@ def test_recorded_folder_vanishes_and_returns(tmp_path: Path, broker, observe, s
         event_at = waited(observer, lambda o: len(set(delivered(o))) > events_before, 30, "no new event", log)
         after = latest_camera(observer)
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, log.read_text()[-3000:]
     assert any(m in (down["last_error"] or "") for m in ("the folder is gone", "cannot list the folder")), down
     assert after["reconnects"] >= 1, after
@@ -179,7 +172,7 @@ def test_agent_started_with_no_camera_runs_and_picks_it_up(
     observer = observe(broker, [*EVENT_TOPICS, STATUS], client_id="boot-observer")
     control = tmp_path / "unplugged"
     control.touch()
-    agent = start_agent_with(config, db, "picamera2", fake_camera_env(frames, control), log=log)
+    agent = start_agent(config, db, "picamera2", env=fake_camera_env(frames, control), log=log)
     try:
         waited(
             observer,
@@ -189,7 +182,7 @@ def test_agent_started_with_no_camera_runs_and_picks_it_up(
             log,
         )
         down = latest_camera(observer)
-        answer = ctl_call(broker.url, "ping")
+        answer = ctl_call(broker.url, DEVICE, "ping")
         assert answer.returncode == 0, answer.stdout + answer.stderr
         assert agent.poll() is None, "the agent died without a camera at start:\n" + log.read_text()[-3000:]
         assert delivered(observer) == []
@@ -198,7 +191,7 @@ def test_agent_started_with_no_camera_runs_and_picks_it_up(
         event_at = waited(observer, lambda o: len(delivered(o)) >= 1, 30, "no event once the camera appeared", log)
         after = latest_camera(observer)
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, log.read_text()[-3000:]
     assert "no camera number 0" in (down["last_error"] or ""), down
     assert after["state"] == "ok" and after["reconnects"] >= 1, after

@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.faults.conftest import agent_env, enroll, start_agent, stop, write_config
+import pytest
+
+from tests.support.agent_process import AGENT, agent_env, start_agent, stop_agent
+from tests.support.faults import enroll, write_config
+
+pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
 
 
 def run_once(config: Path, db: Path, frames: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "agent", "--config", str(config), "--db", str(db), "run", "--source", str(frames)]
+    command = [*AGENT, "--config", str(config), "--db", str(db), "run", "--source", str(frames)]
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=30, env=agent_env())
     except subprocess.TimeoutExpired as exc:
@@ -34,7 +38,7 @@ def test_corrupted_model_file_refuses_to_start(
 
     time.sleep(4)
     assert agent.poll() is None, (tmp_path / "agent.log").read_text()[-2000:]
-    assert stop(agent) == 0  # a clean stop first
+    assert stop_agent(agent) == 0  # a clean stop first
     manifest = json.loads((models_copy / "manifest.json").read_text())
     used = set(manifest["defaults"].values())
     entries = [e for e in manifest["models"] if e["id"] in used]
@@ -65,7 +69,7 @@ def test_corrupted_database_is_refused_and_left_untouched(
     import time
 
     time.sleep(4)
-    assert stop(agent) == 0
+    assert stop_agent(agent) == 0
     with open(db, "r+b") as handle:  # overwrite the SQLite header
         handle.write(b"this is not a SQLite file at all")
     before = hashlib.sha256(db.read_bytes()).hexdigest()

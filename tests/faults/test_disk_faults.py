@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,21 +13,21 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import (
+from tests.support.agent_process import ctl_call, start_agent, stop_agent
+from tests.support.faults import (
     DEVICE,
     EVENT_TOPICS,
-    agent_env,
+    STATUS,
     delivered,
     enroll,
     integrity,
     outbox,
-    start_agent,
-    stop,
     write_config,
 )  # fmt: skip
-from tests.tmpfs import fill, small_tmpfs
+from tests.support.tmpfs import fill, small_tmpfs
 
-STATUS = f"faceagent/{DEVICE}/status"
+pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
+
 TELEMETRY = f"faceagent/{DEVICE}/telemetry"
 
 
@@ -43,14 +41,6 @@ def storage(messages: list, topic: str) -> list[dict[str, Any]]:
     """The `storage` section of every status or telemetry document among `messages`, in arrival order."""
     documents = [json.loads(m.payload) for m in messages if m.topic == topic]
     return [d["storage"] for d in documents if "storage" in d]  # the `offline` will has none
-
-
-def ping(broker_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", "ctl", "call", "--mqtt", broker_url, "--timeout", "10", "--json",
-         DEVICE, "ping"],
-        capture_output=True, text=True, timeout=60, env=agent_env(),
-    )  # fmt: skip
 
 
 def running_agent(tmp_path, state, broker, observe, shared_data, frames):
@@ -72,7 +62,7 @@ def test_full_disk_keeps_running_and_recovers(
         assert os.statvfs(small_fs).f_bavail == 0
         time.sleep(6)  # events keep coming from the camera and cannot be written
         assert agent.poll() is None, "agent died on a full disk:\n" + (tmp_path / "agent.log").read_text()[-3000:]
-        answer = ping(broker.url)
+        answer = ctl_call(broker.url, DEVICE, "ping")
         assert answer.returncode == 0, answer.stdout + answer.stderr
         assert integrity(db) == "ok"
         dropped = max((s["dropped_events"] for s in storage(observer.messages, TELEMETRY)), default=0)
@@ -87,7 +77,7 @@ def test_full_disk_keeps_running_and_recovers(
             "no new events after space returned:\n" + (tmp_path / "agent.log").read_text()[-3000:]
         )
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
     assert integrity(db) == "ok"
     ids = delivered(observer)
@@ -108,7 +98,7 @@ def test_full_disk_leaves_old_events_intact_and_a_restart_delivers_them(
         held = {i for _, i in outbox(db)}
         assert integrity(db) == "ok"
     finally:
-        code = stop(agent)
+        code = stop_agent(agent)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
     assert integrity(db) == "ok"
     filler.unlink()
@@ -123,7 +113,7 @@ def test_full_disk_leaves_old_events_intact_and_a_restart_delivers_them(
             delivered(observer)
         )
     finally:
-        assert stop(agent) == 0
+        assert stop_agent(agent) == 0
     assert integrity(db) == "ok"
     ids = delivered(observer)
     print(f"\nheld on the full disk={len(held)} delivered={len(ids)} unique={len(set(ids))}")
@@ -155,7 +145,7 @@ def test_full_disk_is_reported_in_status_and_telemetry_until_space_returns(
         assert ok["dropped_events"] >= full["dropped_events"] and ok["free_bytes"] > 1024 * 1024, ok
         assert agent.poll() is None
     finally:
-        stop(agent)
+        stop_agent(agent)
     log = (tmp_path / "agent.log").read_text()
     assert log.count("state file system full") == 1 and log.count("state file system writable again") == 1, log
     print(f"\nreported full {reported:.1f} s after the fill; ok again {cleared:.1f} s after space returned; "

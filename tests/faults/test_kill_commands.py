@@ -19,15 +19,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.broker import Observer
-from tests.command_fixtures import operator_signed
-from tests.faults.conftest import DEVICE, enroll, start_agent, write_config
-from tests.faults.test_kill_faults import integrity_rw
+import pytest
+
+from tests.support.agent_process import start_agent
+from tests.support.broker import Observer
+from tests.support.commands import operator_signed
+from tests.support.data import CLIP
+from tests.support.faults import DEVICE, STATUS, enroll, integrity_rw, write_config
+
+pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
 
 KILLS = 15  # with tests/faults/test_kill_faults.py's 50: 65 kills in the suite
-PHOTO = "sequence/hamilton_clip/enroll/Alex_Lacamoire.png"
+PHOTO = f"{CLIP}/enroll/Alex_Lacamoire.png"
 REPLY_SECONDS = 3.0
-STATUS = f"faceagent/{DEVICE}/status"
 
 
 @dataclass

@@ -10,28 +10,25 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
-from tests.faults.conftest import (
+import pytest
+
+from tests.support.agent_process import start_agent, stop_agent
+from tests.support.faults import (
     EVENT_TOPICS,
     delivered,
     enroll,
     first_seen_order,
+    integrity_rw,
     outbox,
-    start_agent,
-    stop,
     write_config,
 )  # fmt: skip
 
+pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
+
 KILLS_PER_CASE = 25  # two cases: at least 50 kills in the suite
-
-
-def integrity_rw(db: Path) -> str:
-    """As the next process to open it would: WAL recovery included."""
-    with sqlite3.connect(db, timeout=10) as conn:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
 def watch(db: Path, held: dict[str, int], seconds: float, until=None) -> None:
@@ -75,7 +72,7 @@ def finish(tmp_path: Path, config: Path, db: Path, frames: Path, observer, held:
             set(held) - set(delivered(observer))
         )
     finally:
-        assert stop(agent) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        assert stop_agent(agent) == 0, (tmp_path / "agent.log").read_text()[-3000:]
     ids = delivered(observer)
     unique = first_seen_order(ids)
     assert len(set(unique)) == len(unique)

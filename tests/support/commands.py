@@ -23,12 +23,11 @@ from agent.commands.signing import CommandSecurity, key_id, public_key_text, sig
 from agent.config import CommandSettings, Settings, load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import GallerySync
 from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
-POWELL = ["0040", "0133", "0170"]
-POWELL_PROBE = "0234"
 
 
 # Fixed, so a test and the agent processes it starts agree on it without passing it around; a test key only.
@@ -55,22 +54,40 @@ def write_operator_key(folder: Path) -> Path:
     path = folder / "operator.pem"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        pem = OPERATOR_KEY.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(pem)
+        write_private_key(OPERATOR_KEY, path)
+    return path
+
+
+def write_private_key(key: Ed25519PrivateKey, path: Path) -> Path:
+    """`key` as an unencrypted PKCS#8 PEM file of mode 0600 (as `ctl keygen` writes one): for `--sign-key`,
+    `--model-key` and anything else that loads a private key from a file."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
     return path
 
 
 def operator_signed(device_id: str, name: str, request: dict[str, Any], now: datetime | None = None) -> bytes:
     """`request` signed by the test operator for `name` on `device_id`, as the wire carries it."""
-    return json.dumps(sign_request(OPERATOR_KEY, device_id, name, request, now=now or datetime.now(UTC))).encode()
+    return signed_by(OPERATOR_KEY, device_id, name, request, now or datetime.now(UTC))
 
 
-def powell(shared_data: Path, number: str) -> Path:
-    return shared_data / "faces-lfw" / "Colin_Powell" / f"Colin_Powell_{number}.jpg"
+def signed_by(key: Ed25519PrivateKey, device_id: str, name: str, request: dict[str, Any], now: datetime) -> bytes:
+    """`request` signed by `key` for `name` on `device_id`, as the wire carries it."""
+    return json.dumps(sign_request(key, device_id, name, request, now=now)).encode()
+
+
+def data(reply: dict) -> dict:
+    """The data of an `ok` reply (and the reply itself in the failure message when it is not)."""
+    assert reply["status"] == "ok", reply
+    return reply["data"]
+
+
+def error(reply: dict) -> str:
+    """The code of an `error` reply (and the reply itself in the failure message when it is not)."""
+    assert reply["status"] == "error", reply
+    return reply["error"]["code"]
 
 
 def image_arg(path: Path, label: str | None = None) -> dict[str, str]:
@@ -85,6 +102,8 @@ class Device:
     settings_path: Path
     store_path: Path
     current: list[Settings]
+    matcher: Matcher  # the live matcher: `gallery` follows every write the commands make
+    gallery: GallerySync
     device_id: str = "dev1"
     restarts: list[int] = field(default_factory=list)
     counter: int = 0
@@ -108,6 +127,13 @@ class Device:
             return self.send(name, json.dumps(request).encode(), now=now)
         sent_at = now - timedelta(milliseconds=self.counter)
         return self.send(name, operator_signed(self.device_id, name, request, sent_at), now=now)
+
+    def call_as(self, key: Ed25519PrivateKey, name: str, args: dict[str, Any], *, now: datetime = NOW) -> dict:
+        """Send `name` with `args` from origin "ops", signed by `key` (the test's own, which the device was made
+        to trust with `device_trusting`) at exactly `now`, and decode the reply."""
+        self.counter += 1
+        request = {"request_id": f"r{self.counter}", "origin": "ops", "args": args}
+        return self.send(name, signed_by(key, self.device_id, name, request, now), now=now)
 
     def send(self, name: str, payload: bytes, *, now: datetime = NOW) -> dict:
         reply = self.dispatcher.handle(name, payload, now=now)
@@ -136,6 +162,7 @@ def make_device(
     GalleryStore.open(store_path).close()
     gallery = settings.gallery
     matcher = Matcher(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+    sync = GallerySync(GalleryStore.open(store_path), matcher, pipeline.embedder.info.model_id)
     restarts: list[int] = []
 
     def apply(new: Settings) -> None:
@@ -147,11 +174,11 @@ def make_device(
         get_settings=lambda: current[0],
         apply_settings=apply,
         open_store=lambda: GalleryStore.open(store_path),
-        matcher=matcher,
-        enroller_factory=lambda store: Enroller(pipeline, store, matcher, current[0]),
+        gallery=sync,
+        enroller_factory=lambda store: Enroller(pipeline, store, matcher, current[0], add_to_matcher=False),
         status=lambda: {"state": "online", "gallery": {"people": len(matcher)}},
         request_restart=lambda: restarts.append(1),
     )
     security = security or CommandSecurity.from_settings(commands, device_id)
     dispatcher = CommandDispatcher(services, security)
-    return Device(dispatcher, services, settings_path, store_path, current, device_id, restarts)
+    return Device(dispatcher, services, settings_path, store_path, current, matcher, sync, device_id, restarts)

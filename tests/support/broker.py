@@ -1,6 +1,7 @@
-"""Test fixtures: a real Mosquitto on a free 127.0.0.1 port, test-made TLS certificates, and observers.
+"""A real Mosquitto on a free 127.0.0.1 port, test-made TLS certificates, and observers (the fixtures that
+start and stop them are in tests/conftest.py).
 
-Registered as a pytest plugin in conftest.py. Each broker gets its own folder with a generated config,
+Each broker gets its own folder with a generated config,
 log and (optionally) persistence, password file and ACL; it can be stopped, killed and started again on
 the same port. Certificates come from `openssl` once per session: a CA with a server and a client
 certificate, and a second, unrelated CA with its own server certificate (for refusal tests).
@@ -14,10 +15,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 HOST = "127.0.0.1"
-REPO = Path(__file__).resolve().parent.parent
+# Link settings that make a test wait less for a (re)connection: for BrokerSettings(url=..., **FAST_LINK).
+FAST_LINK = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}
 
 
 def mosquitto_binary() -> str:
@@ -69,7 +70,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _ca(folder: Path, name: str) -> None:
+def ca_certificate(folder: Path, name: str) -> None:
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
@@ -78,7 +79,7 @@ def _ca(folder: Path, name: str) -> None:
     )  # fmt: skip
 
 
-def _leaf(folder: Path, ca: str, name: str, usage: str, san: str) -> None:
+def leaf_certificate(folder: Path, ca: str, name: str, usage: str, san: str) -> None:
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder,
@@ -97,11 +98,11 @@ def make_certs(folder: Path) -> Certs:
         pytest.skip("openssl not installed")
     folder.mkdir(parents=True, exist_ok=True)
     local = "IP:127.0.0.1,DNS:localhost"
-    _ca(folder, "ca")
-    _leaf(folder, "ca", "server", "serverAuth", local)
-    _leaf(folder, "ca", "client", "clientAuth", "DNS:client")
-    _ca(folder, "other-ca")
-    _leaf(folder, "other-ca", "other-server", "serverAuth", local)
+    ca_certificate(folder, "ca")
+    leaf_certificate(folder, "ca", "server", "serverAuth", local)
+    leaf_certificate(folder, "ca", "client", "clientAuth", "DNS:client")
+    ca_certificate(folder, "other-ca")
+    leaf_certificate(folder, "other-ca", "other-server", "serverAuth", local)
     f = folder
     return Certs(
         f / "ca.crt", f / "server.crt", f / "server.key", f / "client.crt", f / "client.key",
@@ -209,31 +210,6 @@ class Broker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-@pytest.fixture
-def start_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
-    """Factory: `start_broker(persistence=True, tls=..., passwords=..., acl_file=...)`; all stopped afterwards."""
-    brokers: list[Broker] = []
-
-    def start(**options: Any) -> Broker:
-        broker = Broker(tmp_path / f"broker{len(brokers)}", **options)
-        brokers.append(broker)
-        return broker.start()
-
-    yield start
-    for broker in brokers:
-        broker.kill()
-
-
-@pytest.fixture
-def broker(start_broker: Callable[..., Broker]) -> Broker:
-    return start_broker()
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
 # ----------------------------------------------------------------------------------------- observer
 
 
@@ -336,105 +312,11 @@ class Observer:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def observe() -> Iterator[Callable[..., Observer]]:
-    """Factory: `observe(broker, ["faceagent/#"], protocol="3.1.1", persistent=True)`; closed afterwards."""
-    observers: list[Observer] = []
-
-    def make(broker: Broker, topics: list[str], **options: Any) -> Observer:
-        observer = Observer(broker, topics, **options)
-        observers.append(observer)
-        return observer
-
-    yield make
-    for observer in observers:
-        observer.close()
-
-
-# ------------------------------------------------------------------------------------ agent process
-
-_AGENT = """
-import signal, sys, threading
-from pathlib import Path
-from agent.link.mqtt import BrokerSettings, MqttLink
-from agent.link.outbox import OutboxPublisher
-
-url, device, store = sys.argv[1:4]
-settings = BrokerSettings(url=url, keepalive=5, reconnect_min_seconds=0.1, reconnect_max_seconds=0.5)
-link = MqttLink(settings, device, on_command=lambda request: None)
-if store != "-":
-    OutboxPublisher(Path(store), link, max_events=1_000_000, poll_seconds=0.05).start()
-link.start()
-if link.wait_connected(10):
-    print("connected", flush=True)
-threading.Event().wait()
-"""
-
-
-class AgentProcess:
-    """A separate Python process running MqttLink (and, with a store, the OutboxPublisher): SIGKILL-able."""
-
-    def __init__(self, url: str, device: str, store: Path | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _AGENT, url, device, str(store) if store else "-"],
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-
-    def wait_connected(self, timeout: float = 20.0) -> bool:
-        assert self.process.stdout is not None
-        ready = threading.Event()
-
-        def read() -> None:
-            if self.process.stdout is not None and self.process.stdout.readline().strip() == b"connected":
-                ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        return ready.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
-@pytest.fixture
-def spawn_agent() -> Iterator[Callable[..., AgentProcess]]:
-    processes: list[AgentProcess] = []
-
-    def spawn(url: str, device: str, store: Path | None = None) -> AgentProcess:
-        agent = AgentProcess(url, device, store)
-        processes.append(agent)
-        return agent
-
-    yield spawn
-    for agent in processes:
-        agent.kill()
-
-
-FAST_LINK = {"keepalive": 5, "reconnect_min_seconds": 0.1, "reconnect_max_seconds": 0.5}  # tests wait less
-
-
-@pytest.fixture
-def link_outbox() -> Iterator[Callable[..., tuple[Any, Any]]]:
-    """Factory for a started MqttLink + OutboxPublisher in this process (device "dev1"); both stopped afterwards."""
-    from agent.link.mqtt import BrokerSettings, MqttLink  # here: the broker helpers need no agent import
-    from agent.link.outbox import OutboxPublisher
-
-    running: list[tuple[MqttLink, OutboxPublisher]] = []
-
-    def make(
-        url: str, path: Path, *, max_events: int = 100000, protocol: str = "5", storage: Any = None
-    ) -> tuple[MqttLink, OutboxPublisher]:
-        link = MqttLink(BrokerSettings(url=url, protocol=protocol, **FAST_LINK), "dev1", lambda request: None)
-        outbox = OutboxPublisher(path, link, max_events=max_events, poll_seconds=0.05, storage=storage)
-        outbox.start()
-        link.start()
-        running.append((link, outbox))
-        return link, outbox
-
-    yield make
-    for link, outbox in running:
-        outbox.stop(flush_timeout=0)
-        link.stop({"schema": 1, "state": "offline"}, timeout=0.5)
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False): for state beyond messages."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -1,7 +1,7 @@
 """A stand-in for picamera2 where there is no Pi camera: the project's one fake, at the hardware boundary.
 
-Import it as `tests.fakes.picamera2` in-process, or put `tests/fakes` first on PYTHONPATH so that `import
-picamera2` in an agent subprocess finds it. It serves real images the way picamera2 does, so everything above
+Import it as `tests.support.fakes.picamera2` in-process, or put `tests/support/fakes` first on PYTHONPATH so that
+`import picamera2` in an agent subprocess finds it. It serves real images the way picamera2 does, so everything above
 it runs for real: `lores` as a YUV420 array of shape (height * 3 / 2, stride) with 64-byte aligned rows, `main`
 as "RGB888" (B, G, R in memory), both from one request, at the configured FrameRate, in the colour space
 picamera2 reports. The scene is live: frame n of the clip is shown at n / fps seconds after the first camera
