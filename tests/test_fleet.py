@@ -280,7 +280,8 @@ def test_the_console_enrolls_on_every_online_device_with_one_request(
     answering_device: Callable[..., AnsweringDevice],
     shared_data: Path,
 ) -> None:
-    from tests.test_console import browser_like, csrf_of, fetch, start_console
+    from tests.support.console import start_console
+    from tests.test_console import browser_like, csrf_of, fetch
 
     requests = observe(broker, ["faceagent/+/cmd/enroll"])
     for device in ("dev1", "dev2"):
