@@ -13,13 +13,14 @@ frame are used (it misses some faces of a crowd at this size), so "N faces in vi
 Each face drifts on its own slow circle (3 px), as people standing in view do.
 
 Our side is the service's own path: `Recognizer.process` (scene-cut check, detection with its second
-pass per face, the tracker, embedding only where a track asks, decisions against a real SQLite gallery
-through the real `Matcher`, events written). The cost of a frame is the wall time of that call (the
-frame is composed before the clock starts). "Steady state" is the last `--steady` frames, when every
-track has made its one decision; the ratio is that cost over the one-face cost. The peers, measured on
-the same frames in the same run: face_recognition (HOG detector + 5 landmarks + the dlib ResNet on every
-face of every frame, the library's defaults) and, to show what tracking saves, our own pipeline embedding
-every face of every frame (`FacePipeline.analyse`, no tracker). The load average is printed with each row.
+pass on new faces and undecided tracks, the tracker, embedding only where a track asks, decisions
+against a real SQLite gallery through the real `Matcher`, events written). The cost of a frame is the
+wall time of that call (the frame is composed before the clock starts). "Steady state" is the last
+`--steady` frames, when every track has made its one decision; the ratio is that cost over the one-face
+cost. The peers, measured on the same frames in the same run: face_recognition (HOG detector + 5
+landmarks + the dlib ResNet on every face of every frame, the library's defaults) and, to show what
+tracking saves, our own pipeline embedding every face of every frame (`FacePipeline.analyse`, no
+tracker). The load average is printed with each row.
 """
 
 from __future__ import annotations

@@ -177,3 +177,30 @@ def test_small_faces_are_embedded_from_the_high_resolution_stream(
     reference = pipeline.embed_face(full, direct).embedding
     upscaled = pipeline.embed_face(small, face).embedding
     assert np.linalg.norm(from_hires - reference) < np.linalg.norm(upscaled - reference)
+
+
+def test_a_decided_track_is_followed_without_the_second_pass(
+    pipeline: FacePipeline, shared_data: Path, tmp_path: Path
+) -> None:
+    """Miranda's shot, frame by frame: his face gets the detector's second pass until his track is named,
+    then none, and the first-pass boxes still continue the same track (no new track opens)."""
+    clip = shared_data / "sequence" / "hamilton_clip"
+    settings = Settings()
+    with GalleryStore.open(tmp_path / "g.db") as store:
+        matcher = Matcher.for_gallery(settings.gallery)
+        photo = clip / "enroll" / "Lin-Manuel_Miranda.png"
+        Enroller(pipeline, store, matcher, settings).enroll([(photo.name, photo)], actor="test", name="Miranda")
+        recognizer = Recognizer(pipeline, matcher, store, settings, "stage")
+        refined: list[int] = []  # second passes per frame
+        for index in range(120, 150):
+            before = pipeline.detector.refined
+            result = recognizer.process(load_image(clip / "frames" / f"frame_{index:04d}.jpg"), frame_time(index))
+            assert result.faces == 1
+            refined.append(pipeline.detector.refined - before)
+        (track,) = recognizer.tracker.active
+    assert track.decision is not None and track.decision.accepted
+    decided_at = track.last_embed_frame
+    assert decided_at is not None and decided_at < 30 - 5  # named with frames to spare
+    assert refined[:decided_at] == [1] * decided_at
+    assert refined[decided_at:] == [0] * (30 - decided_at)
+    assert recognizer.tracker.started == 1 and track.frames == 30

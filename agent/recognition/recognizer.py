@@ -167,7 +167,7 @@ class Recognizer:
         if self.cuts.is_cut(image):
             self.stats.cuts += 1
             events += self._close(self.tracker.close_all(), timestamp)
-        faces = self.pipeline.detector.detect(image)
+        faces = self._detect(image)
         self.stats.faces += len(faces)
         index = self.stats.frames
         embedded: dict[int, np.ndarray] = {}  # id(face) -> embedding made this frame, so none is made twice
@@ -183,6 +183,18 @@ class Recognizer:
                 events += self._gather(track, image, index, embedded.get(id(track.face)), timestamp)
         events += self._close(self.tracker.pop_closed(), timestamp)
         return events, len(faces)
+
+    def _detect(self, image: Image.Image) -> list[Face]:
+        """The frame's faces, best first. The detector's second pass (sharper keypoints for the embedder, and
+        a check against false positives) runs on new faces and undecided tracks only: a decided track
+        wants no embedding, so it is followed on its first-pass box. Refining every face made the steady cost
+        of 10 decided faces 4.5x that of one (`scripts/bench_crowd.py`); now it stays about one first pass."""
+        detector = self.pipeline.detector
+        found = detector.first_pass(image)
+        tracks = self.tracker.overlapping(found)
+        followed = [f for f, t in zip(found, tracks, strict=True) if t is not None and t.decision is not None]
+        fresh = [f for f, t in zip(found, tracks, strict=True) if t is None or t.decision is None]
+        return sorted(followed + detector.second_pass(image, fresh), key=lambda f: -f.score)
 
     def flush(self, timestamp: datetime) -> list[FaceEvent]:
         """Decide every open track (end of stream, shutdown); the next frame starts afresh."""

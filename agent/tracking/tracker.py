@@ -133,18 +133,29 @@ class Tracker:
         self.active = []
         return closed
 
-    def _associate(self, faces: list[Face], confirm: Confirm | None) -> list[Track | None]:
+    def overlapping(self, faces: list[Face]) -> list[Track | None]:
+        """Each face's track by overlap alone, the pairs `update` makes first; changes nothing.
+        Lets a caller treat faces of known tracks differently before the frame is tracked."""
+        return self._overlap_pairs(faces)[0]
+
+    def _overlap_pairs(self, faces: list[Face]) -> tuple[list[Track | None], np.ndarray]:
         assigned: list[Track | None] = [None] * len(faces)
+        taken = np.zeros(len(self.active), dtype=bool)
         if not faces or not self.active:
-            return assigned
+            return assigned, taken
         track_boxes = np.array([t.face.box for t in self.active], dtype=np.float64)
         face_boxes = np.array([f.box for f in faces], dtype=np.float64)
-        taken = np.zeros(len(self.active), dtype=bool)
         overlap = iou_matrix(track_boxes, face_boxes)
         # Boxes that do not overlap at all are never an IoU match, whatever the threshold says.
         self._greedy(-overlap, -max(self.settings.iou_threshold, 1e-9), assigned, taken, faces, None)
-        if taken.all() or all(a is not None for a in assigned):
+        return assigned, taken
+
+    def _associate(self, faces: list[Face], confirm: Confirm | None) -> list[Track | None]:
+        assigned, taken = self._overlap_pairs(faces)
+        if not faces or not self.active or taken.all() or all(a is not None for a in assigned):
             return assigned
+        track_boxes = np.array([t.face.box for t in self.active], dtype=np.float64)
+        face_boxes = np.array([f.box for f in faces], dtype=np.float64)
         self._greedy(self._centre_cost(track_boxes, face_boxes), self.centre_gate, assigned, taken, faces, confirm)
         return assigned
 

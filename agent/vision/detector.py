@@ -144,15 +144,26 @@ class BlazeFaceDetector:
         self._anchor_rows = np.zeros((len(self.anchors), 16))
         self._anchor_rows[:, 0:2] = self.anchors
         self._anchor_rows[:, 4:] = np.tile(self.anchors, 6)
+        self.refined = 0  # faces given the second pass, for tests and benchmarks
 
     def detect(self, frame: np.ndarray | Image.Image, min_score: float | None = None) -> list[Face]:
         """Faces in an RGB uint8 frame (array or PIL image), best first."""
-        threshold = self.score_threshold if min_score is None else min_score
         image = frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
-        faces = self._detect_letterboxed(image, threshold)
-        if self.refine:
-            faces = [r for r in (self.refiner.refine_face(image, f, threshold) for f in faces) if r is not None]
-        return sorted(faces, key=lambda f: -f.score)
+        faces = self.first_pass(image, min_score)
+        return sorted(self.second_pass(image, faces, min_score), key=lambda f: -f.score)
+
+    def first_pass(self, image: Image.Image, min_score: float | None = None) -> list[Face]:
+        """The whole frame's faces, unconfirmed and with coarse keypoints (what `detect` starts from)."""
+        return self._detect_letterboxed(image, self.score_threshold if min_score is None else min_score)
+
+    def second_pass(self, image: Image.Image, faces: list[Face], min_score: float | None = None) -> list[Face]:
+        """First-pass `faces` detected again in their crops (when `refine` is on); unconfirmed ones dropped.
+        Callers that follow a face already known pass only the faces that need the precision."""
+        if not self.refine:
+            return faces
+        threshold = self.score_threshold if min_score is None else min_score
+        self.refined += len(faces)
+        return [r for r in (self.refiner.refine_face(image, f, threshold) for f in faces) if r is not None]
 
     def _normalise(self, pixels: Image.Image, out: np.ndarray) -> None:
         """RGB pixels -> the model's input range, written into `out` (no temporaries)."""
