@@ -83,3 +83,13 @@ def test_tampered_model_stops_the_cli(models_copy: Path) -> None:
     result = faceagent("identify", "--models", str(models_copy), str(SAMPLE))
     assert result.returncode == 2
     assert "integrity check" in result.stderr and result.stdout == ""
+
+
+def test_console_hash_password_refuses_an_empty_password() -> None:
+    result = faceagent("console", "--hash-password", input="")
+    assert result.returncode == 2 and "no password given" in result.stderr and result.stdout == ""
+
+
+def test_console_hash_password_prints_a_scrypt_line_for_a_piped_password() -> None:
+    result = faceagent("console", "--hash-password", input="correct horse\n")
+    assert result.returncode == 0 and result.stdout.startswith("scrypt$") and len(result.stdout.splitlines()) == 1

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from collections import Counter
@@ -140,10 +141,14 @@ def run_cli(argv: list[str]) -> Outcome:
 
     out, err = io.StringIO(), io.StringIO()
     started = time.monotonic()
-    with redirect_stdout(out), redirect_stderr(err):
-        worker = threading.Thread(target=target, daemon=True)
-        worker.start()
-        worker.join(HANG_SECONDS)
+    stdin, sys.stdin = sys.stdin, io.StringIO()  # a command that reads input gets none, as from </dev/null
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            worker = threading.Thread(target=target, daemon=True)
+            worker.start()
+            worker.join(HANG_SECONDS)
+    finally:
+        sys.stdin = stdin
     assert not worker.is_alive(), f"no answer within {HANG_SECONDS:g} s: {argv!r}"
     if "crash" in result:
         raise result["crash"]

@@ -71,6 +71,8 @@ def add_console_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_console(args: argparse.Namespace) -> int:
     if args.hash_password:
         password = getpass.getpass("console password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise ConsoleError("no password given: type one, or pipe it in as the first line of standard input")
         print(hash_password(password))
         return 0
     host, _ = args.listen
