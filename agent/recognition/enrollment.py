@@ -20,7 +20,7 @@ costs an identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -90,7 +90,9 @@ class EnrollmentResult:
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
+    """One face ready to become a template: from a photo, or a view the camera captured."""
+
     label: str
     face: Face
     chip: np.ndarray
@@ -137,13 +139,7 @@ class Enroller:
         that match someone else or do not match `person_id`; `reveal_matches` lets reasons name the person
         matched and give distances (never over MQTT).
         """
-        if (name is None) == (person_id is None):
-            raise EnrollmentError("give either a name (new person) or a person id (more photos of someone enrolled)")
-        existing = self.store.get_person(person_id) if person_id else None
-        if person_id and existing is None:
-            raise EnrollmentError(f"no person with id {person_id!r}")
-        if not photos:
-            raise EnrollmentError("no photos given")
+        existing = self._existing(name, person_id, bool(photos), "photos")
         outcomes: dict[str, PhotoOutcome] = {}
         candidates = []
         for label, source in photos:
@@ -152,22 +148,83 @@ class Enroller:
                 outcomes[label] = candidate
             else:
                 candidates.append(candidate)
-        accepted, overridden = self._select(candidates, person_id, force, reveal_matches, outcomes)
+        result = self._enroll(
+            candidates,
+            outcomes,
+            existing,
+            actor,
+            name,
+            external_ref,
+            consent,
+            self.pipeline.embedder.info,
+            force=force,
+            reveal=reveal_matches,
+        )
+        order = {label: index for index, (label, _) in enumerate(photos)}
+        return replace(result, photos=sorted(result.photos, key=lambda outcome: order[outcome.label]))
+
+    def enroll_views(
+        self,
+        views: Sequence[Candidate],
+        model: EmbedderInfo,
+        *,
+        actor: str,
+        name: str | None = None,
+        person_id: str | None = None,
+        external_ref: str | None = None,
+        consent: Consent | None = None,
+        audit: dict[str, str | int | float | bool] | None = None,
+    ) -> EnrollmentResult:
+        """Enroll faces `model` embedded (views the camera captured) through the same conflict, duplicate and cap
+        checks as photos, without `force`. Runs no model, so it may run on any thread; `audit` adds details to
+        the audit record (where the views came from)."""
+        existing = self._existing(name, person_id, bool(views), "views")
+        return self._enroll(list(views), {}, existing, actor, name, external_ref, consent, model, extra=audit)
+
+    def _existing(self, name: str | None, person_id: str | None, given: bool, faces: str) -> Person | None:
+        """The person `person_id` names (None: a new one, `name`); refuses a request that is not one of the two
+        or has no `faces` (photos, views)."""
+        if (name is None) == (person_id is None):
+            raise EnrollmentError(f"give either a name (new person) or a person id (more {faces} of someone enrolled)")
+        existing = self.store.get_person(person_id) if person_id else None
+        if person_id and existing is None:
+            raise EnrollmentError(f"no person with id {person_id!r}")
+        if not given:
+            raise EnrollmentError(f"no {faces} given")
+        return existing
+
+    def _enroll(
+        self,
+        candidates: list[Candidate],
+        outcomes: dict[str, PhotoOutcome],
+        existing: Person | None,
+        actor: str,
+        name: str | None,
+        external_ref: str | None,
+        consent: Consent | None,
+        model: EmbedderInfo,
+        *,
+        force: bool = False,
+        reveal: bool = False,
+        extra: dict[str, str | int | float | bool] | None = None,
+    ) -> EnrollmentResult:
+        person_id = existing.id if existing else None
+        accepted, overridden = self._select(candidates, person_id, force, reveal, outcomes, model.model_id)
         if not accepted:
             reasons = "; ".join(f"{o.label}: {o.reason}" for o in outcomes.values())
             raise EnrollmentError(f"nothing enrolled: {reasons}")
-        audit = {"forced": force} | overridden
-        person, template_ids = self._store(accepted, existing, name, external_ref, consent, actor, audit, outcomes)
+        audit = {"forced": force} | overridden | (extra or {})
+        who = (name, external_ref, consent)
+        person, template_ids = self._store(accepted, existing, who, model, actor, audit, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
             if self.add_to_matcher:
                 self.matcher.add(template_id, person.id, person.name, candidate.embedding)
             outcomes[candidate.label] = PhotoOutcome(
                 candidate.label, True, None, template_id, candidate.quality.as_dict()
             )
-        ordered = [outcomes[label] for label, _ in photos if label in outcomes]
-        return EnrollmentResult(person, existing is None, ordered)
+        return EnrollmentResult(person, existing is None, list(outcomes.values()))
 
-    def _candidate(self, label: str, source: Path | bytes) -> _Candidate | PhotoOutcome:
+    def _candidate(self, label: str, source: Path | bytes) -> Candidate | PhotoOutcome:
         try:
             frame = load_image(source, max_side=ENROLL_SIDE)
         except ImageError as exc:
@@ -185,27 +242,27 @@ class Enroller:
         quality = assess(face, embedded.chip, self.settings.quality)
         if not quality.ok:
             return PhotoOutcome(label, False, "; ".join(quality.reasons), quality=quality.as_dict())
-        return _Candidate(label, face, embedded.chip, embedded.embedding, quality)
+        return Candidate(label, face, embedded.chip, embedded.embedding, quality)
 
     def _select(
         self,
-        candidates: list[_Candidate],
+        candidates: list[Candidate],
         person_id: str | None,
         force: bool,
         reveal: bool,
         outcomes: dict[str, PhotoOutcome],
-    ) -> tuple[list[_Candidate], dict[str, int]]:
+        model_id: str,
+    ) -> tuple[list[Candidate], dict[str, int]]:
         """Refuse conflicts with other people and faces that are not `person_id`'s, skip near-duplicates,
         respect the per-person cap; also how many refusals `force` overrode (for the audit)."""
         gallery = self.settings.gallery
-        model_id = self.pipeline.embedder.info.model_id
         rows = [row for row in self.store.iter_templates(model_id) if row[1] == person_id] if person_id else []
         own = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
         own.load(rows)
         held = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
         held.load(rows)  # what the person had before this request: photos accepted now vouch for nothing
         room = gallery.max_templates_per_person - len(own)
-        accepted: list[_Candidate] = []
+        accepted: list[Candidate] = []
         overridden = {"conflicts_overridden": 0, "mismatches_overridden": 0}
         # Best views first, so the cap keeps the best photos.
         for candidate in sorted(candidates, key=lambda c: -c.quality.view_score):
@@ -253,16 +310,15 @@ class Enroller:
 
     def _store(
         self,
-        accepted: list[_Candidate],
+        accepted: list[Candidate],
         existing: Person | None,
-        name: str | None,
-        external_ref: str | None,
-        consent: Consent | None,
+        who: tuple[str | None, str | None, Consent | None],  # name, external reference, consent of a new person
+        info: EmbedderInfo,
         actor: str,
-        audit: dict[str, bool | int],
+        audit: dict[str, str | int | float | bool],
         outcomes: dict[str, PhotoOutcome],
     ) -> tuple[Person, list[int]]:
-        info = self.pipeline.embedder.info
+        name, external_ref, consent = who
         keep_chips = self.settings.gallery.keep_chips
         with self.store.transaction():
             person = existing or self.store.add_person(name or "", external_ref=external_ref, consent=consent)
