@@ -30,12 +30,11 @@ from typing import Protocol
 import numpy as np
 
 from agent.gallery.matcher import Matcher
-from agent.gallery.store import GalleryStore
+from agent.gallery.store import Fingerprint, GalleryStore
 
 log = logging.getLogger(__name__)
 
-Fingerprint = tuple[int, int, int, str, int]
-UNLOADED: Fingerprint = (-1, -1, -1, "", -1)  # no gallery's: the matcher holds nothing read yet
+UNLOADED: Fingerprint = (-1, -1, -1, "", -1, -1, -1)  # no gallery's: the matcher holds nothing read yet
 
 
 @dataclass(frozen=True)
