@@ -260,6 +260,14 @@ def test_a_full_window_is_stored_as_templates_of_a_new_person(rig: Rig, shared_d
     assert record["action"] == "person.enroll" and record["details"]["source"] == "camera"
 
 
+def test_templates_from_the_camera_say_so(rig: Rig, shared_data: Path) -> None:
+    window = rig.window(views=3)
+    rig.feed(window, clip(shared_data, MIRANDA_SHOT))
+    enroll_capture(window, rig.enroller(), rig.sync)
+    sources = [row["source"] for row in rig.store.db.query("SELECT source FROM templates")]
+    assert sources == ["camera"] * 3
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_chips_are_kept_only_when_the_settings_say_so(rig: Rig, shared_data: Path, keep: bool) -> None:
     rig.settings = replace(rig.settings, gallery=replace(rig.settings.gallery, keep_chips=keep))

@@ -248,9 +248,9 @@ def enroll_capture(window: CaptureWindow, enroller: Enroller, writes: GalleryWri
     """Store a window's views as templates (through `writes`, so the live matcher follows) and settle it; a
     refused window is only audited. On the thread that owns `enroller.store`."""
     request, store, model = window.request, enroller.store, window.model
-    audit: dict[str, str | int | float | bool] = {"capture_id": window.capture_id, "source": "camera"}
+    audit: dict[str, str | int | float | bool] = {"capture_id": window.capture_id}
     if not window.views_ready or model is None:
-        details = audit | {"status": str(window.status), "reason": window.reason or ""}
+        details = audit | {"source": "camera", "status": str(window.status), "reason": window.reason or ""}
         store.audit(request.actor, "person.enroll_camera_ended", request.person_id, details)
         return
     views = window.take_views()
@@ -271,7 +271,8 @@ def enroll_capture(window: CaptureWindow, enroller: Enroller, writes: GalleryWri
             changed.add(result.person.id)
     except (EnrollmentError, FaceagentError) as exc:
         reason = str(exc)
-        store.audit(request.actor, "person.enroll_camera_ended", request.person_id, audit | {"reason": reason})
+        details = audit | {"source": "camera", "status": "FAILED", "reason": reason}
+        store.audit(request.actor, "person.enroll_camera_ended", request.person_id, details)
         window.settle(CaptureStatus.FAILED, reason=reason)
         return
     person = {"id": result.person.id, "name": result.person.name}

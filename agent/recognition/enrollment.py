@@ -173,13 +173,15 @@ class Enroller:
         person_id: str | None = None,
         external_ref: str | None = None,
         consent: Consent | None = None,
+        source: str = "camera",
         audit: dict[str, str | int | float | bool] | None = None,
     ) -> EnrollmentResult:
         """Enroll faces `model` embedded (views the camera captured) through the same conflict, duplicate and cap
-        checks as photos, without `force`. Runs no model, so it may run on any thread; `audit` adds details to
-        the audit record (where the views came from)."""
+        checks as photos, without `force`. Runs no model, so it may run on any thread. `source` is stored with
+        each template (`schema.TEMPLATE_SOURCES`); `audit` adds details to the audit record."""
         existing = self._existing(name, person_id, bool(views), "views")
-        return self._enroll(list(views), {}, existing, actor, name, external_ref, consent, model, extra=audit)
+        who = (name, external_ref, consent)
+        return self._enroll(list(views), {}, existing, actor, *who, model, source, extra=audit)
 
     def _existing(self, name: str | None, person_id: str | None, given: bool, faces: str) -> Person | None:
         """The person `person_id` names (None: a new one, `name`); refuses a request that is not one of the two
@@ -203,6 +205,7 @@ class Enroller:
         external_ref: str | None,
         consent: Consent | None,
         model: EmbedderInfo,
+        source: str = "photo",
         *,
         force: bool = False,
         reveal: bool = False,
@@ -213,9 +216,10 @@ class Enroller:
         if not accepted:
             reasons = "; ".join(f"{o.label}: {o.reason}" for o in outcomes.values())
             raise EnrollmentError(f"nothing enrolled: {reasons}")
-        audit = {"forced": force} | overridden | (extra or {})
+        audit: dict[str, str | int | float | bool] = {"forced": force, "source": source}
+        audit |= overridden | (extra or {})
         who = (name, external_ref, consent)
-        person, template_ids = self._store(accepted, existing, who, model, actor, audit, outcomes)
+        person, template_ids = self._store(accepted, existing, who, (model, source), actor, audit, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
             if self.add_to_matcher:
                 self.matcher.add(template_id, person.id, person.name, candidate.embedding)
@@ -313,12 +317,13 @@ class Enroller:
         accepted: list[Candidate],
         existing: Person | None,
         who: tuple[str | None, str | None, Consent | None],  # name, external reference, consent of a new person
-        info: EmbedderInfo,
+        made: tuple[EmbedderInfo, str],  # the model that made the embeddings, and where the faces came from
         actor: str,
         audit: dict[str, str | int | float | bool],
         outcomes: dict[str, PhotoOutcome],
     ) -> tuple[Person, list[int]]:
         name, external_ref, consent = who
+        info, source = made
         keep_chips = self.settings.gallery.keep_chips
         with self.store.transaction():
             person = existing or self.store.add_person(name or "", external_ref=external_ref, consent=consent)
@@ -330,6 +335,7 @@ class Enroller:
                     model_sha256=info.sha256,
                     quality=candidate.quality.as_dict(),
                     chip=candidate.chip.tobytes() if keep_chips else None,
+                    source=source,
                 )
                 for candidate in accepted
             ]
