@@ -269,11 +269,13 @@ def enroll_capture(window: CaptureWindow, enroller: Enroller, writes: GalleryWri
                 audit=audit | {"consent_reference": request.consent.reference or ""},
             )
             changed.add(result.person.id)
-    except (EnrollmentError, FaceagentError) as exc:
-        reason = str(exc)
+    except Exception as exc:  # a full disk too: the window must not stay "storing" and block the next one
+        reason = str(exc) if isinstance(exc, EnrollmentError | FaceagentError) else "the views could not be stored"
         details = audit | {"source": "camera", "status": "FAILED", "reason": reason}
-        store.audit(request.actor, "person.enroll_camera_ended", request.person_id, details)
         window.settle(CaptureStatus.FAILED, reason=reason)
+        store.audit(request.actor, "person.enroll_camera_ended", request.person_id, details)
+        if not isinstance(exc, EnrollmentError):
+            raise
         return
     person = {"id": result.person.id, "name": result.person.name}
     outcome = {"person": person, "created": result.created, "templates_added": result.templates_added}
