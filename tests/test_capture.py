@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from agent.config import Settings
 from agent.gallery.matcher import Matcher
@@ -34,7 +33,8 @@ from agent.recognition.recognizer import Recognizer, TrackView
 from agent.vision.embedder import EmbedderInfo
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, POWELL, bush, powell
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
+from tests.support.scenes import two_faces
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 MIRANDA_SHOT = range(83, 212)
@@ -86,15 +86,6 @@ class Rig:
 def clip(shared_data: Path, shot: range) -> Iterable[np.ndarray]:
     for index in shot:
         yield load_image(shared_data / CLIP_FRAMES / f"frame_{index:04d}.jpg")
-
-
-def two_faces(shared_data: Path) -> np.ndarray:
-    """Colin Powell and George W. Bush side by side on a landscape, as scripts/bench_crowd.py composes a crowd."""
-    canvas = Image.open(shared_data / "negatives" / "places365_mountains.jpg").convert("RGB").resize((640, 480))
-    for photo, corner in ((powell(shared_data, POWELL[0]), (110, 180)), (bush(shared_data), (410, 180))):
-        face = Image.open(photo).convert("RGB").crop((60, 60, 190, 190)).resize((120, 120))
-        canvas.paste(face, corner)
-    return np.asarray(canvas)
 
 
 @pytest.fixture

@@ -190,6 +190,7 @@ def test_names_stay_on_the_device_without_include_names(desk: Desk, shared_data:
 # ------------------------------------------------------------------------------------ ctl, before it sends anything
 
 
+@pytest.mark.slow  # the CLI as a real process
 @pytest.mark.parametrize(
     ("extra", "problem"),
     [
