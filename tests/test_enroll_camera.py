@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from agent.sources.latest import SourceState, SourceStatus
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 from tests.support.agent_process import faceagent
+from tests.support.broker import Broker
 from tests.support.commands import Device, data, error, make_device
 from tests.support.data import CLIP_FRAMES
+from tests.support.responder import Responder
 
 MIRANDA_SHOT = range(83, 212)
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -205,3 +208,34 @@ def test_ctl_refuses_a_camera_enrollment_it_cannot_send(tmp_path: Path, extra: l
     arguments = ["ctl", "enroll", "--mqtt", "mqtt://127.0.0.1:1", "--device", "dev1", "--name", "Ada", "--from-camera"]
     result = faceagent(*arguments, *extra, config=config)
     assert result.returncode == 2 and problem in result.stderr, result.stderr
+
+
+def arms_then_falls_silent(asked: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bytes | None]:
+    """A device's answers: the capture armed, then nothing ever again."""
+
+    def answer(request: dict[str, Any]) -> bytes | None:
+        asked.append(request)
+        if len(asked) > 1:
+            return None
+        armed = {"capture_id": "c_1", "status": "IN_PROGRESS", "step": "collecting", "views": 0, "views_needed": 5}
+        return json.dumps({"schema": 1, "request_id": request["request_id"], "status": "ok", "data": armed}).encode()
+
+    return answer
+
+
+@pytest.mark.slow  # the CLI as a real process
+def test_ctl_gives_up_on_a_device_that_falls_silent(tmp_path: Path, broker: Broker) -> None:
+    config = tmp_path / "faceagent.toml"
+    config.write_text("")
+    asked: list[dict[str, Any]] = []
+    device = Responder(broker)
+    device.answer = arms_then_falls_silent(asked)
+    try:
+        result = faceagent(
+            "ctl", "enroll", "--mqtt", broker.url, "--timeout", "0.5", "--device", "dev1", "--name", "Ada",
+            "--consent-ref", "form-17", "--from-camera", config=config,
+        )  # fmt: skip
+    finally:
+        device.close()
+    assert result.returncode == 1 and "no outcome" in result.stderr, result.stdout + result.stderr
+    assert "IN_PROGRESS: 0 of 5 views" in result.stdout and len(asked) == 4  # the arm and three polls

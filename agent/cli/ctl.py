@@ -321,11 +321,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 CAPTURE_POLL_SECONDS = 1.0
 CAPTURE_SILENCE = 3  # polls in a row without a reply before ctl gives up on the device
+CAPTURE_GRACE_SECONDS = 60.0  # after the window: the views are stored, or the device is not doing its part
 
 
 def _enroll_from_camera(args: argparse.Namespace, arguments: dict[str, Any]) -> int:
     """Arm the capture, print its progress once a second until it ends; Ctrl-C cancels it on the device."""
     (device,) = args.device
+    deadline = time.monotonic() + (args.seconds or 20.0) + CAPTURE_GRACE_SECONDS
     with _operator(args) as operator:
         reply = operator.call([device], Command.ENROLL, arguments)[device]
         data = _capture_data(reply)
@@ -334,7 +336,7 @@ def _enroll_from_camera(args: argparse.Namespace, arguments: dict[str, Any]) -> 
         poll = {"from_camera": {"capture_id": data.get("capture_id")}}
         shown, silent = "", 0
         try:
-            while data.get("status") == "IN_PROGRESS" and silent < CAPTURE_SILENCE:
+            while data.get("status") == "IN_PROGRESS" and silent < CAPTURE_SILENCE and time.monotonic() < deadline:
                 count = f"{data.get('views')} of {data.get('views_needed')} views"
                 line = f"{device}: IN_PROGRESS: {count} ({data.get('step')})"
                 if line != shown and not args.json:
@@ -343,6 +345,8 @@ def _enroll_from_camera(args: argparse.Namespace, arguments: dict[str, Any]) -> 
                 time.sleep(CAPTURE_POLL_SECONDS)
                 reply = operator.call([device], Command.ENROLL, poll)[device]
                 silent = silent + 1 if reply is None else 0
+                if reply is not None and _capture_data(reply) is None:  # refused: say why
+                    return report({device: reply}, Command.ENROLL, args.timeout, args.json)
                 data = _capture_data(reply) or data
         except KeyboardInterrupt:
             cancel = {"from_camera": poll["from_camera"] | {"cancel": True}}
@@ -350,17 +354,17 @@ def _enroll_from_camera(args: argparse.Namespace, arguments: dict[str, Any]) -> 
             data = _capture_data(reply) or data
     if args.json:
         print(json.dumps({"device": device, "reply": reply}))
-    return _capture_outcome(device, data, silent >= CAPTURE_SILENCE)
+    return _capture_outcome(device, data)
 
 
 def _capture_data(reply: dict | None) -> dict[str, Any] | None:
     return _object(reply.get("data")) if isinstance(reply, dict) and reply.get("status") == "ok" else None
 
 
-def _capture_outcome(device: str, data: dict[str, Any], lost: bool) -> int:
+def _capture_outcome(device: str, data: dict[str, Any]) -> int:
     status = data.get("status")
-    if lost:
-        print(f"{device}: no reply for {CAPTURE_SILENCE} polls: the capture's outcome is unknown", file=sys.stderr)
+    if status == "IN_PROGRESS":
+        print(f"{device}: no outcome: the device stopped answering, or took too long", file=sys.stderr)
         return EXIT_REMOTE
     if status == "SUCCEEDED":
         person = _object(data.get("person"))
