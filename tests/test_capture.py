@@ -26,7 +26,6 @@ from agent.recognition.capture import (
     CaptureStatus,
     CaptureWindow,
     enroll_capture,
-    head_pose,
 )
 from agent.recognition.enrollment import Enroller
 from agent.recognition.recognizer import Recognizer, TrackView
@@ -119,7 +118,7 @@ def test_the_views_held_differ_in_pose_and_each_passes_the_gate(rig: Rig, shared
     window = rig.window(views=5)
     rig.feed(window, clip(shared_data, MIRANDA_SHOT))
     views = window.take_views()
-    poses = [head_pose(view.face.keypoints) for view in views]
+    poses = [view.pose for view in views]
     assert all(view.quality.ok for view in views)
     for a, b in itertools.combinations(poses, 2):
         assert max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= POSE_STEP
@@ -128,7 +127,7 @@ def test_the_views_held_differ_in_pose_and_each_passes_the_gate(rig: Rig, shared
 def test_the_views_held_are_no_near_duplicates_of_each_other(rig: Rig, shared_data: Path) -> None:
     window = rig.window(views=5)
     rig.feed(window, clip(shared_data, MIRANDA_SHOT))
-    units = [v.embedding / np.linalg.norm(v.embedding) for v in window.take_views()]
+    units = [v.candidate.embedding / np.linalg.norm(v.candidate.embedding) for v in window.take_views()]
     closest = min(float(np.linalg.norm(a - b)) for a, b in itertools.combinations(units, 2))
     assert closest >= rig.settings.gallery.duplicate_distance
 
@@ -248,7 +247,8 @@ def test_a_full_window_is_stored_as_templates_of_a_new_person(rig: Rig, shared_d
     person_id = report["person"]["id"]
     assert len(rig.matcher) == 5 and rig.matcher.person_ids() == {person_id}  # the live matcher followed
     record = rig.store.audit_log(1)[0]
-    assert record["action"] == "person.enroll" and record["details"]["source"] == "camera"
+    assert record["action"] == "person.enroll_camera" and record["target"] == person_id
+    assert record["details"]["status"] == "SUCCEEDED" and record["details"]["consent_reference"] == "form-17"
 
 
 def test_templates_from_the_camera_say_so(rig: Rig, shared_data: Path) -> None:
@@ -277,7 +277,7 @@ def test_views_that_match_someone_enrolled_meanwhile_are_not_stored(rig: Rig, sh
     enroll_capture(window, rig.enroller(), rig.sync)
     assert window.status is CaptureStatus.FAILED and window.reason == CONFLICT
     assert len(rig.store.list_people()) == 1
-    assert rig.store.audit_log(1)[0]["action"] == "person.enroll_camera_ended"
+    assert rig.store.audit_log(1)[0]["action"] == "person.enroll_camera"
 
 
 def test_a_refused_window_is_audited_and_stores_nothing(rig: Rig, shared_data: Path) -> None:
@@ -285,5 +285,5 @@ def test_a_refused_window_is_audited_and_stores_nothing(rig: Rig, shared_data: P
     rig.feed(window, [two_faces(shared_data)] * 3)
     enroll_capture(window, rig.enroller(), rig.sync)
     record = rig.store.audit_log(1)[0]
-    assert record["action"] == "person.enroll_camera_ended" and record["details"]["reason"] == TWO_FACES
+    assert record["action"] == "person.enroll_camera" and record["details"]["reason"] == TWO_FACES
     assert rig.store.list_people() == []

@@ -168,7 +168,7 @@ def test_a_cancelled_capture_stores_nothing_and_is_audited(desk: Desk, shared_da
     desk.show(itertools.islice(clip(shared_data, MIRANDA_SHOT), 10))
     assert poll(desk, capture_id, cancel=True)["status"] == "CANCELED"
     assert desk.store.list_people() == []
-    ended = [r for r in desk.device.audit() if r["action"] == "person.enroll_camera_ended"]
+    ended = [r for r in desk.device.audit() if r["action"] == "person.enroll_camera"]
     assert ended and ended[0]["details"]["status"] == "CANCELED"
 
 

@@ -28,10 +28,11 @@ import numpy as np
 
 from agent.config import Settings
 from agent.errors import FaceagentError
+from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GalleryWrites
 from agent.identity import Consent
 from agent.recognition.enrollment import Candidate, Enroller, EnrollmentError
-from agent.recognition.quality import assess, pose
+from agent.recognition.quality import QualityReport, assess, pose
 from agent.recognition.recognizer import TrackView
 from agent.tracking.decision import mean_embedding
 from agent.vision.detector import KEYPOINT_NAMES
@@ -72,8 +73,11 @@ class CaptureRequest:
 
 @dataclass(frozen=True)
 class HeldView:
+    """A view kept: what enrollment takes (`candidate`), and what the window compares views by."""
+
     track_id: int
     candidate: Candidate
+    quality: QualityReport
     pose: tuple[float, float]  # yaw, pitch
     unit: np.ndarray  # the embedding as the matcher's metric compares it
 
@@ -167,12 +171,13 @@ class CaptureWindow:
             self._held = []  # someone else now stands there: start again with them
             self.refusals["another person"] += 1
         self._taken += 1
-        candidate = Candidate(f"view {self._taken} (track {view.track_id})", face, chip, embedding, quality)
-        held = HeldView(view.track_id, candidate, head_pose(face.keypoints), unit)
+        label = f"view {self._taken} (track {view.track_id})"
+        candidate = Candidate(label, embedding, quality.view_score, quality.as_dict(), chip=chip)
+        held = HeldView(view.track_id, candidate, quality, head_pose(face.keypoints), unit)
         nearest = min(self._held, key=lambda h: _pose_distance(h.pose, held.pose), default=None)
         others = self._held
         if nearest is not None and _pose_distance(nearest.pose, held.pose) < POSE_STEP:
-            if quality.view_score <= nearest.candidate.quality.view_score:
+            if quality.view_score <= nearest.quality.view_score:
                 self.refusals["no new pose"] += 1
                 return
             others = [h for h in self._held if h is not nearest]  # a better view of that pose ...
@@ -219,10 +224,10 @@ class CaptureWindow:
         self.on_end(self)
         return True
 
-    def take_views(self) -> list[Candidate]:
+    def take_views(self) -> list[HeldView]:
         """The views to store (once `views_ready`); the window keeps them no longer."""
         with self._lock:
-            views, self._held = [h.candidate for h in self._held], []
+            views, self._held = self._held, []
         return views
 
     def settle(self, status: CaptureStatus, *, reason: str | None = None, result: dict[str, Any] | None = None) -> None:
@@ -245,41 +250,49 @@ class CaptureWindow:
 
 
 def enroll_capture(window: CaptureWindow, enroller: Enroller, writes: GalleryWrites) -> None:
-    """Store a window's views as templates (through `writes`, so the live matcher follows) and settle it; a
-    refused window is only audited. On the thread that owns `enroller.store`."""
-    request, store, model = window.request, enroller.store, window.model
-    audit: dict[str, str | int | float | bool] = {"capture_id": window.capture_id}
+    """Store a window's views as templates (`source` camera, through `writes`, so the live matcher follows) and
+    settle it; every window's outcome is audited (`person.enroll_camera`). On the thread that owns
+    `enroller.store`."""
+    request, model = window.request, window.model
     if not window.views_ready or model is None:
-        details = audit | {"source": "camera", "status": str(window.status), "reason": window.reason or ""}
-        store.audit(request.actor, "person.enroll_camera_ended", request.person_id, details)
+        _audit(window, enroller.store, request.person_id)
         return
-    views = window.take_views()
+    views = [held.candidate for held in window.take_views()]
     try:
+        if model != enroller.pipeline.embedder.info:  # a model update went live while the views waited
+            raise EnrollmentError(MODELS_CHANGED)
         if _matches_someone_else(views, enroller, request.person_id):
             raise EnrollmentError(CONFLICT)
-        with writes.writing(store) as changed:
-            result = enroller.enroll_views(
+        with writes.writing(enroller.store) as changed:
+            result = enroller.enroll_candidates(
                 views,
-                model,
                 actor=request.actor,
                 name=request.name,
                 person_id=request.person_id,
                 external_ref=request.external_ref,
                 consent=request.consent,
-                audit=audit | {"consent_reference": request.consent.reference or ""},
+                source="camera",
             )
             changed.add(result.person.id)
     except Exception as exc:  # a full disk too: the window must not stay "storing" and block the next one
         reason = str(exc) if isinstance(exc, EnrollmentError | FaceagentError) else "the views could not be stored"
-        details = audit | {"source": "camera", "status": "FAILED", "reason": reason}
         window.settle(CaptureStatus.FAILED, reason=reason)
-        store.audit(request.actor, "person.enroll_camera_ended", request.person_id, details)
+        _audit(window, enroller.store, request.person_id)
         if not isinstance(exc, EnrollmentError):
             raise
         return
     person = {"id": result.person.id, "name": result.person.name}
-    outcome = {"person": person, "created": result.created, "templates_added": result.templates_added}
-    window.settle(CaptureStatus.SUCCEEDED, result=outcome)
+    window.settle(
+        CaptureStatus.SUCCEEDED,
+        result={"person": person, "created": result.created, "templates_added": result.templates_added},
+    )
+    _audit(window, enroller.store, result.person.id, templates_added=result.templates_added)
+
+
+def _audit(window: CaptureWindow, store: GalleryStore, person_id: str | None, **more: int) -> None:
+    details = {"capture_id": window.capture_id, "status": str(window.status), "reason": window.reason, **more}
+    details |= {"consent_reference": window.request.consent.reference}
+    store.audit(window.request.actor, "person.enroll_camera", person_id, details)
 
 
 def _matches_someone_else(views: Sequence[Candidate], enroller: Enroller, person_id: str | None) -> bool:

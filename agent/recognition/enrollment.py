@@ -20,7 +20,7 @@ costs an identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +32,7 @@ from agent.errors import FaceagentError, ImageError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person
-from agent.recognition.quality import QualityReport, assess
+from agent.recognition.quality import assess
 from agent.vision.detector import Face
 from agent.vision.embedder import EmbedderInfo
 from agent.vision.image import load_image
@@ -91,13 +91,15 @@ class EnrollmentResult:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One face ready to become a template: from a photo, or a view the camera captured."""
+    """A face that may become a template: from a photo, or a view the device embedded itself (a decided
+    track's, `agent/recognition/feedback.py`); `refusal` is the quality gate's verdict (None: passed)."""
 
     label: str
-    face: Face
-    chip: np.ndarray
     embedding: np.ndarray
-    quality: QualityReport
+    view_score: float
+    quality: dict[str, float]
+    refusal: str | None = None
+    chip: np.ndarray | None = None
 
 
 class Enroller:
@@ -139,94 +141,66 @@ class Enroller:
         that match someone else or do not match `person_id`; `reveal_matches` lets reasons name the person
         matched and give distances (never over MQTT).
         """
-        existing = self._existing(name, person_id, bool(photos), "photos")
-        outcomes: dict[str, PhotoOutcome] = {}
-        candidates = []
-        for label, source in photos:
-            candidate = self._candidate(label, source)
-            if isinstance(candidate, PhotoOutcome):
-                outcomes[label] = candidate
-            else:
-                candidates.append(candidate)
-        result = self._enroll(
-            candidates,
-            outcomes,
-            existing,
-            actor,
-            name,
-            external_ref,
-            consent,
-            self.pipeline.embedder.info,
+        if not photos:
+            raise EnrollmentError("no photos given")
+        return self.enroll_candidates(
+            [self._candidate(label, source) for label, source in photos],
+            actor=actor,
+            name=name,
+            person_id=person_id,
+            external_ref=external_ref,
+            consent=consent,
             force=force,
-            reveal=reveal_matches,
+            reveal_matches=reveal_matches,
         )
-        order = {label: index for index, (label, _) in enumerate(photos)}
-        return replace(result, photos=sorted(result.photos, key=lambda outcome: order[outcome.label]))
 
-    def enroll_views(
+    def enroll_candidates(
         self,
-        views: Sequence[Candidate],
-        model: EmbedderInfo,
+        candidates: Sequence[Candidate | PhotoOutcome],
         *,
         actor: str,
         name: str | None = None,
         person_id: str | None = None,
         external_ref: str | None = None,
         consent: Consent | None = None,
-        source: str = "camera",
-        audit: dict[str, str | int | float | bool] | None = None,
+        force: bool = False,
+        reveal_matches: bool = False,
+        source: str = "photo",
+        event_id: str | None = None,
     ) -> EnrollmentResult:
-        """Enroll faces `model` embedded (views the camera captured) through the same conflict, duplicate and cap
-        checks as photos, without `force`. Runs no model, so it may run on any thread. `source` is stored with
-        each template (`schema.TEMPLATE_SOURCES`); `audit` adds details to the audit record."""
-        existing = self._existing(name, person_id, bool(views), "views")
-        who = (name, external_ref, consent)
-        return self._enroll(list(views), {}, existing, actor, *who, model, source, extra=audit)
-
-    def _existing(self, name: str | None, person_id: str | None, given: bool, faces: str) -> Person | None:
-        """The person `person_id` names (None: a new one, `name`); refuses a request that is not one of the two
-        or has no `faces` (photos, views)."""
+        """`enroll` for faces embedded already (`PhotoOutcome`: one refused before embedding), stored with
+        `source` and `event_id` (`GalleryStore.add_template`): the same gate, checks and audit."""
         if (name is None) == (person_id is None):
-            raise EnrollmentError(f"give either a name (new person) or a person id (more {faces} of someone enrolled)")
+            raise EnrollmentError("give either a name (new person) or a person id (more photos of someone enrolled)")
         existing = self.store.get_person(person_id) if person_id else None
         if person_id and existing is None:
             raise EnrollmentError(f"no person with id {person_id!r}")
-        if not given:
-            raise EnrollmentError(f"no {faces} given")
-        return existing
-
-    def _enroll(
-        self,
-        candidates: list[Candidate],
-        outcomes: dict[str, PhotoOutcome],
-        existing: Person | None,
-        actor: str,
-        name: str | None,
-        external_ref: str | None,
-        consent: Consent | None,
-        model: EmbedderInfo,
-        source: str = "photo",
-        *,
-        force: bool = False,
-        reveal: bool = False,
-        extra: dict[str, str | int | float | bool] | None = None,
-    ) -> EnrollmentResult:
-        person_id = existing.id if existing else None
-        accepted, overridden = self._select(candidates, person_id, force, reveal, outcomes, model.model_id)
+        if not candidates:
+            raise EnrollmentError("no faces given")
+        outcomes = {c.label: c for c in candidates if isinstance(c, PhotoOutcome)}
+        gated = []
+        for candidate in candidates:
+            if isinstance(candidate, Candidate) and candidate.refusal:
+                outcomes[candidate.label] = PhotoOutcome(
+                    candidate.label, False, candidate.refusal, None, candidate.quality
+                )
+            elif isinstance(candidate, Candidate):
+                gated.append(candidate)
+        accepted, overridden = self._select(gated, person_id, force, reveal_matches, outcomes)
         if not accepted:
             reasons = "; ".join(f"{o.label}: {o.reason}" for o in outcomes.values())
             raise EnrollmentError(f"nothing enrolled: {reasons}")
-        audit: dict[str, str | int | float | bool] = {"forced": force, "source": source}
-        audit |= overridden | (extra or {})
-        who = (name, external_ref, consent)
-        person, template_ids = self._store(accepted, existing, who, (model, source), actor, audit, outcomes)
+        audit: dict[str, bool | int | str] = (
+            {"forced": force} | overridden | ({"event_id": event_id} if event_id else {})
+        )
+        stored = _Stored(existing, name, external_ref, consent, actor, audit, source, event_id)
+        person, template_ids = self._store(accepted, stored, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
             if self.add_to_matcher:
                 self.matcher.add(template_id, person.id, person.name, candidate.embedding)
-            outcomes[candidate.label] = PhotoOutcome(
-                candidate.label, True, None, template_id, candidate.quality.as_dict()
-            )
-        return EnrollmentResult(person, existing is None, list(outcomes.values()))
+            outcomes[candidate.label] = PhotoOutcome(candidate.label, True, None, template_id, candidate.quality)
+        ordered = [outcomes[c.label] for c in candidates if c.label in outcomes]
+        return EnrollmentResult(person, existing is None, ordered)
 
     def _candidate(self, label: str, source: Path | bytes) -> Candidate | PhotoOutcome:
         try:
@@ -244,9 +218,8 @@ class Enroller:
         image = Image.fromarray(frame)
         embedded = self.pipeline.embed_face(image, face)
         quality = assess(face, embedded.chip, self.settings.quality)
-        if not quality.ok:
-            return PhotoOutcome(label, False, "; ".join(quality.reasons), quality=quality.as_dict())
-        return Candidate(label, face, embedded.chip, embedded.embedding, quality)
+        refusal = "; ".join(quality.reasons) or None
+        return Candidate(label, embedded.embedding, quality.view_score, quality.as_dict(), refusal, embedded.chip)
 
     def _select(
         self,
@@ -255,11 +228,11 @@ class Enroller:
         force: bool,
         reveal: bool,
         outcomes: dict[str, PhotoOutcome],
-        model_id: str,
     ) -> tuple[list[Candidate], dict[str, int]]:
         """Refuse conflicts with other people and faces that are not `person_id`'s, skip near-duplicates,
         respect the per-person cap; also how many refusals `force` overrode (for the audit)."""
         gallery = self.settings.gallery
+        model_id = self.pipeline.embedder.info.model_id
         rows = [row for row in self.store.iter_templates(model_id) if row[1] == person_id] if person_id else []
         own = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
         own.load(rows)
@@ -269,8 +242,8 @@ class Enroller:
         accepted: list[Candidate] = []
         overridden = {"conflicts_overridden": 0, "mismatches_overridden": 0}
         # Best views first, so the cap keeps the best photos.
-        for candidate in sorted(candidates, key=lambda c: -c.quality.view_score):
-            quality = candidate.quality.as_dict()
+        for candidate in sorted(candidates, key=lambda c: -c.view_score):
+            quality = candidate.quality
             conflict, mismatch = self._not_theirs(candidate.embedding, person_id, held, reveal)
             if (conflict or mismatch) and not force:
                 reason = (
@@ -313,32 +286,41 @@ class Enroller:
         return conflict, mismatch
 
     def _store(
-        self,
-        accepted: list[Candidate],
-        existing: Person | None,
-        who: tuple[str | None, str | None, Consent | None],  # name, external reference, consent of a new person
-        made: tuple[EmbedderInfo, str],  # the model that made the embeddings, and where the faces came from
-        actor: str,
-        audit: dict[str, str | int | float | bool],
-        outcomes: dict[str, PhotoOutcome],
+        self, accepted: list[Candidate], stored: _Stored, outcomes: dict[str, PhotoOutcome]
     ) -> tuple[Person, list[int]]:
-        name, external_ref, consent = who
-        info, source = made
+        info = self.pipeline.embedder.info
         keep_chips = self.settings.gallery.keep_chips
         with self.store.transaction():
-            person = existing or self.store.add_person(name or "", external_ref=external_ref, consent=consent)
+            person = stored.existing or self.store.add_person(
+                stored.name or "", external_ref=stored.external_ref, consent=stored.consent
+            )
             template_ids = [
                 self.store.add_template(
                     person.id,
                     candidate.embedding,
                     model_id=info.model_id,
                     model_sha256=info.sha256,
-                    quality=candidate.quality.as_dict(),
-                    chip=candidate.chip.tobytes() if keep_chips else None,
-                    source=source,
+                    quality=candidate.quality,
+                    chip=candidate.chip.tobytes() if keep_chips and candidate.chip is not None else None,
+                    source=stored.source,
+                    event_id=stored.event_id,
                 )
                 for candidate in accepted
             ]
-            details = {"templates_added": len(template_ids), "photos_refused": len(outcomes)} | audit
-            self.store.audit(actor, "person.enroll", person.id, details)
+            details = {"templates_added": len(template_ids), "photos_refused": len(outcomes)} | stored.audit
+            self.store.audit(stored.actor, "person.enroll", person.id, details)
         return person, template_ids
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Who the accepted faces go to, and what the templates and the audit record say."""
+
+    existing: Person | None
+    name: str | None
+    external_ref: str | None
+    consent: Consent | None
+    actor: str
+    audit: dict[str, bool | int | str]
+    source: str
+    event_id: str | None
