@@ -27,6 +27,7 @@ from agent.commands.schema import (
     SMALL_PAYLOAD_BYTES,
     Blob,
     Document,
+    EnrollModes,
     Flag,
     Image,
     Items,
@@ -81,6 +82,9 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "update_person": {"person_id": "p_0123", "name": "Y"},
     "set_config": {"values": {"gallery.threshold": 0.3}},
     "purge_events": {"older_than_days": 30},
+    "wrong_person": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA"},
+    "is_person": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA", "person_id": "p_0123"},
+    "enroll_from_event": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA", "name": "Z", "consent": {"reference": "f-1"}},
     "model_update": {
         "phase": "begin",
         "job_id": "j1",
@@ -96,8 +100,11 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
 
 
 def _record(name: str) -> Record:
-    """The Record that checks the command's valid arguments (for model_update, its phase's)."""
+    """The Record that checks the command's valid arguments (for model_update, its phase's; for enroll, the
+    photos')."""
     rule = SCHEMAS[name].args
+    if isinstance(rule, EnrollModes):
+        return rule.photos
     return rule.records[VALID_ARGS[name]["phase"]] if isinstance(rule, Phases) else rule
 
 
