@@ -27,6 +27,7 @@ from agent.commands.schema import (
     SMALL_PAYLOAD_BYTES,
     Blob,
     Document,
+    EnrollModes,
     Flag,
     Image,
     Items,
@@ -99,8 +100,11 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
 
 
 def _record(name: str) -> Record:
-    """The Record that checks the command's valid arguments (for model_update, its phase's)."""
+    """The Record that checks the command's valid arguments (for model_update, its phase's; for enroll, the
+    photos')."""
     rule = SCHEMAS[name].args
+    if isinstance(rule, EnrollModes):
+        return rule.photos
     return rule.records[VALID_ARGS[name]["phase"]] if isinstance(rule, Phases) else rule
 
 
