@@ -93,6 +93,7 @@ def refused_requests(person: str, shared_data: Path) -> dict[str, dict[str, Any]
         "purge_events": {"older_than_days": 0},
         "restart": {},
         "model_update": begin,
+        "get_audit": {},
     }
 
 

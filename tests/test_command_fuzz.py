@@ -81,6 +81,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "update_person": {"person_id": "p_0123", "name": "Y"},
     "set_config": {"values": {"gallery.threshold": 0.3}},
     "purge_events": {"older_than_days": 30},
+    "get_audit": {"limit": 10, "before": 5},
     "model_update": {
         "phase": "begin",
         "job_id": "j1",

@@ -21,7 +21,9 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from agent.commands.schema import AUDIT_PAGE
 from agent.commands.signing import request_signer
+from agent.gallery.store import GalleryStore
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import Operator
 from scripts.bench_console import CHROMEDRIVER, CHROMIUM, chromium
@@ -52,6 +54,7 @@ class Fleet:
     driver: webdriver.Chrome
     observer: Observer
     sign_key: Path
+    folder: Path  # each device's folder (its gallery.db, faceagent.toml, agent.log) is folder / device
 
     def page(self, path: str) -> None:
         self.driver.get(self.console.url + path)
@@ -105,7 +108,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
     profile = Path(tempfile.mkdtemp(prefix="console-chromium-"))
     driver = chromium(profile)
     try:
-        yield Fleet(broker, console, driver, observer, sign_key)
+        yield Fleet(broker, console, driver, observer, sign_key, folder)
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
@@ -197,6 +200,26 @@ def test_erasure_from_the_page_removes_the_person_from_the_devices(fleet: Fleet,
     fleet.wait(lambda: all(f"{d}: erased {PERFORMER}" in fleet.text("#enroll-result") for d in DEVICES), 120)
     for device in DEVICES:
         assert PERFORMER not in fleet.people_on(device)
+
+
+def test_the_device_page_pages_through_the_device_audit_log(fleet: Fleet) -> None:
+    device = DEVICES[1]
+    with GalleryStore.open(fleet.folder / device / "gallery.db") as store:  # as `faceagent person` on the device
+        for number in range(AUDIT_PAGE + 20):
+            store.audit("cli:stage-ops", "person.update", f"p_{number:04d}", {"fields": "name"})
+    fleet.page(f"/device/{device}")
+    fleet.wait(lambda: len(audit_rows(fleet)) == AUDIT_PAGE, 90, "the first page of the audit log did not show")
+    assert "cli:stage-ops" in fleet.text("#audit")
+    fleet.driver.find_element(By.ID, "audit-older").click()
+    fleet.wait(lambda: len(audit_rows(fleet)) > AUDIT_PAGE, 90, "the older page did not show")
+    seqs = [int(row.get_attribute("data-seq")) for row in audit_rows(fleet)]
+    assert seqs == sorted(set(seqs), reverse=True)  # newest first, no record twice
+    assert "p_0000" in fleet.text("#audit")  # the oldest local action, from the second page
+    fleet.screenshot("audit", showing="#audit-older")
+
+
+def audit_rows(fleet: Fleet) -> list:
+    return fleet.driver.find_elements(By.CSS_SELECTOR, "#audit tr")
 
 
 def test_off_loopback_the_browser_gets_the_login_page_without_the_password(fleet: Fleet, tmp_path: Path) -> None:

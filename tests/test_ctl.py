@@ -16,6 +16,7 @@ import pytest
 from agent.cli.main import main
 from agent.commands.signing import CommandSecurity, load_private_key, public_key_text
 from agent.config import CommandSettings, load_layered
+from agent.gallery.store import GalleryStore
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
@@ -165,6 +166,20 @@ def test_config_get_prints_the_settings(broker, run_device, capsys) -> None:
     run_device("dev1")
     status, out = ctl(capsys, broker, "config", "get", "dev1")
     assert status == 0 and "gallery.threshold = 0.35" in out
+
+
+def test_audit_prints_a_page_of_the_device_log_and_how_to_ask_for_older(
+    broker, run_device, capsys, operator_key_file
+) -> None:
+    running = run_device("dev1")
+    with GalleryStore.open(running.device.store_path) as store:
+        for number in range(3):
+            store.audit("cli:ops", "person.update", f"p_000{number}", {"fields": "name"})
+    status, out = ctl(capsys, broker, "audit", "dev1", "--limit", "2", key=operator_key_file)
+    assert status == 0 and "dev1: 2 audit records, newest first (older records: --before 2)" in out, out
+    status, out = ctl(capsys, broker, "audit", "dev1", "--before", "2", key=operator_key_file)
+    lines = out.splitlines()
+    assert status == 0 and "(no older records)" in lines[0] and "cli:ops  person.update  p_0000" in lines[1], out
 
 
 def test_a_refused_command_exits_1_with_the_reason(broker, run_device, capsys, operator_key_file) -> None:

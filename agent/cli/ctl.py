@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.arguments import add_person_arguments
-from agent.commands.schema import COMMAND_NAME, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
+from agent.commands.schema import (
+    AUDIT_PAGE,
+    COMMAND_NAME,
+    MAX_AUDIT_PAGE,
+    MODEL_CHUNK_BYTES,
+    VERSION,
+    CommandError,
+    Image,
+)
 from agent.config import RULES, CommandSettings, Pattern, find_config, load_settings, require_tls
 from agent.errors import FaceagentError
 from agent.files import FileRefused, read_regular_file
@@ -143,6 +151,14 @@ def _summary(name: str, data: dict[str, Any]) -> str:
     if name == Command.GET_CONFIG:
         values = data["settings"]
         return "\n".join(f"  {s}.{k} = {json.dumps(v)}" for s, keys in values.items() for k, v in keys.items())
+    if name == Command.GET_AUDIT:
+        lines = [
+            f"  {r['seq']}  {r['at']}  {r['actor']}  {r['action']}  {r['target'] or '-'}  "
+            + " ".join(f"{k}={json.dumps(v)}" for k, v in r["details"].items())
+            for r in data["records"]
+        ]
+        more = f"older records: --before {data['next_before']}" if data["next_before"] else "no older records"
+        return "\n".join([f"{len(lines)} audit records, newest first ({more})", *lines])
     if name == Command.SET_CONFIG:
         return "set " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in data["changed"].items())
     return json.dumps(data, indent=2)
@@ -270,6 +286,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(retained, indent=None if args.json else 2))
         return EXIT_REMOTE
     return report({args.target: reply}, Command.GET_STATUS, args.timeout, args.json)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    arguments = {"limit": args.limit} | ({"before": args.before} if args.before is not None else {})
+    return cmd_call(args, Command.GET_AUDIT, arguments)
 
 
 def _photos(paths: list[Path], limits: CommandSettings) -> list[dict[str, str]]:
@@ -455,6 +476,11 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     gone.add_argument("--name", help="the person's name (refused where two people share it)")
     gone.add_argument("--person-id", help="the person's id on the device")
     delete.set_defaults(handler=cmd_delete)
+
+    audit = sub.add_parser("audit", parents=[common, one], help="a device's audit log, newest first (paged)")
+    audit.add_argument("--limit", type=_whole(1, MAX_AUDIT_PAGE), default=AUDIT_PAGE, help="records per page")
+    audit.add_argument("--before", type=_whole(1, 2**63 - 1), help="only records older than this seq (paging)")
+    audit.set_defaults(handler=cmd_audit)
 
     config = sub.add_parser("config", help="a device's settings")
     config_sub = config.add_subparsers(dest="ctl_config", required=True)

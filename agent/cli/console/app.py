@@ -38,7 +38,7 @@ from agent.cli.console.auth import SESSION_COOKIE, SESSION_SECONDS, Session, Ses
 from agent.cli.console.fleet import FleetEvent, FleetState, utc_text
 from agent.cli.console.metrics import registry_for
 from agent.cli.console.remote import PERSON_ID, Outcome, Remote, is_device_id, merge_people
-from agent.commands.schema import CommandError, Image, Text
+from agent.commands.schema import AUDIT_PAGE, CommandError, Image, Text
 from agent.config import CommandSettings
 
 SMALL_BODY_BYTES = 64 * 1024
@@ -329,6 +329,17 @@ def build_app(console: Console) -> Starlette:
         console.record(request, "restart", outcomes, "restart")
         return _outcomes(outcomes)
 
+    async def device_audit(request: Request) -> Response:
+        """A page of the device's own audit log (`get_audit`, signed): local CLI actions included."""
+        device = _device(request)
+        arguments: dict[str, Any] = {"limit": AUDIT_PAGE}
+        before = request.query_params.get("before", "")
+        if before:
+            if not before.isdigit() or not 0 < int(before) < 2**63:
+                raise HTTPException(400, "before: must be a record number")
+            arguments["before"] = int(before)
+        return _outcomes(await run_in_threadpool(remote.call, [device], "get_audit", arguments))
+
     async def device_model_update(request: Request) -> Response:
         device = _device(request)
         return _outcomes(await run_in_threadpool(remote.call, [device], "model_update", {"phase": "status"}))
@@ -455,6 +466,7 @@ def build_app(console: Console) -> Starlette:
         Route("/api/device/{device}/config", device_config, methods=["GET"]),
         Route("/api/device/{device}/config", device_set_config, methods=["POST"]),
         Route("/api/device/{device}/restart", device_restart, methods=["POST"]),
+        Route("/api/device/{device}/audit", device_audit),
         Route("/api/device/{device}/model-update", device_model_update),
         Route("/api/people", people),
         Route("/api/people/enroll", enroll, methods=["POST"]),

@@ -461,6 +461,25 @@ async function devicePage() {
     } catch (error) { $("#model-update").textContent = error.message; }
   });
 
+  let olderThan = null;
+  async function loadAudit(before) {
+    $("#audit-state").textContent = "asking the device…";
+    const answer = (await api(`${base}/audit${before ? "?before=" + before : ""}`)).devices[device];
+    if (!answer.ok) { $("#audit-state").textContent = answer.error; return; }
+    const rows = answer.data.records.map((r) => el("tr", { dataset: { seq: r.seq } },
+      el("td", {}, r.seq), el("td", {}, r.at), el("td", {}, r.actor), el("td", {}, r.action),
+      el("td", { className: "small" }, show(r.target)),
+      el("td", { className: "small" }, Object.entries(r.details).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" "))));
+    if (before) $("#audit").append(...rows); else $("#audit").replaceChildren(...rows);
+    olderThan = answer.data.next_before;
+    $("#audit-older").disabled = !olderThan;
+    $("#audit-state").textContent = `${$("#audit").children.length} records${olderThan ? "" : ", the oldest kept"}`;
+  }
+  const auditFailed = (error) => { $("#audit-state").textContent = error.message; };
+  $("#audit-newest").addEventListener("click", () => loadAudit(null).catch(auditFailed));
+  $("#audit-older").addEventListener("click", () => loadAudit(olderThan).catch(auditFailed));
+  loadAudit(null).catch(auditFailed);
+
   loadSettings().catch((error) => { $("#settings").replaceChildren(el("p", { className: "error" }, error.message)); });
   for (;;) {
     try { await refresh(); } catch (error) { $("#device-state").textContent = error.message; }
