@@ -7,6 +7,7 @@ does on a page, and the screenshots in docs/ are taken by this browser along the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -17,25 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from agent.commands.schema import AUDIT_PAGE
-from agent.commands.signing import request_signer
+from agent.commands.signing import public_key_text, request_signer
 from agent.gallery.store import GalleryStore
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import Operator
 from scripts.bench_console import CHROMEDRIVER, CHROMIUM, chromium
-from tests.support.agent_process import agent_config, start_agent
+from tests.support.agent_process import agent_config, faceagent, start_agent
 from tests.support.broker import Broker, Observer
-from tests.support.commands import OPERATOR_KEY, write_operator_key
+from tests.support.commands import OPERATOR_KEY, write_operator_key, write_private_key
 from tests.support.console import ConsoleProcess, make_password_file, start_console
 from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, REPO
 
 DOCS = REPO / "docs"
 DEVICES = ("stage-1", "stage-2")
 PERFORMER = "Lin-Manuel Miranda"
+NEW_EMBEDDER = "dlib-resnet29-int8-b"  # the release's model id: the status shows it once installed
+RELEASE_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"faceagent console test release key").digest())
 pytestmark = pytest.mark.slow
 
 
@@ -60,7 +65,9 @@ class Fleet:
         self.driver.get(self.console.url + path)
 
     def wait(self, condition, timeout: float = 60, message: str = "") -> object:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.25).until(lambda d: condition(), message)
+        # A page redraws what it polls: an element read just as it is replaced is read again at the next poll.
+        waiting = WebDriverWait(self.driver, timeout, 0.25, ignored_exceptions=(StaleElementReferenceException,))
+        return waiting.until(lambda d: condition(), message)
 
     def text(self, selector: str) -> str:
         found = self.driver.find_elements(By.CSS_SELECTOR, selector)
@@ -90,21 +97,36 @@ class Fleet:
 
 
 def start_device(folder: Path, broker: Broker, device: str, frames: Path) -> subprocess.Popen[str]:
-    """One agent of the fleet, with its own folder, config and log."""
+    """One agent of the fleet, with its own folder, config and log; it takes model releases signed by RELEASE_KEY."""
     folder.mkdir(parents=True)
-    config = agent_config(folder, broker, device, fps=10, events="cooldown_seconds = 5\n")
+    releases = f'[models]\nrelease_keys = ["{public_key_text(RELEASE_KEY)}"]\n'
+    config = agent_config(folder, broker, device, fps=10, events="cooldown_seconds = 5\n", extra=releases)
     return start_agent(config, folder / "gallery.db", frames, log=folder / "agent.log")
 
 
+def make_release(folder: Path, int8: bytes) -> Path:
+    """The int8 embedder released under a new model id, as its publisher makes a release: `faceagent ctl
+    model-release` where the release key is kept; the console gets only the folder."""
+    folder.mkdir()
+    model = folder / "dlib_resnet29_int8_b.tflite"
+    model.write_bytes(int8)
+    key = write_private_key(RELEASE_KEY, folder.parent / "release.pem")
+    meta = ["--model-id", NEW_EMBEDDER, "--role", "embedder", "--model-version", "2", "--model-key", str(key)]
+    made = faceagent("ctl", "model-release", str(model), *meta)
+    assert made.returncode == 0, made.stderr
+    return folder
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, int8: bytes) -> Iterator[Fleet]:
     _need_browser()
     folder = tmp_path_factory.mktemp("console-fleet")
     broker = Broker(folder / "broker").start()
     agents = [start_device(folder / device, broker, device, shared_data / CLIP_FRAMES) for device in DEVICES]
     observer = Observer(broker, ["faceagent/#"])
     sign_key = write_operator_key(folder / "operator")
-    console = start_console(broker, "--sign-key", str(sign_key), "--timeout", "60")
+    releases = make_release(folder / "releases", int8)
+    console = start_console(broker, "--sign-key", str(sign_key), "--timeout", "60", "--releases", str(releases))
     profile = Path(tempfile.mkdtemp(prefix="console-chromium-"))
     driver = chromium(profile)
     try:
@@ -187,12 +209,17 @@ def test_the_events_page_shows_recognitions_live_and_filtered(fleet: Fleet) -> N
     fleet.screenshot("events")
 
 
-def test_erasure_from_the_page_removes_the_person_from_the_devices(fleet: Fleet, shared_data: Path) -> None:
+def click_on_the_performer(fleet: Fleet, shared_data: Path, button: str) -> None:
+    """The performer's `button` (erase, rename) on the people page, enrolled from the page first if need be."""
     if PERFORMER not in fleet.people_on(DEVICES[0]):
         enroll_from_the_page(fleet, shared_data / CLIP_ENROLL)
     open_people(fleet)
     fleet.wait(lambda: PERFORMER in fleet.text("#people .name"), 60)
-    fleet.driver.find_element(By.CSS_SELECTOR, f'#people tr[data-person="{PERFORMER}"] button.erase').click()
+    fleet.driver.find_element(By.CSS_SELECTOR, f'#people tr[data-person="{PERFORMER}"] button.{button}').click()
+
+
+def test_erasure_from_the_page_removes_the_person_from_the_devices(fleet: Fleet, shared_data: Path) -> None:
+    click_on_the_performer(fleet, shared_data, "erase")
     question = fleet.text("#confirm-text")
     assert f"Erase {PERFORMER} from 2 device(s)" in question and "cannot be undone" in question
     assert all(device in fleet.text("#confirm-extra") for device in DEVICES)  # says where, before anything goes
@@ -233,3 +260,71 @@ def test_off_loopback_the_browser_gets_the_login_page_without_the_password(fleet
         fleet.screenshot("login")
     finally:
         guarded.stop()
+
+
+# The tests below change the devices for good (a new name, a restart, a new embedder): they run last, in this order.
+
+
+def test_a_rename_from_the_page_reaches_every_device_the_person_is_on(fleet: Fleet, shared_data: Path) -> None:
+    click_on_the_performer(fleet, shared_data, "rename")
+    field = fleet.driver.find_element(By.ID, "rename-name")
+    field.clear()
+    field.send_keys("Lin-Manuel Miranda (Hamilton)")
+    fleet.driver.find_element(By.ID, "confirm-ok").click()
+    fleet.wait(lambda: all(f"{d}: renamed" in fleet.text("#enroll-result") for d in DEVICES), 120, "no rename outcome")
+    for device in DEVICES:
+        assert "Lin-Manuel Miranda (Hamilton)" in fleet.people_on(device)
+    fleet.wait(lambda: "Lin-Manuel Miranda (Hamilton)" in fleet.text("#people .name"), 60)  # the listing reloads
+
+
+def started_at(fleet: Fleet, device: str) -> str | None:
+    """The start time in the device's newest online status, as the broker holds it."""
+    online = [m.json() for m in fleet.observer.on(f"faceagent/{device}/status") if m.json().get("state") == "online"]
+    return online[-1].get("started_at") if online else None
+
+
+def test_a_restart_from_the_page_brings_the_device_back_online(fleet: Fleet) -> None:
+    device = DEVICES[1]
+    before = started_at(fleet, device)
+    fleet.page(f"/device/{device}")
+    fleet.wait(lambda: fleet.text("#device-state") == "online", 60)
+    shown = fleet.text('#device-status dd[data-fact="started"]')
+    assert before is not None and shown == before
+    fleet.driver.find_element(By.ID, "restart").click()
+    assert f"Restart {device}?" in fleet.text("#confirm-text")
+    fleet.driver.find_element(By.ID, "confirm-ok").click()
+    fleet.wait(lambda: f"{device}: restarting" in fleet.text("#restart-result"), 60, "no restart outcome")
+    fleet.wait(lambda: started_at(fleet, device) not in (None, before), 180, "the agent did not come back")
+    # the same page, not reloaded, shows it back online under its new start
+    fleet.wait(lambda: fleet.text('#device-status dd[data-fact="started"]') == started_at(fleet, device), 60)
+    assert fleet.text("#device-state") == "online"
+
+
+def model_rows(fleet: Fleet) -> dict[str, str]:
+    """Device -> its status in the page's progress table (read in one go: the page redraws it as it polls)."""
+    script = (
+        "return [...document.querySelectorAll('#model-jobs tr')].map((row) => [row.dataset.device, row.dataset.status])"
+    )
+    return dict(fleet.driver.execute_script(script))
+
+
+def test_a_release_installed_fleet_wide_from_the_page_shows_progress_then_the_new_model(fleet: Fleet) -> None:
+    fleet.page(f"/device/{DEVICES[0]}")
+    fleet.wait(lambda: fleet.driver.find_elements(By.CSS_SELECTOR, "#model-release option"), 60, "no release offered")
+    assert NEW_EMBEDDER in fleet.text("#model-release")
+    fleet.driver.find_element(By.ID, "model-fleet").click()
+    fleet.driver.find_element(By.ID, "model-install-submit").click()
+    assert all(device in fleet.text("#confirm-text") for device in DEVICES)
+    fleet.driver.find_element(By.ID, "confirm-ok").click()
+    # Progress as the devices report it: every chunk received, the model being checked, then the outcome.
+    fleet.wait(lambda: "the device is checking the model" in fleet.text("#model-jobs"), 300, "no progress shown")
+    fleet.wait(lambda: model_rows(fleet) == dict.fromkeys(DEVICES, "SUCCEEDED"), 600, "the update did not succeed")
+    script = "return [...document.querySelectorAll('#model-steps li')].map((step) => Number(step.dataset.bytes))"
+    received = fleet.driver.execute_script(script)
+    size = (fleet.folder / "releases" / "dlib_resnet29_int8_b.tflite").stat().st_size
+    assert len(received) > 2 and received == sorted(set(received)) and received[-1] == size
+    # One copy of each phase for the whole fleet: the chunks crossed the broker once, not once per device.
+    fleet_wide = fleet.observer.on("faceagent/*/cmd/model_update")
+    assert len(fleet_wide) >= len(received) and not fleet.observer.on(f"faceagent/{DEVICES[0]}/cmd/model_update")
+    fleet.wait(lambda: NEW_EMBEDDER in fleet.text('#device-status dd[data-fact="models"]'), 120, "status: old model")
+    fleet.screenshot("model-update", showing="#model-job")

@@ -4,6 +4,7 @@ dispatcher (each in its own folder with its own gallery)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import queue
 import threading
@@ -21,7 +22,7 @@ from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 from tests.support.broker import FAST_LINK, Broker, free_port
-from tests.support.commands import Device, make_device, operator_commands
+from tests.support.commands import Device, make_device, operator_commands, serve_link
 from tests.support.data import POWELL, POWELL_PROBE, powell
 
 
@@ -50,22 +51,10 @@ def run_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterat
         commands = commands or operator_commands()
         (tmp_path / device_id).mkdir()
         security = CommandSecurity.from_settings(commands, device_id)
-        device = make_device(tmp_path / device_id, pipeline, commands=commands, security=security)
         inbox: queue.Queue[CommandRequest | None] = queue.Queue()
         link = MqttLink(BrokerSettings(url=broker.url, protocol=protocol, **FAST_LINK), device_id, inbox.put)
-
-        def serve() -> None:
-            while (request := inbox.get()) is not None:
-                with pipeline_lock:
-                    reply = device.dispatcher.handle(request.name, request.payload, now=request.received_at)
-                if reply is not None:
-                    link.reply(request, reply)
-            device.dispatcher.close()
-
-        worker = threading.Thread(target=serve, daemon=True)
-        worker.start()
-        link.start()
-        assert link.wait_connected(5)
+        make = functools.partial(make_device, tmp_path / device_id, pipeline, commands=commands, security=security)
+        device, worker = serve_link(link, inbox, make, pipeline_lock)
         running.append(Running(device, link, worker, inbox))
         return running[-1]
 

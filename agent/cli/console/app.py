@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +39,8 @@ from agent.cli.console.auth import SESSION_COOKIE, SESSION_SECONDS, Session, Ses
 from agent.cli.console.fleet import FleetEvent, FleetState, utc_text
 from agent.cli.console.metrics import registry_for
 from agent.cli.console.remote import PERSON_ID, Outcome, Remote, is_device_id, merge_people
+from agent.cli.console.rollouts import Rollouts, releases_in
+from agent.cli.releases import BUNDLE_SUFFIX, ReleaseError, bundles, read_bundle
 from agent.commands.schema import AUDIT_PAGE, CommandError, Image, Text
 from agent.config import CommandSettings
 
@@ -64,6 +67,8 @@ class Console:
     sessions: Sessions
     limits: CommandSettings  # the photo limits a device applies (from the operator's settings, as ctl)
     allowed_hosts: frozenset[str] | None  # Host headers accepted; None: any (a password guards the console)
+    rollouts: Rollouts  # model updates started here
+    releases: Path | None = None  # the folder of release bundles the operator may pick (--releases)
     secure_cookie: bool = False  # the cookie only over https (when the console serves TLS)
     actions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_ACTIONS))
 
@@ -74,6 +79,11 @@ class Console:
         for device, outcome in outcomes.items():
             entry = {"at": at, "device": device, "command": command, "what": what, "by": f"console user at {client}"}
             self.actions.appendleft(entry | {"ok": outcome.ok, "error": outcome.error})
+
+    def record_all(self, request: Request, command: str, devices: list[str], what: str) -> None:
+        """A request started here whose outcome comes later (a model update): recorded as asked."""
+        asked = Outcome(True, {}, None)
+        self.record(request, command, dict.fromkeys(devices, asked), what)
 
 
 # ------------------------------------------------------------------------------------ guard
@@ -307,7 +317,7 @@ def build_app(console: Console) -> Starlette:
         device = _device(request)
         view = state.device(device) or {}
         actions = [entry for entry in console.actions if entry["device"] == device]
-        return JSONResponse(view | {"actions": actions})
+        return JSONResponse(view | {"actions": actions, "rollout": console.rollouts.latest_for(device)})
 
     async def device_config(request: Request) -> Response:
         device = _device(request)
@@ -343,6 +353,31 @@ def build_app(console: Console) -> Starlette:
     async def device_model_update(request: Request) -> Response:
         device = _device(request)
         return _outcomes(await run_in_threadpool(remote.call, [device], "model_update", {"phase": "status"}))
+
+    async def releases(request: Request) -> Response:
+        folder = console.releases
+        return JSONResponse({"folder": str(folder) if folder else None, "releases": releases_in(folder)})
+
+    async def model_updates(request: Request) -> Response:
+        return JSONResponse({"jobs": console.rollouts.jobs()})
+
+    async def start_model_update(request: Request) -> Response:
+        """A release bundle from `--releases` on the devices chosen (every online device: one copy per phase
+        for those that take fleet-wide requests), on a worker thread; the pages poll its progress."""
+        body = await read_json(request)
+        devices = _devices(body.get("devices"), state.online())
+        name = body.get("release")
+        found = bundles(console.releases) if console.releases else {}
+        if not isinstance(name, str) or not name.endswith(BUNDLE_SUFFIX) or name not in found:
+            raise HTTPException(400, "choose a release bundle from the console's --releases folder")
+        try:
+            release = await run_in_threadpool(read_bundle, found[name])
+            fleet = state.taking_fleet_requests() if sorted(devices) == state.online() else set()
+            job = console.rollouts.start(name, release, devices, fleet)
+        except ReleaseError as exc:
+            raise HTTPException(400, str(exc)) from None
+        console.record_all(request, "model_update", devices, f"install {release.describe()} (job {job.job_id})")
+        return JSONResponse({"job": job.to_json()})
 
     # ---------------------------------------------------------------- people
 
@@ -468,6 +503,9 @@ def build_app(console: Console) -> Starlette:
         Route("/api/device/{device}/restart", device_restart, methods=["POST"]),
         Route("/api/device/{device}/audit", device_audit),
         Route("/api/device/{device}/model-update", device_model_update),
+        Route("/api/releases", releases),
+        Route("/api/model-updates", model_updates, methods=["GET"]),
+        Route("/api/model-updates", start_model_update, methods=["POST"]),
         Route("/api/people", people),
         Route("/api/people/enroll", enroll, methods=["POST"]),
         Route("/api/people/rename", rename, methods=["POST"]),

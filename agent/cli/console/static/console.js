@@ -113,6 +113,7 @@ function statusFacts(view) {
     ["gallery digest", gallery.digest],
     ["camera", camera.state ? `${camera.state}${camera.fps !== undefined ? `, ${camera.fps} frames/s read` : ""}` : null],
     ["storage", storage.state ? `${storage.state}${storage.free_bytes ? `, ${(storage.free_bytes / 2 ** 30).toFixed(1)} GiB free` : ""}` : null],
+    ["started", status.started_at],
     ["uptime", status.uptime_s === undefined ? null : `${Math.round(status.uptime_s / 60)} min`],
     ["frames/s now", telemetry.fps],
   ];
@@ -378,6 +379,7 @@ async function devicePage() {
     $("#device-attention").replaceChildren(...view.attention.map((note) => el("li", {}, note)));
     drawChart($("#device-chart"), view.series);
     if (view.model_update) showModelUpdate(view.model_update);
+    showRollout(view.rollout);
     $("#replies").replaceChildren(...view.replies.map((r) => el("tr", {},
       el("td", {}, r.at), el("td", {}, r.command),
       el("td", { className: r.status === "ok" ? "ok" : "bad" }, r.status === "ok" ? "ok" : `${show(r.code)}: ${show(r.message)}`),
@@ -390,11 +392,66 @@ async function devicePage() {
   function showModelUpdate(job) {
     const parts = [`job ${show(job.job_id)}: ${show(job.status)}`];
     if (job.model_id) parts.push(`${job.model_id} ${show(job.version)}`);
-    if (job.size) parts.push(`${show(job.bytes_received)} of ${job.size} bytes received`);
+    if (job.bytes_total) parts.push(`${show(job.bytes_received)} of ${job.bytes_total} bytes received`);
     if (job.step) parts.push(`at ${job.step}`);
     if (job.reason) parts.push(job.reason);
     $("#model-update").textContent = parts.join(" · ");
   }
+
+  let rolloutRunning = false;
+  function rolloutPhase(job, progress) {
+    if (progress.phase === "chunk" && progress.status === "IN_PROGRESS" && progress.chunks_done === job.chunks && !job.finished)
+      return `all ${job.chunks} chunks received; the device is checking the model`;
+    if (progress.phase === "chunk") return `chunk ${progress.chunks_done} of ${job.chunks}`;
+    return show(progress.phase);
+  }
+
+  function showRollout(job) {
+    rolloutRunning = Boolean(job && !job.finished);
+    if (!job) return;
+    $("#model-job").hidden = false;
+    $("#model-job-title").textContent = `job ${job.job_id}: ${job.described} from ${job.release}, started ${job.started_at}` +
+      (job.finished ? ", ended" : ", running") + (job.problem ? `: ${job.problem}` : "");
+    const mine = job.progress[device] || {};
+    $("#model-progress").max = mine.bytes_total || 1;
+    $("#model-progress").value = mine.bytes_received || 0;
+    $("#model-jobs").replaceChildren(...Object.entries(job.progress).map(([name, p]) => el("tr", { dataset: { device: name, status: p.status } },
+      el("td", {}, name), el("td", { className: "phase" }, rolloutPhase(job, p)),
+      el("td", { className: p.status === "SUCCEEDED" ? "ok" : ["FAILED", "DROPPED", "REFUSED", "SILENT"].includes(p.status) ? "bad" : "" }, show(p.status)),
+      el("td", {}, p.bytes_total ? `${show(p.bytes_received)} of ${p.bytes_total} bytes` : "–"),
+      el("td", {}, show(p.message || (p.step ? `at ${p.step}` : ""))))));
+    $("#model-steps").replaceChildren(...(mine.acknowledged || []).map((bytes, index) =>
+      el("li", { dataset: { bytes } }, `chunk ${index + 1}: ${bytes} of ${mine.bytes_total} bytes received`)));
+  }
+
+  async function loadReleases() {
+    const listing = await api("/api/releases");
+    const usable = listing.releases.filter((r) => !r.problem);
+    $("#model-release").replaceChildren(...usable.map((r) =>
+      el("option", { value: r.name }, `${r.name}: ${r.model_id} ${r.version} (${r.role}, ${r.size} bytes)`)));
+    $("#model-install-submit").disabled = !usable.length;
+    const problems = listing.releases.filter((r) => r.problem).map((r) => r.problem);
+    if (!listing.folder) $("#model-install-result").textContent = "start the console with --releases FOLDER to install from here";
+    else if (!usable.length) $("#model-install-result").textContent = `no usable release bundle in ${listing.folder}`;
+    if (problems.length) $("#model-install-result").textContent += " " + problems.join("; ");
+  }
+
+  $("#model-install").addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const release = $("#model-release").value;
+    const everywhere = $("#model-fleet").checked;
+    const devices = everywhere ? (await api("/api/fleet")).devices.filter((v) => v.online).map((v) => v.device) : [device];
+    const text = `Install ${release} on ${everywhere ? `every online device (${devices.join(", ")})` : device}? ` +
+      "Each device checks the model on its test faces before it switches to it; people enrolled under another " +
+      "embedder may need re-enrollment.";
+    if (!(await confirmDialog(text))) return;
+    try {
+      const answer = await api("/api/model-updates", { release, devices });
+      $("#model-install-result").textContent = `started job ${answer.job.job_id}`;
+      showRollout(answer.job);
+      await refresh();
+    } catch (error) { $("#model-install-result").textContent = error.message; }
+  });
 
   async function loadSettings() {
     const form = $("#settings");
@@ -479,11 +536,12 @@ async function devicePage() {
   $("#audit-newest").addEventListener("click", () => loadAudit(null).catch(auditFailed));
   $("#audit-older").addEventListener("click", () => loadAudit(olderThan).catch(auditFailed));
   loadAudit(null).catch(auditFailed);
+  loadReleases().catch((error) => { $("#model-install-result").textContent = error.message; });
 
   loadSettings().catch((error) => { $("#settings").replaceChildren(el("p", { className: "error" }, error.message)); });
   for (;;) {
     try { await refresh(); } catch (error) { $("#device-state").textContent = error.message; }
-    await new Promise((resolve) => setTimeout(resolve, 5000));
+    await new Promise((resolve) => setTimeout(resolve, rolloutRunning ? 500 : 5000));  // progress as it comes
   }
 }
 
