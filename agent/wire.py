@@ -55,6 +55,9 @@ class Command(StrEnum):
     RESTART = "restart"
     MODEL_UPDATE = "model_update"
     GET_AUDIT = "get_audit"
+    WRONG_PERSON = "wrong_person"  # corrections by event id (agent/recognition/corrections.py)
+    IS_PERSON = "is_person"
+    ENROLL_FROM_EVENT = "enroll_from_event"
 
 
 class ErrorCode(StrEnum):

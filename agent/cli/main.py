@@ -217,7 +217,7 @@ def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str
     """Every template of the loaded embedder, under the [gallery] metric, threshold and margin."""
     matcher = Matcher.for_gallery(settings.gallery)
     with _open_store(args, settings) as store:
-        matcher.load(store.iter_templates(model_id))
+        matcher.load(store.iter_templates(model_id), negatives=store.negatives(model_id))
         stale = store.people_needing_reenrollment(model_id)
     log.info("gallery %s: %d templates of %s", store.path, len(matcher), model_id)
     if stale:
