@@ -30,20 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from agent.cli.main import build_parser, main
 from agent.gallery.store import GalleryStore
 from agent.service import provisioning
-from tests.support.broker import HOST, Broker
+from tests.support.broker import Broker
 from tests.support.commands import write_private_key
 from tests.support.data import SAMPLE
+from tests.support.responder import Responder
 
 pytestmark = pytest.mark.slow  # fuzzing: hundreds of generated command lines, counted by its last test
 
@@ -397,35 +396,6 @@ def test_mutated_readme_command_lines_exit_0_or_2_never_a_traceback(world: World
 
 
 # ------------------------------------------------------------------------------------ hostile answers
-
-
-class Responder:
-    """A device on the broker that answers every command with the document `answer(request)` gives."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.answer: Callable[[dict[str, Any]], bytes] = lambda request: b"{}"
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.connect(HOST, broker.port)
-        self.client.loop_start()
-        self.client.subscribe("faceagent/+/cmd/+", qos=1)
-        assert subscribed.wait(10)
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            request = json.loads(message.payload)
-        except ValueError:
-            request = {}
-        client.publish(f"{message.topic}/reply", self.answer(request if isinstance(request, dict) else {}), qos=1)
-
-    def retain(self, device: str, payload: bytes) -> None:
-        self.client.publish(f"faceagent/{device}/status", payload, qos=1, retain=True).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture(scope="module")

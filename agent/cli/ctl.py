@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from agent.commands.schema import (
     AUDIT_PAGE,
     COMMAND_NAME,
     MAX_AUDIT_PAGE,
+    MAX_CAPTURE_VIEWS,
     MODEL_CHUNK_BYTES,
     VERSION,
     CommandError,
@@ -314,7 +316,19 @@ def _photos(paths: list[Path], limits: CommandSettings) -> list[dict[str, str]]:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     settings = load_settings(find_config(getattr(args, "config", None)))
-    arguments: dict[str, Any] = {"images": _photos(args.photos, settings.commands)}
+    if args.from_camera:
+        if args.photos or args.force:
+            raise CtlError("--from-camera takes no photos and no --force: the device captures the views itself")
+        if not args.consent_ref:
+            raise CtlError("--from-camera needs --consent-ref: the reference of the person's consent record")
+        if len(args.device) != 1 or args.all:
+            raise CtlError("--from-camera enrolls in front of one device: name it with one --device")
+        camera = {"seconds": args.seconds, "views": args.views}
+        arguments: dict[str, Any] = {"from_camera": {k: v for k, v in camera.items() if v is not None}}
+    elif not args.photos:
+        raise CtlError("give the photos to enroll, or --from-camera to enroll in front of the device's camera")
+    else:
+        arguments = {"images": _photos(args.photos, settings.commands)}
     arguments |= {"name": args.name} if args.name else {"person_id": args.person_id}
     if args.external_ref:
         arguments["external_ref"] = args.external_ref
@@ -323,7 +337,66 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         arguments["consent"] = {k: v for k, v in consent.items() if v}
     if args.force:
         arguments["force"] = True
+    if args.from_camera:
+        return _enroll_from_camera(args, arguments)
     return cmd_call(args, Command.ENROLL, arguments)
+
+
+CAPTURE_POLL_SECONDS = 1.0
+CAPTURE_SILENCE = 3  # polls in a row without a reply before ctl gives up on the device
+CAPTURE_GRACE_SECONDS = 60.0  # after the window: the views are stored, or the device is not doing its part
+
+
+def _enroll_from_camera(args: argparse.Namespace, arguments: dict[str, Any]) -> int:
+    """Arm the capture, print its progress once a second until it ends; Ctrl-C cancels it on the device."""
+    (device,) = args.device
+    deadline = time.monotonic() + (args.seconds or 20.0) + CAPTURE_GRACE_SECONDS
+    with _operator(args) as operator:
+        reply = operator.call([device], Command.ENROLL, arguments)[device]
+        data = _capture_data(reply)
+        if data is None:
+            return report({device: reply}, Command.ENROLL, args.timeout, args.json)
+        poll = {"from_camera": {"capture_id": data.get("capture_id")}}
+        shown, silent = "", 0
+        try:
+            while data.get("status") == "IN_PROGRESS" and silent < CAPTURE_SILENCE and time.monotonic() < deadline:
+                count = f"{data.get('views')} of {data.get('views_needed')} views"
+                line = f"{device}: IN_PROGRESS: {count} ({data.get('step')})"
+                if line != shown and not args.json:
+                    print(f"{line}, {data.get('seconds_left')} s left", flush=True)
+                    shown = line
+                time.sleep(CAPTURE_POLL_SECONDS)
+                reply = operator.call([device], Command.ENROLL, poll)[device]
+                silent = silent + 1 if reply is None else 0
+                if reply is not None and _capture_data(reply) is None:  # refused: say why
+                    return report({device: reply}, Command.ENROLL, args.timeout, args.json)
+                data = _capture_data(reply) or data
+        except KeyboardInterrupt:
+            cancel = {"from_camera": poll["from_camera"] | {"cancel": True}}
+            reply = operator.call([device], Command.ENROLL, cancel)[device]
+            data = _capture_data(reply) or data
+    if args.json:
+        print(json.dumps({"device": device, "reply": reply}))
+    return _capture_outcome(device, data)
+
+
+def _capture_data(reply: dict | None) -> dict[str, Any] | None:
+    return _object(reply.get("data")) if isinstance(reply, dict) and reply.get("status") == "ok" else None
+
+
+def _capture_outcome(device: str, data: dict[str, Any]) -> int:
+    status = data.get("status")
+    if status == "IN_PROGRESS":
+        print(f"{device}: no outcome: the device stopped answering, or took too long", file=sys.stderr)
+        return EXIT_REMOTE
+    if status == "SUCCEEDED":
+        person = _object(data.get("person"))
+        who = f"{person['name']} ({person.get('id')})" if "name" in person else person.get("id")
+        verb = "enrolled" if data.get("created") else "added views to"
+        print(f"{device}: SUCCEEDED: {verb} {who} from the camera: {data.get('templates_added')} new templates")
+        return 0
+    print(f"{device}: {status}: {data.get('reason') or json.dumps(data)}")
+    return EXIT_REMOTE
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -471,7 +544,12 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     people.set_defaults(handler=cmd_people)
 
     enroll = sub.add_parser("enroll", parents=[common, fleet], help="enroll a person from photos on devices")
-    enroll.add_argument("photos", nargs="+", type=Path)
+    enroll.add_argument("photos", nargs="*", type=Path)
+    enroll.add_argument(
+        "--from-camera", action="store_true", help="enroll whoever stands in front of the device's camera instead"
+    )
+    enroll.add_argument("--seconds", type=_seconds(120), help="how long the camera may take (default 20, at most 120)")
+    enroll.add_argument("--views", type=_whole(1, MAX_CAPTURE_VIEWS), help="views to capture (default 5)")
     add_person_arguments(enroll, person_id_help="add photos to this person (ids differ between devices)")
     enroll.set_defaults(handler=cmd_enroll)
 

@@ -11,7 +11,7 @@ import functools
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from agent.files import write_atomically
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GalleryWrites
 from agent.identity import Consent, Person, utc_iso
+from agent.recognition.capture import CaptureRequest
 from agent.recognition.corrections import CorrectionError, Corrections
 from agent.recognition.enrollment import Enroller, EnrollmentError, EnrollmentResult
 from agent.recognition.feedback import FeedbackWindow
@@ -60,6 +61,17 @@ class ModelUpdates(Protocol):
     ) -> dict: ...
 
 
+class CameraEnrollment(Protocol):
+    """Live enrollment (`agent/service/livecapture.py`): one capture window at a time on the device's camera;
+    each call returns the capture's report (`CaptureWindow.report`) or raises CommandError."""
+
+    def start(self, request: CaptureRequest) -> dict[str, Any]: ...
+
+    def status(self, capture_id: str) -> dict[str, Any]: ...
+
+    def cancel(self, capture_id: str) -> dict[str, Any]: ...
+
+
 @dataclass
 class CommandServices:
     """What commands act on; built by the service, each field what the CLI uses too.
@@ -81,6 +93,7 @@ class CommandServices:
     actor_prefix: str = "mqtt"
     model_updates: ModelUpdates | None = None  # the model_update job; None: updates are not offered
     storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
+    camera: CameraEnrollment | None = None  # enrollment from the camera; None: this agent has no frame loop
     feedback: FeedbackWindow | None = None  # decided tracks by event id (corrections); None: not offered
 
 
@@ -167,19 +180,26 @@ def _person_row(ctx: Context, person: dict[str, Any]) -> PersonRow:
     return row
 
 
+def _consent(ctx: Context, args: dict[str, Any]) -> Consent | None:
+    if "consent" not in args:
+        return None
+    given = args["consent"]
+    given_by = given.get("given_by") or args.get("name") or args.get("person_id") or ""
+    return Consent(given_by, utc_iso(ctx.now), given["reference"], given.get("purpose"))
+
+
 def enroll(ctx: Context, args: dict[str, Any]) -> Done:
-    """The CLI's enrollment, photos from the request; neither they nor their bytes come back."""
+    """The CLI's enrollment, photos from the request; neither they nor their bytes come back. With
+    `from_camera`, a capture on the device's own camera instead (`_enroll_from_camera`)."""
+    if "from_camera" in args:
+        return _enroll_from_camera(ctx, args)
     person_id = args.get("person_id")
     if person_id and ctx.store.get_person(person_id) is None:
         raise _not_found(person_id)
     photos = [(image.get("label") or f"image {i + 1}", image["data"]) for i, image in enumerate(args["images"])]
     if len({label for label, _ in photos}) != len(photos):
         raise CommandError(ErrorCode.BAD_REQUEST, "args.images: labels must be unique")
-    consent = None
-    if "consent" in args:
-        given = args["consent"]
-        given_by = given.get("given_by") or args.get("name") or person_id or ""
-        consent = Consent(given_by, utc_iso(ctx.now), given["reference"], given.get("purpose"))
+    consent = _consent(ctx, args)
     enroller = ctx.services.enroller_factory(ctx.store)
     try:
         with ctx.services.gallery.writing(ctx.store) as changed:
@@ -281,6 +301,33 @@ def enroll_from_event(ctx: Context, args: dict[str, Any]) -> Done:
         return _enrolled(ctx, result, "views", event_id=event_id)
 
     return _correcting(ctx, event_id, run)
+
+
+def _enroll_from_camera(ctx: Context, args: dict[str, Any]) -> Done:
+    """Arm a capture window (`from_camera: {seconds, views}`), or report on it or cancel it (`from_camera:
+    {capture_id, cancel}`): IN_PROGRESS with the views so far, then SUCCEEDED, FAILED with the reason, or
+    CANCELED, as a model update's job reports. The views are stored by the device once collected, polled or not."""
+    camera = ctx.services.camera
+    if camera is None:
+        raise CommandError(ErrorCode.CONFLICT, "this agent has no camera to enroll from (run it as `faceagent run`)")
+    options = args["from_camera"]
+    if "capture_id" in options:
+        data = camera.cancel(options["capture_id"]) if options.get("cancel") else camera.status(options["capture_id"])
+    else:
+        person_id = args.get("person_id")
+        if person_id and ctx.store.get_person(person_id) is None:
+            raise _not_found(person_id)
+        consent = _consent(ctx, args)
+        if consent is None:
+            raise CommandError(ErrorCode.BAD_REQUEST, "args.consent: the camera needs a consent reference")
+        request = CaptureRequest(ctx.actor, consent, args.get("name"), person_id, args.get("external_ref"))
+        asked = {key: options[key] for key in ("views", "seconds") if key in options}
+        data = camera.start(replace(request, **asked))
+    if "person" in data:
+        data = data | {"person": _shown(ctx, data["person"])}
+    details = {"capture_id": data["capture_id"], "capture_status": data["status"], "views": data["views"]}
+    target = data["person"]["id"] if "person" in data else args.get("person_id")
+    return Done(data, target, details)
 
 
 def _person_by(ctx: Context, args: dict[str, Any]) -> Person:

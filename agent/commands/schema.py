@@ -65,6 +65,7 @@ MAX_PEOPLE_PAGE = 5000
 # get_audit's page: a record is a few hundred bytes, so the largest page stays well inside a reply.
 AUDIT_PAGE = 100
 MAX_AUDIT_PAGE = 1000
+MAX_CAPTURE_VIEWS = 10  # views one camera enrollment may ask for (agent/recognition/capture.py MAX_VIEWS)
 # Strings, brackets, commas and colons in one payload. An enroll request has a few dozen (≤ 10 images of two
 # fields), a model chunk a dozen, a 50-setting set_config ~150: 4096 leaves room and bounds the objects
 # `json` can build to 4096 whatever the payload (nested `{}` / `[]` in 16 MiB were ~850 MB and 15 s).
@@ -268,6 +269,22 @@ class Phases:
 
 
 @dataclass(frozen=True)
+class EnrollModes:
+    """enroll's three shapes: photos (`images`), a capture armed on the device's camera (`from_camera` with
+    `seconds` and `views`), and a look at (or the cancel of) that capture (`from_camera` with `capture_id`)."""
+
+    photos: Record
+    camera: Record
+    capture: Record
+
+    def check(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict) or "from_camera" not in value:
+            return self.photos.check(value, where)
+        given = value["from_camera"]
+        return (self.capture if isinstance(given, dict) and "capture_id" in given else self.camera).check(value, where)
+
+
+@dataclass(frozen=True)
 class SettingValues:
     """`{"section.key": value}`: key shapes and value kinds here, which keys may change in the handler."""
 
@@ -333,6 +350,20 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         required=frozenset({"images"}),
         exactly_one=("name", "person_id"),
     )
+    camera = Record(
+        {
+            "name": text,
+            "person_id": person_id,
+            "external_ref": text,
+            "consent": consent,
+            "from_camera": Record({"seconds": Number(3, 120), "views": Number(1, MAX_CAPTURE_VIEWS, integer=True)}),
+        },
+        required=frozenset({"consent", "from_camera"}),
+        exactly_one=("name", "person_id"),
+    )
+    capture_id = Text(64, REQUEST_ID, "a capture id from the reply that armed it")
+    capture = Record({"capture_id": capture_id, "cancel": Flag()}, required=frozenset({"capture_id"}))
+    enroll_modes = EnrollModes(enroll, camera, Record({"from_camera": capture}, required=frozenset({"from_camera"})))
     who = Record({"person_id": person_id, "name": text}, exactly_one=("person_id", "name"))
     update = Record(
         {"person_id": person_id, "name": text, "external_ref": ref},
@@ -360,7 +391,7 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
             Access.SIGNED,
             Record({"offset": Number(0, 10_000_000, integer=True), "limit": Number(1, MAX_PEOPLE_PAGE, integer=True)}),
         ),
-        Command.ENROLL: CommandSchema(Access.SIGNED, enroll, limits.max_payload_bytes),
+        Command.ENROLL: CommandSchema(Access.SIGNED, enroll_modes, limits.max_payload_bytes),
         Command.DELETE_PERSON: CommandSchema(Access.SIGNED, who),
         Command.UPDATE_PERSON: CommandSchema(Access.SIGNED, update),
         Command.SET_CONFIG: CommandSchema(Access.SIGNED, settings),

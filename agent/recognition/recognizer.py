@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
@@ -33,7 +33,9 @@ from agent.storage import StorageHealth
 from agent.tracking.decision import decide, same_person
 from agent.tracking.tracker import Track, Tracker
 from agent.vision.detector import Face
+from agent.vision.embedder import EmbedderInfo
 from agent.vision.image import as_rgb_frame
+from agent.vision.pipeline import FaceEmbedding
 from agent.wire import FaceEvent
 
 if TYPE_CHECKING:
@@ -87,6 +89,26 @@ class FrameResult:
     timings_ms: dict[str, float] = field(default_factory=dict)  # total, detect_invoke, embed_invoke
 
 
+@dataclass(frozen=True)
+class TrackView:
+    """One tracked face of a frame as a `ViewObserver` sees it: its track, its decision so far (None: undecided)
+    and the view embedded this frame (with its aligned chip)."""
+
+    track_id: int
+    face: Face
+    decision: Match | None
+    embedded: FaceEmbedding
+
+
+class ViewObserver(Protocol):
+    """Sees every tracked face of a frame, freshly embedded, while it `wants_views` (live enrollment): decided
+    tracks are then refined and embedded like new ones, which costs an embedding per face and frame."""
+
+    def wants_views(self) -> bool: ...
+
+    def observe(self, views: list[TrackView], model: EmbedderInfo) -> None: ...
+
+
 class Recognizer:
     """Turns one camera's frames into identity events; not thread-safe (one per camera loop).
 
@@ -105,11 +127,13 @@ class Recognizer:
         on_decision: Callable[[Track, Match], None] | None = None,
         on_event: Callable[[Track, Match, FaceEvent], None] | None = None,
         storage: StorageHealth | None = None,
+        views: ViewObserver | None = None,
     ) -> None:
         """`on_decision` sees every decision, including those a cooldown keeps from becoming events;
         `on_event` each decision that became an event (in the outbox), with it: what an operator can refer to.
         `storage` counts the events a full file system could not take (the loop runs on); the service
-        passes the one its status reports, else the recognizer keeps its own."""
+        passes the one its status reports, else the recognizer keeps its own. `views` is shown every tracked
+        face while it asks (live enrollment)."""
         self.pipeline = pipeline
         self.matcher = matcher
         self.settings = settings
@@ -125,8 +149,11 @@ class Recognizer:
         self.cuts = SceneCutDetector()
         self.stats = RecognizerStats()
         self.on_decision = on_decision
+        self.views = views
         self.on_event = on_event
         self._hires: HiRes | None = None
+        self._watched = False  # `views` wants this frame's faces
+        self._made: dict[int, FaceEmbedding] = {}  # id(face) -> its view embedded this frame
 
     def update(self, settings: Settings) -> None:
         """New [gallery], [quality], [tracking] and [events] values from the next frame on; tracks, cooldowns
@@ -164,6 +191,8 @@ class Recognizer:
     def _frame(self, frame: np.ndarray, timestamp: datetime, hires: HiRes | None) -> tuple[list[FaceEvent], int]:
         """The frame's events and how many faces it showed."""
         self._hires = hires
+        self._watched = self.views is not None and self.views.wants_views()
+        self._made = {}
         self.stats.frames += 1
         image = Image.fromarray(as_rgb_frame(frame))
         events: list[FaceEvent] = []
@@ -181,9 +210,13 @@ class Recognizer:
             embedded[id(face)] = embedding = self._embed(image, face)
             return same_person(track.embeddings, embedding, self.matcher)
 
-        for track in self.tracker.update(faces, index, timestamp, confirm):
+        seen = self.tracker.update(faces, index, timestamp, confirm)
+        for track in seen:
             if track.decision is None:
                 events += self._gather(track, image, index, embedded.get(id(track.face)), timestamp)
+        if self.views is not None and self._watched:
+            views = [TrackView(t.id, t.face, t.decision, self._view(image, t.face)) for t in seen]
+            self.views.observe(views, self.pipeline.embedder.info)
         events += self._close(self.tracker.pop_closed(), timestamp)
         return events, len(faces)
 
@@ -195,8 +228,9 @@ class Recognizer:
         detector = self.pipeline.detector
         found = detector.first_pass(image)
         tracks = self.tracker.overlapping(found)
-        followed = [f for f, t in zip(found, tracks, strict=True) if t is not None and t.decision is not None]
-        fresh = [f for f, t in zip(found, tracks, strict=True) if t is None or t.decision is None]
+        decided = [t is not None and t.decision is not None and not self._watched for t in tracks]
+        followed = [f for f, d in zip(found, decided, strict=True) if d]
+        fresh = [f for f, d in zip(found, decided, strict=True) if not d]
         return sorted(followed + detector.second_pass(image, fresh), key=lambda f: -f.score)
 
     def flush(self, timestamp: datetime) -> list[FaceEvent]:
@@ -227,14 +261,25 @@ class Recognizer:
         return decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
 
     def _embed(self, image: Image.Image, face: Face) -> np.ndarray:
+        return self._view(image, face).embedding
+
+    def _view(self, image: Image.Image, face: Face) -> FaceEmbedding:
+        """`face` aligned and embedded, once per frame: a second ask (a `ViewObserver`'s) gets the same view."""
+        made = self._made.get(id(face))
+        if made is not None:
+            return made
         self.stats.embeddings += 1
         hires = self._hires
+        view = None
         if hires is not None and min(hires.scale) > 1 and face.width < self.pipeline.aligner.chip_size:
             crop, keypoints = _hires_view(hires, face)
             if crop.size:
                 self.stats.hires_crops += 1
-                return self.pipeline.embed_face(Image.fromarray(crop), replace(face, keypoints=keypoints)).embedding
-        return self.pipeline.embed_face(image, face).embedding
+                view = self.pipeline.embed_face(Image.fromarray(crop), replace(face, keypoints=keypoints))
+        view = view or self.pipeline.embed_face(image, face)
+        if self._watched:
+            self._made[id(face)] = view
+        return view
 
     def _close(self, tracks: list[Track], timestamp: datetime) -> list[FaceEvent]:
         """A track that ends undecided decides on what it has, however little."""

@@ -46,13 +46,15 @@ from agent.link.telemetry import Telemetry
 from agent.link.topics import resolve_device_id
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater
+from agent.recognition.capture import CaptureWindow, enroll_capture
 from agent.recognition.enrollment import Enroller
 from agent.recognition.feedback import FeedbackWindow
 from agent.recognition.recognizer import Recognizer
 from agent.service.commandworker import CommandQueue, CommandWorker, OnFirstUse
 from agent.service.frameloop import FrameLoop
-from agent.service.gallerythread import GalleryThread
+from agent.service.gallerythread import GalleryParts, GalleryThread
 from agent.service.jobs import outcome
+from agent.service.livecapture import LiveEnrollment
 from agent.service.publisher import FramePublisher
 from agent.service.restart import EXIT_RESTART, RestartLimit
 from agent.service.sdnotify import Notifier
@@ -122,6 +124,7 @@ class AgentService:
         log.info("TFLite runtime: %s", pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)  # the frame loop's: this thread's
         self.matcher = Matcher.for_gallery(settings.gallery)  # filled by the gallery thread
+        self.live_enrollment = LiveEnrollment(lambda: self.settings, lambda: self.source.status(), self._store_capture)
         self.feedback = FeedbackWindow(settings.feedback)  # decided tracks by event id, in memory only
         self.recognizer = Recognizer(
             pipeline,
@@ -131,6 +134,7 @@ class AgentService:
             settings.events.camera_id,
             on_event=self._remember_decision,
             storage=self.storage,
+            views=self.live_enrollment,
         )
         self.source = open_latest(
             settings.camera, lossless=self.options.lossless, config_path=self.options.settings_path
@@ -284,6 +288,7 @@ class AgentService:
                 apply=self.switch_models,
                 gallery=self.gallery,
             ),
+            camera=self.live_enrollment,
         )
         dispatcher = CommandDispatcher(services, security)
         return CommandWorker(self.commands, dispatcher, self.replays, self.status, open_store, self.link)
@@ -380,6 +385,18 @@ class AgentService:
     def _enroller(self, store: GalleryStore) -> Enroller:
         """On the command thread; the live matcher learns the new templates from the gallery thread."""
         return Enroller(self.command_pipeline.get(), store, self.matcher, self.settings, add_to_matcher=False)
+
+    def _store_capture(self, window: CaptureWindow) -> None:
+        """From whichever thread ended the capture: its views are stored (or its refusal audited) on the gallery
+        thread, by the live matcher's one writer; nobody waits for it here."""
+
+        def store(parts: GalleryParts) -> None:
+            enroller = Enroller(
+                self.recognizer.pipeline, parts.store, self.matcher, self.settings, add_to_matcher=False
+            )
+            enroll_capture(window, enroller, parts.sync)
+
+        self.gallery.jobs.submit(store)
 
     def _follow_people(self, store: GalleryStore) -> None:
         """On the gallery thread, every turn: Home Assistant's per-person sensors follow the gallery."""
