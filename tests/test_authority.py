@@ -94,6 +94,9 @@ def refused_requests(person: str, shared_data: Path) -> dict[str, dict[str, Any]
         "restart": {},
         "model_update": begin,
         "get_audit": {},
+        "wrong_person": {"event_id": "0" * 26},
+        "is_person": {"event_id": "0" * 26, "person_id": person},
+        "enroll_from_event": {"event_id": "0" * 26, "name": "Ada", "consent": {"reference": "c1"}},
     }
 
 

@@ -82,6 +82,9 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "set_config": {"values": {"gallery.threshold": 0.3}},
     "purge_events": {"older_than_days": 30},
     "get_audit": {"limit": 10, "before": 5},
+    "wrong_person": {"event_id": "0" * 26},
+    "is_person": {"event_id": "0" * 26, "person_id": "p_0123"},
+    "enroll_from_event": {"event_id": "0" * 26, "name": "X", "consent": {"reference": "c1"}},
     "model_update": {
         "phase": "begin",
         "job_id": "j1",

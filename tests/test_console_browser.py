@@ -7,13 +7,14 @@ does on a page, and the screenshots in docs/ are taken by this browser along the
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from agent.commands.schema import AUDIT_PAGE
 from agent.commands.signing import public_key_text, request_signer
@@ -73,6 +74,10 @@ class Fleet:
         found = self.driver.find_elements(By.CSS_SELECTOR, selector)
         return "\n".join(element.text for element in found)
 
+    def attribute(self, selector: str, name: str) -> str:
+        found = self.driver.find_elements(By.CSS_SELECTOR, selector)
+        return (found[0].get_attribute(name) or "") if found else ""
+
     def screenshot(self, name: str, showing: str | None = None) -> None:
         """docs/console-<name>.png: the page from its top, or with the element `showing` in the middle."""
         if showing is None:
@@ -83,13 +88,22 @@ class Fleet:
         DOCS.mkdir(exist_ok=True)
         self.driver.save_screenshot(str(DOCS / f"console-{name}.png"))
 
-    def people_on(self, device: str) -> list[str]:
-        """The names the device itself lists, asked as the operator's ctl would (signed)."""
+    def ask(self, device: str, name: str, args: dict) -> dict:
+        """`name` answered ok by the device, asked as the operator's ctl would (signed): the reply's data."""
         broker = BrokerSettings(url=self.broker.url)
         with Operator(broker, timeout=30, signer=request_signer(OPERATOR_KEY)) as operator:
-            reply = operator.call([device], "list_people", {})[device]
+            reply = operator.call([device], name, args)[device]
         assert reply is not None and reply["status"] == "ok", reply
-        return [person["name"] for person in reply["data"]["people"]]
+        return reply["data"]
+
+    def people_on(self, device: str) -> list[str]:
+        """The names the device itself lists."""
+        return [person["name"] for person in self.ask(device, "list_people", {})["people"]]
+
+    def erase_everyone(self, device: str) -> None:
+        """Nobody enrolled on the device any more, so the face in the clip is unknown there."""
+        for person in self.ask(device, "list_people", {})["people"]:
+            self.ask(device, "delete_person", {"person_id": person["id"]})
 
     def recognized(self, device: str) -> list[str]:
         topic = f"faceagent/{device}/events/face_recognized"
@@ -275,6 +289,112 @@ def test_a_rename_from_the_page_reaches_every_device_the_person_is_on(fleet: Fle
     for device in DEVICES:
         assert "Lin-Manuel Miranda (Hamilton)" in fleet.people_on(device)
     fleet.wait(lambda: "Lin-Manuel Miranda (Hamilton)" in fleet.text("#people .name"), 60)  # the listing reloads
+
+
+def test_enrollment_from_a_device_camera_on_the_people_page(fleet: Fleet) -> None:
+    device = DEVICES[1]
+    fleet.erase_everyone(device)
+    open_people(fleet)
+    driver = fleet.driver
+    driver.find_element(By.ID, "camera-name").send_keys("Camera Visitor")
+    driver.find_element(By.ID, "camera-consent").send_keys("form 2025-200")
+    driver.find_element(By.ID, "camera-consent-ok").click()
+    Select(driver.find_element(By.ID, "camera-device")).select_by_value(device)
+    driver.find_element(By.ID, "camera-views").send_keys("3")
+    driver.find_element(By.ID, "camera-seconds").send_keys("60")
+    driver.find_element(By.ID, "camera-submit").click()
+    seen: set[str] = set()
+
+    def ended() -> bool:  # every status the page shows on the way, until the capture's outcome
+        seen.add(fleet.attribute("#camera-result", "data-status"))
+        return bool(seen - {"", "IN_PROGRESS"})
+
+    fleet.wait(ended, 180, "the capture did not end")
+    assert "SUCCEEDED: enrolled Camera Visitor" in fleet.text("#camera-result"), fleet.text("#camera-result")
+    assert "IN_PROGRESS" in seen  # the device's progress was shown before the outcome
+    assert fleet.people_on(device) == ["Camera Visitor"]
+    fleet.screenshot("camera", showing="#camera-enroll")
+
+
+def correct(
+    fleet: Fleet,
+    device: str,
+    query: str,
+    button: str,
+    fill: Callable[[], None] = lambda: None,
+    among: Callable[[], set[str]] | None = None,
+) -> str:
+    """On the events page for `device` (`query`: the type, and more of the query string), `button` on the newest
+    row not tried yet (of the events `among` names, if given), the dialog filled in by `fill` and confirmed, until
+    the device takes the correction (it refuses an event whose views are too poor to learn from: a face turned
+    sideways, blurred); its outcome."""
+    fleet.page(f"/events?device={device}&type={query}")
+    tried: set[str] = set()
+    rows = f"#events tr:has(button.{button})"
+
+    def untried() -> list:
+        found = fleet.driver.find_elements(By.CSS_SELECTOR, rows)
+        wanted = among() if among is not None else None
+        return [
+            row
+            for row in found
+            if row.get_attribute("data-event") not in tried
+            and (wanted is None or row.get_attribute("data-event") in wanted)
+        ]
+
+    outcome = ""
+    for _ in range(8):
+        fleet.wait(untried, 180, f"no {query} event to correct")
+        row = untried()[0]
+        tried.add(row.get_attribute("data-event") or "")
+        row.find_element(By.CSS_SELECTOR, f"button.{button}").click()
+        fill()
+        fleet.driver.execute_script("document.getElementById('correct-result').textContent = ''")
+        fleet.driver.find_element(By.ID, "confirm-ok").click()
+        fleet.wait(lambda: fleet.text("#correct-result").startswith(f"{device}: "), 90, f"no outcome of {button}")
+        outcome = fleet.text("#correct-result")
+        if "refused" not in outcome:
+            return outcome
+        assert "nothing enrolled" in outcome, outcome  # the views were too poor: the reason is shown, try another
+    raise AssertionError(f"the device refused {button} for every event tried: {outcome}")
+
+
+def test_corrections_from_the_events_page_reach_the_device_that_decided(fleet: Fleet, shared_data: Path) -> None:
+    device = DEVICES[1]
+    if fleet.people_on(device) != ["Camera Visitor"]:  # the camera's test did not leave them: enroll them here
+        fleet.erase_everyone(device)
+        photo = {"data": base64.b64encode((shared_data / CLIP_ENROLL).read_bytes()).decode()}
+        fleet.ask(device, "enroll", {"name": "Camera Visitor", "images": [photo]})
+    # A recognition of the wrong person: the device keeps that face as not them.
+    outcome = correct(fleet, device, "face_recognized&person=Camera%20Visitor", "wrong-person")
+    assert "will not be named for this face again" in outcome, outcome
+
+    # An unknown face that is someone enrolled: its views become their templates.
+    def chosen() -> None:
+        fleet.wait(lambda: "Camera Visitor" in fleet.text("#correct-person"), 60, "nobody offered")
+
+    outcome = correct(fleet, device, "face_unknown", "is-person", chosen)
+    assert "added views to Camera Visitor" in outcome, outcome
+    fleet.screenshot("corrections")
+
+    # An unknown face enrolled as a new person, with consent; the device then recognizes them.
+    def consent() -> None:
+        fleet.driver.find_element(By.ID, "correct-name").send_keys("Event Visitor")
+        fleet.driver.find_element(By.ID, "correct-consent").send_keys("form 2025-201")
+        fleet.driver.find_element(By.ID, "correct-consent-ok").click()
+
+    # Erasure drops the faces the device held for the person, the unknown ones given to them included: a face
+    # seen since is the one to enroll.
+    topic = f"faceagent/{device}/events/face_unknown"
+    before = len(fleet.observer.on(topic))
+    fleet.erase_everyone(device)
+
+    def seen_since() -> set[str]:
+        return {message.json()["event_id"] for message in fleet.observer.on(topic)[before:]}
+
+    outcome = correct(fleet, device, "face_unknown", "enroll-unknown", consent, among=seen_since)
+    assert "enrolled Event Visitor" in outcome, outcome
+    fleet.wait(lambda: "Event Visitor" in fleet.recognized(device), 180, "the device did not recognize them")
 
 
 def started_at(fleet: Fleet, device: str) -> str | None:

@@ -41,7 +41,7 @@ from agent.cli.console.metrics import registry_for
 from agent.cli.console.remote import PERSON_ID, Outcome, Remote, is_device_id, merge_people
 from agent.cli.console.rollouts import Rollouts, releases_in
 from agent.cli.releases import BUNDLE_SUFFIX, ReleaseError, bundles, read_bundle
-from agent.commands.schema import AUDIT_PAGE, CommandError, Image, Text
+from agent.commands.schema import AUDIT_PAGE, EVENT_ID, MAX_CAPTURE_VIEWS, CommandError, Image, Text
 from agent.config import CommandSettings
 
 SMALL_BODY_BYTES = 64 * 1024
@@ -238,6 +238,24 @@ def _targets(value: Any, known: list[str]) -> list[tuple[str, str]]:
     return targets
 
 
+def _person_and_consent(body: dict[str, Any]) -> dict[str, Any]:
+    """A new person's `name`, optional `external_ref` and the consent record an enrollment requires."""
+    given = body.get("consent")
+    consent_given: dict[str, Any] = given if isinstance(given, dict) else {}
+    consent = {
+        "reference": _text(consent_given.get("reference"), "consent reference", required=True),
+        "given_by": _text(consent_given.get("given_by"), "consent given by"),
+        "purpose": _text(consent_given.get("purpose"), "consent purpose"),
+    }
+    arguments = {
+        "name": _text(body.get("name"), "name", required=True),
+        "consent": {key: value for key, value in consent.items() if value},
+    }
+    if external_ref := _text(body.get("external_ref"), "external reference"):
+        arguments["external_ref"] = external_ref
+    return arguments
+
+
 def _outcomes(outcomes: dict[str, Outcome]) -> JSONResponse:
     return JSONResponse({"devices": {device: outcome.to_json() for device, outcome in outcomes.items()}})
 
@@ -395,21 +413,8 @@ def build_app(console: Console) -> Starlette:
         limit = console.limits.max_payload_bytes + SMALL_BODY_BYTES
         body = await read_json(request, limit)
         devices = _devices(body.get("devices"), state.online())
-        name = _text(body.get("name"), "name", required=True)
-        given = body.get("consent")
-        consent_given: dict[str, Any] = given if isinstance(given, dict) else {}
-        consent = {
-            "reference": _text(consent_given.get("reference"), "consent reference", required=True),
-            "given_by": _text(consent_given.get("given_by"), "consent given by"),
-            "purpose": _text(consent_given.get("purpose"), "consent purpose"),
-        }
-        arguments: dict[str, Any] = {
-            "name": name,
-            "images": _photos(body.get("images"), console.limits),
-            "consent": {key: value for key, value in consent.items() if value},
-        }
-        if external_ref := _text(body.get("external_ref"), "external reference"):
-            arguments["external_ref"] = external_ref
+        arguments = _person_and_consent(body) | {"images": _photos(body.get("images"), console.limits)}
+        name = arguments["name"]
         online = state.online()
         # Every online device chosen: one copy of the photos for all that take fleet-wide requests.
         fleet = state.taking_fleet_requests() if sorted(devices) == online else set()
@@ -438,7 +443,56 @@ def build_app(console: Console) -> Starlette:
         console.record(request, "delete_person", results, "erase " + ", ".join(p for _, p in targets))
         return _outcomes(results)
 
+    async def enroll_from_camera(request: Request) -> Response:
+        """Arm a capture on one device's camera (`enroll` with `from_camera`): the device collects the views
+        itself; the page then polls `capture` for its progress. No image crosses the broker."""
+        body = await read_json(request)
+        (device,) = _devices([body.get("device")], state.online())
+        arguments = _person_and_consent(body)
+        camera: dict[str, Any] = {}
+        for key, low, high in (("seconds", 3, 120), ("views", 1, MAX_CAPTURE_VIEWS)):
+            value = body.get(key)
+            if value not in (None, ""):
+                if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                    raise HTTPException(400, f"{key}: a whole number from {low} to {high}")
+                camera[key] = value
+        arguments["from_camera"] = camera
+        outcomes = await run_in_threadpool(remote.call, [device], "enroll", arguments)
+        console.record(request, "enroll", outcomes, f"enroll {arguments['name']} from the camera")
+        return _outcomes(outcomes)
+
+    async def capture(request: Request) -> Response:
+        """A capture's progress (or, by POST, its cancellation), as the device reports it."""
+        body = await read_json(request) if request.method == "POST" else dict(request.query_params)
+        (device,) = _devices([body.get("device")], state.online())
+        capture_id = _text(body.get("capture_id"), "capture id", required=True)
+        asked: dict[str, Any] = {"capture_id": capture_id} | ({"cancel": True} if request.method == "POST" else {})
+        return _outcomes(await run_in_threadpool(remote.call, [device], "enroll", {"from_camera": asked}))
+
     # ---------------------------------------------------------------- events and metrics
+
+    async def correct(request: Request) -> Response:
+        """A correction of one event's decision, on the device that made it: wrong person, is person, or
+        enroll this unknown face (with consent). The device acts on the face it still holds for that event."""
+        body = await read_json(request)
+        (device,) = _devices([body.get("device")], state.device_ids())
+        action = body.get("action")
+        event_id = body.get("event_id")
+        if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+            raise HTTPException(400, "event id: not an event's id")
+        arguments: dict[str, Any] = {"event_id": event_id}
+        if action == "is_person":
+            person_id = body.get("person_id")
+            if not isinstance(person_id, str) or not PERSON_ID.fullmatch(person_id):
+                raise HTTPException(400, "choose the person the face is")
+            arguments["person_id"] = person_id
+        elif action == "enroll_from_event":
+            arguments |= _person_and_consent(body)
+        elif action != "wrong_person":
+            raise HTTPException(400, "action: wrong_person, is_person or enroll_from_event")
+        outcomes = await run_in_threadpool(remote.call, [device], action, arguments)
+        console.record(request, action, outcomes, f"event {event_id}")
+        return _outcomes(outcomes)
 
     async def event_stream(request: Request) -> Response:
         device = request.query_params.get("device", "")[:64]
@@ -510,6 +564,9 @@ def build_app(console: Console) -> Starlette:
         Route("/api/people/enroll", enroll, methods=["POST"]),
         Route("/api/people/rename", rename, methods=["POST"]),
         Route("/api/people/erase", erase, methods=["POST"]),
+        Route("/api/people/enroll-camera", enroll_from_camera, methods=["POST"]),
+        Route("/api/people/capture", capture, methods=["GET", "POST"]),
+        Route("/api/events/correct", correct, methods=["POST"]),
         Route("/api/events", event_stream),
         Route("/metrics", metrics),
         Route("/favicon.ico", lambda request: Response(status_code=204)),

@@ -225,15 +225,65 @@ function eventsPage() {
     source.addEventListener("error", () => { $("#events-state").textContent = "reconnecting…"; });
     source.addEventListener("fleet", (message) => {
       const event = JSON.parse(message.data);
-      rows.prepend(el("tr", { dataset: { type: event.type, device: event.device } },
+      rows.prepend(el("tr", { dataset: { type: event.type, device: event.device, event: event.event_id || "" } },
         el("td", {}, show(event.at)), el("td", {}, event.device), el("td", {}, event.type),
         el("td", { className: "person" }, show(event.name || event.person_id)), el("td", {}, show(event.camera_id)),
-        el("td", {}, show(event.frames))));
+        el("td", {}, show(event.frames)), el("td", {}, ...correctionButtons(event))));
       while (rows.children.length > 500) rows.lastChild.remove();
     });
   }
   form.addEventListener("submit", (submitted) => { submitted.preventDefault(); open(); });
   open();
+}
+
+// Corrections of one event's decision, sent to the device that made it.
+function correctionButtons(event) {
+  if (!event.event_id) return [];
+  const button = (kind, text) => el("button", { className: kind, onclick: () => correct(event, kind) }, text);
+  if (event.type === "face_recognized") return [button("wrong-person", "Wrong person…"), " ", button("is-person", "Someone else…")];
+  if (event.type === "face_unknown") return [button("is-person", "Is…"), " ", button("enroll-unknown", "Enroll…")];
+  return [];
+}
+
+async function correct(event, kind) {
+  const result = $("#correct-result");
+  const who = event.name || event.person_id;
+  const body = { device: event.device, event_id: event.event_id };
+  let question;
+  let extra = [];
+  if (kind === "wrong-person") {
+    body.action = "wrong_person";
+    question = `Was the face ${event.device} saw at ${event.at} not ${who}? The device keeps it as a face that is ` +
+      `not ${who} (so it is not named ${who} again) and takes back any template it learned from it.`;
+  } else if (kind === "is-person") {
+    body.action = "is_person";
+    const listing = await api("/api/people");
+    const choices = listing.people.flatMap((person) => person.devices.filter((d) => d.device === event.device)
+      .map((d) => el("option", { value: d.person_id }, `${person.name || d.person_id} (${d.person_id})`)));
+    extra = [el("label", {}, "The face is ", el("select", { id: "correct-person" }, ...choices))];
+    question = `Who was the face ${event.device} saw at ${event.at}? Its best views become that person's templates on ${event.device}.`;
+  } else {
+    body.action = "enroll_from_event";
+    extra = [el("label", {}, "Name ", el("input", { id: "correct-name", maxlength: 200 })),
+      el("label", {}, "Consent reference ", el("input", { id: "correct-consent", maxlength: 200 })),
+      el("label", { className: "check" }, el("input", { type: "checkbox", id: "correct-consent-ok" }),
+        " The person gave this consent, recorded under the reference above.")];
+    question = `Enroll the unknown face ${event.device} saw at ${event.at} as a new person on ${event.device}? Consent is required.`;
+  }
+  if (!(await confirmDialog(question, extra))) return;
+  if (kind === "is-person") body.person_id = $("#correct-person").value;
+  if (kind === "enroll-unknown") {
+    if (!$("#correct-consent-ok").checked) { result.textContent = "not enrolled: consent was not confirmed"; return; }
+    body.name = $("#correct-name").value;
+    body.consent = { reference: $("#correct-consent").value };
+  }
+  result.textContent = "asking the device…";
+  try {
+    const answer = await api("/api/events/correct", body);
+    outcomeLines(result, answer.devices, (data) => (body.action === "wrong_person"
+      ? `${data.person_id} will not be named for this face again; ${data.templates_deleted} templates taken back`
+      : `${data.created ? "enrolled" : "added views to"} ${data.person.name || data.person.id} (${data.person.id}): ${data.templates_added} new templates`));
+  } catch (error) { result.textContent = error.message; }
 }
 
 // ------------------------------------------------------------------------------------------- people
@@ -285,6 +335,9 @@ async function peoplePage() {
     $("#enroll-devices").replaceChildren(el("legend", {}, "On devices"),
       ...listing.devices.map((device) => el("label", { className: "check" },
         el("input", { type: "checkbox", name: "device", value: device, checked: true }), device)));
+    const camera = $("#camera-device").value;
+    $("#camera-device").replaceChildren(...listing.devices.map((device) => el("option", { value: device }, device)));
+    if (listing.devices.includes(camera)) $("#camera-device").value = camera;
     $("#people-state").textContent = `${listing.people.length} people on ${listing.devices.length} online devices`;
     render();
   }
@@ -322,6 +375,57 @@ async function peoplePage() {
 
   filter.addEventListener("change", render);
   deviceChoice.addEventListener("change", render);
+
+  let capture = null;  // {device, capture_id} while the device's camera collects views
+  function captureText(data) {
+    if (data.status === "IN_PROGRESS") return `${data.step}: ${data.views} of ${data.views_needed} views, ${data.seconds_left} s left`;
+    if (data.status === "SUCCEEDED") {
+      return `SUCCEEDED: ${data.created ? "enrolled" : "added views to"} ${data.person.name || data.person.id} ` +
+        `(${data.person.id}) from the camera: ${data.templates_added} new templates`;
+    }
+    return `${data.status}: ${show(data.reason)}`;
+  }
+  async function followCapture() {
+    const result = $("#camera-result");
+    while (capture) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const query = new URLSearchParams(capture).toString();
+      const answer = (await api("/api/people/capture?" + query)).devices[capture.device];
+      if (!answer.ok) { result.textContent = answer.error; break; }
+      result.dataset.status = answer.data.status;
+      result.textContent = `${capture.device}: ${captureText(answer.data)}`;
+      if (answer.data.status !== "IN_PROGRESS") break;
+    }
+    capture = null;
+    $("#camera-submit").disabled = false;
+    $("#camera-cancel").disabled = true;
+    await load();
+  }
+  $("#camera-enroll").addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const result = $("#camera-result");
+    const device = $("#camera-device").value;
+    const number = (input) => (input.value === "" ? undefined : Number(input.value));
+    const body = { device, name: $("#camera-name").value, external_ref: $("#camera-ref").value,
+      consent: { reference: $("#camera-consent").value },
+      seconds: number($("#camera-seconds")), views: number($("#camera-views")) };
+    result.textContent = "asking the device…";
+    delete result.dataset.status;
+    try {
+      const answer = (await api("/api/people/enroll-camera", body)).devices[device];
+      if (!answer.ok) { result.dataset.status = "REFUSED"; result.textContent = `${device}: refused: ${answer.error}`; return; }
+      result.dataset.status = answer.data.status;
+      result.textContent = `${device}: ${captureText(answer.data)}`;
+      if (answer.data.status !== "IN_PROGRESS") return;
+      capture = { device, capture_id: answer.data.capture_id };
+      $("#camera-submit").disabled = true;
+      $("#camera-cancel").disabled = false;
+      followCapture().catch((error) => { result.textContent = error.message; });
+    } catch (error) { result.dataset.status = "REFUSED"; result.textContent = error.message; }
+  });
+  $("#camera-cancel").addEventListener("click", async () => {
+    if (capture) await api("/api/people/capture", capture).catch(() => {});
+  });
   $("#enroll").addEventListener("submit", async (submitted) => {
     submitted.preventDefault();
     const form = submitted.target;
