@@ -27,6 +27,7 @@ from agent.commands.schema import (
     SMALL_PAYLOAD_BYTES,
     Blob,
     Document,
+    EnrollModes,
     Flag,
     Image,
     Items,
@@ -82,9 +83,9 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "set_config": {"values": {"gallery.threshold": 0.3}},
     "purge_events": {"older_than_days": 30},
     "get_audit": {"limit": 10, "before": 5},
-    "wrong_person": {"event_id": "0" * 26},
-    "is_person": {"event_id": "0" * 26, "person_id": "p_0123"},
-    "enroll_from_event": {"event_id": "0" * 26, "name": "X", "consent": {"reference": "c1"}},
+    "wrong_person": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA"},
+    "is_person": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA", "person_id": "p_0123"},
+    "enroll_from_event": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA", "name": "Z", "consent": {"reference": "f-1"}},
     "model_update": {
         "phase": "begin",
         "job_id": "j1",
@@ -100,8 +101,11 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
 
 
 def _record(name: str) -> Record:
-    """The Record that checks the command's valid arguments (for model_update, its phase's)."""
+    """The Record that checks the command's valid arguments (for model_update, its phase's; for enroll, the
+    photos')."""
     rule = SCHEMAS[name].args
+    if isinstance(rule, EnrollModes):
+        return rule.photos
     return rule.records[VALID_ARGS[name]["phase"]] if isinstance(rule, Phases) else rule
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.gallery.store import GalleryStore
 from agent.recognition.capture import CaptureWindow, enroll_capture
@@ -152,6 +154,22 @@ def test_consent_is_required(desk: Desk) -> None:
 )
 def test_out_of_range_camera_arguments_are_refused(desk: Desk, camera_args: dict) -> None:
     assert error(desk.enroll(name="Ada", consent=CONSENT, from_camera=camera_args)) == "bad_request"
+
+
+values = st.none() | st.booleans() | st.integers(-5, 200) | st.floats(allow_nan=False) | st.text(max_size=70)
+camera_options = st.dictionaries(st.sampled_from(["seconds", "views", "capture_id", "cancel", "x"]), values, max_size=3)
+requests = st.fixed_dictionaries(
+    {"from_camera": camera_options | values},
+    optional={"name": values, "person_id": values, "consent": st.just(CONSENT) | values, "images": values},
+)
+
+
+@given(args=requests)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_camera_request_gets_a_clear_answer(desk: Desk, args: dict[str, Any]) -> None:
+    reply = desk.enroll(**args)
+    assert reply["status"] == "ok" or reply["error"]["code"] in ("bad_request", "conflict", "not_found"), reply
+    assert data(desk.device.call("ping"))["pong"]
 
 
 def test_photos_and_the_camera_at_once_are_refused(desk: Desk) -> None:
