@@ -302,14 +302,22 @@ def test_enrollment_from_a_device_camera_on_the_people_page(fleet: Fleet) -> Non
     Select(driver.find_element(By.ID, "camera-device")).select_by_value(device)
     driver.find_element(By.ID, "camera-views").send_keys("3")
     driver.find_element(By.ID, "camera-seconds").send_keys("60")
-    driver.find_element(By.ID, "camera-submit").click()
     seen: set[str] = set()
 
     def ended() -> bool:  # every status the page shows on the way, until the capture's outcome
-        seen.add(fleet.attribute("#camera-result", "data-status"))
-        return bool(seen - {"", "IN_PROGRESS"})
+        status = fleet.attribute("#camera-result", "data-status")
+        seen.add(status)
+        return status not in ("", "IN_PROGRESS")
 
-    fleet.wait(ended, 180, "the capture did not end")
+    # The clip has a second face in view now and then: the device then fails the capture, saying so, and the
+    # operator starts it again.
+    for _ in range(4):
+        driver.execute_script("delete document.getElementById('camera-result').dataset.status")
+        fleet.wait(lambda: driver.find_element(By.ID, "camera-submit").is_enabled(), 30)
+        driver.find_element(By.ID, "camera-submit").click()
+        fleet.wait(ended, 180, "the capture did not end")
+        if "two faces in view" not in fleet.text("#camera-result"):
+            break
     assert "SUCCEEDED: enrolled Camera Visitor" in fleet.text("#camera-result"), fleet.text("#camera-result")
     assert "IN_PROGRESS" in seen  # the device's progress was shown before the outcome
     assert fleet.people_on(device) == ["Camera Visitor"]
