@@ -19,7 +19,9 @@ track of one view: its embedding is the mean a track's decision searches, and it
   the probe as a template of P through `Enroller.enroll_candidates`, the path the command takes (conflict
   and mismatch checks, near-duplicates, cap; source "event"), once without and once with `force`. The
   lift: P's LATER probes (higher file number) identified before and after, over every missed probe whose
-  correction was taken. Each correction is undone (`delete_event_templates`) before the next.
+  correction was taken; the cost: stranger photos (non-enrolled identities and distractors) named P before
+  and after, summed over the corrections. Each correction is undone (`delete_event_templates`) before the
+  next.
 """
 
 from __future__ import annotations
@@ -151,8 +153,12 @@ def wrong_person_pairs(gallery: Gallery, split: Split, embeddings: dict, setting
 
 
 def is_person_lift(gallery: Gallery, split: Split, embeddings: dict, enroller: Enroller, force: bool) -> dict[str, Any]:
-    missed = taken = later_total = later_before = later_after = 0
+    missed = taken = later_total = later_before = later_after = strangers_before = strangers_after = 0
     refusals: dict[str, int] = {}
+    others = [i for i in sorted(split.probes) if i not in gallery.people]
+    stranger_photos = [p for i in others for p in [split.gallery[i], *split.probes[i]]] + split.distractors
+    strangers = [embeddings[p] for p in stranger_photos if embeddings[p] is not None]
+    stranger_names = named(gallery.matcher, strangers)
     for identity, person_id in gallery.people.items():
         probes = [p for p in split.probes.get(identity, []) if embeddings[p] is not None]
         names = named(gallery.matcher, [embeddings[p] for p in probes])
@@ -175,6 +181,8 @@ def is_person_lift(gallery: Gallery, split: Split, embeddings: dict, enroller: E
             before = sum(n == person_id for n in named(gallery.matcher, later))
             refresh(gallery, person_id)
             after = sum(n == person_id for n in named(gallery.matcher, later))
+            strangers_before += sum(n == person_id for n in stranger_names)
+            strangers_after += sum(n == person_id for n in named(gallery.matcher, strangers))
             gallery.store.delete_event_templates(event_id)
             refresh(gallery, person_id)
             later_total += len(later)
@@ -188,6 +196,10 @@ def is_person_lift(gallery: Gallery, split: Split, embeddings: dict, enroller: E
         "later_probes": later_total,
         "later_identified_before": later_before,
         "later_identified_after": later_after,
+        "strangers": len(strangers),
+        # summed over the corrections taken: stranger photos named the corrected person
+        "strangers_named_before": strangers_before,
+        "strangers_named_after": strangers_after,
     }
 
 
@@ -248,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         taken = f"{summed['corrections_taken']} of {summed['missed_probes']} missed probes taken"
         print(f"\nis_person {sent}: {taken}; refused: {refused}")
         print(change("the person's later probes identified", summed, "later_identified", "later_probes"))
+        print(
+            f"  stranger photos named the corrected person, summed over the corrections: "
+            f"before {summed['strangers_named_before']}, after {summed['strangers_named_after']} "
+            f"(of {runs[0]['strangers']} stranger photos per seed, seed 0)"
+        )
     if args.out:
         args.out.write_text(json.dumps({"pairs": pairs, "is_person": lifts, "embeddings": info}, indent=1) + "\n")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,15 @@ class Door:
     events: Observer
     miranda: str
 
-    def event_ids(self, event_type: str, count: int = 1) -> list[str]:
-        """Ids of the first `count` events of `event_type` the device published (waiting for them)."""
+    def event_ids(self, event_type: str, count: int = 1, *, newest: bool = False) -> list[str]:
+        """Ids of `count` events of `event_type` the device published, the first (or the newest) ones."""
 
         def found(messages: list) -> list[str]:
             return [m.json()["event_id"] for m in messages if m.topic.endswith(f"/events/{event_type}")]
 
         assert self.events.wait_for(lambda m: len(found(m)) >= count, 120), self.log.read_text()[-3000:]
-        return found(list(self.events.messages))[:count]
+        ids = found(list(self.events.messages))
+        return ids[::-1][:count] if newest else ids[:count]
 
     def correct(self, *args: str, signed: bool = True) -> dict[str, Any]:
         """`faceagent ctl correct ... --json`: the device's reply."""
@@ -126,7 +128,7 @@ def test_is_person_refuses_a_stranger_that_does_not_match_the_person(door: Door)
 def _enrolled_from_an_unknown_event(door: Door) -> tuple[str, dict[str, Any]]:
     """enroll_from_event on the device's unknown events in turn until one has a view the gate takes."""
     replies = []
-    for event_id in door.event_ids("face_unknown", 8):
+    for event_id in door.event_ids("face_unknown", 12, newest=True):
         reply = door.correct("enroll", event_id, "--name", "Stranger One", "--consent-ref", "form-42")
         if reply["status"] == "ok":
             return event_id, reply
@@ -152,6 +154,19 @@ def test_enroll_from_event_makes_a_person_of_an_unknown_face_then_erasure_forget
     assert json.loads(deleted.stdout.splitlines()[-1])["reply"]["data"]["deleted"]["feedback_entries"] >= 1
     again = door.correct("is-person", event_id, door.miranda, "--force")
     assert again["error"]["code"] == "not_found"  # the erased person's track left the window with them
+
+
+def test_an_erasure_from_the_command_line_forgets_the_persons_tracks_too(door: Door) -> None:
+    """Another process erases the person: once the agent's gallery thread sees it, their track is gone."""
+    event_id, reply = _enrolled_from_an_unknown_event(door)
+    erased = faceagent("person", "delete", "--db", str(door.db), reply["data"]["person"]["id"])
+    assert erased.returncode == 0, erased.stderr
+    # wrong_person changes nothing here (the event named nobody): "conflict" while the track is held.
+    deadline = time.monotonic() + 60
+    while (probe := door.correct("wrong-person", event_id))["error"]["code"] == "conflict":
+        assert time.monotonic() < deadline, "the erased person's track stayed in the window"
+    assert probe["error"]["code"] == "not_found"
+    assert door.correct("is-person", event_id, door.miranda, "--force")["error"]["code"] == "not_found"
 
 
 def test_wrong_person_stores_a_negative_of_the_person_named_and_refuses_a_second_time(door: Door) -> None:

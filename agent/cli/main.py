@@ -360,7 +360,11 @@ def cmd_person_delete(args: argparse.Namespace) -> int:
         f"(audited as {actor})"
     )
     if not counts["wal_truncated"]:
-        print("faceagent: the WAL was busy; the erased pages leave it at the next checkpoint", file=sys.stderr)
+        print(
+            "faceagent: a reader kept the WAL busy; the erasure's checkpoint is pending (the running agent "
+            "finishes it within seconds; otherwise the next erasure does)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -5,7 +5,10 @@ The CLI and the running service share the file, so every connection uses WAL and
 every write runs in a `BEGIN IMMEDIATE` transaction: writers queue on the lock instead of failing with
 "database is locked" when a read-then-write transaction cannot upgrade. Templates are biometric data:
 `secure_delete` zeroes erased rows in place, and an erasure ends with a truncating WAL checkpoint so no
-old copy of the pages survives in the -wal file either (no VACUUM needed). `purge_expired` is the
+old copy of the pages survives in the -wal file either (no VACUUM needed). That checkpoint holds the write
+lock while it waits for readers, so it waits briefly and, if a reader is still busy, is left pending in
+`meta` for the gallery thread to finish (`finish_erasures`): the frame loop's event writes never queue
+behind a long read. `purge_expired` is the
 retention rule; the service calls it every `retention.purge_interval_seconds`. A negative ("that face was
 not this person", a correction by event id) is kept per person and model up to a cap, until its own
 `expires_at`, and goes with the person.
@@ -39,6 +42,10 @@ MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
+_ERASURE_IN_WAL = "erasure_in_wal"  # meta key: an erasure whose pages may still be in the -wal file
+# How long a truncating checkpoint may hold the write lock waiting for readers. Longer stalls every writer
+# (the frame loop's event writes waited 1.07 s behind a matcher reload's read); a busy one is retried.
+WAL_TRUNCATE_WAIT_SECONDS = 0.05
 # People the loaded embedder cannot match; `p` is the people table.
 _NO_TEMPLATE_OF_MODEL = "NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?)"
 
@@ -199,8 +206,9 @@ class GalleryStore:
 
         The same transaction queues a `person_erased` event (the id only), so every erasure, from the CLI
         or over MQTT, reaches the consumers downstream through the outbox, even after an outage or a restart.
-        The audit record holds only the id and the counts. `wal_truncated` is 0 when another process kept
-        the WAL busy; the erased pages then leave the -wal file at the next checkpoint.
+        The audit record holds only the id and the counts. `wal_truncated` is 0 when a reader kept the WAL
+        busy; the erasure then stays pending and `finish_erasures` (the running agent's gallery thread
+        calls it every turn) truncates the WAL once the reader is done.
         """
         with self.transaction():
             self._require_person(person_id)
@@ -221,8 +229,20 @@ class GalleryStore:
             )
             self._add_erasure_notice(person_id)
             self.audit(actor, "person.delete", person_id, counts)
-        counts["wal_truncated"] = int(self._truncate_wal())
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [_ERASURE_IN_WAL, utc_now()])
+        counts["wal_truncated"] = int(self.finish_erasures())
         return counts
+
+    @_guarded
+    def finish_erasures(self) -> bool:
+        """Truncate the WAL if an erasure may have left pages in it; True when none is pending any more."""
+        if not self.db.execute("SELECT 1 FROM meta WHERE key = ?", [_ERASURE_IN_WAL]).fetchone():
+            return True
+        if not self._truncate_wal():
+            return False
+        with self.transaction():  # this write's pages hold only the meta row: nothing erased
+            self.db.execute("DELETE FROM meta WHERE key = ?", [_ERASURE_IN_WAL])
+        return True
 
     def _add_erasure_notice(self, person_id: str) -> None:
         """The outbox row announcing an erasure: no name, nothing but the id. Its `person_id` column stays
@@ -615,7 +635,9 @@ class GalleryStore:
             if any(counts.values()):
                 self.audit("retention", "retention.purge", None, counts)
         if counts["events"] or counts["negatives"]:
-            self._truncate_wal()
+            with self.transaction():
+                self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [_ERASURE_IN_WAL, utc_now()])
+            self.finish_erasures()
         return counts
 
     @_guarded
@@ -629,10 +651,17 @@ class GalleryStore:
         }
 
     def _truncate_wal(self) -> bool:
-        """Copy the WAL into the database and truncate it; False when a reader or writer kept it busy."""
-        busy, _, _ = self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        """Copy the WAL into the database and truncate it; False when a reader or writer kept it busy for
+        longer than `WAL_TRUNCATE_WAIT_SECONDS` (the checkpoint holds the write lock while it waits)."""
+        conn = self.db.conn
+        (usual,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout = {int(WAL_TRUNCATE_WAIT_SECONDS * 1000)}")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(usual)}")
         if busy:
-            log.warning("gallery %s: WAL checkpoint blocked by another process; it completes later", self.path)
+            log.info("gallery %s: a reader kept the WAL busy; the erasure's checkpoint is retried", self.path)
         return not busy
 
 
