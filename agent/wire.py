@@ -54,6 +54,7 @@ class Command(StrEnum):
     PURGE_EVENTS = "purge_events"
     RESTART = "restart"
     MODEL_UPDATE = "model_update"
+    GET_AUDIT = "get_audit"
     WRONG_PERSON = "wrong_person"  # corrections by event id (agent/recognition/corrections.py)
     IS_PERSON = "is_person"
     ENROLL_FROM_EVENT = "enroll_from_event"
@@ -358,6 +359,24 @@ class PeoplePage(TypedDict):
     people_needing_reenrolment: int  # deprecated alias (DEPRECATED_ALIASES)
     total: int
     offset: int
+
+
+class AuditRecord(TypedDict):
+    """One record of the device's audit log: who (`actor`: `key:<id>`, `cli:<user>` ...) did what to whom."""
+
+    seq: int  # grows with every record: a page's last `seq` is the next page's `before`
+    at: str
+    actor: str
+    action: str  # e.g. person.enroll, command.set_config, retention.purge
+    target: str | None  # a person id, never a name
+    details: dict[str, str | int | float | bool | None]  # scalars only: no image or embedding can slip in
+
+
+class AuditPage(TypedDict):
+    """get_audit's data: records newest first; `next_before` asks for the older page (null: none older)."""
+
+    records: list[AuditRecord]
+    next_before: int | None
 
 
 # ------------------------------------------------------------------------------- Home Assistant

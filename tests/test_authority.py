@@ -93,6 +93,10 @@ def refused_requests(person: str, shared_data: Path) -> dict[str, dict[str, Any]
         "purge_events": {"older_than_days": 0},
         "restart": {},
         "model_update": begin,
+        "get_audit": {},
+        "wrong_person": {"event_id": "0" * 26},
+        "is_person": {"event_id": "0" * 26, "person_id": person},
+        "enroll_from_event": {"event_id": "0" * 26, "name": "Ada", "consent": {"reference": "c1"}},
     }
 
 

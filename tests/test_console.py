@@ -7,12 +7,15 @@ import base64
 import http.cookiejar
 import json
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +23,8 @@ from agent.cli.console.auth import PasswordHash, Sessions, hash_password, is_loo
 from agent.cli.console.fleet import FleetState, Watcher, attention
 from agent.cli.console.metrics import registry_for
 from agent.cli.console.remote import merge_people
+from agent.cli.console.rollouts import Rollouts
+from agent.cli.releases import Release, ReleaseError, RollOut
 from agent.errors import ConfigError
 from agent.link.mqtt import BrokerSettings
 from tests.support.agent_process import faceagent
@@ -315,3 +320,73 @@ def test_on_loopback_a_foreign_host_name_is_refused(broker: Broker, run_console)
     status, _, text = fetch(browser_like(), request)
     assert status == 421 and "DNS rebinding" in text
     assert fetch(browser_like(), console.url + "/")[0] == 200
+
+
+@pytest.mark.slow
+def test_every_page_is_one_whole_document(broker: Broker, run_console) -> None:
+    """Markup put outside a page's `main` block renders before the document or inside its title."""
+    console = run_console(broker)
+    for path in ("/", "/events", "/people", "/device/dev1"):
+        status, _, page = fetch(browser_like(), console.url + path)
+        assert status == 200 and page.lstrip().lower().startswith("<!doctype html>"), path
+        assert page.count("<html") == 1 and page.rstrip().endswith("</html>"), path
+        assert re.search(r"<title>[^<]+</title>", page), path  # nothing but text in the title block
+
+
+@pytest.mark.slow  # the faceagent command as a real process
+def test_a_releases_folder_that_is_not_one_is_refused_at_start(broker: Broker, tmp_path: Path) -> None:
+    result = faceagent("console", "--mqtt", broker.url, "--releases", str(tmp_path / "missing"), timeout=60)
+    assert result.returncode == 2 and "--releases" in result.stderr and "not a folder" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ model updates
+
+
+def release_of(size: int) -> Release:
+    meta = {"model_id": "m-b", "role": "embedder", "version": "2"}
+    return Release.signed(bytes(size), Ed25519PrivateKey.generate(), file="m.tflite", **meta)
+
+
+def acknowledging(devices: list[str], release: Release, job_id: str, fleet: set[str], progress) -> RollOut:
+    """A roll-out whose devices acknowledge every chunk, then succeed: what `Remote.roll_out` reports."""
+    received = 0
+    for index, chunk in enumerate(release.chunks(job_id, 1000)):
+        received += len(base64.b64decode(chunk["data"]))
+        for device in devices:
+            reply = {"status": "ok", "data": {"status": "IN_PROGRESS", "bytes_received": received, "bytes_total": 2500}}
+            progress(device, chunk | {"index": index}, reply)
+    for device in devices:
+        progress(device, {"phase": "commit", "job_id": job_id}, {"status": "ok", "data": {"status": "SUCCEEDED"}})
+    return RollOut(dict.fromkeys(devices), {})
+
+
+def wait_finished(rollouts: Rollouts) -> dict:
+    deadline = time.monotonic() + 10
+    while not (jobs := rollouts.jobs())[0]["finished"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return jobs[0]
+
+
+def test_a_job_shows_each_chunk_each_device_acknowledged() -> None:
+    rollouts = Rollouts(acknowledging, lambda: "now", chunk_bytes=1000)
+    rollouts.start("m.release.json", release_of(2500), ["dev1", "dev2"], set())
+    job = wait_finished(rollouts)
+    assert job["chunks"] == 3
+    for device in ("dev1", "dev2"):
+        assert job["progress"][device]["acknowledged"] == [1000, 2000, 2500]
+        assert job["progress"][device]["status"] == "SUCCEEDED"
+
+
+def test_a_second_job_on_a_device_still_updating_is_refused() -> None:
+    going = threading.Event()
+
+    def slow(devices, release, job_id, fleet, progress) -> RollOut:
+        going.wait(10)
+        return RollOut(dict.fromkeys(devices), {})
+
+    rollouts = Rollouts(slow, lambda: "now", chunk_bytes=1000)
+    rollouts.start("a.release.json", release_of(10), ["dev1", "dev2"], set())
+    with pytest.raises(ReleaseError, match="still running on dev2"):
+        rollouts.start("b.release.json", release_of(10), ["dev2", "dev3"], set())
+    going.set()
+    assert wait_finished(rollouts)["finished"]

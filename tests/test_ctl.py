@@ -4,6 +4,7 @@ dispatcher (each in its own folder with its own gallery)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import queue
 import threading
@@ -16,11 +17,12 @@ import pytest
 from agent.cli.main import main
 from agent.commands.signing import CommandSecurity, load_private_key, public_key_text
 from agent.config import CommandSettings, load_layered
+from agent.gallery.store import GalleryStore
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 from tests.support.broker import FAST_LINK, Broker, free_port
-from tests.support.commands import Device, make_device, operator_commands
+from tests.support.commands import Device, make_device, operator_commands, serve_link
 from tests.support.data import POWELL, POWELL_PROBE, powell
 
 
@@ -49,22 +51,10 @@ def run_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterat
         commands = commands or operator_commands()
         (tmp_path / device_id).mkdir()
         security = CommandSecurity.from_settings(commands, device_id)
-        device = make_device(tmp_path / device_id, pipeline, commands=commands, security=security)
         inbox: queue.Queue[CommandRequest | None] = queue.Queue()
         link = MqttLink(BrokerSettings(url=broker.url, protocol=protocol, **FAST_LINK), device_id, inbox.put)
-
-        def serve() -> None:
-            while (request := inbox.get()) is not None:
-                with pipeline_lock:
-                    reply = device.dispatcher.handle(request.name, request.payload, now=request.received_at)
-                if reply is not None:
-                    link.reply(request, reply)
-            device.dispatcher.close()
-
-        worker = threading.Thread(target=serve, daemon=True)
-        worker.start()
-        link.start()
-        assert link.wait_connected(5)
+        make = functools.partial(make_device, tmp_path / device_id, pipeline, commands=commands, security=security)
+        device, worker = serve_link(link, inbox, make, pipeline_lock)
         running.append(Running(device, link, worker, inbox))
         return running[-1]
 
@@ -165,6 +155,20 @@ def test_config_get_prints_the_settings(broker, run_device, capsys) -> None:
     run_device("dev1")
     status, out = ctl(capsys, broker, "config", "get", "dev1")
     assert status == 0 and "gallery.threshold = 0.35" in out
+
+
+def test_audit_prints_a_page_of_the_device_log_and_how_to_ask_for_older(
+    broker, run_device, capsys, operator_key_file
+) -> None:
+    running = run_device("dev1")
+    with GalleryStore.open(running.device.store_path) as store:
+        for number in range(3):
+            store.audit("cli:ops", "person.update", f"p_000{number}", {"fields": "name"})
+    status, out = ctl(capsys, broker, "audit", "dev1", "--limit", "2", key=operator_key_file)
+    assert status == 0 and "dev1: 2 audit records, newest first (older records: --before 2)" in out, out
+    status, out = ctl(capsys, broker, "audit", "dev1", "--before", "2", key=operator_key_file)
+    lines = out.splitlines()
+    assert status == 0 and "(no older records)" in lines[0] and "cli:ops  person.update  p_0000" in lines[1], out
 
 
 def test_a_refused_command_exits_1_with_the_reason(broker, run_device, capsys, operator_key_file) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import sys
@@ -21,10 +20,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.arguments import add_person_arguments
-from agent.commands.schema import COMMAND_NAME, MAX_CAPTURE_VIEWS, MODEL_CHUNK_BYTES, VERSION, CommandError, Image
+from agent.commands.schema import (
+    AUDIT_PAGE,
+    COMMAND_NAME,
+    MAX_AUDIT_PAGE,
+    MAX_CAPTURE_VIEWS,
+    MODEL_CHUNK_BYTES,
+    VERSION,
+    CommandError,
+    Image,
+)
 from agent.config import RULES, CommandSettings, Pattern, find_config, load_settings, require_tls
 from agent.errors import FaceagentError
 from agent.files import FileRefused, read_regular_file
@@ -33,8 +41,10 @@ from agent.link.client import BrokerSettings
 from agent.link.operator import Operator
 from agent.wire import FACE_RECOGNIZED, Command
 
+if TYPE_CHECKING:
+    from agent.cli.releases import Release
+
 EXIT_REMOTE = 1
-COMMIT_SECONDS = 600.0  # a commit checks the model on the device (about 15 s on a Pi 4) and swaps it in
 MAX_TIMEOUT_SECONDS = 86400.0
 MAX_TAIL_SECONDS = 10 * 365 * 86400.0  # what `events` waits with no --seconds
 
@@ -75,7 +85,7 @@ def _command_name(text: str) -> str:
     return text
 
 
-def _release(text: str) -> str:
+def _release_version(text: str) -> str:
     if not VERSION.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a release version (1-4 dotted whole numbers)")
     return text
@@ -150,6 +160,14 @@ def _summary(name: str, data: dict[str, Any]) -> str:
     if name == Command.GET_CONFIG:
         values = data["settings"]
         return "\n".join(f"  {s}.{k} = {json.dumps(v)}" for s, keys in values.items() for k, v in keys.items())
+    if name == Command.GET_AUDIT:
+        lines = [
+            f"  {r['seq']}  {r['at']}  {r['actor']}  {r['action']}  {r['target'] or '-'}  "
+            + " ".join(f"{k}={json.dumps(v)}" for k, v in r["details"].items())
+            for r in data["records"]
+        ]
+        more = f"older records: --before {data['next_before']}" if data["next_before"] else "no older records"
+        return "\n".join([f"{len(lines)} audit records, newest first ({more})", *lines])
     if name == Command.SET_CONFIG:
         return "set " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in data["changed"].items())
     return json.dumps(data, indent=2)
@@ -277,6 +295,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(retained, indent=None if args.json else 2))
         return EXIT_REMOTE
     return report({args.target: reply}, Command.GET_STATUS, args.timeout, args.json)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    arguments = {"limit": args.limit} | ({"before": args.before} if args.before is not None else {})
+    return cmd_call(args, Command.GET_AUDIT, arguments)
 
 
 def _photos(paths: list[Path], limits: CommandSettings) -> list[dict[str, str]]:
@@ -444,25 +467,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_phase(operator: Operator, devices: list[str], arguments: dict[str, Any]) -> list[str]:
-    """Send one phase; the devices whose job goes on. A silent device is asked once more (repeats are
-    harmless: a chunk received twice is acknowledged twice); the others are reported and dropped."""
-    replies = operator.call(devices, Command.MODEL_UPDATE, arguments)
-    silent = [device for device, reply in replies.items() if reply is None]
-    if silent:
-        replies |= operator.call(silent, Command.MODEL_UPDATE, arguments)
-    going = []
-    for device, reply in replies.items():
-        if reply is not None and _object(reply.get("data")).get("status") == "IN_PROGRESS":
-            going.append(device)
-        elif reply is None:
-            print(f"{device}: no reply to {arguments['phase']}; dropped", file=sys.stderr)
-        else:
-            error = _object(reply.get("error")) or {"message": json.dumps(reply.get("data"))}
-            print(f"{device}: {arguments['phase']} refused: {error.get('message')}", file=sys.stderr)
-    return going
-
-
 def _model_outcome(device: str, reply: dict | None) -> bool:
     data = _object((reply or {}).get("data"))
     if data.get("status") == "SUCCEEDED":
@@ -482,37 +486,59 @@ def _model_outcome(device: str, reply: dict | None) -> bool:
     return False
 
 
-def cmd_model_update(args: argparse.Namespace) -> int:
-    """Begin, chunks, commit on every device named: one signed release, one job id."""
+def _release(args: argparse.Namespace) -> Release:
+    """The release to ship: a bundle (`ctl model-release`), or the model signed here with --model-key."""
+    from agent.cli.releases import BUNDLE_SUFFIX, Release, read_bundle
     from agent.commands.signing import load_private_key
-    from agent.modelupdate.update import MAX_MODEL_BYTES, sign_model
+    from agent.modelupdate.update import MAX_MODEL_BYTES
 
-    key_path = args.model_key
-    if key_path is None:
-        raise CtlError("a model update must be signed by a release key: give --model-key (ctl keygen --role release)")
+    if args.model.name.endswith(BUNDLE_SUFFIX):
+        return read_bundle(args.model)
+    missing = [
+        f"--{name}"
+        for name in ("model-key", "model-id", "role", "model-version")
+        if not getattr(args, name.replace("-", "_"))
+    ]
+    if missing:
+        raise CtlError(
+            f"a model must be signed by a release key: give {', '.join(missing)} (ctl keygen --role release), "
+            f"or a release bundle (*{BUNDLE_SUFFIX}, made by ctl model-release)"
+        )
     content = _read_local(args.model, MAX_MODEL_BYTES, "a model")
-    meta = {"model_id": args.model_id, "role": args.role, "file": args.model.name, "version": args.model_version}
-    meta |= {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "entry": _json_object(args.entry)}
-    job_id = args.job_id or new_ulid()
-    begin = {"phase": "begin", "job_id": job_id, **meta, "signature": sign_model(load_private_key(key_path), meta)}
-    step = args.chunk_kib * 1024
+    meta = {
+        "model_id": args.model_id,
+        "role": args.role,
+        "version": args.model_version,
+        "entry": _json_object(args.entry),
+    }
+    return Release.signed(content, load_private_key(args.model_key), file=args.model.name, **meta)
+
+
+def cmd_model_release(args: argparse.Namespace) -> int:
+    """Sign a model as a release bundle beside it, for whoever ships it (ctl model-update, the console)."""
+    release = _release(args)
+    path = release.write_bundle(args.model.parent)
+    print(f"release {release.describe()} signed: {path} (ship it with the model beside it)")
+    return 0
+
+
+def cmd_model_update(args: argparse.Namespace) -> int:
+    """Begin, chunks, commit on every device named: one signed release, one job id; with --all, each phase
+    crosses the broker once for the devices that take fleet-wide requests."""
+    from agent.cli.releases import roll_out
+
+    release = _release(args)
     with _operator(args) as operator:
         targets = _targets(args, operator, everywhere=False)
-        devices, status = targets.devices, targets.status
-        begun = going = _model_phase(operator, devices, begin)
-        for index, start in enumerate(range(0, len(content), step)):
-            if not going:  # no device took the begin, or every one has dropped out
-                break
-            data = base64.b64encode(content[start : start + step]).decode()
-            going = _model_phase(operator, going, {"phase": "chunk", "job_id": job_id, "index": index, "data": data})
-        dropped = [device for device in begun if device not in going]
-        if dropped:  # free them for the next job now rather than after their idle timeout
-            operator.call(dropped, Command.MODEL_UPDATE, {"phase": "abort", "job_id": job_id})
-        operator.timeout = max(operator.timeout, COMMIT_SECONDS)
-        commit = {"phase": "commit", "job_id": job_id}
-        replies = operator.call(going, Command.MODEL_UPDATE, commit) if going else {}
-    succeeded = [_model_outcome(device, reply) for device, reply in replies.items()]
-    return status if succeeded and all(succeeded) and len(succeeded) == len(devices) else EXIT_REMOTE
+        job_id = args.job_id or new_ulid()
+        outcome = roll_out(
+            operator, targets.devices, release, job_id=job_id, chunk_bytes=args.chunk_kib * 1024, fleet=targets.fleet
+        )
+    for device, reason in outcome.dropped.items():
+        print(f"{device}: {reason}; dropped", file=sys.stderr)
+    succeeded = [_model_outcome(device, reply) for device, reply in outcome.committed.items()]
+    done = succeeded and all(succeeded) and len(succeeded) == len(targets.devices)
+    return targets.status if done else EXIT_REMOTE
 
 
 def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
@@ -555,6 +581,10 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     gone.add_argument("--person-id", help="the person's id on the device")
     delete.set_defaults(handler=cmd_delete)
 
+    audit = sub.add_parser("audit", parents=[common, one], help="a device's audit log, newest first (paged)")
+    audit.add_argument("--limit", type=_whole(1, MAX_AUDIT_PAGE), default=AUDIT_PAGE, help="records per page")
+    audit.add_argument("--before", type=_whole(1, 2**63 - 1), help="only records older than this seq (paging)")
+    audit.set_defaults(handler=cmd_audit)
     _add_correct(sub, common, one)
 
     config = sub.add_parser("config", help="a device's settings")
@@ -577,18 +607,25 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     call.add_argument("arguments", nargs="?", default="{}", help="its args as a JSON object")
     call.set_defaults(handler=lambda a: cmd_call(a, a.command, _json_object(a.arguments)))
 
-    update = sub.add_parser("model-update", parents=[common, fleet], help="install a signed model on devices")
-    update.add_argument("model", type=Path, help="the .tflite file")
-    update.add_argument("--model-id", required=True, help="manifest id: an existing one to replace, or a new one")
-    update.add_argument("--role", required=True, choices=("embedder", "detector"))
-    update.add_argument(
+    release_help = "a .tflite file (signed here with --model-key), or a release bundle (*.release.json)"
+    signing = argparse.ArgumentParser(add_help=False)
+    signing.add_argument("model", type=Path, help=release_help)
+    signing.add_argument("--model-id", help="manifest id: an existing one to replace, or a new one")
+    signing.add_argument("--role", choices=("embedder", "detector"))
+    signing.add_argument(
         "--model-version",
-        required=True,
-        type=_release,
+        type=_release_version,
         help="the release's version, signed, above the one installed: dotted whole numbers, e.g. 2026.11.1",
     )
-    update.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
-    update.add_argument("--model-key", type=Path, help="release key that signs the model (ctl keygen --role release)")
+    signing.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
+    signing.add_argument("--model-key", type=Path, help="release key that signs the model (ctl keygen --role release)")
+
+    release = sub.add_parser(
+        "model-release", parents=[signing], help="sign a model as a release bundle beside it (where the release key is)"
+    )
+    release.set_defaults(handler=cmd_model_release)
+
+    update = sub.add_parser("model-update", parents=[common, fleet, signing], help="install a signed model on devices")
     kib = _whole(1, MODEL_CHUNK_BYTES // 1024)
     update.add_argument("--chunk-kib", type=kib, default=256, help="chunk size in KiB (default 256, at most 1024)")
     update.add_argument("--job-id", help="the job's id (default: a new ULID)")

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.commands.schema import PEOPLE_PAGE, CommandError, ErrorCode
+from agent.commands.schema import AUDIT_PAGE, PEOPLE_PAGE, CommandError, ErrorCode
 from agent.config import (
     Settings,
     apply_remote,
@@ -41,7 +41,16 @@ from agent.recognition.enrollment import Enroller, EnrollmentError, EnrollmentRe
 from agent.recognition.feedback import FeedbackWindow
 from agent.storage import StorageFullError, StorageHealth, is_disk_full
 from agent.vision.modelstore import embedder_id
-from agent.wire import Command, OnlineStatus, PeoplePage, PersonRow, reenrollment_count, reenrollment_flag
+from agent.wire import (
+    AuditPage,
+    AuditRecord,
+    Command,
+    OnlineStatus,
+    PeoplePage,
+    PersonRow,
+    reenrollment_count,
+    reenrollment_flag,
+)
 
 
 class ModelUpdates(Protocol):
@@ -468,6 +477,26 @@ def model_update(ctx: Context, args: dict[str, Any]) -> Done:
     return Done(data, None, details)
 
 
+def get_audit(ctx: Context, args: dict[str, Any]) -> Done:
+    """A page of the device's audit log, newest first (`limit`, default AUDIT_PAGE; `before`: only records
+    older than that `seq`), local CLI actions included; `next_before` asks for the next older page."""
+    limit = args.get("limit", AUDIT_PAGE)
+    rows = ctx.store.audit_log(limit + 1, before=args.get("before"))  # one more: is there an older page?
+    records = [
+        AuditRecord(
+            seq=row["seq"],
+            at=row["at"],
+            actor=row["actor"],
+            action=row["action"],
+            target=row["target"],
+            details=row["details"],
+        )
+        for row in rows[:limit]
+    ]
+    page: AuditPage = {"records": records, "next_before": records[-1]["seq"] if len(rows) > limit else None}
+    return Done(page, None, {"records": len(records)})
+
+
 def refusing_full_storage(handler: Handler) -> Handler:
     """A full disk (the gallery's SQLITE_FULL, or ENOSPC writing the settings or a model) becomes a
     `storage_full` refusal; a gallery failure is also reported to the service's storage health."""
@@ -503,6 +532,7 @@ HANDLERS: dict[str, Handler] = {
         Command.PURGE_EVENTS: purge_events,
         Command.RESTART: restart,
         Command.MODEL_UPDATE: model_update,
+        Command.GET_AUDIT: get_audit,
         Command.WRONG_PERSON: wrong_person,
         Command.IS_PERSON: is_person,
         Command.ENROLL_FROM_EVENT: enroll_from_event,

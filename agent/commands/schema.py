@@ -62,6 +62,9 @@ MAX_DEPTH = 6
 # of a gallery of this size, so small galleries get the reply they always got.
 PEOPLE_PAGE = 1000
 MAX_PEOPLE_PAGE = 5000
+# get_audit's page: a record is a few hundred bytes, so the largest page stays well inside a reply.
+AUDIT_PAGE = 100
+MAX_AUDIT_PAGE = 1000
 MAX_CAPTURE_VIEWS = 10  # views one camera enrollment may ask for (agent/recognition/capture.py MAX_VIEWS)
 # Strings, brackets, commas and colons in one payload. An enroll request has a few dozen (≤ 10 images of two
 # fields), a model chunk a dozen, a 50-setting set_config ~150: 4096 leaves room and bounds the objects
@@ -395,6 +398,10 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         Command.PURGE_EVENTS: CommandSchema(Access.SIGNED, Record({"older_than_days": Number(0, 36500)})),
         Command.RESTART: CommandSchema(Access.SIGNED),
         Command.MODEL_UPDATE: CommandSchema(Access.SIGNED, _model_update(), limits.max_payload_bytes),
+        Command.GET_AUDIT: CommandSchema(  # who acted on which person id, and when
+            Access.SIGNED,
+            Record({"limit": Number(1, MAX_AUDIT_PAGE, integer=True), "before": Number(1, 2**63 - 1, integer=True)}),
+        ),
         **{name: CommandSchema(Access.SIGNED, args) for name, args in corrections.items()},  # they write templates
     }
 

@@ -606,10 +606,12 @@ class GalleryStore:
             self.db.table("audit").insert(row)
 
     @_guarded
-    def audit_log(self, limit: int = 100) -> list[dict]:
-        """The newest `limit` audit records, newest first."""
-        sql = "SELECT seq, at, actor, action, target, details FROM audit ORDER BY seq DESC LIMIT ?"
-        return [{**row, "details": json.loads(row["details"])} for row in self.db.query(sql, [int(limit)])]
+    def audit_log(self, limit: int = 100, *, before: int | None = None) -> list[dict]:
+        """The newest `limit` audit records (of those with a `seq` below `before`, when given), newest first."""
+        where = "" if before is None else "WHERE seq < ? "
+        sql = f"SELECT seq, at, actor, action, target, details FROM audit {where}ORDER BY seq DESC LIMIT ?"
+        values = [int(limit)] if before is None else [int(before), int(limit)]
+        return [{**row, "details": json.loads(row["details"])} for row in self.db.query(sql, values)]
 
     @_guarded
     def purge_expired(self, *, events_days: float, audit_days: float, now: datetime | None = None) -> dict[str, int]:

@@ -158,19 +158,25 @@ class Operator:
         Only the listed devices are waited for."""
         if not devices:
             return {}  # paho refuses an empty subscription
-        claimed = [device for device in devices if device in fleet]
-        shared: set[str] = set()
-        if claimed:
-            probe = self._exchange(claimed, Command.PING, {}, set(claimed), quiet=FLEET_PROBE_SECONDS)
-            shared = {device for device, reply in probe.items() if reply is not None}
-        return self._exchange(devices, name, args, shared)
+        return self.exchange(devices, name, args, self.fleet_listeners([d for d in devices if d in fleet]))
 
-    def _exchange(
+    def fleet_listeners(self, claimed: Collection[str]) -> set[str]:
+        """Of `claimed` (devices whose status says `fleet_commands`), those a fleet-wide ping reaches: they can
+        share one copy of a request. A caller sending many requests to one fleet (a model's chunks) asks once."""
+        if not claimed:
+            return set()
+        probe = self.exchange(list(claimed), Command.PING, {}, set(claimed), quiet=FLEET_PROBE_SECONDS)
+        return {device for device, reply in probe.items() if reply is not None}
+
+    def exchange(
         self, devices: list[str], name: str, args: dict[str, Any], shared: set[str], quiet: float | None = None
     ) -> dict[str, dict | None]:
-        """One request id: one fleet-wide copy if any device is `shared`, one copy for each other device; the
+        """One request id: one fleet-wide copy if any device is `shared` (see `fleet_listeners`; the copy
+        reaches every device listening on the fleet topic, listed or not), one copy for each other device; the
         replies of `devices` until all have answered or `self.timeout` has passed (with `quiet`: or no reply
         has come for `quiet` seconds)."""
+        if not devices:
+            return {}  # paho refuses an empty subscription
         request_id = new_ulid()
         replies: dict[str, dict | None] = dict.fromkeys(devices)
         waiting = len(replies)

@@ -9,6 +9,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +27,7 @@ from agent.config import CommandSettings, Settings, load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GallerySync
+from agent.link.mqtt import CommandRequest, MqttLink
 from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
 
@@ -182,3 +186,30 @@ def make_device(
     security = security or CommandSecurity.from_settings(commands, device_id)
     dispatcher = CommandDispatcher(services, security)
     return Device(dispatcher, services, settings_path, store_path, current, matcher, sync, device_id, restarts)
+
+
+def serve_link(
+    link: MqttLink, inbox: queue.Queue[CommandRequest | None], make: Callable[[], Device], lock: threading.Lock
+) -> tuple[Device, threading.Thread]:
+    """A device on the broker as the agent runs one: the device is made on its command thread (its gallery
+    connection is that thread's), each request from `link` goes through its dispatcher (one at a time across
+    the devices that share `lock`'s pipeline) and the reply back, until `inbox` gives None. The link is
+    connected when this returns."""
+    made: queue.Queue[Device] = queue.Queue()
+
+    def serve() -> None:
+        device = make()
+        made.put(device)
+        while (request := inbox.get()) is not None:
+            with lock:
+                reply = device.dispatcher.handle(request.name, request.payload, now=request.received_at)
+            if reply is not None:
+                link.reply(request, reply)
+        device.dispatcher.close()
+
+    worker = threading.Thread(target=serve, daemon=True)
+    worker.start()
+    device = made.get(timeout=60)
+    link.start()
+    assert link.wait_connected(5)
+    return device, worker

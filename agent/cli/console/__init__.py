@@ -59,6 +59,9 @@ def add_console_commands(commands: argparse._SubParsersAction) -> None:
         help=f"where the page is served (default {DEFAULT_LISTEN}; off loopback needs --password-file)",
     )
     console.add_argument("--sign-key", type=Path, help="sign commands with this Ed25519 private key, as ctl --sign-key")
+    console.add_argument(
+        "--releases", type=Path, help="a folder of model release bundles (ctl model-release) to install from the pages"
+    )
     console.add_argument("--password-file", type=Path, help="the hash line made by --hash-password")
     console.add_argument("--hash-password", action="store_true", help="read a password, print its hash line, exit")
     console.add_argument("--timeout", type=_timeout, default=15.0, help="seconds to wait for replies (default 15)")
@@ -81,6 +84,8 @@ def cmd_console(args: argparse.Namespace) -> int:
             f"--listen {host} is not a loopback address: give --password-file (a line made by "
             "`faceagent console --hash-password`), or listen on 127.0.0.1 and reach it through an SSH tunnel"
         )
+    if args.releases is not None and not args.releases.is_dir():
+        raise ConsoleError(f"--releases {args.releases}: not a folder (of bundles made by faceagent ctl model-release)")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConsoleError("give both --tls-cert and --tls-key, or neither")
     try:

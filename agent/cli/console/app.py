@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,7 +39,9 @@ from agent.cli.console.auth import SESSION_COOKIE, SESSION_SECONDS, Session, Ses
 from agent.cli.console.fleet import FleetEvent, FleetState, utc_text
 from agent.cli.console.metrics import registry_for
 from agent.cli.console.remote import PERSON_ID, Outcome, Remote, is_device_id, merge_people
-from agent.commands.schema import CommandError, Image, Text
+from agent.cli.console.rollouts import Rollouts, releases_in
+from agent.cli.releases import BUNDLE_SUFFIX, ReleaseError, bundles, read_bundle
+from agent.commands.schema import AUDIT_PAGE, EVENT_ID, MAX_CAPTURE_VIEWS, CommandError, Image, Text
 from agent.config import CommandSettings
 
 SMALL_BODY_BYTES = 64 * 1024
@@ -64,6 +67,8 @@ class Console:
     sessions: Sessions
     limits: CommandSettings  # the photo limits a device applies (from the operator's settings, as ctl)
     allowed_hosts: frozenset[str] | None  # Host headers accepted; None: any (a password guards the console)
+    rollouts: Rollouts  # model updates started here
+    releases: Path | None = None  # the folder of release bundles the operator may pick (--releases)
     secure_cookie: bool = False  # the cookie only over https (when the console serves TLS)
     actions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_ACTIONS))
 
@@ -74,6 +79,11 @@ class Console:
         for device, outcome in outcomes.items():
             entry = {"at": at, "device": device, "command": command, "what": what, "by": f"console user at {client}"}
             self.actions.appendleft(entry | {"ok": outcome.ok, "error": outcome.error})
+
+    def record_all(self, request: Request, command: str, devices: list[str], what: str) -> None:
+        """A request started here whose outcome comes later (a model update): recorded as asked."""
+        asked = Outcome(True, {}, None)
+        self.record(request, command, dict.fromkeys(devices, asked), what)
 
 
 # ------------------------------------------------------------------------------------ guard
@@ -228,6 +238,24 @@ def _targets(value: Any, known: list[str]) -> list[tuple[str, str]]:
     return targets
 
 
+def _person_and_consent(body: dict[str, Any]) -> dict[str, Any]:
+    """A new person's `name`, optional `external_ref` and the consent record an enrollment requires."""
+    given = body.get("consent")
+    consent_given: dict[str, Any] = given if isinstance(given, dict) else {}
+    consent = {
+        "reference": _text(consent_given.get("reference"), "consent reference", required=True),
+        "given_by": _text(consent_given.get("given_by"), "consent given by"),
+        "purpose": _text(consent_given.get("purpose"), "consent purpose"),
+    }
+    arguments = {
+        "name": _text(body.get("name"), "name", required=True),
+        "consent": {key: value for key, value in consent.items() if value},
+    }
+    if external_ref := _text(body.get("external_ref"), "external reference"):
+        arguments["external_ref"] = external_ref
+    return arguments
+
+
 def _outcomes(outcomes: dict[str, Outcome]) -> JSONResponse:
     return JSONResponse({"devices": {device: outcome.to_json() for device, outcome in outcomes.items()}})
 
@@ -307,7 +335,7 @@ def build_app(console: Console) -> Starlette:
         device = _device(request)
         view = state.device(device) or {}
         actions = [entry for entry in console.actions if entry["device"] == device]
-        return JSONResponse(view | {"actions": actions})
+        return JSONResponse(view | {"actions": actions, "rollout": console.rollouts.latest_for(device)})
 
     async def device_config(request: Request) -> Response:
         device = _device(request)
@@ -329,9 +357,45 @@ def build_app(console: Console) -> Starlette:
         console.record(request, "restart", outcomes, "restart")
         return _outcomes(outcomes)
 
+    async def device_audit(request: Request) -> Response:
+        """A page of the device's own audit log (`get_audit`, signed): local CLI actions included."""
+        device = _device(request)
+        arguments: dict[str, Any] = {"limit": AUDIT_PAGE}
+        before = request.query_params.get("before", "")
+        if before:
+            if not before.isdigit() or not 0 < int(before) < 2**63:
+                raise HTTPException(400, "before: must be a record number")
+            arguments["before"] = int(before)
+        return _outcomes(await run_in_threadpool(remote.call, [device], "get_audit", arguments))
+
     async def device_model_update(request: Request) -> Response:
         device = _device(request)
         return _outcomes(await run_in_threadpool(remote.call, [device], "model_update", {"phase": "status"}))
+
+    async def releases(request: Request) -> Response:
+        folder = console.releases
+        return JSONResponse({"folder": str(folder) if folder else None, "releases": releases_in(folder)})
+
+    async def model_updates(request: Request) -> Response:
+        return JSONResponse({"jobs": console.rollouts.jobs()})
+
+    async def start_model_update(request: Request) -> Response:
+        """A release bundle from `--releases` on the devices chosen (every online device: one copy per phase
+        for those that take fleet-wide requests), on a worker thread; the pages poll its progress."""
+        body = await read_json(request)
+        devices = _devices(body.get("devices"), state.online())
+        name = body.get("release")
+        found = bundles(console.releases) if console.releases else {}
+        if not isinstance(name, str) or not name.endswith(BUNDLE_SUFFIX) or name not in found:
+            raise HTTPException(400, "choose a release bundle from the console's --releases folder")
+        try:
+            release = await run_in_threadpool(read_bundle, found[name])
+            fleet = state.taking_fleet_requests() if sorted(devices) == state.online() else set()
+            job = console.rollouts.start(name, release, devices, fleet)
+        except ReleaseError as exc:
+            raise HTTPException(400, str(exc)) from None
+        console.record_all(request, "model_update", devices, f"install {release.describe()} (job {job.job_id})")
+        return JSONResponse({"job": job.to_json()})
 
     # ---------------------------------------------------------------- people
 
@@ -349,21 +413,8 @@ def build_app(console: Console) -> Starlette:
         limit = console.limits.max_payload_bytes + SMALL_BODY_BYTES
         body = await read_json(request, limit)
         devices = _devices(body.get("devices"), state.online())
-        name = _text(body.get("name"), "name", required=True)
-        given = body.get("consent")
-        consent_given: dict[str, Any] = given if isinstance(given, dict) else {}
-        consent = {
-            "reference": _text(consent_given.get("reference"), "consent reference", required=True),
-            "given_by": _text(consent_given.get("given_by"), "consent given by"),
-            "purpose": _text(consent_given.get("purpose"), "consent purpose"),
-        }
-        arguments: dict[str, Any] = {
-            "name": name,
-            "images": _photos(body.get("images"), console.limits),
-            "consent": {key: value for key, value in consent.items() if value},
-        }
-        if external_ref := _text(body.get("external_ref"), "external reference"):
-            arguments["external_ref"] = external_ref
+        arguments = _person_and_consent(body) | {"images": _photos(body.get("images"), console.limits)}
+        name = arguments["name"]
         online = state.online()
         # Every online device chosen: one copy of the photos for all that take fleet-wide requests.
         fleet = state.taking_fleet_requests() if sorted(devices) == online else set()
@@ -392,7 +443,56 @@ def build_app(console: Console) -> Starlette:
         console.record(request, "delete_person", results, "erase " + ", ".join(p for _, p in targets))
         return _outcomes(results)
 
+    async def enroll_from_camera(request: Request) -> Response:
+        """Arm a capture on one device's camera (`enroll` with `from_camera`): the device collects the views
+        itself; the page then polls `capture` for its progress. No image crosses the broker."""
+        body = await read_json(request)
+        (device,) = _devices([body.get("device")], state.online())
+        arguments = _person_and_consent(body)
+        camera: dict[str, Any] = {}
+        for key, low, high in (("seconds", 3, 120), ("views", 1, MAX_CAPTURE_VIEWS)):
+            value = body.get(key)
+            if value not in (None, ""):
+                if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                    raise HTTPException(400, f"{key}: a whole number from {low} to {high}")
+                camera[key] = value
+        arguments["from_camera"] = camera
+        outcomes = await run_in_threadpool(remote.call, [device], "enroll", arguments)
+        console.record(request, "enroll", outcomes, f"enroll {arguments['name']} from the camera")
+        return _outcomes(outcomes)
+
+    async def capture(request: Request) -> Response:
+        """A capture's progress (or, by POST, its cancellation), as the device reports it."""
+        body = await read_json(request) if request.method == "POST" else dict(request.query_params)
+        (device,) = _devices([body.get("device")], state.online())
+        capture_id = _text(body.get("capture_id"), "capture id", required=True)
+        asked: dict[str, Any] = {"capture_id": capture_id} | ({"cancel": True} if request.method == "POST" else {})
+        return _outcomes(await run_in_threadpool(remote.call, [device], "enroll", {"from_camera": asked}))
+
     # ---------------------------------------------------------------- events and metrics
+
+    async def correct(request: Request) -> Response:
+        """A correction of one event's decision, on the device that made it: wrong person, is person, or
+        enroll this unknown face (with consent). The device acts on the face it still holds for that event."""
+        body = await read_json(request)
+        (device,) = _devices([body.get("device")], state.device_ids())
+        action = body.get("action")
+        event_id = body.get("event_id")
+        if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+            raise HTTPException(400, "event id: not an event's id")
+        arguments: dict[str, Any] = {"event_id": event_id}
+        if action == "is_person":
+            person_id = body.get("person_id")
+            if not isinstance(person_id, str) or not PERSON_ID.fullmatch(person_id):
+                raise HTTPException(400, "choose the person the face is")
+            arguments["person_id"] = person_id
+        elif action == "enroll_from_event":
+            arguments |= _person_and_consent(body)
+        elif action != "wrong_person":
+            raise HTTPException(400, "action: wrong_person, is_person or enroll_from_event")
+        outcomes = await run_in_threadpool(remote.call, [device], action, arguments)
+        console.record(request, action, outcomes, f"event {event_id}")
+        return _outcomes(outcomes)
 
     async def event_stream(request: Request) -> Response:
         device = request.query_params.get("device", "")[:64]
@@ -455,11 +555,18 @@ def build_app(console: Console) -> Starlette:
         Route("/api/device/{device}/config", device_config, methods=["GET"]),
         Route("/api/device/{device}/config", device_set_config, methods=["POST"]),
         Route("/api/device/{device}/restart", device_restart, methods=["POST"]),
+        Route("/api/device/{device}/audit", device_audit),
         Route("/api/device/{device}/model-update", device_model_update),
+        Route("/api/releases", releases),
+        Route("/api/model-updates", model_updates, methods=["GET"]),
+        Route("/api/model-updates", start_model_update, methods=["POST"]),
         Route("/api/people", people),
         Route("/api/people/enroll", enroll, methods=["POST"]),
         Route("/api/people/rename", rename, methods=["POST"]),
         Route("/api/people/erase", erase, methods=["POST"]),
+        Route("/api/people/enroll-camera", enroll_from_camera, methods=["POST"]),
+        Route("/api/people/capture", capture, methods=["GET", "POST"]),
+        Route("/api/events/correct", correct, methods=["POST"]),
         Route("/api/events", event_stream),
         Route("/metrics", metrics),
         Route("/favicon.ico", lambda request: Response(status_code=204)),

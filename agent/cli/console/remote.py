@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.releases import Progress, Release, RollOut, roll_out
 from agent.commands.signing import request_signer
 from agent.config import RULES, Pattern
 from agent.link.mqtt import BrokerSettings
@@ -74,6 +75,22 @@ class Remote:
         with self._operator() as operator:
             replies = operator.call(targets, name, args, fleet=fleet)
         return {device: Outcome.of(replies.get(device), self.timeout) for device in targets}
+
+    def roll_out(
+        self,
+        devices: list[str],
+        release: Release,
+        job_id: str,
+        fleet: set[str],
+        progress: Progress,
+        *,
+        chunk_bytes: int,
+    ) -> RollOut:
+        """A model release on `devices`, exactly as `ctl model-update` sends it. Blocks for the whole job."""
+        with self._operator() as operator:
+            return roll_out(
+                operator, devices, release, job_id=job_id, chunk_bytes=chunk_bytes, fleet=fleet, progress=progress
+            )
 
     def people(self, devices: Iterable[str], *, fleet: Collection[str] = ()) -> dict[str, Outcome]:
         """Every person of every device, page by page; a device whose paging fails is reported, not cut short.

@@ -10,14 +10,18 @@ import uvicorn
 
 from agent.cli.console.app import Console, build_app
 from agent.cli.console.auth import PasswordHash, Sessions, is_loopback
-from agent.cli.console.fleet import FleetState, Watcher
+from agent.cli.console.fleet import FleetState, Watcher, utc_text
 from agent.cli.console.remote import Remote
+from agent.cli.console.rollouts import Rollouts
+from agent.cli.releases import Progress, Release, RollOut
 from agent.commands.signing import load_private_key
 from agent.config import find_config, load_settings, require_tls
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import OperatorError
 
 log = logging.getLogger(__name__)
+
+CHUNK_KIB = 256  # as `ctl model-update`'s default
 
 
 def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
@@ -39,12 +43,20 @@ def serve(args: argparse.Namespace) -> int:
     password = PasswordHash.read(args.password_file) if args.password_file is not None else None
     host, port = args.listen
     state = FleetState()
+    remote = Remote(broker, timeout=args.timeout, sign_key=sign_key)
+    chunk_bytes = CHUNK_KIB * 1024
+
+    def runner(devices: list[str], release: Release, job_id: str, fleet: set[str], progress: Progress) -> RollOut:
+        return remote.roll_out(devices, release, job_id, fleet, progress, chunk_bytes=chunk_bytes)
+
     console = Console(
         state=state,
-        remote=Remote(broker, timeout=args.timeout, sign_key=sign_key),
+        remote=remote,
         sessions=Sessions(password),
         limits=settings.commands,
         allowed_hosts=allowed_hosts(host, port),
+        rollouts=Rollouts(runner, lambda: utc_text(state.clock()), chunk_bytes),
+        releases=args.releases,
         secure_cookie=args.tls_cert is not None,
     )
     watcher = Watcher(broker, state)

@@ -113,6 +113,7 @@ function statusFacts(view) {
     ["gallery digest", gallery.digest],
     ["camera", camera.state ? `${camera.state}${camera.fps !== undefined ? `, ${camera.fps} frames/s read` : ""}` : null],
     ["storage", storage.state ? `${storage.state}${storage.free_bytes ? `, ${(storage.free_bytes / 2 ** 30).toFixed(1)} GiB free` : ""}` : null],
+    ["started", status.started_at],
     ["uptime", status.uptime_s === undefined ? null : `${Math.round(status.uptime_s / 60)} min`],
     ["frames/s now", telemetry.fps],
   ];
@@ -224,15 +225,65 @@ function eventsPage() {
     source.addEventListener("error", () => { $("#events-state").textContent = "reconnecting…"; });
     source.addEventListener("fleet", (message) => {
       const event = JSON.parse(message.data);
-      rows.prepend(el("tr", { dataset: { type: event.type, device: event.device } },
+      rows.prepend(el("tr", { dataset: { type: event.type, device: event.device, event: event.event_id || "" } },
         el("td", {}, show(event.at)), el("td", {}, event.device), el("td", {}, event.type),
         el("td", { className: "person" }, show(event.name || event.person_id)), el("td", {}, show(event.camera_id)),
-        el("td", {}, show(event.frames))));
+        el("td", {}, show(event.frames)), el("td", {}, ...correctionButtons(event))));
       while (rows.children.length > 500) rows.lastChild.remove();
     });
   }
   form.addEventListener("submit", (submitted) => { submitted.preventDefault(); open(); });
   open();
+}
+
+// Corrections of one event's decision, sent to the device that made it.
+function correctionButtons(event) {
+  if (!event.event_id) return [];
+  const button = (kind, text) => el("button", { className: kind, onclick: () => correct(event, kind) }, text);
+  if (event.type === "face_recognized") return [button("wrong-person", "Wrong person…"), " ", button("is-person", "Someone else…")];
+  if (event.type === "face_unknown") return [button("is-person", "Is…"), " ", button("enroll-unknown", "Enroll…")];
+  return [];
+}
+
+async function correct(event, kind) {
+  const result = $("#correct-result");
+  const who = event.name || event.person_id;
+  const body = { device: event.device, event_id: event.event_id };
+  let question;
+  let extra = [];
+  if (kind === "wrong-person") {
+    body.action = "wrong_person";
+    question = `Was the face ${event.device} saw at ${event.at} not ${who}? The device keeps it as a face that is ` +
+      `not ${who} (so it is not named ${who} again) and takes back any template it learned from it.`;
+  } else if (kind === "is-person") {
+    body.action = "is_person";
+    const listing = await api("/api/people");
+    const choices = listing.people.flatMap((person) => person.devices.filter((d) => d.device === event.device)
+      .map((d) => el("option", { value: d.person_id }, `${person.name || d.person_id} (${d.person_id})`)));
+    extra = [el("label", {}, "The face is ", el("select", { id: "correct-person" }, ...choices))];
+    question = `Who was the face ${event.device} saw at ${event.at}? Its best views become that person's templates on ${event.device}.`;
+  } else {
+    body.action = "enroll_from_event";
+    extra = [el("label", {}, "Name ", el("input", { id: "correct-name", maxlength: 200 })),
+      el("label", {}, "Consent reference ", el("input", { id: "correct-consent", maxlength: 200 })),
+      el("label", { className: "check" }, el("input", { type: "checkbox", id: "correct-consent-ok" }),
+        " The person gave this consent, recorded under the reference above.")];
+    question = `Enroll the unknown face ${event.device} saw at ${event.at} as a new person on ${event.device}? Consent is required.`;
+  }
+  if (!(await confirmDialog(question, extra))) return;
+  if (kind === "is-person") body.person_id = $("#correct-person").value;
+  if (kind === "enroll-unknown") {
+    if (!$("#correct-consent-ok").checked) { result.textContent = "not enrolled: consent was not confirmed"; return; }
+    body.name = $("#correct-name").value;
+    body.consent = { reference: $("#correct-consent").value };
+  }
+  result.textContent = "asking the device…";
+  try {
+    const answer = await api("/api/events/correct", body);
+    outcomeLines(result, answer.devices, (data) => (body.action === "wrong_person"
+      ? `${data.person_id} will not be named for this face again; ${data.templates_deleted} templates taken back`
+      : `${data.created ? "enrolled" : "added views to"} ${data.person.name || data.person.id} (${data.person.id}): ${data.templates_added} new templates`));
+  } catch (error) { result.textContent = error.message; }
 }
 
 // ------------------------------------------------------------------------------------------- people
@@ -284,6 +335,9 @@ async function peoplePage() {
     $("#enroll-devices").replaceChildren(el("legend", {}, "On devices"),
       ...listing.devices.map((device) => el("label", { className: "check" },
         el("input", { type: "checkbox", name: "device", value: device, checked: true }), device)));
+    const camera = $("#camera-device").value;
+    $("#camera-device").replaceChildren(...listing.devices.map((device) => el("option", { value: device }, device)));
+    if (listing.devices.includes(camera)) $("#camera-device").value = camera;
     $("#people-state").textContent = `${listing.people.length} people on ${listing.devices.length} online devices`;
     render();
   }
@@ -321,6 +375,57 @@ async function peoplePage() {
 
   filter.addEventListener("change", render);
   deviceChoice.addEventListener("change", render);
+
+  let capture = null;  // {device, capture_id} while the device's camera collects views
+  function captureText(data) {
+    if (data.status === "IN_PROGRESS") return `${data.step}: ${data.views} of ${data.views_needed} views, ${data.seconds_left} s left`;
+    if (data.status === "SUCCEEDED") {
+      return `SUCCEEDED: ${data.created ? "enrolled" : "added views to"} ${data.person.name || data.person.id} ` +
+        `(${data.person.id}) from the camera: ${data.templates_added} new templates`;
+    }
+    return `${data.status}: ${show(data.reason)}`;
+  }
+  async function followCapture() {
+    const result = $("#camera-result");
+    while (capture) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const query = new URLSearchParams(capture).toString();
+      const answer = (await api("/api/people/capture?" + query)).devices[capture.device];
+      if (!answer.ok) { result.textContent = answer.error; break; }
+      result.dataset.status = answer.data.status;
+      result.textContent = `${capture.device}: ${captureText(answer.data)}`;
+      if (answer.data.status !== "IN_PROGRESS") break;
+    }
+    capture = null;
+    $("#camera-submit").disabled = false;
+    $("#camera-cancel").disabled = true;
+    await load();
+  }
+  $("#camera-enroll").addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const result = $("#camera-result");
+    const device = $("#camera-device").value;
+    const number = (input) => (input.value === "" ? undefined : Number(input.value));
+    const body = { device, name: $("#camera-name").value, external_ref: $("#camera-ref").value,
+      consent: { reference: $("#camera-consent").value },
+      seconds: number($("#camera-seconds")), views: number($("#camera-views")) };
+    result.textContent = "asking the device…";
+    delete result.dataset.status;
+    try {
+      const answer = (await api("/api/people/enroll-camera", body)).devices[device];
+      if (!answer.ok) { result.dataset.status = "REFUSED"; result.textContent = `${device}: refused: ${answer.error}`; return; }
+      result.dataset.status = answer.data.status;
+      result.textContent = `${device}: ${captureText(answer.data)}`;
+      if (answer.data.status !== "IN_PROGRESS") return;
+      capture = { device, capture_id: answer.data.capture_id };
+      $("#camera-submit").disabled = true;
+      $("#camera-cancel").disabled = false;
+      followCapture().catch((error) => { result.textContent = error.message; });
+    } catch (error) { result.dataset.status = "REFUSED"; result.textContent = error.message; }
+  });
+  $("#camera-cancel").addEventListener("click", async () => {
+    if (capture) await api("/api/people/capture", capture).catch(() => {});
+  });
   $("#enroll").addEventListener("submit", async (submitted) => {
     submitted.preventDefault();
     const form = submitted.target;
@@ -378,6 +483,7 @@ async function devicePage() {
     $("#device-attention").replaceChildren(...view.attention.map((note) => el("li", {}, note)));
     drawChart($("#device-chart"), view.series);
     if (view.model_update) showModelUpdate(view.model_update);
+    showRollout(view.rollout);
     $("#replies").replaceChildren(...view.replies.map((r) => el("tr", {},
       el("td", {}, r.at), el("td", {}, r.command),
       el("td", { className: r.status === "ok" ? "ok" : "bad" }, r.status === "ok" ? "ok" : `${show(r.code)}: ${show(r.message)}`),
@@ -390,11 +496,66 @@ async function devicePage() {
   function showModelUpdate(job) {
     const parts = [`job ${show(job.job_id)}: ${show(job.status)}`];
     if (job.model_id) parts.push(`${job.model_id} ${show(job.version)}`);
-    if (job.size) parts.push(`${show(job.bytes_received)} of ${job.size} bytes received`);
+    if (job.bytes_total) parts.push(`${show(job.bytes_received)} of ${job.bytes_total} bytes received`);
     if (job.step) parts.push(`at ${job.step}`);
     if (job.reason) parts.push(job.reason);
     $("#model-update").textContent = parts.join(" · ");
   }
+
+  let rolloutRunning = false;
+  function rolloutPhase(job, progress) {
+    if (progress.phase === "chunk" && progress.status === "IN_PROGRESS" && progress.chunks_done === job.chunks && !job.finished)
+      return `all ${job.chunks} chunks received; the device is checking the model`;
+    if (progress.phase === "chunk") return `chunk ${progress.chunks_done} of ${job.chunks}`;
+    return show(progress.phase);
+  }
+
+  function showRollout(job) {
+    rolloutRunning = Boolean(job && !job.finished);
+    if (!job) return;
+    $("#model-job").hidden = false;
+    $("#model-job-title").textContent = `job ${job.job_id}: ${job.described} from ${job.release}, started ${job.started_at}` +
+      (job.finished ? ", ended" : ", running") + (job.problem ? `: ${job.problem}` : "");
+    const mine = job.progress[device] || {};
+    $("#model-progress").max = mine.bytes_total || 1;
+    $("#model-progress").value = mine.bytes_received || 0;
+    $("#model-jobs").replaceChildren(...Object.entries(job.progress).map(([name, p]) => el("tr", { dataset: { device: name, status: p.status } },
+      el("td", {}, name), el("td", { className: "phase" }, rolloutPhase(job, p)),
+      el("td", { className: p.status === "SUCCEEDED" ? "ok" : ["FAILED", "DROPPED", "REFUSED", "SILENT"].includes(p.status) ? "bad" : "" }, show(p.status)),
+      el("td", {}, p.bytes_total ? `${show(p.bytes_received)} of ${p.bytes_total} bytes` : "–"),
+      el("td", {}, show(p.message || (p.step ? `at ${p.step}` : ""))))));
+    $("#model-steps").replaceChildren(...(mine.acknowledged || []).map((bytes, index) =>
+      el("li", { dataset: { bytes } }, `chunk ${index + 1}: ${bytes} of ${mine.bytes_total} bytes received`)));
+  }
+
+  async function loadReleases() {
+    const listing = await api("/api/releases");
+    const usable = listing.releases.filter((r) => !r.problem);
+    $("#model-release").replaceChildren(...usable.map((r) =>
+      el("option", { value: r.name }, `${r.name}: ${r.model_id} ${r.version} (${r.role}, ${r.size} bytes)`)));
+    $("#model-install-submit").disabled = !usable.length;
+    const problems = listing.releases.filter((r) => r.problem).map((r) => r.problem);
+    if (!listing.folder) $("#model-install-result").textContent = "start the console with --releases FOLDER to install from here";
+    else if (!usable.length) $("#model-install-result").textContent = `no usable release bundle in ${listing.folder}`;
+    if (problems.length) $("#model-install-result").textContent += " " + problems.join("; ");
+  }
+
+  $("#model-install").addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const release = $("#model-release").value;
+    const everywhere = $("#model-fleet").checked;
+    const devices = everywhere ? (await api("/api/fleet")).devices.filter((v) => v.online).map((v) => v.device) : [device];
+    const text = `Install ${release} on ${everywhere ? `every online device (${devices.join(", ")})` : device}? ` +
+      "Each device checks the model on its test faces before it switches to it; people enrolled under another " +
+      "embedder may need re-enrollment.";
+    if (!(await confirmDialog(text))) return;
+    try {
+      const answer = await api("/api/model-updates", { release, devices });
+      $("#model-install-result").textContent = `started job ${answer.job.job_id}`;
+      showRollout(answer.job);
+      await refresh();
+    } catch (error) { $("#model-install-result").textContent = error.message; }
+  });
 
   async function loadSettings() {
     const form = $("#settings");
@@ -461,10 +622,30 @@ async function devicePage() {
     } catch (error) { $("#model-update").textContent = error.message; }
   });
 
+  let olderThan = null;
+  async function loadAudit(before) {
+    $("#audit-state").textContent = "asking the device…";
+    const answer = (await api(`${base}/audit${before ? "?before=" + before : ""}`)).devices[device];
+    if (!answer.ok) { $("#audit-state").textContent = answer.error; return; }
+    const rows = answer.data.records.map((r) => el("tr", { dataset: { seq: r.seq } },
+      el("td", {}, r.seq), el("td", {}, r.at), el("td", {}, r.actor), el("td", {}, r.action),
+      el("td", { className: "small" }, show(r.target)),
+      el("td", { className: "small" }, Object.entries(r.details).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" "))));
+    if (before) $("#audit").append(...rows); else $("#audit").replaceChildren(...rows);
+    olderThan = answer.data.next_before;
+    $("#audit-older").disabled = !olderThan;
+    $("#audit-state").textContent = `${$("#audit").children.length} records${olderThan ? "" : ", the oldest kept"}`;
+  }
+  const auditFailed = (error) => { $("#audit-state").textContent = error.message; };
+  $("#audit-newest").addEventListener("click", () => loadAudit(null).catch(auditFailed));
+  $("#audit-older").addEventListener("click", () => loadAudit(olderThan).catch(auditFailed));
+  loadAudit(null).catch(auditFailed);
+  loadReleases().catch((error) => { $("#model-install-result").textContent = error.message; });
+
   loadSettings().catch((error) => { $("#settings").replaceChildren(el("p", { className: "error" }, error.message)); });
   for (;;) {
     try { await refresh(); } catch (error) { $("#device-state").textContent = error.message; }
-    await new Promise((resolve) => setTimeout(resolve, 5000));
+    await new Promise((resolve) => setTimeout(resolve, rolloutRunning ? 500 : 5000));  // progress as it comes
   }
 }
 
