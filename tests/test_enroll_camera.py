@@ -156,7 +156,13 @@ def test_out_of_range_camera_arguments_are_refused(desk: Desk, camera_args: dict
     assert error(desk.enroll(name="Ada", consent=CONSENT, from_camera=camera_args)) == "bad_request"
 
 
-values = st.none() | st.booleans() | st.integers(-5, 200) | st.floats(allow_nan=False) | st.text(max_size=70)
+values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 200)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=70)
+)
 camera_options = st.dictionaries(st.sampled_from(["seconds", "views", "capture_id", "cancel", "x"]), values, max_size=3)
 requests = st.fixed_dictionaries(
     {"from_camera": camera_options | values},
