@@ -97,6 +97,19 @@ def test_the_kept_chip_is_the_first_members_and_rebuilds_a_close_template(fused:
     assert cosine(fused.embedder.embed(chip), vector) > 0.9
 
 
+def test_a_members_slice_of_the_fused_vector_is_that_members_own_unit_vector(fused: FacePipeline, faces: dict) -> None:
+    """A query made by the fused model still meets templates the dlib model made alone."""
+    embedder = fused.embedder
+    assert isinstance(embedder, FusedEmbedder)
+    image, keypoints = faces["Colin_Powell"][2]
+    dlib = embedder.members[0][0]
+    alone = dlib.embed_face(image, keypoints)[1]
+    inside = embedder.member_vector(embedder.embed_face(image, keypoints)[1], dlib.info.model_id)
+    np.testing.assert_allclose(inside, alone / np.linalg.norm(alone), atol=1e-5)
+    with pytest.raises(ModelError, match="not a member"):
+        embedder.member_vector(alone, "dlib-resnet29-float32")
+
+
 def test_every_member_invoke_is_counted_on_the_embedders_clock(fused: FacePipeline, faces: dict) -> None:
     image, keypoints = faces["Tony_Blair"][0]
     clock = fused.embedder.model.clock

@@ -17,7 +17,6 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -124,6 +123,17 @@ class FusedEmbedder:
         )
         self._chip_keypoints = _template_keypoints(self.aligner, [m.aligner for m, _ in members[1:]], spec.id)
 
+    def member_vector(self, fused: np.ndarray, model_id: str) -> np.ndarray:
+        """A member's unit vector inside a fused one: how a fused query meets templates that member made
+        alone (a gallery enrolled before fusion can keep recognising on its own model's threshold)."""
+        start = 0
+        for (member, _), scale in zip(self.members, self.scales, strict=True):
+            end = start + member.info.dimensions
+            if member.info.model_id == model_id:
+                return np.asarray(fused[start:end], dtype=np.float32) / np.float32(scale)
+            start = end
+        raise ModelError(f"{model_id!r} is not a member of {self.info.model_id!r}")
+
     def _unit(self, member: Embedder, chip: np.ndarray) -> np.ndarray:
         vector = _unit(member.embed(chip))
         if self.flip:
@@ -172,8 +182,3 @@ def open_embedder(store: ModelStore, spec: ModelSpec, load: ModelLoader) -> Face
         return Embedder(load(spec, clock), spec.raw)
     members = [(Embedder(load(own, clock), own.raw), weight) for own, weight in member_specs(store, spec)]
     return FusedEmbedder(spec, members, bool(spec.raw.get("flip", False)))
-
-
-def fused_entry_fields(members: list[Member], flip: bool) -> dict[str, Any]:
-    """The manifest fields that describe a fusion (what `member_specs` checks)."""
-    return {"members": [{"id": m.id, "sha256": m.sha256, "weight": m.weight} for m in members], "flip": flip}
