@@ -58,6 +58,8 @@ class Embedder:
             # A shipped model whose match threshold is not measured yet must not silently match with a guess.
             raise ModelError(f"embedder {spec.get('id')!r} has no measured threshold in the manifest; choose another")
         self.model = model
+        if not isinstance(spec.get("alignment"), dict):
+            raise ModelError(f"embedder {spec.get('id')!r} has no alignment template in the manifest")
         self.aligner = Aligner.from_spec(spec["alignment"])
         self.info = EmbedderInfo(
             model_id=str(spec["id"]),
