@@ -84,9 +84,11 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
 # -------------------------------------------------------------------------------------------- our side
 
 
-def run_ours(frames: Sequence[Path], threads: int, warmup: int, repeat: int, runtime: str | None) -> dict[str, Any]:
+def run_ours(
+    frames: Sequence[Path], threads: int, warmup: int, repeat: int, runtime: str | None, embedder: str | None = None
+) -> dict[str, Any]:
     """Time each stage of our pipeline on every frame: the same calls `FacePipeline.analyse` makes."""
-    pipeline = load_pipeline(None, threads, runtime=runtime)
+    pipeline = load_pipeline(embedder, threads, runtime=runtime)
     # The second detection pass may run another model (a manifest's `refine_with`): count both clocks.
     detector_models = {id(m): m for m in (pipeline.detector.model, pipeline.detector.refiner.model)}.values()
     embedder_clock = pipeline.embedder.model.clock
@@ -104,19 +106,18 @@ def run_ours(frames: Sequence[Path], threads: int, warmup: int, repeat: int, run
         faces = pipeline.detector.detect(image)
         t2 = clock()
         d_inv = detector_seconds() - d_inv
-        align = embed = e_inv = 0.0
+        align = e_inv = 0.0  # align: everything in embedding but the invokes (embed_other stays 0)
         embeddings = []
         for face in faces:
+            # Align and embed as one call: a fused embedder aligns once per member (its invokes on one clock).
             a0 = clock()
-            chip = pipeline.aligner.align(image, face.keypoints)
-            a1 = clock()
             before = embedder_clock.seconds
-            embeddings.append(pipeline.embedder.embed(chip))
+            embeddings.append(pipeline.embedder.embed_face(image, face.keypoints)[1])
             a2 = clock()
-            e_inv += embedder_clock.seconds - before
-            align += a1 - a0
-            embed += a2 - a1
-        return [t1 - t0, d_inv, (t2 - t1) - d_inv, align, e_inv, embed - e_inv], embeddings
+            invoked = embedder_clock.seconds - before
+            e_inv += invoked
+            align += (a2 - a0) - invoked
+        return [t1 - t0, d_inv, (t2 - t1) - d_inv, align, e_inv, 0.0], embeddings
 
     for path in frames[:warmup]:
         # The stage-by-stage calls above must do what analyse() does, or the figures time something else.
@@ -302,7 +303,7 @@ def print_comparison(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
 def run_side(side: str, args: argparse.Namespace, frames: Sequence[Path], runtime: str | None) -> dict[str, Any]:
     load_before = load_average()
     if side == "ours":
-        result = run_ours(frames, args.threads, args.warmup, args.repeat, runtime)
+        result = run_ours(frames, args.threads, args.warmup, args.repeat, runtime, args.embedder)
     else:
         result = run_library(frames, args.warmup, args.repeat)
     result["load_average_before"], result["load_average_after"] = load_before, load_average()
@@ -330,6 +331,7 @@ def run_in_subprocess(side: str, args: argparse.Namespace, data: Path, runtime: 
             "--out",
             str(out),
             *(["--runtime", runtime] if runtime else []),
+            *(["--embedder", args.embedder] if args.embedder else []),
         ]
         sys.stdout.flush()
         completed = subprocess.run(command, check=False)
@@ -352,6 +354,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="TFLite runtime(s) for our side (repeatable; default: every installed one, each its own side)",
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument("--embedder", help="manifest id of the embedder (default: the manifest's default)")
     parser.add_argument("--live", action="store_true", help="the whole live loop on the clip (faceagent run)")
     parser.add_argument("--templates", type=int, default=10_000, help="gallery size for --live (default 10,000)")
     args = parser.parse_args(argv)

@@ -865,8 +865,7 @@ def mobileface_entry(out: Path, model_id: str, rep: dict[str, Any], n_calib: int
         "preprocessing": {"range": "0..255 as float; the model subtracts 127.5 and multiplies by 1/128 itself"},
         "alignment": mobileface_alignment(),
         "metric": "cosine",
-        # Not measured yet: an embedder without a threshold cannot be loaded by the pipeline (issue 12 goes on).
-        "threshold": None,
+        "threshold": MF_THRESHOLDS[model_id],
         "parity": {
             "faces": rep["faces"],
             "versus": "ONNX graph of the same MXNet symbol (onnxruntime)"
@@ -894,6 +893,39 @@ line names no holder. The training data is not stated by the source.
 )
 
 
+def fusion_definition(members: list[dict[str, Any]], flip: bool) -> str:
+    """Exactly `agent.vision.fusion.definition_bytes`: the file the fused entry's sha256 vouches for."""
+    return json.dumps({"flip": flip, "members": members}, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def fused_entry(out: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fused embedder's manifest entry; writes its definition file into `out`."""
+    by_id = {m["id"]: m for m in models}
+    members = [{"id": i, "sha256": by_id[i]["sha256"], "weight": w} for i, w in FUSED_MEMBERS]
+    (out / FUSED_FILE).write_text(fusion_definition(members, FUSED_FLIP))
+    notes = [f"- {i}: {by_id[i]['licence']}, {by_id[i]['licence_file']}" for i, _ in FUSED_MEMBERS]
+    (out / FUSED_LICENCE_FILE).write_text(
+        f"{FUSED_FILE} names the member models {FUSED_ID} runs and their weights; it holds no weights of its\n"
+        "own. Each member keeps its own licence:\n\n" + "\n".join(notes) + "\n"
+    )
+    return {
+        "id": FUSED_ID,
+        "role": "embedder",
+        **file_entry(out, FUSED_FILE),
+        "source": {"package": "faceagent", "version": "scripts/build_models.py"},
+        "licence": " AND ".join(sorted({by_id[i]["licence"] for i, _ in FUSED_MEMBERS})),
+        "licence_file": FUSED_LICENCE_FILE,
+        "quantization": "its members': " + ", ".join(i for i, _ in FUSED_MEMBERS),
+        "members": members,
+        "flip": FUSED_FLIP,
+        "output": {"shape": [1, sum(by_id[i]["output"]["shape"][-1] for i, _ in FUSED_MEMBERS)], "dtype": "float32"},
+        "metric": "cosine",
+        "threshold": FUSED_THRESHOLD,
+        "gallery": FUSED_GALLERY,
+        "fitted": FUSED_FITTED,
+    }
+
+
 def write_manifest(out: Path, report: dict[str, Any], n_calib: int, n_calib_mf: int) -> dict[str, Any]:
     dets = report["detectors"]
     embs = report["embedders"]
@@ -904,6 +936,7 @@ def write_manifest(out: Path, report: dict[str, Any], n_calib: int, n_calib_mf: 
         + [embedder_entry(out, m, embs[m], n_calib) for m in EMBEDDER_FILES]
         + [mobileface_entry(out, m, report["mobileface"][m], n_calib_mf) for m in MF_FILES],
     }
+    manifest["models"].append(fused_entry(out, manifest["models"]))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -946,6 +979,8 @@ def _model_row(m: dict[str, Any]) -> str:
             f"cosine to dlib min {parity['min_cosine_to_dlib']:.6f}, "
             f"mean {parity['mean_cosine_to_dlib']:.6f} ({parity['faces']} faces)"
         )
+    elif "members" in m:
+        checked = "its members' parity"
     else:
         checked = "found every test face (score > 0.5)"
     src = m["source"]
@@ -1148,6 +1183,26 @@ MF_PARITY_SELECTION = (
     f"faces-lfw/*/*.jpg sorted by relative path; every {MF_PARITY_STRIDE}th starting at index {MF_PARITY_OFFSET} "
     "(disjoint from the calibration images), chips made the same way"
 )
+
+# The fused embedder (agent/vision/fusion.py): member embedders by id with their weights. Chosen by
+# scripts/bench_fusion.py on LFW (docs/recognition-v2.md): dlib 0.8 / MobileFace 0.2 with the mirrored chip
+# averaged in beat every other weight, either model alone, score fusion and no mirror on open-set DIR at
+# 200 and 1,557 enrolled and on turned faces. The definition file holds the members' ids, sha256s and
+# weights, so the fused entry's sha256 binds them.
+FUSED_ID = "fused-dlib-mobileface-int8"
+FUSED_FILE = "fused_dlib_mobileface_int8.json"
+FUSED_LICENCE_FILE = "LICENSES/fused-dlib-mobileface.txt"
+FUSED_MEMBERS = (("dlib-resnet29-int8", 0.8), ("mobileface-v2-int8", 0.2))
+FUSED_FLIP = True
+# 1:1 thresholds (agent.vision.embedder.distance: 1 - cosine), each the mean of the thresholds fitted on the
+# other nine LFW folds (`bench_fusion.py --fit W [--flip] --quantization Q`).
+MF_THRESHOLDS = {"mobileface-v2-int8": 0.7451, "mobileface-v2-float32": 0.7657}
+FUSED_THRESHOLD = 0.2253
+# Open set, in the gallery's cosine units (L2 between unit vectors), chosen as bench_openset.py chooses the
+# gallery defaults (stranger FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50 and 200 people);
+# the track threshold keeps stranger tracks (3 photos) <= 0.5% at 200 enrolled in every seed.
+FUSED_GALLERY = {"threshold": 0.5677, "margin": 0.08, "track_threshold": 0.4899}
+FUSED_FITTED = "scripts/bench_fusion.py --quantization int8 --fit 0.8 --flip (LFW pairs.tsv 10-fold; ident_split.tsv)"
 
 MX_LIST_MAGIC = 0x112
 MX_NDARRAY_V1 = 0xF993FAC8

@@ -120,4 +120,4 @@ def test_embedder_without_a_measured_threshold_is_refused(models_dir: Path) -> N
     store = ModelStore(models_dir)
     spec = store.spec("mobileface-v2-int8", "embedder")
     with pytest.raises(ModelError, match="no measured threshold"):
-        Embedder(_load(store, spec.id), spec.raw)
+        Embedder(_load(store, spec.id), spec.raw | {"threshold": None})

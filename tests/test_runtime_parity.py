@@ -85,7 +85,8 @@ def lfw_seen(pipelines: list[FacePipeline], shared_data: Path, lfw_faces: list[P
 
 def _embedder_ids() -> list[str]:
     store = ModelStore()
-    return [spec.id for spec in store.specs.values() if spec.raw["role"] == "embedder"]
+    # A fused entry runs its members, which are listed here on their own (its file holds no weights).
+    return [spec.id for spec in store.specs.values() if spec.raw["role"] == "embedder" and "members" not in spec.raw]
 
 
 def _floor(model_id: str, quantization: str) -> float:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from agent.errors import ModelError
+from agent.vision.aligner import Aligner
 from agent.vision.runtime import TfliteModel
 
 
@@ -22,14 +24,43 @@ class EmbedderInfo:
     threshold: float
 
 
+class FaceEmbedder(Protocol):
+    """What the pipeline, enrollment and the matcher ask of an embedder: one model (`Embedder`) or several
+    fused into one vector (`agent.vision.fusion.FusedEmbedder`)."""
+
+    @property
+    def info(self) -> EmbedderInfo: ...
+
+    @property
+    def model(self) -> TfliteModel:
+        """Its clock counts every invoke the embedder makes; its input shape is the kept chip's."""
+        ...
+
+    @property
+    def aligner(self) -> Aligner:
+        """Makes the chip that is quality-checked and kept with a template."""
+        ...
+
+    def embed(self, chip: np.ndarray) -> np.ndarray:
+        """The vector for a chip made by `aligner` (templates rebuilt from kept chips)."""
+        ...
+
+    def embed_face(self, image: Image.Image, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chip, vector) for the face at `keypoints` (detector order) in `image`."""
+        ...
+
+
 class Embedder:
-    """Runs an embedding model on chips of the size its manifest entry gives."""
+    """Runs an embedding model on chips of the size its manifest entry gives, aligned on its template."""
 
     def __init__(self, model: TfliteModel, spec: dict[str, Any]) -> None:
         if spec.get("threshold") is None:
             # A shipped model whose match threshold is not measured yet must not silently match with a guess.
             raise ModelError(f"embedder {spec.get('id')!r} has no measured threshold in the manifest; choose another")
         self.model = model
+        if not isinstance(spec.get("alignment"), dict):
+            raise ModelError(f"embedder {spec.get('id')!r} has no alignment template in the manifest")
+        self.aligner = Aligner.from_spec(spec["alignment"])
         self.info = EmbedderInfo(
             model_id=str(spec["id"]),
             sha256=str(spec["sha256"]),
@@ -46,6 +77,10 @@ class Embedder:
         self._input[0] = chip
         (output,) = self.model.run(self._input).values()
         return output[0].astype(np.float32, copy=True)
+
+    def embed_face(self, image: Image.Image, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chip = self.aligner.align(image, keypoints)
+        return chip, self.embed(chip)
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> float:

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agent.vision.aligner import Aligner
 from agent.vision.detector import BlazeFaceDetector, Face
-from agent.vision.embedder import Embedder
+from agent.vision.embedder import FaceEmbedder
+from agent.vision.fusion import open_embedder
 from agent.vision.image import as_rgb_frame
 from agent.vision.modelstore import ModelStore
-from agent.vision.runtime import Runtime, TfliteModel, select_runtime
+from agent.vision.runtime import InvokeClock, Runtime, TfliteModel, select_runtime
 
 
 @dataclass(frozen=True)
@@ -52,20 +52,23 @@ class FacePipeline:
             refiner = BlazeFaceDetector(self._load(refiner_id, options.threads), refiner_spec.raw)
         detector_model = self._load(detector_spec.id, options.threads)
         self.detector = BlazeFaceDetector(detector_model, detector_spec.raw, options.refine, refiner)
-        self.aligner = Aligner.from_spec(embedder_spec.raw["alignment"])
-        self.embedder = Embedder(self._load(embedder_spec.id, options.threads), embedder_spec.raw)
+        self.embedder: FaceEmbedder = open_embedder(
+            self.store, embedder_spec, lambda spec, clock: self._load(spec.id, options.threads, clock)
+        )
+        # The chip that is quality-checked and kept (a fused embedder's first member's).
+        self.aligner = self.embedder.aligner
 
-    def _load(self, model_id: str, threads: int) -> TfliteModel:
-        spec = self.store.specs[model_id]
-        return TfliteModel(self.runtime.load(self.store.read_verified(spec), threads))
+    def _load(self, model_id: str, threads: int, clock: InvokeClock | None = None) -> TfliteModel:
+        content = self.store.read_verified(self.store.specs[model_id])
+        return TfliteModel(self.runtime.load(content, threads), clock or InvokeClock())
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         return self.detector.detect(as_rgb_frame(frame))
 
     def embed_face(self, frame: np.ndarray | Image.Image, face: Face) -> FaceEmbedding:
         image = frame if isinstance(frame, Image.Image) else Image.fromarray(as_rgb_frame(frame))
-        chip = self.aligner.align(image, face.keypoints)
-        return FaceEmbedding(face, chip, self.embedder.embed(chip))
+        chip, vector = self.embedder.embed_face(image, face.keypoints)
+        return FaceEmbedding(face, chip, vector)
 
     def analyse(self, frame: np.ndarray) -> list[FaceEmbedding]:
         """Every face in the frame with its embedding, best detection first."""

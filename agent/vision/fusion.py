@@ -1,0 +1,184 @@
+"""Fused embedders: several member models, each on its own alignment, as one cosine vector.
+
+The fused vector is the concatenation of the members' unit vectors, each scaled by the square root of its
+weight (weights sum to 1), so it has unit length and its cosine with another fused vector is exactly the
+weighted sum of the members' cosines. Measured on LFW (docs/recognition-v2.md, scripts/bench_fusion.py):
+dlib's ResNet is the better 1:1 model, MobileFace V2 the better 1:N model, and the fused vector beats both
+on open-set identification while the gallery, the matcher and the tracker keep working on one vector.
+
+A fused manifest entry names its members (`members`: id, sha256, weight) and points at a small definition
+file holding exactly those members (see `definition_bytes`), so the entry's sha256 binds the member models
+and the weights: a template made under other weights or other member models is another model's template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from agent.errors import ModelError
+from agent.vision.aligner import Aligner
+from agent.vision.detector import KEYPOINT_NAMES
+from agent.vision.embedder import Embedder, EmbedderInfo, FaceEmbedder
+from agent.vision.modelstore import ModelSpec, ModelStore
+from agent.vision.runtime import InvokeClock, TfliteModel
+
+WEIGHT_TOLERANCE = 1e-6
+
+ModelLoader = Callable[[ModelSpec, InvokeClock], TfliteModel]
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    sha256: str
+    weight: float
+
+
+def is_fused(spec: ModelSpec) -> bool:
+    return "members" in spec.raw
+
+
+def definition_bytes(members: list[Member], flip: bool) -> bytes:
+    """The definition file's exact content: what the fused entry's sha256 vouches for."""
+    listed = [{"id": m.id, "sha256": m.sha256, "weight": m.weight} for m in members]
+    return json.dumps({"flip": flip, "members": listed}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def parse_members(spec: ModelSpec) -> list[Member]:
+    """The entry's members, or a ModelError saying what is wrong with them."""
+    raw = spec.raw.get("members")
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ModelError(f"fused embedder {spec.id!r}: members must list at least two embedders")
+    members = []
+    for item in raw:
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("id", "sha256")):
+            raise ModelError(f"fused embedder {spec.id!r}: each member needs an id and a sha256, got {item!r:.80}")
+        weight = item.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            raise ModelError(f"fused embedder {spec.id!r}: member {item['id']!r} weight must be > 0, got {weight!r}")
+        members.append(Member(item["id"], item["sha256"].lower(), float(weight)))
+    if len({m.id for m in members}) != len(members):
+        raise ModelError(f"fused embedder {spec.id!r}: a member is listed twice")
+    total = sum(m.weight for m in members)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ModelError(f"fused embedder {spec.id!r}: member weights must sum to 1, they sum to {total:g}")
+    if spec.raw.get("metric") != "cosine":
+        raise ModelError(f"fused embedder {spec.id!r}: metric must be cosine, got {spec.raw.get('metric')!r}")
+    return members
+
+
+def member_specs(store: ModelStore, spec: ModelSpec) -> list[tuple[ModelSpec, float]]:
+    """Each member's own manifest entry with its weight, after checking the entry against the manifest and
+    its definition file."""
+    members = parse_members(spec)
+    flip = spec.raw.get("flip", False)
+    if not isinstance(flip, bool):
+        raise ModelError(f"fused embedder {spec.id!r}: flip must be true or false, got {flip!r}")
+    if store.read_verified(spec) != definition_bytes(members, flip):
+        raise ModelError(f"fused embedder {spec.id!r}: {spec.file} does not hold the members the manifest lists")
+    found = []
+    for member in members:
+        own = store.specs.get(member.id)
+        if own is None:
+            raise ModelError(f"fused embedder {spec.id!r}: member {member.id!r} is not in the manifest")
+        if own.role != "embedder" or is_fused(own):
+            raise ModelError(f"fused embedder {spec.id!r}: member {member.id!r} is not a single embedder model")
+        if own.sha256 != member.sha256:
+            raise ModelError(
+                f"fused embedder {spec.id!r}: member {member.id!r} is sha256 {own.sha256}, the fusion was "
+                f"fitted on {member.sha256}"
+            )
+        found.append((own, member.weight))
+    return found
+
+
+class FusedEmbedder:
+    """Members embed the same face on their own alignments; their scaled unit vectors are concatenated.
+
+    The first member's chip is the one quality-checked and kept; `embed(chip)` re-aligns the other members
+    from it (its keypoints sit on the first member's template), so kept chips rebuild fused templates.
+    """
+
+    def __init__(self, spec: ModelSpec, members: list[tuple[Embedder, float]], flip: bool = False) -> None:
+        if spec.raw.get("threshold") is None:
+            raise ModelError(f"embedder {spec.id!r} has no measured threshold in the manifest; choose another")
+        self.members = members
+        self.flip = flip
+        self.scales = [math.sqrt(weight) for _, weight in members]
+        first = members[0][0]
+        self.model = first.model
+        self.aligner = first.aligner
+        self.info = EmbedderInfo(
+            model_id=spec.id,
+            sha256=spec.sha256,
+            dimensions=sum(m.info.dimensions for m, _ in members),
+            metric="cosine",
+            threshold=float(spec.raw["threshold"]),
+        )
+        self._chip_keypoints = _template_keypoints(self.aligner, [m.aligner for m, _ in members[1:]], spec.id)
+
+    def member_vector(self, fused: np.ndarray, model_id: str) -> np.ndarray:
+        """A member's unit vector inside a fused one: how a fused query meets templates that member made
+        alone (a gallery enrolled before fusion can keep recognising on its own model's threshold)."""
+        start = 0
+        for (member, _), scale in zip(self.members, self.scales, strict=True):
+            end = start + member.info.dimensions
+            if member.info.model_id == model_id:
+                return np.asarray(fused[start:end], dtype=np.float32) / np.float32(scale)
+            start = end
+        raise ModelError(f"{model_id!r} is not a member of {self.info.model_id!r}")
+
+    def _unit(self, member: Embedder, chip: np.ndarray) -> np.ndarray:
+        vector = _unit(member.embed(chip))
+        if self.flip:
+            vector = _unit(vector + _unit(member.embed(np.ascontiguousarray(chip[:, ::-1]))))
+        return vector
+
+    def embed_face(self, image: Image.Image, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chips = [member.aligner.align(image, keypoints) for member, _ in self.members]
+        return chips[0], self._fuse(chips)
+
+    def embed(self, chip: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(np.ascontiguousarray(chip, dtype=np.uint8))
+        chips = [chip, *(m.aligner.align(image, self._chip_keypoints) for m, _ in self.members[1:])]
+        return self._fuse(chips)
+
+    def _fuse(self, chips: list[np.ndarray]) -> np.ndarray:
+        pieces = zip(self.members, self.scales, chips, strict=True)
+        parts = [scale * self._unit(member, chip) for (member, _), scale, chip in pieces]
+        return np.concatenate(parts).astype(np.float32)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm <= 0:
+        raise ModelError("an embedder returned a zero or non-finite vector")
+    return vector / norm
+
+
+def _template_keypoints(first: Aligner, others: list[Aligner], model_id: str) -> np.ndarray:
+    """Keypoints of a chip made by `first`: its template; every other member must align on those points."""
+    keypoints = np.zeros((len(KEYPOINT_NAMES), 2))
+    keypoints[list(first.keypoint_indices)] = first.template
+    for other in others:
+        missing = set(other.keypoint_indices) - set(first.keypoint_indices)
+        if missing:
+            names = ", ".join(KEYPOINT_NAMES[i] for i in sorted(missing))
+            raise ModelError(f"fused embedder {model_id!r}: the first member's chip has no {names} to align on")
+    return keypoints
+
+
+def open_embedder(store: ModelStore, spec: ModelSpec, load: ModelLoader) -> FaceEmbedder:
+    """The embedder a manifest entry describes: one model, or its members fused; every model's invokes are
+    counted on one clock."""
+    clock = InvokeClock()
+    if not is_fused(spec):
+        return Embedder(load(spec, clock), spec.raw)
+    members = [(Embedder(load(own, clock), own.raw), weight) for own, weight in member_specs(store, spec)]
+    return FusedEmbedder(spec, members, bool(spec.raw.get("flip", False)))
