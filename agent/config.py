@@ -175,6 +175,20 @@ class CameraSettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Corrections by event id (`wrong_person`, `is_person`, `enroll_from_event`; agent/recognition/feedback.py).
+
+    A decided track's embeddings stay in memory only, for `window_minutes` after its event (never on disk,
+    never on the wire), at most `max_entries` tracks; a `wrong_person` negative is kept per person up to
+    `negatives_per_person` (oldest dropped) for `negative_days`."""
+
+    window_minutes: float = 15.0  # 0: no window, no corrections by event id
+    max_entries: int = 2000  # 15 minutes at 133 decided tracks a minute; beyond it the oldest go first
+    negatives_per_person: int = 20
+    negative_days: float = 180.0
+
+
+@dataclass(frozen=True)
 class Settings:
     models: ModelSettings = field(default_factory=ModelSettings)
     gallery: GallerySettings = field(default_factory=GallerySettings)
@@ -186,6 +200,7 @@ class Settings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     homeassistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -313,6 +328,10 @@ RULES: dict[str, Range | Choice | Pattern] = {
     "camera.lores_size": Pattern(_SIZE, 'WIDTHxHEIGHT, even numbers of pixels, e.g. "640x360"'),
     "camera.fps": Range(0, 240),
     "camera.reconnect_max_seconds": Range(0.5, 3600),
+    "feedback.window_minutes": Range(0, 1440),
+    "feedback.max_entries": Range(1, 100_000),
+    "feedback.negatives_per_person": Range(1, 1000),
+    "feedback.negative_days": Range(0, 36500, above=True),
 }
 
 

@@ -54,6 +54,9 @@ class Command(StrEnum):
     PURGE_EVENTS = "purge_events"
     RESTART = "restart"
     MODEL_UPDATE = "model_update"
+    WRONG_PERSON = "wrong_person"  # corrections by event id (agent/recognition/corrections.py)
+    IS_PERSON = "is_person"
+    ENROLL_FROM_EVENT = "enroll_from_event"
 
 
 class ErrorCode(StrEnum):

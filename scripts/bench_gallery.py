@@ -17,6 +17,10 @@ Data: 128-d random directions scaled to dlib's norm distribution (1.42 +- 0.07, 
 embeddings of the int8 embedder), 5 templates per person by default, people interleaved in insertion order
 as enrollments over time would leave them. Queries are templates plus noise, as probes are near someone.
 
+Negatives (issue 13): every person a query is drawn from holds `--negatives` (default 3) random negatives, so
+each search that names someone also checks that person's negatives, as after corrections; the bare forms
+have none to check.
+
 The bare references run on the very matrix the Matcher holds, interleaved with the Matcher query by query
 so that both see the same machine load: `np.linalg.norm(M - q, axis=1).argmin()` and the dot-product form
 `(sqnorms - 2 * M @ q).argmin()` with precomputed squared norms. The verdict uses the faster of the two.
@@ -212,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--templates", type=int, default=100_000)
     parser.add_argument("--per-person", type=int, default=5, help="templates per person (default 5)")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--negatives", type=int, default=3, help="negatives of each queried person (default 3)")
     parser.add_argument("--load-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", type=Path, help="gallery file to build (kept) or reuse; default a temporary file")
@@ -239,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, (vector, owner) in enumerate(zip(vectors, owners.tolist(), strict=True)):
         matcher.add(i, f"p{owner}", f"Person {owner}", vector)
     add_us = 1e6 * (time.perf_counter() - start) / args.templates
+    queried = np.repeat(sorted(set(owners[picks].tolist())), args.negatives)
+    for i, (vector, owner) in enumerate(zip(rng.standard_normal((len(queried), DIM)), queried, strict=True)):
+        matcher.add_negative(i, f"p{owner}", (vector * NORM_MEAN / np.linalg.norm(vector)).astype(np.float32))
+    checked = sum(match.accepted for match in matcher.search_many(queries))
+    print(f"negatives: {matcher.negative_count} held; {checked} of {args.queries} searches named someone (checked)")
     times = time_queries(matcher, queries)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     bare = min(medians["bare_dot"], medians["bare_norm"])
@@ -298,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "templates": args.templates,
             "people": people,
             "queries": args.queries,
+            "negatives": matcher.negative_count,
+            "searches_checking_negatives": checked,
             "openblas_threads": os.environ["OPENBLAS_NUM_THREADS"],
             "add_us": add_us,
             "query_ms": {name: 1000 * v for name, v in medians.items()},

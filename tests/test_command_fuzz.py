@@ -81,6 +81,9 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "update_person": {"person_id": "p_0123", "name": "Y"},
     "set_config": {"values": {"gallery.threshold": 0.3}},
     "purge_events": {"older_than_days": 30},
+    "wrong_person": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA"},
+    "is_person": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA", "person_id": "p_0123"},
+    "enroll_from_event": {"event_id": "01JAAAAAAAAAAAAAAAAAAAAAAA", "name": "Z", "consent": {"reference": "f-1"}},
     "model_update": {
         "phase": "begin",
         "job_id": "j1",

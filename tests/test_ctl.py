@@ -187,7 +187,7 @@ def test_events_are_tailed_live(broker, run_device, capsys) -> None:
 
     threading.Thread(target=publish_soon, daemon=True).start()
     status, out = ctl(capsys, broker, "events", "--count", "1", "--seconds", "10")
-    assert status == 0 and out.split() == ["2025-06-01T12:00:00Z", "dev1", "face_recognized", "Ada"]
+    assert status == 0 and out.split() == ["2025-06-01T12:00:00Z", "dev1", "face_recognized", "Ada", "e1"]
 
 
 def test_a_key_made_by_keygen_signs_commands_the_device_runs(broker, run_device, capsys, tmp_path) -> None:

@@ -7,6 +7,7 @@ when they linger, and that it is `secure_delete`, not a VACUUM, that removes the
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,29 @@ def test_delete_leaves_no_16_byte_run_of_any_embedding(tmp_path: Path, enrolees:
     assert leaks(files_while_open, enrolees[0].blobs) == []
     assert leaks(gallery_bytes(path), enrolees[0].blobs) == []
     assert all(blob in files_while_open["g.db"] for e in enrolees[1:] for blob in e.blobs)  # the others are intact
+
+
+def test_an_erasure_behind_a_long_read_is_finished_once_the_reader_is_done(
+    tmp_path: Path, enrolees: list[Enrolee]
+) -> None:
+    """The truncating checkpoint holds the write lock while it waits for readers, so it does not wait out a
+    long read (a matcher reload): the erasure stays pending and `finish_erasures` completes it later."""
+    path = tmp_path / "g.db"
+    with GalleryStore.open(path) as store:
+        target = fill(store, enrolees)[0]
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM templates").fetchone()  # a snapshot from before the erasure
+        counts = store.delete_person(target, actor="test")
+        still_reading = store.finish_erasures()
+        reader.rollback()
+        reader.close()
+        finished = store.finish_erasures()
+        files = gallery_bytes(path)
+        pending_after = store.db.execute("SELECT COUNT(*) FROM meta WHERE key = 'erasure_in_wal'").fetchone()[0]
+    assert counts["wal_truncated"] == 0 and not still_reading
+    assert finished and pending_after == 0
+    assert leaks(files, enrolees[0].blobs) == []
 
 
 def test_delete_leaves_no_trace_of_chips_name_or_reference(tmp_path: Path, enrolees: list[Enrolee]) -> None:

@@ -28,8 +28,8 @@ def test_purges_at_first_call_then_once_per_interval(tmp_path: Path) -> None:
         )  # fmt: skip
         add_event(store, timedelta(days=31))
         add_event(store, timedelta(days=1))
-        assert keeper.maybe_purge() == {"events": 1, "audit": 0}
+        assert keeper.maybe_purge() == {"events": 1, "audit": 0, "negatives": 0}
         add_event(store, timedelta(days=40))
         assert keeper.maybe_purge() is None  # 10 s later: not due
-        assert keeper.maybe_purge() == {"events": 1, "audit": 0}
+        assert keeper.maybe_purge() == {"events": 1, "audit": 0, "negatives": 0}
         assert len(store.pending_events()) == 1 and keeper.purged["events"] == 2

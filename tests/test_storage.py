@@ -225,7 +225,7 @@ def test_a_purge_the_full_disk_refuses_is_reported_and_tried_again_later(store: 
     assert keeper.maybe_purge() is None and health.full
     filler.unlink()
     clock.now += RetentionSettings().purge_interval_seconds
-    assert keeper.maybe_purge() == {"events": 1, "audit": 0}
+    assert keeper.maybe_purge() == {"events": 1, "audit": 0, "negatives": 0}
     assert not health.full
 
 

@@ -273,14 +273,20 @@ def test_delete_removes_templates_and_events_and_audits_counts(store: GallerySto
     event(store, person_id)
     event(store, other)
     counts = store.delete_person(person_id, actor="cli:alice")
-    assert counts == {"people": 1, "templates": 3, "chips": 0, "events": 1, "wal_truncated": 1}
+    assert counts == {"people": 1, "templates": 3, "chips": 0, "events": 1, "negatives": 0, "wal_truncated": 1}
     assert store.get_person(person_id) is None and store.count_templates(person_id, MODEL) == 0
     assert [(e["type"], e["payload"]["person_id"]) for e in store.pending_events()] == [
         ("face_recognized", other),
         ("person_erased", person_id),
     ]
     (record,) = store.audit_log()
-    assert record["target"] == person_id and record["details"] == {"people": 1, "templates": 3, "chips": 0, "events": 1}
+    assert record["target"] == person_id and record["details"] == {
+        "people": 1,
+        "templates": 3,
+        "chips": 0,
+        "events": 1,
+        "negatives": 0,
+    }
     assert "Ann" not in str(record)
 
 
@@ -417,14 +423,14 @@ def test_purge_removes_only_expired_events_and_audit(store: GalleryStore) -> Non
     store.db.execute("INSERT INTO audit (at, actor, action) VALUES (?, 'cli:a', 'x')", [utc_iso(now - timedelta(400))])
     store.db.execute("INSERT INTO audit (at, actor, action) VALUES (?, 'cli:a', 'y')", [utc_iso(now - timedelta(300))])
     counts = store.purge_expired(events_days=30, audit_days=365, now=now)
-    assert counts == {"events": 1, "audit": 1}
+    assert counts == {"events": 1, "audit": 1, "negatives": 0}
     assert [e["id"] for e in store.pending_events()] == [fresh] and old != fresh
     assert [r["action"] for r in store.audit_log()] == ["retention.purge", "y"]
 
 
 def test_purge_with_nothing_expired_writes_nothing(store: GalleryStore) -> None:
     event(store)
-    assert store.purge_expired(events_days=30, audit_days=365) == {"events": 0, "audit": 0}
+    assert store.purge_expired(events_days=30, audit_days=365) == {"events": 0, "audit": 0, "negatives": 0}
     assert store.audit_log() == [] and len(store.pending_events()) == 1
 
 
@@ -498,7 +504,7 @@ def _indexes(store: GalleryStore) -> set[str]:
 def test_a_version_2_gallery_is_migrated_to_version_3_in_place_keeping_its_templates(db_path: Path) -> None:
     _version_2_gallery(db_path)
     with GalleryStore.open(db_path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
         assert {"templates_person_model", "people_created"} <= _indexes(store)
         assert "templates_person" not in _indexes(store)  # the composite index's prefix serves its lookups
         assert [(pid, name) for _, pid, name, _ in store.iter_templates(MODEL)] == [("p_1", "Ada")]

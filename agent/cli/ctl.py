@@ -125,13 +125,19 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 def _summary(name: str, data: dict[str, Any]) -> str:
-    if name == Command.ENROLL:
+    if name in (Command.ENROLL, Command.IS_PERSON, Command.ENROLL_FROM_EVENT):
         person = data["person"]
-        verb = "enrolled" if data["created"] else "added photos to"
+        faces = "photos" if name == Command.ENROLL else "views"
+        verb = "enrolled" if data["created"] else f"added {faces} to"
         who = f"{person['name']} ({person['id']})" if "name" in person else person["id"]  # events.include_names
         lines = [f"{verb} {who}: {data['templates_added']} new templates"]
-        lines += [f"  {p['label']}: refused: {p['reason']}" for p in data["photos"] if not p["accepted"]]
+        lines += [f"  {p['label']}: refused: {p['reason']}" for p in data[faces] if not p["accepted"]]
         return "\n".join(lines)
+    if name == Command.WRONG_PERSON:
+        return (
+            f"event {data['event_id']}: not {data['person_id']}; negative {data['negative_id']} stored, "
+            f"{data['templates_deleted']} templates made from it taken back"
+        )
     if name == Command.DELETE_PERSON:
         deleted = data["deleted"]
         return f"deleted {data['person_id']}: {deleted['templates']} templates, {deleted['events']} events"
@@ -304,6 +310,22 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return cmd_call(args, Command.ENROLL, arguments)
 
 
+def cmd_correct(args: argparse.Namespace) -> int:
+    """A correction of one decision, by the event id `ctl events` shows, on the device that made it."""
+    arguments: dict[str, Any] = {"event_id": args.event_id}
+    if args.ctl_correct == "wrong-person":
+        return cmd_call(args, Command.WRONG_PERSON, arguments)
+    if args.force:
+        arguments["force"] = True
+    if args.ctl_correct == "is-person":
+        return cmd_call(args, Command.IS_PERSON, arguments | {"person_id": args.person_id})
+    consent = {"reference": args.consent_ref, "given_by": args.consent_by, "purpose": args.purpose}
+    arguments |= {"name": args.name, "consent": {k: v for k, v in consent.items() if v}}
+    if args.external_ref:
+        arguments["external_ref"] = args.external_ref
+    return cmd_call(args, Command.ENROLL_FROM_EVENT, arguments)
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     who = {"name": args.name} if args.name else {"person_id": args.person_id}
     return cmd_call(args, Command.DELETE_PERSON, who, everywhere=True)
@@ -456,6 +478,8 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     gone.add_argument("--person-id", help="the person's id on the device")
     delete.set_defaults(handler=cmd_delete)
 
+    _add_correct(sub, common, one)
+
     config = sub.add_parser("config", help="a device's settings")
     config_sub = config.add_subparsers(dest="ctl_config", required=True)
     get = config_sub.add_parser("get", parents=[common, one], help="effective settings (secrets redacted)")
@@ -501,6 +525,32 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     keygen.set_defaults(handler=cmd_keygen)
 
 
+def _add_correct(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser, one: argparse.ArgumentParser
+) -> None:
+    """`ctl correct wrong-person | is-person | enroll DEVICE EVENT_ID ...`: within the device's feedback window."""
+    correct = sub.add_parser("correct", help="correct a decision by its event id (see ctl events)")
+    kinds = correct.add_subparsers(dest="ctl_correct", required=True)
+    event = argparse.ArgumentParser(add_help=False)
+    event.add_argument("event_id", help="the event's id, as ctl events shows it (last on each line)")
+    force = argparse.ArgumentParser(add_help=False)
+    force.add_argument("--force", action="store_true", help="add views that match someone else, or not the person")
+    wrong = kinds.add_parser(
+        "wrong-person", parents=[common, one, event], help="that face was not the person the event named"
+    )
+    wrong.set_defaults(handler=cmd_correct)
+    right = kinds.add_parser("is-person", parents=[common, one, event, force], help="that face was this person")
+    right.add_argument("person_id", help="the person's id on the device")
+    right.set_defaults(handler=cmd_correct)
+    new = kinds.add_parser("enroll", parents=[common, one, event, force], help="enroll that unknown face, with consent")
+    new.add_argument("--name", required=True, help="display name of the new person")
+    new.add_argument("--consent-ref", required=True, help="reference of the consent record (a form number, a ticket)")
+    new.add_argument("--consent-by", help="who gave consent (default: the person)")
+    new.add_argument("--purpose", help="purpose the consent covers")
+    new.add_argument("--external-ref", help="your reference for the person (e.g. an employee number)")
+    new.set_defaults(handler=cmd_correct)
+
+
 def _tail(args: argparse.Namespace) -> int:
     """Print events as they arrive until `--count` of them or `--seconds` have passed (or Ctrl-C)."""
     with _operator(args) as operator:
@@ -511,7 +561,9 @@ def _tail(args: argparse.Namespace) -> int:
                     print(json.dumps({"device": event.device, "type": event.event_type, "event": document}), flush=True)
                 else:
                     summary = document.get("name") or document.get("person_id") or ""
-                    line = f"{document.get('at', '?')}  {event.device}  {event.event_type}  {summary}"
+                    # The event id last: what `ctl correct` refers to the decision by.
+                    line = f"{document.get('at', '?')}  {event.device}  {event.event_type}  {summary}  "
+                    line += str(document.get("event_id", ""))
                     print(line.rstrip(), flush=True)
                 if args.count is not None and shown >= args.count:
                     break

@@ -217,7 +217,7 @@ def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str
     """Every template of the loaded embedder, under the [gallery] metric, threshold and margin."""
     matcher = Matcher.for_gallery(settings.gallery)
     with _open_store(args, settings) as store:
-        matcher.load(store.iter_templates(model_id))
+        matcher.load(store.iter_templates(model_id), negatives=store.negatives(model_id))
         stale = store.people_needing_reenrollment(model_id)
     log.info("gallery %s: %d templates of %s", store.path, len(matcher), model_id)
     if stale:
@@ -360,7 +360,11 @@ def cmd_person_delete(args: argparse.Namespace) -> int:
         f"(audited as {actor})"
     )
     if not counts["wal_truncated"]:
-        print("faceagent: the WAL was busy; the erased pages leave it at the next checkpoint", file=sys.stderr)
+        print(
+            "faceagent: a reader kept the WAL busy; the erasure's checkpoint is pending (the running agent "
+            "finishes it within seconds; otherwise the next erasure does)",
+            file=sys.stderr,
+        )
     return 0
 
 

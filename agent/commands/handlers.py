@@ -35,7 +35,9 @@ from agent.files import write_atomically
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GalleryWrites
 from agent.identity import Consent, Person, utc_iso
-from agent.recognition.enrollment import Enroller, EnrollmentError
+from agent.recognition.corrections import CorrectionError, Corrections
+from agent.recognition.enrollment import Enroller, EnrollmentError, EnrollmentResult
+from agent.recognition.feedback import FeedbackWindow
 from agent.storage import StorageFullError, StorageHealth, is_disk_full
 from agent.vision.modelstore import embedder_id
 from agent.wire import Command, OnlineStatus, PeoplePage, PersonRow, reenrollment_count, reenrollment_flag
@@ -70,6 +72,7 @@ class CommandServices:
     actor_prefix: str = "mqtt"
     model_updates: ModelUpdates | None = None  # the model_update job; None: updates are not offered
     storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
+    feedback: FeedbackWindow | None = None  # decided tracks by event id (corrections); None: not offered
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,11 @@ def enroll(ctx: Context, args: dict[str, Any]) -> Done:
             changed.add(result.person.id)
     except EnrollmentError as exc:
         raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    return _enrolled(ctx, result, "photos")
+
+
+def _enrolled(ctx: Context, result: EnrollmentResult, faces: str, **details: str) -> Done:
+    """The reply to an enrollment: the person, and for each face (photo or view) whether it became a template."""
     outcomes = [
         {"label": o.label, "accepted": o.accepted, "reason": o.reason, "template_id": o.template_id}
         for o in result.photos
@@ -191,9 +199,79 @@ def enroll(ctx: Context, args: dict[str, Any]) -> Done:
         "person": _shown(ctx, {"id": result.person.id, "name": result.person.name}),
         "created": result.created,
         "templates_added": result.templates_added,
-        "photos": outcomes,
+        faces: outcomes,
     }
-    return Done(data, result.person.id, {"templates_added": result.templates_added})
+    return Done(data, result.person.id, {"templates_added": result.templates_added, **details})
+
+
+# -------------------------------------------------------------------------- corrections by event id
+
+
+def _corrections(ctx: Context) -> Corrections:
+    window = ctx.services.feedback
+    if window is None:
+        raise CommandError(ErrorCode.CONFLICT, "this agent keeps no decided tracks (run it as `faceagent run`)")
+    store = ctx.store
+    settings = ctx.services.get_settings()
+    return Corrections(window, store, ctx.services.gallery, ctx.services.enroller_factory(store), settings)
+
+
+def _correcting(ctx: Context, event_id: str, run: Callable[[Corrections], Done]) -> Done:
+    """`run` with the expected refusals as error replies: unknown or expired event, no such person, conflict."""
+    try:
+        return run(_corrections(ctx))
+    except CorrectionError as exc:
+        code = ErrorCode.NOT_FOUND if exc.kind == "not_found" else ErrorCode.CONFLICT
+        raise CommandError(code, str(exc)) from None
+    except EnrollmentError as exc:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"event {event_id}: {exc}") from None
+
+
+def wrong_person(ctx: Context, args: dict[str, Any]) -> Done:
+    """That face was not the person the event named: a negative for them, their templates from it taken back."""
+    event_id = args["event_id"]
+
+    def run(corrections: Corrections) -> Done:
+        done = corrections.wrong_person(event_id, actor=ctx.actor)
+        data = {
+            "event_id": event_id,
+            "person_id": done.person_id,
+            "negative_id": done.negative_id,
+            "templates_deleted": done.templates_deleted,
+        }
+        return Done(data, done.person_id, {"event_id": event_id, "templates_deleted": done.templates_deleted})
+
+    return _correcting(ctx, event_id, run)
+
+
+def is_person(ctx: Context, args: dict[str, Any]) -> Done:
+    """The event's face was `person_id`: its best views become their templates."""
+    event_id, force = args["event_id"], args.get("force", False)
+
+    def run(corrections: Corrections) -> Done:
+        result = corrections.is_person(event_id, args["person_id"], actor=ctx.actor, force=force)
+        return _enrolled(ctx, result, "views", event_id=event_id)
+
+    return _correcting(ctx, event_id, run)
+
+
+def enroll_from_event(ctx: Context, args: dict[str, Any]) -> Done:
+    """The event's unknown face becomes a new person (consent required)."""
+    event_id, given = args["event_id"], args["consent"]
+    consent = Consent(given.get("given_by") or args["name"], utc_iso(ctx.now), given["reference"], given.get("purpose"))
+
+    def run(corrections: Corrections) -> Done:
+        result = corrections.enroll_from_event(
+            event_id,
+            name=args["name"],
+            consent=consent,
+            actor=ctx.actor,
+            external_ref=args.get("external_ref"),
+            force=args.get("force", False),
+        )
+        return _enrolled(ctx, result, "views", event_id=event_id)
+
+    return _correcting(ctx, event_id, run)
 
 
 def _person_by(ctx: Context, args: dict[str, Any]) -> Person:
@@ -218,6 +296,8 @@ def delete_person(ctx: Context, args: dict[str, Any]) -> Done:
     with ctx.services.gallery.writing(ctx.store) as changed:
         counts = ctx.store.delete_person(person.id, actor=ctx.actor)
         changed.add(person.id)
+    if ctx.services.feedback is not None:
+        counts["feedback_entries"] = ctx.services.feedback.forget_person(person.id)
     return Done({"person_id": person.id, "deleted": counts}, person.id, erased=(person.id, person.name))
 
 
@@ -376,5 +456,8 @@ HANDLERS: dict[str, Handler] = {
         Command.PURGE_EVENTS: purge_events,
         Command.RESTART: restart,
         Command.MODEL_UPDATE: model_update,
+        Command.WRONG_PERSON: wrong_person,
+        Command.IS_PERSON: is_person,
+        Command.ENROLL_FROM_EVENT: enroll_from_event,
     }.items()
 }

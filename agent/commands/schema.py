@@ -55,6 +55,7 @@ MODEL_CHUNK_BYTES = 1024 * 1024  # one model_update chunk, decoded
 MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.tflite")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+EVENT_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")  # a ULID (agent/identity.py new_event_id)
 VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")  # a model release: agent/modelupdate/update.py
 MAX_DEPTH = 6
 # list_people replies a page of people (several MB for 20,000 at once): the default page holds every person
@@ -336,6 +337,18 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         at_least_one=("name", "external_ref"),
     )
     settings = Record({"values": SettingValues()}, required=frozenset({"values"}))
+    event_id = Text(26, EVENT_ID, "an event id: the 26-character event_id of a face event")
+    corrections = {
+        Command.WRONG_PERSON: Record({"event_id": event_id}, required=frozenset({"event_id"})),
+        Command.IS_PERSON: Record(
+            {"event_id": event_id, "person_id": person_id, "force": Flag()},
+            required=frozenset({"event_id", "person_id"}),
+        ),
+        Command.ENROLL_FROM_EVENT: Record(
+            {"event_id": event_id, "name": text, "external_ref": text, "consent": consent, "force": Flag()},
+            required=frozenset({"event_id", "name", "consent"}),
+        ),
+    }
     return {
         Command.PING: CommandSchema(Access.OPEN),
         Command.GET_STATUS: CommandSchema(Access.OPEN),  # counts, health, versions: no names
@@ -351,6 +364,7 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         Command.PURGE_EVENTS: CommandSchema(Access.SIGNED, Record({"older_than_days": Number(0, 36500)})),
         Command.RESTART: CommandSchema(Access.SIGNED),
         Command.MODEL_UPDATE: CommandSchema(Access.SIGNED, _model_update(), limits.max_payload_bytes),
+        **{name: CommandSchema(Access.SIGNED, args) for name, args in corrections.items()},  # they write templates
     }
 
 

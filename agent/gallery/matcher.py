@@ -11,6 +11,9 @@ per-person minimum without reducing over every person: with 100,000 templates of
 0.07 ms against 0.26 ms for np.minimum.at and 0.47-0.62 ms for np.minimum.reduceat over person-sorted
 rows, beside about 2 ms for the product itself (`scripts/bench_gallery.py`).
 
+Negatives (`agent/gallery/negatives.py`, corrections by event id): a probe closer to one of the best person's
+negatives than to that person's nearest template is not named; only the best candidate's are looked at.
+
 Metrics: "euclidean" is the raw L2 distance between embeddings (dlib's own scale, threshold about 0.6);
 "cosine" unit-normalises templates when they are added and queries when they are searched, and returns
 the L2 distance between the unit vectors, sqrt(2 - 2·cos), in [0, 2] (monotonic in cosine similarity).
@@ -27,6 +30,7 @@ import numpy as np
 
 from agent.config import GallerySettings
 from agent.errors import FaceagentError
+from agent.gallery.negatives import NegativeSet
 from agent.identity import Match
 
 METRICS = ("euclidean", "cosine")
@@ -60,6 +64,7 @@ class Matcher:
         self.margin = float(margin)
         self._lock = threading.Lock()
         self._version = 0  # bumped by every change; `load(..., if_version=)` swaps only over the state it read
+        self._negatives = NegativeSet()  # kept apart from the rows: a person's negatives outlive a matrix reset
         self._reset(None, 0)
 
     # ----------------------------------------------------------------------------------------- state
@@ -90,6 +95,10 @@ class Matcher:
             return set(self._person_ids)
 
     @property
+    def negative_count(self) -> int:
+        return len(self._negatives)
+
+    @property
     def version(self) -> int:
         """Changes with every load, add, removal and rename."""
         return self._version
@@ -101,8 +110,15 @@ class Matcher:
 
     # -------------------------------------------------------------------------------------- mutation
 
-    def load(self, rows: Iterable[tuple[int, str, str, np.ndarray]], *, if_version: int | None = None) -> bool:
-        """Replace everything with `rows` (as `GalleryStore.iter_templates` yields them); True when swapped.
+    def load(
+        self,
+        rows: Iterable[tuple[int, str, str, np.ndarray]],
+        *,
+        negatives: Iterable[tuple[int, str, np.ndarray]] = (),
+        if_version: int | None = None,
+    ) -> bool:
+        """Replace everything with `rows` (as `GalleryStore.iter_templates` yields them) and `negatives` (as
+        `GalleryStore.negatives` does); True when swapped.
 
         The new matrix is built outside the lock and swapped in, so searches meanwhile see the old
         gallery or the new one, never a half-loaded one. With `if_version` (the `version` read before the
@@ -149,10 +165,14 @@ class Matcher:
         owner_rows[:count] = owners
         template_rows = np.empty(capacity, dtype=np.int64)
         template_rows[:count] = template_ids
+        negative_set = NegativeSet()
+        negative_rows = self._prepare_negatives(negatives, dim)
+        negative_set.replace({person_id for _, person_id, _ in negative_rows}, negative_rows)
         with self._lock:
             if if_version is not None and if_version != self._version:
                 return False
             self._version += 1
+            self._negatives = negative_set
             self._dim, self._count = dim, count
             self._vectors, self._sqnorms, self._owners, self._template_ids = stored, sqnorms, owner_rows, template_rows
             self._known_templates = set(template_ids)
@@ -197,17 +217,27 @@ class Matcher:
         """Drop every template of the person and compact the rows; unknown people are a no-op.
 
         A person with no template of the loaded model is simply not here, so erasure must not fail on it.
+        Their negatives go too.
         """
         with self._lock:
             self._version += 1  # even when not held: a reload in flight may have read the person before the erasure
             self._drop({person_id})
+            self._negatives.drop({person_id})
 
-    def replace_people(self, person_ids: Iterable[str], rows: Iterable[tuple[int, str, str, np.ndarray]]) -> None:
-        """Hold exactly `rows` (as `GalleryStore.person_templates` yields them) for each of `person_ids`: what a
-        write to those people left in the gallery, applied in one step (no rows: they were erased). Every row
-        is checked before anything changes, so a bad one leaves the matcher as it was."""
+    def replace_people(
+        self,
+        person_ids: Iterable[str],
+        rows: Iterable[tuple[int, str, str, np.ndarray]],
+        negatives: Iterable[tuple[int, str, np.ndarray]] = (),
+    ) -> None:
+        """Hold exactly `rows` (as `GalleryStore.person_templates` yields them) and `negatives` for each of
+        `person_ids`: what a write to those people left in the gallery, applied in one step (no rows: they
+        were erased). Every row is checked before anything changes, so a bad one leaves the matcher as it was."""
         wanted = set(person_ids)
         rows = list(rows)
+        negatives = list(negatives)
+        if strangers := {person_id for _, person_id, _ in negatives} - wanted:
+            raise MatcherError(f"negatives of {len(strangers)} people who were not asked for")
         ids = [int(template_id) for template_id, *_ in rows]
         if len(set(ids)) != len(ids):
             raise MatcherError("the rows repeat a template id")
@@ -227,10 +257,24 @@ class Matcher:
             taken = (self._known_templates - set(self._template_ids[:count][theirs].tolist())) & set(ids)
             if taken:
                 raise MatcherError(f"template {min(taken)} is already held by someone else")
+            negative_rows = self._prepare_negatives(negatives, dim)
+            others = self._negatives.ids() - self._negatives.ids(wanted)
+            if clash := others & {negative_id for negative_id, _, _ in negative_rows}:
+                raise MatcherError(f"negative {min(clash)} is already held by someone else")
             self._version += 1
             self._drop(wanted)
             for template_id, (_, person_id, name, _), vector in zip(ids, rows, matrix, strict=True):
                 self._append(template_id, person_id, name, vector)
+            self._negatives.replace(wanted, negative_rows)
+
+    def add_negative(self, negative_id: int, person_id: str, embedding: np.ndarray) -> None:
+        """Hold one more negative of `person_id` (as `GalleryStore.add_negative` stored it)."""
+        with self._lock:
+            (row,) = self._prepare_negatives([(negative_id, person_id, embedding)], self._dim)
+            if int(negative_id) in self._negatives.ids():
+                raise MatcherError(f"negative {negative_id} is already held")
+            self._version += 1
+            self._negatives.add(*row)
 
     def take(self, other: Matcher) -> None:
         """Hold what `other` holds, by reference and in one step: a matrix built aside (off the frame loop)
@@ -245,6 +289,7 @@ class Matcher:
             self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
             self._template_ids, self._known_templates = other._template_ids, other._known_templates
             self._person_ids, self._names, self._person_index = other._person_ids, other._names, other._person_index
+            self._negatives = other._negatives
 
     def _drop(self, person_ids: set[str]) -> None:
         """Under the lock: every row of these people out, in one compaction."""
@@ -287,14 +332,31 @@ class Matcher:
             new[:count] = old[:count]
             setattr(self, attribute, new)
 
-    def _prepare_rows(self, matrix: np.ndarray, template_ids: list[int]) -> np.ndarray:
+    def _prepare_rows(self, matrix: np.ndarray, template_ids: list[int], what: str = "template") -> np.ndarray:
         """Rows as stored: unchanged for euclidean, unit length for cosine."""
         if self.metric != "cosine" or len(matrix) == 0:
             return matrix
         norms = np.linalg.norm(matrix, axis=1)
         if not (norms > 0).all():
-            raise MatcherError(f"template {template_ids[int((norms <= 0).argmax())]} is all zeros (cosine metric)")
+            raise MatcherError(f"{what} {template_ids[int((norms <= 0).argmax())]} is all zeros (cosine metric)")
         return (matrix / norms[:, None]).astype(np.float32, copy=False)
+
+    def _prepare_negatives(
+        self, rows: Iterable[tuple[int, str, np.ndarray]], dim: int | None
+    ) -> list[tuple[int, str, np.ndarray]]:
+        """Negatives checked (dimension `dim`, finite, ids not repeated) and prepared as template rows are."""
+        rows = list(rows)
+        ids = [int(negative_id) for negative_id, _, _ in rows]
+        if len(set(ids)) != len(ids):
+            raise MatcherError("the negatives repeat an id")
+        vectors = [np.asarray(vector, dtype=np.float32) for _, _, vector in rows]
+        for negative_id, vector in zip(ids, vectors, strict=True):
+            if vector.ndim != 1 or (dim is not None and vector.shape[0] != dim) or not np.isfinite(vector).all():
+                raise MatcherError(f"negative {negative_id}: expected a finite embedding of {dim} values")
+        if not vectors:
+            return []
+        matrix = self._prepare_rows(np.stack(vectors), ids, "negative")
+        return [(negative_id, row[1], vector) for negative_id, row, vector in zip(ids, rows, matrix, strict=True)]
 
     # ---------------------------------------------------------------------------------------- search
 
@@ -387,10 +449,14 @@ class Matcher:
         else:
             margin = np.full(len(queries), np.inf)
         matches = []
+        negatives = self._negatives
         for i in rows:
             owner, dist, gap = int(best_owner[i]), float(distance[i]), float(margin[i])
+            person_id = self._person_ids[owner]
             accepted = dist < self.threshold and gap >= self.margin
-            matches.append(Match(self._person_ids[owner], self._names[owner], dist, gap, accepted))
+            if accepted and negatives and negatives.nearest(person_id, queries[i]) < dist:
+                accepted = False  # closer to a face the operator said is not this person than to their own
+            matches.append(Match(person_id, self._names[owner], dist, gap, accepted))
         return matches
 
 

@@ -1,4 +1,5 @@
-"""Retention: events and audit records older than their limit are deleted on a schedule.
+"""Retention: events and audit records older than their limit, and negatives past their time to live, are
+deleted on a schedule.
 
 Whatever loop writes events owns one `RetentionKeeper` and calls `maybe_purge()` as it goes, so data
 never outlives its limit by more than one purge interval, with no separate timer thread to manage.
@@ -37,7 +38,7 @@ class RetentionKeeper:
         self.clock = clock
         self.wall_clock = wall_clock
         self.last_purge: float | None = None
-        self.purged = {"events": 0, "audit": 0}
+        self.purged = {"events": 0, "audit": 0, "negatives": 0}
 
     def maybe_purge(self) -> dict[str, int] | None:
         """Purge if the interval has passed (and at the first call); the counts, or None if not due (or refused)."""
@@ -59,5 +60,10 @@ class RetentionKeeper:
         for key, value in counts.items():
             self.purged[key] += value
         if any(counts.values()):
-            log.info("retention: purged %d events and %d audit records", counts["events"], counts["audit"])
+            log.info(
+                "retention: purged %d events, %d audit records and %d expired negatives",
+                counts["events"],
+                counts["audit"],
+                counts["negatives"],
+            )
         return counts

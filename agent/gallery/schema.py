@@ -97,11 +97,34 @@ _V3 = (
     "DROP INDEX templates_person",
     "CREATE INDEX people_created ON people(created_at)",
 )
+# v4: learning from the camera (issue 13). `negatives` are "that was not this person" corrections: embeddings
+# of a face wrongly named as `person_id`, dropped with the person (cascade) and at `expires_at` (retention).
+# templates.source says where a template came from (photo, camera, event, adaptive) and templates.event_id
+# the decided track it was made from, so a later `wrong_person` on that event can take it back.
+_V4 = (
+    """CREATE TABLE negatives (
+        id INTEGER PRIMARY KEY,
+        person_id TEXT NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+        model_id TEXT NOT NULL,
+        embedding BLOB NOT NULL,
+        event_id TEXT,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX negatives_person_model ON negatives(person_id, model_id)",
+    "CREATE INDEX negatives_expiry ON negatives(expires_at)",
+    "ALTER TABLE templates ADD COLUMN source TEXT NOT NULL DEFAULT 'photo' "
+    "CHECK (source IN ('photo', 'camera', 'event', 'adaptive'))",
+    "ALTER TABLE templates ADD COLUMN event_id TEXT",
+    "CREATE INDEX templates_event ON templates(event_id) WHERE event_id IS NOT NULL",
+)
 MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (
     _statements(*_V1),
     _statements(*_V2),
     _statements(*_V3),
+    _statements(*_V4),
 )
+TEMPLATE_SOURCES = ("photo", "camera", "event", "adaptive")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

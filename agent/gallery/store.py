@@ -1,11 +1,17 @@
-"""The gallery on disk: people, their templates, the event outbox and the audit log, in one SQLite file.
+"""The gallery on disk: people, their templates and negatives, the event outbox and the audit log, in one
+SQLite file.
 
 The CLI and the running service share the file, so every connection uses WAL and a busy timeout, and
 every write runs in a `BEGIN IMMEDIATE` transaction: writers queue on the lock instead of failing with
 "database is locked" when a read-then-write transaction cannot upgrade. Templates are biometric data:
 `secure_delete` zeroes erased rows in place, and an erasure ends with a truncating WAL checkpoint so no
-old copy of the pages survives in the -wal file either (no VACUUM needed). `purge_expired` is the
-retention rule; the service calls it every `retention.purge_interval_seconds`.
+old copy of the pages survives in the -wal file either (no VACUUM needed). That checkpoint holds the write
+lock while it waits for readers, so it waits briefly and, if a reader is still busy, is left pending in
+`meta` for the gallery thread to finish (`finish_erasures`): the frame loop's event writes never queue
+behind a long read. `purge_expired` is the
+retention rule; the service calls it every `retention.purge_interval_seconds`. A negative ("that face was
+not this person", a correction by event id) is kept per person and model up to a cap, until its own
+`expires_at`, and goes with the person.
 """
 
 from __future__ import annotations
@@ -36,10 +42,16 @@ MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
+_ERASURE_IN_WAL = "erasure_in_wal"  # meta key: an erasure whose pages may still be in the -wal file
+# How long a truncating checkpoint may hold the write lock waiting for readers. Longer stalls every writer
+# (the frame loop's event writes waited 1.07 s behind a matcher reload's read); a busy one is retried.
+WAL_TRUNCATE_WAIT_SECONDS = 0.05
 # People the loaded embedder cannot match; `p` is the people table.
 _NO_TEMPLATE_OF_MODEL = "NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id AND t.model_id = ?)"
 
 log = logging.getLogger(__name__)
+# (templates, last template id, people, last update, length of the names, negatives, last negative id)
+Fingerprint = tuple[int, int, int, str, int, int, int]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -194,8 +206,9 @@ class GalleryStore:
 
         The same transaction queues a `person_erased` event (the id only), so every erasure, from the CLI
         or over MQTT, reaches the consumers downstream through the outbox, even after an outage or a restart.
-        The audit record holds only the id and the counts. `wal_truncated` is 0 when another process kept
-        the WAL busy; the erased pages then leave the -wal file at the next checkpoint.
+        The audit record holds only the id and the counts. `wal_truncated` is 0 when a reader kept the WAL
+        busy; the erasure then stays pending and `finish_erasures` (the running agent's gallery thread
+        calls it every turn) truncates the WAL once the reader is done.
         """
         with self.transaction():
             self._require_person(person_id)
@@ -205,7 +218,9 @@ class GalleryStore:
                 "templates": self.db.table("templates").count_where(*where),
                 "chips": self.db.table("templates").count_where("person_id = ? AND chip IS NOT NULL", [person_id]),
                 "events": self.db.table("events").count_where(*where),
+                "negatives": self.db.table("negatives").count_where(*where),
             }
+            self.db.table("negatives").delete_where(*where)
             self.db.table("events").delete_where(*where)
             self.db.table("templates").delete_where(*where)
             self.db.table("people").delete(person_id)
@@ -214,8 +229,20 @@ class GalleryStore:
             )
             self._add_erasure_notice(person_id)
             self.audit(actor, "person.delete", person_id, counts)
-        counts["wal_truncated"] = int(self._truncate_wal())
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [_ERASURE_IN_WAL, utc_now()])
+        counts["wal_truncated"] = int(self.finish_erasures())
         return counts
+
+    @_guarded
+    def finish_erasures(self) -> bool:
+        """Truncate the WAL if an erasure may have left pages in it; True when none is pending any more."""
+        if not self.db.execute("SELECT 1 FROM meta WHERE key = ?", [_ERASURE_IN_WAL]).fetchone():
+            return True
+        if not self._truncate_wal():
+            return False
+        with self.transaction():  # this write's pages hold only the meta row: nothing erased
+            self.db.execute("DELETE FROM meta WHERE key = ?", [_ERASURE_IN_WAL])
+        return True
 
     def _add_erasure_notice(self, person_id: str) -> None:
         """The outbox row announcing an erasure: no name, nothing but the id. Its `person_id` column stays
@@ -249,25 +276,45 @@ class GalleryStore:
         model_sha256: str,
         quality: dict[str, float],
         chip: bytes | None = None,
+        source: str = "photo",
+        event_id: str | None = None,
     ) -> int:
-        """Store one embedding (float32 little-endian) of an existing person; returns the template id."""
-        vector = np.asarray(embedding)
-        if vector.ndim != 1 or not 0 < vector.size <= MAX_DIMS or not np.isfinite(vector).all():
-            raise ValueError(f"an embedding must be 1-D, finite, 1..{MAX_DIMS} values; got shape {vector.shape}")
+        """Store one embedding (float32 little-endian) of an existing person; returns the template id.
+
+        `source` says where it came from (`schema.TEMPLATE_SOURCES`), `event_id` the decided track it was made
+        from, if any (`delete_event_templates` takes such templates back)."""
+        if source not in schema.TEMPLATE_SOURCES:
+            raise GalleryError(f"template source must be one of {', '.join(schema.TEMPLATE_SOURCES)}, got {source!r}")
         row = {
             "person_id": person_id,
-            "embedding": vector.astype("<f4").tobytes(),
-            "dims": int(vector.size),
+            "embedding": _embedding_blob(embedding),
+            "dims": int(np.asarray(embedding).size),
             "model_id": _text(model_id, "model_id"),
             "model_sha256": _text(model_sha256, "model_sha256"),
             "quality": _json({str(k): float(v) for k, v in quality.items()}, "quality"),
             "chip": None if chip is None else bytes(chip),
             "created_at": utc_now(),
+            "source": source,
+            "event_id": None if event_id is None else _text(event_id, "event_id"),
         }
         with self.transaction():
             self._require_person(person_id)
             template_id = self.db.table("templates").insert(row).last_pk
         return int(cast(int, template_id))
+
+    @_guarded
+    def delete_event_templates(self, event_id: str, *, person_id: str | None = None) -> dict[str, int]:
+        """Delete the templates made from the decided track `event_id` (of `person_id` only, if given): a
+        correction took that track back. Person id -> templates deleted (empty: there were none)."""
+        where, params = "event_id = ?", [_text(event_id, "event_id")]
+        if person_id is not None:
+            where, params = where + " AND person_id = ?", [*params, person_id]
+        with self.transaction():
+            sql = f"SELECT person_id, COUNT(*) FROM templates WHERE {where} GROUP BY person_id"
+            counts = {row[0]: int(row[1]) for row in self.db.execute(sql, params)}
+            if counts:
+                self.db.execute(f"DELETE FROM templates WHERE {where}", params)
+        return counts
 
     def iter_templates(self, model_id: str) -> Iterator[tuple[int, str, str, np.ndarray]]:
         """(template_id, person_id, person_name, float32 embedding) of every template made by `model_id`."""
@@ -346,16 +393,17 @@ class GalleryStore:
         this connection's own commits; two equal readings bracket a stretch in which only this one wrote."""
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
-    def fingerprint(self) -> tuple[int, int, int, str, int]:
-        """Changes whenever a person or template is added, renamed or erased, by any process."""
+    def fingerprint(self) -> Fingerprint:
+        """Changes whenever a person, template or negative is added, renamed or erased, by any process."""
         sql = (
             "SELECT (SELECT COUNT(*) FROM templates), (SELECT COALESCE(MAX(id), 0) FROM templates), "
             "(SELECT COUNT(*) FROM people), (SELECT COALESCE(MAX(updated_at), '') FROM people), "
-            "(SELECT COALESCE(SUM(LENGTH(name)), 0) FROM people)"
+            "(SELECT COALESCE(SUM(LENGTH(name)), 0) FROM people), "
+            "(SELECT COUNT(*) FROM negatives), (SELECT COALESCE(MAX(id), 0) FROM negatives)"
         )
         with self._errors():
-            templates, last, people, updated, names = self.db.execute(sql).fetchone()
-        return int(templates), int(last), int(people), str(updated), int(names)
+            templates, last, people, updated, names, negatives, last_negative = self.db.execute(sql).fetchone()
+        return int(templates), int(last), int(people), str(updated), int(names), int(negatives), int(last_negative)
 
     @_guarded
     def listing(self, model_id: str, *, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
@@ -398,6 +446,65 @@ class GalleryStore:
     def count_needing_reenrollment(self, model_id: str) -> int:
         sql = f"SELECT COUNT(*) FROM people p WHERE {_NO_TEMPLATE_OF_MODEL}"
         return int(self.db.execute(sql, [model_id]).fetchone()[0])
+
+    # ------------------------------------------------------------------------------------- negatives
+
+    @_guarded
+    def add_negative(
+        self,
+        person_id: str,
+        embedding: np.ndarray,
+        *,
+        model_id: str,
+        event_id: str | None,
+        ttl_days: float,
+        cap: int,
+        now: datetime | None = None,
+    ) -> int:
+        """Store "this face is not `person_id`" until `ttl_days` from now; the person keeps at most `cap`
+        negatives of `model_id`, the oldest dropped first. Returns the negative's id."""
+        if cap < 1:
+            raise ValueError(f"the negatives cap must be at least 1, got {cap}")
+        if not (math.isfinite(ttl_days) and ttl_days > 0):
+            raise ValueError(f"a negative's time to live must be a finite number of days > 0, got {ttl_days!r}")
+        moment = now or datetime.now(UTC)
+        row = {
+            "person_id": person_id,
+            "model_id": _text(model_id, "model_id"),
+            "embedding": _embedding_blob(embedding),
+            "event_id": None if event_id is None else _text(event_id, "event_id"),
+            "created_at": utc_iso(moment),
+            "expires_at": utc_iso(moment + timedelta(days=ttl_days)),
+        }
+        with self.transaction():
+            self._require_person(person_id)
+            negative_id = int(cast(int, self.db.table("negatives").insert(row).last_pk))
+            self.db.execute(
+                "DELETE FROM negatives WHERE person_id = ? AND model_id = ? AND id NOT IN (SELECT id FROM negatives "
+                "WHERE person_id = ? AND model_id = ? ORDER BY created_at DESC, id DESC LIMIT ?)",
+                [person_id, row["model_id"], person_id, row["model_id"], int(cap)],
+            )
+        return negative_id
+
+    @_guarded
+    def negatives(
+        self, model_id: str, person_ids: Iterable[str] | None = None, *, now: datetime | None = None
+    ) -> list[tuple[int, str, np.ndarray]]:
+        """(negative id, person id, float32 embedding) of every unexpired negative of `model_id` (of these
+        people only, if given), in id order."""
+        at = utc_iso(now or datetime.now(UTC))
+        sql = "SELECT id, person_id, embedding FROM negatives WHERE model_id = ? AND expires_at > ?"
+        if person_ids is None:
+            chunks: list[list[str]] = [[]]
+        else:
+            wanted = sorted(set(person_ids))
+            chunks = [wanted[start : start + _DELETE_CHUNK] for start in range(0, len(wanted), _DELETE_CHUNK)]
+        rows: list[tuple[int, str, np.ndarray]] = []
+        for chunk in chunks:
+            where = f" AND person_id IN ({', '.join('?' * len(chunk))})" if person_ids is not None else ""
+            for negative_id, person_id, blob in self.db.execute(sql + where + " ORDER BY id", [model_id, at, *chunk]):
+                rows.append((int(negative_id), person_id, np.frombuffer(blob, dtype="<f4").astype(np.float32)))
+        return rows
 
     # ---------------------------------------------------------------------------------------- events
 
@@ -506,7 +613,8 @@ class GalleryStore:
 
     @_guarded
     def purge_expired(self, *, events_days: float, audit_days: float, now: datetime | None = None) -> dict[str, int]:
-        """Delete events and audit records older than their retention; the purge itself is audited.
+        """Delete events and audit records older than their retention, and negatives past their `expires_at`;
+        the purge itself is audited.
 
         An unsent `person_erased` event is a record of an erasure, like the audit: it keeps `audit_days`, so
         a purge of events (or a long outage) cannot leave consumers downstream unaware of an erasure."""
@@ -520,11 +628,14 @@ class GalleryStore:
                     [PERSON_ERASED, cutoffs["events"], PERSON_ERASED, cutoffs["audit"]],
                 ).rowcount,
                 "audit": self.db.execute("DELETE FROM audit WHERE at < ?", [cutoffs["audit"]]).rowcount,
+                "negatives": self.db.execute("DELETE FROM negatives WHERE expires_at <= ?", [utc_iso(moment)]).rowcount,
             }
             if any(counts.values()):
                 self.audit("retention", "retention.purge", None, counts)
-        if counts["events"]:
-            self._truncate_wal()
+        if counts["events"] or counts["negatives"]:
+            with self.transaction():
+                self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [_ERASURE_IN_WAL, utc_now()])
+            self.finish_erasures()
         return counts
 
     @_guarded
@@ -538,10 +649,17 @@ class GalleryStore:
         }
 
     def _truncate_wal(self) -> bool:
-        """Copy the WAL into the database and truncate it; False when a reader or writer kept it busy."""
-        busy, _, _ = self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        """Copy the WAL into the database and truncate it; False when a reader or writer kept it busy for
+        longer than `WAL_TRUNCATE_WAIT_SECONDS` (the checkpoint holds the write lock while it waits)."""
+        conn = self.db.conn
+        (usual,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout = {int(WAL_TRUNCATE_WAIT_SECONDS * 1000)}")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(usual)}")
         if busy:
-            log.warning("gallery %s: WAL checkpoint blocked by another process; it completes later", self.path)
+            log.info("gallery %s: a reader kept the WAL busy; the erasure's checkpoint is retried", self.path)
         return not busy
 
 
@@ -569,6 +687,14 @@ def _consent_columns(consent: Consent | None) -> dict[str, str | None]:
         "consent_reference": _optional_text(consent.reference, "consent.reference"),
         "consent_purpose": _optional_text(consent.purpose, "consent.purpose"),
     }
+
+
+def _embedding_blob(embedding: np.ndarray) -> bytes:
+    """float32 little-endian bytes of a 1-D, finite embedding of at most MAX_DIMS values."""
+    vector = np.asarray(embedding)
+    if vector.ndim != 1 or not 0 < vector.size <= MAX_DIMS or not np.isfinite(vector).all():
+        raise ValueError(f"an embedding must be 1-D, finite, 1..{MAX_DIMS} values; got shape {vector.shape}")
+    return vector.astype("<f4").tobytes()
 
 
 def _text(value: str, what: str) -> str:

@@ -1,5 +1,7 @@
 """The one writer of the live matcher: it follows every change to the gallery file, whoever made it.
 
+Negatives (corrections) travel with their person's templates: read, replaced and dropped with them.
+
 - A write of this process (a command enrolls, renames, erases, or a model update rebuilds templates) is
   recorded around the write (`recorded`) and handed over as a `GalleryWrite`: `apply` refreshes just the
   people it changed, a few rows read by index, whatever the gallery's size.
@@ -30,12 +32,11 @@ from typing import Protocol
 import numpy as np
 
 from agent.gallery.matcher import Matcher
-from agent.gallery.store import GalleryStore
+from agent.gallery.store import Fingerprint, GalleryStore
 
 log = logging.getLogger(__name__)
 
-Fingerprint = tuple[int, int, int, str, int]
-UNLOADED: Fingerprint = (-1, -1, -1, "", -1)  # no gallery's: the matcher holds nothing read yet
+UNLOADED: Fingerprint = (-1, -1, -1, "", -1, -1, -1)  # no gallery's: the matcher holds nothing read yet
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class GallerySync:
             reader = store or self.store
             with reader.snapshot():
                 rows = reader.person_templates(self.model_id, write.people)
-            self.matcher.replace_people(write.people, rows)
+                negatives = reader.negatives(self.model_id, write.people)
+            self.matcher.replace_people(write.people, rows, negatives)
             self.refreshes += 1
         if write.after is not None and write.before == self._seen:
             self._seen = write.after  # the change is all ours, and now in the matcher: nothing to reload
@@ -141,8 +143,8 @@ class GallerySync:
         """Load every template of the model from one snapshot; False (nothing swapped) when the matcher
         changed meanwhile, so the rows may predate a command's change."""
         version = self.matcher.version  # before the rows: a patch after it fails the swap
-        current, rows = self._read(self.model_id)
-        swapped = self.matcher.load(rows, if_version=version)
+        current, rows, negatives = self._read(self.model_id)
+        swapped = self.matcher.load(rows, negatives=negatives, if_version=version)
         if not swapped:
             self.retries += 1
             return False
@@ -153,13 +155,16 @@ class GallerySync:
     def switch_model(self, model_id: str, go_live: Callable[[Matcher], None]) -> None:
         """Build the matcher of `model_id`'s templates aside and hand it to `go_live`, which makes it live
         (with the models that made it) or raises: nothing here changes unless it returns."""
-        current, rows = self._read(model_id)
+        current, rows, negatives = self._read(model_id)
         matcher = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=self.matcher.margin)
-        matcher.load(rows)
+        matcher.load(rows, negatives=negatives)
         go_live(matcher)
         self.model_id, self._seen = model_id, current
         log.info("matcher switched to %s: %d templates", model_id, len(self.matcher))
 
-    def _read(self, model_id: str) -> tuple[Fingerprint, list[tuple[int, str, str, np.ndarray]]]:
+    def _read(
+        self, model_id: str
+    ) -> tuple[Fingerprint, list[tuple[int, str, str, np.ndarray]], list[tuple[int, str, np.ndarray]]]:
+        """The fingerprint, templates and negatives of `model_id`, from one snapshot."""
         with self.store.snapshot():  # held only while reading: an erasure's WAL checkpoint waits for readers
-            return self.store.fingerprint(), list(self.store.iter_templates(model_id))
+            return self.store.fingerprint(), list(self.store.iter_templates(model_id)), self.store.negatives(model_id)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from agent.gallery.store import GalleryStore
+from agent.gallery.store import Fingerprint, GalleryStore
 from agent.link.mqtt import MqttLink
 from agent.link.topics import safe_segment
 from agent.wire import FACE_RECOGNIZED, SCHEMA, DiscoveryCommon, FaceEvent, PersonSeen, PersonSeenDiscovery, encode
@@ -70,7 +70,7 @@ class PersonSensors:
         self._removals: list[str] = []  # retained topics to empty, kept until the link is connected
         self._held = frozenset(topic for topic in recorded if self._is_own(topic))
         self._listed = False
-        self._fingerprint: tuple[int, int, int, str, int] | None = None
+        self._fingerprint: Fingerprint | None = None
         self._include_names: bool | None = None
         self._next_look = 0.0
         self._resend = threading.Event()

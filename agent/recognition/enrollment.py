@@ -32,7 +32,7 @@ from agent.errors import FaceagentError, ImageError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Person
-from agent.recognition.quality import QualityReport, assess
+from agent.recognition.quality import assess
 from agent.vision.detector import Face
 from agent.vision.embedder import EmbedderInfo
 from agent.vision.image import load_image
@@ -90,12 +90,16 @@ class EnrollmentResult:
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
+    """A face that may become a template: from a photo, or a view the device embedded itself (a decided
+    track's, `agent/recognition/feedback.py`); `refusal` is the quality gate's verdict (None: passed)."""
+
     label: str
-    face: Face
-    chip: np.ndarray
     embedding: np.ndarray
-    quality: QualityReport
+    view_score: float
+    quality: dict[str, float]
+    refusal: str | None = None
+    chip: np.ndarray | None = None
 
 
 class Enroller:
@@ -137,37 +141,68 @@ class Enroller:
         that match someone else or do not match `person_id`; `reveal_matches` lets reasons name the person
         matched and give distances (never over MQTT).
         """
+        if not photos:
+            raise EnrollmentError("no photos given")
+        return self.enroll_candidates(
+            [self._candidate(label, source) for label, source in photos],
+            actor=actor,
+            name=name,
+            person_id=person_id,
+            external_ref=external_ref,
+            consent=consent,
+            force=force,
+            reveal_matches=reveal_matches,
+        )
+
+    def enroll_candidates(
+        self,
+        candidates: Sequence[Candidate | PhotoOutcome],
+        *,
+        actor: str,
+        name: str | None = None,
+        person_id: str | None = None,
+        external_ref: str | None = None,
+        consent: Consent | None = None,
+        force: bool = False,
+        reveal_matches: bool = False,
+        source: str = "photo",
+        event_id: str | None = None,
+    ) -> EnrollmentResult:
+        """`enroll` for faces embedded already (`PhotoOutcome`: one refused before embedding), stored with
+        `source` and `event_id` (`GalleryStore.add_template`): the same gate, checks and audit."""
         if (name is None) == (person_id is None):
             raise EnrollmentError("give either a name (new person) or a person id (more photos of someone enrolled)")
         existing = self.store.get_person(person_id) if person_id else None
         if person_id and existing is None:
             raise EnrollmentError(f"no person with id {person_id!r}")
-        if not photos:
-            raise EnrollmentError("no photos given")
-        outcomes: dict[str, PhotoOutcome] = {}
-        candidates = []
-        for label, source in photos:
-            candidate = self._candidate(label, source)
-            if isinstance(candidate, PhotoOutcome):
-                outcomes[label] = candidate
-            else:
-                candidates.append(candidate)
-        accepted, overridden = self._select(candidates, person_id, force, reveal_matches, outcomes)
+        if not candidates:
+            raise EnrollmentError("no faces given")
+        outcomes = {c.label: c for c in candidates if isinstance(c, PhotoOutcome)}
+        gated = []
+        for candidate in candidates:
+            if isinstance(candidate, Candidate) and candidate.refusal:
+                outcomes[candidate.label] = PhotoOutcome(
+                    candidate.label, False, candidate.refusal, None, candidate.quality
+                )
+            elif isinstance(candidate, Candidate):
+                gated.append(candidate)
+        accepted, overridden = self._select(gated, person_id, force, reveal_matches, outcomes)
         if not accepted:
             reasons = "; ".join(f"{o.label}: {o.reason}" for o in outcomes.values())
             raise EnrollmentError(f"nothing enrolled: {reasons}")
-        audit = {"forced": force} | overridden
-        person, template_ids = self._store(accepted, existing, name, external_ref, consent, actor, audit, outcomes)
+        audit: dict[str, bool | int | str] = (
+            {"forced": force} | overridden | ({"event_id": event_id} if event_id else {})
+        )
+        stored = _Stored(existing, name, external_ref, consent, actor, audit, source, event_id)
+        person, template_ids = self._store(accepted, stored, outcomes)
         for candidate, template_id in zip(accepted, template_ids, strict=True):
             if self.add_to_matcher:
                 self.matcher.add(template_id, person.id, person.name, candidate.embedding)
-            outcomes[candidate.label] = PhotoOutcome(
-                candidate.label, True, None, template_id, candidate.quality.as_dict()
-            )
-        ordered = [outcomes[label] for label, _ in photos if label in outcomes]
+            outcomes[candidate.label] = PhotoOutcome(candidate.label, True, None, template_id, candidate.quality)
+        ordered = [outcomes[c.label] for c in candidates if c.label in outcomes]
         return EnrollmentResult(person, existing is None, ordered)
 
-    def _candidate(self, label: str, source: Path | bytes) -> _Candidate | PhotoOutcome:
+    def _candidate(self, label: str, source: Path | bytes) -> Candidate | PhotoOutcome:
         try:
             frame = load_image(source, max_side=ENROLL_SIDE)
         except ImageError as exc:
@@ -183,18 +218,17 @@ class Enroller:
         image = Image.fromarray(frame)
         embedded = self.pipeline.embed_face(image, face)
         quality = assess(face, embedded.chip, self.settings.quality)
-        if not quality.ok:
-            return PhotoOutcome(label, False, "; ".join(quality.reasons), quality=quality.as_dict())
-        return _Candidate(label, face, embedded.chip, embedded.embedding, quality)
+        refusal = "; ".join(quality.reasons) or None
+        return Candidate(label, embedded.embedding, quality.view_score, quality.as_dict(), refusal, embedded.chip)
 
     def _select(
         self,
-        candidates: list[_Candidate],
+        candidates: list[Candidate],
         person_id: str | None,
         force: bool,
         reveal: bool,
         outcomes: dict[str, PhotoOutcome],
-    ) -> tuple[list[_Candidate], dict[str, int]]:
+    ) -> tuple[list[Candidate], dict[str, int]]:
         """Refuse conflicts with other people and faces that are not `person_id`'s, skip near-duplicates,
         respect the per-person cap; also how many refusals `force` overrode (for the audit)."""
         gallery = self.settings.gallery
@@ -205,11 +239,11 @@ class Enroller:
         held = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
         held.load(rows)  # what the person had before this request: photos accepted now vouch for nothing
         room = gallery.max_templates_per_person - len(own)
-        accepted: list[_Candidate] = []
+        accepted: list[Candidate] = []
         overridden = {"conflicts_overridden": 0, "mismatches_overridden": 0}
         # Best views first, so the cap keeps the best photos.
-        for candidate in sorted(candidates, key=lambda c: -c.quality.view_score):
-            quality = candidate.quality.as_dict()
+        for candidate in sorted(candidates, key=lambda c: -c.view_score):
+            quality = candidate.quality
             conflict, mismatch = self._not_theirs(candidate.embedding, person_id, held, reveal)
             if (conflict or mismatch) and not force:
                 reason = (
@@ -252,31 +286,41 @@ class Enroller:
         return conflict, mismatch
 
     def _store(
-        self,
-        accepted: list[_Candidate],
-        existing: Person | None,
-        name: str | None,
-        external_ref: str | None,
-        consent: Consent | None,
-        actor: str,
-        audit: dict[str, bool | int],
-        outcomes: dict[str, PhotoOutcome],
+        self, accepted: list[Candidate], stored: _Stored, outcomes: dict[str, PhotoOutcome]
     ) -> tuple[Person, list[int]]:
         info = self.pipeline.embedder.info
         keep_chips = self.settings.gallery.keep_chips
         with self.store.transaction():
-            person = existing or self.store.add_person(name or "", external_ref=external_ref, consent=consent)
+            person = stored.existing or self.store.add_person(
+                stored.name or "", external_ref=stored.external_ref, consent=stored.consent
+            )
             template_ids = [
                 self.store.add_template(
                     person.id,
                     candidate.embedding,
                     model_id=info.model_id,
                     model_sha256=info.sha256,
-                    quality=candidate.quality.as_dict(),
-                    chip=candidate.chip.tobytes() if keep_chips else None,
+                    quality=candidate.quality,
+                    chip=candidate.chip.tobytes() if keep_chips and candidate.chip is not None else None,
+                    source=stored.source,
+                    event_id=stored.event_id,
                 )
                 for candidate in accepted
             ]
-            details = {"templates_added": len(template_ids), "photos_refused": len(outcomes)} | audit
-            self.store.audit(actor, "person.enroll", person.id, details)
+            details = {"templates_added": len(template_ids), "photos_refused": len(outcomes)} | stored.audit
+            self.store.audit(stored.actor, "person.enroll", person.id, details)
         return person, template_ids
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Who the accepted faces go to, and what the templates and the audit record say."""
+
+    existing: Person | None
+    name: str | None
+    external_ref: str | None
+    consent: Consent | None
+    actor: str
+    audit: dict[str, bool | int | str]
+    source: str
+    event_id: str | None

@@ -103,9 +103,11 @@ class Recognizer:
         camera_id: str,
         *,
         on_decision: Callable[[Track, Match], None] | None = None,
+        on_event: Callable[[Track, Match, FaceEvent], None] | None = None,
         storage: StorageHealth | None = None,
     ) -> None:
-        """`on_decision` sees every decision, including those a cooldown keeps from becoming events.
+        """`on_decision` sees every decision, including those a cooldown keeps from becoming events;
+        `on_event` each decision that became an event (in the outbox), with it: what an operator can refer to.
         `storage` counts the events a full file system could not take (the loop runs on); the service
         passes the one its status reports, else the recognizer keeps its own."""
         self.pipeline = pipeline
@@ -123,6 +125,7 @@ class Recognizer:
         self.cuts = SceneCutDetector()
         self.stats = RecognizerStats()
         self.on_decision = on_decision
+        self.on_event = on_event
         self._hires: HiRes | None = None
 
     def update(self, settings: Settings) -> None:
@@ -256,7 +259,11 @@ class Recognizer:
         if self.on_decision is not None:
             self.on_decision(track, match)
         event = self.events.emit(track, match, timestamp)
-        return [] if event is None else [event]
+        if event is None:
+            return []
+        if self.on_event is not None:
+            self.on_event(track, match, event)
+        return [event]
 
 
 def _require_aware(timestamp: datetime) -> None:

@@ -38,6 +38,7 @@ from agent.commands.signing import CommandSecurity, KeyRoles, StoredReplayCache
 from agent.config import Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.identity import Match
 from agent.link.homeassistant import HomeAssistantDiscovery, LastPersonTopic
 from agent.link.mqtt import BrokerSettings, MqttLink, client_id_for, packet_limit
 from agent.link.outbox import OutboxPublisher
@@ -46,6 +47,7 @@ from agent.link.topics import resolve_device_id
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater
 from agent.recognition.enrollment import Enroller
+from agent.recognition.feedback import FeedbackWindow
 from agent.recognition.recognizer import Recognizer
 from agent.service.commandworker import CommandQueue, CommandWorker, OnFirstUse
 from agent.service.frameloop import FrameLoop
@@ -57,6 +59,7 @@ from agent.service.sdnotify import Notifier
 from agent.service.status import FrameClock, StatusReport
 from agent.sources.factory import open_latest
 from agent.storage import StorageHealth
+from agent.tracking.tracker import Track
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 from agent.wire import FaceEvent
 
@@ -119,8 +122,15 @@ class AgentService:
         log.info("TFLite runtime: %s", pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)  # the frame loop's: this thread's
         self.matcher = Matcher.for_gallery(settings.gallery)  # filled by the gallery thread
+        self.feedback = FeedbackWindow(settings.feedback)  # decided tracks by event id, in memory only
         self.recognizer = Recognizer(
-            pipeline, self.matcher, self.store, settings, settings.events.camera_id, storage=self.storage
+            pipeline,
+            self.matcher,
+            self.store,
+            settings,
+            settings.events.camera_id,
+            on_event=self._remember_decision,
+            storage=self.storage,
         )
         self.source = open_latest(
             settings.camera, lossless=self.options.lossless, config_path=self.options.settings_path
@@ -266,6 +276,7 @@ class AgentService:
             request_restart=lambda: self.stop(EXIT_RESTART),
             restart_wait=self.restarts.wait,
             storage=self.storage,
+            feedback=self.feedback,
             model_updates=ModelUpdater(
                 state_models_dir(self.settings.gallery.path),
                 get_settings=lambda: self.settings,
@@ -375,8 +386,13 @@ class AgentService:
         if self.publisher.discovery is not None:
             self.publisher.discovery.keep_people(store, include_names=self.settings.events.include_names)
 
+    def _remember_decision(self, track: Track, match: Match, event: FaceEvent) -> None:
+        """On the frame loop: the event's track goes into the feedback window, for corrections by event id."""
+        self.feedback.record(track, match, event, metric=self.matcher.metric, quality=self.settings.quality)
+
     def _gallery_synced(self) -> None:
         """On the gallery thread, after another process changed the gallery."""
+        self.feedback.forget_absent(self.matcher.person_ids())  # erased from the CLI: their tracks go too
         self.frames.jobs.submit(FrameLoop.refresh_last_person)  # the person shown may be renamed or erased
         if self.outbox is not None:
             self.outbox.notify()  # an erasure queued its person_erased event: send it now

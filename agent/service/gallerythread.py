@@ -142,6 +142,7 @@ class GalleryThread:
                 if parts.sync.maybe_sync():  # an erasure or a rename by another process
                     self.on_synced()
                 parts.retention.maybe_purge()
+                parts.store.finish_erasures()  # a CLI erasure's or a busy one's WAL truncation
                 self.each_turn(parts.store)
             except Exception as exc:
                 if not self.loaded.is_set():  # the agent does not run without its gallery

@@ -30,6 +30,10 @@ class Track:
     last_seen: datetime
     frames: int = 1  # detections matched to this track
     embeddings: list[np.ndarray] = field(default_factory=list)
+    # Per embedding, the detection it was made from and its view score: what a correction of the track's
+    # decision (agent/recognition/feedback.py) gates and ranks its views by.
+    view_faces: list[Face] = field(default_factory=list)
+    view_scores: list[float] = field(default_factory=list)
     best_quality: float = 0.0  # best view score seen while undecided
     embedded_quality: float = 0.0  # best view score among the frames that were embedded
     last_embed_frame: int | None = None
@@ -58,7 +62,10 @@ class Track:
         return better > 0.0 and view_score >= better
 
     def add_embedding(self, embedding: np.ndarray, view_score: float, frame_index: int) -> None:
+        """One more embedding, of the track's current detection (`face`)."""
         self.embeddings.append(embedding)
+        self.view_faces.append(self.face)
+        self.view_scores.append(view_score)
         self.embedded_quality = max(self.embedded_quality, view_score)
         self.last_embed_frame = frame_index
 
