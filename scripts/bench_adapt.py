@@ -51,7 +51,7 @@ from bench_openset import DEFAULT_CACHE, DEFAULT_DATA, embed_all, read_split
 from agent.config import GallerySettings
 from agent.gallery.matcher import Matcher
 from agent.identity import Match
-from agent.recognition.adaptation import AdaptiveTemplate, DecidedTrack, consider
+from agent.recognition.adaptation import AdaptiveTemplate, RecognizedTrack, consider
 from agent.tracking.decision import decide
 
 Vector = np.ndarray
@@ -199,7 +199,7 @@ def run_stream(people: People, settings: GallerySettings, enroll: int, seed: int
             figures.strangers += 1
             figures.strangers_accepted += match.accepted
         if adapt and match.accepted and match.person_id is not None:
-            decided = DecidedTrack(match, views, [1.0] * len(views))
+            decided = RecognizedTrack(match, views, [1.0] * len(views))
             outcome = consider(decided, gallery.matcher, gallery.adaptive.get(match.person_id, []), settings)
             if isinstance(outcome, AdaptiveTemplate):
                 gallery.adapt(outcome)
@@ -300,11 +300,14 @@ def run_wrong_feed(
             figures.fed_views += 1
             forced = Match(a, a, 0.0, float("inf"), True)
             if not policy:
-                gallery.adapt(AdaptiveTemplate(a, views[0], None, _surplus(gallery, a, settings)))
+                gallery.adapt(AdaptiveTemplate(a, views[0], None, _surplus(gallery, a, settings), 0))
                 figures.taken += 1
                 continue
             outcome = consider(
-                DecidedTrack(forced, views, [1.0] * len(views)), gallery.matcher, gallery.adaptive.get(a, []), settings
+                RecognizedTrack(forced, views, [1.0] * len(views)),
+                gallery.matcher,
+                gallery.adaptive.get(a, []),
+                settings,
             )
             if isinstance(outcome, AdaptiveTemplate):
                 gallery.adapt(outcome)

@@ -24,7 +24,7 @@ from agent.recognition.adaptation import (
     NOT_RECOGNIZED,
     TOO_FAR,
     AdaptiveTemplate,
-    DecidedTrack,
+    RecognizedTrack,
     Refusal,
     consider,
 )
@@ -67,15 +67,15 @@ def gallery(faces: Faces, rows: Sequence[tuple[str, str]] = ENROLLED) -> Matcher
     return matcher
 
 
-def decided(matcher: Matcher, *views: np.ndarray, event_id: str | None = "E1") -> DecidedTrack:
+def decided(matcher: Matcher, *views: np.ndarray, event_id: str | None = "E1") -> RecognizedTrack:
     """The track as the recognizer decides it: its mean embedding searched, `track_threshold` applied."""
-    return DecidedTrack(decide(views, matcher, DEFAULTS.track_threshold), views, [1.0] * len(views), event_id)
+    return RecognizedTrack(decide(views, matcher, DEFAULTS.track_threshold), views, [1.0] * len(views), event_id)
 
 
-def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = None) -> DecidedTrack:
+def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = None) -> RecognizedTrack:
     """A track decided for `person` with an infinite margin, whatever it shows (a wrong feed)."""
     match = Match(person, person.title(), 0.0, float("inf"), True)
-    return DecidedTrack(match, views, list(scores or [1.0] * len(views)))
+    return RecognizedTrack(match, views, list(scores or [1.0] * len(views)))
 
 
 def test_a_wide_margin_track_with_a_new_view_becomes_a_template_of_its_person(faces: Faces) -> None:
@@ -171,7 +171,7 @@ def test_a_person_erased_meanwhile_gets_nothing(faces: Faces) -> None:
 
 def test_embeddings_and_view_scores_must_pair_up(faces: Faces) -> None:
     with pytest.raises(ValueError, match="2 embeddings but 1 view scores"):
-        DecidedTrack(Match("powell", "Powell", 0.2, 0.3, True), [faces[powell("0095")]] * 2, [1.0])
+        RecognizedTrack(Match("powell", "Powell", 0.2, 0.3, True), [faces[powell("0095")]] * 2, [1.0])
 
 
 def _nearest_other_of_centroid(rows: np.ndarray, matcher: Matcher, person: str) -> float:

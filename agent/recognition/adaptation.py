@@ -46,7 +46,7 @@ DRIFT = "moves towards another person"
 
 
 @dataclass(frozen=True)
-class DecidedTrack:
+class RecognizedTrack:
     """What the policy reads of one decided track: its decision, embeddings and their view scores."""
 
     match: Match
@@ -68,6 +68,7 @@ class AdaptiveTemplate:
     embedding: np.ndarray = field(repr=False)
     event_id: str | None
     replaces: tuple[int, ...]
+    view: int  # which of the track's embeddings it is
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Refusal:
 
 
 def consider(
-    track: DecidedTrack, matcher: Matcher, adaptive: Sequence[int], settings: GallerySettings
+    track: RecognizedTrack, matcher: Matcher, adaptive: Sequence[int], settings: GallerySettings
 ) -> AdaptiveTemplate | Refusal:
     """The view of `track` to add to its person (best view score first), or why none.
 
@@ -113,7 +114,7 @@ def consider(
         if reason is None and _drifts(np.vstack([kept, prepared[row]]), centroid_before, matcher, person_id, settings):
             reason = DRIFT
         if reason is None:
-            return AdaptiveTemplate(person_id, views[row], track.event_id, replaces)
+            return AdaptiveTemplate(person_id, views[row], track.event_id, replaces, order[row])
         refusals.append(reason)
     return Refusal(refusals[0])
 
