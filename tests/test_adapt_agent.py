@@ -8,40 +8,26 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config import Settings
-from agent.gallery.matcher import Matcher
-from agent.gallery.store import GalleryStore
-from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
-from tests.support.agent_process import agent_config, faceagent, start_agent, stop_agent
-from tests.support.broker import Broker, Observer
-from tests.support.commands import write_operator_key
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
+from tests.support.agent_process import faceagent
+from tests.support.stage import Stage, miranda_on_stage
 
 pytestmark = pytest.mark.slow  # `faceagent run` as a real process
 
 DEVICE = "stage-1"
 RECOGNIZED = f"faceagent/{DEVICE}/events/face_recognized"
-STATUS = f"faceagent/{DEVICE}/status"
 
 
-@dataclass
-class Stage:
-    broker: Broker
-    db: Path
-    log: Path
-    key: Path
-    events: Observer
-    miranda: str
+class Door(Stage):
+    """The stage (tests/support/stage.py) with Miranda's recognitions and the adaptive templates in sight."""
 
     def recognized(self, count: int) -> list[str]:
-        """Event ids of the first `count` recognitions of Miranda the device published."""
+        """Event ids of the first `count` (or more) recognitions the device published."""
 
         def ids(messages: list) -> list[str]:
             return [m.json()["event_id"] for m in messages if m.topic == RECOGNIZED]
@@ -49,11 +35,9 @@ class Stage:
         assert self.events.wait_for(lambda m: len(ids(m)) >= count, 120), self.log.read_text()[-3000:]
         return ids(list(self.events.messages))
 
-    def adaptive(self) -> list[tuple[str, str]]:
+    def adaptive(self) -> list[tuple]:
         """(person id, event id) of every adaptive template in the gallery."""
-        with GalleryStore.open(self.db) as store:
-            sql = "SELECT person_id, event_id FROM templates WHERE source = 'adaptive' ORDER BY id"
-            return [tuple(row) for row in store.db.execute(sql)]
+        return self.gallery("SELECT person_id, event_id FROM templates WHERE source = 'adaptive' ORDER BY id")
 
     def ctl(self, *command: str, after: tuple[str, ...] = ()) -> dict[str, Any]:
         """`faceagent ctl <command> ... --json <device> <after>`, signed by the operator: the device's reply."""
@@ -64,28 +48,10 @@ class Stage:
 
 
 @contextmanager
-def stage(folder: Path, pipeline: FacePipeline, shared_data: Path, *, adapt: bool) -> Iterator[Stage]:
-    """The agent replaying the clip with Miranda enrolled; every decision an event (no cooldowns)."""
-    broker = Broker(folder / "broker").start()
-    events = "cooldown_seconds = 0\nunknown_cooldown_seconds = 0\n"
-    config = agent_config(
-        folder, broker, DEVICE, fps=15, events=events, extra=f"[gallery]\nadapt = {str(adapt).lower()}\n"
-    )
-    db = folder / "gallery.db"
-    settings = Settings()
-    with GalleryStore.open(db) as store:
-        photo = shared_data / CLIP_ENROLL
-        enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
-        miranda = enroller.enroll([(photo.name, photo)], actor="test", name="Lin-Manuel Miranda").person.id
-    observer = Observer(broker, [f"faceagent/{DEVICE}/events/#", STATUS])
-    log = folder / "agent.log"
-    agent = start_agent(config, db, shared_data / CLIP_FRAMES, log=log)
-    try:
-        yield Stage(broker, db, log, write_operator_key(folder), observer, miranda)
-    finally:
-        stop_agent(agent)
-        observer.close()
-        broker.kill()
+def stage(folder: Path, pipeline: FacePipeline, shared_data: Path, *, adapt: bool) -> Iterator[Door]:
+    extra = f"[gallery]\nadapt = {str(adapt).lower()}\n"
+    with miranda_on_stage(folder, pipeline, shared_data, DEVICE, extra=extra) as ready:
+        yield Door(**vars(ready))
 
 
 def eventually(condition: Callable[[], bool], timeout: float) -> bool:
@@ -108,9 +74,7 @@ def test_with_adapt_on_a_recognized_performer_gains_an_adaptive_template(
         assert eventually(lambda: event_id in door.recognized(1), 30)  # made from a published recognition
         (row,) = door.ctl("people")["data"]["people"]
         assert row["id"] == door.miranda and sum(row["adaptive_templates"].values()) >= 1
-        with GalleryStore.open(door.db) as store:
-            audit = store.audit_log()
-        assert any(entry["action"] == "template.adapt" and entry["actor"] == "adaptation" for entry in audit)
+        assert ("adaptation",) in door.gallery("SELECT actor FROM audit WHERE action = 'template.adapt'")
 
 
 def test_wrong_person_on_its_event_takes_the_adaptive_template_back(

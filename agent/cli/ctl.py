@@ -583,6 +583,6 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _template_counts(person: dict[str, Any]) -> str:
-    """"4 templates", or "4 templates, 1 adaptive" where adaptation (gallery.adapt) made some of them."""
+    """ "4 templates", or "4 templates, 1 adaptive" where adaptation (gallery.adapt) made some of them."""
     adaptive = sum(person.get("adaptive_templates", {}).values())
     return f"{sum(person['templates'].values())} templates" + (f", {adaptive} adaptive" if adaptive else "")
