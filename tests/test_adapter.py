@@ -23,7 +23,7 @@ from agent.identity import Match
 from agent.recognition.events import build_event
 from agent.recognition.feedback import FeedbackWindow
 from agent.recognition.quality import view_score
-from agent.service.adapter import ACTOR, MAX_PENDING, Adapter
+from agent.service.adapter import ACTOR, CORRECTED, MAX_PENDING, Adapter
 from agent.service.gallerythread import GalleryParts
 from agent.service.jobs import JobQueue
 from agent.tracking.decision import decide
@@ -140,6 +140,29 @@ def test_a_track_corrected_before_its_job_runs_adds_nothing(parts: GalleryParts,
     window.mark_wrong(powell.event["event_id"])  # wrong_person, before the gallery thread got to it
     powell.jobs.run_pending(parts)
     assert adaptive_rows(parts) == [] and powell.adapter.added == 0
+
+
+def test_a_correction_committed_while_the_job_runs_stops_its_write(
+    parts: GalleryParts, views: dict[str, View], tmp_path: Path
+) -> None:
+    """wrong_person's transaction commits on the command worker's connection after the job looked at the window
+    (which `wrong_person` marks only after its commit): the job's own transaction sees its negative."""
+    window = FeedbackWindow(FeedbackSettings())
+    powell = offer(parts, views, window=window)
+    window.record(powell.track, powell.match, powell.event, metric="cosine", quality=ON.quality)
+    powell.send()
+    event_id, person_id = powell.event["event_id"], powell_id(parts)
+    worker = GalleryStore.open(tmp_path / "gallery.db")
+    try:
+        with worker.transaction():  # what wrong_person writes, before it marks the window
+            mean = np.mean(powell.track.embeddings, axis=0)
+            worker.add_negative(person_id, mean, model_id=EMBEDDER_ID, event_id=event_id, ttl_days=1, cap=5)
+            worker.delete_event_templates(event_id, person_id=person_id)
+    finally:
+        worker.close()
+    assert powell.jobs.run_pending(parts) == 1
+    assert adaptive_rows(parts) == [] and powell.adapter.added == 0
+    assert powell.adapter.refused == {CORRECTED: 1}
 
 
 def test_a_track_of_an_embedder_no_longer_matched_adds_nothing(parts: GalleryParts, views: dict[str, View]) -> None:

@@ -538,6 +538,14 @@ class GalleryStore:
                 rows.append((int(negative_id), person_id, np.frombuffer(blob, dtype="<f4").astype(np.float32)))
         return rows
 
+    @_guarded
+    def wrong_person_on(self, event_id: str, person_id: str) -> bool:
+        """Whether `wrong_person` on the decided track `event_id` left a negative of `person_id`: read inside
+        the adaptation job's write transaction, so a correction committed after the job's first look at the
+        feedback window still stops it (the negatives index narrows it to the person's few)."""
+        sql = "SELECT 1 FROM negatives WHERE person_id = ? AND event_id = ? LIMIT 1"
+        return self.db.execute(sql, [person_id, _text(event_id, "event_id")]).fetchone() is not None
+
     # ---------------------------------------------------------------------------------------- events
 
     @_guarded

@@ -10,7 +10,8 @@ in the same transaction, and the write is audited as the automatic action "templ
 
 Only decisions that became events are offered: a track a cooldown silenced has no event id, so nobody could
 correct it. A track already corrected with `wrong_person` when its job runs is skipped, and so is one decided
-by an embedder the gallery thread no longer matches against (a model update in between).
+by an embedder the gallery thread no longer matches against (a model update in between). A correction that
+lands while the job runs is caught inside the write transaction, by the negative it stored for the event.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 16  # offers queued for the gallery thread at most; more are dropped (it is busy: a reload, say)
 ACTOR = "adaptation"  # who the audit log says made the template: the agent itself, not an operator
+CORRECTED = "corrected by wrong_person"  # a refusal of the job itself: its event was corrected meanwhile
 
 
 class Adapter:
@@ -97,6 +99,11 @@ class Adapter:
         with parts.sync.writing(store) as changed, store.transaction():
             if store.get_person(person_id) is None:
                 return None  # erased since the matcher was read
+            # wrong_person commits its negative in a transaction too, so it lands before this one (seen here) or
+            # after it (and deletes the template by its event id): never between this check and the insert.
+            if outcome.event_id is not None and store.wrong_person_on(outcome.event_id, person_id):
+                self.refused[CORRECTED] += 1
+                return None
             template_id = store.add_template(
                 person_id,
                 outcome.embedding,
