@@ -56,14 +56,14 @@ class GallerySettings:
     keep_chips: bool = False  # opt-in: keep aligned 150x150 chips so templates can be rebuilt
     # Templates that keep up (opt-in, agent/recognition/adaptation.py): a track recognized with a margin of at
     # least adapt_margin gives one view as an adaptive template of that person, if the view is at least
-    # adapt_min_distance from all their templates (it adds something), within adapt_max_distance of an enrolled
+    # adapt_min_distance from all their templates (one they nearly missed), within adapt_max_distance of an enrolled
     # one (still clearly them), and at least adapt_guard_distance from everyone else's (0 turns the drift guard
     # off); at most adapt_templates per person, the oldest replaced first. Distances in the metric's units;
     # defaults from scripts/bench_adapt.py (docs/learning.md, "Adaptation").
     adapt: bool = False
     adapt_margin: float = 0.1
     adapt_templates: int = 5
-    adapt_min_distance: float = 0.15
+    adapt_min_distance: float = 0.3
     adapt_max_distance: float = 0.35
     adapt_guard_distance: float = 0.4
 

@@ -358,8 +358,8 @@ def wrong_feed(people: People, settings: GallerySettings, enroll: int) -> dict[s
 
 SWEEP: dict[str, tuple[float, ...]] = {
     "adapt_margin": (0.065, 0.1, 0.15, 0.2, 0.25),
-    "adapt_min_distance": (0.0, 0.1, 0.15, 0.2, 0.25),
-    "adapt_max_distance": (0.3, 0.32, 0.35, 0.4, 0.45),
+    "adapt_min_distance": (0.15, 0.25, 0.28, 0.3, 0.32),
+    "adapt_max_distance": (0.32, 0.35, 0.38, 0.4, 0.45),
     "adapt_guard_distance": (0.0, 0.35, 0.4, 0.45, 0.5),
     "adapt_templates": (1, 3, 5, 10, 20),
 }

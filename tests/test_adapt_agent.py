@@ -49,7 +49,8 @@ class Door(Stage):
 
 @contextmanager
 def stage(folder: Path, pipeline: FacePipeline, shared_data: Path, *, adapt: bool) -> Iterator[Door]:
-    extra = f"[gallery]\nadapt = {str(adapt).lower()}\n"
+    # adapt_min_distance 0.15: a window the clip's views of Miranda fall in (the default 0.3 takes only near misses)
+    extra = f"[gallery]\nadapt = {str(adapt).lower()}\nadapt_min_distance = 0.15\n"
     with miranda_on_stage(folder, pipeline, shared_data, DEVICE, extra=extra) as ready:
         yield Door(**vars(ready))
 

@@ -33,7 +33,9 @@ from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, most_central
 from tests.support.data import POWELL
 
-DEFAULTS = GallerySettings()
+# The defaults but a wider diversity window: these photos' views lie 0.15-0.3 from Powell's enrolled ones, so the
+# default adapt_min_distance (0.3, docs/learning.md) would refuse them all before any other rule is reached.
+RULES = dataclasses.replace(GallerySettings(), adapt_min_distance=0.15)
 PHOTOS = {
     "powell": [f"Colin_Powell/Colin_Powell_{n}" for n in (*POWELL, "0049", "0095", "0182", "0198")],
     "bush": [f"George_W_Bush/George_W_Bush_{n}" for n in ("0007", "0016", "0065")],
@@ -61,7 +63,7 @@ ENROLLED = [("powell", powell(n)) for n in POWELL] + [("bush", "George_W_Bush_00
 
 
 def gallery(faces: Faces, rows: Sequence[tuple[str, str]] = ENROLLED) -> Matcher:
-    matcher = Matcher.for_gallery(DEFAULTS)
+    matcher = Matcher.for_gallery(RULES)
     for template_id, (person, photo) in enumerate(rows):
         matcher.add(template_id, person, person.title(), faces[photo])
     return matcher
@@ -69,7 +71,7 @@ def gallery(faces: Faces, rows: Sequence[tuple[str, str]] = ENROLLED) -> Matcher
 
 def decided(matcher: Matcher, *views: np.ndarray, event_id: str | None = "E1") -> RecognizedTrack:
     """The track as the recognizer decides it: its mean embedding searched, `track_threshold` applied."""
-    return RecognizedTrack(decide(views, matcher, DEFAULTS.track_threshold), views, [1.0] * len(views), event_id)
+    return RecognizedTrack(decide(views, matcher, RULES.track_threshold), views, [1.0] * len(views), event_id)
 
 
 def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = None) -> RecognizedTrack:
@@ -81,8 +83,8 @@ def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = Non
 def test_a_wide_margin_track_with_a_new_view_becomes_a_template_of_its_person(faces: Faces) -> None:
     matcher = gallery(faces)
     track = decided(matcher, faces[powell("0095")])
-    assert track.match.person_id == "powell" and track.match.margin >= DEFAULTS.adapt_margin
-    outcome = consider(track, matcher, [], DEFAULTS)
+    assert track.match.person_id == "powell" and track.match.margin >= RULES.adapt_margin
+    outcome = consider(track, matcher, [], RULES)
     assert isinstance(outcome, AdaptiveTemplate)
     assert (outcome.person_id, outcome.event_id, outcome.replaces) == ("powell", "E1", ())
     np.testing.assert_array_equal(outcome.embedding, faces[powell("0095")])
@@ -92,35 +94,35 @@ def test_an_unknown_track_adds_nothing(faces: Faces) -> None:
     matcher = gallery(faces, ENROLLED[:3])  # Powell only: Bush is a stranger
     track = decided(matcher, faces["George_W_Bush_0016"])
     assert not track.match.accepted
-    assert consider(track, matcher, [], DEFAULTS) == Refusal(NOT_RECOGNIZED)
+    assert consider(track, matcher, [], RULES) == Refusal(NOT_RECOGNIZED)
 
 
 def test_a_margin_narrower_than_adapt_margin_adds_nothing(faces: Faces) -> None:
     matcher = gallery(faces)
     track = decided(matcher, faces[powell("0095")])
-    wider = dataclasses.replace(DEFAULTS, adapt_margin=track.match.margin + 0.01)
+    wider = dataclasses.replace(RULES, adapt_margin=track.match.margin + 0.01)
     assert consider(track, matcher, [], wider) == Refusal(NARROW_MARGIN)
 
 
 def test_a_view_the_person_already_has_adds_no_diversity(faces: Faces) -> None:
     matcher = gallery(faces)
-    assert consider(decided(matcher, faces[powell(POWELL[1])]), matcher, [], DEFAULTS) == Refusal(NO_DIVERSITY)
+    assert consider(decided(matcher, faces[powell(POWELL[1])]), matcher, [], RULES) == Refusal(NO_DIVERSITY)
 
 
 def test_a_view_far_from_every_enrolled_template_is_refused(faces: Faces) -> None:
     matcher = gallery(faces, ENROLLED[:3])  # Bush's face, wrongly decided as Powell, with Bush not enrolled
-    assert consider(forced("powell", faces["George_W_Bush_0016"]), matcher, [], DEFAULTS) == Refusal(TOO_FAR)
+    assert consider(forced("powell", faces["George_W_Bush_0016"]), matcher, [], RULES) == Refusal(TOO_FAR)
 
 
 def test_a_view_near_another_person_is_refused_even_within_reach(faces: Faces) -> None:
     matcher = gallery(faces)
-    reachable = dataclasses.replace(DEFAULTS, adapt_max_distance=4.0)  # only the guard can stop it now
+    reachable = dataclasses.replace(RULES, adapt_max_distance=4.0)  # only the guard can stop it now
     assert consider(forced("powell", faces["George_W_Bush_0016"]), matcher, [], reachable) == Refusal(NEAR_OTHER)
 
 
 def test_without_the_guard_a_view_near_another_person_is_taken(faces: Faces) -> None:
     matcher = gallery(faces)
-    unguarded = dataclasses.replace(DEFAULTS, adapt_max_distance=4.0, adapt_guard_distance=0.0)
+    unguarded = dataclasses.replace(RULES, adapt_max_distance=4.0, adapt_guard_distance=0.0)
     assert isinstance(consider(forced("powell", faces["George_W_Bush_0016"]), matcher, [], unguarded), AdaptiveTemplate)
 
 
@@ -128,9 +130,9 @@ def test_a_view_that_moves_the_centroid_towards_another_person_is_refused(faces:
     """Powell enrolled from one photo: his 0049 is clearly him, but would pull his centroid nearer Bush or Blair."""
     matcher = gallery(faces, [ENROLLED[0], *ENROLLED[3:]])
     track = decided(matcher, faces[powell("0049")])
-    assert track.match.person_id == "powell" and track.match.margin >= DEFAULTS.adapt_margin
-    assert consider(track, matcher, [], DEFAULTS) == Refusal(DRIFT)
-    unguarded = dataclasses.replace(DEFAULTS, adapt_guard_distance=0.0)
+    assert track.match.person_id == "powell" and track.match.margin >= RULES.adapt_margin
+    assert consider(track, matcher, [], RULES) == Refusal(DRIFT)
+    unguarded = dataclasses.replace(RULES, adapt_guard_distance=0.0)
     assert isinstance(consider(track, matcher, [], unguarded), AdaptiveTemplate)
 
 
@@ -141,7 +143,7 @@ def test_at_the_cap_the_oldest_adaptive_templates_are_replaced(
     matcher = gallery(faces)
     matcher.add(10, "powell", "Powell", faces[powell("0182")])  # adaptive, older
     matcher.add(11, "powell", "Powell", faces[powell("0198")])  # adaptive, newer
-    capped = dataclasses.replace(DEFAULTS, adapt_templates=cap, adapt_guard_distance=0.0)
+    capped = dataclasses.replace(RULES, adapt_templates=cap, adapt_guard_distance=0.0)
     outcome = consider(forced("powell", faces[powell("0095")]), matcher, [10, 11], capped)
     assert isinstance(outcome, AdaptiveTemplate) and outcome.replaces == replaced
 
@@ -149,16 +151,14 @@ def test_at_the_cap_the_oldest_adaptive_templates_are_replaced(
 def test_views_are_tried_best_view_score_first(faces: Faces) -> None:
     matcher = gallery(faces, ENROLLED[:3])
     known, stranger = faces[powell(POWELL[0])], faces["George_W_Bush_0016"]
-    assert consider(forced("powell", known, stranger, scores=[0.9, 0.1]), matcher, [], DEFAULTS) == Refusal(
-        NO_DIVERSITY
-    )
-    assert consider(forced("powell", known, stranger, scores=[0.1, 0.9]), matcher, [], DEFAULTS) == Refusal(TOO_FAR)
+    assert consider(forced("powell", known, stranger, scores=[0.9, 0.1]), matcher, [], RULES) == Refusal(NO_DIVERSITY)
+    assert consider(forced("powell", known, stranger, scores=[0.1, 0.9]), matcher, [], RULES) == Refusal(TOO_FAR)
 
 
 def test_a_lesser_view_is_taken_when_the_best_one_does_not_qualify(faces: Faces) -> None:
     matcher = gallery(faces)
     track = forced("powell", faces[powell(POWELL[0])], faces[powell("0095")], scores=[0.9, 0.2])
-    outcome = consider(track, matcher, [], DEFAULTS)
+    outcome = consider(track, matcher, [], RULES)
     assert isinstance(outcome, AdaptiveTemplate)
     np.testing.assert_array_equal(outcome.embedding, faces[powell("0095")])
 
@@ -166,7 +166,7 @@ def test_a_lesser_view_is_taken_when_the_best_one_does_not_qualify(faces: Faces)
 def test_a_person_erased_meanwhile_gets_nothing(faces: Faces) -> None:
     matcher = gallery(faces)
     matcher.remove_person("powell")
-    assert consider(forced("powell", faces[powell("0095")]), matcher, [], DEFAULTS) == Refusal(NOT_HELD)
+    assert consider(forced("powell", faces[powell("0095")]), matcher, [], RULES) == Refusal(NOT_HELD)
 
 
 def test_embeddings_and_view_scores_must_pair_up(faces: Faces) -> None:
@@ -196,7 +196,7 @@ def test_whatever_is_fed_a_template_taken_obeys_every_rule(
     names = [name.split("/")[1] for name in PHOTOS[person]] if theirs else sorted(faces)  # their own, or anyone's
     views = [faces[names[i % len(names)]] for i in picks]
     rules = dataclasses.replace(
-        DEFAULTS, adapt_min_distance=min_distance, adapt_max_distance=min_distance + reach, adapt_guard_distance=guard
+        RULES, adapt_min_distance=min_distance, adapt_max_distance=min_distance + reach, adapt_guard_distance=guard
     )
     matcher = gallery(faces)
     outcome = consider(forced(person, *views), matcher, [], rules)

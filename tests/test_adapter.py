@@ -35,7 +35,10 @@ from agent.wire import FaceEvent
 from tests.support.data import EMBEDDER_ID, POWELL
 
 SHA = "0" * 64
-ON = dataclasses.replace(Settings(), gallery=dataclasses.replace(Settings().gallery, adapt=True))
+# Adaptation on, with a diversity window Powell 0095 falls in (the default adapt_min_distance 0.3 refuses it).
+ON = dataclasses.replace(
+    Settings(), gallery=dataclasses.replace(Settings().gallery, adapt=True, adapt_min_distance=0.15)
+)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 View = tuple[Face, np.ndarray]
 

@@ -6,10 +6,11 @@ from the person's templates is what the gallery lacks: it becomes an *adaptive* 
 
 Each rule guards against one way this goes wrong:
 - only an accepted decision whose margin is at least `adapt_margin`: a close call is not evidence;
-- a view at least `adapt_min_distance` from every template of the person (a near copy adds nothing but
-  weight) and closer than `adapt_max_distance` to one of their enrolled (not adaptive) templates: a view
-  unlike all of them may be someone else, and adaptive templates cannot lead a chain of views away from
-  who was enrolled;
+- a view at least `adapt_min_distance` from every template of the person, about as far as the track
+  threshold (a view the templates already accept adds weight, not reach, yet still widens the region a
+  stranger is named in; only views the gallery nearly missed are worth that) and closer than
+  `adapt_max_distance` to one of their enrolled (not adaptive) templates: a view unlike all of them may be
+  someone else, and adaptive templates cannot lead a chain of views away from who was enrolled;
 - the drift guard: the view at least `adapt_guard_distance` from every other person's templates and nearer
   the person than anyone else, and the person's centroid (the mean of their templates, as searched) no
   nearer to the closest other person after the update than before. A wrong template makes the next wrong
