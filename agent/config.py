@@ -54,6 +54,18 @@ class GallerySettings:
     # positives with 200 enrolled over 3 seeds (88-90% identified); 0.35 let 1.2-2.1% through.
     track_threshold: float = 0.32
     keep_chips: bool = False  # opt-in: keep aligned 150x150 chips so templates can be rebuilt
+    # Templates that keep up (opt-in, agent/recognition/adaptation.py): a track recognized with a margin of at
+    # least adapt_margin gives one view as an adaptive template of that person, if the view is at least
+    # adapt_min_distance from all their templates (one they nearly missed), within adapt_max_distance of an enrolled
+    # one (still clearly them), and at least adapt_guard_distance from everyone else's (0 turns the drift guard
+    # off); at most adapt_templates per person, the oldest replaced first. Distances in the metric's units;
+    # defaults from scripts/bench_adapt.py (docs/learning.md, "Adaptation").
+    adapt: bool = False
+    adapt_margin: float = 0.1
+    adapt_templates: int = 5
+    adapt_min_distance: float = 0.3
+    adapt_max_distance: float = 0.35
+    adapt_guard_distance: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,11 @@ RULES: dict[str, Range | Choice | Pattern] = {
     "gallery.duplicate_distance": Range(0, 4),
     "gallery.conflict_distance": Range(0, 4),
     "gallery.track_threshold": Range(0, 4),
+    "gallery.adapt_margin": Range(0, 4),
+    "gallery.adapt_templates": Range(1, 100),
+    "gallery.adapt_min_distance": Range(0, 4),
+    "gallery.adapt_max_distance": Range(0, 4, above=True),
+    "gallery.adapt_guard_distance": Range(0, 4),
     "quality.min_face_px": Range(0, 10000),
     "quality.min_score": Range(0, 1),
     "quality.min_sharpness": Range(0, 1e6),
@@ -374,6 +391,11 @@ def _cross_problems(settings: Settings) -> list[str]:
         require_tls(settings.mqtt)
     except ConfigError as exc:
         problems.append(str(exc))
+    if settings.gallery.adapt_min_distance >= settings.gallery.adapt_max_distance:
+        problems.append(
+            f"gallery.adapt_min_distance: must be below gallery.adapt_max_distance "
+            f"({settings.gallery.adapt_max_distance:g}), got {settings.gallery.adapt_min_distance:g}"
+        )
     if settings.commands.signing_required and settings.commands.allow_unsigned:
         problems.append(
             "commands.allow_unsigned: cannot be true while commands.signing_required is true "

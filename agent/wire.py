@@ -167,6 +167,7 @@ class GallerySection(TypedDict):
     digest: str  # changes whenever a person is added, renamed or erased, or a model's template count changes
     people_needing_reenrollment: NotRequired[int]
     people_needing_reenrolment: NotRequired[int]  # deprecated alias (DEPRECATED_ALIASES)
+    adaptive_templates: NotRequired[int]  # of `templates`, those adaptation made (gallery.adapt), every model's
 
 
 class StorageSection(TypedDict):
@@ -346,6 +347,7 @@ class PersonRow(TypedDict):
     created_at: str
     updated_at: str
     templates: dict[str, int]  # model id -> templates
+    adaptive_templates: dict[str, int]  # model id -> those of them adaptation made (gallery.adapt)
     needs_reenrollment: bool
     needs_reenrolment: bool  # deprecated alias (DEPRECATED_ALIASES)
 

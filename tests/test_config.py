@@ -71,6 +71,12 @@ def test_out_of_range_names_the_key(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "[models]\nthreads = 0\n"))
 
 
+def test_adaptation_needs_a_distance_window(tmp_path: Path) -> None:
+    message = "gallery.adapt_min_distance: must be below gallery.adapt_max_distance (0.2), got 0.3"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(write(tmp_path, "[gallery]\nadapt_min_distance = 0.3\nadapt_max_distance = 0.2\n"))
+
+
 def test_a_float_is_not_an_integer(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tracking\.max_age_frames: must be an integer .* got 2\.5"):
         load_settings(write(tmp_path, "[tracking]\nmax_age_frames = 2.5\n"))

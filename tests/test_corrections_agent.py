@@ -5,42 +5,24 @@ Lin-Manuel Miranda enrolled; the operator reads events and answers them with `fa
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.config import Settings
-from agent.gallery.matcher import Matcher
-from agent.gallery.store import GalleryStore
-from agent.recognition.enrollment import Enroller
 from agent.vision.pipeline import FacePipeline
-from tests.support.agent_process import agent_config, faceagent, start_agent
-from tests.support.broker import Broker, Observer
-from tests.support.commands import write_operator_key
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
+from tests.support.agent_process import faceagent
+from tests.support.stage import Stage, miranda_on_stage
 
 pytestmark = pytest.mark.slow  # `faceagent run` as a real process
 
 DEVICE = "door-1"
-EVENTS = f"faceagent/{DEVICE}/events/#"
-STATUS = f"faceagent/{DEVICE}/status"
 
 
-@dataclass
-class Door:
-    """The running agent, its gallery, the operator's key, and a client that sees the device's events."""
-
-    broker: Broker
-    db: Path
-    log: Path
-    key: Path
-    events: Observer
-    miranda: str
+class Door(Stage):
+    """The stage (tests/support/stage.py) and what the operator does on it: read events, correct them."""
 
     def event_ids(self, event_type: str, count: int = 1, *, newest: bool = False) -> list[str]:
         """Ids of `count` events of `event_type` the device published, the first (or the newest) ones."""
@@ -61,39 +43,11 @@ class Door:
         assert result.stdout, result.stderr
         return json.loads(result.stdout.splitlines()[-1])["reply"]
 
-    def gallery(self, sql: str, *params: Any) -> list[tuple]:
-        with GalleryStore.open(self.db) as store:
-            return [tuple(row) for row in store.db.execute(sql, params)]
-
 
 @pytest.fixture(scope="module")
 def door(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline, shared_data: Path) -> Iterator[Door]:
-    folder = tmp_path_factory.mktemp("door")
-    broker = Broker(folder / "broker").start()
-    # Every decision an event (no cooldowns), so the operator has events of each kind to answer.
-    config = agent_config(folder, broker, DEVICE, fps=15, events="cooldown_seconds = 0\nunknown_cooldown_seconds = 0\n")
-    db = folder / "gallery.db"
-    settings = Settings()
-    with GalleryStore.open(db) as store:
-        photo = shared_data / CLIP_ENROLL
-        enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
-        miranda = enroller.enroll([(photo.name, photo)], actor="test", name="Lin-Manuel Miranda").person.id
-    events = Observer(broker, [EVENTS, STATUS])
-    log = folder / "agent.log"
-    agent = start_agent(config, db, shared_data / CLIP_FRAMES, log=log)
-    try:
-        online = events.wait_for(lambda m: any(x.topic == STATUS and x.json().get("state") == "online" for x in m), 90)
-        assert online, log.read_text()[-3000:]
-        yield Door(broker, db, log, write_operator_key(folder), events, miranda)
-    finally:
-        if agent.poll() is None:
-            agent.terminate()
-            try:
-                agent.wait(60)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-        events.close()
-        broker.kill()
+    with miranda_on_stage(tmp_path_factory.mktemp("door"), pipeline, shared_data, DEVICE) as stage:
+        yield Door(**vars(stage))
 
 
 def test_an_unknown_event_id_is_not_found(door: Door) -> None:

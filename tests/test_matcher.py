@@ -349,3 +349,38 @@ def test_taking_a_matcher_built_aside_swaps_everything_at_once() -> None:
     live.take(aside)
     assert len(live) == 10 and live.search(vectors[12]) == expected
     assert live.threshold == 0.6  # the live matcher's own settings stay
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), people=st.integers(1, 6), metric=st.sampled_from(["euclidean", "cosine"]))
+def test_one_persons_templates_and_the_nearest_other_agree_with_brute_force(
+    seed: int, people: int, metric: str
+) -> None:
+    """What the adaptation policy reads: a person's rows as searched, and each query's nearest other template."""
+    vectors, owners = random_gallery(seed, 30, people)
+    matcher = filled(vectors, owners, metric)
+    rows = vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if metric == "cosine" else vectors
+    queries = np.random.default_rng(seed + 1).normal(size=(3, DIM)).astype(np.float32)
+    searched = queries / np.linalg.norm(queries, axis=1, keepdims=True) if metric == "cosine" else queries
+    person = int(owners[0])
+    ids, held = matcher.templates_of(f"p{person}")
+    assert ids.tolist() == np.flatnonzero(owners == person).tolist()
+    np.testing.assert_allclose(held, rows[owners == person], rtol=1e-6)
+    others = rows[owners != person]
+    expected = [np.linalg.norm(others - q, axis=1).min() if len(others) else math.inf for q in searched]
+    np.testing.assert_allclose(matcher.nearest_other(queries, f"p{person}"), expected, rtol=1e-4)
+
+
+def test_a_person_not_held_has_no_templates_and_everyone_is_another() -> None:
+    vectors, owners = random_gallery(3, 10, 2)
+    matcher = filled(vectors, owners)
+    ids, held = matcher.templates_of("nobody")
+    assert (len(ids), held.shape) == (0, (0, DIM))
+    nearest = matcher.nearest_other(vectors[:1], "nobody")
+    assert nearest[0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_nearest_other_refuses_a_query_of_the_wrong_width() -> None:
+    vectors, owners = random_gallery(4, 10, 2)
+    with pytest.raises(MatcherError, match="the gallery holds 128-d templates"):
+        filled(vectors, owners).nearest_other(np.ones((1, 64), np.float32), "p0")

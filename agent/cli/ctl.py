@@ -153,9 +153,7 @@ def _summary(name: str, data: dict[str, Any]) -> str:
         deleted = data["deleted"]
         return f"deleted {data['person_id']}: {deleted['templates']} templates, {deleted['events']} events"
     if name == Command.LIST_PEOPLE:
-        rows = [
-            f"  {p['id']}  {p.get('name', '-')}  ({sum(p['templates'].values())} templates)" for p in data["people"]
-        ]
+        rows = [f"  {p['id']}  {p.get('name', '-')}  ({_template_counts(p)})" for p in data["people"]]
         return "\n".join([f"{len(rows)} people", *rows])
     if name == Command.GET_CONFIG:
         values = data["settings"]
@@ -696,3 +694,9 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CtlError("arguments must be a JSON object")
     return value
+
+
+def _template_counts(person: dict[str, Any]) -> str:
+    """ "4 templates", or "4 templates, 1 adaptive" where adaptation (gallery.adapt) made some of them."""
+    adaptive = sum(person.get("adaptive_templates", {}).values())
+    return f"{sum(person['templates'].values())} templates" + (f", {adaptive} adaptive" if adaptive else "")

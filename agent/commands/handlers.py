@@ -173,6 +173,7 @@ def _person_row(ctx: Context, person: dict[str, Any]) -> PersonRow:
         "created_at": person["created_at"],
         "updated_at": person["updated_at"],
         "templates": person["templates"],
+        "adaptive_templates": person["adaptive_templates"],
         **reenrollment_flag(person["needs_reenrollment"]),
     }
     if not ctx.services.get_settings().events.include_names:

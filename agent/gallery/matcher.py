@@ -369,6 +369,19 @@ class Matcher:
 
     def search_many(self, embeddings: np.ndarray) -> list[Match]:
         """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks."""
+        queries = self._prepare_queries(embeddings)
+        with self._lock:
+            self._check_query_width(queries)
+            if self._count == 0:
+                return [Match(None, None, math.inf, math.inf, False) for _ in range(len(queries))]
+            block = max(1, _BLOCK_SCORES // self._count)
+            matches: list[Match] = []
+            for start in range(0, len(queries), block):
+                matches.extend(self._search_block(queries[start : start + block]))
+            return matches
+
+    def _prepare_queries(self, embeddings: np.ndarray) -> np.ndarray:
+        """A (k, dim) float32 array as searched (unit rows for cosine), or MatcherError saying what is wrong."""
         queries = np.asarray(embeddings)
         if queries.ndim != 2:
             raise MatcherError(f"expected embeddings of shape (k, dim), got shape {queries.shape}")
@@ -380,18 +393,41 @@ class Matcher:
             if not (norms > 0).all():
                 raise MatcherError("a query embedding is all zeros (cosine metric)")
             queries = queries / norms[:, None]
+        return queries
+
+    def _check_query_width(self, queries: np.ndarray) -> None:
+        """Under the lock: queries must have the held templates' dimension."""
+        if self._dim is not None and queries.shape[1] != self._dim:
+            raise MatcherError(f"embedding has {queries.shape[1]} values, the gallery holds {self._dim}-d templates")
+
+    # ------------------------------------------------------------------------ one person and the others
+
+    def templates_of(self, person_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(template ids, rows as searched: unit length for cosine) of one person, copies; empty if not held.
+
+        With `nearest_other`, what the adaptation policy weighs: how a new template would sit among the
+        person's own and against everyone else's."""
         with self._lock:
-            if self._dim is not None and queries.shape[1] != self._dim:
-                raise MatcherError(
-                    f"embedding has {queries.shape[1]} values, the gallery holds {self._dim}-d templates"
-                )
-            if self._count == 0:
-                return [Match(None, None, math.inf, math.inf, False) for _ in range(len(queries))]
-            block = max(1, _BLOCK_SCORES // self._count)
-            matches: list[Match] = []
-            for start in range(0, len(queries), block):
-                matches.extend(self._search_block(queries[start : start + block]))
-            return matches
+            index = self._person_index.get(person_id)
+            if index is None:
+                return np.empty(0, dtype=np.int64), np.empty((0, self._dim or 0), dtype=np.float32)
+            rows = self._owners[: self._count] == index
+            return self._template_ids[: self._count][rows].copy(), self._vectors[: self._count][rows].copy()
+
+    def nearest_other(self, embeddings: np.ndarray, person_id: str) -> np.ndarray:
+        """For each row of a (k, dim) array, the distance to the nearest template of anyone but `person_id`
+        (inf when nobody else is held), in the metric's units."""
+        queries = self._prepare_queries(embeddings)
+        with self._lock:
+            self._check_query_width(queries)
+            index = self._person_index.get(person_id, -1)
+            others = self._owners[: self._count] != index
+            vectors = self._vectors[: self._count][others]
+            if not len(vectors) or not len(queries):
+                return np.full(len(queries), np.inf)
+            sqnorms = self._sqnorms[: self._count][others]
+            nearest = (sqnorms[None, :] - 2.0 * (queries @ vectors.T)).argmin(axis=1)
+            return np.linalg.norm(vectors[nearest] - queries, axis=1).astype(np.float64)
 
     def _search_block(self, queries: np.ndarray) -> list[Match]:
         count = self._count

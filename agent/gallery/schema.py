@@ -117,6 +117,10 @@ _V4 = (
     "CHECK (source IN ('photo', 'camera', 'event', 'adaptive'))",
     "ALTER TABLE templates ADD COLUMN event_id TEXT",
     "CREATE INDEX templates_event ON templates(event_id) WHERE event_id IS NOT NULL",
+    # Adaptive templates per person and model (gallery.adapt: the cap, list_people, status) from the index alone:
+    # a query uses it only when it says source = 'adaptive' in so many words, and source is a column of it too
+    # (else SQLite reads each row to check it).
+    "CREATE INDEX templates_adaptive ON templates(person_id, model_id, source) WHERE source = 'adaptive'",
 )
 MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (
     _statements(*_V1),

@@ -41,6 +41,7 @@ from agent.wire import FACE_RECOGNIZED, PERSON_ERASED, SCHEMA, PersonErased
 MAX_DIMS = 4096
 _TEXT_LIMIT = 200
 _DELETE_CHUNK = 500
+ADAPTIVE = "adaptive"  # the source of the templates adaptation makes (gallery.adapt)
 _LAST_PERSON = "last_person"  # meta key: who the Home Assistant sensor shows, by id only
 _ERASURE_IN_WAL = "erasure_in_wal"  # meta key: an erasure whose pages may still be in the -wal file
 # How long a truncating checkpoint may hold the write lock waiting for readers. Longer stalls every writer
@@ -316,6 +317,29 @@ class GalleryStore:
                 self.db.execute(f"DELETE FROM templates WHERE {where}", params)
         return counts
 
+    @_guarded
+    def adaptive_templates(self, person_id: str, model_id: str) -> list[int]:
+        """Ids of the person's adaptive templates of `model_id`, oldest first: the first the cap replaces."""
+        sql = f"SELECT id FROM templates WHERE person_id = ? AND model_id = ? AND source = '{ADAPTIVE}' ORDER BY id"
+        return [int(row[0]) for row in self.db.execute(sql, [person_id, model_id])]
+
+    @_guarded
+    def delete_templates(self, person_id: str, template_ids: Iterable[int]) -> int:
+        """Delete these templates of the person (ids of someone else's are left alone); how many went."""
+        ids = [int(template_id) for template_id in template_ids]
+        deleted = 0
+        with self.transaction():
+            for start in range(0, len(ids), _DELETE_CHUNK):
+                chunk = ids[start : start + _DELETE_CHUNK]
+                sql = f"DELETE FROM templates WHERE person_id = ? AND id IN ({', '.join('?' * len(chunk))})"
+                deleted += self.db.execute(sql, [person_id, *chunk]).rowcount
+        return deleted
+
+    @_guarded
+    def count_adaptive(self) -> int:
+        """Adaptive templates in the gallery, every model's: for the status document."""
+        return int(self.db.execute(f"SELECT COUNT(*) FROM templates WHERE source = '{ADAPTIVE}'").fetchone()[0])
+
     def iter_templates(self, model_id: str) -> Iterator[tuple[int, str, str, np.ndarray]]:
         """(template_id, person_id, person_name, float32 embedding) of every template made by `model_id`."""
         sql = (
@@ -357,18 +381,23 @@ class GalleryStore:
         return self.db.table("templates").count_where("person_id = ? AND model_id = ?", [person_id, model_id])
 
     @_guarded
-    def template_counts(self, person_ids: list[str] | None = None) -> dict[str, dict[str, int]]:
-        """person id -> {model id: templates}, for every person with templates (or those of `person_ids`)."""
+    def template_counts(
+        self, person_ids: list[str] | None = None, *, adaptive: bool = False
+    ) -> dict[str, dict[str, int]]:
+        """person id -> {model id: templates}, for every person with templates (or those of `person_ids`); only
+        their adaptive templates with `adaptive` (from an index alone either way: templates_adaptive)."""
         counts: dict[str, dict[str, int]] = {}
+        of_source = f"source = '{ADAPTIVE}' AND " if adaptive else ""
         if person_ids is None:
-            sql = "SELECT person_id, model_id, COUNT(*) FROM templates GROUP BY person_id, model_id"
+            where = f"WHERE source = '{ADAPTIVE}'" if adaptive else ""
+            sql = f"SELECT person_id, model_id, COUNT(*) FROM templates {where} GROUP BY person_id, model_id"
             rows = list(self.db.execute(sql))
         else:
             rows = []
             for start in range(0, len(person_ids), _DELETE_CHUNK):
                 chunk = person_ids[start : start + _DELETE_CHUNK]
                 sql = (
-                    f"SELECT person_id, model_id, COUNT(*) FROM templates WHERE person_id IN "
+                    f"SELECT person_id, model_id, COUNT(*) FROM templates WHERE {of_source}person_id IN "
                     f"({', '.join('?' * len(chunk))}) GROUP BY person_id, model_id"
                 )
                 rows += self.db.execute(sql, chunk).fetchall()
@@ -376,6 +405,7 @@ class GalleryStore:
             counts.setdefault(person_id, {})[model_id] = count
         return counts
 
+    @_guarded
     def people_with_counts(self) -> Iterator[tuple[str, str, str | None, int]]:
         """(person id, updated_at, model id, templates) for each person and model, people in enrollment order
         and models in order; (id, updated_at, None, 0) for a person without templates. One indexed join."""
@@ -417,6 +447,7 @@ class GalleryStore:
         sql = "SELECT * FROM people ORDER BY created_at, rowid LIMIT ? OFFSET ?"
         people = [_person(row) for row in self.db.query(sql, [-1 if limit is None else limit, offset])]
         counts = self.template_counts([p.id for p in people]) if limit is not None else self.template_counts()
+        adaptive = self.template_counts([p.id for p in people] if limit is not None else None, adaptive=True)
         rows = [
             {
                 "id": p.id,
@@ -426,6 +457,7 @@ class GalleryStore:
                 "created_at": p.created_at,
                 "updated_at": p.updated_at,
                 "templates": counts.get(p.id, {}),
+                "adaptive_templates": adaptive.get(p.id, {}),  # of those, how many adaptation made (gallery.adapt)
                 "needs_reenrollment": model_id not in counts.get(p.id, {}),
             }
             for p in people
@@ -505,6 +537,14 @@ class GalleryStore:
             for negative_id, person_id, blob in self.db.execute(sql + where + " ORDER BY id", [model_id, at, *chunk]):
                 rows.append((int(negative_id), person_id, np.frombuffer(blob, dtype="<f4").astype(np.float32)))
         return rows
+
+    @_guarded
+    def wrong_person_on(self, event_id: str, person_id: str) -> bool:
+        """Whether `wrong_person` on the decided track `event_id` left a negative of `person_id`: read inside
+        the adaptation job's write transaction, so a correction committed after the job's first look at the
+        feedback window still stops it (the negatives index narrows it to the person's few)."""
+        sql = "SELECT 1 FROM negatives WHERE person_id = ? AND event_id = ? LIMIT 1"
+        return self.db.execute(sql, [person_id, _text(event_id, "event_id")]).fetchone() is not None
 
     # ---------------------------------------------------------------------------------------- events
 

@@ -50,6 +50,7 @@ from agent.recognition.capture import CaptureWindow, enroll_capture
 from agent.recognition.enrollment import Enroller
 from agent.recognition.feedback import FeedbackWindow
 from agent.recognition.recognizer import Recognizer
+from agent.service.adapter import Adapter
 from agent.service.commandworker import CommandQueue, CommandWorker, OnFirstUse
 from agent.service.frameloop import FrameLoop
 from agent.service.gallerythread import GalleryParts, GalleryThread
@@ -157,6 +158,7 @@ class AgentService:
             on_failure=self._gallery_failed,
             each_turn=self._follow_people,
         )
+        self.adapter = Adapter(self.gallery.jobs, lambda: self.settings, self.feedback)  # gallery.adapt
         self.frames = FrameLoop(
             settings,
             self.source,
@@ -404,8 +406,10 @@ class AgentService:
             self.publisher.discovery.keep_people(store, include_names=self.settings.events.include_names)
 
     def _remember_decision(self, track: Track, match: Match, event: FaceEvent) -> None:
-        """On the frame loop: the event's track goes into the feedback window, for corrections by event id."""
+        """On the frame loop: the event's track goes into the feedback window, for corrections by event id, and
+        (with gallery.adapt) to the gallery thread, which may make an adaptive template of it."""
         self.feedback.record(track, match, event, metric=self.matcher.metric, quality=self.settings.quality)
+        self.adapter.offer(track, match, event, self.recognizer.pipeline.embedder_spec.sha256)
 
     def _gallery_synced(self) -> None:
         """On the gallery thread, after another process changed the gallery."""

@@ -70,7 +70,10 @@ class StatusReport:
             with store.snapshot():
                 summary = gallery_summary(store)
                 stale = store.count_needing_reenrollment(self.telemetry.models["embedder"])
+                adaptive = store.count_adaptive()
             document = self.telemetry.status(summary, self.storage.report(), needing_reenrollment=stale)
+            if document["gallery"] is not None:
+                document["gallery"]["adaptive_templates"] = adaptive
         document["camera"] = None if store is None else self.source.status().to_json()
         document["runtime"] = self.runtime
         document["provisioning"] = read_provisioning(self.state_dir)

@@ -6,6 +6,7 @@
 - `commands`: a device's command side as the service wires it, and the test operator's command key.
 - `model_updates`: that device with a `ModelUpdater`, and signed model releases for it.
 - `agent_process`: `faceagent` as a process (CLI runs, `faceagent run`, the link alone), its config and env.
+- `stage`: that process replaying the Hamilton clip with Lin-Manuel Miranda enrolled, for end-to-end tests.
 - `console`: `faceagent console` as a process, and its password file.
 - `faults`: what the fault suite reads back after a kill (the outbox, integrity, what was delivered).
 - `tmpfs`: a small tmpfs that really fills up.
