@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict, get_args, get_type_hints
 from urllib.parse import unquote, urlsplit
@@ -42,17 +42,18 @@ class GallerySettings:
     # "euclidean" (raw dlib distance) | "cosine" (L2 between unit-normalised embeddings, sqrt(2 - 2cos)).
     # Chosen by scripts/bench_openset.py: stranger FPR <= 1% at 10, 50 and 200 enrolled people on LFW.
     metric: str = "cosine"
-    threshold: float = 0.35  # a match needs distance < threshold ...
-    margin: float = 0.065  # ... and second-best person at least this much further away
+    # The three matching figures: unset (None), each is the active embedder's stated figure (its manifest
+    # entry's `gallery`), else the built-in one (BUILT_IN_MATCHING); set, it wins whatever the embedder.
+    threshold: float | None = None  # a match needs distance < threshold ...
+    margin: float | None = None  # ... and second-best person at least this much further away
     max_templates_per_person: int = 10
     # Both in the metric's units. 0.1 cosine-distance is about 0.14 raw dlib distance: the same photo
     # re-encoded, or a near-identical frame, adds nothing.
     duplicate_distance: float = 0.1  # a new template this close to an existing one of the person is skipped
     conflict_distance: float = 0.35  # an enrollment photo this close to ANOTHER person is a conflict
     # A track's mean embedding sits a little closer to everyone than one photo does, so its decision
-    # needs a stricter threshold: 0.32 kept stranger tracks (3 LFW photos each) at <= 0.9% false
-    # positives with 200 enrolled over 3 seeds (88-90% identified); 0.35 let 1.2-2.1% through.
-    track_threshold: float = 0.32
+    # needs a stricter threshold (see BUILT_IN_MATCHING).
+    track_threshold: float | None = None
     keep_chips: bool = False  # opt-in: keep aligned 150x150 chips so templates can be rebuilt
     # Templates that keep up (opt-in, agent/recognition/adaptation.py): a track recognized with a margin of at
     # least adapt_margin gives one view as an adaptive template of that person, if the view is at least
@@ -66,6 +67,63 @@ class GallerySettings:
     adapt_min_distance: float = 0.3
     adapt_max_distance: float = 0.35
     adapt_guard_distance: float = 0.4
+
+
+@dataclass(frozen=True)
+class GalleryFigures:
+    """Matching figures in the cosine metric's units (L2 between unit vectors), as an embedder states them."""
+
+    threshold: float
+    margin: float
+    track_threshold: float
+
+
+# Fitted for dlib-resnet29-int8 (scripts/bench_openset.py: stranger FPR <= 1% at 10, 50 and 200 enrolled people on
+# LFW), and what its manifest entry states. A track's mean sits a little closer to everyone than one photo does:
+# 0.32 kept stranger tracks (3 LFW photos each) at <= 0.9% false positives with 200 enrolled over 3 seeds (88-90%
+# identified); 0.35 let 1.2-2.1% through.
+BUILT_IN_MATCHING = GalleryFigures(threshold=0.35, margin=0.065, track_threshold=0.32)
+MATCHING_KEYS = ("threshold", "margin", "track_threshold")
+
+
+@dataclass(frozen=True)
+class Matching:
+    """The figures a matcher decides with, and where each came from (`sources`, by key): "setting" (the
+    settings file or set_config), "embedder <id>" (its manifest entry states it) or "built-in"."""
+
+    threshold: float
+    margin: float
+    track_threshold: float
+    sources: dict[str, str]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """`gallery.<key>` -> {value, source}: what get_config and status show."""
+        return {f"gallery.{key}": {"value": getattr(self, key), "source": self.sources[key]} for key in MATCHING_KEYS}
+
+
+def matching(gallery: GallerySettings, stated: GalleryFigures | None = None, stated_by: str = "") -> Matching:
+    """Each figure from the first that has it: the setting, the embedder's stated figure, the built-in one.
+
+    Stated figures are in cosine units, so a euclidean gallery takes only settings and built-in figures."""
+    embedder = stated if gallery.metric == "cosine" else None
+    values: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for key in MATCHING_KEYS:
+        setting: float | None = getattr(gallery, key)
+        if setting is not None:
+            values[key], sources[key] = setting, "setting"
+        elif embedder is not None:
+            values[key], sources[key] = getattr(embedder, key), f"embedder {stated_by}".strip()
+        else:
+            values[key], sources[key] = getattr(BUILT_IN_MATCHING, key), "built-in"
+    return Matching(values["threshold"], values["margin"], values["track_threshold"], sources)
+
+
+def with_matching(gallery: GallerySettings, figures: Matching | None = None) -> GallerySettings:
+    """`gallery` with its three figures set to `figures` (default: `matching(gallery)`, no embedder's): for the
+    benchmarks and tools that read the figures off the settings."""
+    figures = figures or matching(gallery)
+    return replace(gallery, threshold=figures.threshold, margin=figures.margin, track_threshold=figures.track_threshold)
 
 
 @dataclass(frozen=True)
@@ -614,7 +672,9 @@ def values_to_toml(sections: dict[str, dict[str, Any]], notes: dict[str, str] | 
     for section, values in sections.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            if value is None:
+            if value is None and section == "gallery" and key in MATCHING_KEYS:
+                lines.append(f'# {key} = ""  (not set: the embedder\'s stated figure, else the built-in one)')
+            elif value is None:
                 lines.append(f'# {key} = ""  (not set: the built-in default)')
             elif isinstance(value, tuple):
                 lines.append(f"{key} = {json.dumps(list(value), ensure_ascii=False)}")

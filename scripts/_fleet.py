@@ -297,7 +297,7 @@ class SimDevice:
         started = time.perf_counter()
         track = Track(self._next_visit, visit[0].face, 0, len(visit), now, now, frames=len(visit))
         track.embeddings = [face.embedding for face in visit]
-        match = decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
+        match = decide(track.embeddings, self.matcher)
         self._match_ms.append(1000 * (time.perf_counter() - started))
         if self._emitter.emit(track, match, now) is not None:
             self.events_written += 1
@@ -310,7 +310,7 @@ class SimDevice:
         return sync.writing(store)
 
     def _apply_settings(self, settings: Settings) -> None:
-        self.matcher.threshold, self.matcher.margin = settings.gallery.threshold, settings.gallery.margin
+        self.matcher.retune(settings.gallery)
         self.settings = settings
         self._emitter = None  # made again with the new event settings
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from bench_openset import DEFAULT_CACHE, DEFAULT_DATA, embed_all, read_split
 
-from agent.config import GallerySettings
+from agent.config import GallerySettings, with_matching
 from agent.gallery.matcher import Matcher
 from agent.identity import Match
 from agent.recognition.adaptation import AdaptiveTemplate, RecognizedTrack, consider
@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = parser.parse_args(argv)
     overrides = {key: value for key, value in (item.split("=", 1) for item in args.set)}
-    defaults = GallerySettings()
+    defaults = with_matching(GallerySettings())
     settings = dataclasses.replace(
         defaults, **{key: type(getattr(defaults, key))(value) for key, value in overrides.items()}
     )

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import GallerySettings
+from agent.config import GallerySettings, with_matching
 from agent.errors import ImageError
 from agent.gallery.matcher import Matcher
 from agent.vision.image import load_image
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split_path = args.data / "ident_split.tsv"
     if not split_path.is_file():
         raise SystemExit(f"error: {split_path} not found; pass --data DIR (the shared/data folder)")
-    settings = GallerySettings()
+    settings = with_matching(GallerySettings())  # the built-in figures: what the benchmark fits
     started = time.time()
     split = read_split(split_path)
     embeddings, embed_info = embed_all(split.images(), args.data, args.cache_dir, args.no_cache)

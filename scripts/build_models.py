@@ -828,6 +828,7 @@ def embedder_entry(out: Path, model_id: str, rep: dict[str, Any], n_calib: int) 
         },
         "metric": "euclidean",
         "threshold": 0.6,
+        **({"gallery": DLIB_GALLERY} if "int8" in model_id else {}),
         "parity": {
             "faces": rep["faces"],
             "min_cosine_to_dlib": rep["min_cosine_to_dlib"],
@@ -1202,6 +1203,9 @@ FUSED_THRESHOLD = 0.2253
 # gallery defaults (stranger FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50 and 200 people);
 # the track threshold keeps stranger tracks (3 photos) <= 0.5% at 200 enrolled in every seed.
 FUSED_GALLERY = {"threshold": 0.5677, "margin": 0.08, "track_threshold": 0.4899}
+# dlib int8's gallery figures (cosine units): the ones faceagent has matched with since the cosine metric was
+# chosen (scripts/bench_openset.py, docs/recognition-v2.md), stated so a fused default leaves dlib's unchanged.
+DLIB_GALLERY = {"threshold": 0.35, "margin": 0.065, "track_threshold": 0.32}
 FUSED_FITTED = "scripts/bench_fusion.py --quantization int8 --fit 0.8 --flip (LFW pairs.tsv 10-fold; ident_split.tsv)"
 
 MX_LIST_MAGIC = 0x112

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.config import GallerySettings, Settings
+from agent.config import GallerySettings, Settings, with_matching
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.recognition.enrollment import Enroller, EnrollmentError
@@ -91,7 +91,7 @@ def main() -> int:
         print(f"no LFW photos at {lfw}", file=sys.stderr)
         return 2
     settings = Settings(gallery=GallerySettings())
-    gallery = settings.gallery
+    gallery = with_matching(settings.gallery)
     pipeline = FacePipeline(PipelineOptions())
     folders = [f for f in sorted(lfw.iterdir()) if len(list(f.glob("*.jpg"))) >= args.photos]
     people: list[list[Usable]] = []

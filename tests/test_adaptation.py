@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import GallerySettings
+from agent.config import BUILT_IN_MATCHING, GallerySettings
 from agent.gallery.matcher import Matcher
 from agent.identity import Match
 from agent.recognition.adaptation import (
@@ -71,7 +71,8 @@ def gallery(faces: Faces, rows: Sequence[tuple[str, str]] = ENROLLED) -> Matcher
 
 def decided(matcher: Matcher, *views: np.ndarray, event_id: str | None = "E1") -> RecognizedTrack:
     """The track as the recognizer decides it: its mean embedding searched, `track_threshold` applied."""
-    return RecognizedTrack(decide(views, matcher, RULES.track_threshold), views, [1.0] * len(views), event_id)
+    match = decide(views, matcher, BUILT_IN_MATCHING.track_threshold)
+    return RecognizedTrack(match, views, [1.0] * len(views), event_id)
 
 
 def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = None) -> RecognizedTrack:

@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 import pytest
 
-from agent.config import FeedbackSettings, RetentionSettings, Settings
+from agent.config import BUILT_IN_MATCHING, FeedbackSettings, RetentionSettings, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.retention import RetentionKeeper
 from agent.gallery.store import GalleryStore
@@ -78,7 +78,7 @@ def decided(parts: GalleryParts, *photos: View) -> tuple[Track, FaceEvent]:
     for index, (face, embedding) in enumerate(photos):
         track.face = face
         track.add_embedding(embedding, view_score(face, ON.quality), index)
-    track.decision = decide(track.embeddings, parts.sync.matcher, ON.gallery.track_threshold)
+    track.decision = decide(track.embeddings, parts.sync.matcher, BUILT_IN_MATCHING.track_threshold)
     return track, build_event(track, track.decision, camera_id="door", model_id=EMBEDDER_ID, at=T0)
 
 

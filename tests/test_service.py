@@ -90,6 +90,8 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
         assert observer.wait_for(lambda _: any(s.get("camera") for s in status(observer)), timeout=30)
         online = next(s for s in status(observer) if s.get("camera"))
         assert online["gallery"]["people_needing_reenrollment"] == 0 and online["camera"]["state"] == "ok"
+        in_use = {"value": 0.35, "source": "embedder dlib-resnet29-int8"}  # nothing set: the embedder's figures
+        assert online["gallery"]["matching"]["gallery.threshold"] == in_use
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)

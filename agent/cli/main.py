@@ -45,7 +45,7 @@ from agent.gallery.store import GalleryStore
 from agent.identity import Consent, Match, utc_now
 from agent.modelupdate.install import installed_models_dir
 from agent.recognition.enrollment import Enroller
-from agent.vision.embedder import distance
+from agent.vision.embedder import FaceEmbedder, distance
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore, embedder_id
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
@@ -213,9 +213,11 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> FacePipeline:
     return pipeline
 
 
-def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
-    """Every template of the loaded embedder, under the [gallery] metric, threshold and margin."""
-    matcher = Matcher.for_gallery(settings.gallery)
+def _gallery_matcher(args: argparse.Namespace, settings: Settings, embedder: FaceEmbedder) -> Matcher:
+    """Every template of the loaded embedder, under the [gallery] metric and the figures in use (each set in
+    [gallery], else the embedder's stated one, else built-in)."""
+    matcher = Matcher.for_gallery(settings.gallery, embedder)
+    model_id = embedder.info.model_id
     with _open_store(args, settings) as store:
         matcher.load(store.iter_templates(model_id), negatives=store.negatives(model_id))
         stale = store.people_needing_reenrollment(model_id)
@@ -240,7 +242,7 @@ def _match_json(match: Match) -> dict | str:
 def cmd_identify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pipeline = _pipeline(args, settings)
-    matcher = _gallery_matcher(args, settings, pipeline.embedder.info.model_id) if args.db else None
+    matcher = _gallery_matcher(args, settings, pipeline.embedder) if args.db else None
     status = 0
     for path in args.images:
         try:
@@ -329,7 +331,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         given_by = args.consent_by or (args.name or args.person_id)
         consent = Consent(given_by=given_by, given_at=utc_now(), reference=args.consent_ref, purpose=args.purpose)
     with _open_store(args, settings, create=True) as store:
-        matcher = Matcher.for_gallery(settings.gallery)
+        matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
         matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
         result = Enroller(pipeline, store, matcher, settings).enroll(
             [(str(path), path) for path in args.images],

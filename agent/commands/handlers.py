@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from agent.commands.schema import AUDIT_PAGE, PEOPLE_PAGE, CommandError, ErrorCode
 from agent.config import (
+    Matching,
     Settings,
     apply_remote,
     audit_floor,
@@ -95,6 +96,7 @@ class CommandServices:
     storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
     camera: CameraEnrollment | None = None  # enrollment from the camera; None: this agent has no frame loop
     feedback: FeedbackWindow | None = None  # decided tracks by event id (corrections); None: not offered
+    matching: Callable[[], Matching] | None = None  # the live matcher's figures; None: no live matcher
 
 
 @dataclass(frozen=True)
@@ -379,7 +381,10 @@ def get_config(ctx: Context, args: dict[str, Any]) -> Done:
         remote = sorted(read_remote(remote_settings_path(current.gallery.path)))
     except ConfigError:
         remote = []  # invalid: ignored at start (and reported in status)
-    return Done({"settings": settings, "settable": sorted(settable_keys()), "remote": remote})
+    reply = {"settings": settings, "settable": sorted(settable_keys()), "remote": remote}
+    if ctx.services.matching is not None:  # unset figures show as null in settings; these are the ones in use
+        reply["matching"] = ctx.services.matching().describe()
+    return Done(reply)
 
 
 def set_config(ctx: Context, args: dict[str, Any]) -> Done:
@@ -393,6 +398,7 @@ def set_config(ctx: Context, args: dict[str, Any]) -> Done:
         raise CommandError(ErrorCode.BAD_REQUEST, f"not settable remotely: {', '.join(refused)} (see get_config)")
     local = _local_settings(ctx)
     current = ctx.services.get_settings()
+    in_use = ctx.services.matching().describe() if ctx.services.matching is not None else {}  # before the change
     overlay = remote_settings_path(current.gallery.path)
     try:
         remote = read_remote(overlay)
@@ -419,7 +425,8 @@ def set_config(ctx: Context, args: dict[str, Any]) -> Done:
     changed = {key: _setting(updated, key) for key in sorted(values)}
     details: dict[str, Any] = {}
     for key in sorted(values):  # the audit record: every change with its old and new value
-        details[f"{key}.old"] = _setting(current, key)
+        old = _setting(current, key)  # an unset matching figure: the one that was in use
+        details[f"{key}.old"] = in_use[key]["value"] if old is None and key in in_use else old
         details[f"{key}.new"] = changed[key]
     return Done({"changed": changed, "persisted": str(overlay)}, None, details)
 

@@ -28,16 +28,18 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from agent.config import GallerySettings
+from agent.config import GalleryFigures, GallerySettings, Matching, matching
 from agent.errors import FaceagentError
 from agent.gallery.negatives import NegativeSet
 from agent.identity import Match
+from agent.vision.embedder import FaceEmbedder
 
 METRICS = ("euclidean", "cosine")
 # Queries are searched in blocks so a batch of k probes against n templates needs at most this many
 # float32 scores at once (16 MB), whatever k is.
 _BLOCK_SCORES = 4_000_000
 _MIN_CAPACITY = 64
+_FIGURES = ("threshold", "margin", "track_threshold")
 
 
 class MatcherError(FaceagentError, ValueError):
@@ -48,24 +50,55 @@ class Matcher:
     """Best person, distance and margin to the second-best person for an embedding; thread-safe."""
 
     @classmethod
-    def for_gallery(cls, gallery: GallerySettings) -> Matcher:
-        """An empty matcher under the [gallery] metric, threshold and margin."""
-        return cls(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+    def for_gallery(cls, gallery: GallerySettings, embedder: FaceEmbedder | None = None) -> Matcher:
+        """An empty matcher under the [gallery] metric, with the figures `matching` resolves: each one set in
+        [gallery], else the one `embedder` (the templates' model) states, else the built-in one."""
+        stated = (embedder.info.gallery, embedder.info.model_id) if embedder is not None else (None, "")
+        figures = matching(gallery, *stated)
+        matcher = cls(
+            metric=gallery.metric,
+            threshold=figures.threshold,
+            margin=figures.margin,
+            track_threshold=figures.track_threshold,
+        )
+        matcher.matching, matcher._stated = figures, stated
+        return matcher
 
-    def __init__(self, *, metric: str, threshold: float, margin: float) -> None:
+    def __init__(self, *, metric: str, threshold: float, margin: float, track_threshold: float | None = None) -> None:
+        """`track_threshold`: what a track's mean embedding must be within (`tracking.decide`); None: `threshold`."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
         if not (math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {threshold!r}")
         if not (math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+        track = threshold if track_threshold is None else track_threshold
+        if not (math.isfinite(track) and track >= 0):
+            raise ValueError(f"track_threshold must be a number >= 0, got {track_threshold!r}")
         self.metric = metric
         self.threshold = float(threshold)
         self.margin = float(margin)
+        self.track_threshold = float(track)
+        self.matching = Matching(self.threshold, self.margin, self.track_threshold, dict.fromkeys(_FIGURES, "given"))
+        self._stated: tuple[GalleryFigures | None, str] = (None, "")  # the embedder's figures (`retune` keeps them)
         self._lock = threading.Lock()
         self._version = 0  # bumped by every change; `load(..., if_version=)` swaps only over the state it read
         self._negatives = NegativeSet()  # kept apart from the rows: a person's negatives outlive a matrix reset
         self._reset(None, 0)
+
+    def sibling(self, embedder: FaceEmbedder) -> Matcher:
+        """An empty matcher for another embedder's templates: the figures set in [gallery] kept, the others
+        that embedder's stated ones (else built-in), so a model update brings its own figures."""
+        figures = self.matching
+        settings = {key: getattr(figures, key) for key, source in figures.sources.items() if source == "setting"}
+        return Matcher.for_gallery(GallerySettings(metric=self.metric, **settings), embedder)
+
+    def retune(self, gallery: GallerySettings) -> None:
+        """New [gallery] settings (set_config): the figures resolved again over the same embedder's."""
+        figures = matching(gallery, *self._stated)
+        with self._lock:
+            self.threshold, self.margin = figures.threshold, figures.margin
+            self.track_threshold, self.matching = figures.track_threshold, figures
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -285,6 +318,8 @@ class Matcher:
             raise MatcherError(f"cannot take a {other.metric} matcher into a {self.metric} one")
         with other._lock, self._lock:
             self._version += 1
+            self.threshold, self.margin, self.track_threshold = other.threshold, other.margin, other.track_threshold
+            self.matching, self._stated = other.matching, other._stated  # another embedder's figures come with it
             self._dim, self._count = other._dim, other._count
             self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
             self._template_ids, self._known_templates = other._template_ids, other._known_templates
@@ -360,24 +395,26 @@ class Matcher:
 
     # ---------------------------------------------------------------------------------------- search
 
-    def search(self, embedding: np.ndarray) -> Match:
-        """The best person for one embedding; an empty gallery gives an unknown match at distance inf."""
+    def search(self, embedding: np.ndarray, *, track: bool = False) -> Match:
+        """The best person for one embedding; an empty gallery gives an unknown match at distance inf.
+        `track`: the embedding is a track's mean, accepted only within the track threshold too."""
         query = np.asarray(embedding)
         if query.ndim != 1:
             raise MatcherError(f"expected one embedding of shape (dim,), got shape {query.shape}")
-        return self.search_many(query[None, :])[0]
+        return self.search_many(query[None, :], track=track)[0]
 
-    def search_many(self, embeddings: np.ndarray) -> list[Match]:
+    def search_many(self, embeddings: np.ndarray, *, track: bool = False) -> list[Match]:
         """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks."""
         queries = self._prepare_queries(embeddings)
         with self._lock:
             self._check_query_width(queries)
             if self._count == 0:
                 return [Match(None, None, math.inf, math.inf, False) for _ in range(len(queries))]
+            limit = min(self.threshold, self.track_threshold) if track else self.threshold
             block = max(1, _BLOCK_SCORES // self._count)
             matches: list[Match] = []
             for start in range(0, len(queries), block):
-                matches.extend(self._search_block(queries[start : start + block]))
+                matches.extend(self._search_block(queries[start : start + block], limit))
             return matches
 
     def _prepare_queries(self, embeddings: np.ndarray) -> np.ndarray:
@@ -429,7 +466,7 @@ class Matcher:
             nearest = (sqnorms[None, :] - 2.0 * (queries @ vectors.T)).argmin(axis=1)
             return np.linalg.norm(vectors[nearest] - queries, axis=1).astype(np.float64)
 
-    def _search_block(self, queries: np.ndarray) -> list[Match]:
+    def _search_block(self, queries: np.ndarray, limit: float) -> list[Match]:
         count = self._count
         vectors, owners = self._vectors[:count], self._owners[:count]
         # ||t||² - 2 t·q: the squared distance less ||q||², enough to rank templates.
@@ -453,7 +490,7 @@ class Matcher:
         for i in rows:
             owner, dist, gap = int(best_owner[i]), float(distance[i]), float(margin[i])
             person_id = self._person_ids[owner]
-            accepted = dist < self.threshold and gap >= self.margin
+            accepted = dist < limit and gap >= self.margin
             if accepted and negatives and negatives.nearest(person_id, queries[i]) < dist:
                 accepted = False  # closer to a face the operator said is not this person than to their own
             matches.append(Match(person_id, self._names[owner], dist, gap, accepted))

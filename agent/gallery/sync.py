@@ -33,6 +33,7 @@ import numpy as np
 
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import Fingerprint, GalleryStore
+from agent.vision.embedder import FaceEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,22 @@ class GallerySync:
         self.reloads += 1
         return True
 
-    def switch_model(self, model_id: str, go_live: Callable[[Matcher], None]) -> None:
+    def switch_model(
+        self, model_id: str, go_live: Callable[[Matcher], None], embedder: FaceEmbedder | None = None
+    ) -> None:
         """Build the matcher of `model_id`'s templates aside and hand it to `go_live`, which makes it live
-        (with the models that made it) or raises: nothing here changes unless it returns."""
+        (with the models that made it) or raises: nothing here changes unless it returns. `embedder` (the
+        model's): the new matcher takes its stated figures where [gallery] sets none; None: today's figures."""
         current, rows, negatives = self._read(model_id)
-        matcher = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=self.matcher.margin)
+        if embedder is not None:
+            matcher = self.matcher.sibling(embedder)
+        else:
+            matcher = Matcher(
+                metric=self.matcher.metric,
+                threshold=self.matcher.threshold,
+                margin=self.matcher.margin,
+                track_threshold=self.matcher.track_threshold,
+            )
         matcher.load(rows, negatives=negatives)
         go_live(matcher)
         self.model_id, self._seen = model_id, current

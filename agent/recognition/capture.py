@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import Settings
+from agent.config import Settings, matching
 from agent.errors import FaceagentError
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GalleryWrites
@@ -191,7 +191,8 @@ class CaptureWindow:
 
     def _same_person(self, unit: np.ndarray) -> bool:
         mean = _unit(mean_embedding([h.unit for h in self._held], self.metric), self.metric)
-        return float(np.linalg.norm(mean - unit)) < self.settings.gallery.threshold
+        stated = (self.model.gallery, self.model.model_id) if self.model is not None else (None, "")
+        return float(np.linalg.norm(mean - unit)) < matching(self.settings.gallery, *stated).threshold
 
     def _too_few(self) -> str:
         wanted, seconds = self.request.views, self.request.seconds

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from agent.config import MATCHING_KEYS, GalleryFigures
 from agent.errors import ModelError
 from agent.vision.aligner import Aligner
 from agent.vision.runtime import TfliteModel
@@ -22,6 +24,24 @@ class EmbedderInfo:
     dimensions: int
     metric: str
     threshold: float
+    gallery: GalleryFigures | None = None  # the matching figures its manifest entry states (cosine units)
+
+
+def stated_gallery(spec: dict[str, Any]) -> GalleryFigures | None:
+    """The entry's `gallery` figures (threshold, margin, track_threshold: the matcher's, in cosine units),
+    None when it states none; a ModelError for figures that are missing or out of range."""
+    raw = spec.get("gallery")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != set(MATCHING_KEYS):
+        raise ModelError(f"embedder {spec.get('id')!r}: gallery must state exactly {', '.join(MATCHING_KEYS)}")
+    for key in MATCHING_KEYS:
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ModelError(f"embedder {spec.get('id')!r}: gallery.{key} must be a number, got {value!r}")
+        if not (0 < value <= 2 if key != "margin" else 0 <= value <= 2):
+            raise ModelError(f"embedder {spec.get('id')!r}: gallery.{key} is outside the cosine range, got {value!r}")
+    return GalleryFigures(float(raw["threshold"]), float(raw["margin"]), float(raw["track_threshold"]))
 
 
 class FaceEmbedder(Protocol):
@@ -67,6 +87,7 @@ class Embedder:
             dimensions=int(spec["output"]["shape"][-1]),
             metric=str(spec.get("metric", "euclidean")),
             threshold=float(spec["threshold"]),
+            gallery=stated_gallery(spec),
         )
         self._input = np.empty(model.input_shape, dtype=np.float32)
 

@@ -24,7 +24,7 @@ from PIL import Image
 from agent.errors import ModelError
 from agent.vision.aligner import Aligner
 from agent.vision.detector import KEYPOINT_NAMES
-from agent.vision.embedder import Embedder, EmbedderInfo, FaceEmbedder
+from agent.vision.embedder import Embedder, EmbedderInfo, FaceEmbedder, stated_gallery
 from agent.vision.modelstore import ModelSpec, ModelStore
 from agent.vision.runtime import InvokeClock, TfliteModel
 
@@ -120,6 +120,7 @@ class FusedEmbedder:
             dimensions=sum(m.info.dimensions for m, _ in members),
             metric="cosine",
             threshold=float(spec.raw["threshold"]),
+            gallery=stated_gallery(spec.raw),
         )
         self._chip_keypoints = _template_keypoints(self.aligner, [m.aligner for m, _ in members[1:]], spec.id)
 
