@@ -42,12 +42,14 @@ from agent.config import (
 from agent.errors import FaceagentError, GalleryError, ImageError, NoFaceError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import load_gallery
 from agent.identity import Consent, Match, utc_now
 from agent.modelupdate.install import installed_models_dir
 from agent.recognition.enrollment import Enroller
 from agent.vision.embedder import FaceEmbedder, distance
+from agent.vision.fusion import fallback_model
 from agent.vision.image import load_image
-from agent.vision.modelstore import ModelStore, embedder_id
+from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import select_runtime
 
@@ -219,10 +221,21 @@ def _gallery_matcher(args: argparse.Namespace, settings: Settings, embedder: Fac
     matcher = Matcher.for_gallery(settings.gallery, embedder)
     model_id = embedder.info.model_id
     with _open_store(args, settings) as store:
-        matcher.load(store.iter_templates(model_id), negatives=store.negatives(model_id))
+        load_gallery(matcher, store, model_id)
         stale = store.people_needing_reenrollment(model_id)
     log.info("gallery %s: %d templates of %s", store.path, len(matcher), model_id)
-    if stale:
+    fallback = matcher.fallback
+    if stale and fallback is not None:
+        still = len(set(stale) & fallback.matcher.person_ids())
+        log.warning(
+            "%d enrolled people have no %s template (re-enroll them); %d of them are matched on their %s templates "
+            "until then",
+            len(stale),
+            model_id,
+            still,
+            fallback.model_id,
+        )
+    elif stale:
         log.warning(
             "%d enrolled people have no %s template and cannot be matched (re-enroll them)", len(stale), model_id
         )
@@ -308,18 +321,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_gallery_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    model_id = embedder_id(_models_dir(args, settings), settings.models.embedder)
+    models = ModelStore(_models_dir(args, settings))
+    spec = models.spec(settings.models.embedder, "embedder")
+    model_id = spec.id
+    # A fused embedder still matches people on their templates of its first member until they are re-enrolled.
+    fallback = fallback_model(models, spec) if settings.gallery.metric == "cosine" else None
     with _open_store(args, settings) as store:
         listing = store.listing(model_id)
     if args.json:
-        print(json.dumps({"gallery": str(store.path), **listing}))
+        print(json.dumps({"gallery": str(store.path), **listing, "matched_until_reenrolled_on": fallback}))
         return 0
     rows, stale = listing["people"], listing["people_needing_reenrollment"]
+    still = 0
     for row in rows:
         templates = ", ".join(f"{n} {model}" for model, n in sorted(row["templates"].items())) or "no templates"
         flag = "  [needs re-enrollment]" if row["needs_reenrollment"] else ""
+        if row["needs_reenrollment"] and fallback in row["templates"]:
+            flag = f"  [needs re-enrollment; matched on its {fallback} templates until then]"
+            still += 1
         print(f"{row['id']}  {row['name']}  ({templates}){flag}")
-    print(f"{len(rows)} people; {stale} need re-enrollment for {model_id}")
+    until = f" ({still} matched on their {fallback} templates until then)" if still else ""
+    print(f"{len(rows)} people; {stale} need re-enrollment for {model_id}{until}")
     return 0
 
 

@@ -14,6 +14,13 @@ rows, beside about 2 ms for the product itself (`scripts/bench_gallery.py`).
 Negatives (`agent/gallery/negatives.py`, corrections by event id): a probe closer to one of the best person's
 negatives than to that person's nearest template is not named; only the best candidate's are looked at.
 
+Old templates under a new embedder (`Fallback`): a fused embedder contains the model a gallery was enrolled with
+(its first member), so people with no template of the fused model are still searched, on the member's own part of
+the query (`FusedEmbedder.member_vector`) against their old templates, under that model's stated figures. A name
+needs both sides to agree: a person only the old templates know is named when the new templates name nobody, and
+nobody is named when each side names someone else. Re-enrolling a person (or rebuilding from kept chips) gives them
+templates of the new model, and from then on only those count for them.
+
 Metrics: "euclidean" is the raw L2 distance between embeddings (dlib's own scale, threshold about 0.6);
 "cosine" unit-normalises templates when they are added and queries when they are searched, and returns
 the L2 distance between the unit vectors, sqrt(2 - 2·cos), in [0, 2] (monotonic in cosine similarity).
@@ -22,9 +29,11 @@ Thresholds and margins are in the units of the distance returned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +42,7 @@ from agent.errors import FaceagentError
 from agent.gallery.negatives import NegativeSet
 from agent.identity import Match
 from agent.vision.embedder import FaceEmbedder
+from agent.vision.fusion import FusedEmbedder
 
 METRICS = ("euclidean", "cosine")
 # Queries are searched in blocks so a batch of k probes against n templates needs at most this many
@@ -44,6 +54,17 @@ _FIGURES = ("threshold", "margin", "track_threshold")
 
 class MatcherError(FaceagentError, ValueError):
     """An embedding the matcher cannot hold or compare: wrong dimension, not finite, zero for cosine."""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Templates of the model a gallery was enrolled with, searched for people without templates of the loaded
+    (fused) embedder: `project` takes the loaded embedder's vector to that model's; `matcher` holds every
+    template of `model_id` (everyone's, so its margins see everyone) under that model's figures."""
+
+    model_id: str
+    project: Callable[[np.ndarray], np.ndarray]
+    matcher: Matcher
 
 
 class Matcher:
@@ -62,6 +83,18 @@ class Matcher:
             track_threshold=figures.track_threshold,
         )
         matcher.matching, matcher._stated = figures, stated
+        if isinstance(embedder, FusedEmbedder) and gallery.metric == "cosine":
+            old = embedder.first_member  # the member's stated figures: the settings' are in the fused model's units
+            figures = matching(GallerySettings(metric="cosine"), old.gallery, old.model_id)
+            held = cls(
+                metric="cosine",
+                threshold=figures.threshold,
+                margin=figures.margin,
+                track_threshold=figures.track_threshold,
+            )
+            held.matching = figures
+            project = _projection(embedder, old.model_id)
+            matcher.fallback = Fallback(old.model_id, project, held)
         return matcher
 
     def __init__(self, *, metric: str, threshold: float, margin: float, track_threshold: float | None = None) -> None:
@@ -81,6 +114,7 @@ class Matcher:
         self.track_threshold = float(track)
         self.matching = Matching(self.threshold, self.margin, self.track_threshold, dict.fromkeys(_FIGURES, "given"))
         self._stated: tuple[GalleryFigures | None, str] = (None, "")  # the embedder's figures (`retune` keeps them)
+        self.fallback: Fallback | None = None  # old templates for people without any of this model (`for_gallery`)
         self._lock = threading.Lock()
         self._version = 0  # bumped by every change; `load(..., if_version=)` swaps only over the state it read
         self._negatives = NegativeSet()  # kept apart from the rows: a person's negatives outlive a matrix reset
@@ -123,7 +157,13 @@ class Matcher:
         return len(self._person_ids)
 
     def person_ids(self) -> set[str]:
-        """The people held (those with at least one template)."""
+        """The people held (those with at least one template, the fallback's included)."""
+        with self._lock:
+            held = set(self._person_ids)
+        return held | self.fallback.matcher.person_ids() if self.fallback is not None else held
+
+    def own_person_ids(self) -> set[str]:
+        """The people with templates of the loaded embedder: those the fallback no longer speaks for."""
         with self._lock:
             return set(self._person_ids)
 
@@ -256,6 +296,8 @@ class Matcher:
             self._version += 1  # even when not held: a reload in flight may have read the person before the erasure
             self._drop({person_id})
             self._negatives.drop({person_id})
+        if self.fallback is not None:
+            self.fallback.matcher.remove_person(person_id)
 
     def replace_people(
         self,
@@ -320,6 +362,7 @@ class Matcher:
             self._version += 1
             self.threshold, self.margin, self.track_threshold = other.threshold, other.margin, other.track_threshold
             self.matching, self._stated = other.matching, other._stated  # another embedder's figures come with it
+            self.fallback = other.fallback
             self._dim, self._count = other._dim, other._count
             self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
             self._template_ids, self._known_templates = other._template_ids, other._known_templates
@@ -355,6 +398,8 @@ class Matcher:
             index = self._person_index.get(person_id)
             if index is not None:
                 self._names[index] = name
+        if self.fallback is not None:
+            self.fallback.matcher.rename(person_id, name)
 
     def _grow(self, capacity: int) -> None:
         count = self._count
@@ -404,8 +449,18 @@ class Matcher:
         return self.search_many(query[None, :], track=track)[0]
 
     def search_many(self, embeddings: np.ndarray, *, track: bool = False) -> list[Match]:
-        """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks."""
+        """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks; with a fallback, people
+        only the old model's templates know are searched there too (see the module docstring)."""
         queries = self._prepare_queries(embeddings)
+        matches = self._search_own(queries, track)
+        fallback = self.fallback
+        if fallback is None or not len(fallback.matcher) or not len(queries):
+            return matches
+        old = fallback.matcher.search_many(np.stack([fallback.project(query) for query in queries]), track=track)
+        own = self.own_person_ids()
+        return [_agree(new, by_old, own) for new, by_old in zip(matches, old, strict=True)]
+
+    def _search_own(self, queries: np.ndarray, track: bool) -> list[Match]:
         with self._lock:
             self._check_query_width(queries)
             if self._count == 0:
@@ -495,6 +550,20 @@ class Matcher:
                 accepted = False  # closer to a face the operator said is not this person than to their own
             matches.append(Match(person_id, self._names[owner], dist, gap, accepted))
         return matches
+
+
+def _agree(new: Match, old: Match, own: set[str]) -> Match:
+    """One verdict from the loaded model's templates (`new`) and the old model's (`old`): the old one counts only
+    for a person with no template of the loaded model, and only when the new one names nobody else."""
+    if not old.accepted or old.person_id in own:
+        return new
+    if new.accepted:  # each side names someone else: nobody is named
+        return dataclasses.replace(new, accepted=False)
+    return old
+
+
+def _projection(embedder: FusedEmbedder, model_id: str) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda vector: embedder.member_vector(vector, model_id)
 
 
 def _check_shape(vector: np.ndarray, dim: int | None, template_id: int) -> int:

@@ -42,7 +42,7 @@ class Live:
             raise ModelError("the frame loop could not build the pipeline")
         settings = self.device.current[0]
         pipeline = FacePipeline(PipelineOptions(models_dir=models_dir))
-        self.device.gallery.switch_model(pipeline.embedder, self.device.matcher.take)
+        self.device.gallery.switch_model(pipeline.embedder.info.model_id, self.device.matcher.take, pipeline.embedder)
         self.device.current[0] = replace(settings, models=replace(settings.models, dir=models_dir))
         self.pipeline, self.swaps = pipeline, self.swaps + 1
 
