@@ -100,8 +100,14 @@ def fused() -> FacePipeline:
 
 
 @pytest.fixture(scope="module")
-def old(pipeline: FacePipeline, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> OldGallery:
-    return make_old_gallery(tmp_path_factory.mktemp("old"), pipeline, shared_data, keep_chips=False)
+def dlib() -> FacePipeline:
+    """The embedder the gallery was enrolled with, whatever the manifest's default is now."""
+    return FacePipeline(PipelineOptions(embedder=DLIB))
+
+
+@pytest.fixture(scope="module")
+def old(dlib: FacePipeline, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> OldGallery:
+    return make_old_gallery(tmp_path_factory.mktemp("old"), dlib, shared_data, keep_chips=False)
 
 
 def switched(gallery: Path, fused: FacePipeline) -> Matcher:
@@ -168,9 +174,9 @@ def test_a_re_enrolled_person_is_matched_on_fused_templates_only(
 
 
 def test_kept_chips_rebuild_fused_templates_that_name_the_same_probes(
-    pipeline: FacePipeline, fused: FacePipeline, shared_data: Path, tmp_path: Path, models_dir: Path
+    dlib: FacePipeline, fused: FacePipeline, shared_data: Path, tmp_path: Path, models_dir: Path
 ) -> None:
-    kept = make_old_gallery(tmp_path, pipeline, shared_data, keep_chips=True)
+    kept = make_old_gallery(tmp_path, dlib, shared_data, keep_chips=True)
     embedder = load_embedder(models_dir, ModelStore(models_dir).spec(FUSED, "embedder"), ModelSettings())
     with GalleryStore.open(kept.path) as store:
         rebuilt = rebuild_templates(store, embedder, DLIB, "test")
@@ -191,10 +197,10 @@ def test_erasing_a_dlib_only_person_takes_them_out_of_the_fallback_at_once(
 
 
 def test_a_model_switch_on_the_live_sync_brings_the_fallback(
-    old: OldGallery, pipeline: FacePipeline, fused: FacePipeline
+    old: OldGallery, dlib: FacePipeline, fused: FacePipeline
 ) -> None:
     with GalleryStore.open(old.path) as store:
-        live = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+        live = Matcher.for_gallery(GallerySettings(), dlib.embedder)
         sync = GallerySync(store, live, DLIB)
         sync.reload()
         sync.switch_model(FUSED, live.take, fused.embedder)

@@ -39,6 +39,11 @@ def fused() -> FacePipeline:
     return FacePipeline(PipelineOptions(embedder=FUSED))
 
 
+@pytest.fixture(scope="module")
+def dlib() -> FacePipeline:
+    return FacePipeline(PipelineOptions(embedder=DLIB))
+
+
 def test_the_manifest_states_the_fused_and_dlib_figures(models_dir: Path) -> None:
     store = ModelStore(models_dir)
     stated = {model: stated_gallery(store.spec(model, "embedder").raw) for model in (FUSED, DLIB)}
@@ -51,8 +56,8 @@ def test_unset_figures_are_the_embedders_stated_ones(fused: FacePipeline) -> Non
     assert set(matcher.matching.sources.values()) == {f"embedder {FUSED}"}
 
 
-def test_dlib_decides_as_before_with_nothing_set(pipeline: FacePipeline) -> None:
-    matcher = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+def test_dlib_decides_as_before_with_nothing_set(dlib: FacePipeline) -> None:
+    matcher = Matcher.for_gallery(GallerySettings(), dlib.embedder)
     assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (0.35, 0.065, 0.32)
 
 
@@ -94,14 +99,14 @@ def test_retune_keeps_the_embedders_figures_for_what_is_unset(fused: FacePipelin
     assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (0.5677, 0.2, 0.4899)
 
 
-def test_a_sibling_for_another_embedder_keeps_only_what_was_set(pipeline: FacePipeline, fused: FacePipeline) -> None:
-    dlib = Matcher.for_gallery(GallerySettings(margin=0.05), pipeline.embedder)
-    after_update = dlib.sibling(fused.embedder)
+def test_a_sibling_for_another_embedder_keeps_only_what_was_set(dlib: FacePipeline, fused: FacePipeline) -> None:
+    before = Matcher.for_gallery(GallerySettings(margin=0.05), dlib.embedder)
+    after_update = before.sibling(fused.embedder)
     assert (after_update.threshold, after_update.margin, after_update.track_threshold) == (0.5677, 0.05, 0.4899)
 
 
-def test_taking_another_embedders_matcher_takes_its_figures(pipeline: FacePipeline, fused: FacePipeline) -> None:
-    live = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+def test_taking_another_embedders_matcher_takes_its_figures(dlib: FacePipeline, fused: FacePipeline) -> None:
+    live = Matcher.for_gallery(GallerySettings(), dlib.embedder)
     live.take(Matcher.for_gallery(GallerySettings(), fused.embedder))
     assert (live.threshold, live.track_threshold, live.matching.sources["margin"]) == (
         0.5677,
@@ -119,8 +124,8 @@ def test_a_track_is_decided_under_the_matchers_track_threshold() -> None:
     assert matcher.search(view).accepted and not decide([view, view], matcher).accepted
 
 
-def test_get_config_shows_the_figures_in_use_and_where_they_came_from(pipeline: FacePipeline, tmp_path: Path) -> None:
-    device = make_device(tmp_path, pipeline)
+def test_get_config_shows_the_figures_in_use_and_where_they_came_from(dlib: FacePipeline, tmp_path: Path) -> None:
+    device = make_device(tmp_path, dlib)
     assert device.call("set_config", {"values": {"gallery.margin": 0.07}})["status"] == "ok"
     reply = device.call("get_config")["data"]
     assert reply["settings"]["gallery"]["threshold"] is None  # unset: not a number the operator chose
