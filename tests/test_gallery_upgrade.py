@@ -152,12 +152,18 @@ def test_a_track_of_a_dlib_only_person_is_decided_under_dlibs_track_threshold(
     assert not decide(stranger, matcher).accepted
 
 
+def copied(old: OldGallery, folder: Path) -> Path:
+    """A copy of the old gallery a test may write to."""
+    copy = folder / "gallery.db"
+    with GalleryStore.open(old.path) as source, GalleryStore.open(copy) as target:
+        source.db.conn.backup(target.db.conn)
+    return copy
+
+
 def test_a_re_enrolled_person_is_matched_on_fused_templates_only(
     old: OldGallery, fused: FacePipeline, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "gallery.db"
-    with GalleryStore.open(old.path) as source, GalleryStore.open(copy) as target:
-        source.db.conn.backup(target.db.conn)
+    copy = copied(old, tmp_path)
     name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
     photo = old.enrolled[name]  # enrolled again, now under the fused embedder
     settings = Settings(gallery=GallerySettings(path=copy))
@@ -171,6 +177,21 @@ def test_a_re_enrolled_person_is_matched_on_fused_templates_only(
     matcher = switched(copy, fused)
     assert matcher.own_person_ids() == {old.people[name]}
     assert _named(matcher, embed(fused, probe)) == old.people[name]
+
+
+def test_someone_elses_photo_added_to_a_dlib_only_person_is_refused_on_their_dlib_templates(
+    old: OldGallery, fused: FacePipeline, tmp_path: Path
+) -> None:
+    copy = copied(old, tmp_path)
+    settings = Settings(gallery=GallerySettings(path=copy))
+    impostor = old.strangers[0]
+    with GalleryStore.open(copy) as store:
+        matcher = Matcher.for_gallery(settings.gallery, fused.embedder)
+        load_gallery(matcher, store, FUSED)
+        enroller = Enroller(fused, store, matcher, settings)
+        with pytest.raises(EnrollmentError, match="not the same person"):
+            enroller.enroll([(impostor.name, impostor)], actor="test", person_id=old.people[ENROLLED[0]])
+        assert old.people[ENROLLED[0]] in store.people_needing_reenrollment(FUSED)
 
 
 def test_kept_chips_rebuild_fused_templates_that_name_the_same_probes(

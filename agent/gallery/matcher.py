@@ -506,6 +506,19 @@ class Matcher:
             rows = self._owners[: self._count] == index
             return self._template_ids[: self._count][rows].copy(), self._vectors[: self._count][rows].copy()
 
+    def old_distance(self, embedding: np.ndarray, person_id: str) -> tuple[float, float, str] | None:
+        """How far a face of the loaded embedder is from `person_id`'s templates in the fallback (the old model's
+        units), the old model's threshold and id; None when there is no fallback or it holds none of theirs.
+        Enrollment asks it to vet a photo added to someone known only by their old templates."""
+        fallback = self.fallback
+        if fallback is None:
+            return None
+        _, rows = fallback.matcher.templates_of(person_id)
+        if not len(rows):
+            return None
+        query = fallback.matcher._prepare_queries(fallback.project(np.asarray(embedding))[None, :])[0]
+        return float(np.linalg.norm(rows - query, axis=1).min()), fallback.matcher.threshold, fallback.model_id
+
     def nearest_other(self, embeddings: np.ndarray, person_id: str) -> np.ndarray:
         """For each row of a (k, dim) array, the distance to the nearest template of anyone but `person_id`
         (inf when nobody else is held), in the metric's units."""

@@ -278,11 +278,16 @@ class Enroller:
                 conflict = (
                     f"conflict: this face matches {rival.name} ({rival.person_id}) at distance {rival.distance:.3f}"
                 )
-        nearest = held.search(embedding).distance if len(held) else 0.0  # no template of this model: exempt
-        if nearest >= limit:
+        nearest, cutoff, figure = 0.0, limit, f"gallery.conflict_distance {limit:g}"  # no template of theirs: exempt
+        if len(held):
+            nearest = held.search(embedding).distance
+        elif person_id is not None and (old := self.matcher.old_distance(embedding, person_id)) is not None:
+            nearest, cutoff, model_id = old  # known only by an older model's templates: vetted on those
+            figure = f"{model_id}'s threshold {cutoff:g}"
+        if nearest >= cutoff:
             mismatch = "not the same person: this face does not match the person's enrolled photos"
             if reveal:
-                mismatch += f" (nearest at distance {nearest:.3f}, gallery.conflict_distance {limit:g})"
+                mismatch += f" (nearest at distance {nearest:.3f}, {figure})"
         return conflict, mismatch
 
     def _store(
