@@ -351,7 +351,7 @@ def correct(
         ]
 
     outcome = ""
-    for _ in range(8):
+    for _ in range(24):  # most of the clip's unknown faces are turned or faint; it loops, so good ones come again
         fleet.wait(untried, 180, f"no {query} event to correct")
         row = untried()[0]
         tried.add(row.get_attribute("data-event") or "")
