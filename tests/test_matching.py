@@ -14,15 +14,22 @@ from hypothesis import strategies as st
 
 from agent.config import (
     BUILT_IN_MATCHING,
+    DISTANCE_KEYS,
+    FIGURE_KEYS,
     MATCHING_KEYS,
     GalleryFigures,
     GallerySettings,
+    Settings,
     apply_remote,
     load_settings,
     matching,
 )
 from agent.errors import ModelError
 from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.identity import Match
+from agent.recognition.adaptation import NO_DIVERSITY, AdaptiveTemplate, RecognizedTrack, Refusal, consider
+from agent.recognition.enrollment import Enroller
 from agent.tracking.decision import decide
 from agent.vision.embedder import stated_gallery
 from agent.vision.modelstore import ModelStore
@@ -30,8 +37,22 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions
 from tests.support.commands import make_device
 
 FUSED = "fused-dlib-mobileface-int8"
+# The fused entry's guard and adaptation distances (scripts/measure_enroll_guard.py, scripts/bench_adapt.py).
+FUSED_DUPLICATE, FUSED_CONFLICT = 0.125, 0.5677
+FUSED_ADAPT_MARGIN, FUSED_ADAPT_MIN, FUSED_ADAPT_MAX, FUSED_ADAPT_GUARD = 0.12, 0.46, 0.5677, 0.65
 DLIB = "dlib-resnet29-int8"
-FUSED_STATED = GalleryFigures(threshold=0.5677, margin=0.08, track_threshold=0.4899)
+FUSED_STATED = GalleryFigures(
+    threshold=0.5677,
+    margin=0.08,
+    track_threshold=0.4899,
+    duplicate_distance=FUSED_DUPLICATE,
+    conflict_distance=FUSED_CONFLICT,
+    adapt_margin=FUSED_ADAPT_MARGIN,
+    adapt_min_distance=FUSED_ADAPT_MIN,
+    adapt_max_distance=FUSED_ADAPT_MAX,
+    adapt_guard_distance=FUSED_ADAPT_GUARD,
+)
+DLIB_STATED = GalleryFigures(threshold=0.35, margin=0.065, track_threshold=0.32)  # its distances: the built-in ones
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +68,7 @@ def dlib() -> FacePipeline:
 def test_the_manifest_states_the_fused_and_dlib_figures(models_dir: Path) -> None:
     store = ModelStore(models_dir)
     stated = {model: stated_gallery(store.spec(model, "embedder").raw) for model in (FUSED, DLIB)}
-    assert stated == {FUSED: FUSED_STATED, DLIB: BUILT_IN_MATCHING}
+    assert stated == {FUSED: FUSED_STATED, DLIB: DLIB_STATED}
 
 
 def test_unset_figures_are_the_embedders_stated_ones(fused: FacePipeline) -> None:
@@ -59,6 +80,7 @@ def test_unset_figures_are_the_embedders_stated_ones(fused: FacePipeline) -> Non
 def test_dlib_decides_as_before_with_nothing_set(dlib: FacePipeline) -> None:
     matcher = Matcher.for_gallery(GallerySettings(), dlib.embedder)
     assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (0.35, 0.065, 0.32)
+    assert matcher.matching == dataclasses.replace(matching(GallerySettings()), sources=matcher.matching.sources)
 
 
 def test_without_a_stating_embedder_the_built_in_figures_apply() -> None:
@@ -68,13 +90,11 @@ def test_without_a_stating_embedder_the_built_in_figures_apply() -> None:
 
 
 @given(
-    st.dictionaries(
-        st.sampled_from(MATCHING_KEYS), st.floats(min_value=0.01, max_value=2.0, allow_nan=False), min_size=1
-    )
+    st.dictionaries(st.sampled_from(FIGURE_KEYS), st.floats(min_value=0.01, max_value=2.0, allow_nan=False), min_size=1)
 )
 def test_a_figure_set_wins_over_the_embedders_and_the_others_stay_stated(set_here: dict[str, float]) -> None:
     figures = matching(dataclasses.replace(GallerySettings(), **set_here), FUSED_STATED, FUSED)
-    for key in MATCHING_KEYS:
+    for key in FIGURE_KEYS:
         expected = (set_here[key], "setting") if key in set_here else (getattr(FUSED_STATED, key), f"embedder {FUSED}")
         assert (getattr(figures, key), figures.sources[key]) == expected
 
@@ -89,7 +109,8 @@ def test_the_settings_file_and_the_remote_overlay_leave_unset_figures_unset(tmp_
     path.write_text("[gallery]\nmargin = 0.1\n")
     settings = apply_remote(load_settings(path), {"gallery.threshold": 0.5}, source="overlay")
     figures = matching(settings.gallery, FUSED_STATED, FUSED)
-    assert figures.sources == {"threshold": "setting", "margin": "setting", "track_threshold": f"embedder {FUSED}"}
+    in_use = {key: figures.sources[key] for key in MATCHING_KEYS}
+    assert in_use == {"threshold": "setting", "margin": "setting", "track_threshold": f"embedder {FUSED}"}
     assert (figures.threshold, figures.margin, figures.track_threshold) == (0.5, 0.1, 0.4899)
 
 
@@ -133,7 +154,7 @@ def test_get_config_shows_the_figures_in_use_and_where_they_came_from(dlib: Face
         "gallery.threshold": {"value": 0.35, "source": f"embedder {DLIB}"},
         "gallery.margin": {"value": 0.07, "source": "setting"},
         "gallery.track_threshold": {"value": 0.32, "source": f"embedder {DLIB}"},
-    }
+    } | {f"gallery.{key}": {"value": getattr(BUILT_IN_MATCHING, key), "source": "built-in"} for key in DISTANCE_KEYS}
 
 
 @pytest.mark.parametrize(
@@ -143,9 +164,35 @@ def test_get_config_shows_the_figures_in_use_and_where_they_came_from(dlib: Face
         {"threshold": "0.5", "margin": 0.1, "track_threshold": 0.4},
         {"threshold": 0.0, "margin": 0.1, "track_threshold": 0.4},
         {"threshold": 0.5, "margin": -0.1, "track_threshold": 0.4},
+        {"threshold": 0.5, "margin": 0.1, "track_threshold": 0.4, "conflict": 0.5},
+        {"threshold": 0.5, "margin": 0.1, "track_threshold": 0.4, "duplicate_distance": 2.5},
+        {"threshold": 0.5, "margin": 0.1, "track_threshold": 0.4, "adapt_min_distance": 0.5, "adapt_max_distance": 0.4},
         [0.5, 0.1, 0.4],
     ],
 )
 def test_an_entry_stating_bad_figures_is_refused(gallery: Any) -> None:
     with pytest.raises(ModelError, match="gallery"):
         stated_gallery({"id": "x", "gallery": gallery})
+
+
+def test_the_enrollment_guard_takes_its_embedders_distances(fused: FacePipeline, tmp_path: Path) -> None:
+    settings = Settings(gallery=GallerySettings(duplicate_distance=0.2))
+    with GalleryStore.open(tmp_path / "g.db") as store:
+        figures = Enroller(fused, store, Matcher.for_gallery(settings.gallery, fused.embedder), settings).figures()
+    assert (figures.conflict_distance, figures.sources["conflict_distance"]) == (FUSED_CONFLICT, f"embedder {FUSED}")
+    assert (figures.duplicate_distance, figures.sources["duplicate_distance"]) == (0.2, "setting")
+
+
+def test_adaptation_takes_the_distance_window_of_the_matchers_embedder(dlib: FacePipeline, fused: FacePipeline) -> None:
+    """A view 0.33 from the person's one template: one dlib's window (0.3-0.35) takes, too near for the fused one."""
+    angle = 2 * np.arcsin(0.33 / 2)  # chord 0.33 between unit vectors
+    view = np.array([np.cos(angle), np.sin(angle), 0.0], dtype=np.float32)
+    outcomes = {}
+    for pipeline in (dlib, fused):
+        matcher = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+        matcher.add(1, "p", "P", np.array([1.0, 0.0, 0.0], dtype=np.float32))
+        matcher.add(2, "q", "Q", np.array([0.0, -1.0, 0.0], dtype=np.float32))  # the view moves P away from Q
+        track = RecognizedTrack(Match("p", "P", 0.33, float("inf"), True), [view], [1.0], "E1")
+        outcomes[pipeline.embedder.info.model_id] = consider(track, matcher, [], GallerySettings())
+    assert isinstance(outcomes[DLIB], AdaptiveTemplate)
+    assert outcomes[FUSED] == Refusal(NO_DIVERSITY)

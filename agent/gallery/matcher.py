@@ -49,7 +49,6 @@ METRICS = ("euclidean", "cosine")
 # float32 scores at once (16 MB), whatever k is.
 _BLOCK_SCORES = 4_000_000
 _MIN_CAPACITY = 64
-_FIGURES = ("threshold", "margin", "track_threshold")
 
 
 class MatcherError(FaceagentError, ValueError):
@@ -112,7 +111,7 @@ class Matcher:
         self.threshold = float(threshold)
         self.margin = float(margin)
         self.track_threshold = float(track)
-        self.matching = Matching(self.threshold, self.margin, self.track_threshold, dict.fromkeys(_FIGURES, "given"))
+        self.matching = Matching.given(self.threshold, self.margin, self.track_threshold)
         self._stated: tuple[GalleryFigures | None, str] = (None, "")  # the embedder's figures (`retune` keeps them)
         self.fallback: Fallback | None = None  # old templates for people without any of this model (`for_gallery`)
         self._lock = threading.Lock()
@@ -127,9 +126,14 @@ class Matcher:
         settings = {key: getattr(figures, key) for key, source in figures.sources.items() if source == "setting"}
         return Matcher.for_gallery(GallerySettings(metric=self.metric, **settings), embedder)
 
+    def figures_for(self, gallery: GallerySettings) -> Matching:
+        """Every figure of [gallery] as it applies to this matcher's templates: set, else their embedder's stated
+        one, else built-in (the guard's and adaptation's distances are in the templates' space too)."""
+        return matching(gallery, *self._stated)
+
     def retune(self, gallery: GallerySettings) -> None:
         """New [gallery] settings (set_config): the figures resolved again over the same embedder's."""
-        figures = matching(gallery, *self._stated)
+        figures = self.figures_for(gallery)
         with self._lock:
             self.threshold, self.margin = figures.threshold, figures.margin
             self.track_threshold, self.matching = figures.track_threshold, figures
