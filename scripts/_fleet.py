@@ -183,7 +183,8 @@ class SimDevice:
         self.replays = StoredReplayCache(self.gallery)
         self.security = CommandSecurity(self.settings.commands, device_id, keys.commands, self.replays)
         self.storage = StorageHealth(self.folder)
-        self.matcher = Matcher.for_gallery(self.settings.gallery)
+        # The figures of the embedder the cache was made with (its stated ones where the settings leave them unset).
+        self.matcher = Matcher.for_gallery(self.settings.gallery, CachedPipeline(cache).embedder)
         with GalleryStore.open(self.gallery) as store:
             self.matcher.load(store.iter_templates(cache.info.model_id))
         self.telemetry = Telemetry(

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.vision.modelstore import ModelStore
 from tests.support.agent_process import agent_config, enroll_cli, faceagent, start_agent
 from tests.support.broker import Broker, Observer
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, DEFAULT_DIMENSIONS
 from tests.support.scenes import two_faces
 
 pytestmark = pytest.mark.slow  # `faceagent run` as a real process
@@ -30,7 +29,7 @@ DEVICE = "door-1"
 MIRANDA_SHOT = range(83, 212)
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"/9j/", b"iVBORw0KGgo")  # JPEG, PNG, and both as base64
 # The default embedder's float32 vector: the largest blob the gallery may hold.
-EMBEDDING_BYTES = 4 * ModelStore(None).spec(None, "embedder").raw["output"]["shape"][-1]
+EMBEDDING_BYTES = 4 * DEFAULT_DIMENSIONS
 
 
 def one_person(shared_data: Path, folder: Path) -> Path:

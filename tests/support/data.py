@@ -25,6 +25,7 @@ SHARED_DATA = Path(os.environ.get("FACEAGENT_SHARED_DATA", REPO.parent / "shared
 EMBEDDER_ID = "dlib-resnet29-int8"  # dlib int8, the embedder tests that need dlib's figures open by name
 _DEFAULT = ModelStore(None).spec(None, "embedder")
 DEFAULT_EMBEDDER_ID = _DEFAULT.id  # the manifest's default embedder: what a device runs with nothing set
+DEFAULT_DIMENSIONS = int(_DEFAULT.raw["output"]["shape"][-1])  # its vector's length
 # The matching threshold a device uses with nothing set: the default embedder's stated one, else the built-in.
 DEFAULT_THRESHOLD = matching(GallerySettings(), stated_gallery(_DEFAULT.raw), _DEFAULT.id).threshold
 
