@@ -932,7 +932,7 @@ def write_manifest(out: Path, report: dict[str, Any], n_calib: int, n_calib_mf: 
     embs = report["embedders"]
     manifest = {
         "schema_version": 1,
-        "defaults": {"detector": "blazeface-short", "embedder": "dlib-resnet29-int8"},
+        "defaults": {"detector": "blazeface-short", "embedder": FUSED_ID},
         "models": [detector_entry(out, s, dets[s.model_id]) for s in DETECTORS]
         + [embedder_entry(out, m, embs[m], n_calib) for m in EMBEDDER_FILES]
         + [mobileface_entry(out, m, report["mobileface"][m], n_calib_mf) for m in MF_FILES],
