@@ -291,6 +291,7 @@ class AgentService:
                 gallery=self.gallery,
             ),
             camera=self.live_enrollment,
+            telemetry_history=self.status.telemetry.history.page,
         )
         dispatcher = CommandDispatcher(services, security)
         return CommandWorker(self.commands, dispatcher, self.replays, self.status, open_store, self.link)
