@@ -52,8 +52,8 @@ THERMAL = Path("/sys/class/thermal")
 _CPU_ZONES = ("cpu-thermal", "cpu_thermal", "soc_thermal", "x86_pkg_temp", "cpu")
 HISTORY_SECONDS = 3600.0
 HISTORY_POINTS = 120  # one per 30 s: a chart an hour wide draws the same line from 120 points as from 3600
-# The documents are kept encoded, as published: one is about 0.6 KB (three latency stages, outbox, storage),
-# so 120 take about 75 KB; this caps them whatever a document grows to (a long storage error, more stages).
+# The documents are kept encoded, as published: one is 476 bytes (three latency stages, outbox, storage),
+# so 120 take about 57 KB; this caps them whatever a document grows to (a long storage error, more stages).
 HISTORY_BYTES = 128 * 1024
 
 
