@@ -69,6 +69,7 @@ function latest(values) {
 
 function drawChart(container, series) {
   container.dataset.points = String(series.t.length);
+  container.dataset.since = series.t.length ? String(series.t[0]) : "";  // the oldest point: before this console?
   if (typeof uPlot === "undefined") return;
   if (!container.plots) {
     const width = Math.max(170, Math.floor((container.clientWidth || 400) / 2) - 10);
