@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,22 @@ def test_both_devices_appear_with_a_live_telemetry_chart(fleet: Fleet) -> None:
         assert canvas and int(canvas[0].get_attribute("width") or 0) > 0
     assert "2 devices, 2 online" in fleet.text("#fleet-count")
     fleet.screenshot("fleet")
+
+
+def test_a_console_started_after_the_agents_plots_their_telemetry_from_before_it_started(fleet: Fleet) -> None:
+    for device in DEVICES:  # each agent has kept a document (one per 30 s) before the new console starts
+        fleet.wait(lambda d=device: fleet.observer.on(f"faceagent/{d}/telemetry"), 180, f"no telemetry from {device}")
+    time.sleep(2)
+    started = time.time()
+    late = start_console(fleet.broker)
+    try:
+        fleet.driver.get(late.url + "/")
+        for device in DEVICES:
+            since = f'article[data-device="{device}"] .chart'
+            fleet.wait(lambda s=since: fleet.attribute(s, "data-since"), 60, f"no chart for {device}")
+            fleet.wait(lambda s=since: float(fleet.attribute(s, "data-since")) < started - 1, 60, "only new points")
+    finally:
+        late.stop()
 
 
 def test_a_bad_setting_shows_its_validation_message_beside_it(fleet: Fleet) -> None:
