@@ -78,6 +78,17 @@ def test_a_point_the_console_received_itself_is_not_added_twice() -> None:
     assert plotted(state)["fps"] == [-100.0, -60.0]
 
 
+def test_a_document_merged_before_it_arrived_live_is_not_plotted_again() -> None:
+    clock = [NOW]
+    state = FleetState(clock=lambda: clock[0])
+    state.on_status("dev1", {"state": "online"})
+    late = document(1.0, NOW - 30)
+    assert state.merge_history("dev1", page([late])) == 1
+    clock[0] = NOW + 15  # the broker delivers it to the console's subscription after the reply that held it
+    state.on_telemetry("dev1", late)
+    assert plotted(state)["t"] == [NOW - 30]
+
+
 def test_merging_the_same_answer_again_adds_nothing() -> None:
     state = state_with_live_telemetry(NOW)
     answer = page([document(-1.0, NOW - 600 + 60 * n) for n in range(10)])

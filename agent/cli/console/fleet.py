@@ -191,9 +191,12 @@ class FleetState:
             record.telemetry = document
             while record.history and record.history[0].at < now - self.history_seconds:
                 record.history.popleft()
-            if not record.history or now - record.history[-1].at >= self.spacing:
-                at = document.get("at")
-                record.history.append(Sample(now, at if isinstance(at, str) else None, telemetry_point(document)))
+            at = document.get("at")
+            device_at = at if isinstance(at, str) else None
+            newest = record.history[-1] if record.history else None
+            repeat = newest is not None and device_at is not None and device_at == newest.device_at  # merged already
+            if newest is None or (now - newest.at >= self.spacing and not repeat):
+                record.history.append(Sample(now, device_at, telemetry_point(document)))
 
     def merge_history(self, device: str, page: dict[str, Any]) -> int:
         """A device's own kept telemetry (`get_telemetry`'s data) put before what this console received itself:
