@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from agent.vision.embedder import distance
+from agent.vision.fusion import is_fused
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
@@ -32,6 +33,7 @@ from tests.support.compare import cosine
 pytestmark = [pytest.mark.arm64, pytest.mark.slow]  # the arm64 parity check (run on arm64 by scripts/arm64_check.sh)
 
 # Chosen from the arm64 check's fixed pairs for their wide margins at the 0.6 threshold (x86: 0.37, 0.93).
+FUSED_ID = "fused-dlib-mobileface-int8"
 SAME_PAIR = ("faces-lfw/LeBron_James/LeBron_James_0001.jpg", "faces-lfw/LeBron_James/LeBron_James_0004.jpg")
 DIFFERENT_PAIR = ("faces-lfw/George_Foreman/George_Foreman_0002.jpg", "faces-lfw/Ralph_Goodale/Ralph_Goodale_0001.jpg")
 
@@ -48,6 +50,8 @@ def test_every_shipped_model_loads_and_runs_here(models_dir: Path) -> None:
     store = ModelStore(models_dir)
     runtime = select_runtime()
     for spec in store.verify_all():
+        if is_fused(spec):  # a definition file naming its members, each loaded here on its own
+            continue
         model = TfliteModel(runtime.load(store.read_verified(spec), 2))
         detail = model.input_detail
         grey = np.full(model.input_shape, 0.25, dtype=detail["dtype"])
@@ -55,6 +59,15 @@ def test_every_shipped_model_loads_and_runs_here(models_dir: Path) -> None:
         assert outputs, spec.id
         for name, value in outputs.items():
             assert np.all(np.isfinite(value)), f"{spec.id}: output {name} is not finite on {platform.machine()}"
+
+
+def test_the_fused_embedder_runs_here(sample_frame) -> None:
+    """Its members on their own alignments, the mirrored chips, the weighted concatenation: a unit vector."""
+    fused = FacePipeline(PipelineOptions(embedder=FUSED_ID))
+    (face,) = fused.detect(sample_frame)
+    vector = fused.embed_face(sample_frame, face).embedding
+    assert vector.shape == (384,) and np.all(np.isfinite(vector))
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
 
 
 def test_int8_embedder_agrees_with_float32_on_this_architecture(pipeline: FacePipeline, sample_frame) -> None:

@@ -155,6 +155,44 @@ def test_a_face_already_enrolled_as_someone_else_is_refused(rig: Rig, shared_dat
     assert window.status is CaptureStatus.FAILED and window.reason == CONFLICT
 
 
+class ArmedLater:
+    """The recognizer's views hook, armed with a window only once the test says so."""
+
+    def __init__(self) -> None:
+        self.window: CaptureWindow | None = None
+
+    def wants_views(self) -> bool:
+        return self.window is not None and self.window.wants_views()
+
+    def observe(self, views: list[TrackView], model: EmbedderInfo) -> None:
+        if self.window is not None:
+            self.window.observe(views, model)
+
+
+def test_a_track_named_before_its_person_was_erased_is_no_conflict(rig: Rig, shared_data: Path) -> None:
+    """Erase Miranda while his track is still in view and named: enrolling that face anew is not a conflict
+    with the person just erased (the console's camera enrollment met this after erasing everyone)."""
+    person_id = enroll_miranda(rig, shared_data)
+    hook = ArmedLater()
+    recognizer = Recognizer(rig.pipeline, rig.matcher, rig.store, rig.settings, "stage", views=hook)
+    frames = list(clip(shared_data, MIRANDA_SHOT))
+    for index, frame in enumerate(frames[:40]):
+        recognizer.process(frame, T0 + timedelta(seconds=index / 30))
+    (track,) = recognizer.tracker.active
+    assert track.decision is not None and track.decision.accepted and track.decision.person_id == person_id
+    rig.store.delete_person(person_id, actor="test")
+    rig.matcher.remove_person(person_id)
+    request = CaptureRequest("test", CONSENT, name="Visitor", views=3, seconds=20.0)
+    hook.window = CaptureWindow(
+        "c1", request, rig.settings, metric="cosine", enrolled=rig.matcher.holds, clock=rig.clock
+    )
+    for index, frame in enumerate(frames[40:], start=40):
+        if not hook.wants_views():
+            break
+        recognizer.process(frame, T0 + timedelta(seconds=index / 30))
+    assert hook.window.views_ready, hook.window.report()
+
+
 def test_more_views_of_the_person_enrolled_are_no_conflict(rig: Rig, shared_data: Path) -> None:
     person_id = enroll_miranda(rig, shared_data)
     window = rig.window(person_id=person_id)

@@ -89,6 +89,11 @@ class Matcher:
     def person_count(self) -> int:
         return len(self._person_ids)
 
+    def holds(self, person_id: str) -> bool:
+        """Whether `person_id` has a template here now (cheap: no copy of the people held)."""
+        with self._lock:
+            return person_id in self._person_index
+
     def person_ids(self) -> set[str]:
         """The people held (those with at least one template)."""
         with self._lock:
