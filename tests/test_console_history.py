@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from agent.cli.console.backfill import HistoryBackfill
 from agent.cli.console.fleet import FleetState
-from agent.cli.console.remote import Remote
+from agent.cli.console.remote import Outcome, Remote
 from agent.identity import utc_iso
 from agent.link.mqtt import BrokerSettings
 from agent.wire import Command, ErrorCode, encode, error_document, ok_document
@@ -194,3 +194,20 @@ def test_an_offline_device_is_not_asked(broker: Broker, responder: Responder) ->
     state.on_status("dev1", {"state": "offline", "reason": "stopped"})
     responder.answer = answering(asked, lambda rid: encode(ok_document(rid, page([]))))
     assert backfill(broker, state).run_once() == {} and asked == []
+
+
+def test_a_backfill_stopped_between_batches_asks_no_further_batch() -> None:
+    """Batches are paced (the page keeps up while hundreds of devices answer); a console stopping meanwhile
+    asks nothing more."""
+    state = FleetState(clock=lambda: NOW)
+    for device in ("dev1", "dev2", "dev3"):
+        state.on_status(device, {"state": "online"})
+    asked: list[list[str]] = []
+
+    def fetch(devices: list[str]) -> dict[str, Outcome]:
+        asked.append(devices)
+        filler.stop()  # the console stops while the first batch is answered
+        return {device: Outcome(True, page([]), None) for device in devices}
+
+    filler = HistoryBackfill(state, fetch, batch=1, pause=60.0)
+    assert filler.run_once() == {"dev1": 0} and asked == [["dev1"]]

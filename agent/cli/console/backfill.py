@@ -3,7 +3,11 @@
 
 A device that does not know the command (an agent older than it: `unknown_command`) is not asked again and
 plots from the console's start, as before; one that did not answer (it went away) is asked again at most
-`tries` times. Devices are asked together, `batch` at a time, each batch over one broker connection.
+`tries` times. Devices are asked together, `batch` at a time, each batch over one broker connection, with a
+`pause` between batches, so the fleet page opened meanwhile keeps up (scripts/bench_console.py, 500 simulated
+devices on this machine's 2 shared cores: page ready in 1.75 s median and 3.14 s at worst of 5 loads during
+the backfill without the pause, 1.59 and 1.76 s with it, the backfill taking 12.2 s instead of 8.8 s). Devices
+are asked in the order the page lists them, so the first batch is the cards in view.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 BATCH = 50  # devices per request: 50 replies of up to 128 KiB each arrive at once at most
 TRIES = 3
 POLL_SECONDS = 1.0
+PAUSE_SECONDS = 0.5  # between batches: the page and the broker keep up while 500 devices answer
 
 Fetch = Callable[[list[str]], dict[str, Outcome]]  # the devices' outcomes of one get_telemetry
 
@@ -29,8 +34,10 @@ Fetch = Callable[[list[str]], dict[str, Outcome]]  # the devices' outcomes of on
 class HistoryBackfill:
     """Asks every online device not yet asked; `run_once` is one round, `start` runs rounds on a thread."""
 
-    def __init__(self, state: FleetState, fetch: Fetch, *, batch: int = BATCH, tries: int = TRIES) -> None:
-        self.state, self.fetch, self.batch, self.tries = state, fetch, batch, tries
+    def __init__(
+        self, state: FleetState, fetch: Fetch, *, batch: int = BATCH, tries: int = TRIES, pause: float = PAUSE_SECONDS
+    ) -> None:
+        self.state, self.fetch, self.batch, self.tries, self.pause = state, fetch, batch, tries, pause
         self._done: set[str] = set()
         self._failures: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -41,6 +48,8 @@ class HistoryBackfill:
         wanted = [d for d in self.state.online() if d not in self._done and self._failures[d] < self.tries]
         added: dict[str, int] = {}
         for start in range(0, len(wanted), self.batch):
+            if start and self._stop.wait(self.pause):
+                break
             devices = wanted[start : start + self.batch]
             try:
                 outcomes = self.fetch(devices)
@@ -65,5 +74,9 @@ class HistoryBackfill:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
+        """A round at once, then every POLL_SECONDS: an operator opening the page with the console wants the hour
+        in the first seconds (the page asks every second for a chart still empty)."""
+        while True:
             self.run_once()
+            if self._stop.wait(POLL_SECONDS):
+                return

@@ -89,11 +89,19 @@ def attention(status: dict[str, Any] | None) -> list[str]:
 
 
 class Sample(NamedTuple):
-    """One plotted point: when (the console's clock), the device's own `at` (what tells a repeat) and figures."""
+    """One plotted point: when (the console's clock), the device's own `at` (what tells a repeat) and figures,
+    in `SERIES` order: a tuple, not a dict, since 500 devices' hour is 60,000 of them or more (about 340 bytes
+    each against 520 with a dict: 19 MB against 30 MB)."""
 
     at: float
     device_at: str | None
-    figures: dict[str, float | None]
+    figures: tuple[float | None, ...]
+
+
+def sample_figures(document: dict[str, Any]) -> tuple[float | None, ...]:
+    """`telemetry_point` as a `Sample` keeps it."""
+    point = telemetry_point(document)
+    return tuple(point[name] for name in SERIES)
 
 
 def _moment(text: Any) -> float | None:
@@ -196,7 +204,7 @@ class FleetState:
             newest = record.history[-1] if record.history else None
             repeat = newest is not None and device_at is not None and device_at == newest.device_at  # merged already
             if newest is None or (now - newest.at >= self.spacing and not repeat):
-                record.history.append(Sample(now, device_at, telemetry_point(document)))
+                record.history.append(Sample(now, device_at, sample_figures(document)))
 
     def merge_history(self, device: str, page: dict[str, Any]) -> int:
         """A device's own kept telemetry (`get_telemetry`'s data) put before what this console received itself:
@@ -217,7 +225,7 @@ class FleetState:
             for point in points:
                 at = _moment(point.get("at")) if isinstance(point, dict) else None
                 if at is not None and point["at"] not in seen and now - self.history_seconds <= at + offset < first:
-                    found.append(Sample(at + offset, point["at"], telemetry_point(point)))
+                    found.append(Sample(at + offset, point["at"], sample_figures(point)))
             older: list[Sample] = []
             for sample in sorted(found, key=lambda sample: sample.at):
                 if not older or sample.at - older[-1].at >= self.spacing:
@@ -315,7 +323,7 @@ class FleetState:
         }
         if series:
             view["series"] = {"t": [round(sample.at, 1) for sample in record.history]} | {
-                name: [sample.figures[name] for sample in record.history] for name in SERIES
+                name: [sample.figures[column] for sample in record.history] for column, name in enumerate(SERIES)
             }
         if log:
             view["replies"] = list(record.replies)
