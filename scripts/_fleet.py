@@ -472,7 +472,11 @@ class Fleet:
         self.reports: dict[str, dict[str, Any]] = {}  # device -> its last words (events written, unsent)
 
     def __enter__(self) -> Fleet:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # Ctrl-C while the workers connect: none of them is left running
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
