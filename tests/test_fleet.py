@@ -135,6 +135,7 @@ def test_a_simulated_camera_recognizes_a_person_once_the_operator_enrolled_them(
     assert events.wait_for(lambda messages: recognized(messages) == set(fleet.ids), timeout=60)
 
 
+@pytest.mark.slow
 def test_a_simulated_device_started_an_hour_ago_answers_get_telemetry_with_that_hour(
     start_fleet: Callable[..., Fleet], broker: Broker
 ) -> None:
@@ -151,6 +152,7 @@ def test_a_simulated_device_started_an_hour_ago_answers_get_telemetry_with_that_
     assert {point["device"] for point in page["points"]} == set(fleet.ids)
 
 
+@pytest.mark.slow
 def test_a_console_started_after_the_simulated_fleet_plots_each_devices_hour(
     start_fleet: Callable[..., Fleet], broker: Broker
 ) -> None:
