@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict, get_args, get_type_hints
 from urllib.parse import unquote, urlsplit
@@ -42,30 +42,135 @@ class GallerySettings:
     # "euclidean" (raw dlib distance) | "cosine" (L2 between unit-normalised embeddings, sqrt(2 - 2cos)).
     # Chosen by scripts/bench_openset.py: stranger FPR <= 1% at 10, 50 and 200 enrolled people on LFW.
     metric: str = "cosine"
-    threshold: float = 0.35  # a match needs distance < threshold ...
-    margin: float = 0.065  # ... and second-best person at least this much further away
+    # The three matching figures: unset (None), each is the active embedder's stated figure (its manifest
+    # entry's `gallery`), else the built-in one (BUILT_IN_MATCHING); set, it wins whatever the embedder.
+    threshold: float | None = None  # a match needs distance < threshold ...
+    margin: float | None = None  # ... and second-best person at least this much further away
     max_templates_per_person: int = 10
-    # Both in the metric's units. 0.1 cosine-distance is about 0.14 raw dlib distance: the same photo
-    # re-encoded, or a near-identical frame, adds nothing.
-    duplicate_distance: float = 0.1  # a new template this close to an existing one of the person is skipped
-    conflict_distance: float = 0.35  # an enrollment photo this close to ANOTHER person is a conflict
+    # The enrollment guard's and adaptation's distances, in the metric's units. Like the matching figures, each one
+    # unset (None) is the active embedder's stated figure (its manifest entry's `gallery`), else the built-in one
+    # (BUILT_IN_MATCHING, dlib's); set, it wins whatever the embedder.
+    duplicate_distance: float | None = None  # a new template this close to an existing one of the person is skipped
+    conflict_distance: float | None = None  # an enrollment photo this close to ANOTHER person is a conflict
     # A track's mean embedding sits a little closer to everyone than one photo does, so its decision
-    # needs a stricter threshold: 0.32 kept stranger tracks (3 LFW photos each) at <= 0.9% false
-    # positives with 200 enrolled over 3 seeds (88-90% identified); 0.35 let 1.2-2.1% through.
-    track_threshold: float = 0.32
+    # needs a stricter threshold (see BUILT_IN_MATCHING).
+    track_threshold: float | None = None
     keep_chips: bool = False  # opt-in: keep aligned 150x150 chips so templates can be rebuilt
     # Templates that keep up (opt-in, agent/recognition/adaptation.py): a track recognized with a margin of at
     # least adapt_margin gives one view as an adaptive template of that person, if the view is at least
     # adapt_min_distance from all their templates (one they nearly missed), within adapt_max_distance of an enrolled
     # one (still clearly them), and at least adapt_guard_distance from everyone else's (0 turns the drift guard
-    # off); at most adapt_templates per person, the oldest replaced first. Distances in the metric's units;
-    # defaults from scripts/bench_adapt.py (docs/learning.md, "Adaptation").
+    # off); at most adapt_templates per person, the oldest replaced first. Distances resolved as above; dlib's
+    # from scripts/bench_adapt.py (docs/learning.md, "Adaptation").
     adapt: bool = False
-    adapt_margin: float = 0.1
+    adapt_margin: float | None = None
     adapt_templates: int = 5
-    adapt_min_distance: float = 0.3
-    adapt_max_distance: float = 0.35
-    adapt_guard_distance: float = 0.4
+    adapt_min_distance: float | None = None
+    adapt_max_distance: float | None = None
+    adapt_guard_distance: float | None = None
+
+
+MATCHING_KEYS = ("threshold", "margin", "track_threshold")  # what an embedder that states figures must state
+# What it may state besides (each fitted on its own space; docs/recognition-v2.md, "Figures per embedder").
+DISTANCE_KEYS = (
+    "duplicate_distance",
+    "conflict_distance",
+    "adapt_margin",
+    "adapt_min_distance",
+    "adapt_max_distance",
+    "adapt_guard_distance",
+)
+FIGURE_KEYS = MATCHING_KEYS + DISTANCE_KEYS
+
+
+@dataclass(frozen=True)
+class GalleryFigures:
+    """Figures in the cosine metric's units (L2 between unit vectors), as an embedder states them: the three
+    matching ones, and the guard's and adaptation's distances it was fitted for (None: not stated)."""
+
+    threshold: float
+    margin: float
+    track_threshold: float
+    duplicate_distance: float | None = None
+    conflict_distance: float | None = None
+    adapt_margin: float | None = None
+    adapt_min_distance: float | None = None
+    adapt_max_distance: float | None = None
+    adapt_guard_distance: float | None = None
+
+
+# Fitted for dlib-resnet29-int8, and what its manifest entry states. Matching (scripts/bench_openset.py: stranger
+# FPR <= 1% at 10, 50 and 200 enrolled people on LFW). A track's mean sits a little closer to everyone than one
+# photo does: 0.32 kept stranger tracks (3 LFW photos each) at <= 0.9% false positives with 200 enrolled over 3
+# seeds (88-90% identified); 0.35 let 1.2-2.1% through. duplicate 0.1: the same photo re-encoded, or a
+# near-identical frame (about 0.14 raw dlib distance); conflict 0.35: the threshold that decides "this face is
+# that person" (scripts/measure_enroll_guard.py); the adapt distances: scripts/bench_adapt.py (docs/learning.md).
+BUILT_IN_MATCHING = GalleryFigures(
+    threshold=0.35,
+    margin=0.065,
+    track_threshold=0.32,
+    duplicate_distance=0.1,
+    conflict_distance=0.35,
+    adapt_margin=0.1,
+    adapt_min_distance=0.3,
+    adapt_max_distance=0.35,
+    adapt_guard_distance=0.4,
+)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """The figures a gallery decides with (the matcher, the enrollment guard, adaptation), and where each came
+    from (`sources`, by key): "setting" (the settings file or set_config), "embedder <id>" (its manifest entry
+    states it), "built-in", or "given" (a matcher made with explicit figures)."""
+
+    threshold: float
+    margin: float
+    track_threshold: float
+    duplicate_distance: float
+    conflict_distance: float
+    adapt_margin: float
+    adapt_min_distance: float
+    adapt_max_distance: float
+    adapt_guard_distance: float
+    sources: dict[str, str]
+
+    @classmethod
+    def given(cls, threshold: float, margin: float, track_threshold: float) -> Matching:
+        """Matching figures given outright (a bare `Matcher`); the distances built-in."""
+        built_in = matching(GallerySettings())
+        sources = dict(built_in.sources) | dict.fromkeys(MATCHING_KEYS, "given")
+        return replace(built_in, threshold=threshold, margin=margin, track_threshold=track_threshold, sources=sources)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """`gallery.<key>` -> {value, source}: what get_config and status show."""
+        return {f"gallery.{key}": {"value": getattr(self, key), "source": self.sources[key]} for key in FIGURE_KEYS}
+
+
+def matching(gallery: GallerySettings, stated: GalleryFigures | None = None, stated_by: str = "") -> Matching:
+    """Each figure from the first that has it: the setting, the embedder's stated figure, the built-in one.
+
+    Stated figures are in cosine units, so a euclidean gallery takes only settings and built-in figures."""
+    embedder = stated if gallery.metric == "cosine" else None
+    values: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for key in FIGURE_KEYS:
+        setting: float | None = getattr(gallery, key)
+        figure: float | None = getattr(embedder, key) if embedder is not None else None
+        if setting is not None:
+            values[key], sources[key] = setting, "setting"
+        elif figure is not None:
+            values[key], sources[key] = figure, f"embedder {stated_by}".strip()
+        else:
+            values[key], sources[key] = getattr(BUILT_IN_MATCHING, key), "built-in"
+    return Matching(**values, sources=sources)
+
+
+def with_matching(gallery: GallerySettings, figures: Matching | None = None) -> GallerySettings:
+    """`gallery` with every figure set to `figures` (default: `matching(gallery)`, no embedder's): for the
+    benchmarks and tools that read the figures off the settings."""
+    figures = figures or matching(gallery)
+    return replace(gallery, **{key: getattr(figures, key) for key in FIGURE_KEYS})
 
 
 @dataclass(frozen=True)
@@ -391,11 +496,9 @@ def _cross_problems(settings: Settings) -> list[str]:
         require_tls(settings.mqtt)
     except ConfigError as exc:
         problems.append(str(exc))
-    if settings.gallery.adapt_min_distance >= settings.gallery.adapt_max_distance:
-        problems.append(
-            f"gallery.adapt_min_distance: must be below gallery.adapt_max_distance "
-            f"({settings.gallery.adapt_max_distance:g}), got {settings.gallery.adapt_min_distance:g}"
-        )
+    low, high = settings.gallery.adapt_min_distance, settings.gallery.adapt_max_distance
+    if low is not None and high is not None and low >= high:  # one unset: its embedder's figure, known at start
+        problems.append(f"gallery.adapt_min_distance: must be below gallery.adapt_max_distance ({high:g}), got {low:g}")
     if settings.commands.signing_required and settings.commands.allow_unsigned:
         problems.append(
             "commands.allow_unsigned: cannot be true while commands.signing_required is true "
@@ -614,7 +717,9 @@ def values_to_toml(sections: dict[str, dict[str, Any]], notes: dict[str, str] | 
     for section, values in sections.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            if value is None:
+            if value is None and section == "gallery" and key in MATCHING_KEYS:
+                lines.append(f'# {key} = ""  (not set: the embedder\'s stated figure, else the built-in one)')
+            elif value is None:
                 lines.append(f'# {key} = ""  (not set: the built-in default)')
             elif isinstance(value, tuple):
                 lines.append(f"{key} = {json.dumps(list(value), ensure_ascii=False)}")

@@ -169,6 +169,8 @@ class GallerySection(TypedDict):
     people_needing_reenrollment: NotRequired[int]
     people_needing_reenrolment: NotRequired[int]  # deprecated alias (DEPRECATED_ALIASES)
     adaptive_templates: NotRequired[int]  # of `templates`, those adaptation made (gallery.adapt), every model's
+    # gallery.threshold, .margin, .track_threshold in use: {value, source: "setting" | "embedder <id>" | "built-in"}
+    matching: NotRequired[dict[str, dict[str, Any]]]
 
 
 class StorageSection(TypedDict):

@@ -201,7 +201,8 @@ class SimDevice:
         self.replays = StoredReplayCache(self.gallery)
         self.security = CommandSecurity(self.settings.commands, device_id, keys.commands, self.replays)
         self.storage = StorageHealth(self.folder)
-        self.matcher = Matcher.for_gallery(self.settings.gallery)
+        # The figures of the embedder the cache was made with (its stated ones where the settings leave them unset).
+        self.matcher = Matcher.for_gallery(self.settings.gallery, CachedPipeline(cache).embedder)
         with GalleryStore.open(self.gallery) as store:
             self.matcher.load(store.iter_templates(cache.info.model_id))
         self.clock = DeviceClock(behind=options.history_seconds)  # started that long ago: the uptime says so
@@ -340,7 +341,7 @@ class SimDevice:
         started = time.perf_counter()
         track = Track(self._next_visit, visit[0].face, 0, len(visit), now, now, frames=len(visit))
         track.embeddings = [face.embedding for face in visit]
-        match = decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
+        match = decide(track.embeddings, self.matcher)
         self._match_ms.append(1000 * (time.perf_counter() - started))
         if self._emitter.emit(track, match, now) is not None:
             self.events_written += 1
@@ -353,7 +354,7 @@ class SimDevice:
         return sync.writing(store)
 
     def _apply_settings(self, settings: Settings) -> None:
-        self.matcher.threshold, self.matcher.margin = settings.gallery.threshold, settings.gallery.margin
+        self.matcher.retune(settings.gallery)
         self.settings = settings
         self._emitter = None  # made again with the new event settings
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agent.config import Settings
+from agent.config import GalleryFigures, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.recognition.enrollment import ENROLL_SIDE, Enroller, EnrollmentError
@@ -101,7 +101,9 @@ class FaceCache:
             for index, digest in enumerate(meta["owners"]):
                 face = Face(tuple(data["boxes"][index]), float(data["scores"][index]), data["keypoints"][index])
                 frames[digest].append(CachedFace(face, data["chips"][index], data["embeddings"][index]))
-        return cls(EmbedderInfo(**meta["info"]), meta["detector_id"], frames, meta["photos"])
+        info = dict(meta["info"])
+        info["gallery"] = GalleryFigures(**info["gallery"]) if info.get("gallery") else None  # asdict made it a dict
+        return cls(EmbedderInfo(**info), meta["detector_id"], frames, meta["photos"])
 
 
 def build_cache(data: Path, photos: Sequence[str], pipeline: FacePipeline) -> FaceCache:

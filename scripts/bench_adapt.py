@@ -29,7 +29,11 @@ to B), A's and B's own tracks still named right, and the fed templates taken, fo
 the guard alone (no distance window: `adapt_min_distance` 0, `adapt_max_distance` 4), and with no policy
 at all (every fed track's first view taken). The same with B not enrolled (a stranger's photos fed as A).
 
-`--sweep` varies one setting at a time around the given ones (what tuned the defaults).
+Embedder: the manifest's default (the one the cache was embedded with); the settings start from the figures it
+states (its manifest entry's `gallery`, else dlib's built-in ones), so a fused default is judged on its own.
+
+`--sweep` varies one setting at a time around the given ones, by the same ratios for every embedder (SWEEP:
+around dlib's figures, the values that tuned them; around another embedder's stated ones, what fitted those).
 """
 
 from __future__ import annotations
@@ -48,11 +52,13 @@ from typing import Any
 import numpy as np
 from bench_openset import DEFAULT_CACHE, DEFAULT_DATA, embed_all, read_split
 
-from agent.config import GallerySettings
+from agent.config import GallerySettings, matching, with_matching
 from agent.gallery.matcher import Matcher
 from agent.identity import Match
 from agent.recognition.adaptation import AdaptiveTemplate, RecognizedTrack, consider
 from agent.tracking.decision import decide
+from agent.vision.embedder import stated_gallery
+from agent.vision.modelstore import ModelStore
 
 Vector = np.ndarray
 
@@ -356,12 +362,14 @@ def wrong_feed(people: People, settings: GallerySettings, enroll: int) -> dict[s
 
 # ------------------------------------------------------------------------------------------------- sweep
 
+# Each setting's values as ratios of the one given (the embedder's figure): around dlib's figures they are the
+# values that tuned them (adapt_min_distance 0.15 / 0.25 / 0.28 / 0.3 / 0.32 around 0.3, and so on).
 SWEEP: dict[str, tuple[float, ...]] = {
-    "adapt_margin": (0.065, 0.1, 0.15, 0.2, 0.25),
-    "adapt_min_distance": (0.15, 0.25, 0.28, 0.3, 0.32),
-    "adapt_max_distance": (0.32, 0.35, 0.38, 0.4, 0.45),
-    "adapt_guard_distance": (0.0, 0.35, 0.4, 0.45, 0.5),
-    "adapt_templates": (1, 3, 5, 10, 20),
+    "adapt_margin": (0.65, 1.0, 1.5, 2.0, 2.5),
+    "adapt_min_distance": (0.5, 0.25 / 0.3, 0.28 / 0.3, 1.0, 0.32 / 0.3),
+    "adapt_max_distance": (0.32 / 0.35, 1.0, 0.38 / 0.35, 0.4 / 0.35, 0.45 / 0.35),
+    "adapt_guard_distance": (0.0, 0.35 / 0.4, 1.0, 0.45 / 0.4, 0.5 / 0.4),
+    "adapt_templates": (0.2, 0.6, 1.0, 2.0, 4.0),
 }
 
 
@@ -369,8 +377,10 @@ def sweep(people: People, settings: GallerySettings, enroll: int, seeds: int) ->
     result: dict[str, Any] = {}
     for name, values in SWEEP.items():
         rows = []
-        for value in values:
-            varied = dataclasses.replace(settings, **{name: type(getattr(settings, name))(value)})
+        for ratio in values:
+            given = getattr(settings, name)
+            value = round(given * ratio) if isinstance(given, int) else round(given * ratio, 4)
+            varied = dataclasses.replace(settings, **{name: value})
             if varied.adapt_min_distance >= varied.adapt_max_distance:
                 continue
             runs = [run_stream(people, varied, enroll, seed, True).summary() for seed in range(seeds)]
@@ -438,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = parser.parse_args(argv)
     overrides = {key: value for key, value in (item.split("=", 1) for item in args.set)}
-    defaults = GallerySettings()
+    embedder = ModelStore(None).spec(None, "embedder")  # the one bench_openset.py's cache embedded with
+    stated = stated_gallery(embedder.raw)
+    defaults = with_matching(GallerySettings(), matching(GallerySettings(), stated, embedder.id))
     settings = dataclasses.replace(
         defaults, **{key: type(getattr(defaults, key))(value) for key, value in overrides.items()}
     )

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import Settings
+from agent.config import Settings, with_matching
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = read_split(args.data / "ident_split.tsv")
     embeddings, info = embed_all(split.images(), args.data, args.cache, fresh=False)
     settings = Settings()
-    gallery_settings = settings.gallery
+    gallery_settings = with_matching(settings.gallery)  # dlib's figures: the embeddings are dlib's
     print(
         f"{info['images']} images ({info['no_face']} without a face), embedder {info['embedder']}; "
         f"{args.enrolled} enrolled per seed, seeds 0..{args.seeds - 1}; defaults: {gallery_settings.metric}, "

@@ -58,7 +58,7 @@ from bench_openset import (
 )
 from PIL import Image
 
-from agent.config import GallerySettings
+from agent.config import GallerySettings, with_matching
 from agent.errors import ImageError
 from agent.vision.aligner import Aligner
 from agent.vision.detector import BlazeFaceDetector
@@ -383,7 +383,7 @@ def fit(system: System, ctx: Context, images: list[str]) -> dict[str, Any]:
     b = np.array([ctx.index[p.path_b] for p in ctx.pairs])
     lfw = cross_validate(ctx.pairs, 1.0 - (vectors[a] * vectors[b]).sum(1))
     embeddings = {name: vectors[i].copy() if ctx.found[i] else None for i, name in enumerate(images)}
-    settings = GallerySettings()
+    settings = with_matching(GallerySettings())
     outcomes = {}
     for size in SIZES:
         for seed in range(ctx.seeds) if size < len(ctx.split.gallery) else range(1):

@@ -26,8 +26,9 @@ over all genuine probes (a probe without a detected face is a miss); FPR = stran
 over all strangers (one without a face cannot match). "DIR@1%" is the DIR at the largest threshold that
 keeps FPR <= 1%, per margin. The choice tables give, per rule and margin, the largest threshold that keeps
 FPR <= 1% in every seed's 1- and 3-template gallery at 200 (the issue's constraint) or at 10, 50 and 200,
-and what that (threshold, margin) gives at every size. The current `GallerySettings` defaults are
-evaluated last, and the Matcher's own `accepted` flags are cross-checked against the computed rates.
+and what that (threshold, margin) gives at every size. The defaults in use are evaluated last (the
+manifest's default embedder's stated figures, else the built-in ones), and the Matcher's own `accepted`
+flags are cross-checked against the computed rates.
 
 Embeddings: the most central face of each image (`most_central`), from `FacePipeline(threads=1)`, cached in
 ~/.cache/faceagent-bench keyed by a hash of the detector and embedder manifest entries (alignment template
@@ -51,9 +52,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import GallerySettings
+from agent.config import GallerySettings, matching, with_matching
 from agent.errors import ImageError
 from agent.gallery.matcher import Matcher
+from agent.vision.embedder import stated_gallery
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
@@ -71,6 +73,7 @@ TARGET_FPR = 0.01
 CHOICE_SIZE = 200
 CONSTRAINT_SIZES = (10, 50, 200)
 CACHE_FORMAT = 1
+STATED_FIGURES = ("threshold", "gallery")  # manifest keys an embedder fits, not what makes its vectors
 
 
 def progress(message: str) -> None:
@@ -112,7 +115,8 @@ def read_split(path: Path) -> Split:
 
 
 def cache_key() -> dict[str, Any]:
-    """What decides an embedding: the detector (and refiner) and embedder manifest entries, face choice."""
+    """What decides an embedding: the detector (and refiner) and embedder manifest entries, face choice. The
+    figures an embedder states (`threshold`, `gallery`) decide no vector: fitting them keeps the cache."""
     store = ModelStore(None)
     detector = store.spec(None, "detector")
     embedder = store.spec(None, "embedder")
@@ -121,7 +125,7 @@ def cache_key() -> dict[str, Any]:
     return {
         "detector": detector.raw,
         "refiner": refiner,
-        "embedder": embedder.raw,
+        "embedder": {key: value for key, value in embedder.raw.items() if key not in STATED_FIGURES},
         "refine": True,
         "face": "most_central",
         "format": CACHE_FORMAT,
@@ -411,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     split_path = args.data / "ident_split.tsv"
     if not split_path.is_file():
         raise SystemExit(f"error: {split_path} not found; pass --data DIR (the shared/data folder)")
-    settings = GallerySettings()
+    embedder = ModelStore(None).spec(None, "embedder")  # the defaults under test: the figures it states, if any
+    settings = with_matching(GallerySettings(), matching(GallerySettings(), stated_gallery(embedder.raw), embedder.id))
     started = time.time()
     split = read_split(split_path)
     embeddings, embed_info = embed_all(split.images(), args.data, args.cache_dir, args.no_cache)

@@ -828,6 +828,7 @@ def embedder_entry(out: Path, model_id: str, rep: dict[str, Any], n_calib: int) 
         },
         "metric": "euclidean",
         "threshold": 0.6,
+        **({"gallery": DLIB_GALLERY} if "int8" in model_id else {}),
         "parity": {
             "faces": rep["faces"],
             "min_cosine_to_dlib": rep["min_cosine_to_dlib"],
@@ -1200,8 +1201,25 @@ MF_THRESHOLDS = {"mobileface-v2-int8": 0.7451, "mobileface-v2-float32": 0.7657}
 FUSED_THRESHOLD = 0.2253
 # Open set, in the gallery's cosine units (L2 between unit vectors), chosen as bench_openset.py chooses the
 # gallery defaults (stranger FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50 and 200 people);
-# the track threshold keeps stranger tracks (3 photos) <= 0.5% at 200 enrolled in every seed.
-FUSED_GALLERY = {"threshold": 0.5677, "margin": 0.08, "track_threshold": 0.4899}
+# the track threshold keeps stranger tracks (3 photos) <= 0.5% at 200 enrolled in every seed. The enrollment
+# guard's distances from scripts/measure_enroll_guard.py (conflict: the largest limit letting in no look-alike,
+# the gallery threshold; duplicate: the median near-copy distance, where dlib's 0.1 sits), adaptation's from
+# scripts/bench_adapt.py --sweep (docs/recognition-v2.md, "The enrollment guard's and adaptation's distances").
+FUSED_GALLERY = {
+    "threshold": 0.5677,
+    "margin": 0.08,
+    "track_threshold": 0.4899,
+    "duplicate_distance": 0.125,
+    "conflict_distance": 0.5677,
+    "adapt_margin": 0.12,
+    "adapt_min_distance": 0.46,
+    "adapt_max_distance": 0.5677,
+    "adapt_guard_distance": 0.65,
+}
+# dlib int8's gallery figures (cosine units): the ones faceagent has matched with since the cosine metric was
+# chosen (scripts/bench_openset.py, docs/recognition-v2.md), stated so a fused default leaves dlib's unchanged.
+# Its guard and adaptation distances are the built-in ones (agent.config.BUILT_IN_MATCHING), so it states none.
+DLIB_GALLERY = {"threshold": 0.35, "margin": 0.065, "track_threshold": 0.32}
 FUSED_FITTED = "scripts/bench_fusion.py --quantization int8 --fit 0.8 --flip (LFW pairs.tsv 10-fold; ident_split.tsv)"
 
 MX_LIST_MAGIC = 0x112

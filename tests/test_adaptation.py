@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import GallerySettings
+from agent.config import BUILT_IN_MATCHING, GallerySettings
 from agent.gallery.matcher import Matcher
 from agent.identity import Match
 from agent.recognition.adaptation import (
@@ -30,7 +30,7 @@ from agent.recognition.adaptation import (
 )
 from agent.tracking.decision import decide
 from agent.vision.image import load_image
-from agent.vision.pipeline import FacePipeline, most_central
+from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from tests.support.data import POWELL
 
 # The defaults but a wider diversity window: these photos' views lie 0.15-0.3 from Powell's enrolled ones, so the
@@ -45,7 +45,10 @@ Faces = dict[str, np.ndarray]  # "Colin_Powell_0040" -> its embedding
 
 
 @pytest.fixture(scope="module")
-def faces(pipeline: FacePipeline, shared_data: Path) -> Faces:
+def faces(shared_data: Path) -> Faces:
+    """dlib's embeddings, by name: the windows and distances here are in its space (its figures are the built-in
+    ones the rules resolve to); tests/test_matching.py shows another embedder's figures taking over."""
+    pipeline = FacePipeline(PipelineOptions(embedder="dlib-resnet29-int8", threads=1))
     embedded = {}
     for name in (n for names in PHOTOS.values() for n in names):
         rgb = load_image(shared_data / "faces-lfw" / f"{name}.jpg")
@@ -71,7 +74,8 @@ def gallery(faces: Faces, rows: Sequence[tuple[str, str]] = ENROLLED) -> Matcher
 
 def decided(matcher: Matcher, *views: np.ndarray, event_id: str | None = "E1") -> RecognizedTrack:
     """The track as the recognizer decides it: its mean embedding searched, `track_threshold` applied."""
-    return RecognizedTrack(decide(views, matcher, RULES.track_threshold), views, [1.0] * len(views), event_id)
+    match = decide(views, matcher, BUILT_IN_MATCHING.track_threshold)
+    return RecognizedTrack(match, views, [1.0] * len(views), event_id)
 
 
 def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = None) -> RecognizedTrack:
@@ -83,7 +87,7 @@ def forced(person: str, *views: np.ndarray, scores: Sequence[float] | None = Non
 def test_a_wide_margin_track_with_a_new_view_becomes_a_template_of_its_person(faces: Faces) -> None:
     matcher = gallery(faces)
     track = decided(matcher, faces[powell("0095")])
-    assert track.match.person_id == "powell" and track.match.margin >= RULES.adapt_margin
+    assert track.match.person_id == "powell" and track.match.margin >= BUILT_IN_MATCHING.adapt_margin
     outcome = consider(track, matcher, [], RULES)
     assert isinstance(outcome, AdaptiveTemplate)
     assert (outcome.person_id, outcome.event_id, outcome.replaces) == ("powell", "E1", ())
@@ -130,7 +134,7 @@ def test_a_view_that_moves_the_centroid_towards_another_person_is_refused(faces:
     """Powell enrolled from one photo: his 0049 is clearly him, but would pull his centroid nearer Bush or Blair."""
     matcher = gallery(faces, [ENROLLED[0], *ENROLLED[3:]])
     track = decided(matcher, faces[powell("0049")])
-    assert track.match.person_id == "powell" and track.match.margin >= RULES.adapt_margin
+    assert track.match.person_id == "powell" and track.match.margin >= BUILT_IN_MATCHING.adapt_margin
     assert consider(track, matcher, [], RULES) == Refusal(DRIFT)
     unguarded = dataclasses.replace(RULES, adapt_guard_distance=0.0)
     assert isinstance(consider(track, matcher, [], unguarded), AdaptiveTemplate)

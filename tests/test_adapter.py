@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 import pytest
 
-from agent.config import FeedbackSettings, RetentionSettings, Settings
+from agent.config import BUILT_IN_MATCHING, FeedbackSettings, RetentionSettings, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.retention import RetentionKeeper
 from agent.gallery.store import GalleryStore
@@ -30,7 +30,7 @@ from agent.tracking.decision import decide
 from agent.tracking.tracker import Track
 from agent.vision.detector import Face
 from agent.vision.image import load_image
-from agent.vision.pipeline import FacePipeline, most_central
+from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.wire import FaceEvent
 from tests.support.data import EMBEDDER_ID, POWELL
 
@@ -44,8 +44,9 @@ View = tuple[Face, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def views(pipeline: FacePipeline, shared_data: Path) -> dict[str, View]:
-    """Photo name -> (its face, its embedding)."""
+def views(shared_data: Path) -> dict[str, View]:
+    """Photo name -> (its face, its dlib embedding): the window above is in dlib's space (EMBEDDER_ID's)."""
+    pipeline = FacePipeline(PipelineOptions(embedder=EMBEDDER_ID, threads=1))
     names = [f"Colin_Powell_{n}" for n in (*POWELL, "0095")] + ["George_W_Bush_0007", "Tony_Blair_0032"]
     found = {}
     for name in names:
@@ -78,7 +79,7 @@ def decided(parts: GalleryParts, *photos: View) -> tuple[Track, FaceEvent]:
     for index, (face, embedding) in enumerate(photos):
         track.face = face
         track.add_embedding(embedding, view_score(face, ON.quality), index)
-    track.decision = decide(track.embeddings, parts.sync.matcher, ON.gallery.track_threshold)
+    track.decision = decide(track.embeddings, parts.sync.matcher, BUILT_IN_MATCHING.track_threshold)
     return track, build_event(track, track.decision, camera_id="door", model_id=EMBEDDER_ID, at=T0)
 
 

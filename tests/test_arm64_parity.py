@@ -70,8 +70,15 @@ def test_the_fused_embedder_runs_here(sample_frame) -> None:
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
 
 
-def test_int8_embedder_agrees_with_float32_on_this_architecture(pipeline: FacePipeline, sample_frame) -> None:
+@pytest.fixture(scope="module")
+def dlib() -> FacePipeline:
+    """dlib int8 by name: the figures below (its float32 twin, its euclidean threshold 0.6) are dlib's."""
+    return FacePipeline(PipelineOptions(embedder="dlib-resnet29-int8", threads=1))
+
+
+def test_int8_embedder_agrees_with_float32_on_this_architecture(dlib: FacePipeline, sample_frame) -> None:
     """int8 kernels differ per CPU (x86 SSE/AVX vs ARM NEON/dotprod): their result must still match float32."""
+    pipeline = dlib
     float32 = FacePipeline(PipelineOptions(embedder="dlib-resnet29-float32"))
     (face,) = pipeline.detect(sample_frame)
     int8_vector = pipeline.embed_face(sample_frame, face).embedding
@@ -91,7 +98,8 @@ def test_pipeline_is_deterministic_here(pipeline: FacePipeline, sample_frame) ->
     assert right_eye[0] < left_eye[0]  # the subject's right eye is on the image's left
 
 
-def test_real_pairs_get_clear_verdicts(pipeline: FacePipeline, shared_data: Path) -> None:
+def test_real_pairs_get_clear_verdicts(dlib: FacePipeline, shared_data: Path) -> None:
+    pipeline = dlib
     threshold = pipeline.embedder.info.threshold
 
     def embedding(relative: str) -> np.ndarray:

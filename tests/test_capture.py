@@ -90,7 +90,7 @@ def clip(shared_data: Path, shot: range) -> Iterable[np.ndarray]:
 @pytest.fixture
 def rig(pipeline: FacePipeline, tmp_path: Path) -> Iterable[Rig]:
     settings = Settings()
-    matcher = Matcher.for_gallery(settings.gallery)
+    matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
     with GalleryStore.open(tmp_path / "gallery.db") as store:
         sync = GallerySync(store, matcher, pipeline.embedder.info.model_id)
         yield Rig(pipeline, store, matcher, settings, sync, Clock())
@@ -129,7 +129,7 @@ def test_the_views_held_are_no_near_duplicates_of_each_other(rig: Rig, shared_da
     rig.feed(window, clip(shared_data, MIRANDA_SHOT))
     units = [v.candidate.embedding / np.linalg.norm(v.candidate.embedding) for v in window.take_views()]
     closest = min(float(np.linalg.norm(a - b)) for a, b in itertools.combinations(units, 2))
-    assert closest >= rig.settings.gallery.duplicate_distance
+    assert closest >= rig.enroller().figures().duplicate_distance  # the embedder's, as the window resolves it
 
 
 def test_two_faces_in_view_refuse_the_capture(rig: Rig, shared_data: Path) -> None:

@@ -18,7 +18,7 @@ from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, most_central
 from tests.support.agent_process import faceagent
 from tests.support.compare import file_sha256
-from tests.support.data import BRICK, CLIP_ENROLL, SAMPLE
+from tests.support.data import BRICK, CLIP_ENROLL, DEFAULT_EMBEDDER_ID, DEFAULT_THRESHOLD, SAMPLE
 
 pytestmark = pytest.mark.slow  # the faceagent command as a real process, a few seconds each
 
@@ -88,10 +88,10 @@ def test_gallery_list_json_counts_templates_per_model_and_stale_people(gallery: 
     result = faceagent("gallery", "list", "--db", str(gallery), "--json", config=empty_config)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["model_id"] == "dlib-resnet29-int8" and document["people_needing_reenrollment"] == 1
+    assert document["model_id"] == DEFAULT_EMBEDDER_ID and document["people_needing_reenrollment"] == 1
     by_name = {p["name"]: p for p in document["people"]}
     assert by_name["Old Model"]["templates"] == {"retired-embedder": 1} and by_name["Old Model"]["needs_reenrollment"]
-    assert by_name["Abdoulaye Wade"]["templates"] == {"dlib-resnet29-int8": 3}
+    assert by_name["Abdoulaye Wade"]["templates"] == {DEFAULT_EMBEDDER_ID: 3}
     assert by_name["Abdoulaye Wade"]["external_ref"] == "ref-Abdoulaye_Wade"
 
 
@@ -99,7 +99,7 @@ def test_gallery_list_text_summarises(gallery: Path, empty_config: Path) -> None
     result = faceagent("--db", str(gallery), "gallery", "list", config=empty_config)
     assert result.returncode == 0, result.stderr
     assert "[needs re-enrollment]" in result.stdout
-    assert result.stdout.splitlines()[-1] == "4 people; 1 need re-enrollment for dlib-resnet29-int8"
+    assert result.stdout.splitlines()[-1] == f"4 people; 1 need re-enrollment for {DEFAULT_EMBEDDER_ID}"
 
 
 def test_db_comes_from_the_config_file(gallery: Path, tmp_path: Path) -> None:
@@ -241,9 +241,9 @@ def test_identify_with_a_gallery_names_the_person_or_says_unknown(
     records = {Path(r["image"]): r for r in map(json.loads, result.stdout.splitlines())}
     match = records[known]["match"]
     assert match["name"] == names[0].replace("_", " ") and match["person_id"] == people(gallery)[match["name"]]["id"]
-    assert 0 < match["distance"] < 0.35 and match["margin"] > 0
+    assert 0 < match["distance"] < DEFAULT_THRESHOLD and match["margin"] > 0
     assert records[stranger]["match"] == "unknown"
-    assert "1 enrolled people have no dlib-resnet29-int8 template" in result.stderr
+    assert f"1 enrolled people have no {DEFAULT_EMBEDDER_ID} template" in result.stderr
 
 
 def test_identify_with_a_missing_gallery_exits_2(tmp_path: Path, empty_config: Path) -> None:

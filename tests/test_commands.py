@@ -19,7 +19,7 @@ from agent.gallery.store import GalleryStore
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 from tests.support.commands import NOW, OPERATOR_KEY_ID, Device, error, image_arg, make_device, operator_commands
-from tests.support.data import POWELL, POWELL_PROBE, powell
+from tests.support.data import DEFAULT_EMBEDDER_ID, POWELL, POWELL_PROBE, powell
 
 NOW_ISO = "2025-06-01T12:00:00.000Z"
 
@@ -283,7 +283,7 @@ def test_update_person_renames_in_the_matcher(device: Device, shared_data: Path,
 def test_list_people_has_no_embeddings(device: Device, shared_data: Path) -> None:
     enroll_powell(device, shared_data)
     person = device.call("list_people")["data"]["people"][0]
-    assert person["name"] == "Colin Powell" and person["templates"] == {"dlib-resnet29-int8": 1}
+    assert person["name"] == "Colin Powell" and person["templates"] == {DEFAULT_EMBEDDER_ID: 1}
     assert "embedding" not in json.dumps(person)
 
 

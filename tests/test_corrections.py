@@ -113,7 +113,7 @@ def test_wrong_person_takes_back_the_adaptive_templates_made_from_the_event(
     person_id = powell_id(device)
     with GalleryStore.open(device.store_path) as store, device.gallery.writing(store) as changed:
         store.add_template(
-            person_id, np.ones(128, np.float32), model_id=pipeline.embedder.info.model_id,
+            person_id, np.ones(pipeline.embedder.info.dimensions, np.float32), model_id=pipeline.embedder.info.model_id,
             model_sha256="0" * 64, quality={}, source="adaptive", event_id=event_id,
         )  # fmt: skip
         changed.add(person_id)

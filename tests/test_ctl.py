@@ -23,7 +23,7 @@ from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline
 from tests.support.broker import FAST_LINK, Broker, free_port
 from tests.support.commands import Device, make_device, operator_commands, serve_link
-from tests.support.data import POWELL, POWELL_PROBE, powell
+from tests.support.data import DEFAULT_THRESHOLD, POWELL, POWELL_PROBE, powell
 
 
 @dataclass
@@ -154,7 +154,7 @@ def test_config_set_is_persisted_on_the_device(broker, run_device, capsys, opera
 def test_config_get_prints_the_settings(broker, run_device, capsys) -> None:
     run_device("dev1")
     status, out = ctl(capsys, broker, "config", "get", "dev1")
-    assert status == 0 and "gallery.threshold = 0.35" in out
+    assert status == 0 and f"gallery.threshold = {DEFAULT_THRESHOLD:g}" in out
 
 
 def test_audit_prints_a_page_of_the_device_log_and_how_to_ask_for_older(

@@ -20,7 +20,7 @@ from PIL import Image
 
 from tests.support.agent_process import agent_config, enroll_cli, faceagent, start_agent
 from tests.support.broker import Broker, Observer
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, DEFAULT_DIMENSIONS
 from tests.support.scenes import two_faces
 
 pytestmark = pytest.mark.slow  # `faceagent run` as a real process
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow  # `faceagent run` as a real process
 DEVICE = "door-1"
 MIRANDA_SHOT = range(83, 212)
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"/9j/", b"iVBORw0KGgo")  # JPEG, PNG, and both as base64
-EMBEDDING_BYTES = 4 * 128  # the default embedder's float32 vector: the largest blob the gallery may hold
+# The default embedder's float32 vector: the largest blob the gallery may hold.
+EMBEDDING_BYTES = 4 * DEFAULT_DIMENSIONS
 
 
 def one_person(shared_data: Path, folder: Path) -> Path:

@@ -37,9 +37,7 @@ def powells(shared_data: Path, *numbers: str) -> list[Path]:
 def make_enroller(pipeline: FacePipeline, tmp_path: Path, **gallery: object) -> Enroller:
     settings = Settings(gallery=dataclasses.replace(GallerySettings(path=tmp_path / "g.db"), **gallery))
     store = GalleryStore.open(settings.gallery.path)
-    matcher = Matcher(
-        metric=settings.gallery.metric, threshold=settings.gallery.threshold, margin=settings.gallery.margin
-    )
+    matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
     return Enroller(pipeline, store, matcher, settings)
 
 

@@ -19,7 +19,7 @@ from agent.vision.pipeline import FacePipeline
 from tests.support.agent_process import enroll_cli, faceagent, start_agent
 from tests.support.broker import Broker
 from tests.support.commands import Device, device_trusting, image_arg, write_private_key
-from tests.support.data import CLIP_FRAMES, POWELL, POWELL_PROBE, bush, powell
+from tests.support.data import CLIP_FRAMES, DEFAULT_EMBEDDER_ID, POWELL, POWELL_PROBE, bush, powell
 
 DEVICE = "dev1"
 DISTANCE = re.compile(r"\d\.\d")  # a score to optimise against
@@ -63,7 +63,7 @@ def test_another_persons_photo_is_refused_for_an_enrolled_person_naming_nobody(
     reason = outcomes["other"]["reason"]
     assert reason.startswith("not the same person") and "Powell" not in reason and not DISTANCE.search(reason)
     with GalleryStore.open(device.store_path) as store:
-        assert store.count_templates(powell_id, "dlib-resnet29-int8") == len(POWELL) + 1
+        assert store.count_templates(powell_id, DEFAULT_EMBEDDER_ID) == len(POWELL) + 1
 
 
 def test_another_persons_photo_is_added_with_force_and_audited(

@@ -248,7 +248,7 @@ def test_real_faces_identified_and_stranger_rejected(
         return pipeline.embed_face(rgb, face).embedding
 
     defaults = GallerySettings()
-    matcher = Matcher(metric=defaults.metric, threshold=defaults.threshold, margin=defaults.margin)
+    matcher = Matcher.for_gallery(defaults, pipeline.embedder)  # the figures its embedder states
     for template_id, name in enumerate(enrolled):
         matcher.add(template_id, name, name.replace("_", " "), embed(by_person[name][0]))
     assert len(matcher) == 20

@@ -107,10 +107,9 @@ def test_int8_matches_float32_on_real_chips(models_dir: Path, parity_chips: np.n
     assert cos.min() >= 0.99
 
 
-def test_manifest_describes_mobileface_but_keeps_dlib_the_default(models_dir: Path) -> None:
+def test_manifest_describes_mobileface_as_an_embedder_of_its_own(models_dir: Path) -> None:
     store = ModelStore(models_dir)
     spec: dict[str, Any] = store.spec("mobileface-v2-int8", "embedder").raw
-    assert store.defaults["embedder"] == "dlib-resnet29-int8"
     assert (spec["metric"], spec["input"]["shape"], spec["output"]["shape"]) == ("cosine", [1, 112, 112, 3], [1, 256])
     aligner = Aligner.from_spec(spec["alignment"])
     assert (aligner.chip_size, aligner.keypoint_indices) == (112, (0, 1, 3))

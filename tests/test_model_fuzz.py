@@ -27,7 +27,6 @@ from agent.cli.main import main
 from agent.errors import ModelError
 from agent.modelupdate.install import installed_models_dir
 from agent.vision.modelstore import ModelStore, default_models_dir
-from agent.vision.pipeline import FacePipeline
 from tests.support.commands import data
 from tests.support.model_updates import make_updates
 
@@ -134,12 +133,12 @@ def test_a_mutated_model_is_refused_by_its_manifest_hash(
     suppress_health_check=list(HealthCheck),
 )
 def test_a_signed_but_broken_model_fails_its_check_and_the_models_in_use_run_on(
-    pipeline: FacePipeline, originals: dict[str, bytes], model_id: str, mutation: Mutation
+    originals: dict[str, bytes], model_id: str, mutation: Mutation
 ) -> None:
     role, file = MODELS[model_id]
     content = mutate(originals[model_id], mutation)
     with tempfile.TemporaryDirectory() as folder:
-        updates = make_updates(Path(folder), pipeline)
+        updates = make_updates(Path(folder))
         outcome = updates.send("job-1", content, model_id=model_id, role=role, file=file, version="2")
         if outcome["status"] == "SUCCEEDED":  # the mutation left a model that gets the test faces right
             figures = outcome["check"]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cli.main import main
 from agent.modelupdate.install import PREVIOUS_MANIFEST, installed_models_dir, state_models_dir
 from agent.modelupdate.update import RELEASE_FLOOR, release_version
-from agent.vision.modelstore import MANIFEST_NAME, ModelStore
+from agent.vision.modelstore import MANIFEST_NAME, ModelStore, default_models_dir
 from agent.vision.pipeline import FacePipeline
 from tests.support.commands import data, device_trusting, error
 from tests.support.model_updates import Live, Updates, signed_release, updater
@@ -52,7 +52,7 @@ def updates(tmp_path: Path, pipeline: FacePipeline) -> SignedUpdates:
     device = device_trusting(tmp_path, pipeline, key, DEVICE)
     live = Live(device, pipeline)
     device.services.model_updates = updater(key, live)
-    return SignedUpdates(device, live, key, live.embedding())
+    return SignedUpdates(device, live, key, live.embedding(), default_models_dir())
 
 
 def refused_as_rollback(outcome: dict, floor: str) -> bool:

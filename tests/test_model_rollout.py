@@ -20,11 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cli.main import main
 from agent.cli.releases import ReleaseError, read_bundle
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink
-from agent.vision.pipeline import FacePipeline
 from agent.wire import FLEET
 from tests.support.broker import FAST_LINK, Broker, Observer
-from tests.support.commands import Device, make_device, serve_link, write_private_key
-from tests.support.model_updates import Live, updater
+from tests.support.commands import Device, serve_link, write_private_key
+from tests.support.model_updates import Live, dlib_device, updater
 
 NEW_ID = "dlib-resnet29-int8-b"
 RELEASE_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"faceagent rollout test release key").digest())
@@ -46,9 +45,9 @@ class Updatable:
 
 
 @pytest.fixture
-def start_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iterator[Callable[[str], Updatable]]:
+def start_device(broker: Broker, tmp_path: Path) -> Iterator[Callable[[str], Updatable]]:
     started: list[Updatable] = []
-    lock = threading.Lock()  # the devices share this process's pipeline: one TFLite call at a time
+    lock = threading.Lock()  # the devices run in this process: one command (and TFLite call) at a time
 
     def start(device_id: str) -> Updatable:
         (tmp_path / device_id).mkdir()
@@ -57,8 +56,8 @@ def start_device(broker: Broker, tmp_path: Path, pipeline: FacePipeline) -> Iter
         lives: list[Live] = []
 
         def make() -> Device:
-            device = make_device(tmp_path / device_id, pipeline, device_id=device_id)
-            lives.append(Live(device, pipeline))
+            lives.append(dlib_device(tmp_path / device_id, device_id))  # the release ships dlib's file
+            device = lives[0].device
             device.services.model_updates = updater(RELEASE_KEY, lives[0])
             return device
 

@@ -34,7 +34,7 @@ from tests.support.broker import Broker
 from tests.support.commands import OPERATOR_TOML, data, error, write_private_key
 from tests.support.data import EMBEDDER_ID as INT8
 from tests.support.data import SAMPLE, SAMPLE_CLIP
-from tests.support.model_updates import CHUNK, Updates, make_updates, signed_release
+from tests.support.model_updates import CHUNK, Updates, dlib_models, make_updates, signed_release
 
 # ------------------------------------------------------------------------------------ model files
 
@@ -65,8 +65,8 @@ def mangled(int8: bytes) -> bytes:
 
 
 @pytest.fixture
-def updates(tmp_path: Path, pipeline: FacePipeline) -> Updates:
-    return make_updates(tmp_path, pipeline)
+def updates(tmp_path: Path) -> Updates:
+    return make_updates(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ good updates
@@ -123,10 +123,8 @@ def test_the_commit_reply_sends_the_renamed_count_under_both_spellings(updates: 
 
 
 @pytest.mark.slow  # a real child process checks the candidate model
-def test_a_new_embedder_id_rebuilds_templates_from_kept_chips(
-    tmp_path: Path, pipeline: FacePipeline, int8: bytes
-) -> None:
-    updates = make_updates(tmp_path, pipeline, keep_chips=True)
+def test_a_new_embedder_id_rebuilds_templates_from_kept_chips(tmp_path: Path, int8: bytes) -> None:
+    updates = make_updates(tmp_path, keep_chips=True)
     person = updates.enroll()
     outcome = updates.send("job-1", int8, model_id="dlib-resnet29-int8-b")
     assert outcome["templates_rebuilt"] == 1 and outcome["people_needing_reenrollment"] == 0
@@ -337,7 +335,7 @@ def test_faceagent_run_takes_a_good_update_and_survives_a_bad_one(
     config = tmp_path / "faceagent.toml"
     config.write_text(
         f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n{OPERATOR_TOML}'
-        f'[models]\nrelease_keys = ["{public_key_text(key)}"]\n'
+        f'[models]\ndir = "{dlib_models(tmp_path / "shipped-models")}"\nrelease_keys = ["{public_key_text(key)}"]\n'
         "[gallery]\nkeep_chips = true\n[events]\ncooldown_seconds = 0\n[camera]\nfps = 15\nloop = true\n"
     )
     db = tmp_path / "state" / "gallery.db"

@@ -73,12 +73,12 @@ def no_absolute_escape() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def updating(tmp_path_factory: pytest.TempPathFactory, pipeline: FacePipeline) -> tuple[Updates, Path]:
+def updating(tmp_path_factory: pytest.TempPathFactory) -> tuple[Updates, Path]:
     """A device whose state directory is <root>/state: anything written beside it is an escape. Shared:
     a refused request changes nothing, which is what each test checks."""
     root = tmp_path_factory.mktemp("updates")
     (root / "state").mkdir()
-    return make_updates(root / "state", pipeline), root
+    return make_updates(root / "state"), root
 
 
 @pytest.fixture

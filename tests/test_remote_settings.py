@@ -29,7 +29,7 @@ from agent.vision.pipeline import FacePipeline
 from tests.support.agent_process import start_agent
 from tests.support.broker import Broker, Observer
 from tests.support.commands import NOW, Device, device_trusting
-from tests.support.data import copy_clip_frames
+from tests.support.data import DEFAULT_THRESHOLD, copy_clip_frames
 
 DEVICE = "dev1"
 
@@ -126,7 +126,9 @@ def test_set_config_keeps_what_the_running_settings_override(device: Device, key
 def test_a_settings_change_is_audited_with_old_and_new_values(device: Device, key: Ed25519PrivateKey) -> None:
     signed_call(device, key, "set_config", values={"gallery.threshold": 0.3})
     (row,) = [r for r in device.audit() if r["action"] == "command.set_config"]
-    assert row["details"]["gallery.threshold.old"] == 0.35 and row["details"]["gallery.threshold.new"] == 0.3
+    assert (
+        row["details"]["gallery.threshold.old"] == DEFAULT_THRESHOLD and row["details"]["gallery.threshold.new"] == 0.3
+    )
 
 
 # ------------------------------------------------------------------------------------ audit floor

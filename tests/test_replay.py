@@ -60,8 +60,7 @@ def replay(pipeline: FacePipeline, shared_data: Path, tmp_path_factory: pytest.T
     clip = shared_data / "sequence" / "hamilton_clip"
     settings = Settings()
     frames = sorted((clip / "frames").glob("frame_*.jpg"))
-    gallery = settings.gallery
-    matcher = Matcher(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+    matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
     with GalleryStore.open(tmp_path_factory.mktemp("replay") / "gallery.db") as store:
         enroller = Enroller(pipeline, store, matcher, settings)
         people = {}
@@ -168,7 +167,8 @@ def test_small_faces_are_embedded_from_the_high_resolution_stream(
     small = np.asarray(Image.fromarray(full).resize((320, 180), Image.Resampling.BOX))
     settings = Settings()
     with GalleryStore.open(tmp_path / "g.db") as store:
-        recognizer = Recognizer(pipeline, Matcher.for_gallery(settings.gallery), store, settings, "cam")
+        matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
+        recognizer = Recognizer(pipeline, matcher, store, settings, "cam")
         (face,) = pipeline.detect(small)
         recognizer._hires = HiRes(full, (2.0, 2.0))
         from_hires = recognizer._embed(Image.fromarray(small), face)
@@ -187,7 +187,7 @@ def test_a_decided_track_is_followed_without_the_second_pass(
     clip = shared_data / "sequence" / "hamilton_clip"
     settings = Settings()
     with GalleryStore.open(tmp_path / "g.db") as store:
-        matcher = Matcher.for_gallery(settings.gallery)
+        matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
         photo = clip / "enroll" / "Lin-Manuel_Miranda.png"
         Enroller(pipeline, store, matcher, settings).enroll([(photo.name, photo)], actor="test", name="Miranda")
         recognizer = Recognizer(pipeline, matcher, store, settings, "stage")

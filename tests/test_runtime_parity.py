@@ -146,9 +146,9 @@ def _decision(match: Match) -> str | None:
     return match.person_id if match.accepted else None
 
 
-def _borderline(match: Match, settings: GallerySettings) -> bool:
-    near_threshold = abs(match.distance - settings.threshold) <= DECISION_BAND
-    return near_threshold or abs(match.margin - settings.margin) <= DECISION_BAND
+def _borderline(match: Match, matcher: Matcher) -> bool:
+    near_threshold = abs(match.distance - matcher.threshold) <= DECISION_BAND
+    return near_threshold or abs(match.margin - matcher.margin) <= DECISION_BAND
 
 
 def test_a_gallery_enrolled_under_tflite_runtime_names_the_same_people_under_litert(
@@ -158,7 +158,7 @@ def test_a_gallery_enrolled_under_tflite_runtime_names_the_same_people_under_lit
     litert, tflite = (pipelines[[r.name for r in runtimes].index(n)] for n in ("ai-edge-litert", "tflite-runtime"))
     settings = GallerySettings()
     enrolled, probes = _gallery_and_probes(shared_data)
-    matcher = Matcher.for_gallery(settings)
+    matcher = Matcher.for_gallery(settings, tflite.embedder)
     people = dict(enrolled)
     for template_id, seen in enumerate(_see([tflite], shared_data, list(people.values())), 1):
         person = seen.path.split("/")[-2]
@@ -174,5 +174,5 @@ def test_a_gallery_enrolled_under_tflite_runtime_names_the_same_people_under_lit
     print(f"{len(shifts)} probes against {len(matcher)} templates: {named} named under litert, "
           f"{len(differ)} decisions differ, largest distance shift {max(shifts):.4f}")  # fmt: skip
     assert named > len(shifts) // 4  # the gallery really names people: the comparison means something
-    unexplained = [d for d in differ if not (_borderline(d[1], settings) or _borderline(d[2], settings))]
+    unexplained = [d for d in differ if not (_borderline(d[1], matcher) or _borderline(d[2], matcher))]
     assert not unexplained, f"decisions moved away from the threshold: {unexplained}"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.agent_process import agent_config, agent_env, ctl_call, enroll_cli, faceagent, start_agent
 from tests.support.broker import Broker, Observer
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, DEFAULT_EMBEDDER_ID, DEFAULT_THRESHOLD
 
 pytestmark = pytest.mark.slow  # `faceagent run` as a real process
 
@@ -90,6 +90,11 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path: Path, broker: Broker, o
         assert observer.wait_for(lambda _: any(s.get("camera") for s in status(observer)), timeout=30)
         online = next(s for s in status(observer) if s.get("camera"))
         assert online["gallery"]["people_needing_reenrollment"] == 0 and online["camera"]["state"] == "ok"
+        in_use = {
+            "value": DEFAULT_THRESHOLD,
+            "source": f"embedder {DEFAULT_EMBEDDER_ID}",
+        }  # nothing set: the embedder's figures
+        assert online["gallery"]["matching"]["gallery.threshold"] == in_use
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)

@@ -156,8 +156,14 @@ def _summary(name: str, data: dict[str, Any]) -> str:
         rows = [f"  {p['id']}  {p.get('name', '-')}  ({_template_counts(p)})" for p in data["people"]]
         return "\n".join([f"{len(rows)} people", *rows])
     if name == Command.GET_CONFIG:
-        values = data["settings"]
-        return "\n".join(f"  {s}.{k} = {json.dumps(v)}" for s, keys in values.items() for k, v in keys.items())
+        values, in_use = data["settings"], data.get("matching", {})
+        lines = []
+        for section, keys in values.items():
+            for key, value in keys.items():
+                used = in_use.get(f"{section}.{key}")  # a matching figure: the one in use and where it came from
+                shown = f"{json.dumps(used['value'])}  ({used['source']})" if used else json.dumps(value)
+                lines.append(f"  {section}.{key} = {shown}")
+        return "\n".join(lines)
     if name == Command.GET_AUDIT:
         lines = [
             f"  {r['seq']}  {r['at']}  {r['actor']}  {r['action']}  {r['target'] or '-'}  "

@@ -60,7 +60,7 @@ def enroll_from_clip(clip: Path, settings: Settings, gallery: Path) -> str:
         source.close()
     pipeline = FacePipeline(pipeline_options(settings))
     with GalleryStore.open(gallery) as store:
-        enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery), settings)
+        enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery, pipeline.embedder), settings)
         photo = _png(frame.image)
         result = enroller.enroll([(f"{clip.name}#frame{ENROLL_FRAME}", photo)], actor="demo", name=PERFORMER)
     return result.person.id

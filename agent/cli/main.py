@@ -42,12 +42,14 @@ from agent.config import (
 from agent.errors import FaceagentError, GalleryError, ImageError, NoFaceError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.gallery.sync import load_gallery
 from agent.identity import Consent, Match, utc_now
 from agent.modelupdate.install import installed_models_dir
 from agent.recognition.enrollment import Enroller
-from agent.vision.embedder import distance
+from agent.vision.embedder import FaceEmbedder, distance
+from agent.vision.fusion import fallback_model
 from agent.vision.image import load_image
-from agent.vision.modelstore import ModelStore, embedder_id
+from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import select_runtime
 
@@ -213,14 +215,27 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> FacePipeline:
     return pipeline
 
 
-def _gallery_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
-    """Every template of the loaded embedder, under the [gallery] metric, threshold and margin."""
-    matcher = Matcher.for_gallery(settings.gallery)
+def _gallery_matcher(args: argparse.Namespace, settings: Settings, embedder: FaceEmbedder) -> Matcher:
+    """Every template of the loaded embedder, under the [gallery] metric and the figures in use (each set in
+    [gallery], else the embedder's stated one, else built-in)."""
+    matcher = Matcher.for_gallery(settings.gallery, embedder)
+    model_id = embedder.info.model_id
     with _open_store(args, settings) as store:
-        matcher.load(store.iter_templates(model_id), negatives=store.negatives(model_id))
+        load_gallery(matcher, store, model_id)
         stale = store.people_needing_reenrollment(model_id)
     log.info("gallery %s: %d templates of %s", store.path, len(matcher), model_id)
-    if stale:
+    fallback = matcher.fallback
+    if stale and fallback is not None:
+        still = len(set(stale) & fallback.matcher.person_ids())
+        log.warning(
+            "%d enrolled people have no %s template (re-enroll them); %d of them are matched on their %s templates "
+            "until then",
+            len(stale),
+            model_id,
+            still,
+            fallback.model_id,
+        )
+    elif stale:
         log.warning(
             "%d enrolled people have no %s template and cannot be matched (re-enroll them)", len(stale), model_id
         )
@@ -240,7 +255,7 @@ def _match_json(match: Match) -> dict | str:
 def cmd_identify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pipeline = _pipeline(args, settings)
-    matcher = _gallery_matcher(args, settings, pipeline.embedder.info.model_id) if args.db else None
+    matcher = _gallery_matcher(args, settings, pipeline.embedder) if args.db else None
     status = 0
     for path in args.images:
         try:
@@ -306,18 +321,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_gallery_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    model_id = embedder_id(_models_dir(args, settings), settings.models.embedder)
+    models = ModelStore(_models_dir(args, settings))
+    spec = models.spec(settings.models.embedder, "embedder")
+    model_id = spec.id
+    # A fused embedder still matches people on their templates of its first member until they are re-enrolled.
+    fallback = fallback_model(models, spec) if settings.gallery.metric == "cosine" else None
     with _open_store(args, settings) as store:
         listing = store.listing(model_id)
     if args.json:
-        print(json.dumps({"gallery": str(store.path), **listing}))
+        print(json.dumps({"gallery": str(store.path), **listing, "matched_until_reenrolled_on": fallback}))
         return 0
     rows, stale = listing["people"], listing["people_needing_reenrollment"]
+    still = 0
     for row in rows:
         templates = ", ".join(f"{n} {model}" for model, n in sorted(row["templates"].items())) or "no templates"
         flag = "  [needs re-enrollment]" if row["needs_reenrollment"] else ""
+        if row["needs_reenrollment"] and fallback in row["templates"]:
+            flag = f"  [needs re-enrollment; matched on its {fallback} templates until then]"
+            still += 1
         print(f"{row['id']}  {row['name']}  ({templates}){flag}")
-    print(f"{len(rows)} people; {stale} need re-enrollment for {model_id}")
+    until = f" ({still} matched on their {fallback} templates until then)" if still else ""
+    print(f"{len(rows)} people; {stale} need re-enrollment for {model_id}{until}")
     return 0
 
 
@@ -329,7 +353,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         given_by = args.consent_by or (args.name or args.person_id)
         consent = Consent(given_by=given_by, given_at=utc_now(), reference=args.consent_ref, purpose=args.purpose)
     with _open_store(args, settings, create=True) as store:
-        matcher = Matcher.for_gallery(settings.gallery)
+        matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
         matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
         result = Enroller(pipeline, store, matcher, settings).enroll(
             [(str(path), path) for path in args.images],

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from agent.commands.schema import AUDIT_PAGE, PEOPLE_PAGE, CommandError, ErrorCode
 from agent.config import (
+    Matching,
     Settings,
     apply_remote,
     audit_floor,
@@ -99,6 +100,7 @@ class CommandServices:
     # The kept telemetry (agent/link/telemetry.py TelemetryHistory.page): documents later than the argument;
     # None: this agent publishes no telemetry, so get_telemetry answers with no points.
     telemetry_history: Callable[[datetime | None], TelemetryHistoryPage] | None = None
+    matching: Callable[[], Matching] | None = None  # the live matcher's figures; None: no live matcher
 
 
 @dataclass(frozen=True)
@@ -400,7 +402,10 @@ def get_config(ctx: Context, args: dict[str, Any]) -> Done:
         remote = sorted(read_remote(remote_settings_path(current.gallery.path)))
     except ConfigError:
         remote = []  # invalid: ignored at start (and reported in status)
-    return Done({"settings": settings, "settable": sorted(settable_keys()), "remote": remote})
+    reply = {"settings": settings, "settable": sorted(settable_keys()), "remote": remote}
+    if ctx.services.matching is not None:  # unset figures show as null in settings; these are the ones in use
+        reply["matching"] = ctx.services.matching().describe()
+    return Done(reply)
 
 
 def set_config(ctx: Context, args: dict[str, Any]) -> Done:
@@ -414,6 +419,7 @@ def set_config(ctx: Context, args: dict[str, Any]) -> Done:
         raise CommandError(ErrorCode.BAD_REQUEST, f"not settable remotely: {', '.join(refused)} (see get_config)")
     local = _local_settings(ctx)
     current = ctx.services.get_settings()
+    in_use = ctx.services.matching().describe() if ctx.services.matching is not None else {}  # before the change
     overlay = remote_settings_path(current.gallery.path)
     try:
         remote = read_remote(overlay)
@@ -440,7 +446,8 @@ def set_config(ctx: Context, args: dict[str, Any]) -> Done:
     changed = {key: _setting(updated, key) for key in sorted(values)}
     details: dict[str, Any] = {}
     for key in sorted(values):  # the audit record: every change with its old and new value
-        details[f"{key}.old"] = _setting(current, key)
+        old = _setting(current, key)  # an unset matching figure: the one that was in use
+        details[f"{key}.old"] = in_use[key]["value"] if old is None and key in in_use else old
         details[f"{key}.new"] = changed[key]
     return Done({"changed": changed, "persisted": str(overlay)}, None, details)
 

@@ -14,6 +14,13 @@ rows, beside about 2 ms for the product itself (`scripts/bench_gallery.py`).
 Negatives (`agent/gallery/negatives.py`, corrections by event id): a probe closer to one of the best person's
 negatives than to that person's nearest template is not named; only the best candidate's are looked at.
 
+Old templates under a new embedder (`Fallback`): a fused embedder contains the model a gallery was enrolled with
+(its first member), so people with no template of the fused model are still searched, on the member's own part of
+the query (`FusedEmbedder.member_vector`) against their old templates, under that model's stated figures. A name
+needs both sides to agree: a person only the old templates know is named when the new templates name nobody, and
+nobody is named when each side names someone else. Re-enrolling a person (or rebuilding from kept chips) gives them
+templates of the new model, and from then on only those count for them.
+
 Metrics: "euclidean" is the raw L2 distance between embeddings (dlib's own scale, threshold about 0.6);
 "cosine" unit-normalises templates when they are added and queries when they are searched, and returns
 the L2 distance between the unit vectors, sqrt(2 - 2·cos), in [0, 2] (monotonic in cosine similarity).
@@ -22,16 +29,20 @@ Thresholds and margins are in the units of the distance returned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
-from agent.config import GallerySettings
+from agent.config import GalleryFigures, GallerySettings, Matching, matching
 from agent.errors import FaceagentError
 from agent.gallery.negatives import NegativeSet
 from agent.identity import Match
+from agent.vision.embedder import FaceEmbedder
+from agent.vision.fusion import FusedEmbedder
 
 METRICS = ("euclidean", "cosine")
 # Queries are searched in blocks so a batch of k probes against n templates needs at most this many
@@ -44,28 +55,88 @@ class MatcherError(FaceagentError, ValueError):
     """An embedding the matcher cannot hold or compare: wrong dimension, not finite, zero for cosine."""
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """Templates of the model a gallery was enrolled with, searched for people without templates of the loaded
+    (fused) embedder: `project` takes the loaded embedder's vector to that model's; `matcher` holds every
+    template of `model_id` (everyone's, so its margins see everyone) under that model's figures."""
+
+    model_id: str
+    project: Callable[[np.ndarray], np.ndarray]
+    matcher: Matcher
+
+
 class Matcher:
     """Best person, distance and margin to the second-best person for an embedding; thread-safe."""
 
     @classmethod
-    def for_gallery(cls, gallery: GallerySettings) -> Matcher:
-        """An empty matcher under the [gallery] metric, threshold and margin."""
-        return cls(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+    def for_gallery(cls, gallery: GallerySettings, embedder: FaceEmbedder | None = None) -> Matcher:
+        """An empty matcher under the [gallery] metric, with the figures `matching` resolves: each one set in
+        [gallery], else the one `embedder` (the templates' model) states, else the built-in one."""
+        stated = (embedder.info.gallery, embedder.info.model_id) if embedder is not None else (None, "")
+        figures = matching(gallery, *stated)
+        matcher = cls(
+            metric=gallery.metric,
+            threshold=figures.threshold,
+            margin=figures.margin,
+            track_threshold=figures.track_threshold,
+        )
+        matcher.matching, matcher._stated = figures, stated
+        if isinstance(embedder, FusedEmbedder) and gallery.metric == "cosine":
+            old = embedder.first_member  # the member's stated figures: the settings' are in the fused model's units
+            figures = matching(GallerySettings(metric="cosine"), old.gallery, old.model_id)
+            held = cls(
+                metric="cosine",
+                threshold=figures.threshold,
+                margin=figures.margin,
+                track_threshold=figures.track_threshold,
+            )
+            held.matching = figures
+            project = _projection(embedder, old.model_id)
+            matcher.fallback = Fallback(old.model_id, project, held)
+        return matcher
 
-    def __init__(self, *, metric: str, threshold: float, margin: float) -> None:
+    def __init__(self, *, metric: str, threshold: float, margin: float, track_threshold: float | None = None) -> None:
+        """`track_threshold`: what a track's mean embedding must be within (`tracking.decide`); None: `threshold`."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
         if not (math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {threshold!r}")
         if not (math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+        track = threshold if track_threshold is None else track_threshold
+        if not (math.isfinite(track) and track >= 0):
+            raise ValueError(f"track_threshold must be a number >= 0, got {track_threshold!r}")
         self.metric = metric
         self.threshold = float(threshold)
         self.margin = float(margin)
+        self.track_threshold = float(track)
+        self.matching = Matching.given(self.threshold, self.margin, self.track_threshold)
+        self._stated: tuple[GalleryFigures | None, str] = (None, "")  # the embedder's figures (`retune` keeps them)
+        self.fallback: Fallback | None = None  # old templates for people without any of this model (`for_gallery`)
         self._lock = threading.Lock()
         self._version = 0  # bumped by every change; `load(..., if_version=)` swaps only over the state it read
         self._negatives = NegativeSet()  # kept apart from the rows: a person's negatives outlive a matrix reset
         self._reset(None, 0)
+
+    def sibling(self, embedder: FaceEmbedder) -> Matcher:
+        """An empty matcher for another embedder's templates: the figures set in [gallery] kept, the others
+        that embedder's stated ones (else built-in), so a model update brings its own figures."""
+        figures = self.matching
+        settings = {key: getattr(figures, key) for key, source in figures.sources.items() if source == "setting"}
+        return Matcher.for_gallery(GallerySettings(metric=self.metric, **settings), embedder)
+
+    def figures_for(self, gallery: GallerySettings) -> Matching:
+        """Every figure of [gallery] as it applies to this matcher's templates: set, else their embedder's stated
+        one, else built-in (the guard's and adaptation's distances are in the templates' space too)."""
+        return matching(gallery, *self._stated)
+
+    def retune(self, gallery: GallerySettings) -> None:
+        """New [gallery] settings (set_config): the figures resolved again over the same embedder's."""
+        figures = self.figures_for(gallery)
+        with self._lock:
+            self.threshold, self.margin = figures.threshold, figures.margin
+            self.track_threshold, self.matching = figures.track_threshold, figures
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -90,12 +161,21 @@ class Matcher:
         return len(self._person_ids)
 
     def holds(self, person_id: str) -> bool:
-        """Whether `person_id` has a template here now (cheap: no copy of the people held)."""
+        """Whether `person_id` has a template here now, the fallback's included (cheap: no copy of the people
+        held): a person named through old templates is still held."""
         with self._lock:
-            return person_id in self._person_index
+            if person_id in self._person_index:
+                return True
+        return self.fallback is not None and self.fallback.matcher.holds(person_id)
 
     def person_ids(self) -> set[str]:
-        """The people held (those with at least one template)."""
+        """The people held (those with at least one template, the fallback's included)."""
+        with self._lock:
+            held = set(self._person_ids)
+        return held | self.fallback.matcher.person_ids() if self.fallback is not None else held
+
+    def own_person_ids(self) -> set[str]:
+        """The people with templates of the loaded embedder: those the fallback no longer speaks for."""
         with self._lock:
             return set(self._person_ids)
 
@@ -228,6 +308,8 @@ class Matcher:
             self._version += 1  # even when not held: a reload in flight may have read the person before the erasure
             self._drop({person_id})
             self._negatives.drop({person_id})
+        if self.fallback is not None:
+            self.fallback.matcher.remove_person(person_id)
 
     def replace_people(
         self,
@@ -290,6 +372,9 @@ class Matcher:
             raise MatcherError(f"cannot take a {other.metric} matcher into a {self.metric} one")
         with other._lock, self._lock:
             self._version += 1
+            self.threshold, self.margin, self.track_threshold = other.threshold, other.margin, other.track_threshold
+            self.matching, self._stated = other.matching, other._stated  # another embedder's figures come with it
+            self.fallback = other.fallback
             self._dim, self._count = other._dim, other._count
             self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
             self._template_ids, self._known_templates = other._template_ids, other._known_templates
@@ -325,6 +410,8 @@ class Matcher:
             index = self._person_index.get(person_id)
             if index is not None:
                 self._names[index] = name
+        if self.fallback is not None:
+            self.fallback.matcher.rename(person_id, name)
 
     def _grow(self, capacity: int) -> None:
         count = self._count
@@ -365,24 +452,36 @@ class Matcher:
 
     # ---------------------------------------------------------------------------------------- search
 
-    def search(self, embedding: np.ndarray) -> Match:
-        """The best person for one embedding; an empty gallery gives an unknown match at distance inf."""
+    def search(self, embedding: np.ndarray, *, track: bool = False) -> Match:
+        """The best person for one embedding; an empty gallery gives an unknown match at distance inf.
+        `track`: the embedding is a track's mean, accepted only within the track threshold too."""
         query = np.asarray(embedding)
         if query.ndim != 1:
             raise MatcherError(f"expected one embedding of shape (dim,), got shape {query.shape}")
-        return self.search_many(query[None, :])[0]
+        return self.search_many(query[None, :], track=track)[0]
 
-    def search_many(self, embeddings: np.ndarray) -> list[Match]:
-        """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks."""
+    def search_many(self, embeddings: np.ndarray, *, track: bool = False) -> list[Match]:
+        """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks; with a fallback, people
+        only the old model's templates know are searched there too (see the module docstring)."""
         queries = self._prepare_queries(embeddings)
+        matches = self._search_own(queries, track)
+        fallback = self.fallback
+        if fallback is None or not len(fallback.matcher) or not len(queries):
+            return matches
+        old = fallback.matcher.search_many(np.stack([fallback.project(query) for query in queries]), track=track)
+        own = self.own_person_ids()
+        return [_agree(new, by_old, own) for new, by_old in zip(matches, old, strict=True)]
+
+    def _search_own(self, queries: np.ndarray, track: bool) -> list[Match]:
         with self._lock:
             self._check_query_width(queries)
             if self._count == 0:
                 return [Match(None, None, math.inf, math.inf, False) for _ in range(len(queries))]
+            limit = min(self.threshold, self.track_threshold) if track else self.threshold
             block = max(1, _BLOCK_SCORES // self._count)
             matches: list[Match] = []
             for start in range(0, len(queries), block):
-                matches.extend(self._search_block(queries[start : start + block]))
+                matches.extend(self._search_block(queries[start : start + block], limit))
             return matches
 
     def _prepare_queries(self, embeddings: np.ndarray) -> np.ndarray:
@@ -419,6 +518,19 @@ class Matcher:
             rows = self._owners[: self._count] == index
             return self._template_ids[: self._count][rows].copy(), self._vectors[: self._count][rows].copy()
 
+    def old_distance(self, embedding: np.ndarray, person_id: str) -> tuple[float, float, str] | None:
+        """How far a face of the loaded embedder is from `person_id`'s templates in the fallback (the old model's
+        units), the old model's threshold and id; None when there is no fallback or it holds none of theirs.
+        Enrollment asks it to vet a photo added to someone known only by their old templates."""
+        fallback = self.fallback
+        if fallback is None:
+            return None
+        _, rows = fallback.matcher.templates_of(person_id)
+        if not len(rows):
+            return None
+        query = fallback.matcher._prepare_queries(fallback.project(np.asarray(embedding))[None, :])[0]
+        return float(np.linalg.norm(rows - query, axis=1).min()), fallback.matcher.threshold, fallback.model_id
+
     def nearest_other(self, embeddings: np.ndarray, person_id: str) -> np.ndarray:
         """For each row of a (k, dim) array, the distance to the nearest template of anyone but `person_id`
         (inf when nobody else is held), in the metric's units."""
@@ -434,7 +546,7 @@ class Matcher:
             nearest = (sqnorms[None, :] - 2.0 * (queries @ vectors.T)).argmin(axis=1)
             return np.linalg.norm(vectors[nearest] - queries, axis=1).astype(np.float64)
 
-    def _search_block(self, queries: np.ndarray) -> list[Match]:
+    def _search_block(self, queries: np.ndarray, limit: float) -> list[Match]:
         count = self._count
         vectors, owners = self._vectors[:count], self._owners[:count]
         # ||t||² - 2 t·q: the squared distance less ||q||², enough to rank templates.
@@ -458,11 +570,25 @@ class Matcher:
         for i in rows:
             owner, dist, gap = int(best_owner[i]), float(distance[i]), float(margin[i])
             person_id = self._person_ids[owner]
-            accepted = dist < self.threshold and gap >= self.margin
+            accepted = dist < limit and gap >= self.margin
             if accepted and negatives and negatives.nearest(person_id, queries[i]) < dist:
                 accepted = False  # closer to a face the operator said is not this person than to their own
             matches.append(Match(person_id, self._names[owner], dist, gap, accepted))
         return matches
+
+
+def _agree(new: Match, old: Match, own: set[str]) -> Match:
+    """One verdict from the loaded model's templates (`new`) and the old model's (`old`): the old one counts only
+    for a person with no template of the loaded model, and only when the new one names nobody else."""
+    if not old.accepted or old.person_id in own:
+        return new
+    if new.accepted:  # each side names someone else: nobody is named
+        return dataclasses.replace(new, accepted=False)
+    return old
+
+
+def _projection(embedder: FusedEmbedder, model_id: str) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda vector: embedder.member_vector(vector, model_id)
 
 
 def _check_shape(vector: np.ndarray, dim: int | None, template_id: int) -> int:

@@ -15,6 +15,9 @@ Negatives (corrections) travel with their person's templates: read, replaced and
 - A new embedder (`switch_model`): its templates are read and its matrix built aside, then handed to
   `go_live`, which swaps it in together with the new models.
 
+A matcher with a fallback (`Matcher.fallback`: the old model's templates under a fused embedder) has those
+templates and negatives read, refreshed and reloaded beside its own, from the same snapshots.
+
 A recorded write explains the fingerprint it left when the gallery was, just before it, what the matcher
 already held, and no other connection committed while it ran (SQLite's `data_version`); anything else
 leaves the fingerprint unexplained, and the next look rebuilds.
@@ -33,6 +36,7 @@ import numpy as np
 
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import Fingerprint, GalleryStore
+from agent.vision.embedder import FaceEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +107,16 @@ class GallerySync:
         own); their rows are read now, so a later change to them (by anyone) is taken too."""
         if write.people:
             reader = store or self.store
+            fallback = self.matcher.fallback
             with reader.snapshot():
                 rows = reader.person_templates(self.model_id, write.people)
                 negatives = reader.negatives(self.model_id, write.people)
+                if fallback is not None:
+                    old_rows = reader.person_templates(fallback.model_id, write.people)
+                    old_negatives = reader.negatives(fallback.model_id, write.people)
             self.matcher.replace_people(write.people, rows, negatives)
+            if fallback is not None:
+                fallback.matcher.replace_people(write.people, old_rows, old_negatives)
             self.refreshes += 1
         if write.after is not None and write.before == self._seen:
             self._seen = write.after  # the change is all ours, and now in the matcher: nothing to reload
@@ -143,8 +153,13 @@ class GallerySync:
         """Load every template of the model from one snapshot; False (nothing swapped) when the matcher
         changed meanwhile, so the rows may predate a command's change."""
         version = self.matcher.version  # before the rows: a patch after it fails the swap
-        current, rows, negatives = self._read(self.model_id)
-        swapped = self.matcher.load(rows, negatives=negatives, if_version=version)
+        fallback = self.matcher.fallback
+        old_version = fallback.matcher.version if fallback is not None else 0
+        with self.store.snapshot():
+            current, rows, negatives = self._read(self.model_id)
+            old_rows, old_negatives = self._read(fallback.model_id)[1:] if fallback is not None else ([], [])
+        swapped = fallback is None or fallback.matcher.load(old_rows, negatives=old_negatives, if_version=old_version)
+        swapped = swapped and self.matcher.load(rows, negatives=negatives, if_version=version)
         if not swapped:
             self.retries += 1
             return False
@@ -152,12 +167,22 @@ class GallerySync:
         self.reloads += 1
         return True
 
-    def switch_model(self, model_id: str, go_live: Callable[[Matcher], None]) -> None:
+    def switch_model(
+        self, model_id: str, go_live: Callable[[Matcher], None], embedder: FaceEmbedder | None = None
+    ) -> None:
         """Build the matcher of `model_id`'s templates aside and hand it to `go_live`, which makes it live
-        (with the models that made it) or raises: nothing here changes unless it returns."""
-        current, rows, negatives = self._read(model_id)
-        matcher = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=self.matcher.margin)
-        matcher.load(rows, negatives=negatives)
+        (with the models that made it) or raises: nothing here changes unless it returns. `embedder` (the
+        model's): the new matcher takes its stated figures where [gallery] sets none; None: today's figures."""
+        if embedder is not None:
+            matcher = self.matcher.sibling(embedder)
+        else:
+            matcher = Matcher(
+                metric=self.matcher.metric,
+                threshold=self.matcher.threshold,
+                margin=self.matcher.margin,
+                track_threshold=self.matcher.track_threshold,
+            )
+        current = load_gallery(matcher, self.store, model_id)
         go_live(matcher)
         self.model_id, self._seen = model_id, current
         log.info("matcher switched to %s: %d templates", model_id, len(self.matcher))
@@ -166,5 +191,25 @@ class GallerySync:
         self, model_id: str
     ) -> tuple[Fingerprint, list[tuple[int, str, str, np.ndarray]], list[tuple[int, str, np.ndarray]]]:
         """The fingerprint, templates and negatives of `model_id`, from one snapshot."""
-        with self.store.snapshot():  # held only while reading: an erasure's WAL checkpoint waits for readers
-            return self.store.fingerprint(), list(self.store.iter_templates(model_id)), self.store.negatives(model_id)
+        return _read(self.store, model_id)
+
+
+def _read(
+    store: GalleryStore, model_id: str
+) -> tuple[Fingerprint, list[tuple[int, str, str, np.ndarray]], list[tuple[int, str, np.ndarray]]]:
+    with store.snapshot():  # held only while reading: an erasure's WAL checkpoint waits for readers
+        return store.fingerprint(), list(store.iter_templates(model_id)), store.negatives(model_id)
+
+
+def load_gallery(matcher: Matcher, store: GalleryStore, model_id: str) -> Fingerprint:
+    """Fill `matcher` with every template and negative of `model_id` and, when it has a fallback, of the fallback's
+    model, all from one snapshot; the fingerprint read with them."""
+    fallback = matcher.fallback
+    with store.snapshot():
+        current, rows, negatives = _read(store, model_id)
+        if fallback is not None:
+            _, old_rows, old_negatives = _read(store, fallback.model_id)
+    if fallback is not None:
+        fallback.matcher.load(old_rows, negatives=old_negatives)
+    matcher.load(rows, negatives=negatives)
+    return current

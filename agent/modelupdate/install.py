@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.files import fsync_dir, write_atomically
-from agent.vision.embedder import Embedder
+from agent.vision.embedder import FaceEmbedder
+from agent.vision.fusion import open_embedder
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore
-from agent.vision.runtime import TfliteModel, select_runtime
+from agent.vision.runtime import InvokeClock, TfliteModel, select_runtime
 
 if TYPE_CHECKING:
     from agent.config import ModelSettings
@@ -134,12 +135,18 @@ class ModelsFolder:
                 path.unlink(missing_ok=True)
 
 
-def load_embedder(models_dir: Path, spec: ModelSpec, models: ModelSettings) -> Embedder:
-    content = ModelStore(models_dir).read_verified(spec)
-    return Embedder(TfliteModel(select_runtime(models.runtime).load(content, models.threads)), spec.raw)
+def load_embedder(models_dir: Path, spec: ModelSpec, models: ModelSettings) -> FaceEmbedder:
+    """The embedder `spec` describes, one model or a fused entry's members (`open_embedder`)."""
+    store = ModelStore(models_dir)
+    runtime = select_runtime(models.runtime)
+
+    def load(member: ModelSpec, clock: InvokeClock) -> TfliteModel:
+        return TfliteModel(runtime.load(store.read_verified(member), models.threads), clock)
+
+    return open_embedder(store, spec, load)
 
 
-def rebuild_templates(store: GalleryStore, embedder: Embedder, old_id: str, actor: str) -> list[str]:
+def rebuild_templates(store: GalleryStore, embedder: FaceEmbedder, old_id: str, actor: str) -> list[str]:
     """Templates of `embedder` from the chips kept with templates of `old_id`, each chip once, in one audited
     transaction; the person of each template added (the caller tells the live matcher about them)."""
     info = embedder.info

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.config import GallerySettings
+from agent.config import GallerySettings, Matching
 from agent.gallery.matcher import Matcher
 from agent.identity import Match
 
@@ -89,7 +89,8 @@ def consider(
     match = track.match
     if not match.accepted or match.person_id is None:
         return Refusal(NOT_RECOGNIZED)
-    if not match.margin >= settings.adapt_margin:
+    figures = matcher.figures_for(settings)  # the distances in the space of the matcher's templates
+    if not match.margin >= figures.adapt_margin:
         return Refusal(NARROW_MARGIN)
     if not track.embeddings:
         return Refusal(NO_VIEWS)
@@ -111,8 +112,8 @@ def consider(
     centroid_before = _nearest_other_of_centroid(own, matcher, person_id)
     refusals: list[str] = []
     for row, (mine, anchor, theirs) in enumerate(zip(own_distance, anchor_distance, other_distance, strict=True)):
-        reason = _view_refusal(float(mine), float(anchor), float(theirs), settings)
-        if reason is None and _drifts(np.vstack([kept, prepared[row]]), centroid_before, matcher, person_id, settings):
+        reason = _view_refusal(float(mine), float(anchor), float(theirs), figures)
+        if reason is None and _drifts(np.vstack([kept, prepared[row]]), centroid_before, matcher, person_id, figures):
             reason = DRIFT
         if reason is None:
             return AdaptiveTemplate(person_id, views[row], track.event_id, replaces, order[row])
@@ -120,22 +121,22 @@ def consider(
     return Refusal(refusals[0])
 
 
-def _view_refusal(own: float, anchor: float, other: float, settings: GallerySettings) -> str | None:
+def _view_refusal(own: float, anchor: float, other: float, figures: Matching) -> str | None:
     """Why one view is refused: `own` from the person's nearest template, `anchor` from their nearest enrolled
     (not adaptive) one, `other` from anyone else's nearest."""
-    if own < settings.adapt_min_distance:
+    if own < figures.adapt_min_distance:
         return NO_DIVERSITY
-    if not anchor < settings.adapt_max_distance:
+    if not anchor < figures.adapt_max_distance:
         return TOO_FAR
-    if settings.adapt_guard_distance > 0 and (other < settings.adapt_guard_distance or other <= own):
+    if figures.adapt_guard_distance > 0 and (other < figures.adapt_guard_distance or other <= own):
         return NEAR_OTHER
     return None
 
 
-def _drifts(templates: np.ndarray, before: float, matcher: Matcher, person_id: str, settings: GallerySettings) -> bool:
+def _drifts(templates: np.ndarray, before: float, matcher: Matcher, person_id: str, figures: Matching) -> bool:
     """Whether the person's centroid with `templates` would sit nearer another person than it does now.
     Off with the rest of the drift guard (`adapt_guard_distance` 0)."""
-    if settings.adapt_guard_distance <= 0 or not math.isfinite(before):
+    if figures.adapt_guard_distance <= 0 or not math.isfinite(before):
         return False
     return _nearest_other_of_centroid(templates, matcher, person_id) < before
 

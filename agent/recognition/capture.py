@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import Settings
+from agent.config import Matching, Settings, matching
 from agent.errors import FaceagentError
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GalleryWrites
@@ -188,14 +188,19 @@ class CaptureWindow:
             if any(_pose_distance(h.pose, held.pose) < POSE_STEP for h in others):  # ... near no other
                 self.refusals["no new pose"] += 1
                 return
-        if any(float(np.linalg.norm(h.unit - unit)) < self.settings.gallery.duplicate_distance for h in others):
+        if any(float(np.linalg.norm(h.unit - unit)) < self._figures().duplicate_distance for h in others):
             self.refusals["near-duplicate"] += 1
             return
         self._held = [*others, held]
 
     def _same_person(self, unit: np.ndarray) -> bool:
         mean = _unit(mean_embedding([h.unit for h in self._held], self.metric), self.metric)
-        return float(np.linalg.norm(mean - unit)) < self.settings.gallery.threshold
+        return float(np.linalg.norm(mean - unit)) < self._figures().threshold
+
+    def _figures(self) -> Matching:
+        """The gallery's figures for the embedder the views come from (its stated ones where unset)."""
+        stated = (self.model.gallery, self.model.model_id) if self.model is not None else (None, "")
+        return matching(self.settings.gallery, *stated)
 
     def _too_few(self) -> str:
         wanted, seconds = self.request.views, self.request.seconds
@@ -303,7 +308,7 @@ def _matches_someone_else(views: Sequence[Candidate], enroller: Enroller, person
     """The views' mean is closer than `gallery.conflict_distance` to another enrolled person."""
     matcher = enroller.matcher
     match = matcher.search(mean_embedding([v.embedding for v in views], matcher.metric))
-    limit = enroller.settings.gallery.conflict_distance
+    limit = enroller.figures().conflict_distance
     return match.person_id not in (None, person_id) and match.distance < limit
 
 

@@ -10,11 +10,13 @@ identification of any photo and optimise against the score. So reasons name nobo
 unless the caller asks (`reveal_matches`: the local CLI, whose user can read the gallery file anyway).
 Photos added to an existing person must match that person's templates of the current embedder (nearest
 under `gallery.conflict_distance`, the distance that already decides "this face is that person" for the
-conflict check), so nobody may add their own face to someone else's identity without `force`. Against one
-enrolled photo of each of 40 LFW people (`scripts/measure_enroll_guard.py`, cosine 0.35) it let in 81 of 103
-genuine photos and none of 40 other people's or of 40 look-alikes (the nearest other face in the set); at
-0.40, 97 genuine but 7 look-alikes. A refused genuine photo costs a better photo or `force`; a wrong one
-costs an identity.
+conflict check), so nobody may add their own face to someone else's identity without `force`. The conflict
+and duplicate distances are in the embedder's space: each one set in [gallery] wins, else the embedder's
+manifest entry states it, else dlib's built-in one (`Enroller.figures`). Against one enrolled photo of each of
+40 LFW people (`scripts/measure_enroll_guard.py`): dlib at 0.35 let in 79 of 103 genuine photos and none of 40
+other people's or of 40 look-alikes (the nearest other face in the set), at 0.40 97 genuine but 8 look-alikes;
+the fused embedder at its 0.5677 let in 92 genuine and no look-alike, at 0.649 99 but 8 look-alikes. A refused
+genuine photo costs a better photo or `force`; a wrong one costs an identity.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from agent.config import Settings
+from agent.config import Matching, Settings, matching
 from agent.errors import FaceagentError, ImageError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
@@ -202,6 +204,12 @@ class Enroller:
         ordered = [outcomes[c.label] for c in candidates if c.label in outcomes]
         return EnrollmentResult(person, existing is None, ordered)
 
+    def figures(self) -> Matching:
+        """The gallery's figures for this pipeline's embedder: its conflict and duplicate distances are in that
+        embedder's space (set in [gallery], else its manifest entry's, else dlib's built-in ones)."""
+        info = self.pipeline.embedder.info
+        return matching(self.settings.gallery, info.gallery, info.model_id)
+
     def _candidate(self, label: str, source: Path | bytes) -> Candidate | PhotoOutcome:
         try:
             frame = load_image(source, max_side=ENROLL_SIDE)
@@ -231,7 +239,7 @@ class Enroller:
     ) -> tuple[list[Candidate], dict[str, int]]:
         """Refuse conflicts with other people and faces that are not `person_id`'s, skip near-duplicates,
         respect the per-person cap; also how many refusals `force` overrode (for the audit)."""
-        gallery = self.settings.gallery
+        gallery, figures = self.settings.gallery, self.figures()
         model_id = self.pipeline.embedder.info.model_id
         rows = [row for row in self.store.iter_templates(model_id) if row[1] == person_id] if person_id else []
         own = Matcher(metric=self.matcher.metric, threshold=self.matcher.threshold, margin=0.0)
@@ -250,7 +258,7 @@ class Enroller:
                     f"{conflict}; use force to enroll anyway" if conflict else f"{mismatch}; use force to add it anyway"
                 )
                 outcomes[candidate.label] = PhotoOutcome(candidate.label, False, reason, quality=quality)
-            elif len(own) and own.search(candidate.embedding).distance < gallery.duplicate_distance:
+            elif len(own) and own.search(candidate.embedding).distance < figures.duplicate_distance:
                 outcomes[candidate.label] = PhotoOutcome(
                     candidate.label, False, "near-duplicate of a template already held", quality=quality
                 )
@@ -269,7 +277,7 @@ class Enroller:
     ) -> tuple[str | None, str | None]:
         """Why the face is someone else's (closer than `conflict_distance` to another person) and why it is not
         `person_id`'s (no template of theirs that close); None where it is not. Named only when `reveal`."""
-        limit = self.settings.gallery.conflict_distance
+        limit = self.figures().conflict_distance
         conflict = mismatch = None
         rival = self.matcher.search(embedding)
         if rival.person_id not in (None, person_id) and rival.distance < limit:
@@ -278,11 +286,16 @@ class Enroller:
                 conflict = (
                     f"conflict: this face matches {rival.name} ({rival.person_id}) at distance {rival.distance:.3f}"
                 )
-        nearest = held.search(embedding).distance if len(held) else 0.0  # no template of this model: exempt
-        if nearest >= limit:
+        nearest, cutoff, figure = 0.0, limit, f"gallery.conflict_distance {limit:g}"  # no template of theirs: exempt
+        if len(held):
+            nearest = held.search(embedding).distance
+        elif person_id is not None and (old := self.matcher.old_distance(embedding, person_id)) is not None:
+            nearest, cutoff, model_id = old  # known only by an older model's templates: vetted on those
+            figure = f"{model_id}'s threshold {cutoff:g}"
+        if nearest >= cutoff:
             mismatch = "not the same person: this face does not match the person's enrolled photos"
             if reveal:
-                mismatch += f" (nearest at distance {nearest:.3f}, gallery.conflict_distance {limit:g})"
+                mismatch += f" (nearest at distance {nearest:.3f}, {figure})"
         return conflict, mismatch
 
     def _store(

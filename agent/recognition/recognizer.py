@@ -262,7 +262,7 @@ class Recognizer:
         return []
 
     def _decide(self, track: Track) -> Match:
-        return decide(track.embeddings, self.matcher, self.settings.gallery.track_threshold)
+        return decide(track.embeddings, self.matcher)  # under the matcher's track threshold
 
     def _embed(self, image: Image.Image, face: Face) -> np.ndarray:
         return self._view(image, face).embedding

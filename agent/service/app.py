@@ -124,7 +124,7 @@ class AgentService:
         pipeline = FacePipeline(pipeline_options(settings))
         log.info("TFLite runtime: %s", pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)  # the frame loop's: this thread's
-        self.matcher = Matcher.for_gallery(settings.gallery)  # filled by the gallery thread
+        self.matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)  # filled by the gallery thread
         self.live_enrollment = LiveEnrollment(
             lambda: self.settings, lambda: self.source.status(), self._store_capture, enrolled=self.matcher.holds
         )
@@ -213,6 +213,7 @@ class AgentService:
             pipeline.runtime.describe(),
             Path(self.settings.gallery.path).parent,
             tuple(self._warnings()),
+            lambda: self.matcher.matching,
         )
 
     def _link(self) -> MqttLink | None:
@@ -285,6 +286,7 @@ class AgentService:
             restart_wait=self.restarts.wait,
             storage=self.storage,
             feedback=self.feedback,
+            matching=lambda: self.matcher.matching,
             model_updates=ModelUpdater(
                 state_models_dir(self.settings.gallery.path),
                 get_settings=lambda: self.settings,
@@ -383,7 +385,7 @@ class AgentService:
             job = self.frames.jobs.submit(lambda loop: loop.use_models(settings.models, pipeline, matcher))
             outcome(job, MODEL_SWAP_SECONDS, "the frame loop did not take the new models")
 
-        self.gallery.switch_model(pipeline.embedder.info.model_id, go_live)
+        self.gallery.switch_model(pipeline.embedder, go_live)
         self.settings = settings
         self.command_pipeline.reset()  # the next enrollment builds one from the new models
 

@@ -118,8 +118,7 @@ class FrameLoop:
     def use_settings(self, settings: Settings, sections: frozenset[str]) -> None:
         """The changed sections to their consumers; the recognizer keeps its tracks and cooldowns."""
         if "gallery" in sections:
-            self.matcher.threshold = settings.gallery.threshold
-            self.matcher.margin = settings.gallery.margin
+            self.matcher.retune(settings.gallery)
         self.recognizer.update(settings)
         self.publisher.use_settings(settings)
         if "events" in sections:

@@ -31,6 +31,7 @@ from agent.link.mqtt import MqttLink
 from agent.service.jobs import JobQueue, outcome
 from agent.service.status import StatusReport
 from agent.storage import StorageHealth
+from agent.vision.embedder import FaceEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,11 @@ class GalleryThread:
         except (FaceagentError, MatcherError) as exc:  # the next look finds the fingerprint changed and reloads
             log.warning("the live matcher follows a write at its next look: %s", exc)
 
-    def switch_model(self, model_id: str, go_live: Callable[[Matcher], None]) -> None:
-        """From the command thread: the matcher of `model_id`'s templates built here, then `go_live`; raises
-        what stopped it (nothing changed then)."""
-        job = self.jobs.submit(lambda parts: parts.sync.switch_model(model_id, go_live))
+    def switch_model(self, embedder: FaceEmbedder, go_live: Callable[[Matcher], None]) -> None:
+        """From the command thread: the matcher of `embedder`'s templates (under its figures) built here, then
+        `go_live`; raises what stopped it (nothing changed then)."""
+        model_id = embedder.info.model_id
+        job = self.jobs.submit(lambda parts: parts.sync.switch_model(model_id, go_live, embedder))
         outcome(job, SWITCH_SECONDS, "the gallery thread did not take the new models")
 
     def use_retention(self, settings: RetentionSettings) -> None:

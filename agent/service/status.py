@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.commands.signing import CommandSecurity
+from agent.config import Matching
 from agent.gallery.store import GalleryStore
 from agent.link.outbox import OutboxStats
 from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
@@ -59,6 +61,7 @@ class StatusReport:
     runtime: str  # the TFLite runtime and its version (a model swap keeps it)
     state_dir: Path
     warnings: tuple[str, ...]  # settings that weaken the device, found at start
+    matching: Callable[[], Matching]  # the live matcher's figures and where each came from
 
     def status(self, store: GalleryStore | None) -> OnlineStatus:
         """The status with the gallery summarised through `store`, never on the frame loop: the summary grows
@@ -74,6 +77,7 @@ class StatusReport:
             document = self.telemetry.status(summary, self.storage.report(), needing_reenrollment=stale)
             if document["gallery"] is not None:
                 document["gallery"]["adaptive_templates"] = adaptive
+                document["gallery"]["matching"] = self.matching().describe()
         document["camera"] = None if store is None else self.source.status().to_json()
         document["runtime"] = self.runtime
         document["provisioning"] = read_provisioning(self.state_dir)

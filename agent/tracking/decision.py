@@ -38,10 +38,11 @@ def mean_embedding(embeddings: Sequence[np.ndarray], metric: str) -> np.ndarray:
 def decide(embeddings: Sequence[np.ndarray], matcher: Matcher, threshold: float | None = None) -> Match:
     """The track's identity: the matcher's verdict on the mean embedding (`accepted` False = unknown).
 
-    `threshold` (gallery.track_threshold) replaces the matcher's single-photo threshold: a mean of
-    several views needs a stricter one to keep strangers out (see the module docstring).
+    The matcher decides under its track threshold (`Matcher.track_threshold`, gallery.track_threshold or the
+    embedder's figure): a mean of several views needs a stricter one than a single photo to keep strangers out
+    (see the module docstring). `threshold`, when given, is stricter still (benchmarks sweep it).
     """
-    match = matcher.search(mean_embedding(embeddings, matcher.metric))
+    match = matcher.search(mean_embedding(embeddings, matcher.metric), track=True)
     if threshold is not None and match.accepted and not match.distance < threshold:
         return dataclasses.replace(match, accepted=False)
     return match

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from agent.config import FIGURE_KEYS, MATCHING_KEYS, GalleryFigures
 from agent.errors import ModelError
 from agent.vision.aligner import Aligner
 from agent.vision.runtime import TfliteModel
+
+_POSITIVE = ("threshold", "track_threshold", "adapt_max_distance")  # figures that must be above 0 (as in RULES)
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,28 @@ class EmbedderInfo:
     dimensions: int
     metric: str
     threshold: float
+    gallery: GalleryFigures | None = None  # the matching figures its manifest entry states (cosine units)
+
+
+def stated_gallery(spec: dict[str, Any]) -> GalleryFigures | None:
+    """The entry's `gallery` figures (threshold, margin, track_threshold: the matcher's; and any of the guard's
+    and adaptation's distances, DISTANCE_KEYS; all in cosine units), None when it states none; a ModelError for
+    figures that are missing, unknown or out of range."""
+    raw = spec.get("gallery")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not set(MATCHING_KEYS) <= set(raw) or not set(raw) <= set(FIGURE_KEYS):
+        stated = ", ".join(MATCHING_KEYS)
+        raise ModelError(f"embedder {spec.get('id')!r}: gallery must state {stated} and only {', '.join(FIGURE_KEYS)}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ModelError(f"embedder {spec.get('id')!r}: gallery.{key} must be a number, got {value!r}")
+        if not (0 < value <= 2 if key in _POSITIVE else 0 <= value <= 2):
+            raise ModelError(f"embedder {spec.get('id')!r}: gallery.{key} is outside the cosine range, got {value!r}")
+    low, high = raw.get("adapt_min_distance"), raw.get("adapt_max_distance")
+    if low is not None and high is not None and low >= high:
+        raise ModelError(f"embedder {spec.get('id')!r}: gallery.adapt_min_distance must be below adapt_max_distance")
+    return GalleryFigures(**{key: float(value) for key, value in raw.items()})
 
 
 class FaceEmbedder(Protocol):
@@ -67,6 +93,7 @@ class Embedder:
             dimensions=int(spec["output"]["shape"][-1]),
             metric=str(spec.get("metric", "euclidean")),
             threshold=float(spec["threshold"]),
+            gallery=stated_gallery(spec),
         )
         self._input = np.empty(model.input_shape, dtype=np.float32)
 

@@ -24,7 +24,7 @@ from PIL import Image
 from agent.errors import ModelError
 from agent.vision.aligner import Aligner
 from agent.vision.detector import KEYPOINT_NAMES
-from agent.vision.embedder import Embedder, EmbedderInfo, FaceEmbedder
+from agent.vision.embedder import Embedder, EmbedderInfo, FaceEmbedder, stated_gallery
 from agent.vision.modelstore import ModelSpec, ModelStore
 from agent.vision.runtime import InvokeClock, TfliteModel
 
@@ -120,8 +120,14 @@ class FusedEmbedder:
             dimensions=sum(m.info.dimensions for m, _ in members),
             metric="cosine",
             threshold=float(spec.raw["threshold"]),
+            gallery=stated_gallery(spec.raw),
         )
         self._chip_keypoints = _template_keypoints(self.aligner, [m.aligner for m, _ in members[1:]], spec.id)
+
+    @property
+    def first_member(self) -> EmbedderInfo:
+        """The model whose chip is kept: a gallery enrolled with it alone keeps recognising under fusion."""
+        return self.members[0][0].info
 
     def member_vector(self, fused: np.ndarray, model_id: str) -> np.ndarray:
         """A member's unit vector inside a fused one: how a fused query meets templates that member made
@@ -172,6 +178,23 @@ def _template_keypoints(first: Aligner, others: list[Aligner], model_id: str) ->
             names = ", ".join(KEYPOINT_NAMES[i] for i in sorted(missing))
             raise ModelError(f"fused embedder {model_id!r}: the first member's chip has no {names} to align on")
     return keypoints
+
+
+def chip_model(store: ModelStore, spec: ModelSpec) -> ModelSpec:
+    """The entry whose alignment makes the chip an embedder keeps: its own, or a fused entry's first member's
+    (kept chips of that model rebuild the fused templates)."""
+    if not is_fused(spec):
+        return spec
+    first = parse_members(spec)[0].id
+    if first not in store.specs:
+        raise ModelError(f"fused embedder {spec.id!r}: member {first!r} is not in the manifest")
+    return store.specs[first]
+
+
+def fallback_model(store: ModelStore, spec: ModelSpec) -> str | None:
+    """The model whose templates the gallery still matches under `spec` for people without templates of it (a
+    fused embedder's first member: `agent.gallery.matcher.Fallback`); None for a single model."""
+    return chip_model(store, spec).id if is_fused(spec) else None
 
 
 def open_embedder(store: ModelStore, spec: ModelSpec, load: ModelLoader) -> FaceEmbedder:

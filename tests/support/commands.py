@@ -164,14 +164,13 @@ def make_device(
     settings = dataclasses.replace(load_settings(settings_path), commands=commands)
     current = [settings]
     GalleryStore.open(store_path).close()
-    gallery = settings.gallery
-    matcher = Matcher(metric=gallery.metric, threshold=gallery.threshold, margin=gallery.margin)
+    matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
     sync = GallerySync(GalleryStore.open(store_path), matcher, pipeline.embedder.info.model_id)
     restarts: list[int] = []
 
     def apply(new: Settings) -> None:
         current[0] = new
-        matcher.threshold, matcher.margin = new.gallery.threshold, new.gallery.margin
+        matcher.retune(new.gallery)
 
     services = CommandServices(
         settings_path=settings_path,
@@ -182,6 +181,7 @@ def make_device(
         enroller_factory=lambda store: Enroller(pipeline, store, matcher, current[0], add_to_matcher=False),
         status=lambda: {"state": "online", "gallery": {"people": len(matcher)}},
         request_restart=lambda: restarts.append(1),
+        matching=lambda: matcher.matching,
     )
     security = security or CommandSecurity.from_settings(commands, device_id)
     dispatcher = CommandDispatcher(services, security)

@@ -12,13 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import GallerySettings, matching
+from agent.vision.embedder import stated_gallery
+from agent.vision.modelstore import ModelStore
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "hamilton_frame_0100.jpg"  # one frame of the clip, with the performer's face
 SAMPLE_CLIP = REPO / "samples" / "hamilton_clip.mp4"
 FAKES = REPO / "tests" / "support" / "fakes"  # first on PYTHONPATH, `import picamera2` finds the fake
 SHARED_DATA = Path(os.environ.get("FACEAGENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-EMBEDDER_ID = "dlib-resnet29-int8"  # the default embedder's manifest id
+EMBEDDER_ID = "dlib-resnet29-int8"  # dlib int8, the embedder tests that need dlib's figures open by name
+_DEFAULT = ModelStore(None).spec(None, "embedder")
+DEFAULT_EMBEDDER_ID = _DEFAULT.id  # the manifest's default embedder: what a device runs with nothing set
+DEFAULT_DIMENSIONS = int(_DEFAULT.raw["output"]["shape"][-1])  # its vector's length
+# The matching threshold a device uses with nothing set: the default embedder's stated one, else the built-in.
+DEFAULT_THRESHOLD = matching(GallerySettings(), stated_gallery(_DEFAULT.raw), _DEFAULT.id).threshold
 
 # Relative to the shared data folder.
 CLIP = "sequence/hamilton_clip"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from agent.errors import ModelError
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater, sign_model
 from agent.vision.image import load_image
+from agent.vision.modelstore import MANIFEST_NAME, default_models_dir
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 from tests.support.commands import Device, data, make_device
 from tests.support.data import EMBEDDER_ID, SAMPLE
@@ -42,7 +44,7 @@ class Live:
             raise ModelError("the frame loop could not build the pipeline")
         settings = self.device.current[0]
         pipeline = FacePipeline(PipelineOptions(models_dir=models_dir))
-        self.device.gallery.switch_model(pipeline.embedder.info.model_id, self.device.matcher.take)
+        self.device.gallery.switch_model(pipeline.embedder.info.model_id, self.device.matcher.take, pipeline.embedder)
         self.device.current[0] = replace(settings, models=replace(settings.models, dir=models_dir))
         self.pipeline, self.swaps = pipeline, self.swaps + 1
 
@@ -59,6 +61,7 @@ class Updates:
     live: Live
     key: Ed25519PrivateKey
     before: np.ndarray  # the sample face's embedding under the shipped model
+    shipped: Path  # the models the device started with
 
     def call(self, phase: str, **args: Any) -> dict:
         return self.device.call("model_update", {"phase": phase, **args})
@@ -89,7 +92,8 @@ class Updates:
         assert installed_models_dir(self.device.store_path) is None and self.live.swaps == 0
         assert not list((models_dir / ".staging").glob("*")) and not list(models_dir.glob("*.tflite"))
         assert np.array_equal(self.live.embedding(), self.before)
-        assert np.array_equal(FacePipeline(PipelineOptions()).analyse(load_image(SAMPLE))[0].embedding, self.before)
+        shipped = FacePipeline(PipelineOptions(models_dir=self.shipped))
+        assert np.array_equal(shipped.analyse(load_image(SAMPLE))[0].embedding, self.before)
         assert data(self.device.call("ping"))["pong"] is True
 
 
@@ -121,11 +125,37 @@ def updater(key: Ed25519PrivateKey, live: Live) -> ModelUpdater:
     )
 
 
-def make_updates(tmp_path: Path, pipeline: FacePipeline, *, keep_chips: bool = False) -> Updates:
-    device = make_device(tmp_path, pipeline)
+def dlib_models(folder: Path) -> Path:
+    """The shipped models with dlib int8 as the default embedder (links, and a manifest saying so): the updates
+    here ship dlib's file as a new version of the model in use, which a fused default (a definition over two
+    models) is not."""
+    shipped = default_models_dir()
+    folder.mkdir(parents=True)
+    for item in shipped.iterdir():
+        if item.name != MANIFEST_NAME:
+            (folder / item.name).symlink_to(item)
+    manifest = json.loads((shipped / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest["defaults"]["embedder"] = EMBEDDER_ID
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return folder
+
+
+def dlib_device(tmp_path: Path, device_id: str = "dev1") -> Live:
+    """A device in `tmp_path` running the shipped models with dlib int8 as its embedder (`dlib_models`)."""
+    models = dlib_models(tmp_path / "shipped-models")
+    pipeline = FacePipeline(PipelineOptions(models_dir=models, threads=1))
+    device = make_device(tmp_path, pipeline, device_id=device_id)
+    settings = device.current[0]
+    device.current[0] = replace(settings, models=replace(settings.models, dir=models))
+    return Live(device, pipeline)
+
+
+def make_updates(tmp_path: Path, *, keep_chips: bool = False) -> Updates:
+    """A device running dlib int8 (`dlib_device`), taking updates signed by a key of its own."""
+    live = dlib_device(tmp_path)
+    device = live.device
     settings = device.current[0]
     device.current[0] = replace(settings, gallery=replace(settings.gallery, keep_chips=keep_chips))
     key = Ed25519PrivateKey.generate()
-    live = Live(device, pipeline)
     device.services.model_updates = updater(key, live)
-    return Updates(device, live, key, live.embedding())
+    return Updates(device, live, key, live.embedding(), settings.models.dir or default_models_dir())

@@ -1,0 +1,251 @@
+"""The gallery upgrade path: a gallery enrolled with dlib alone keeps recognising its people after the switch to
+the fused embedder (their dlib templates, searched on the fused query's dlib part under dlib's figures) until
+they are re-enrolled or rebuilt from kept chips; strangers stay strangers.
+
+The gallery is made as a device makes it today: the real Enroller, the real dlib pipeline, real LFW photos,
+today's schema; probes and strangers are other real photos."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import GallerySettings, ModelSettings, Settings
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.gallery.sync import GallerySync, load_gallery
+from agent.modelupdate.install import load_embedder, rebuild_templates
+from agent.recognition.enrollment import Enroller, EnrollmentError
+from agent.tracking.decision import decide
+from agent.vision.image import load_image
+from agent.vision.modelstore import ModelStore
+from agent.vision.pipeline import FacePipeline, most_central
+from tests.support.agent_process import faceagent
+
+FUSED = "fused-dlib-mobileface-int8"
+DLIB = "dlib-resnet29-int8"
+ENROLLED = [
+    "Tony_Blair",
+    "Donald_Rumsfeld",
+    "Gerhard_Schroeder",
+    "Hugo_Chavez",
+    "Jacques_Chirac",
+    "John_Ashcroft",
+    "Junichiro_Koizumi",
+    "Jean_Chretien",
+]
+STRANGERS = ["Serena_Williams", "Vladimir_Putin", "Laura_Bush", "George_W_Bush"]
+PROBES_EACH = 3
+
+
+@dataclasses.dataclass
+class OldGallery:
+    """A dlib-only gallery file, who is in it, and what dlib named each probe before the switch."""
+
+    path: Path
+    people: dict[str, str]  # LFW name -> person id
+    enrolled: dict[str, Path]  # LFW name -> the photo enrolled
+    probes: list[tuple[str, Path]]  # (LFW name, photo) of enrolled people, not enrolled photos
+    strangers: list[Path]
+    named_by_dlib: dict[Path, str | None]  # probe -> person id dlib named (None: nobody)
+
+
+def photos(shared_data: Path, name: str) -> list[Path]:
+    return sorted((shared_data / "faces-lfw" / name).glob("*.jpg"))
+
+
+def embed(pipeline: FacePipeline, path: Path) -> np.ndarray:
+    frame = load_image(path)
+    face = most_central(pipeline.detect(frame), frame.shape[1], frame.shape[0])
+    assert face is not None, f"{path}: no face"
+    return pipeline.embed_face(frame, face).embedding
+
+
+def make_old_gallery(folder: Path, pipeline: FacePipeline, shared_data: Path, keep_chips: bool) -> OldGallery:
+    settings = Settings(gallery=GallerySettings(path=folder / "gallery.db", keep_chips=keep_chips))
+    people: dict[str, str] = {}
+    enrolled: dict[str, Path] = {}
+    probes: list[tuple[str, Path]] = []
+    with GalleryStore.open(settings.gallery.path) as store:
+        enroller = Enroller(pipeline, store, Matcher.for_gallery(settings.gallery, pipeline.embedder), settings)
+        for name in ENROLLED:
+            candidates = photos(shared_data, name)
+            for index, photo in enumerate(candidates):  # the first photo the enrollment gate accepts
+                try:
+                    result = enroller.enroll([(photo.name, photo)], actor="test", name=name.replace("_", " "))
+                except EnrollmentError:
+                    continue
+                people[name], enrolled[name] = result.person.id, photo
+                probes += [(name, probe) for probe in candidates[index + 1 : index + 1 + PROBES_EACH]]
+                break
+    strangers = [photo for name in STRANGERS for photo in photos(shared_data, name)[:PROBES_EACH]]
+    before = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+    with GalleryStore.open(settings.gallery.path) as store:
+        load_gallery(before, store, DLIB)
+    named = {probe: _named(before, embed(pipeline, probe)) for _, probe in probes}
+    return OldGallery(settings.gallery.path, people, enrolled, probes, strangers, named)
+
+
+def _named(matcher: Matcher, embedding: np.ndarray) -> str | None:
+    match = matcher.search(embedding)
+    return match.person_id if match.accepted else None
+
+
+@pytest.fixture(scope="module")
+def old(dlib: FacePipeline, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> OldGallery:
+    return make_old_gallery(tmp_path_factory.mktemp("old"), dlib, shared_data, keep_chips=False)
+
+
+def switched(gallery: Path, fused: FacePipeline) -> Matcher:
+    """The matcher a device builds after the switch: nothing set in [gallery], the fused embedder."""
+    matcher = Matcher.for_gallery(GallerySettings(), fused.embedder)
+    with GalleryStore.open(gallery) as store:
+        load_gallery(matcher, store, FUSED)
+    return matcher
+
+
+def test_the_old_gallery_holds_only_dlib_templates_and_dlib_names_its_probes(old: OldGallery) -> None:
+    with GalleryStore.open(old.path) as store:
+        assert set(store.stats(DLIB)["templates"]) == {DLIB}
+        assert len(store.people_needing_reenrollment(FUSED)) == len(old.people) == len(ENROLLED)
+    named = sum(person is not None for person in old.named_by_dlib.values())
+    print(f"dlib named {named} of {len(old.probes)} probes of {len(old.people)} people")
+    assert named >= len(old.probes) // 2
+
+
+def test_after_the_switch_dlib_only_people_are_still_named(old: OldGallery, fused: FacePipeline) -> None:
+    matcher = switched(old.path, fused)
+    assert len(matcher) == 0 and matcher.fallback is not None and matcher.fallback.model_id == DLIB
+    after = {probe: _named(matcher, embed(fused, probe)) for _, probe in old.probes}
+    named_before = {probe: person for probe, person in old.named_by_dlib.items() if person is not None}
+    assert {probe: after[probe] for probe in named_before} == named_before
+
+
+def test_after_the_switch_a_dlib_only_person_is_still_held(old: OldGallery, fused: FacePipeline) -> None:
+    """What the frame loop asks of every named track: a track named through old templates is not judged again
+    as if its person had been erased."""
+    matcher = switched(old.path, fused)
+    assert all(matcher.holds(person_id) for person_id in old.people.values())
+    matcher.remove_person(old.people[ENROLLED[0]])
+    assert not matcher.holds(old.people[ENROLLED[0]])
+
+
+def test_after_the_switch_a_stranger_is_still_nobody(old: OldGallery, fused: FacePipeline) -> None:
+    matcher = switched(old.path, fused)
+    assert [_named(matcher, embed(fused, photo)) for photo in old.strangers] == [None] * len(old.strangers)
+
+
+def test_a_track_of_a_dlib_only_person_is_decided_under_dlibs_track_threshold(
+    old: OldGallery, fused: FacePipeline
+) -> None:
+    matcher = switched(old.path, fused)
+    assert matcher.fallback is not None and matcher.fallback.matcher.track_threshold == 0.32
+    name = max(old.people, key=lambda n: sum(old.named_by_dlib[p] is not None for who, p in old.probes if who == n))
+    views = [embed(fused, probe) for who, probe in old.probes if who == name]
+    stranger = [embed(fused, photo) for photo in old.strangers[:PROBES_EACH]]
+    assert decide(views, matcher).person_id == old.people[name] and decide(views, matcher).accepted
+    assert not decide(stranger, matcher).accepted
+
+
+def copied(old: OldGallery, folder: Path) -> Path:
+    """A copy of the old gallery a test may write to."""
+    copy = folder / "gallery.db"
+    with GalleryStore.open(old.path) as source, GalleryStore.open(copy) as target:
+        source.db.conn.backup(target.db.conn)
+    return copy
+
+
+def test_a_re_enrolled_person_is_matched_on_fused_templates_only(
+    old: OldGallery, fused: FacePipeline, tmp_path: Path
+) -> None:
+    copy = copied(old, tmp_path)
+    name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
+    photo = old.enrolled[name]  # enrolled again, now under the fused embedder
+    settings = Settings(gallery=GallerySettings(path=copy))
+    with GalleryStore.open(copy) as store:
+        matcher = Matcher.for_gallery(settings.gallery, fused.embedder)
+        load_gallery(matcher, store, FUSED)
+        Enroller(fused, store, matcher, settings).enroll(
+            [(photo.name, photo)], actor="test", person_id=old.people[name]
+        )
+        assert old.people[name] not in store.people_needing_reenrollment(FUSED)
+    matcher = switched(copy, fused)
+    assert matcher.own_person_ids() == {old.people[name]}
+    assert _named(matcher, embed(fused, probe)) == old.people[name]
+
+
+def test_someone_elses_photo_added_to_a_dlib_only_person_is_refused_on_their_dlib_templates(
+    old: OldGallery, fused: FacePipeline, tmp_path: Path
+) -> None:
+    copy = copied(old, tmp_path)
+    settings = Settings(gallery=GallerySettings(path=copy))
+    impostor = old.strangers[0]
+    with GalleryStore.open(copy) as store:
+        matcher = Matcher.for_gallery(settings.gallery, fused.embedder)
+        load_gallery(matcher, store, FUSED)
+        enroller = Enroller(fused, store, matcher, settings)
+        with pytest.raises(EnrollmentError, match="not the same person"):
+            enroller.enroll([(impostor.name, impostor)], actor="test", person_id=old.people[ENROLLED[0]])
+        assert old.people[ENROLLED[0]] in store.people_needing_reenrollment(FUSED)
+
+
+def test_kept_chips_rebuild_fused_templates_that_name_the_same_probes(
+    dlib: FacePipeline, fused: FacePipeline, shared_data: Path, tmp_path: Path, models_dir: Path
+) -> None:
+    kept = make_old_gallery(tmp_path, dlib, shared_data, keep_chips=True)
+    embedder = load_embedder(models_dir, ModelStore(models_dir).spec(FUSED, "embedder"), ModelSettings())
+    with GalleryStore.open(kept.path) as store:
+        rebuilt = rebuild_templates(store, embedder, DLIB, "test")
+        assert sorted(rebuilt) == sorted(kept.people.values()) and store.people_needing_reenrollment(FUSED) == []
+    matcher = switched(kept.path, fused)
+    assert matcher.own_person_ids() == set(kept.people.values())
+    named = sum(_named(matcher, embed(fused, probe)) == kept.people[who] for who, probe in kept.probes)
+    assert named >= sum(person is not None for person in kept.named_by_dlib.values())
+
+
+def test_erasing_a_dlib_only_person_takes_them_out_of_the_fallback_at_once(
+    old: OldGallery, fused: FacePipeline
+) -> None:
+    matcher = switched(old.path, fused)
+    name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
+    matcher.remove_person(old.people[name])
+    assert old.people[name] not in matcher.person_ids() and _named(matcher, embed(fused, probe)) is None
+
+
+def test_a_model_switch_on_the_live_sync_brings_the_fallback(
+    old: OldGallery, dlib: FacePipeline, fused: FacePipeline
+) -> None:
+    with GalleryStore.open(old.path) as store:
+        live = Matcher.for_gallery(GallerySettings(), dlib.embedder)
+        sync = GallerySync(store, live, DLIB)
+        sync.reload()
+        sync.switch_model(FUSED, live.take, fused.embedder)
+        assert live.fallback is not None and live.person_ids() == set(old.people.values())
+        name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
+        assert _named(live, embed(fused, probe)) == old.people[name]
+
+
+def switched_config(folder: Path) -> Path:
+    config = folder / "faceagent.toml"
+    config.write_text(f'[models]\nembedder = "{FUSED}"\n')
+    return config
+
+
+def test_gallery_list_says_who_needs_re_enrollment_and_is_matched_on_dlib_until_then(
+    old: OldGallery, tmp_path: Path
+) -> None:
+    result = faceagent("gallery", "list", "--db", str(old.path), config=switched_config(tmp_path))
+    assert result.returncode == 0, result.stderr
+    flagged = [line for line in result.stdout.splitlines() if f"matched on its {DLIB} templates until then" in line]
+    assert len(flagged) == len(old.people)
+    assert f"{len(old.people)} need re-enrollment for {FUSED} ({len(old.people)} matched on" in result.stdout
+
+
+def test_identify_after_the_switch_names_a_dlib_only_person(old: OldGallery, tmp_path: Path) -> None:
+    name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
+    result = faceagent("identify", "--db", str(old.path), "--json", str(probe), config=switched_config(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert old.people[name] in result.stdout and "matched on their" in result.stderr
