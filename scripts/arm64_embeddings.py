@@ -224,9 +224,10 @@ def cli_gallery(faceagent: str, data: Path, pairs: list[tuple[bool, str, str]], 
                 "margin": match.get("margin") if isinstance(match, dict) else None,
             }
         )
-    # The matcher's threshold and margin, to tell a borderline decision from a real difference.
+    # The matcher's threshold and margin in force (an unset [gallery] figure is the embedder's stated one), to tell
+    # a borderline decision from a real difference.
     check = subprocess.run([faceagent, "config", "check", "--json"], capture_output=True, text=True, timeout=900)
-    settings = json.loads(check.stdout).get("gallery", {}) if check.returncode == 0 else {}
+    settings = json.loads(check.stdout).get("matching", {}) if check.returncode == 0 else {}
     return {
         "enrolled": enrolled,
         "identify_exit": run.returncode,
