@@ -169,11 +169,11 @@ class TelemetryHistory:
     def add(self, document: TelemetryDocument) -> bool:
         """Keep `document` unless one of its slot is kept already (or it alone is over the byte cap)."""
         now = self.clock()
-        encoded = encode(document)
         with self._lock:
             self._expire(now)
             if self._kept and self._slot(self._kept[-1].clock) == self._slot(now):
-                return False
+                return False  # before encoding: most documents are not kept (one per slot)
+            encoded = encode(document)
             if len(encoded) > self.max_bytes:
                 return False
             self._kept.append(_Kept(now, datetime.fromisoformat(document["at"]), encoded))
