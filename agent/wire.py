@@ -55,6 +55,7 @@ class Command(StrEnum):
     RESTART = "restart"
     MODEL_UPDATE = "model_update"
     GET_AUDIT = "get_audit"
+    GET_TELEMETRY = "get_telemetry"  # the last hour of telemetry, thinned (agent/link/telemetry.py)
     WRONG_PERSON = "wrong_person"  # corrections by event id (agent/recognition/corrections.py)
     IS_PERSON = "is_person"
     ENROLL_FROM_EVENT = "enroll_from_event"
@@ -269,6 +270,16 @@ class TelemetryDocument(FrameSection, HealthSection):
     uptime_s: int
     cpu_temp_c: float | None  # null where there is no thermal zone
     memory: MemorySection
+
+
+class TelemetryHistoryPage(TypedDict):
+    """get_telemetry's data: the telemetry documents of the last `history_seconds` as published, oldest first,
+    at most one per `spacing_seconds`; `at` is the device's clock now (a reader can correct for its skew)."""
+
+    at: str
+    history_seconds: float
+    spacing_seconds: float
+    points: list[TelemetryDocument]
 
 
 class Presence(TypedDict):

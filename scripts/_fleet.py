@@ -2,12 +2,15 @@
 
 A simulated device is what `faceagent run` builds (agent/service/app.py) less the camera and the models: its
 own state folder and SQLite gallery, `MqttLink` with its last will, `OutboxPublisher`, `CommandDispatcher`
-with the real handlers, `CommandSecurity` with the stored replay cache, `Telemetry` documents, and one
-command thread. Enrollment and recognition do real work (the photo is decoded, the quality gate, conflict
-and duplicate checks run against the device's own gallery, templates are written, events are decided by
-the `Matcher` and written to the outbox) but faces, chips and embeddings come from `FaceCache`
-(scripts/_fleet_faces.py): what the real `FacePipeline` found in a fixed set of photos from ../shared/data,
-computed once and kept outside the repository.
+with the real handlers, `CommandSecurity` with the stored replay cache, `Telemetry` documents kept in its
+`TelemetryHistory` for `get_telemetry` as the agent keeps them, and one command thread. With
+`FleetOptions.history_seconds` a device starts as if it had already run that long: its history holds the
+documents it would have kept, so a console started now has an hour to fetch from every device. Enrollment
+and recognition do real work (the photo is decoded, the quality gate, conflict and duplicate checks run
+against the device's own gallery, templates are written, events are decided by the `Matcher` and written to
+the outbox) but faces, chips and embeddings come from `FaceCache` (scripts/_fleet_faces.py): what the real
+`FacePipeline` found in a fixed set of photos from ../shared/data, computed once and kept outside the
+repository.
 
 `Fleet` runs N devices in a few worker processes (`scripts/fleet_sim.py worker`), so the GIL of one process
 does not make a fleet look slower than its broker.
@@ -30,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from agent.config import Settings, load_settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import UNLOADED, GallerySync
+from agent.identity import utc_iso
 from agent.link.mqtt import BrokerSettings, CommandRequest, MqttLink, client_id_for, packet_limit
 from agent.link.outbox import OutboxPublisher
 from agent.link.telemetry import FrameFigures, StageLatency, Telemetry, gallery_summary
@@ -51,7 +55,7 @@ from agent.recognition.events import EventEmitter
 from agent.storage import StorageHealth
 from agent.tracking.decision import decide
 from agent.tracking.tracker import Track
-from agent.wire import OnlineStatus
+from agent.wire import OnlineStatus, TelemetryDocument
 from scripts._fleet_faces import (
     DEFAULT_CACHE_DIR,
     REPO,
@@ -97,6 +101,9 @@ class FleetOptions:
     concurrency: int = 2
     people: int = 20
     strangers: int = 20
+    # Each device starts as if it had run this long: its telemetry history holds one document per
+    # `telemetry_seconds` of it (the agent keeps an hour), for a console started after the devices. 0: none.
+    history_seconds: float = 0.0
 
     @property
     def seed(self) -> Path:
@@ -159,6 +166,17 @@ class Chore(Enum):
 Job = CommandRequest | Chore | None
 
 
+@dataclass
+class DeviceClock:
+    """A simulated device's monotonic clock, `behind` seconds in the past while the device replays the time it
+    ran before the simulator started (`SimDevice.backdate`)."""
+
+    behind: float = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.behind
+
+
 class SimDevice:
     """One simulated device: the agent's link, outbox, dispatcher and gallery; a command thread of its own."""
 
@@ -187,8 +205,9 @@ class SimDevice:
         self.matcher = Matcher.for_gallery(self.settings.gallery, CachedPipeline(cache).embedder)
         with GalleryStore.open(self.gallery) as store:
             self.matcher.load(store.iter_templates(cache.info.model_id))
+        self.clock = DeviceClock(behind=options.history_seconds)  # started that long ago: the uptime says so
         self.telemetry = Telemetry(
-            device_id, __version__, {"detector": cache.detector_id, "embedder": cache.info.model_id}
+            device_id, __version__, {"detector": cache.detector_id, "embedder": cache.info.model_id}, clock=self.clock
         )
         mqtt = self.settings.mqtt
         limit = packet_limit(self.settings.commands.max_payload_bytes)
@@ -209,6 +228,7 @@ class SimDevice:
             status=self._status_document,
             request_restart=lambda: log.info("%s: restart asked for (a simulated device runs on)", device_id),
             storage=self.storage,
+            telemetry_history=self.telemetry.history.page,  # get_telemetry, as agent/service/app.py wires it
         )
         self.dispatcher = CommandDispatcher(services, self.security)
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=COMMAND_QUEUE)
@@ -218,6 +238,22 @@ class SimDevice:
         self.dropped_jobs = 0
         self.events_written = 0  # events this run put in the outbox
         self._thread = threading.Thread(target=self._serve, name=f"{device_id}-commands", daemon=True)
+        self.backdate(options.history_seconds, options.telemetry_seconds)
+
+    def backdate(self, seconds: float, interval: float) -> int:
+        """The telemetry the device would have kept had it run `seconds` before now, one document every
+        `interval`: each made by its `Telemetry` and added to its `TelemetryHistory` with the history's clock and
+        the document's `at` set back that far (the figures are today's: an idle simulated device's). How many the
+        history kept."""
+        now, kept = datetime.now(UTC), 0
+        steps = int(seconds // interval) if interval > 0 else 0
+        for step in range(steps, 0, -1):
+            self.clock.behind = step * interval
+            document = self._telemetry_document()
+            document["at"] = utc_iso(now - timedelta(seconds=step * interval))
+            kept += self.telemetry.history.add(document)
+        self.clock.behind = 0.0
+        return kept
 
     def start(self) -> None:
         with GalleryStore.open(self.gallery) as store:
@@ -237,9 +273,16 @@ class SimDevice:
         self._offer(chore)
 
     def publish_telemetry(self) -> None:
+        """Kept in the telemetry history as it is published, as the agent's frame loop does
+        (agent/service/status.py)."""
+        document = self._telemetry_document()
+        self.telemetry.history.add(document)
+        self.link.publish_telemetry(document)
+
+    def _telemetry_document(self) -> TelemetryDocument:
         samples, self._match_ms = self._match_ms, []
         frames = FrameFigures(fps=0.0, latency_ms={"match": StageLatency.of(samples)}, dropped_frames=0)
-        self.link.publish_telemetry(self.telemetry.telemetry(frames, self.outbox.stats, self.storage.report()))
+        return self.telemetry.telemetry(frames, self.outbox.stats, self.storage.report())
 
     # ------------------------------------------------------------------------------- command thread
 
@@ -430,7 +473,11 @@ class Fleet:
         self.reports: dict[str, dict[str, Any]] = {}  # device -> its last words (events written, unsent)
 
     def __enter__(self) -> Fleet:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # Ctrl-C while the workers connect: none of them is left running
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

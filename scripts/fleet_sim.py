@@ -13,7 +13,10 @@ Faces, chips and embeddings come from the real pipeline, run once over the photo
 cached (default ~/.cache/faceagent/fleet-sim); a photo outside that set shows no face. Every device starts
 from the same gallery of `--people` LFW identities; with `--event-seconds S` each device's camera sees
 someone every S seconds (an enrolled person or a stranger, decided by the device's matcher) and the event
-goes through its outbox. State lives under `--state` (default: a fresh folder in /dev/shm, removed at the end).
+goes through its outbox. Each device keeps its telemetry for `get_telemetry` as the agent does; with
+`--history-seconds 3600` it starts as if it had run that hour already (its history full), so a console
+started now plots the hour before it. State lives under `--state` (default: a fresh folder in /dev/shm,
+removed at the end).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             people=args.people,
             strangers=args.strangers,
+            history_seconds=args.history_seconds,
         )
         with Fleet(args.devices, options, processes=args.processes) as fleet:
             print(f"{len(fleet.ids)} devices online ({fleet.ids[0]} .. {fleet.ids[-1]}); Ctrl-C stops them", flush=True)
@@ -99,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--people", type=int, default=20, help="people every device starts with")
     parser.add_argument("--strangers", type=int, default=20, help="strangers the cameras see")
     parser.add_argument("--telemetry-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--history-seconds",
+        type=float,
+        default=0.0,
+        help="each device starts as if it had run this long (0: just started)",
+    )
     parser.add_argument("--event-seconds", type=float, default=0.0, help="one event per device this often (0: none)")
     parser.add_argument("--concurrency", type=int, default=2, help="commands running at once per worker process")
     parser.set_defaults(handler=run)

@@ -4,7 +4,8 @@
 #           certificates), systemd (systemd-analyze verifies the unit), shellcheck (the installer),
 #           python3-seccomp (the unit's syscall filter rebuilt in a test), chromium and chromium-driver (the
 #           operator's console in a real headless browser); apt, as root or through sudo
-#   python: a .venv with the package and its [test] extra (pytest, and ruff, import-linter and mypy, run first)
+#   python: a .venv with the package and its [test] extra (pytest and pytest-xdist, and ruff, import-linter and
+#           mypy, run first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +32,7 @@ python3 -m venv .venv
 .venv/bin/ruff format --check --quiet .
 .venv/bin/lint-imports --no-logo --no-cache
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers (most tests wait on real time: replayed clips, agents, brokers), each test file whole
+# on one of them: a module's fixtures are made once, and the fuzz modules count what all their tests tried.
+# Arguments after these win (`-n 0`: one process).
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

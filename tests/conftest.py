@@ -73,6 +73,18 @@ def pipeline() -> FacePipeline:
 
 
 @pytest.fixture(scope="session")
+def fused() -> FacePipeline:
+    """The fused embedder by name, whatever the manifest's default is."""
+    return FacePipeline(PipelineOptions(embedder="fused-dlib-mobileface-int8"))
+
+
+@pytest.fixture(scope="session")
+def dlib() -> FacePipeline:
+    """dlib int8 by name, whatever the manifest's default is: the embedder today's galleries were enrolled with."""
+    return FacePipeline(PipelineOptions(embedder="dlib-resnet29-int8"))
+
+
+@pytest.fixture(scope="session")
 def int8(models_dir: Path) -> bytes:
     """The shipped int8 embedder's bytes: the content of the model releases the update tests send."""
     return (models_dir / "dlib_resnet29_int8.tflite").read_bytes()

@@ -40,7 +40,7 @@ from tests.support.commands import (
 )
 from tests.support.data import POWELL, powell
 
-OPEN = {"ping", "get_status", "get_config"}
+OPEN = {"ping", "get_status", "get_config", "get_telemetry"}
 
 
 def keyless(tmp_path: Path, pipeline: FacePipeline, **commands: Any) -> Device:

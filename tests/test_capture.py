@@ -183,9 +183,7 @@ def test_a_track_named_before_its_person_was_erased_is_no_conflict(rig: Rig, sha
     rig.store.delete_person(person_id, actor="test")
     rig.matcher.remove_person(person_id)
     request = CaptureRequest("test", CONSENT, name="Visitor", views=3, seconds=20.0)
-    hook.window = CaptureWindow(
-        "c1", request, rig.settings, metric="cosine", enrolled=rig.matcher.holds, clock=rig.clock
-    )
+    hook.window = CaptureWindow("c1", request, rig.settings, metric="cosine", clock=rig.clock)
     for index, frame in enumerate(frames[40:], start=40):
         if not hook.wants_views():
             break

@@ -209,6 +209,19 @@ def test_config_check_json_uses_the_global_config(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["events"]["camera_id"] == "door"
 
 
+def test_config_check_shows_the_matching_figures_in_force_and_where_each_comes_from(tmp_path: Path) -> None:
+    """Unset [gallery] figures show as null; the ones the agent would use, and their sources, beside them."""
+    config = tmp_path / "faceagent.toml"
+    config.write_text('[gallery]\nmargin = 0.05\n[models]\nembedder = "fused-dlib-mobileface-int8"\n')
+    result = faceagent("config", "check", "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["gallery"]["threshold"] is None
+    in_force = shown["matching"]
+    assert in_force["threshold"] == 0.5677 and in_force["sources"]["threshold"] == "embedder fused-dlib-mobileface-int8"
+    assert in_force["margin"] == 0.05 and in_force["sources"]["margin"] == "setting"
+
+
 def test_config_check_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "faceagent.toml"
     config.write_text('[gallery]\nthreshold = "high"\n')

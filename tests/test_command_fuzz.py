@@ -76,6 +76,7 @@ VALID_ARGS: dict[str, dict[str, Any]] = {
     "get_status": {},
     "list_people": {},
     "get_config": {},
+    "get_telemetry": {"since": "2026-12-06T11:00:00.000Z"},
     "restart": {},
     "enroll": {"name": "X", "images": [{"data": B64_JPEG}]},
     "delete_person": {"person_id": "p_0123"},

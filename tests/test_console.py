@@ -339,6 +339,12 @@ def test_a_releases_folder_that_is_not_one_is_refused_at_start(broker: Broker, t
     assert result.returncode == 2 and "--releases" in result.stderr and "not a folder" in result.stderr
 
 
+def test_a_releases_name_too_long_for_the_file_system_is_refused_not_a_traceback(broker: Broker) -> None:
+    """What the CLI fuzz test found: Path.is_dir raises ENAMETOOLONG rather than answering False."""
+    result = faceagent("console", "--mqtt", broker.url, "--releases", "r" * 300, timeout=60)
+    assert result.returncode == 2 and "--releases" in result.stderr and "Traceback" not in result.stderr
+
+
 # ------------------------------------------------------------------------------------ model updates
 
 

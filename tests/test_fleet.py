@@ -11,18 +11,22 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.cli.console.backfill import HistoryBackfill
+from agent.cli.console.fleet import FleetState, Watcher
+from agent.cli.console.remote import Remote
 from agent.cli.main import main
 from agent.gallery.store import GalleryStore
 from agent.identity import new_event_id, utc_now
 from agent.link.client import BrokerSettings
 from agent.link.mqtt import CommandRequest, MqttLink
 from agent.link.operator import FLEET_PROBE_SECONDS, Operator
-from agent.wire import FLEET
+from agent.wire import FLEET, Command
 from scripts._fleet import Fleet, fleet_options
 from scripts._fleet_faces import BROADCAST_PHOTOS
 from tests.support.broker import Broker, Certs, Observer, free_port
@@ -39,9 +43,16 @@ def start_fleet(broker: Broker, tmp_path: Path, shared_data: Path) -> Iterator[C
     real pipeline on first use and cached outside the repository."""
     fleets: list[Fleet] = []
 
-    def start(count: int, *, processes: int = 2, event_seconds: float = 0.0) -> Fleet:
+    def start(count: int, *, processes: int = 2, event_seconds: float = 0.0, history_seconds: float = 0.0) -> Fleet:
         state = tmp_path / f"fleet{len(fleets)}"
-        options = fleet_options(broker.url, state, shared_data, OPERATOR_PUBLIC, event_seconds=event_seconds)
+        options = fleet_options(
+            broker.url,
+            state,
+            shared_data,
+            OPERATOR_PUBLIC,
+            event_seconds=event_seconds,
+            history_seconds=history_seconds,
+        )
         fleet = Fleet(count, options, processes=processes, connect_timeout=60)
         fleets.append(fleet)
         fleet.start()
@@ -122,6 +133,45 @@ def test_a_simulated_camera_recognizes_a_person_once_the_operator_enrolled_them(
         }
 
     assert events.wait_for(lambda messages: recognized(messages) == set(fleet.ids), timeout=60)
+
+
+@pytest.mark.slow
+def test_a_simulated_device_started_an_hour_ago_answers_get_telemetry_with_that_hour(
+    start_fleet: Callable[..., Fleet], broker: Broker
+) -> None:
+    """Through the real dispatcher and TelemetryHistory: one document per telemetry interval (60 s) of the hour,
+    oldest first, each once."""
+    fleet = start_fleet(1, processes=1, history_seconds=3600)
+    with Operator(BrokerSettings(url=broker.url), timeout=30) as operator:
+        reply = operator.call(fleet.ids, Command.GET_TELEMETRY, {})[fleet.ids[0]]
+    assert reply is not None and reply["status"] == "ok", reply
+    page = reply["data"]
+    kept = [datetime.fromisoformat(point["at"]) for point in page["points"]]
+    assert kept == sorted(set(kept)) and 59 <= len(kept) <= 61
+    assert datetime.fromisoformat(page["at"]) - kept[0] >= timedelta(minutes=59)
+    assert {point["device"] for point in page["points"]} == set(fleet.ids)
+
+
+@pytest.mark.slow
+def test_a_console_started_after_the_simulated_fleet_plots_each_devices_hour(
+    start_fleet: Callable[..., Fleet], broker: Broker
+) -> None:
+    """The console's own watcher and backfill (as bench_console.py runs them on 500 devices) on two devices."""
+    fleet = start_fleet(2, processes=1, history_seconds=3600)
+    state = FleetState()
+    watcher = Watcher(BrokerSettings(url=broker.url), state)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sorted(state.online()) != fleet.ids and time.monotonic() < deadline:
+            time.sleep(0.1)
+        remote = Remote(BrokerSettings(url=broker.url), timeout=30, sign_key=None)
+        added = HistoryBackfill(state, lambda devices: remote.call(devices, Command.GET_TELEMETRY, {})).run_once()
+    finally:
+        watcher.stop()
+    assert sorted(added) == fleet.ids and min(added.values()) >= 59
+    for device, series in state.series(fleet.ids).items():
+        assert series["t"][0] <= state.clock() - 3540, device  # plotted from about an hour before the console
 
 
 def test_statuses_published_while_an_operator_waits_for_replies_are_not_taken_for_replies(

@@ -22,7 +22,7 @@ from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.tracking.decision import decide
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
-from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
+from agent.vision.pipeline import FacePipeline, most_central
 from tests.support.agent_process import faceagent
 
 FUSED = "fused-dlib-mobileface-int8"
@@ -95,17 +95,6 @@ def _named(matcher: Matcher, embedding: np.ndarray) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def fused() -> FacePipeline:
-    return FacePipeline(PipelineOptions(embedder=FUSED))
-
-
-@pytest.fixture(scope="module")
-def dlib() -> FacePipeline:
-    """The embedder the gallery was enrolled with, whatever the manifest's default is now."""
-    return FacePipeline(PipelineOptions(embedder=DLIB))
-
-
-@pytest.fixture(scope="module")
 def old(dlib: FacePipeline, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> OldGallery:
     return make_old_gallery(tmp_path_factory.mktemp("old"), dlib, shared_data, keep_chips=False)
 
@@ -133,6 +122,15 @@ def test_after_the_switch_dlib_only_people_are_still_named(old: OldGallery, fuse
     after = {probe: _named(matcher, embed(fused, probe)) for _, probe in old.probes}
     named_before = {probe: person for probe, person in old.named_by_dlib.items() if person is not None}
     assert {probe: after[probe] for probe in named_before} == named_before
+
+
+def test_after_the_switch_a_dlib_only_person_is_still_held(old: OldGallery, fused: FacePipeline) -> None:
+    """What the frame loop asks of every named track: a track named through old templates is not judged again
+    as if its person had been erased."""
+    matcher = switched(old.path, fused)
+    assert all(matcher.holds(person_id) for person_id in old.people.values())
+    matcher.remove_person(old.people[ENROLLED[0]])
+    assert not matcher.holds(old.people[ENROLLED[0]])
 
 
 def test_after_the_switch_a_stranger_is_still_nobody(old: OldGallery, fused: FacePipeline) -> None:

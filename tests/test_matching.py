@@ -33,7 +33,7 @@ from agent.recognition.enrollment import Enroller
 from agent.tracking.decision import decide
 from agent.vision.embedder import stated_gallery
 from agent.vision.modelstore import ModelStore
-from agent.vision.pipeline import FacePipeline, PipelineOptions
+from agent.vision.pipeline import FacePipeline
 from tests.support.commands import make_device
 
 FUSED = "fused-dlib-mobileface-int8"
@@ -53,16 +53,6 @@ FUSED_STATED = GalleryFigures(
     adapt_guard_distance=FUSED_ADAPT_GUARD,
 )
 DLIB_STATED = GalleryFigures(threshold=0.35, margin=0.065, track_threshold=0.32)  # its distances: the built-in ones
-
-
-@pytest.fixture(scope="module")
-def fused() -> FacePipeline:
-    return FacePipeline(PipelineOptions(embedder=FUSED))
-
-
-@pytest.fixture(scope="module")
-def dlib() -> FacePipeline:
-    return FacePipeline(PipelineOptions(embedder=DLIB))
 
 
 def test_the_manifest_states_the_fused_and_dlib_figures(models_dir: Path) -> None:

@@ -29,11 +29,14 @@ from agent.cli.live import add_live_commands
 from agent.commands.signing import KeyRoles
 from agent.config import (
     DEFAULT_CONFIG,
+    FIGURE_KEYS,
     RULES,
+    Matching,
     Range,
     Settings,
     find_config,
     load_layered,
+    matching,
     path_problem,
     redact_secrets,
     settings_to_dict,
@@ -46,7 +49,7 @@ from agent.gallery.sync import load_gallery
 from agent.identity import Consent, Match, utc_now
 from agent.modelupdate.install import installed_models_dir
 from agent.recognition.enrollment import Enroller
-from agent.vision.embedder import FaceEmbedder, distance
+from agent.vision.embedder import FaceEmbedder, distance, stated_gallery
 from agent.vision.fusion import fallback_model
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
@@ -408,11 +411,22 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     layered = load_layered(path, db=getattr(args, "db", None))
     hidden = redact_secrets(settings_to_dict(layered.settings))
     KeyRoles.from_settings(layered.settings)  # a key the agent could not load at start fails the check too
+    in_force = _matching_in_force(args, layered.settings)
     if args.json:
         remote = {"file": str(layered.overlay), "keys": sorted(layered.remote), "problem": layered.problem}
-        print(json.dumps(hidden | {"remote": remote}, indent=2))
+        figures = (
+            {"problem": in_force}
+            if isinstance(in_force, str)
+            else {key: getattr(in_force, key) for key in FIGURE_KEYS} | {"sources": in_force.sources}
+        )
+        print(json.dumps(hidden | {"remote": remote, "matching": figures}, indent=2))
         return 0
     print(f"# effective settings from {path or 'the built-in defaults'}")
+    if isinstance(in_force, str):
+        print(f"# matching figures: {in_force}")
+    else:
+        shown = ", ".join(f"{key} {getattr(in_force, key):g} ({in_force.sources[key]})" for key in FIGURE_KEYS)
+        print(f"# matching figures in force (unset [gallery] figures come from the embedder): {shown}")
     if layered.remote:
         print(f"# with remote settings (set_config) from {layered.overlay}: marked 'remote' below")
     if layered.problem:
@@ -420,6 +434,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     notes = {key: f"remote (local: {_local_value(layered.local, key)})" for key in layered.remote}
     print(values_to_toml(hidden, notes), end="")
     return 0
+
+
+def _matching_in_force(args: argparse.Namespace, settings: Settings) -> Matching | str:
+    """The gallery's figures as the agent would resolve them (set > stated by the embedder > built-in), read from
+    the manifest without loading a model: an unset figure in [gallery] shows as null above."""
+    try:
+        spec = ModelStore(_models_dir(args, settings)).spec(settings.models.embedder, "embedder")
+        figures = matching(settings.gallery, stated_gallery(spec.raw), spec.id)
+    except FaceagentError as exc:
+        return str(exc)
+    return figures
 
 
 def _local_value(settings: Settings, key: str) -> str:

@@ -49,6 +49,7 @@ from agent.wire import (
     OnlineStatus,
     PeoplePage,
     PersonRow,
+    TelemetryHistoryPage,
     reenrollment_count,
     reenrollment_flag,
 )
@@ -96,6 +97,9 @@ class CommandServices:
     storage: StorageHealth | None = None  # told when a command's gallery write finds the disk full
     camera: CameraEnrollment | None = None  # enrollment from the camera; None: this agent has no frame loop
     feedback: FeedbackWindow | None = None  # decided tracks by event id (corrections); None: not offered
+    # The kept telemetry (agent/link/telemetry.py TelemetryHistory.page): documents later than the argument;
+    # None: this agent publishes no telemetry, so get_telemetry answers with no points.
+    telemetry_history: Callable[[datetime | None], TelemetryHistoryPage] | None = None
     matching: Callable[[], Matching] | None = None  # the live matcher's figures; None: no live matcher
 
 
@@ -140,6 +144,23 @@ def ping(ctx: Context, args: dict[str, Any]) -> Done:
 
 def get_status(ctx: Context, args: dict[str, Any]) -> Done:
     return Done(dict(ctx.services.status()))
+
+
+def get_telemetry(ctx: Context, args: dict[str, Any]) -> Done:
+    """The last hour of telemetry as published, thinned (`since`: only documents later than that time), so a
+    console started later can still plot the hour; an agent that publishes none answers with no points."""
+    since = datetime.fromisoformat(args["since"]) if "since" in args else None
+    history = ctx.services.telemetry_history
+    if history is None:
+        empty: TelemetryHistoryPage = {
+            "at": utc_iso(ctx.now),
+            "history_seconds": 0.0,
+            "spacing_seconds": 0.0,
+            "points": [],
+        }
+        return Done(empty)
+    page = history(since)
+    return Done(page, None, {"points": len(page["points"])})
 
 
 def _shown(ctx: Context, person: dict[str, Any]) -> dict[str, Any]:
@@ -531,6 +552,7 @@ HANDLERS: dict[str, Handler] = {
     for name, handler in {
         Command.PING: ping,
         Command.GET_STATUS: get_status,
+        Command.GET_TELEMETRY: get_telemetry,
         Command.LIST_PEOPLE: list_people,
         Command.ENROLL: enroll,
         Command.DELETE_PERSON: delete_person,

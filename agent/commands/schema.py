@@ -387,6 +387,7 @@ def command_schemas(limits: CommandSettings) -> dict[str, CommandSchema]:
         Command.PING: CommandSchema(Access.OPEN),
         Command.GET_STATUS: CommandSchema(Access.OPEN),  # counts, health, versions: no names
         Command.GET_CONFIG: CommandSchema(Access.OPEN),  # secrets redacted
+        Command.GET_TELEMETRY: CommandSchema(Access.OPEN, Record({"since": Timestamp()})),  # figures, as published
         Command.LIST_PEOPLE: CommandSchema(  # names, references and consent records
             Access.SIGNED,
             Record({"offset": Number(0, 10_000_000, integer=True), "limit": Number(1, MAX_PEOPLE_PAGE, integer=True)}),

@@ -161,9 +161,12 @@ class Matcher:
         return len(self._person_ids)
 
     def holds(self, person_id: str) -> bool:
-        """Whether `person_id` has a template here now (cheap: no copy of the people held)."""
+        """Whether `person_id` has a template here now, the fallback's included (cheap: no copy of the people
+        held): a person named through old templates is still held."""
         with self._lock:
-            return person_id in self._person_index
+            if person_id in self._person_index:
+                return True
+        return self.fallback is not None and self.fallback.matcher.holds(person_id)
 
     def person_ids(self) -> set[str]:
         """The people held (those with at least one template, the fallback's included)."""

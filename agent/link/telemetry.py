@@ -6,17 +6,25 @@ percentiles, drops, outbox depth, temperature, memory). Both carry the state fil
 (`storage`): a full disk is a condition to see at a glance and a figure to trend. The caller measures
 the frame figures; this module only reads what the operating system offers and shapes the documents
 (`agent.wire`: schema, UTC ISO-8601 times).
+
+Telemetry is published without retain, so a console that starts later would see only what comes after it:
+`TelemetryHistory` keeps the last hour of the published documents in memory (never on disk), thinned, for
+`get_telemetry`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import resource
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from agent.gallery.store import GalleryStore
@@ -35,11 +43,18 @@ from agent.wire import (
     Presence,
     StorageSection,
     TelemetryDocument,
+    TelemetryHistoryPage,
+    encode,
     reenrollment_count,
 )
 
 THERMAL = Path("/sys/class/thermal")
 _CPU_ZONES = ("cpu-thermal", "cpu_thermal", "soc_thermal", "x86_pkg_temp", "cpu")
+HISTORY_SECONDS = 3600.0
+HISTORY_POINTS = 120  # one per 30 s: a chart an hour wide draws the same line from 120 points as from 3600
+# The documents are kept encoded, as published: one is 476 bytes (three latency stages, outbox, storage),
+# so 120 take about 57 KB; this caps them whatever a document grows to (a long storage error, more stages).
+HISTORY_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -124,8 +139,76 @@ def rss_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+@dataclass(frozen=True)
+class _Kept:
+    clock: float  # the history's clock (monotonic) when the document was added
+    at: datetime  # the document's own `at`, for `since`
+    encoded: bytes
+
+
+class TelemetryHistory:
+    """The telemetry documents of the last `seconds`, at most one per `seconds / max_points` (the first of
+    each such slot) and at most `max_bytes` of them encoded, oldest out first. Kept as built for publishing,
+    so those the broker never saw (the link was down) are here too. In memory only: a restart starts a new
+    hour. Thread-safe: the frame loop adds, the command thread reads."""
+
+    def __init__(
+        self,
+        *,
+        seconds: float = HISTORY_SECONDS,
+        max_points: int = HISTORY_POINTS,
+        max_bytes: int = HISTORY_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds, self.max_points, self.max_bytes, self.clock = seconds, max_points, max_bytes, clock
+        self.spacing = seconds / max_points
+        self.bytes = 0
+        self._kept: deque[_Kept] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, document: TelemetryDocument) -> bool:
+        """Keep `document` unless one of its slot is kept already (or it alone is over the byte cap)."""
+        now = self.clock()
+        with self._lock:
+            self._expire(now)
+            if self._kept and self._slot(self._kept[-1].clock) == self._slot(now):
+                return False  # before encoding: most documents are not kept (one per slot)
+            encoded = encode(document)
+            if len(encoded) > self.max_bytes:
+                return False
+            self._kept.append(_Kept(now, datetime.fromisoformat(document["at"]), encoded))
+            self.bytes += len(encoded)
+            while len(self._kept) > self.max_points or self.bytes > self.max_bytes:
+                self.bytes -= len(self._kept.popleft().encoded)
+            return True
+
+    def page(self, since: datetime | None = None) -> TelemetryHistoryPage:
+        """The kept documents, oldest first; with `since`, only those whose `at` is later."""
+        with self._lock:
+            self._expire(self.clock())
+            kept = [entry.encoded for entry in self._kept if since is None or entry.at > since]
+        return {
+            "at": utc_now(),
+            "history_seconds": self.seconds,
+            "spacing_seconds": self.spacing,
+            "points": [json.loads(encoded) for encoded in kept],
+        }
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+    def _slot(self, moment: float) -> int:
+        return math.floor(moment / self.spacing)
+
+    def _expire(self, now: float) -> None:
+        while self._kept and self._kept[0].clock < now - self.seconds:
+            self.bytes -= len(self._kept.popleft().encoded)
+
+
 class Telemetry:
-    """Builds the documents of one running agent; it remembers when the agent started."""
+    """Builds the documents of one running agent; it remembers when the agent started and, in `history`,
+    the last hour of telemetry it was asked to keep."""
 
     def __init__(
         self,
@@ -143,6 +226,7 @@ class Telemetry:
         self.clock = clock
         self.started = clock()
         self.started_at = utc_now()
+        self.history = TelemetryHistory(clock=clock)
 
     def uptime_s(self) -> int:
         return int(self.clock() - self.started)

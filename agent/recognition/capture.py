@@ -106,15 +106,12 @@ class CaptureWindow:
         *,
         metric: str,
         on_end: Callable[[CaptureWindow], None] = lambda window: None,
-        enrolled: Callable[[str], bool] = lambda person_id: True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`enrolled(person_id)`: whether that person is still in the gallery. A track named before its person
-        was erased keeps its decision, which then conflicts with nobody."""
         if not 1 <= request.views <= MAX_VIEWS:
             raise ValueError(f"views must be 1 to {MAX_VIEWS}, got {request.views}")
         self.capture_id, self.request, self.settings, self.metric = capture_id, request, settings, metric
-        self.on_end, self.enrolled, self.clock = on_end, enrolled, clock
+        self.on_end, self.clock = on_end, clock
         self.deadline = clock() + request.seconds
         self.status = CaptureStatus.IN_PROGRESS
         self.views_ready = False  # collection done, the views wait to be stored
@@ -152,8 +149,7 @@ class CaptureWindow:
             return False
         view = present[0]
         decision = view.decision
-        named = decision.person_id if decision is not None and decision.accepted else None
-        if named is not None and named != self.request.person_id and self.enrolled(named):
+        if decision is not None and decision.accepted and decision.person_id != self.request.person_id:
             return self._fail(CONFLICT)
         if self.model is not None and self.model != model:
             return self._fail(MODELS_CHANGED)

@@ -78,6 +78,7 @@ class RecognizerStats:
     recognized: int = 0  # decisions naming a person
     cuts: int = 0
     hires_crops: int = 0  # embeddings cut from the high-resolution stream
+    restarted: int = 0  # named tracks judged again because their person left the gallery
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,9 @@ class Recognizer:
 
         seen = self.tracker.update(faces, index, timestamp, confirm)
         for track in seen:
+            if _names_someone_gone(track, self.matcher):
+                track.start_over()
+                self.stats.restarted += 1
             if track.decision is None:
                 events += self._gather(track, image, index, embedded.get(id(track.face)), timestamp)
         if self.views is not None and self._watched:
@@ -309,6 +313,14 @@ class Recognizer:
         if self.on_event is not None:
             self.on_event(track, match, event)
         return [event]
+
+
+def _names_someone_gone(track: Track, matcher: Matcher) -> bool:
+    """A track named as someone the matcher no longer holds (erased, or every template removed, by any process):
+    its name must not outlive the erasure, and the face must be free to be named anew (re-enrolled, or the
+    person it really was)."""
+    decision = track.decision
+    return decision is not None and decision.person_id is not None and not matcher.holds(decision.person_id)
 
 
 def _require_aware(timestamp: datetime) -> None:

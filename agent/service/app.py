@@ -125,9 +125,7 @@ class AgentService:
         log.info("TFLite runtime: %s", pipeline.runtime.describe())
         self.store = GalleryStore.open(settings.gallery.path)  # the frame loop's: this thread's
         self.matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)  # filled by the gallery thread
-        self.live_enrollment = LiveEnrollment(
-            lambda: self.settings, lambda: self.source.status(), self._store_capture, enrolled=self.matcher.holds
-        )
+        self.live_enrollment = LiveEnrollment(lambda: self.settings, lambda: self.source.status(), self._store_capture)
         self.feedback = FeedbackWindow(settings.feedback)  # decided tracks by event id, in memory only
         self.recognizer = Recognizer(
             pipeline,
@@ -295,6 +293,7 @@ class AgentService:
                 gallery=self.gallery,
             ),
             camera=self.live_enrollment,
+            telemetry_history=self.status.telemetry.history.page,
         )
         dispatcher = CommandDispatcher(services, security)
         return CommandWorker(self.commands, dispatcher, self.replays, self.status, open_store, self.link)

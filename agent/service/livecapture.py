@@ -31,12 +31,10 @@ class LiveEnrollment:
         get_settings: Callable[[], Settings],
         camera: Callable[[], SourceStatus],
         store_views: Callable[[CaptureWindow], None],
-        enrolled: Callable[[str], bool] = lambda person_id: True,
     ) -> None:
         """`store_views(window)` runs when a window stops collecting, on the thread that ended it: it must only
-        hand the window over (to the gallery thread), never wait. `enrolled(person_id)`: still in the gallery."""
+        hand the window over (to the gallery thread), never wait."""
         self.get_settings, self.camera, self.store_views = get_settings, camera, store_views
-        self.enrolled = enrolled
         self._window: CaptureWindow | None = None
         self._lock = threading.Lock()
 
@@ -70,12 +68,7 @@ class LiveEnrollment:
                 message = f"a camera enrollment is in progress ({busy} views): wait for it or cancel it"
                 raise CommandError(ErrorCode.CONFLICT, message)
             window = CaptureWindow(
-                f"c_{new_ulid().lower()}",
-                request,
-                settings,
-                metric=settings.gallery.metric,
-                on_end=self.store_views,
-                enrolled=self.enrolled,
+                f"c_{new_ulid().lower()}", request, settings, metric=settings.gallery.metric, on_end=self.store_views
             )
             self._window = window
         return window.report()

@@ -86,6 +86,9 @@ class StatusReport:
         return document
 
     def telemetry_document(self, clock: FrameClock, outbox: OutboxStats | None) -> TelemetryDocument:
-        """From the frame loop: its figures, the outbox's and the file system's."""
+        """From the frame loop: its figures, the outbox's and the file system's; kept in the telemetry history
+        (`get_telemetry`) as it is published."""
         figures = clock.figures(self.source.status().dropped)
-        return self.telemetry.telemetry(figures, outbox, self.storage.report())
+        document = self.telemetry.telemetry(figures, outbox, self.storage.report())
+        self.telemetry.history.add(document)
+        return document

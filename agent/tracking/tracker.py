@@ -69,6 +69,16 @@ class Track:
         self.embedded_quality = max(self.embedded_quality, view_score)
         self.last_embed_frame = frame_index
 
+    def start_over(self) -> None:
+        """Forget the decision and the evidence behind it: the face is judged again from its next frames, as
+        a new track would be (its person was erased while it was in view)."""
+        self.decision = None
+        self.embeddings.clear()
+        self.view_faces.clear()
+        self.view_scores.clear()
+        self.best_quality = self.embedded_quality = 0.0
+        self.last_embed_frame = None
+
     def can_be_named(self, settings: TrackingSettings) -> bool:
         """Undecided with enough evidence to name someone: `decision_embeddings` (or the cap, if lower)."""
         needed = max(1, min(settings.decision_embeddings, settings.max_embeddings_per_track))

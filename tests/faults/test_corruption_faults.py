@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_process import AGENT, agent_env, start_agent, stop_agent
-from tests.support.faults import enroll, write_config
+from tests.support.faults import STATUS, enroll, online, write_config
 
 pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
 
@@ -28,15 +28,15 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def test_corrupted_model_file_refuses_to_start(
-    tmp_path: Path, broker, models_copy: Path, shared_data: Path, frames: Path
+    tmp_path: Path, broker, observe, models_copy: Path, shared_data: Path, frames: Path
 ) -> None:
     config = write_config(tmp_path, broker, extra=f'[models]\ndir = "{models_copy}"\n')
     db = tmp_path / "gallery.db"
     enroll(shared_data, db, config)
+    observer = observe(broker, [STATUS])
     agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
-    import time
-
-    time.sleep(4)
+    # Online, not a fixed wait: a SIGTERM before the agent handles it ends it with -15 (a loaded machine's start).
+    assert observer.wait_for(online, timeout=90), (tmp_path / "agent.log").read_text()[-2000:]
     assert agent.poll() is None, (tmp_path / "agent.log").read_text()[-2000:]
     assert stop_agent(agent) == 0  # a clean stop first
     manifest = json.loads((models_copy / "manifest.json").read_text())
@@ -60,15 +60,14 @@ def test_corrupted_model_file_refuses_to_start(
 
 
 def test_corrupted_database_is_refused_and_left_untouched(
-    tmp_path: Path, broker, shared_data: Path, frames: Path
+    tmp_path: Path, broker, observe, shared_data: Path, frames: Path
 ) -> None:
     config = write_config(tmp_path, broker)
     db = tmp_path / "gallery.db"
     enroll(shared_data, db, config)
+    observer = observe(broker, [STATUS])
     agent = start_agent(config, db, frames, log=tmp_path / "agent.log")
-    import time
-
-    time.sleep(4)
+    assert observer.wait_for(online, timeout=90), (tmp_path / "agent.log").read_text()[-2000:]
     assert stop_agent(agent) == 0
     with open(db, "r+b") as handle:  # overwrite the SQLite header
         handle.write(b"this is not a SQLite file at all")

@@ -25,7 +25,7 @@ from tests.support.agent_process import start_agent
 from tests.support.broker import Observer
 from tests.support.commands import operator_signed
 from tests.support.data import CLIP
-from tests.support.faults import DEVICE, STATUS, enroll, integrity_rw, write_config
+from tests.support.faults import DEVICE, STATUS, enroll, integrity_rw, online, write_config
 
 pytestmark = pytest.mark.slow  # the fault suite: real agent processes, killed, starved and cut off
 
@@ -96,11 +96,6 @@ class Operator:
             reply = self.call("delete_person", {"person_id": person})
             if reply and reply.get("status") == "ok":
                 self.ledger.erased.add(person)
-
-
-def online(messages: list) -> bool:
-    """The agent announced itself: it is subscribed to its commands from then on."""
-    return any(m.topic == STATUS and m.payload and m.json().get("state") == "online" for m in messages)
 
 
 def gallery(db: Path) -> tuple[set[str], dict[str, int], set[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,10 +46,27 @@ def mosquitto_binary() -> str:
     return found
 
 
+# Ports for brokers and servers come from below Linux's ephemeral range (32768-60999 by default), where every
+# outgoing connection's own port is drawn from, and each pytest-xdist worker has a band of its own: a port a
+# test holds on to while nothing listens there (a broker stopped and started again, an address that must
+# refuse) can then become neither the other worker's broker nor a client's source port meanwhile.
+PORTS_BELOW_EPHEMERAL = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing on 127.0.0.1 holds now, from this worker's band (the whole range outside xdist)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = len(PORTS_BELOW_EPHEMERAL) // workers
+    band = PORTS_BELOW_EPHEMERAL[worker * width : (worker + 1) * width]
+    for port in random.SystemRandom().sample(band, min(len(band), 500)):  # not the seeded `random` hypothesis drives
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {HOST} in {band.start}-{band.stop - 1}")
 
 
 # ------------------------------------------------------------------------------------ certificates

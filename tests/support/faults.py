@@ -30,6 +30,11 @@ def enroll(shared_data: Path, db: Path, config: Path) -> None:
     enroll_cli(config, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROLL)
 
 
+def online(messages: list) -> bool:
+    """The agent announced itself: built, its SIGTERM handled, subscribed to its commands from then on."""
+    return any(m.topic == STATUS and m.payload and m.json().get("state") == "online" for m in messages)
+
+
 def outbox(db: Path) -> list[tuple[int, str]]:
     """(seq, id) of every event SQLite holds (the unsent outbox), read the way a reader after a crash would."""
     if not db.exists():

@@ -84,8 +84,15 @@ def cmd_console(args: argparse.Namespace) -> int:
             f"--listen {host} is not a loopback address: give --password-file (a line made by "
             "`faceagent console --hash-password`), or listen on 127.0.0.1 and reach it through an SSH tunnel"
         )
-    if args.releases is not None and not args.releases.is_dir():
-        raise ConsoleError(f"--releases {args.releases}: not a folder (of bundles made by faceagent ctl model-release)")
+    if args.releases is not None:
+        try:
+            folder = args.releases.is_dir()
+        except OSError as exc:  # a name too long for the file system, a path it refuses
+            raise ConsoleError(f"--releases {args.releases}: {exc.strerror or exc}") from exc
+        if not folder:
+            raise ConsoleError(
+                f"--releases {args.releases}: not a folder (of bundles made by faceagent ctl model-release)"
+            )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConsoleError("give both --tls-cert and --tls-key, or neither")
     try:

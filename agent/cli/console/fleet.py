@@ -3,7 +3,9 @@ and command replies. One paho client (the `Watcher`) feeds one `FleetState`; pag
 
 Telemetry is not retained, so the charts hold what arrived since the console started, for at most the last
 hour, thinned to one point per `history_seconds / max_points` (an hour of a 1 s interval is 3600 documents
-per device; 360 points draw the same line). Everything kept is bounded: points per device, events, replies.
+per device; 360 points draw the same line), and before that what the device itself kept of the hour
+(`get_telemetry`, merged once by `merge_history`), so a console started a minute ago still plots the hour.
+Everything kept is bounded: points per device, events, replies.
 Nothing here holds a photo or an embedding; an event is kept as the device published it, which never has one.
 """
 
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 
@@ -86,13 +88,40 @@ def attention(status: dict[str, Any] | None) -> list[str]:
     return notes
 
 
+class Sample(NamedTuple):
+    """One plotted point: when (the console's clock), the device's own `at` (what tells a repeat) and figures,
+    in `SERIES` order: a tuple, not a dict, since 500 devices' hour is 60,000 of them or more (about 340 bytes
+    each against 520 with a dict: 19 MB against 30 MB)."""
+
+    at: float
+    device_at: str | None
+    figures: tuple[float | None, ...]
+
+
+def sample_figures(document: dict[str, Any]) -> tuple[float | None, ...]:
+    """`telemetry_point` as a `Sample` keeps it."""
+    point = telemetry_point(document)
+    return tuple(point[name] for name in SERIES)
+
+
+def _moment(text: Any) -> float | None:
+    """Seconds since the epoch of an ISO-8601 time with its zone; None for anything else."""
+    if not isinstance(text, str) or len(text) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
 @dataclass
 class DeviceRecord:
     device: str
     status: dict[str, Any] | None = None
     last_seen: float | None = None  # the console's clock: when anything last came from the device
     telemetry: dict[str, Any] | None = None  # the newest document, kept or not in the history
-    history: deque[tuple[float, dict[str, float | None]]] = field(default_factory=lambda: deque(maxlen=MAX_POINTS))
+    history: deque[Sample] = field(default_factory=lambda: deque(maxlen=MAX_POINTS))
     replies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_REPLIES))
     model_update: dict[str, Any] | None = None  # the newest model_update reply's data, from any operator
 
@@ -168,10 +197,41 @@ class FleetState:
         with self._lock:
             record = self._record(device)
             record.telemetry = document
-            while record.history and record.history[0][0] < now - self.history_seconds:
+            while record.history and record.history[0].at < now - self.history_seconds:
                 record.history.popleft()
-            if not record.history or now - record.history[-1][0] >= self.spacing:
-                record.history.append((now, telemetry_point(document)))
+            at = document.get("at")
+            device_at = at if isinstance(at, str) else None
+            newest = record.history[-1] if record.history else None
+            repeat = newest is not None and device_at is not None and device_at == newest.device_at  # merged already
+            if newest is None or (now - newest.at >= self.spacing and not repeat):
+                record.history.append(Sample(now, device_at, sample_figures(document)))
+
+    def merge_history(self, device: str, page: dict[str, Any]) -> int:
+        """A device's own kept telemetry (`get_telemetry`'s data) put before what this console received itself:
+        only points older than the console's first, within the hour, each once (by the device's `at`), thinned
+        to the console's spacing. Their times move by the device clock's offset from the console's (the reply's
+        `at` against now), so a device with a wrong clock still plots in place. How many points were added."""
+        now = self.clock()
+        device_now = _moment(page.get("at"))
+        offset = now - device_now if device_now is not None else 0.0
+        points = page.get("points")
+        with self._lock:
+            record = self._devices.get(device)
+            if record is None or not isinstance(points, list):
+                return 0
+            seen = {sample.device_at for sample in record.history}
+            first = record.history[0].at if record.history else now
+            found: list[Sample] = []
+            for point in points:
+                at = _moment(point.get("at")) if isinstance(point, dict) else None
+                if at is not None and point["at"] not in seen and now - self.history_seconds <= at + offset < first:
+                    found.append(Sample(at + offset, point["at"], sample_figures(point)))
+            older: list[Sample] = []
+            for sample in sorted(found, key=lambda sample: sample.at):
+                if not older or sample.at - older[-1].at >= self.spacing:
+                    older.append(sample)
+            record.history = deque(older + list(record.history), maxlen=record.history.maxlen)
+            return len(older)
 
     def on_event(self, device: str, kind: str, payload: dict[str, Any]) -> None:
         with self._lock:
@@ -262,8 +322,8 @@ class FleetState:
             "model_update": record.model_update,
         }
         if series:
-            view["series"] = {"t": [round(at, 1) for at, _ in record.history]} | {
-                name: [point[name] for _, point in record.history] for name in SERIES
+            view["series"] = {"t": [round(sample.at, 1) for sample in record.history]} | {
+                name: [sample.figures[column] for sample in record.history] for column, name in enumerate(SERIES)
             }
         if log:
             view["replies"] = list(record.replies)

@@ -10,6 +10,7 @@ import uvicorn
 
 from agent.cli.console.app import Console, build_app
 from agent.cli.console.auth import PasswordHash, Sessions, is_loopback
+from agent.cli.console.backfill import HistoryBackfill
 from agent.cli.console.fleet import FleetState, Watcher, utc_text
 from agent.cli.console.remote import Remote
 from agent.cli.console.rollouts import Rollouts
@@ -18,6 +19,7 @@ from agent.commands.signing import load_private_key
 from agent.config import find_config, load_settings, require_tls
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import OperatorError
+from agent.wire import Command
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     watcher = Watcher(broker, state)
     watcher.start()
+    backfill = HistoryBackfill(state, lambda devices: remote.call(devices, Command.GET_TELEMETRY, {}))
+    backfill.start()
     scheme = "https" if args.tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     print(f"faceagent console on {scheme}://{shown}:{port}/ for the broker {broker.url}", file=sys.stderr, flush=True)
@@ -80,5 +84,6 @@ def serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.Server(config).run()
     finally:
+        backfill.stop()
         watcher.stop()
     return 0

@@ -69,6 +69,7 @@ function latest(values) {
 
 function drawChart(container, series) {
   container.dataset.points = String(series.t.length);
+  container.dataset.since = series.t.length ? String(series.t[0]) : "";  // the oldest point: before this console?
   if (typeof uPlot === "undefined") return;
   if (!container.plots) {
     const width = Math.max(170, Math.floor((container.clientWidth || 400) / 2) - 10);
@@ -166,8 +167,11 @@ async function fleetPage() {
   filter.addEventListener("change", applyFilter);
   search.addEventListener("input", applyFilter);
 
-  async function refreshCharts() {
-    const wanted = [...visible].filter((device) => cards.has(device) && !cards.get(device).hidden).slice(0, 60);
+  // emptyOnly: only the charts still without a point (a console just started gets each device's hour within
+  // seconds of seeing it, from get_telemetry: asked for every second until it is there, not at the next 5 s)
+  async function refreshCharts(emptyOnly = false) {
+    const wanted = [...visible].filter((device) => cards.has(device) && !cards.get(device).hidden
+      && (!emptyOnly || $(".chart", cards.get(device)).dataset.points === "0")).slice(0, 60);
     if (!wanted.length) return;
     const query = wanted.map((device) => "device=" + encodeURIComponent(device)).join("&");
     const data = await api("/api/series?" + query);
@@ -199,9 +203,11 @@ async function fleetPage() {
     applyFilter();
   }
 
-  for (;;) {
-    try { await refresh(); await refreshCharts(); } catch (error) { $("#broker").textContent = String(error.message); }
-    await new Promise((resolve) => setTimeout(resolve, 5000));
+  for (let second = 0; ; second++) {
+    try {
+      if (second % 5 === 0) { await refresh(); await refreshCharts(); } else await refreshCharts(true);
+    } catch (error) { $("#broker").textContent = String(error.message); }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
   }
 }
 
@@ -645,7 +651,8 @@ async function devicePage() {
   loadSettings().catch((error) => { $("#settings").replaceChildren(el("p", { className: "error" }, error.message)); });
   for (;;) {
     try { await refresh(); } catch (error) { $("#device-state").textContent = error.message; }
-    await new Promise((resolve) => setTimeout(resolve, rolloutRunning ? 500 : 5000));  // progress as it comes
+    const empty = $("#device-chart").dataset.points === "0";  // the device's hour is on its way (get_telemetry)
+    await new Promise((resolve) => setTimeout(resolve, rolloutRunning ? 500 : empty ? 1000 : 5000));  // progress, soon
   }
 }
 

@@ -1,0 +1,98 @@
+"""scripts/mobileface_int8_variants.py: the int8 remedies keep MobileFace's float function (docs/recognition-v2.md
+section 1). Real chips from the project's detector and aligner; the reference is the ONNX graph (onnxruntime)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from tests.support.data import REPO, SHARED_DATA
+
+MF_SOURCE = SHARED_DATA.parent / "models" / "mobileface_v2"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+bm = _script("build_models")
+variants = _script("mobileface_int8_variants")
+
+
+@pytest.fixture(scope="module")
+def chips(shared_data: Path, models_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """30 calibration chips and 30 parity chips (disjoint photos)."""
+    if not (MF_SOURCE / bm.MF_PARAMS).is_file():
+        pytest.skip(f"MobileFace MXNet files not found at {MF_SOURCE}")
+    pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) runs the reference graph")
+    calib, parity = bm.mobileface_sets(shared_data)
+    return bm.mobileface_chips(calib[:30], models_dir)[0], bm.mobileface_chips(parity[:30], models_dir)[0]
+
+
+def _embeddings(g: Any, x: np.ndarray) -> np.ndarray:
+    head = g.head
+    return variants.activations(g, x, [head])[head]
+
+
+def test_stream_equalization_keeps_the_float_function(chips: tuple[np.ndarray, np.ndarray]) -> None:
+    calib, parity = chips
+    original = bm.load_mobileface(MF_SOURCE)
+    equalized = variants.equalize(original, calib, "absmax", "none", 3.0)
+    cos = bm.cosines(_embeddings(equalized, parity), _embeddings(original, parity))
+    assert cos.min() >= 0.9999
+
+
+def test_stream_equalization_gives_every_channel_the_same_range(chips: tuple[np.ndarray, np.ndarray]) -> None:
+    calib, _ = chips
+    equalized = variants.equalize(bm.load_mobileface(MF_SOURCE), calib, "absmax", "none", 3.0)
+    stream = variants.streams(equalized)[0]
+    acts = variants.activations(equalized, calib, stream.tensors)
+    peak = np.max([np.abs(acts[t]).max(axis=(0, 2, 3)) for t in stream.tensors], axis=0)
+    np.testing.assert_allclose(peak, peak.max(), rtol=1e-4)
+
+
+def test_relu6_clip_within_reach_changes_the_float_function(chips: tuple[np.ndarray, np.ndarray]) -> None:
+    # ReLU6 is not PReLU: scaling a channel up to 6 brings the clip to its calibration maximum.
+    calib, parity = chips
+    original = bm.load_mobileface(MF_SOURCE)
+    clipped = variants.equalize(original, calib, "none", "expand", 6.0)
+    assert bm.cosines(_embeddings(clipped, parity), _embeddings(original, parity)).min() < 0.9999
+
+
+def test_bias_correction_changes_only_the_betas(chips: tuple[np.ndarray, np.ndarray]) -> None:
+    calib, _ = chips
+    original = bm.load_mobileface(MF_SOURCE)
+    corrected = variants.bias_corrected(original, calib)
+    changed = {k for k in original.params if not np.array_equal(original.params[k], corrected.params[k])}
+    assert changed
+    assert all(k.endswith("_beta") for k in changed)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 6), st.integers(1, 5), st.just(3), st.just(3)),
+        elements=st.floats(-10, 10, allow_nan=False),
+    )
+)
+def test_weight_rounding_is_within_half_a_step_per_output_channel(w: np.ndarray) -> None:
+    q = variants.quantize_weights(w)
+    step = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127
+    err = np.abs(q - w).reshape(w.shape[0], -1).max(axis=1)
+    assert np.all(err <= step / 2 + 1e-12)
+    np.testing.assert_array_equal(variants.quantize_weights(q), q)
