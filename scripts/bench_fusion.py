@@ -48,7 +48,6 @@ from _bench_common import format_table, json_digest, load_average, progress, res
 from bench_accuracy import Pair, cross_validate, data_fingerprint, embed_images, library_system, read_pairs
 from bench_openset import (
     CHOICE_MARGINS,
-    CONSTRAINT_SIZES,
     SIZES,
     Split,
     evaluate_rule,
@@ -376,8 +375,10 @@ def figures(system: System, ctx: Context, aggregation: str = "best") -> dict[str
 def fit(system: System, ctx: Context, images: list[str]) -> dict[str, Any]:
     """The manifest's figures for one system: the 1:1 threshold (1 - cosine, LFW 10-fold mean), and the
     gallery's threshold and margin chosen as bench_openset.py chooses them, through the real Matcher (L2
-    between unit vectors: FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50 and 200 people),
-    and the track threshold (the strictest over seeds keeping stranger tracks <= 0.5% at 200 enrolled)."""
+    between unit vectors: FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50, 200 and 1,557 people),
+    and the track threshold (the strictest over seeds keeping stranger tracks <= 0.5% at 200 enrolled). The
+    distance thresholds are rounded down: a match needs distance < threshold, so rounding up could admit the
+    stranger the fit stopped at."""
     vectors = system.fused()
     a = np.array([ctx.index[p.path_a] for p in ctx.pairs])
     b = np.array([ctx.index[p.path_b] for p in ctx.pairs])
@@ -392,7 +393,7 @@ def fit(system: System, ctx: Context, images: list[str]) -> dict[str, Any]:
                     scenario(ctx.split, size, seed, mode), embeddings, "cosine", "best", settings
                 )
                 outcomes[(size, seed, mode, "cosine", "best")] = (single, None)
-    rules = [evaluate_rule(outcomes, "cosine", "best", float(m), CONSTRAINT_SIZES) for m in CHOICE_MARGINS]
+    rules = [evaluate_rule(outcomes, "cosine", "best", float(m), SIZES) for m in CHOICE_MARGINS]
     chosen = max(rules, key=lambda r: r["objective"])
     track_sims = [tracks(system, ctx.split, ctx.index, ctx.found, s, m)[1] for s in range(ctx.seeds) for m in MODES]
     track_threshold = math.sqrt(max(0.0, 2.0 - 2.0 * max(track_sims)))
@@ -400,9 +401,9 @@ def fit(system: System, ctx: Context, images: list[str]) -> dict[str, Any]:
         "threshold": round(lfw.mean_threshold, 4),
         "lfw_accuracy_pct": 100 * lfw.mean,
         "gallery": {
-            "threshold": round(chosen["threshold"], 4),
+            "threshold": math.floor(chosen["threshold"] * 1e4) / 1e4,
             "margin": chosen["margin"],
-            "track_threshold": round(track_threshold, 4),
+            "track_threshold": math.floor(track_threshold * 1e4) / 1e4,
         },
         "gallery_rule": chosen,
     }

@@ -13,9 +13,11 @@ over the same matrix in the same run, and loading the templates from a SQLite ga
 `faceagent run` reaches READY, and answers get_status and list_people, each within 2 s, and its frame loop never
 stalls 100 ms while operators enroll, erase and list and the CLI erases from another process.
 
-Data: 128-d random directions scaled to dlib's norm distribution (1.42 +- 0.07, measured on the 7,697 LFW
-embeddings of the int8 embedder), 5 templates per person by default, people interleaved in insertion order
-as enrollments over time would leave them. Queries are templates plus noise, as probes are near someone.
+Data: random directions of the default embedder's dimension (`--dim`: 384 for the fused embedder, 128 for
+dlib's) scaled to dlib's norm distribution (1.42 +- 0.07, measured on the 7,697 LFW embeddings of its int8
+model; the cosine metric unit-normalises them anyway), 5 templates per person by default, people interleaved
+in insertion order as enrollments over time would leave them.
+Queries are templates plus noise, as probes are near someone.
 
 Negatives (issue 13): every person a query is drawn from holds `--negatives` (default 3) random negatives, so
 each search that names someone also checks that person's negatives, as after corrections; the bare forms
@@ -48,9 +50,8 @@ import numpy as np
 
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
+from agent.vision.modelstore import ModelStore
 
-DIM = 128
-MODEL_ID = "bench-random-128"
 NORM_MEAN, NORM_STD = 1.42, 0.07
 QUERY_RATIO_TARGET = 2.0
 LOAD_SECONDS_TARGET = 2.0
@@ -60,10 +61,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def random_templates(count: int, people: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(count, 128) float32 embeddings on dlib's scale and an owner (0..people-1) for each, interleaved."""
+def model_id(dim: int) -> str:
+    return f"bench-random-{dim}"
+
+
+def default_dimension() -> int:
+    """The default embedder's output dimension, read from the manifest (no model loaded)."""
+    return int(ModelStore(None).spec(None, "embedder").raw["output"]["shape"][-1])
+
+
+def random_templates(count: int, people: int, seed: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count, dim) float32 embeddings on dlib's scale and an owner (0..people-1) for each, interleaved."""
     rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((count, DIM), dtype=np.float32)
+    vectors = rng.standard_normal((count, dim), dtype=np.float32)
     vectors *= (rng.normal(NORM_MEAN, NORM_STD, count).astype(np.float32) / np.linalg.norm(vectors, axis=1))[:, None]
     owners = rng.permutation(np.arange(count) % people)
     return vectors, owners
@@ -175,14 +185,18 @@ def build_gallery(path: Path, vectors: np.ndarray, owners: np.ndarray) -> float:
             if owner not in person_ids:
                 person_ids[owner] = store.add_person(f"Person {owner}").id
             store.add_template(
-                person_ids[owner], vector, model_id=MODEL_ID, model_sha256="0" * 64, quality={"score": 1.0}
+                person_ids[owner],
+                vector,
+                model_id=model_id(vectors.shape[1]),
+                model_sha256="0" * 64,
+                quality={"score": 1.0},
             )
             if (i + 1) % 20000 == 0:
                 progress(f"  wrote {i + 1}/{len(vectors)} templates")
     return time.perf_counter() - start
 
 
-def time_load(path: Path, repeats: int) -> dict[str, Any]:
+def time_load(path: Path, repeats: int, dim: int) -> dict[str, Any]:
     """Open the gallery and load every template into a fresh Matcher; best and all runs."""
     runs = []
     matcher = None
@@ -190,17 +204,17 @@ def time_load(path: Path, repeats: int) -> dict[str, Any]:
         start = time.perf_counter()
         with GalleryStore.open(path, create=False) as store:
             matcher = Matcher(metric="euclidean", threshold=0.6, margin=0.0)
-            matcher.load(store.iter_templates(MODEL_ID))
+            matcher.load(store.iter_templates(model_id(dim)))
         runs.append(time.perf_counter() - start)
     assert matcher is not None
     return {"seconds": runs, "best": min(runs), "median": float(np.median(runs)), "templates": len(matcher)}
 
 
-def time_load_parts(path: Path) -> dict[str, float]:
+def time_load_parts(path: Path, dim: int) -> dict[str, float]:
     """Where the load time goes: reading rows from SQLite alone, then Matcher.load on rows in memory."""
     with GalleryStore.open(path, create=False) as store:
         start = time.perf_counter()
-        rows = list(store.iter_templates(MODEL_ID))
+        rows = list(store.iter_templates(model_id(dim)))
         read = time.perf_counter() - start
     matcher = Matcher(metric="euclidean", threshold=0.6, margin=0.0)
     start = time.perf_counter()
@@ -219,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--negatives", type=int, default=3, help="negatives of each queried person (default 3)")
     parser.add_argument("--load-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=int, help="embedding dimension (default: the default embedder's)")
     parser.add_argument("--db", type=Path, help="gallery file to build (kept) or reuse; default a temporary file")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     parser.add_argument("--service", action="store_true", help="measure the real agent instead (20,000 people)")
@@ -229,12 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.service:
         return run_service(args)
     people = max(1, args.templates // args.per_person)
-    vectors, owners = random_templates(args.templates, people, args.seed)
+    dim = args.dim or default_dimension()
+    vectors, owners = random_templates(args.templates, people, args.seed, dim)
     rng = np.random.default_rng(args.seed + 1)
     picks = rng.integers(0, args.templates, args.queries)
-    queries = vectors[picks] + rng.normal(0, 0.05, (args.queries, DIM)).astype(np.float32)
+    queries = vectors[picks] + rng.normal(0, 0.05, (args.queries, dim)).astype(np.float32)
     print(
-        f"{args.templates} templates of {people} people, 128-d float32 (random directions, norm "
+        f"{args.templates} templates of {people} people, {dim}-d float32 (random directions, norm "
         f"{NORM_MEAN} +- {NORM_STD}); {args.queries} queries; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
     )
 
@@ -245,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         matcher.add(i, f"p{owner}", f"Person {owner}", vector)
     add_us = 1e6 * (time.perf_counter() - start) / args.templates
     queried = np.repeat(sorted(set(owners[picks].tolist())), args.negatives)
-    for i, (vector, owner) in enumerate(zip(rng.standard_normal((len(queried), DIM)), queried, strict=True)):
+    for i, (vector, owner) in enumerate(zip(rng.standard_normal((len(queried), dim)), queried, strict=True)):
         matcher.add_negative(i, f"p{owner}", (vector * NORM_MEAN / np.linalg.norm(vector)).astype(np.float32))
     checked = sum(match.accepted for match in matcher.search_many(queries))
     print(f"negatives: {matcher.negative_count} held; {checked} of {args.queries} searches named someone (checked)")
@@ -275,15 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         reuse = db.exists()
         if reuse:
             with GalleryStore.open(db, create=False) as store:
-                held = sum(1 for _ in store.iter_templates(MODEL_ID))
+                held = sum(1 for _ in store.iter_templates(model_id(dim)))
             if held != args.templates:
-                raise SystemExit(f"error: {db} holds {held} {MODEL_ID} templates, not {args.templates}")
+                raise SystemExit(f"error: {db} holds {held} {model_id(dim)} templates, not {args.templates}")
         else:
             progress(f"writing {args.templates} templates to {db} through GalleryStore ...")
             build_s = build_gallery(db, vectors, owners)
         size_mb = db.stat().st_size / 1e6
-        load = time_load(db, args.load_repeats)
-        parts = time_load_parts(db)
+        load = time_load(db, args.load_repeats, dim)
+        parts = time_load_parts(db, dim)
     print(
         f"gallery file: {size_mb:.1f} MB"
         + (f", written in {build_s:.1f} s" if build_s is not None else " (reused)")

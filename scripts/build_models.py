@@ -1200,20 +1200,21 @@ FUSED_FLIP = True
 MF_THRESHOLDS = {"mobileface-v2-int8": 0.7451, "mobileface-v2-float32": 0.7657}
 FUSED_THRESHOLD = 0.2253
 # Open set, in the gallery's cosine units (L2 between unit vectors), chosen as bench_openset.py chooses the
-# gallery defaults (stranger FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50 and 200 people);
+# gallery defaults (stranger FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50, 200 and 1,557
+# people; rounded down, since a match needs distance < threshold);
 # the track threshold keeps stranger tracks (3 photos) <= 0.5% at 200 enrolled in every seed. The enrollment
 # guard's distances from scripts/measure_enroll_guard.py (conflict: the largest limit letting in no look-alike,
 # the gallery threshold; duplicate: the median near-copy distance, where dlib's 0.1 sits), adaptation's from
 # scripts/bench_adapt.py --sweep (docs/recognition-v2.md, "The enrollment guard's and adaptation's distances").
 FUSED_GALLERY = {
-    "threshold": 0.5677,
+    "threshold": 0.5626,
     "margin": 0.08,
     "track_threshold": 0.4899,
     "duplicate_distance": 0.125,
-    "conflict_distance": 0.5677,
+    "conflict_distance": 0.5626,
     "adapt_margin": 0.12,
     "adapt_min_distance": 0.46,
-    "adapt_max_distance": 0.5677,
+    "adapt_max_distance": 0.5626,
     "adapt_guard_distance": 0.65,
 }
 # dlib int8's gallery figures (cosine units): the ones faceagent has matched with since the cosine metric was

@@ -218,7 +218,7 @@ def test_config_check_shows_the_matching_figures_in_force_and_where_each_comes_f
     shown = json.loads(result.stdout)
     assert shown["gallery"]["threshold"] is None
     in_force = shown["matching"]
-    assert in_force["threshold"] == 0.5677 and in_force["sources"]["threshold"] == "embedder fused-dlib-mobileface-int8"
+    assert in_force["threshold"] == 0.5626 and in_force["sources"]["threshold"] == "embedder fused-dlib-mobileface-int8"
     assert in_force["margin"] == 0.05 and in_force["sources"]["margin"] == "setting"
 
 

@@ -61,7 +61,7 @@ class Stage:
 @pytest.fixture
 def stage(pipeline: FacePipeline, shared_data: Path, tmp_path: Path) -> Iterator[Stage]:
     settings = Settings()
-    matcher = Matcher.for_gallery(settings.gallery)
+    matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
     with GalleryStore.open(tmp_path / "gallery.db") as store:
         sync = GallerySync(store, matcher, pipeline.embedder.info.model_id)
         enroller = Enroller(pipeline, store, matcher, settings, add_to_matcher=False)

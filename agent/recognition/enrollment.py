@@ -15,7 +15,7 @@ and duplicate distances are in the embedder's space: each one set in [gallery] w
 manifest entry states it, else dlib's built-in one (`Enroller.figures`). Against one enrolled photo of each of
 40 LFW people (`scripts/measure_enroll_guard.py`): dlib at 0.35 let in 79 of 103 genuine photos and none of 40
 other people's or of 40 look-alikes (the nearest other face in the set), at 0.40 97 genuine but 8 look-alikes;
-the fused embedder at its 0.5677 let in 92 genuine and no look-alike, at 0.649 99 but 8 look-alikes. A refused
+the fused embedder at its 0.5626 let in 92 genuine and no look-alike, at 0.643 97 but 7 look-alikes. A refused
 genuine photo costs a better photo or `force`; a wrong one costs an identity.
 """
 
