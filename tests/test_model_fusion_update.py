@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.cli.main import main
+from agent.cli.releases import read_bundle
+from agent.commands.signing import public_key_text
 from agent.gallery.store import GalleryStore
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.vision.fusion import definition_bytes, parse_members
 from agent.vision.image import load_image
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
-from tests.support.commands import data, error, image_arg
-from tests.support.data import EMBEDDER_ID, POWELL, POWELL_PROBE, bush, powell
+from tests.support.agent_process import enroll_cli, faceagent, start_agent
+from tests.support.broker import Broker
+from tests.support.commands import OPERATOR_TOML, data, error, image_arg, write_private_key
+from tests.support.data import EMBEDDER_ID, POWELL, POWELL_PROBE, SAMPLE, SAMPLE_CLIP, bush, powell
 from tests.support.model_updates import (
     FUSED_ID,
     MOBILEFACE_ID,
@@ -202,3 +211,99 @@ def test_a_plain_release_under_a_new_id_on_a_fused_device_takes_its_first_member
 def test_the_shipped_fused_release_is_the_definition_its_entry_names() -> None:
     release = fusion_releases()[1]
     assert hashlib.sha256(release.content).hexdigest() == ModelStore().specs[FUSED_ID].sha256
+
+
+# ------------------------------------------------------------------------------------ the publisher
+
+SHIPPED_MANIFEST = default_models_dir() / MANIFEST_NAME
+
+
+def release_files(folder: Path) -> dict[str, Path]:
+    """Copies of MobileFace int8 and the fused definition, where a publisher signs them."""
+    folder.mkdir()
+    store = ModelStore()
+    return {i: Path(shutil.copy(default_models_dir() / store.specs[i].file, folder)) for i in (MOBILEFACE_ID, FUSED_ID)}
+
+
+def ctl_release(model: Path, model_id: str, version: str, key_file: Path, *extra: str) -> list[str]:
+    """`ctl model-release` arguments: the entry taken from the shipped manifest."""
+    return [
+        "ctl", "model-release", str(model), "--model-id", model_id, "--role", "embedder", "--model-version", version,
+        "--entry-from", str(SHIPPED_MANIFEST), "--model-key", str(key_file), *extra,
+    ]  # fmt: skip
+
+
+def test_ctl_signs_a_standby_release_and_a_fused_release_from_the_shipped_manifest(tmp_path: Path) -> None:
+    key_file = write_private_key(Ed25519PrivateKey.generate(), tmp_path / "release.pem")
+    files = release_files(tmp_path / "out")
+    assert main(ctl_release(files[MOBILEFACE_ID], MOBILEFACE_ID, "2", key_file, "--standby")) == 0
+    assert main(ctl_release(files[FUSED_ID], FUSED_ID, "3", key_file)) == 0
+    standby = read_bundle(tmp_path / "out" / "mobileface_v2_int8.release.json")
+    fusion = read_bundle(tmp_path / "out" / "fused_dlib_mobileface_int8.release.json")
+    assert standby.meta["standby"] is True and "standby" not in fusion.meta
+    assert standby.meta["entry"] == fusion_releases()[0].meta["entry"]
+    assert fusion.meta["entry"]["members"] == ModelStore().specs[FUSED_ID].raw["members"]
+
+
+def test_ctl_refuses_a_definition_that_is_not_the_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = write_private_key(Ed25519PrivateKey.generate(), tmp_path / "release.pem")
+    fused = release_files(tmp_path / "out")[FUSED_ID]
+    fused.write_bytes(fused.read_bytes().replace(b"0.8", b"0.7").replace(b"0.2", b"0.3"))
+    assert main(ctl_release(fused, FUSED_ID, "3", key_file)) != 0
+    assert f"{FUSED_ID} is sha256" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "fused_dlib_mobileface_int8.release.json").exists()
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+DEVICE = "stage-2"
+
+
+@pytest.mark.slow
+def test_faceagent_run_moves_to_the_fused_embedder_over_mqtt_and_names_who_was_enrolled_under_dlib(
+    tmp_path: Path, broker: Broker, observe, operator_key_file: Path
+) -> None:
+    """A field device (dlib alone) running the clip; the operator ships MobileFace on standby, then the fused
+    definition, each with `ctl model-update --entry-from`; the performer, enrolled under dlib with no chip kept,
+    is named by the fused embedder (on its dlib part) and the status shows the fused embedder."""
+    key = Ed25519PrivateKey.generate()
+    key_file = write_private_key(key, tmp_path / "release.pem")
+    config = tmp_path / "faceagent.toml"
+    config.write_text(
+        f'[mqtt]\nurl = "{broker.url}"\ndevice_id = "{DEVICE}"\n{OPERATOR_TOML}'
+        f'[models]\ndir = "{field_models(tmp_path / "field-models")}"\nrelease_keys = ["{public_key_text(key)}"]\n'
+        "[events]\ncooldown_seconds = 0\n[camera]\nfps = 15\nloop = true\n"
+    )
+    db = tmp_path / "state" / "gallery.db"
+    db.parent.mkdir()
+    enroll_cli(config, db, "Miranda", SAMPLE)
+    files = release_files(tmp_path / "releases")
+    observer = observe(broker, [f"faceagent/{DEVICE}/#"])
+    agent = start_agent(config, db, SAMPLE_CLIP, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def recognized_by(model_id: str) -> bool:
+        events = observer.on(f"faceagent/{DEVICE}/events/face_recognized")
+        return any(event.json()["model_id"] == model_id and event.json()["name"] == "Miranda" for event in events)
+
+    def update(model_id: str, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        arguments = ctl_release(files[model_id], model_id, version, key_file, *extra)[2:]
+        return faceagent(
+            "ctl", "model-update", "--mqtt", broker.url, "--device", DEVICE, "--timeout", "60",
+            "--sign-key", str(operator_key_file), *arguments, timeout=600,
+        )  # fmt: skip
+
+    try:
+        assert observer.wait_for(lambda _: recognized_by(EMBEDDER_ID), timeout=120)
+        standby = update(MOBILEFACE_ID, "2", "--standby")
+        assert standby.returncode == 0 and "installed on standby" in standby.stdout, standby.stdout + standby.stderr
+        fusion = update(FUSED_ID, "3")
+        assert fusion.returncode == 0 and "1 people need re-enrollment" in fusion.stdout, fusion.stdout + fusion.stderr
+        assert observer.wait_for(lambda _: recognized_by(FUSED_ID), timeout=120)
+        status = faceagent("ctl", "status", DEVICE, "--mqtt", broker.url, "--json")
+        document = json.loads(status.stdout)["reply"]["data"]
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert document["models"]["embedder"] == FUSED_ID, document
+    assert document["gallery"]["people_needing_reenrollment"] == 1
