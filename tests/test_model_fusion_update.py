@@ -22,7 +22,13 @@ from agent.cli.main import main
 from agent.cli.releases import read_bundle
 from agent.commands.signing import public_key_text
 from agent.gallery.store import GalleryStore
-from agent.modelupdate.install import installed_models_dir, state_models_dir
+from agent.modelupdate.install import (
+    PREVIOUS_MANIFEST,
+    RELEASE_FLOOR,
+    ModelsFolder,
+    installed_models_dir,
+    state_models_dir,
+)
 from agent.vision.fusion import definition_bytes, parse_members
 from agent.vision.image import load_image
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
@@ -144,6 +150,29 @@ def test_a_fused_release_the_live_agent_cannot_switch_to_leaves_the_standby_mani
     assert installed(field) == before and field.live.pipeline.embedder.info.model_id == EMBEDDER_ID
     field.live.broken = False
     assert named(field, powell(shared_data, POWELL_PROBE)) == person
+
+
+@pytest.mark.slow  # real child processes check both candidates
+def test_a_fused_release_that_fails_the_test_faces_leaves_the_standby_manifest(field: Updates) -> None:
+    standby, fusion = fusion_releases()
+    send(field, "job-1", standby)
+    before = installed(field)
+    wrong = Shipped(fusion.content, fusion.meta | {"entry": fusion.meta["entry"] | {"threshold": 0.01}})
+    outcome = send(field, "job-2", wrong)
+    assert outcome["status"] == "FAILED" and outcome["step"] == "check", outcome
+    assert "the same person is" in outcome["reason"]
+    assert installed(field) == before and field.live.pipeline.embedder.info.model_id == EMBEDDER_ID
+    assert field.live.swaps == 1 and not list(state_models_dir(field.device.store_path).glob("fused_*"))
+
+
+def test_tidying_removes_definitions_no_manifest_names_and_keeps_the_bookkeeping(tmp_path: Path) -> None:
+    folder = ModelsFolder(tmp_path)
+    names = ["kept.json", "stale.json", "stale.tflite", MANIFEST_NAME, PREVIOUS_MANIFEST, RELEASE_FLOOR]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"models": [{"file": "kept.json"}]}))
+    folder.tidy()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {"stale.json", "stale.tflite"})
 
 
 # ------------------------------------------------------------------------------------ refused at begin

@@ -151,7 +151,7 @@ def manifest_entry(manifest: Path, model_id: str, content: bytes) -> dict[str, A
         raise ReleaseError(f"{manifest}: not a model manifest ({exc})") from None
     entry = entries.get(model_id)
     if not isinstance(entry, dict):
-        raise ReleaseError(f"{manifest} has no entry {model_id!r} (it has {', '.join(sorted(entries))})")
+        raise ReleaseError(f"{manifest} has no entry {model_id!r} (it has {', '.join(sorted(map(str, entries)))})")
     digest = hashlib.sha256(content).hexdigest()
     if entry.get("sha256") != digest:
         raise ReleaseError(f"{manifest}: {model_id} is sha256 {entry.get('sha256')}, the file given is {digest}")
