@@ -108,6 +108,16 @@ def test_a_standby_release_is_installed_without_becoming_the_default(field: Upda
 
 
 @pytest.mark.slow  # real child processes check both candidates
+def test_a_standby_release_on_a_device_running_from_its_state_directory_swaps_nothing(
+    field: Updates, int8: bytes
+) -> None:
+    assert field.send("job-1", int8, version="2")["status"] == "SUCCEEDED"  # the models now run from the state
+    outcome = send(field, "job-2", from_manifest(MOBILEFACE_ID, "3", standby=True))
+    assert outcome["status"] == "SUCCEEDED" and field.live.swaps == 1
+    assert MOBILEFACE_ID in {entry["id"] for entry in installed(field)["models"]}
+
+
+@pytest.mark.slow  # real child processes check both candidates
 def test_a_field_device_moved_to_fusion_in_two_releases_names_people_enrolled_under_dlib(
     field: Updates, shared_data: Path
 ) -> None:

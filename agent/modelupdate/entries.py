@@ -65,11 +65,13 @@ def release_entry(store: ModelStore, meta: dict[str, Any], current: ModelSpec) -
     if moved:
         inherited = {key: value for key, value in inherited.items() if key not in FITTED}
     entry = inherited | copy.deepcopy(stated)
-    if meta["role"] == "embedder" and "threshold" not in entry:
+    if meta["role"] == "embedder" and "threshold" not in entry and moved:
         raise ReleaseRefused(
-            f"{model_id} changes {', '.join(moved) or 'the embedding space'} from {base.id}, whose fitted figures "
-            "(threshold, gallery) therefore do not apply to it: state its own in the release's entry"
+            f"{model_id} changes {', '.join(moved)} from {base.id}, whose fitted figures (threshold, gallery) "
+            "therefore do not apply to it: state its own in the release's entry"
         )
+    if meta["role"] == "embedder" and "threshold" not in entry:
+        raise ReleaseRefused(f"{model_id} would have no threshold: state one in the release's entry")
     return entry
 
 

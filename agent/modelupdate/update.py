@@ -401,8 +401,10 @@ class ModelUpdater:
         if not verdict.ok:
             raise UpdateFailed(verdict.step, verdict.reason or "it failed its check")
         previous = self.folder.install(job.staged, stored_name(meta["file"], meta["sha256"]), manifest, live_dir)
+        unchanged = standby and live_dir.resolve() == self.models_dir.resolve()  # same models, read from here
         try:
-            self.apply(self.models_dir)
+            if not unchanged:
+                self.apply(self.models_dir)
         except Exception as exc:
             self.folder.restore(previous)
             reason = f"the live agent could not switch to it ({exc}); the previous models run on"
