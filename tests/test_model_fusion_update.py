@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.cli.main import main
 from agent.cli.releases import read_bundle
 from agent.commands.signing import public_key_text
+from agent.config import load_settings
 from agent.gallery.store import GalleryStore
 from agent.modelupdate.install import (
     PREVIOUS_MANIFEST,
@@ -32,6 +33,7 @@ from agent.modelupdate.install import (
 from agent.vision.fusion import definition_bytes, parse_members
 from agent.vision.image import load_image
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
+from agent.vision.pipeline import FacePipeline, PipelineOptions
 from tests.support.agent_process import enroll_cli, faceagent, start_agent
 from tests.support.broker import Broker
 from tests.support.commands import OPERATOR_TOML, data, error, image_arg, write_private_key
@@ -131,6 +133,17 @@ def test_a_field_device_moved_to_fusion_in_two_releases_names_people_enrolled_un
     assert named(field, bush(shared_data)) is None
     listing = data(field.device.call("list_people"))
     assert listing["model_id"] == FUSED_ID and listing["people"][0]["needs_reenrollment"] is True
+
+
+@pytest.mark.slow  # real child processes check both candidates
+def test_a_restarted_service_loads_the_fused_embedder_the_releases_installed(field: Updates) -> None:
+    for job_id, release in zip(("job-1", "job-2"), fusion_releases(), strict=True):
+        assert send(field, job_id, release)["status"] == "SUCCEEDED"
+    from agent.service.app import AgentService
+
+    service = AgentService(load_settings(field.device.settings_path))  # as `faceagent run` starts
+    pipeline = FacePipeline(PipelineOptions(models_dir=service.settings.models.dir))
+    assert pipeline.embedder.info.model_id == FUSED_ID
 
 
 @pytest.mark.slow  # real child processes check both candidates
@@ -346,3 +359,5 @@ def test_faceagent_run_moves_to_the_fused_embedder_over_mqtt_and_names_who_was_e
     assert agent.returncode == 0, stderr
     assert document["models"]["embedder"] == FUSED_ID, document
     assert document["gallery"]["people_needing_reenrollment"] == 1
+    listing = json.loads(faceagent("gallery", "list", "--json", "--db", str(db), config=config).stdout)
+    assert listing["model_id"] == FUSED_ID and listing["people"][0]["needs_reenrollment"] is True, listing
