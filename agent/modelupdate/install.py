@@ -2,9 +2,10 @@
 
 It lives in the state directory (`state_models_dir`, beside the gallery), never in the installed package,
 and once it holds a manifest the service loads its models from there (`installed_models_dir`). The first
-update seeds it with the models in use. Files are named by content (`<stem>.<sha256[:12]>.tflite`), so
-no update overwrites a file: the previous model is still on disk when the manifest (replaced atomically,
-the old one kept as `manifest.previous.json`) is rolled back. Files neither manifest names are removed.
+update seeds it with the models in use. Files are named by content (`<stem>.<sha256[:12]>.tflite`, or `.json`
+for a fused definition), so no update overwrites a file: the previous model is still on disk when the manifest
+(replaced atomically, the old one kept as `manifest.previous.json`) is rolled back. Files neither manifest
+names are removed.
 """
 
 from __future__ import annotations

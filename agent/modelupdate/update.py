@@ -21,6 +21,10 @@ Why it is built so:
   agent cannot switch to it after all, the previous manifest is put back.
 - A new embedder id means new templates: the live matcher holds only that model's, people without one are
   reported for re-enrollment, and with `gallery.keep_chips` on the kept chips are embedded again.
+- A fused embedder arrives in two releases (`agent.modelupdate.entries`): its members that are missing, signed
+  `standby` (installed and checked, the role's default kept), then its definition, refused at begin unless
+  every member is installed with the sha256 it names; a new build of a member of the fused embedder in use is
+  refused. `standby` enters the signed message only where true, so older releases verify as they did.
 - Releases only move forward, or an old signed release (a model since found weak) could be replayed under
   a new job id. `version` (signed) is 1-4 dotted whole numbers, compared as a tuple of integers with
   trailing zeros dropped: 2026.11.1 > 2026.9 > 2 and 2026.11 == 2026.11.0. A commit of a version not
