@@ -198,7 +198,8 @@ def test_a_model_that_kills_the_runtime_fails_without_harming_the_agent(updates:
 
 @pytest.mark.slow  # a real child process checks the candidate model
 def test_a_model_that_does_not_match_its_manifest_entry_fails_its_check(updates: Updates, int8: bytes) -> None:
-    outcome = updates.send("job-1", int8, entry={"output": {"shape": [1, 512], "dtype": "float32"}})
+    output = {"shape": [1, 512], "dtype": "float32"}  # another space: its threshold is restated, or refused at begin
+    outcome = updates.send("job-1", int8, entry={"output": output, "threshold": 0.6})
     assert outcome["status"] == "FAILED" and outcome["step"] == "check" and "shape" in outcome["reason"]
     updates.assert_old_model_runs()
 

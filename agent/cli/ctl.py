@@ -473,6 +473,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def _model_outcome(device: str, reply: dict | None) -> bool:
     data = _object((reply or {}).get("data"))
+    if data.get("status") == "SUCCEEDED" and data.get("standby") is True:
+        print(f"{device}: SUCCEEDED: {data.get('model_id')} version {data.get('version')} installed on standby")
+        return True
     if data.get("status") == "SUCCEEDED":
         try:
             print(
@@ -491,8 +494,9 @@ def _model_outcome(device: str, reply: dict | None) -> bool:
 
 
 def _release(args: argparse.Namespace) -> Release:
-    """The release to ship: a bundle (`ctl model-release`), or the model signed here with --model-key."""
-    from agent.cli.releases import BUNDLE_SUFFIX, Release, read_bundle
+    """The release to ship: a bundle (`ctl model-release`), or the model signed here with --model-key (its entry:
+    the one --entry-from's manifest gives it, fields of --entry over it)."""
+    from agent.cli.releases import BUNDLE_SUFFIX, Release, manifest_entry, read_bundle
     from agent.commands.signing import load_private_key
     from agent.modelupdate.update import MAX_MODEL_BYTES
 
@@ -509,11 +513,13 @@ def _release(args: argparse.Namespace) -> Release:
             f"or a release bundle (*{BUNDLE_SUFFIX}, made by ctl model-release)"
         )
     content = _read_local(args.model, MAX_MODEL_BYTES, "a model")
+    stated = manifest_entry(args.entry_from, args.model_id, content) if args.entry_from else {}
     meta = {
         "model_id": args.model_id,
         "role": args.role,
         "version": args.model_version,
-        "entry": _json_object(args.entry),
+        "entry": stated | _json_object(args.entry),
+        "standby": args.standby,
     }
     return Release.signed(content, load_private_key(args.model_key), file=args.model.name, **meta)
 
@@ -611,7 +617,10 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
     call.add_argument("arguments", nargs="?", default="{}", help="its args as a JSON object")
     call.set_defaults(handler=lambda a: cmd_call(a, a.command, _json_object(a.arguments)))
 
-    release_help = "a .tflite file (signed here with --model-key), or a release bundle (*.release.json)"
+    release_help = (
+        "a .tflite model or a fused definition (.json), signed here with --model-key; or a release bundle "
+        "(*.release.json)"
+    )
     signing = argparse.ArgumentParser(add_help=False)
     signing.add_argument("model", type=Path, help=release_help)
     signing.add_argument("--model-id", help="manifest id: an existing one to replace, or a new one")
@@ -622,6 +631,19 @@ def add_ctl_commands(commands: argparse._SubParsersAction) -> None:
         help="the release's version, signed, above the one installed: dotted whole numbers, e.g. 2026.11.1",
     )
     signing.add_argument("--entry", default="{}", help="manifest fields that change, as a JSON object")
+    signing.add_argument(
+        "--entry-from",
+        type=Path,
+        metavar="MANIFEST",
+        help="take the entry from this manifest's entry for --model-id (e.g. models/manifest.json; it must name "
+        "the file's sha256): a new model's or a fused embedder's whole description",
+    )
+    signing.add_argument(
+        "--standby",
+        action="store_true",
+        help="install it beside the models in use without making it the role's default (signed): a fused "
+        "embedder's member, shipped before the fused release",
+    )
     signing.add_argument("--model-key", type=Path, help="release key that signs the model (ctl keygen --role release)")
 
     release = sub.add_parser(

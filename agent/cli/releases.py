@@ -1,8 +1,11 @@
 """Model releases as the operator ships them: a release bundle, and its roll-out to devices.
 
 A release bundle is the model file and, beside it, `<stem>.release.json`: the metadata a device's `model_update`
-begin carries (model id, role, file, version, sha256, size, manifest entry) with its Ed25519 signature by a
-release key. `faceagent ctl model-release` makes one where the release key is kept; whoever ships it
+begin carries (model id, role, file, version, sha256, size, manifest entry, and `standby` when the model is to be
+installed without becoming the role's default) with its Ed25519 signature by a release key. The model file is a
+.tflite model or a fused embedder's definition (.json), whose entry names its members (agent/modelupdate/entries.py);
+`manifest_entry` takes a release's entry from a manifest (the one scripts/build_models.py writes).
+`faceagent ctl model-release` makes one where the release key is kept; whoever ships it
 (`ctl model-update BUNDLE`, the console) needs only a command key, so the key that decides what may recognize
 people never sits on an operator's machine. `ctl model-update MODEL --model-key KEY` signs and ships at once.
 
@@ -26,7 +29,8 @@ from agent.commands.schema import MODEL_FILE, MODEL_ID, SHA256, VERSION
 from agent.errors import FaceagentError
 from agent.files import FileRefused, read_regular_file, write_atomically
 from agent.link.operator import Operator
-from agent.modelupdate.update import MAX_MODEL_BYTES, sign_model
+from agent.modelupdate.entries import ReleaseRefused, check_definition, is_definition
+from agent.modelupdate.update import MAX_MODEL_BYTES, SET_BY_UPDATE, STANDBY, sign_model
 from agent.wire import SCHEMA, Command
 
 if TYPE_CHECKING:
@@ -46,15 +50,23 @@ class ReleaseError(FaceagentError):
 class Release:
     """A signed model release and its bytes."""
 
-    meta: dict[str, Any]  # model_id, role, file, version, sha256, size, entry: what the signature covers
+    meta: dict[str, Any]  # model_id, role, file, version, sha256, size, entry (standby): what the signature covers
     signature: str
     content: bytes = field(repr=False)
 
     @classmethod
     def signed(cls, content: bytes, key: Ed25519PrivateKey, *, file: str, **meta: Any) -> Release:
-        """`content` released as `meta` (model_id, role, version, entry), signed by the release `key`."""
+        """`content` released as `meta` (model_id, role, version, entry, standby), signed by the release `key`; a
+        fused definition is checked against the members its entry lists first."""
         full = {**meta, "file": file, "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
         full.setdefault("entry", {})
+        if full.pop(STANDBY, False):  # absent unless true: a plain release's message stays as it was
+            full[STANDBY] = True
+        if is_definition(file):
+            try:
+                check_definition(full, full["entry"])
+            except ReleaseRefused as exc:
+                raise ReleaseError(str(exc)) from None
         return cls(full, sign_model(key, full), content)
 
     def begin(self, job_id: str) -> dict[str, Any]:
@@ -73,7 +85,8 @@ class Release:
 
     def describe(self) -> str:
         meta = self.meta
-        return f"{meta['model_id']} {meta['version']} ({meta['role']}, {meta['size']} bytes)"
+        standby = ", on standby" if meta.get(STANDBY) else ""
+        return f"{meta['model_id']} {meta['version']} ({meta['role']}, {meta['size']} bytes{standby})"
 
     def write_bundle(self, folder: Path) -> Path:
         """`<folder>/<stem>.release.json` beside the model file, which must be there."""
@@ -124,6 +137,25 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
         raise ReleaseError(f"{path}: release.size must be a whole number of bytes up to {MAX_MODEL_BYTES}")
     if not isinstance(meta.get("entry", {}), dict):
         raise ReleaseError(f"{path}: release.entry must be an object")
+    if meta.get(STANDBY, True) is not True:
+        raise ReleaseError(f"{path}: release.standby is true or absent")
+
+
+def manifest_entry(manifest: Path, model_id: str, content: bytes) -> dict[str, Any]:
+    """The manifest entry `manifest` gives `model_id`, without the fields a device sets itself, for a release of
+    `content`, which must be the file that entry names."""
+    try:
+        document = json.loads(read_regular_file(manifest, MAX_BUNDLE_BYTES))
+        entries = {entry["id"]: entry for entry in document["models"]}
+    except (FileRefused, ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"{manifest}: not a model manifest ({exc})") from None
+    entry = entries.get(model_id)
+    if not isinstance(entry, dict):
+        raise ReleaseError(f"{manifest} has no entry {model_id!r} (it has {', '.join(sorted(map(str, entries)))})")
+    digest = hashlib.sha256(content).hexdigest()
+    if entry.get("sha256") != digest:
+        raise ReleaseError(f"{manifest}: {model_id} is sha256 {entry.get('sha256')}, the file given is {digest}")
+    return {key: value for key, value in entry.items() if key not in SET_BY_UPDATE}
 
 
 def bundles(folder: Path) -> dict[str, Path]:

@@ -53,7 +53,7 @@ SETTING_KEY = re.compile(r"[a-z_]{1,32}\.[a-z_]{1,64}")
 SMALL_PAYLOAD_BYTES = 64 * 1024  # every command but enroll and model_update
 MODEL_CHUNK_BYTES = 1024 * 1024  # one model_update chunk, decoded
 MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.tflite")
+MODEL_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,92}\.(?:tflite|json)")  # .json: a fused definition
 SHA256 = re.compile(r"[0-9a-f]{64}")
 EVENT_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")  # a ULID (agent/identity.py new_event_id)
 VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")  # a model release: agent/modelupdate/update.py
@@ -413,12 +413,13 @@ def _model_update() -> Phases:
     begin: dict[str, Rule] = job | {
         "model_id": Text(64, MODEL_ID, "1-64 of a-z 0-9 . _ -, starting with a letter or digit"),
         "role": Text(16, re.compile("detector|embedder"), "detector or embedder"),
-        "file": Text(100, MODEL_FILE, "a bare file name ending in .tflite"),
+        "file": Text(100, MODEL_FILE, "a bare file name ending in .tflite (a model) or .json (a fused definition)"),
         "version": Text(64, VERSION, "1-4 dotted whole numbers, e.g. 2026.11.1"),
         "sha256": Text(64, SHA256, "64 lowercase hex digits"),
         "size": Number(1, 2**40, integer=True),
         "signature": Text(128),
         "entry": Document(),
+        "standby": Flag(),  # signed: install beside the models in use, not as the role's default
     }
     chunk: dict[str, Rule] = job | {"index": Number(0, 1_000_000, integer=True), "data": Blob(MODEL_CHUNK_BYTES)}
     required = frozenset(job)

@@ -2,14 +2,14 @@
 
 It lives in the state directory (`state_models_dir`, beside the gallery), never in the installed package,
 and once it holds a manifest the service loads its models from there (`installed_models_dir`). The first
-update seeds it with the models in use. Files are named by content (`<stem>.<sha256[:12]>.tflite`), so
-no update overwrites a file: the previous model is still on disk when the manifest (replaced atomically,
-the old one kept as `manifest.previous.json`) is rolled back. Files neither manifest names are removed.
+update seeds it with the models in use. Files are named by content (`<stem>.<sha256[:12]>.tflite`, or `.json`
+for a fused definition), so no update overwrites a file: the previous model is still on disk when the manifest
+(replaced atomically, the old one kept as `manifest.previous.json`) is rolled back. Files neither manifest
+names are removed.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.files import fsync_dir, write_atomically
+from agent.modelupdate.entries import DEFINITION_SUFFIX, release_entry
 from agent.vision.embedder import FaceEmbedder
 from agent.vision.fusion import open_embedder
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from agent.gallery.store import GalleryStore
 
 PREVIOUS_MANIFEST = "manifest.previous.json"
+RELEASE_FLOOR = "release-floor.json"  # role -> the highest version installed (agent.modelupdate.update.ReleaseFloor)
 
 
 def state_models_dir(gallery_path: Path) -> Path:
@@ -69,8 +71,8 @@ class ModelsFolder:
     def candidate(self, live_dir: Path, meta: dict[str, Any], current: str, staged: Path, scratch: Path) -> dict:
         """Write into `scratch` a models directory of links with the manifest to be; returns that manifest.
 
-        `meta` is the signed metadata plus `installed` (job, signer, time); its `entry` overrides the model's
-        old entry, or for a new id the entry of `current`, the model now used for the role.
+        `meta` is the signed metadata plus `installed` (job, signer, time); the entry is `release_entry`'s (`current`
+        is the model now used for the role). The release becomes the role's default unless it is on standby.
         """
         live = ModelStore(live_dir)
         self._seed(live, live_dir)
@@ -79,13 +81,13 @@ class ModelsFolder:
         entries: list[dict[str, Any]] = document["models"]
         ids = [entry["id"] for entry in entries]
         model_id, role = meta["model_id"], meta["role"]
-        base = entries[ids.index(model_id)] if model_id in ids else live.specs[current].raw
-        entry = copy.deepcopy(base) | meta["entry"]
+        entry = release_entry(live, meta, live.specs[current])
         entry |= {"id": model_id, "role": role, "file": name, "sha256": meta["sha256"], "bytes": meta["size"]}
         entry |= {"version": meta["version"], "installed": meta["installed"]}
         position = ids.index(model_id) if model_id in ids else len(entries)
         document["models"] = [*entries[:position], entry, *entries[position + 1 :]]
-        document.setdefault("defaults", {})[role] = model_id
+        if not meta.get("standby"):
+            document.setdefault("defaults", {})[role] = model_id
         scratch.mkdir()
         for item in document["models"]:
             target = scratch / item["file"]
@@ -123,14 +125,15 @@ class ModelsFolder:
             write_atomically(self.manifest, previous)
 
     def tidy(self) -> None:
-        """Remove model files neither manifest names (all of them where no update is installed)."""
-        wanted: set[str] = set()
+        """Remove model files (and fused definitions) neither manifest names (all of them where no update is
+        installed); the manifests and the release floor stay."""
+        wanted = {MANIFEST_NAME, PREVIOUS_MANIFEST, RELEASE_FLOOR}
         for path in (self.manifest, self.path / PREVIOUS_MANIFEST):
             try:
                 wanted.update(entry["file"] for entry in json.loads(path.read_text(encoding="utf-8"))["models"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-        for path in self.path.glob("*.tflite"):
+        for path in [*self.path.glob("*.tflite"), *self.path.glob("*" + DEFINITION_SUFFIX)]:
             if path.name not in wanted:
                 path.unlink(missing_ok=True)
 

@@ -21,6 +21,10 @@ Why it is built so:
   agent cannot switch to it after all, the previous manifest is put back.
 - A new embedder id means new templates: the live matcher holds only that model's, people without one are
   reported for re-enrollment, and with `gallery.keep_chips` on the kept chips are embedded again.
+- A fused embedder arrives in two releases (`agent.modelupdate.entries`): its members that are missing, signed
+  `standby` (installed and checked, the role's default kept), then its definition, refused at begin unless
+  every member is installed with the sha256 it names; a new build of a member of the fused embedder in use is
+  refused. `standby` enters the signed message only where true, so older releases verify as they did.
 - Releases only move forward, or an old signed release (a model since found weak) could be replayed under
   a new job id. `version` (signed) is 1-4 dotted whole numbers, compared as a tuple of integers with
   trailing zeros dropped: 2026.11.1 > 2026.9 > 2 and 2026.11 == 2026.11.0. A commit of a version not
@@ -41,7 +45,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -53,7 +57,8 @@ from agent.errors import FaceagentError
 from agent.files import write_atomically
 from agent.identity import utc_iso
 from agent.modelupdate.check import run_check
-from agent.modelupdate.install import ModelsFolder, load_embedder, rebuild_templates, stored_name
+from agent.modelupdate.entries import ReleaseRefused, check_fused, check_member_kept, is_definition, release_entry
+from agent.modelupdate.install import RELEASE_FLOOR, ModelsFolder, load_embedder, rebuild_templates, stored_name
 from agent.vision.fusion import chip_model
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
 from agent.wire import reenrollment_count
@@ -69,9 +74,9 @@ MAX_MODEL_BYTES = 64 * 1024 * 1024
 JOB_IDLE_SECONDS = 600.0  # a job silent this long gives way to the next `begin`
 MODEL_TAG = b"faceagent-model-v1"
 SIGNED_FIELDS = ("model_id", "role", "file", "version", "sha256", "size", "entry")
+STANDBY = "standby"  # signed where true only: a release signed before it existed verifies as it did
 SET_BY_UPDATE = ("id", "role", "file", "sha256", "bytes", "version", "installed")  # not overridable in `entry`
 STAGING = ".staging"
-RELEASE_FLOOR = "release-floor.json"  # role -> the highest version installed, in the state models directory
 _SPARE_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger(__name__)
@@ -89,8 +94,11 @@ class JobStatus(StrEnum):
 
 
 def model_message(meta: Mapping[str, Any]) -> bytes:
-    """The bytes a model's publisher signs: a tag, then the signed fields as canonical JSON."""
+    """The bytes a model's publisher signs: a tag, then the signed fields as canonical JSON; `standby` among
+    them only when true, so every release without it has the message it had before the flag existed."""
     body = {name: meta.get(name, {} if name == "entry" else None) for name in SIGNED_FIELDS}
+    if meta.get(STANDBY) is True:
+        body[STANDBY] = True
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return MODEL_TAG + b"\n" + text.encode("utf-8")
 
@@ -254,6 +262,8 @@ class ModelUpdater:
         if args["job_id"] in (".", ".."):  # names its folder: `.staging/..` is the models directory itself
             raise CommandError(ErrorCode.BAD_REQUEST, "args.job_id: must not be . or ..")
         meta: dict[str, Any] = {name: args.get(name) for name in SIGNED_FIELDS} | {"entry": args.get("entry", {})}
+        if args.get(STANDBY) is True:
+            meta[STANDBY] = True
         if self.job is not None and self.job.job_id == args["job_id"] and self.job.meta == meta:
             return self.job  # the same begin again: the job goes on where it is
         if meta["size"] > MAX_MODEL_BYTES:
@@ -283,15 +293,32 @@ class ModelUpdater:
         return job
 
     def _refuse_unusable(self, meta: dict[str, Any]) -> None:
-        """An update the agent would not use, or that would relabel a model of another role."""
+        """An update the agent would not use, that would relabel a model of another role, or that has no right
+        manifest entry here (`agent.modelupdate.entries`): refused before any byte of it is accepted."""
         role, model_id = meta["role"], meta["model_id"]
         pinned = getattr(self.get_settings().models, role)
-        if pinned and pinned != model_id:
+        if pinned and pinned != model_id and not meta.get(STANDBY):
             message = f"models.{role} pins {pinned} in the settings, so {model_id} would never be used: update {pinned}"
             raise CommandError(ErrorCode.CONFLICT, message)
         existing = ModelStore(self._live_dir()).specs.get(model_id)
         if existing is not None and existing.role != role:
             raise CommandError(ErrorCode.BAD_REQUEST, f"{model_id} is a {existing.role}, not a {role}")
+        try:
+            self._refuse_wrong_entry(meta)
+        except FaceagentError as exc:
+            raise CommandError(ErrorCode.CONFLICT, str(exc)) from None
+
+    def _refuse_wrong_entry(self, meta: dict[str, Any]) -> None:
+        """ReleaseRefused when the release has no right entry on this device as its models stand now."""
+        live = ModelStore(self._live_dir())
+        current = live.spec(getattr(self.get_settings().models, meta["role"]), meta["role"])
+        if meta.get(STANDBY) and meta["model_id"] == current.id:
+            message = f"{current.id} is the {meta['role']} in use: a new version of it cannot wait on standby"
+            raise ReleaseRefused(message)
+        check_member_kept(meta, current)
+        entry = release_entry(live, meta, current)
+        if is_definition(meta["file"]):
+            check_fused(live, meta, entry)
 
     def _refuse_without_room(self, size: int) -> None:
         live = ModelStore(self._live_dir())
@@ -371,12 +398,17 @@ class ModelUpdater:
             manifest = self.folder.candidate(live_dir, meta | stamp, replaced.id, job.staged, candidate)
         except (OSError, FaceagentError, ValueError, KeyError) as exc:
             raise UpdateFailed("install", f"could not stage it beside the models in use: {exc}") from exc
-        verdict = run_check(candidate, live_dir, settings.models)
+        standby = bool(meta.get(STANDBY))  # then the check is of the model installed, not of the default kept
+        checked = replace(settings.models, **{meta["role"]: meta["model_id"]}) if standby else settings.models
+        reference = live_dir if not standby or meta["model_id"] in live.specs else None  # None: nothing to drift from
+        verdict = run_check(candidate, reference, checked)
         if not verdict.ok:
             raise UpdateFailed(verdict.step, verdict.reason or "it failed its check")
         previous = self.folder.install(job.staged, stored_name(meta["file"], meta["sha256"]), manifest, live_dir)
+        unchanged = standby and live_dir.resolve() == self.models_dir.resolve()  # same models, read from here
         try:
-            self.apply(self.models_dir)
+            if not unchanged:
+                self.apply(self.models_dir)
         except Exception as exc:
             self.folder.restore(previous)
             reason = f"the live agent could not switch to it ({exc}); the previous models run on"
@@ -385,7 +417,8 @@ class ModelUpdater:
             self.floor.raise_to(meta["role"], meta["version"])
         except (OSError, FaceagentError) as exc:  # the manifest in use names the version too: the floor holds
             log.warning("model update %s: could not record release %s: %s", job.job_id, meta["version"], exc)
-        result = {"sha256": meta["sha256"], "previous": {"model_id": replaced.id, "sha256": replaced.sha256}}
+        result = {"sha256": meta["sha256"], "standby": standby}
+        result |= {"previous": {"model_id": replaced.id, "sha256": replaced.sha256}}
         return result | {"check": verdict.figures} | self._templates(before["embedder"], open_store(), actor)
 
     def _verify(self, job: Job) -> None:
@@ -400,6 +433,10 @@ class ModelUpdater:
         except CommandError as exc:
             raise UpdateFailed("verify", exc.message) from None
         self._refuse_rollback(meta)
+        try:
+            self._refuse_wrong_entry(meta)
+        except FaceagentError as exc:
+            raise UpdateFailed("verify", str(exc)) from None
 
     def _refuse_rollback(self, meta: dict[str, Any]) -> None:
         """An older or equal release, however well signed, would undo a fix: see the module docstring."""

@@ -82,6 +82,12 @@ def member_specs(store: ModelStore, spec: ModelSpec) -> list[tuple[ModelSpec, fl
         raise ModelError(f"fused embedder {spec.id!r}: flip must be true or false, got {flip!r}")
     if store.read_verified(spec) != definition_bytes(members, flip):
         raise ModelError(f"fused embedder {spec.id!r}: {spec.file} does not hold the members the manifest lists")
+    return installed_members(store, spec, members)
+
+
+def installed_members(store: ModelStore, spec: ModelSpec, members: list[Member]) -> list[tuple[ModelSpec, float]]:
+    """Each member's own entry in `store` with its weight: a single embedder of the sha256 the fusion names, or
+    a ModelError (a model update checks a fused release's members with this before its definition arrives)."""
     found = []
     for member in members:
         own = store.specs.get(member.id)

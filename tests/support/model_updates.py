@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.cli.releases import manifest_entry
 from agent.commands.signing import key_id
 from agent.errors import ModelError
 from agent.modelupdate.install import installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater, sign_model
 from agent.vision.image import load_image
-from agent.vision.modelstore import MANIFEST_NAME, default_models_dir
+from agent.vision.modelstore import MANIFEST_NAME, ModelStore, default_models_dir
 from agent.vision.pipeline import FacePipeline, PipelineOptions
 from tests.support.commands import Device, data, make_device
 from tests.support.data import EMBEDDER_ID, SAMPLE
@@ -125,24 +127,46 @@ def updater(key: Ed25519PrivateKey, live: Live) -> ModelUpdater:
     )
 
 
-def dlib_models(folder: Path) -> Path:
-    """The shipped models with dlib int8 as the default embedder (links, and a manifest saying so): the updates
-    here ship dlib's file as a new version of the model in use, which a fused default (a definition over two
-    models) is not."""
+FUSED_ID = "fused-dlib-mobileface-int8"
+MOBILEFACE_ID = "mobileface-v2-int8"
+FIELD_ABSENT = (MOBILEFACE_ID, "mobileface-v2-float32", FUSED_ID)  # what a device in the field today lacks
+
+
+def shipped_models(folder: Path, embedder: str, *, without: tuple[str, ...] = ()) -> Path:
+    """The shipped models with `embedder` as the default (links, and a manifest saying so), the entries `without`
+    names left out (with their files)."""
     shipped = default_models_dir()
+    manifest = json.loads((shipped / MANIFEST_NAME).read_text(encoding="utf-8"))
+    gone = {entry["file"] for entry in manifest["models"] if entry["id"] in without}
+    manifest["models"] = [entry for entry in manifest["models"] if entry["id"] not in without]
+    manifest["defaults"]["embedder"] = embedder
     folder.mkdir(parents=True)
     for item in shipped.iterdir():
-        if item.name != MANIFEST_NAME:
+        if item.name != MANIFEST_NAME and item.name not in gone:
             (folder / item.name).symlink_to(item)
-    manifest = json.loads((shipped / MANIFEST_NAME).read_text(encoding="utf-8"))
-    manifest["defaults"]["embedder"] = EMBEDDER_ID
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return folder
 
 
-def dlib_device(tmp_path: Path, device_id: str = "dev1") -> Live:
-    """A device in `tmp_path` running the shipped models with dlib int8 as its embedder (`dlib_models`)."""
-    models = dlib_models(tmp_path / "shipped-models")
+def dlib_models(folder: Path) -> Path:
+    """The shipped models with dlib int8 as the default embedder: the updates here ship dlib's file as a new
+    version of the model in use."""
+    return shipped_models(folder, EMBEDDER_ID)
+
+
+def field_models(folder: Path) -> Path:
+    """What a device in the field runs today: the detectors and dlib, dlib int8 the default; no MobileFace and no
+    fused entry (`fusion_releases` ships them)."""
+    return shipped_models(folder, EMBEDDER_ID, without=FIELD_ABSENT)
+
+
+def fused_models(folder: Path) -> Path:
+    """The shipped models with the fused embedder as the default, as a device moved to it runs."""
+    return shipped_models(folder, FUSED_ID)
+
+
+def device_on(tmp_path: Path, models: Path, device_id: str = "dev1") -> Live:
+    """A device in `tmp_path` running the models in `models` (its manifest's defaults)."""
     pipeline = FacePipeline(PipelineOptions(models_dir=models, threads=1))
     device = make_device(tmp_path, pipeline, device_id=device_id)
     settings = device.current[0]
@@ -150,12 +174,40 @@ def dlib_device(tmp_path: Path, device_id: str = "dev1") -> Live:
     return Live(device, pipeline)
 
 
-def make_updates(tmp_path: Path, *, keep_chips: bool = False) -> Updates:
-    """A device running dlib int8 (`dlib_device`), taking updates signed by a key of its own."""
-    live = dlib_device(tmp_path)
+def dlib_device(tmp_path: Path, device_id: str = "dev1") -> Live:
+    """A device in `tmp_path` running the shipped models with dlib int8 as its embedder (`dlib_models`)."""
+    return device_on(tmp_path, dlib_models(tmp_path / "shipped-models"), device_id)
+
+
+def make_updates(tmp_path: Path, *, keep_chips: bool = False, models: Callable[[Path], Path] = dlib_models) -> Updates:
+    """A device running `models` (dlib int8 unless told), taking updates signed by a key of its own."""
+    live = device_on(tmp_path, models(tmp_path / "shipped-models"))
     device = live.device
     settings = device.current[0]
     device.current[0] = replace(settings, gallery=replace(settings.gallery, keep_chips=keep_chips))
     key = Ed25519PrivateKey.generate()
     device.services.model_updates = updater(key, live)
     return Updates(device, live, key, live.embedding(), settings.models.dir or default_models_dir())
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One release as the publisher makes it from the shipped manifest (`ctl model-release --entry-from`)."""
+
+    content: bytes
+    meta: dict[str, Any]  # signed_release's keyword arguments
+
+
+def from_manifest(model_id: str, version: str, **meta: Any) -> Shipped:
+    """The shipped file of `model_id` released under its shipped manifest entry, as `version`."""
+    shipped = default_models_dir()
+    spec = ModelStore(shipped).specs[model_id]
+    content = (shipped / spec.file).read_bytes()
+    entry = manifest_entry(shipped / MANIFEST_NAME, model_id, content)
+    return Shipped(content, {"model_id": model_id, "file": spec.file, "version": version, "entry": entry} | meta)
+
+
+def fusion_releases() -> tuple[Shipped, Shipped]:
+    """What moves a field device (`field_models`) to the fused embedder: MobileFace on standby (version 2), then
+    the fused definition (version 3: releases of a role only move forward)."""
+    return from_manifest(MOBILEFACE_ID, "2", standby=True), from_manifest(FUSED_ID, "3")
