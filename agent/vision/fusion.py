@@ -164,7 +164,8 @@ class FusedEmbedder:
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
-    # The same value as float(np.linalg.norm(vector)), which computes sqrt(dot) too, at a fifth of its cost.
+    # np.linalg.norm's own formula (the root of the dot product) without its call overhead (0.9 against 2.3 us):
+    # the float32 division rounds this float64 root to numpy's float32 one, so the unit vector is the same.
     norm = math.sqrt(float(np.dot(vector, vector)))
     if not math.isfinite(norm) or norm <= 0:
         raise ModelError("an embedder returned a zero or non-finite vector")
