@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_crowd.py                       # 1, 5, 10, 20 faces, 150 frames each
     .venv/bin/python scripts/bench_crowd.py --faces 1 10 --frames 120 --out /tmp/crowd.json
+    .venv/bin/python scripts/bench_crowd.py --faces 1 10 --embedder fused-dlib-mobileface-int8
 
 Frames (640x480, the usual size of a Pi's low-resolution stream) are composed from real photos in the
 shared data: a landscape (`negatives/places365_mountains.jpg`) as the background and LFW faces pasted on
@@ -250,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peer-frames", type=int, default=10, help="frames for each peer per count (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
     parser.add_argument("--runtime", choices=["ai-edge-litert", "tflite-runtime"], help="force a TFLite runtime")
+    parser.add_argument("--embedder", help="manifest id of the embedder (default: the manifest's default)")
     parser.add_argument("--no-library", action="store_true", help="skip face_recognition")
     parser.add_argument(
         "--no-refine", action="store_true", help="skip the detector's second pass per face (what it costs)"
@@ -259,8 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not all(1 <= n <= len(CELL_ORDER) for n in args.faces) or not 0 < args.steady < args.frames:
         parser.error(f"--faces must be 1..{len(CELL_ORDER)}; --steady must be > 0 and below --frames")
     data = resolve_data_dir(args.data, [str(BACKGROUND), str(SPLIT)])
-    settings = Settings(models=ModelSettings(threads=args.threads, runtime=args.runtime))
-    pipeline = FacePipeline(PipelineOptions(threads=args.threads, runtime=args.runtime, refine=not args.no_refine))
+    settings = Settings(models=ModelSettings(threads=args.threads, runtime=args.runtime, embedder=args.embedder))
+    pipeline = FacePipeline(
+        PipelineOptions(threads=args.threads, runtime=args.runtime, embedder=args.embedder, refine=not args.no_refine)
+    )
     face_recognition = None if args.no_library else import_face_recognition()
     with Image.open(data / BACKGROUND) as photo:
         background = photo.convert("RGB").resize(FRAME_SIZE, Image.Resampling.BILINEAR)
@@ -277,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="faceagent-crowd-") as scratch,
         GalleryStore.open(Path(scratch) / "gallery.db") as store,
     ):
-        matcher = Matcher.for_gallery(settings.gallery)
+        matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)  # its figures, as the service's
         enrolled = enroll(pipeline, store, matcher, settings, data, people)
         print(
             f"gallery: {len(enrolled)} people enrolled from their own gallery photo; in view: "
@@ -400,7 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"SKIP  steady-state ratio target: needs --faces 1 and {TARGET_FACES}")
     if args.out:
-        write_json(args.out, {"runtime": pipeline.runtime.describe(), "threads": args.threads, "results": results})
+        write_json(
+            args.out,
+            {
+                "runtime": pipeline.runtime.describe(),
+                "threads": args.threads,
+                "embedder": pipeline.embedder_spec.id,
+                "results": results,
+            },
+        )
     return 0 if ok else 1
 
 

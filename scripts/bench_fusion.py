@@ -165,15 +165,24 @@ class System:
     """Per-image member vectors (already flipped-averaged or not), weights and how persons are scored."""
 
     name: str
-    members: list[np.ndarray]  # each (n, d) unit rows (zeros: no face)
+    members: list[np.ndarray]  # each (n, d) unit rows (zeros: no face); what templates are made of
     weights: tuple[float, ...]
     score_fusion: bool = False  # per-member best template, then the weighted sum
     euclidean: bool = False  # face_recognition's own protocol: raw vectors, similarity = -L2 distance
+    query_members: list[np.ndarray] | None = None  # queries' member vectors when not made like templates
 
     def fused(self) -> np.ndarray:
+        """The enrolled side's vectors (templates)."""
+        return self._concatenate(self.members)
+
+    def queries(self) -> np.ndarray:
+        """The query side's vectors (probes, strangers, tracks): the templates' unless stated otherwise."""
+        return self._concatenate(self.query_members or self.members)
+
+    def _concatenate(self, members: list[np.ndarray]) -> np.ndarray:
         if self.euclidean:
-            return self.members[0]
-        return np.concatenate([math.sqrt(w) * m for w, m in zip(self.weights, self.members, strict=True)], axis=1)
+            return members[0]
+        return np.concatenate([math.sqrt(w) * m for w, m in zip(self.weights, members, strict=True)], axis=1)
 
 
 def similarity(system: System, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -199,13 +208,13 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def lfw_accuracy(system: System, pairs: Sequence[Pair], index: dict[str, int], found: np.ndarray) -> float:
-    vectors = system.fused()
+    templates, queries = system.fused(), system.queries()  # a pair's first photo is the enrolled one
     a = np.array([index[p.path_a] for p in pairs])
     b = np.array([index[p.path_b] for p in pairs])
     if system.euclidean:
-        distances = np.linalg.norm(vectors[a] - vectors[b], axis=1)
+        distances = np.linalg.norm(templates[a] - queries[b], axis=1)
     else:
-        distances = 1.0 - (vectors[a] * vectors[b]).sum(1)
+        distances = 1.0 - (templates[a] * queries[b]).sum(1)
     distances[~(found[a] & found[b])] = np.nan
     return 100 * cross_validate(pairs, distances).mean
 
@@ -215,14 +224,17 @@ def person_scores(system: System, queries: np.ndarray, templates: list[list[int]
     if aggregation == "mean":
         vectors = system.fused()
         means = unit_rows(np.stack([vectors[t].mean(axis=0) for t in templates]))
-        return vectors[queries] @ means.T
+        return system.queries()[queries] @ means.T
     owner = np.concatenate([[p] * len(t) for p, t in enumerate(templates)])
     flat = np.concatenate(templates)
-    parts = [system.fused()] if not system.score_fusion else [m * 1.0 for m in system.members]
-    weights = (1.0,) if not system.score_fusion else system.weights
+    if system.score_fusion:
+        parts = list(zip(system.members, system.query_members or system.members, strict=True))
+        weights = system.weights
+    else:
+        parts, weights = [(system.fused(), system.queries())], (1.0,)
     total = np.zeros((len(queries), len(templates)))
-    for w, vectors in zip(weights, parts, strict=True):
-        sims = similarity(system, vectors[queries], vectors[flat])
+    for w, (vectors, query_vectors) in zip(weights, parts, strict=True):
+        sims = similarity(system, query_vectors[queries], vectors[flat])
         best = np.full((len(queries), len(templates)), -np.inf)
         np.maximum.at(best.T, owner, sims.T)
         total += w * best
@@ -271,7 +283,7 @@ def tracks(
     """(named enrolled tracks, similarity threshold) at stranger-track FPIR <= 0.5%, 200 enrolled; a track is
     3 probe photos of one person."""
     scn = scenario(split, 200, seed, mode)
-    vectors = system.fused()
+    vectors, query_vectors = system.fused(), system.queries()
     persons = list(scn.enrolled)
     templates = [[index[i] for i in scn.enrolled[p] if found[index[i]]] for p in persons]
     remaining: dict[str, list[str]] = {}
@@ -285,7 +297,7 @@ def tracks(
         have = np.array([any(found[index[i]] for i in t) for t in track_list])
         prepare = (lambda x: x) if system.euclidean else unit_rows
         rows = [
-            prepare(vectors[[index[i] for i in t if found[index[i]]]]).mean(0)
+            prepare(query_vectors[[index[i] for i in t if found[index[i]]]]).mean(0)
             for t, h in zip(track_list, have, strict=True)
             if h
         ]
@@ -314,7 +326,7 @@ def pose(
     system: System, split: Split, index: dict[str, int], found: np.ndarray, yaw: np.ndarray
 ) -> tuple[float, float]:
     """(frontal DIR, turned DIR) at FPIR 1%: all identities enrolled on their most frontal image."""
-    vectors = system.fused()
+    vectors, query_vectors = system.fused(), system.queries()
     enrolled, probes = [], []
     for identity in sorted(split.gallery):
         images = [index[i] for i in [split.gallery[identity], *split.probes.get(identity, [])] if found[index[i]]]
@@ -325,11 +337,11 @@ def pose(
         probes.extend((len(enrolled) - 1, i) for i in images if i != front)
     strangers = [index[i] for i in split.distractors]
     s_rows = [i for i in strangers if found[i]]
-    s_best = similarity(system, vectors[s_rows], vectors[enrolled]).max(1)
+    s_best = similarity(system, query_vectors[s_rows], vectors[enrolled]).max(1)
     out = []
     for keep in (lambda y: abs(y) < FRONTAL_YAW, lambda y: abs(y) >= TURNED_YAW):
         chosen = [(p, i) for p, i in probes if keep(yaw[i])]
-        sims = similarity(system, vectors[[i for _, i in chosen]], vectors[enrolled])
+        sims = similarity(system, query_vectors[[i for _, i in chosen]], vectors[enrolled])
         ok = sims.argmax(1) == np.array([p for p, _ in chosen])
         out.append(dir_at(sims.max(1), ok, s_best, len(strangers), FPIR)[0])
     return out[0], out[1]
@@ -412,6 +424,45 @@ def fit(system: System, ctx: Context, images: list[str]) -> dict[str, Any]:
 MODES = ("1 tpl", "3 tpl")
 
 
+@dataclass(frozen=True)
+class FlipChoice:
+    """Which member vectors average the chip with its mirror image, on each side (dlib, MobileFace)."""
+
+    label: str
+    templates: tuple[bool, bool]
+    queries: tuple[bool, bool]
+
+    def query_invokes(self) -> tuple[int, int]:
+        """Embedder invokes per face seen live (dlib, MobileFace): enrollment's cost is paid once."""
+        return 1 + self.queries[0], 1 + self.queries[1]
+
+
+FLIP_CHOICES = (
+    FlipChoice("no flip", (False, False), (False, False)),
+    FlipChoice("flip dlib only", (True, False), (True, False)),
+    FlipChoice("flip MobileFace only", (False, True), (False, True)),
+    FlipChoice("flip both (shipped)", (True, True), (True, True)),
+    FlipChoice("flip on templates only (both members), queries not", (True, True), (False, False)),
+    FlipChoice("flip on templates (both), queries MobileFace only", (True, True), (False, True)),
+)
+
+
+def flip_study(views: dict[str, np.ndarray], quant: str, weight: float, ctx: Context) -> dict[str, dict[str, float]]:
+    """The figures of each FlipChoice at one dlib weight: what the mirrored chip buys per member and side."""
+    dlib_id, mf_id = MEMBERS[quant]
+    rows = {}
+    for choice in FLIP_CHOICES:
+        templates = [
+            member_vectors(views[dlib_id], choice.templates[0]),
+            member_vectors(views[mf_id], choice.templates[1]),
+        ]
+        queries = [member_vectors(views[dlib_id], choice.queries[0]), member_vectors(views[mf_id], choice.queries[1])]
+        system = System(choice.label, templates, (weight, 1.0 - weight), query_members=queries)
+        rows[choice.label] = figures(system, ctx)
+        progress(f"{choice.label}: {rows[choice.label]}")
+    return rows
+
+
 def objective(row: dict[str, float]) -> float:
     """What the issue rewards beyond LFW: open-set DIR at both sizes and the turned faces, equally."""
     return float(np.mean([row["1557/1"], row["1557/3"], row["200/3"], row["trk200/1"], row["turned"]]))
@@ -439,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", help="dlib weights to try, comma-separated (default 0.0, 0.1 .. 1.0)")
     parser.add_argument("--fit", metavar="W", type=float, help="only fit the manifest figures at dlib weight W")
     parser.add_argument("--flip", action="store_true", help="with --fit: the mirrored chip too")
+    parser.add_argument(
+        "--flip-study",
+        metavar="W",
+        type=float,
+        help="only the flip choices (per member; templates only) at dlib weight W, first --quantization",
+    )
     parser.add_argument("--out", type=Path, help="write every figure as JSON")
     args = parser.parse_args(argv)
     data = resolve_data_dir(args.data, ["pairs.tsv", "ident_split.tsv", "faces-lfw"])
@@ -457,6 +514,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     turned = int(sum(abs(ctx.yaw[i]) >= TURNED_YAW for i in np.flatnonzero(faces.found)))
     print(f"images {len(images)}, no face {int((~faces.found).sum())}, turned (|yaw| >= {TURNED_YAW}) {turned}")
 
+    if args.flip_study is not None:
+        quant = quantizations[0]
+        study = flip_study(views, quant, args.flip_study, ctx)
+        print(f"\n=== {quant}, w_dlib={args.flip_study}: % as below; invokes per live face (dlib + MobileFace) ===")
+        table = [
+            [
+                label,
+                "+".join(map(str, next(c for c in FLIP_CHOICES if c.label == label).query_invokes())),
+                *(f"{row[c]:.2f}" if c == "LFW" else f"{row[c]:.1f}" for c in COLUMNS),
+                f"{objective(row):.1f}",
+            ]
+            for label, row in study.items()
+        ]
+        print(format_table(["system", "invokes", *COLUMNS, "objective"], table))
+        print(f"load average at end: {load_average()}; {time.time() - started:.0f} s")
+        if args.out:
+            write_json(args.out, {"flip_study": study, "weight": args.flip_study, "quantization": quant})
+        return 0
     if args.fit is not None:
         quant = quantizations[0]
         dlib, mf = (member_vectors(views[m], args.flip) for m in MEMBERS[quant])

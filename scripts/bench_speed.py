@@ -7,6 +7,7 @@ face_recognition`; its dlib comes from dlib-bin):
     .venv/bin/python scripts/bench_speed.py --repeat 3 --threads 1
     .venv/bin/python scripts/bench_speed.py --runtime tflite-runtime            # ours under one runtime only
     .venv/bin/python scripts/bench_speed.py --only ours                         # one side, in this process
+    .venv/bin/python scripts/bench_speed.py --live --embedder fused-dlib-mobileface-int8   # the service's loop
 
 What it measures, on every frame of shared/data/sequence/hamilton_clip/frames/*.jpg (640x360), after
 a few warm-up frames, for `--repeat` passes:
@@ -16,11 +17,16 @@ a few warm-up frames, for `--repeat` passes:
   processing), align and embed (invoke vs the rest) for every face found; total per frame, frames/s,
   mean / p50 / p95.
 - face_recognition: decode the same way, then HOG `face_locations` and `face_encodings` for all faces.
-- The speed ratio (our fps / library fps, decode included on both sides; target >= 10x) and our
+- The speed ratio (our fps / library fps, decode included on both sides; target >= 15x) and our
   overhead: everything except the two models' invoke() time and the decode, as a percentage of the
   invoke time (target <= 25%).
 - Peak RSS (ru_maxrss) and CPU time of each side: each side runs in its own subprocess (this script
   re-invoked with `--only`), one after the other.
+`--live` runs the agent's own loop (`AgentService` on the clip, a gallery of `--templates`) and prints the mean,
+p50 and p95 of its per-frame compute, then both sides above on the same frames, and two ratios of
+face_recognition's mean per-frame cost (decode excluded): over the live loop's, which is not the same work (the
+loop embeds a face only until its track is decided; the library embeds every face of every frame), and over our
+pipeline doing the library's work.
 The two sides may find different numbers of faces; both counts are printed. Timings on a machine
 shared with other work are noisy: the load average at the start is printed with them.
 """
@@ -59,7 +65,7 @@ from agent.vision.runtime import BACKENDS, installed_runtimes
 
 FRAMES = Path("sequence/hamilton_clip/frames")
 SIDES = ("ours", "face_recognition")
-TARGET_SPEEDUP = 10.0
+TARGET_SPEEDUP = 15.0  # issue 12: >= 15x face_recognition's frame rate at 2 threads (aim for 20x)
 TARGET_OVERHEAD_PCT = 25.0
 
 OUR_STAGES = ("decode", "detect_invoke", "detect_other", "align", "embed_invoke", "embed_other")
@@ -297,6 +303,31 @@ def print_comparison(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     return targets
 
 
+def print_live_ratios(live: dict[str, Any], peers: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """face_recognition's per-frame cost over the live loop's, and over our pipeline doing the library's work.
+
+    Decode is left out of all three: the live loop's clock starts at a decoded frame (the source decodes)."""
+    library = peers["face_recognition"]["total_without_decode"]["mean_ms"]
+    every_frame = peers["ours"]["total_without_decode"]["mean_ms"]
+    loop = live["latency_ms"]["total"]["mean"]
+    ratios = {"live_loop": library / loop, "every_frame": library / every_frame}
+    print()
+    print(
+        f"face_recognition per frame (HOG, landmarks and an encoding of every face, decode excluded): mean "
+        f"{library:.2f} ms; our live loop's per-frame compute: mean {loop:.2f} ms; our pipeline embedding every "
+        f"face of every frame: mean {every_frame:.2f} ms"
+    )
+    print(
+        f"ratio against the live loop: {ratios['live_loop']:.1f}x. Not the same work: the live loop detects on "
+        f"every frame but embeds a face only until its track is decided ({live['embeddings']} embeddings for "
+        f"{live['faces']} faces here), while face_recognition embeds every face of every frame."
+    )
+    print(
+        f"ratio for the same work (our pipeline also embedding every face of every frame): {ratios['every_frame']:.1f}x"
+    )
+    return ratios
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -369,10 +400,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.live:
         from _bench_live import print_live, run_live  # the agent's service: only for --live
 
-        result = run_live(data, args.threads, args.templates)
+        runtime = args.runtime[0] if args.runtime else None
+        load_before = load_average()
+        result = run_live(data, args.threads, args.templates, args.embedder, runtime)
+        result["load_average_before"], result["load_average_after"] = load_before, load_average()
         ok = print_live(result)
+        print(f"  load average before {load_before}; after {result['load_average_after']}")
+        peers = {}
+        for side in SIDES:  # the same frames, each side in its own subprocess, in this run
+            print()
+            progress(f"running the {side} side in a subprocess (the peers of the live loop)")
+            peers[side] = run_in_subprocess(side, args, data, runtime if side == "ours" else None)
+        ratios = print_live_ratios(result, peers)
         if args.out:
-            write_json(args.out, {"live": result, "load_average": load_average()})
+            write_json(args.out, {"live": result, "peers": peers, "ratios": ratios, "load_average": load_average()})
         return 0 if ok else 1
     frames = frame_paths(data)
     meta = {

@@ -142,6 +142,10 @@ class Aligner:
 
     def align(self, image: Image.Image, keypoints: np.ndarray) -> np.ndarray:
         """The chip (chip_size x chip_size x 3 uint8); areas outside the frame are black."""
+        return np.asarray(self.align_image(image, keypoints))
+
+    def align_image(self, image: Image.Image, keypoints: np.ndarray) -> Image.Image:
+        """`align`'s chip as a Pillow image: its mirror image is a fifth of the cost of an array's."""
         a, b, tx, ty = self._fit(keypoints)
         data = _inverse(a, b, tx, ty)  # chip -> frame
         factor = int(math.hypot(data[0], data[3]))  # frame pixels per chip pixel
@@ -149,14 +153,13 @@ class Aligner:
             # A face over twice the chip size: box-filter it down first, or bilinear sampling aliases.
             image, inverse = _reduce_region(image, np.array(data).reshape(2, 3), self.chip_size, factor)
             data = tuple(inverse.reshape(-1).tolist())
-        chip = image.transform(
+        return image.transform(
             (self.chip_size, self.chip_size),
             Image.Transform.AFFINE,
             data=data,
             resample=Image.Resampling.BILINEAR,
             fillcolor=(0, 0, 0),
         )
-        return np.asarray(chip)
 
 
 def _reduce_region(image: Image.Image, inverse: np.ndarray, size: int, factor: int) -> tuple[Image.Image, np.ndarray]:
