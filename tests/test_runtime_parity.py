@@ -7,8 +7,8 @@ not move: a gallery enrolled under tflite-runtime (every device before litert be
 the same people under litert, except a probe that sat on the threshold.
 
 Measured here (770 LFW faces, x86-64): detections identical (0.0 px); embeddings' cosine between the two
-runtimes min 0.99913 / median 0.99952 for dlib-resnet29-int8 (the default), 0.98390 / 0.99417 for
-mobileface-v2-int8, 1.000000 for both float32 models. Skipped, saying so, unless both runtimes import.
+runtimes min 0.99913 / median 0.99952 for dlib-resnet29-int8, 0.98390 / 0.99417 for mobileface-v2-int8 (the
+fused default's members), 1.000000 for both float32 models. Skipped, saying so, unless both runtimes import.
 """
 
 from __future__ import annotations
