@@ -248,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     vectors, owners = random_templates(args.templates, people, args.seed, dim)
     rng = np.random.default_rng(args.seed + 1)
     picks = rng.integers(0, args.templates, args.queries)
-    queries = vectors[picks] + rng.normal(0, 0.05, (args.queries, dim)).astype(np.float32)
+    # Noise of the same norm at any dimension (0.05 a coordinate at 128-d), so queries stay near their template.
+    queries = vectors[picks] + rng.normal(0, 0.05 * np.sqrt(128 / dim), (args.queries, dim)).astype(np.float32)
     print(
         f"{args.templates} templates of {people} people, {dim}-d float32 (random directions, norm "
         f"{NORM_MEAN} +- {NORM_STD}); {args.queries} queries; OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
