@@ -36,7 +36,7 @@ from tests.support.agent_process import agent_config, faceagent, start_agent
 from tests.support.broker import Broker, Observer
 from tests.support.commands import OPERATOR_KEY, write_operator_key, write_private_key
 from tests.support.console import ConsoleProcess, make_password_file, start_console
-from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, REPO
+from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, DEFAULT_EMBEDDER_ID, DEFAULT_THRESHOLD, REPO
 
 DOCS = REPO / "docs"
 DEVICES = ("stage-1", "stage-2")
@@ -200,6 +200,14 @@ def test_a_bad_setting_shows_its_validation_message_beside_it(fleet: Fleet) -> N
     fleet.wait(lambda: "must be a number greater than 0 and at most 4" in fleet.text(message), 90)
     assert fleet.text("#settings-error") == ""  # the message sits beside its field, not at the top
     fleet.screenshot("device", showing=message)
+
+
+def test_an_unset_matching_figure_shows_the_value_in_force(fleet: Fleet) -> None:
+    fleet.page(f"/device/{DEVICES[1]}")
+    field = fleet.wait(lambda: fleet.driver.find_elements(By.CSS_SELECTOR, 'input[name="gallery.threshold"]'), 90)
+    assert isinstance(field, list)
+    assert field[0].get_attribute("value") == ""  # not set on the device: the embedder's stated figure applies
+    assert field[0].get_attribute("placeholder") == f"{DEFAULT_THRESHOLD} (embedder {DEFAULT_EMBEDDER_ID})"
 
 
 def open_people(fleet: Fleet) -> None:

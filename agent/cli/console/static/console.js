@@ -568,14 +568,17 @@ async function devicePage() {
     const answer = (await api(`${base}/config`)).devices[device];
     if (!answer.ok) { form.replaceChildren(el("p", { className: "error" }, answer.error)); return; }
     const { settings, settable, remote } = answer.data;
+    const inForce = answer.data.matching || {};  // figures left unset: the embedder's stated or built-in ones
     original = {};
     const rows = settable.map((key) => {
       const [section, name] = key.split(".");
       const value = (settings[section] || {})[name];
       original[key] = value;
+      const figure = value === null ? inForce[key] : undefined;
       const input = typeof value === "boolean"
         ? el("input", { type: "checkbox", name: key, checked: value })
-        : el("input", { type: "text", name: key, value: value === null ? "" : String(value) });
+        : el("input", { type: "text", name: key, value: value === null ? "" : String(value),
+          placeholder: figure ? `${figure.value} (${figure.source})` : "" });
       return el("div", { className: "row" },
         el("span", { className: "key" }, key, remote.includes(key) ? el("span", { className: "small" }, " (set remotely)") : null),
         input, el("span", { className: "field-error", dataset: { key } }));
