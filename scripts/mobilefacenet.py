@@ -13,6 +13,9 @@ trained network (MobileFaceNet_TF's `prelu`: relu(x) + alpha * (x - |x|) * 0.5) 
 drops the fused ReLU so the PReLU sees the convolution's output, as in training; `as_shipped` keeps the
 graph as the JSON says (what TF.js runs). scripts/mobilefacenet_study.py measures both on LFW.
 
+Neither is a working face embedder (any two faces at cosine ~0.999; LFW 60-68%): docs/recognition-v2.md,
+section 5. The code stays as the study's record and as a reader for TF.js graph models.
+
 The TFLite model takes what the agent's Embedder feeds: an RGB chip as float 0..255 (1, 112, 112, 3); the
 graph subtracts 127.5 and multiplies by 1/128 itself, and a BGR-trained variant reverses the channels in its
 first convolution's weights (free). Its output is the 192-d embedding before the graph's own L2
@@ -183,7 +186,9 @@ def evaluation_order(g: TfjsGraph, head: str) -> list[str]:
     return order
 
 
-def mobilefacenet_tf_function(tf: Any, g: TfjsGraph, repair: bool = True, bgr: bool = False) -> Any:
+def mobilefacenet_tf_function(
+    tf: Any, g: TfjsGraph, repair: bool = True, bgr: bool = False, split_prelu: bool = False
+) -> Any:
     """The graph as a tf.function on an RGB chip (float 0..255); PReLUs emitted in Keras's form, which the TFLite
     converter turns into PRELU."""
     memo: dict[str, Any] = {}
@@ -213,6 +218,8 @@ def mobilefacenet_tf_function(tf: Any, g: TfjsGraph, repair: bool = True, bgr: b
             if not repair and source.op == "FusedDepthwiseConv2dNative" and "Relu" in source.texts("fused_ops"):
                 return x  # as shipped: a PReLU of a ReLU'd value is that value
             # relu(x) + c (x - |x|) with c = alpha / 2, in Keras's form with a (1, 1, C) slope: TFLite's PRELU.
+            if split_prelu:  # RELU, MINIMUM, MUL, ADD: int8 kernels that XNNPACK has, unlike int8 PRELU
+                return tf.nn.relu(x) + tf.minimum(x, 0.0) * tf.constant(slope[1].astype(np.float32))
             negative_slope = tf.constant(-slope[1].astype(np.float32).reshape(1, 1, -1))
             return tf.nn.relu(x) + tf.nn.relu(-x) * negative_slope
         if n.op == "_FusedConv2D":
@@ -294,12 +301,37 @@ def graph_def_function(tf: Any, model_json: Path, g: TfjsGraph) -> Any:
     return tf.compat.v1.wrap_function(imported, [tf.TensorSpec([None, MFN_SIZE, MFN_SIZE, 3], tf.float32)])
 
 
+def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return (a * (b / np.linalg.norm(b, axis=1, keepdims=True))).sum(1)
+
+
+def check_rebuild(tf: Any, folder: Path, g: TfjsGraph, fn: Any, chips: np.ndarray) -> None:
+    """Prints the rebuild (as shipped) against TF's import of the JSON's GraphDef, this variant against it, and
+    how alike this variant finds different chips (a working face embedder: cosine well below 1)."""
+    reference = graph_def_function(tf, folder / "mobilefacenet.json", g)
+    ref = reference(tf.constant((chips - MFN_MEAN) * MFN_SCALE)).numpy()
+    shipped = mobilefacenet_tf_function(tf, g, repair=False, bgr=False)
+    got = np.concatenate([shipped(tf.constant(c[None])).numpy() for c in chips])
+    print(
+        f"rebuild (as shipped) vs imported GraphDef, {len(chips)} chips: min cosine {unit_cosines(got, ref).min():.7f}"
+    )
+    variant = np.concatenate([fn(tf.constant(c[None])).numpy() for c in chips])
+    cos = unit_cosines(variant, ref)
+    print(f"this variant vs imported GraphDef: min cosine {cos.min():.5f} median {np.median(cos):.5f}")
+    for label, vectors in (("imported GraphDef", ref), ("this variant", variant)):
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        pairs = (unit @ unit.T)[~np.eye(len(unit), dtype=bool)]
+        print(f"{label}: cosine between different chips min {pairs.min():.5f} median {np.median(pairs):.5f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "faceagent-build")
     ap.add_argument("--out", type=Path, required=True, help="folder for the .tflite files")
     ap.add_argument("--order", choices=["rgb", "bgr"], default="rgb", help="channel order the net was trained on")
     ap.add_argument("--as-shipped", action="store_true", help="keep the depthwise convolutions' fused ReLU")
+    ap.add_argument("--split-prelu", action="store_true", help="PReLU as RELU/MINIMUM/MUL/ADD, not PRELU")
     ap.add_argument("--calib", type=Path, help="calibration chips (.npy, uint8 N x 112 x 112 x 3): also int8")
     ap.add_argument("--check", type=Path, help="chips (.npy): compare the rebuild with the imported GraphDef")
     ap.add_argument("--name", default="mobilefacenet", help="file stem (default mobilefacenet)")
@@ -313,18 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     folder = fetch_mobilefacenet(args.work)
     g = read_tfjs_graph(folder / "mobilefacenet.json")
-    fn = mobilefacenet_tf_function(tf, g, repair=not args.as_shipped, bgr=args.order == "bgr")
+    fn = mobilefacenet_tf_function(tf, g, not args.as_shipped, args.order == "bgr", args.split_prelu)
     if args.check:
-        chips = np.load(args.check).astype(np.float32)
-        reference = graph_def_function(tf, folder / "mobilefacenet.json", g)
-        shipped = mobilefacenet_tf_function(tf, g, repair=False, bgr=False)
-        got = np.concatenate([shipped(tf.constant(c[None])).numpy() for c in chips])
-        ref = reference(tf.constant((chips - MFN_MEAN) * MFN_SCALE)).numpy()
-        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-        print(f"rebuild (as shipped) vs imported GraphDef on {len(chips)} chips: min cosine {cos.min():.7f}")
-        repaired = np.concatenate([fn(tf.constant(c[None])).numpy() for c in chips])
-        cos = (repaired * ref).sum(1) / np.linalg.norm(repaired, axis=1) / np.linalg.norm(ref, axis=1)
-        print(f"rebuild (this variant) vs imported GraphDef: min cosine {cos.min():.5f} median {np.median(cos):.5f}")
+        check_rebuild(tf, folder, g, fn, np.load(args.check).astype(np.float32))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}_float32.tflite").write_bytes(convert(tf, fn, None))
     if args.calib:

@@ -6,6 +6,8 @@ venv). Faces are detected and aligned exactly as scripts/bench_fusion.py does (i
     # which variant and alignment: LFW 10-fold, with and without the mirrored chip
     .venv/bin/python scripts/mobilefacenet_study.py lfw --model rgb=DIR/mfn_rgb_float32.tflite ... \
         [--template arcface3 --template arcface4]
+    # alone and fused with dlib int8 / MobileFace V2 int8 / both: every bench_fusion figure
+    .venv/bin/python scripts/mobilefacenet_study.py fuse --model DIR/mfn_rgb_float32.tflite --label rgb
     # invoke time per chip, this model's int8 beside dlib int8 and MobileFace int8, one runtime, 2 threads
     .venv/bin/python scripts/mobilefacenet_study.py speed --model mfn=DIR/mfn_rgb_int8.tflite [--runtime ai-edge-litert]
     # int8 vs float32 cosine on the build's parity chips (disjoint from the calibration chips)
