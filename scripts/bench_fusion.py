@@ -124,19 +124,35 @@ def detect_all(store: ModelStore, images: Sequence[str], data: Path, cache: Path
 def embed_member(store: ModelStore, model_id: str, faces: Detections, data: Path, cache: Path) -> np.ndarray:
     """(n, 2, d) unit vectors: the chip's and its mirror image's; zeros where no face was found."""
     spec = store.spec(model_id, "embedder")
+    member = Member(model_id, store.read_verified(spec), spec.raw["alignment"], int(spec.raw["output"]["shape"][-1]))
+    return embed_views(member, faces, data, cache)
+
+
+@dataclass(frozen=True)
+class Member:
+    """An embedder to bench: a manifest entry's, or a candidate's file with the alignment to try."""
+
+    label: str  # names the cache file
+    model: bytes
+    alignment: dict[str, Any]
+    dimensions: int
+
+
+def embed_views(member: Member, faces: Detections, data: Path, cache: Path) -> np.ndarray:
+    """(n, 2, d) unit vectors: the chip's and its mirror image's; zeros where no face was found."""
     key = {
-        "model": {"sha256": spec.sha256, "alignment": spec.raw["alignment"]},
+        "model": {"sha256": hashlib.sha256(member.model).hexdigest(), "alignment": member.alignment},
         "faces": hashlib.sha256(faces.keypoints.tobytes() + faces.found.tobytes()).hexdigest(),
         "code": vision_files_digest("aligner.py", "image.py"),
         "format": CACHE_FORMAT,
     }
-    path = cache / f"fusion-{model_id}-{json_digest(key)[:16]}.npy"
+    path = cache / f"fusion-{member.label}-{json_digest(key)[:16]}.npy"
     if path.is_file():
         return np.load(path)
-    progress(f"embedding {int(faces.found.sum())} faces with {model_id} (and their mirror images) -> {path}")
-    model = TfliteModel(select_runtime().load(store.read_verified(spec), 1))
-    aligner = Aligner.from_spec(spec.raw["alignment"])
-    out = np.zeros((len(faces.paths), 2, int(spec.raw["output"]["shape"][-1])), dtype=np.float32)
+    progress(f"embedding {int(faces.found.sum())} faces with {member.label} (and their mirror images) -> {path}")
+    model = TfliteModel(select_runtime().load(member.model, 1))
+    aligner = Aligner.from_spec(member.alignment)
+    out = np.zeros((len(faces.paths), 2, member.dimensions), dtype=np.float32)
     start = time.perf_counter()
     for i in np.flatnonzero(faces.found):
         with Image.open(data / faces.paths[i]) as im:
@@ -145,6 +161,7 @@ def embed_member(store: ModelStore, model_id: str, faces: Detections, data: Path
             (vector,) = model.run(np.ascontiguousarray(view[None])).values()
             out[i, k] = vector[0] / np.linalg.norm(vector[0])
     progress(f"  {1000 * (time.perf_counter() - start) / max(int(faces.found.sum()), 1):.1f} ms per face, both views")
+    cache.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out
 
