@@ -14,17 +14,23 @@ rescaling the MXNet parameters before conversion so the float32 model computes t
 * **Bias correction**: each layer's expected output shift from rounding its int8 weights (symmetric, per
   output channel, as TFLite quantizes them), E[(Wq - W) x] over the float model's inputs to that layer on
   the calibration chips, taken off its bias. Only the int8 model gets it; float32 is converted unchanged.
+* **Activation ranges** (`--ranges`, `--headroom`): the converter's calibrated min/max per tensor, edited
+  before quantization: narrowed to the range with the least squared int8 error on the calibration chips
+  (`mse`), or widened for headroom.
+* **Late layers in float** (`--float-from N`): the ops on maps of N x N or smaller and the embedding head
+  stay float32 (the quantizer's denylist); the rest is int8.
 
 Two steps, as `build_models.py` splits its venvs::
 
     /work/buildenv/bin/python scripts/mobileface_int8_variants.py build NAME [options]   # TensorFlow
     .venv/bin/python scripts/mobileface_int8_variants.py measure NAME...                 # both runtimes
 
-`build` writes NAME_float32.tflite and NAME_int8.tflite into --work (the calibration and parity chips are
-made in the runtime venv first, as build_models does); `measure` prints, per runtime, float32 against the
-ONNX reference of the unchanged graph and the int8 model against its own float32 (min / 5th pct / median
-on the 154 parity chips), then ms per chip at 2 threads under ai-edge-litert for each variant and the
-shipped int8 model, interleaved in the same run.
+`build` writes NAME_float32.tflite and NAME_int8.tflite into --work (the calibration, parity and
+selection chips are made in the runtime venv first, as build_models does); `measure` prints, per runtime,
+float32 against the ONNX reference of the unchanged graph and the int8 model against its own float32
+(min / 5th pct / median on the 154 parity chips, or with --chips selection on 770 other photos' chips,
+to choose settings on without fitting the parity figure), then ms per chip at 2 threads under
+ai-edge-litert for each variant and the shipped int8 model, interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ import build_models as bm
 
 DEFAULT_WORK = bm.DEFAULT_WORK / "mobileface-variants"
 RUNTIMES = ("tflite-runtime", "ai-edge-litert")
+# Chips to choose a variant's settings on, disjoint from calibration and parity: picking by the parity
+# chips' minimum would fit the figure being reported.
+SELECTION_STRIDE, SELECTION_OFFSET = 10, 3
+LAST_STAGE_SIZE = 4  # the last stage's maps are 4x4: 2,048 values a tensor, too few for clipping to pay
 
 
 @dataclass(frozen=True)
@@ -195,13 +205,15 @@ def window_means(x: np.ndarray, kernel: int, stride: int, pad: int) -> np.ndarra
     return m
 
 
-def bias_corrected(g: bm.MxGraph, calib: np.ndarray) -> bm.MxGraph:
-    """A copy of g whose BatchNorm betas take off each layer's expected shift from its weights' rounding."""
+def bias_corrected(g: bm.MxGraph, calib: np.ndarray, float_from: int = 0) -> bm.MxGraph:
+    """A copy of g whose BatchNorm betas take off each layer's expected shift from its weights' rounding
+    (not in the layers kept in float: maps of float_from x float_from or smaller, and the head)."""
     readers = consumers(g)
     layers = [
         (i, readers[i][0])
         for i, n in enumerate(g.nodes)
         if n.op in ("Convolution", "FullyConnected") and g.nodes[readers[i][0]].op == "BatchNorm"
+        if not (float_from and (n.op == "FullyConnected" or g.shapes[i][2] <= float_from))
     ]
 
     def source(i: int) -> int:  # the FC reads its Flatten's input, kept 4-d (NCHW)
@@ -236,6 +248,131 @@ def bias_corrected(g: bm.MxGraph, calib: np.ndarray) -> bm.MxGraph:
     return fixed
 
 
+def stream_shapes(g: bm.MxGraph) -> list[tuple[int, ...]]:
+    """Each residual stream's tensor shape in the converted model (NHWC): no other tensor has it."""
+    return [(1, h, w, c) for _, c, h, w in (g.shapes[s.tensors[0]] for s in streams(g))]
+
+
+def late_shapes(g: bm.MxGraph, size: int = LAST_STAGE_SIZE) -> set[tuple[int, ...]]:
+    """NHWC shapes of the activations on maps of size x size or smaller and of the embedding head's output."""
+    shapes = {(1, h, w, c) for _, c, h, w in (shape for shape in g.shapes.values() if len(shape) == 4)}
+    return {s for s in shapes if s[1] <= size} | {(1, 1, 1, g.shapes[g.head][1]), (1, g.shapes[g.head][1])}
+
+
+def nodes_of_shapes(calibrated: bytes, shapes: set[tuple[int, ...]]) -> list[str]:
+    """Names of the ops whose output has one of the shapes (the quantizer's denylist keeps them in float)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    sg = flatbuffer_utils.convert_bytearray_to_object(calibrated).subgraphs[0]
+    names = []
+    for op in sg.operators:
+        t = sg.tensors[op.outputs[0]]
+        if t.shape is not None and tuple(int(d) for d in t.shape) in shapes:
+            names.append(t.name.decode())
+    return names
+
+
+def range_histograms(calibrated: bytes, calib: np.ndarray, bins: int) -> dict[int, np.ndarray]:
+    """Per tensor with a recorded range: a histogram of its float values on the calibration chips over that range."""
+    from tensorflow.lite.python.interpreter import Interpreter, OpResolverType
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tensors = flatbuffer_utils.convert_bytearray_to_object(calibrated).subgraphs[0].tensors
+    ranged = {
+        i: (float(t.quantization.min[0]), float(t.quantization.max[0])) for i, t in enumerate(tensors) if _ranged(t)
+    }
+    # Reference kernels (no XNNPACK): every intermediate tensor is kept, and the values do not depend on the CPU.
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = Interpreter(
+        model_content=calibrated, experimental_preserve_all_tensors=True, experimental_op_resolver_type=resolver
+    )
+    it.allocate_tensors()
+    src = it.get_input_details()[0]["index"]
+    hist = {i: np.zeros(bins) for i in ranged}
+    for chip in calib:
+        it.set_tensor(src, chip[None].astype(np.float32))
+        it.invoke()
+        for i, (lo, hi) in ranged.items():
+            hist[i] += np.histogram(it.get_tensor(i), bins=bins, range=(lo, hi))[0]
+    return hist
+
+
+def _ranged(t: Any) -> bool:
+    q = t.quantization
+    return q is not None and q.min is not None and len(q.min) == 1 and float(q.max[0]) > float(q.min[0])
+
+
+def mse_factor(hist: np.ndarray, lo: float, hi: float, floor: float) -> float:
+    """The factor c for which int8 over [c lo, c hi] has the least mean squared error on the histogram's values."""
+    edges = np.linspace(lo, hi, len(hist) + 1)
+    x = (edges[:-1] + edges[1:]) / 2
+    best, best_err = 1.0, np.inf
+    for c in np.linspace(floor, 1.0, round((1 - floor) * 100) + 1):
+        a, b = c * lo, c * hi
+        err = ((b - a) / 255) ** 2 / 12 * hist[(x >= a) & (x <= b)].sum()
+        err += (hist * np.where(x > b, x - b, np.where(x < a, a - x, 0.0)) ** 2).sum()
+        if err < best_err:
+            best, best_err = float(c), err
+    return best
+
+
+def edited_ranges(
+    calibrated: bytes, calib: np.ndarray, widen: dict[tuple[int, ...], float], mode: str, floor: float
+) -> bytes:
+    """The calibrated model with its recorded activation ranges edited before quantization.
+
+    `mode` "mse" narrows every activation after the input image (last dimension not 3) to the range with
+    the least squared int8 error on the calibration chips; "minmax" keeps the calibrated min/max. Then
+    every tensor of a shape in `widen` gets its range times that factor."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    tensors = model.subgraphs[0].tensors
+    if mode != "minmax":
+        for i, h in range_histograms(calibrated, calib, 2048).items():
+            t = tensors[i]
+            relu = float(t.quantization.min[0]) >= 0
+            last = len(t.shape) != 4 or int(t.shape[1]) <= LAST_STAGE_SIZE
+            if int(t.shape[-1]) == 3 or (mode == "mse-relu" and not relu) or (mode == "mse-early" and last):
+                continue
+            c = mse_factor(h, float(t.quantization.min[0]), float(t.quantization.max[0]), floor)
+            t.quantization.min, t.quantization.max = t.quantization.min * c, t.quantization.max * c
+    for t in tensors:
+        factor = widen.get(tuple(int(d) for d in (t.shape if t.shape is not None else ())))
+        if factor is not None and _ranged(t):
+            t.quantization.min, t.quantization.max = t.quantization.min * factor, t.quantization.max * factor
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def convert_edited(
+    tf: Any,
+    fn: Any,
+    calib: np.ndarray,
+    widen: dict[tuple[int, ...], float],
+    mode: str,
+    floor: float,
+    float_shapes: set[tuple[int, ...]],
+) -> bytes:
+    """build_models.convert with the calibrated activation ranges edited before quantization.
+
+    TensorFlow has no public per-tensor range override: the converter calibrates, then hands the
+    calibrated model to `_mlir_quantize`; the ranges are edited in between. With nothing to edit, the
+    bytes are those of `convert`."""
+    from unittest import mock
+
+    from tensorflow.lite.python import lite
+
+    quantize = lite._mlir_quantize
+
+    def edited(calibrated: bytes, *args: Any, **kwargs: Any) -> bytes:
+        if float_shapes:
+            kwargs["denylisted_nodes"] = nodes_of_shapes(calibrated, float_shapes)
+        return quantize(edited_ranges(calibrated, calib, widen, mode, floor), *args, **kwargs)
+
+    with mock.patch.object(lite, "_mlir_quantize", edited):
+        return bm.convert(tf, fn, calib)
+
+
 def chips_file(work: Path, stride: int) -> Path:
     return work / f"calib_stride{stride}.npy"
 
@@ -249,6 +386,10 @@ def make_chips(work: Path, stride: int) -> None:
     work.mkdir(parents=True, exist_ok=True)
     np.save(chips_file(work, stride), bm.mobileface_chips(calib, bm.DEFAULT_OUT)[0])
     np.save(work / "parity.npy", bm.mobileface_chips(parity, bm.DEFAULT_OUT)[0])
+    selection = bm.select(images, SELECTION_STRIDE, SELECTION_OFFSET)
+    if set(selection) & (set(parity) | set(bm.select(images, bm.MF_CALIB_STRIDE, bm.MF_CALIB_OFFSET))):
+        raise bm.BuildError("the selection images overlap the parity or calibration images")
+    np.save(work / "selection.npy", bm.mobileface_chips(selection, bm.DEFAULT_OUT)[0])
 
 
 def build(args: argparse.Namespace) -> None:
@@ -264,8 +405,15 @@ def build(args: argparse.Namespace) -> None:
     bm.log(f"{args.name}: float graph against the unchanged graph (ONNX): min cosine {same.min():.7f}")
     tf = bm.import_tensorflow()
     (args.work / f"{args.name}_float32.tflite").write_bytes(bm.convert(tf, bm.mobileface_tf_function(tf, g), None))
-    quantized = bias_corrected(g, calib) if args.bias_correction else g
-    int8 = bm.convert(tf, bm.mobileface_tf_function(tf, quantized), calib)
+    quantized = bias_corrected(g, calib, args.float_from) if args.bias_correction else g
+    shapes = stream_shapes(g)
+    widen = {shapes[k]: args.headroom for k in args.headroom_streams}
+    float_shapes = late_shapes(g, args.float_from) if args.float_from else set()
+    if args.headroom_last_stage:
+        widen |= {shape: args.headroom for shape in late_shapes(g)}
+    int8 = convert_edited(
+        tf, bm.mobileface_tf_function(tf, quantized), calib, widen, args.ranges, args.clip_floor, float_shapes
+    )
     (args.work / f"{args.name}_int8.tflite").write_bytes(int8)
     bm.log(f"{args.name}: {len(calib)} calibration chips, int8 sha256 {hashlib.sha256(int8).hexdigest()}")
 
@@ -293,7 +441,7 @@ def embed(it: Any, chips: np.ndarray) -> np.ndarray:
 def measure(args: argparse.Namespace) -> None:
     import onnxruntime
 
-    parity = np.load(args.work / "parity.npy").astype(np.float32)
+    parity = np.load(args.work / f"{args.chips}.npy").astype(np.float32)
     sess = onnxruntime.InferenceSession(bm.mobileface_onnx(bm.load_mobileface()), providers=["CPUExecutionProvider"])
     ref = np.concatenate([sess.run(None, {"data": c[None].transpose(0, 3, 1, 2)})[0] for c in parity])
     for name in args.names:
@@ -327,9 +475,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--relu-pairs", choices=["none", "expand", "project", "all"], default="none")
     ap.add_argument("--relu-target", type=float, default=3.0)
     ap.add_argument("--bias-correction", action="store_true")
+    ap.add_argument(
+        "--ranges", choices=["minmax", "mse", "mse-relu", "mse-early"], default="minmax", help="activation ranges"
+    )
+    ap.add_argument("--clip-floor", type=float, default=0.3, help="--ranges mse: never narrower than this factor")
+    ap.add_argument("--headroom", type=float, default=1.0, help="widen the chosen streams' calibrated ranges")
+    ap.add_argument("--headroom-last-stage", action="store_true", help="--headroom widens the whole last stage too")
+    ap.add_argument(
+        "--float-from", type=int, default=0, help="keep ops on maps this size or smaller, and the head, float"
+    )
+    ap.add_argument(
+        "--headroom-streams", type=int, nargs="+", default=[3], help="which streams (0-3) --headroom widens"
+    )
     ap.add_argument("--calib-stride", type=int, default=bm.MF_CALIB_STRIDE, help="every Nth LFW photo calibrates")
     ap.add_argument("--runtime-python", type=Path, default=bm.DEFAULT_RUNTIME_PY)
     ap.add_argument("--rounds", type=int, default=7, help="measure: timing rounds per model")
+    ap.add_argument("--chips", choices=["parity", "selection"], default="parity", help="measure: on which chips")
     return ap.parse_intermixed_args(argv)
 
 

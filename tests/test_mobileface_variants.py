@@ -96,3 +96,53 @@ def test_weight_rounding_is_within_half_a_step_per_output_channel(w: np.ndarray)
     err = np.abs(q - w).reshape(w.shape[0], -1).max(axis=1)
     assert np.all(err <= step / 2 + 1e-12)
     np.testing.assert_array_equal(variants.quantize_weights(q), q)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float64, st.integers(8, 200), elements=st.floats(0, 1000, allow_nan=False)),
+    st.floats(-5, -0.01),
+    st.floats(0.01, 5),
+    st.sampled_from([0.3, 0.5, 0.8, 1.0]),
+)
+def test_mse_range_factor_stays_between_the_floor_and_the_calibrated_range(
+    hist: np.ndarray, lo: float, hi: float, floor: float
+) -> None:
+    assert floor <= variants.mse_factor(hist, lo, hi, floor) <= 1.0
+
+
+def test_mse_range_narrows_a_long_tailed_tensor_and_keeps_a_bounded_one() -> None:
+    # A Laplace-like tensor (most values near zero, a few far out) gains from clipping its tail; values
+    # piled at the ends of the range (a saturating ReLU6) lose from any clipping.
+    edges = np.linspace(-8.0, 8.0, 2049)
+    x = (edges[:-1] + edges[1:]) / 2
+    tailed = np.exp(-np.abs(x) / 0.5) * 1e6
+    ends = np.zeros(2048)
+    ends[[0, -1]] = 1e6
+    assert variants.mse_factor(tailed, -8.0, 8.0, 0.3) < 0.9
+    assert variants.mse_factor(ends, -8.0, 8.0, 0.3) == 1.0
+
+
+def test_late_shapes_are_the_small_maps_and_the_head() -> None:
+    if not (MF_SOURCE / bm.MF_PARAMS).is_file():
+        pytest.skip(f"MobileFace MXNet files not found at {MF_SOURCE}")
+    g = bm.load_mobileface(MF_SOURCE)
+    late = variants.late_shapes(g, 7)
+    assert {(1, 7, 7, 64), (1, 4, 4, 128), (1, 256)} <= late
+    assert not any(len(s) == 4 and s[1] > 7 for s in late)
+
+
+def test_bias_correction_leaves_the_layers_kept_in_float(chips: tuple[np.ndarray, np.ndarray]) -> None:
+    calib, _ = chips
+    original = bm.load_mobileface(MF_SOURCE)
+    corrected = variants.bias_corrected(original, calib, 7)
+    changed = {k for k in original.params if not np.array_equal(original.params[k], corrected.params[k])}
+    late = {
+        g_name
+        for i, n in enumerate(original.nodes)
+        if n.op == "BatchNorm" and original.shapes[i][-1] <= 7
+        for g_name in (original.nodes[n.inputs[2]].name,)
+    }
+    assert changed
+    assert not changed & late
+    assert "fc5_bn_beta" not in changed
