@@ -358,7 +358,7 @@ if [[ $SHORT == 0 && -f $REPO/scripts/install.sh ]]; then
     say "  scripts/install.sh started in the chroot, beside the steps below (its phase waits for it)"
 fi
 
-phase "pick the fixed pairs, make MobileFace's chips (host)"
+phase "fixed pairs, MobileFace chips (host)"
 OUT=$ROOT$IN_ROOT/out
 PAIRS_FILE=$OUT/pairs.tsv
 python3 "$REPO/scripts/arm64_embeddings.py" select --data "$DATA" --same "$PAIRS" --different "$PAIRS" --out "$PAIRS_FILE"
