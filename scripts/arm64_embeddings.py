@@ -217,8 +217,9 @@ def make_mobileface_chips(
 
 def mobileface_embeddings(pipeline: Any, chips_file: Path, threads: int) -> dict[str, Any]:
     """MobileFace V2 int8 and float32 on each chip of `make_mobileface_chips`, loaded by the pipeline's runtime from
-    its verified store. On `threads` threads like the pipeline: 1 and 2 give bit-identical vectors (measured on
-    the A72 under qemu and on x86-64), and 2 halve the step's time under qemu."""
+    its verified store, on `threads` threads like the pipeline: 2 halve the step's time under qemu at low load, and
+    1 and 2 give the same vectors (bit-identical on x86-64 and on the A72, except tflite-runtime's float32 on the
+    A72: within rounding, cosine 1.0000000000), so the figure is the one thread count's as much as the other's."""
     import numpy as np
 
     from agent.vision.embedder import Embedder
