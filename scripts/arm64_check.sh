@@ -15,13 +15,18 @@
 #    again under tflite-runtime (the fallback, pyproject's [tflite] extra, installed for that step only).
 #    qemu emulates the Pi's own cores (QEMU_CPU): cortex-a72 = Pi 4 (no dotprod, no fp16), the first
 #    --cpu, runs everything; cortex-a76 = Pi 5 (dotprod, fp16) also runs the embeddings in the full form.
+#    Issue 12's MobileFace V2 int8-against-float32 figure (min / 5th pct / median cosine): the first CPU runs both
+#    builds on MobileFace's chips of the same faces, under each runtime; the chips are made once on the host, so
+#    both sides run the very same pixels.
 # 3. Runs the same pairs and faces on this (x86-64) host, under each runtime, and fails when any face's
 #    embeddings (same runtime on both sides) differ by
 #    cosine < --tolerance (tflite-runtime: reference kernels) or --litert-tolerance (ai-edge-litert: XNNPACK's
 #    int8 kernels round differently on NEON and on x86; with the fused default, MobileFace's int8 member
 #    moves its vectors most: worst 0.99884, median 0.99930 over the 40 faces, decisions all equal), or any decision (same/different, 1:N matched person) differs, except one that
 #    sat on its threshold: the two sides' distances at most --decision-band apart (listed as borderline;
-#    --decision-band 0 fails those too).
+#    --decision-band 0 fails those too), or MobileFace's int8-against-float32 figure (min, 5th pct, median) differs
+#    by more than 1 - that runtime's tolerance, or its float32 embeddings by cosine < it. The issue's 0.995 target
+#    is printed as a line of its own, never failed: x86-64 misses it too.
 #
 # Cache (default /var/cache/faceagent-arm64 as root): rootfs-<key>/ is the debootstrap result, keyed by
 # SCRIPT_VERSION, suite, arch, variant and package list; inside it the checkout's .venv is the pip
@@ -353,10 +358,32 @@ if [[ $SHORT == 0 && -f $REPO/scripts/install.sh ]]; then
     say "  scripts/install.sh started in the chroot, beside the steps below (its phase waits for it)"
 fi
 
-phase "pick the fixed pairs (host)"
-PAIRS_FILE=$ROOT$IN_ROOT/out/pairs.tsv
+phase "fixed pairs, MobileFace chips (host)"
+OUT=$ROOT$IN_ROOT/out
+PAIRS_FILE=$OUT/pairs.tsv
 python3 "$REPO/scripts/arm64_embeddings.py" select --data "$DATA" --same "$PAIRS" --different "$PAIRS" --out "$PAIRS_FILE"
 say "  $PAIRS same + $PAIRS different LFW pairs from pairs.tsv, $(grep -v '^#' "$PAIRS_FILE" | cut -f2,3 | tr '\t' '\n' | sort -u | wc -l) distinct faces"
+# This checkout installed on the host with both runtimes: it makes MobileFace's chips now, and runs the host side.
+HOST_PY=${FACEAGENT_HOST_PYTHON:-$REPO/.venv/bin/python}
+host_ok() { "$1" -c 'import agent.vision.pipeline, sys; from agent.vision.runtime import select_runtime
+select_runtime("ai-edge-litert"); select_runtime("tflite-runtime")
+sys.exit(0 if agent.vision.pipeline.__file__.startswith(sys.argv[1]) else 1)' "$REPO/agent/" 2>/dev/null; }
+if [[ ! -x $HOST_PY ]] || ! host_ok "$HOST_PY"; then
+    say "  $HOST_PY is not an install of this checkout with both runtimes: installing one in $CACHE/host-venv"
+    HOST_VENV=$CACHE/host-venv
+    [[ -x $HOST_VENV/bin/python ]] || python3 -m venv "$HOST_VENV"
+    "$HOST_VENV/bin/pip" install -q -e "${REPO}[tflite]" >"$LOGS/host_install.log" 2>&1 ||
+        { tail -n 20 "$LOGS/host_install.log" | indent; fail "could not install this checkout on the host"; }
+    HOST_PY=$HOST_VENV/bin/python
+fi
+HOST_FACEAGENT=$(dirname "$HOST_PY")/faceagent
+# Issue 12's MobileFace int8-against-float32 figure: both sides run both builds on these very chips (made here,
+# once), so it compares the models' arithmetic only; on the first CPU, under each runtime (A72 and A76 have
+# given bit-identical embeddings under qemu).
+MF_CHIPS=$OUT/mobileface_chips.npz
+on_host mobileface_chips "$HOST_PY" scripts/arm64_embeddings.py mobileface-chips --data "$DATA" --pairs "$PAIRS_FILE" \
+    --out "$MF_CHIPS" || { indent <"$LOGS/mobileface_chips.log"; fail "could not make MobileFace's chips on the host"; }
+indent <"$LOGS/mobileface_chips.log"
 
 phase "faceagent compare --json, $((2 * PAIRS)) pairs (arm64)"
 if ! in_chroot compare_arm64 ".venv/bin/python scripts/arm64_embeddings.py cli-compare --faceagent .venv/bin/faceagent \
@@ -366,10 +393,11 @@ if ! in_chroot compare_arm64 ".venv/bin/python scripts/arm64_embeddings.py cli-c
 fi
 indent <"$LOGS/compare_arm64.log"
 
+mobileface_for() { if [[ $1 == "$CPU" ]]; then echo "--mobileface-chips $IN_ROOT/out/mobileface_chips.npz"; fi; }
 for cpu in "${CPU_LIST[@]}"; do
     phase "embeddings of the fixed faces (arm64, $cpu)"
     if ! QEMU_CPU=$cpu in_chroot "embed_arm64_$cpu" ".venv/bin/python scripts/arm64_embeddings.py embed \
-            --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv --label 'aarch64 ($cpu)' \
+            --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv --label 'aarch64 ($cpu)' $(mobileface_for "$cpu") \
             --out $IN_ROOT/out/embeddings_arm64_$cpu.json"; then
         tail -n 20 "$LOGS/embed_arm64_$cpu.log" | indent
         fail "the embeddings script failed in the arm64 chroot ($cpu)"
@@ -392,7 +420,7 @@ tail -n 1 "$LOGS/tflite_install.log" | indent
 for cpu in "${CPU_LIST[@]}"; do
     if ! QEMU_CPU=$cpu in_chroot "embed_arm64_tflite_$cpu" ".venv/bin/python scripts/arm64_embeddings.py embed \
             --runtime tflite-runtime --data $IN_ROOT/shared/data --pairs $IN_ROOT/out/pairs.tsv \
-            --label 'aarch64 ($cpu)' --out $IN_ROOT/out/embeddings_arm64_tflite_$cpu.json"; then
+            --label 'aarch64 ($cpu)' $(mobileface_for "$cpu") --out $IN_ROOT/out/embeddings_arm64_tflite_$cpu.json"; then
         tail -n 20 "$LOGS/embed_arm64_tflite_$cpu.log" | indent
         fail "the embeddings script failed under tflite-runtime in the arm64 chroot ($cpu)"
     fi
@@ -508,29 +536,16 @@ skip_note "speed: qemu-user runs arm64 code far slower than a Pi does; Pi 4/5 ti
 # ----------------------------------------------------------------------------- host side and parity
 
 phase "the same pairs and faces on the host (x86-64)"
-HOST_PY=${FACEAGENT_HOST_PYTHON:-$REPO/.venv/bin/python}
-host_ok() { "$1" -c 'import agent.vision.pipeline, sys; from agent.vision.runtime import select_runtime
-select_runtime("ai-edge-litert"); select_runtime("tflite-runtime")
-sys.exit(0 if agent.vision.pipeline.__file__.startswith(sys.argv[1]) else 1)' "$REPO/agent/" 2>/dev/null; }
-if [[ ! -x $HOST_PY ]] || ! host_ok "$HOST_PY"; then
-    say "  $HOST_PY is not an install of this checkout with both runtimes: installing one in $CACHE/host-venv"
-    HOST_VENV=$CACHE/host-venv
-    [[ -x $HOST_VENV/bin/python ]] || python3 -m venv "$HOST_VENV"
-    "$HOST_VENV/bin/pip" install -q -e "${REPO}[tflite]" >"$LOGS/host_install.log" 2>&1 ||
-        { tail -n 20 "$LOGS/host_install.log" | indent; fail "could not install this checkout on the host"; }
-    HOST_PY=$HOST_VENV/bin/python
-fi
-HOST_FACEAGENT=$(dirname "$HOST_PY")/faceagent
 say "  host Python: $HOST_PY"
-OUT=$ROOT$IN_ROOT/out
 on_host compare_x86 "$HOST_PY" scripts/arm64_embeddings.py cli-compare --faceagent "$HOST_FACEAGENT" --data "$DATA" \
     --pairs "$OUT/pairs.tsv" --out "$OUT/compare_x86.jsonl" || { indent <"$LOGS/compare_x86.log"; fail "faceagent compare failed on the host"; }
 indent <"$LOGS/compare_x86.log"
 on_host embed_x86 "$HOST_PY" scripts/arm64_embeddings.py embed --data "$DATA" --pairs "$OUT/pairs.tsv" \
-    --label x86_64 --out "$OUT/embeddings_x86.json" || { indent <"$LOGS/embed_x86.log"; fail "the embeddings script failed on the host"; }
+    --label x86_64 --mobileface-chips "$MF_CHIPS" --out "$OUT/embeddings_x86.json" ||
+    { indent <"$LOGS/embed_x86.log"; fail "the embeddings script failed on the host"; }
 indent <"$LOGS/embed_x86.log"
 on_host embed_x86_tflite "$HOST_PY" scripts/arm64_embeddings.py embed --runtime tflite-runtime --data "$DATA" \
-    --pairs "$OUT/pairs.tsv" --label x86_64 --out "$OUT/embeddings_x86_tflite.json" ||
+    --pairs "$OUT/pairs.tsv" --label x86_64 --mobileface-chips "$MF_CHIPS" --out "$OUT/embeddings_x86_tflite.json" ||
     { indent <"$LOGS/embed_x86_tflite.log"; fail "the embeddings script failed on the host under tflite-runtime"; }
 indent <"$LOGS/embed_x86_tflite.log"
 if [[ $GALLERY == 1 ]]; then
@@ -546,24 +561,27 @@ disagree=()
 for cpu in "${CPU_LIST[@]}"; do
     phase "parity x86-64 vs arm64 ($cpu), both under ai-edge-litert"
     cli=()
+    mobileface=()
     if [[ $cpu == "$CPU" ]]; then
         cli=(--cli "$LOGS/compare_x86.jsonl" "$LOGS/compare_arm64.jsonl")
         [[ $GALLERY == 0 ]] || cli+=(--gallery "$LOGS/gallery_x86.json" "$LOGS/gallery_arm64.json")
+        mobileface=(--mobileface)
     fi
     if ! python3 "$REPO/scripts/arm64_embeddings.py" compare "$LOGS/embeddings_x86.json" \
-        "$LOGS/embeddings_arm64_$cpu.json" --tolerance "$LITERT_TOLERANCE" --decision-band "$BAND" "${cli[@]}"; then
+        "$LOGS/embeddings_arm64_$cpu.json" --tolerance "$LITERT_TOLERANCE" --decision-band "$BAND" "${cli[@]}" \
+        "${mobileface[@]}"; then
         disagree+=("$cpu")
         end_phase FAILED
     fi
     phase "parity x86-64 vs arm64 ($cpu), both under tflite-runtime"
     if ! python3 "$REPO/scripts/arm64_embeddings.py" compare "$LOGS/embeddings_x86_tflite.json" \
-        "$LOGS/embeddings_arm64_tflite_$cpu.json" --tolerance "$TOLERANCE" --decision-band "$BAND"; then
+        "$LOGS/embeddings_arm64_tflite_$cpu.json" --tolerance "$TOLERANCE" --decision-band "$BAND" "${mobileface[@]}"; then
         disagree+=("$cpu, tflite-runtime")
         end_phase FAILED
     fi
 done
 [[ ${#disagree[@]} -eq 0 ]] || fail "x86-64 and arm64 (${disagree[*]}) disagree (cosine must be >= $LITERT_TOLERANCE under ai-edge-litert, $TOLERANCE under tflite-runtime, \
-decisions equal unless borderline within $BAND); see above, files in $LOGS"
+decisions equal unless borderline within $BAND, MobileFace's int8-vs-float32 figures within 1 - that tolerance); see above, files in $LOGS"
 end_phase ok
 say ""
 say "arm64 check PASSED ($MODE form). Logs and embeddings: $LOGS"

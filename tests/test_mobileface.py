@@ -7,10 +7,7 @@ template the manifest gives, from photos the int8 calibration did not use.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -21,21 +18,13 @@ from agent.vision.aligner import Aligner
 from agent.vision.embedder import Embedder
 from agent.vision.modelstore import ModelStore
 from agent.vision.runtime import TfliteModel, select_runtime
-from tests.support.data import REPO, SHARED_DATA
+from tests.support.data import SHARED_DATA
+from tests.support.scripts import load_script
 
 MF_SOURCE = SHARED_DATA.parent / "models" / "mobileface_v2"
 
 
-def _build_models() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_models", REPO / "scripts" / "build_models.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_models", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bm = _build_models()
+bm = load_script("build_models")
 
 
 def _need_source() -> Path:

@@ -3,10 +3,7 @@ section 1). Real chips from the project's detector and aligner; the reference is
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -15,22 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tests.support.data import REPO, SHARED_DATA
+from tests.support.data import SHARED_DATA
+from tests.support.scripts import load_script
 
 MF_SOURCE = SHARED_DATA.parent / "models" / "mobileface_v2"
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bm = _script("build_models")
-variants = _script("mobileface_int8_variants")
+bm = load_script("build_models")
+variants = load_script("mobileface_int8_variants")
 
 
 @pytest.fixture(scope="module")
