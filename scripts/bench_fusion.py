@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flip in (False, True):
             dlib, mf = member_vectors(views[dlib_id], flip), member_vectors(views[mf_id], flip)
             for w in weights:
-                name = f"{quant}{' flip' if flip else ''} w_dlib={w:.1f}"
+                name = f"{quant}{' flip' if flip else ''} w_dlib={w:g}"
                 rows[name] = figures(System(name, [dlib, mf], (w, 1.0 - w)), ctx)
                 progress(f"{name}: {rows[name]}  ({time.time() - started:.0f} s)")
     best = max((r for r in rows if r.startswith(quantizations[0])), key=lambda r: objective(rows[r]))
