@@ -302,23 +302,18 @@ def graph_def_function(tf: Any, model_json: Path, g: TfjsGraph) -> Any:
     return tf.compat.v1.wrap_function(imported, [tf.TensorSpec([None, MFN_SIZE, MFN_SIZE, 3], tf.float32)])
 
 
-def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    return (a * (b / np.linalg.norm(b, axis=1, keepdims=True))).sum(1)
-
-
 def check_rebuild(tf: Any, folder: Path, g: TfjsGraph, fn: Any, chips: np.ndarray) -> None:
     """Prints the rebuild (as shipped) against TF's import of the JSON's GraphDef, this variant against it, and
     how alike this variant finds different chips (a working face embedder: cosine well below 1)."""
+    from build_models import cosines
+
     reference = graph_def_function(tf, folder / "mobilefacenet.json", g)
     ref = reference(tf.constant((chips - MFN_MEAN) * MFN_SCALE)).numpy()
     shipped = mobilefacenet_tf_function(tf, g, repair=False, bgr=False)
     got = np.concatenate([shipped(tf.constant(c[None])).numpy() for c in chips])
-    print(
-        f"rebuild (as shipped) vs imported GraphDef, {len(chips)} chips: min cosine {unit_cosines(got, ref).min():.7f}"
-    )
+    print(f"rebuild (as shipped) vs imported GraphDef, {len(chips)} chips: min cosine {cosines(got, ref).min():.7f}")
     variant = np.concatenate([fn(tf.constant(c[None])).numpy() for c in chips])
-    cos = unit_cosines(variant, ref)
+    cos = cosines(variant, ref)
     print(f"this variant vs imported GraphDef: min cosine {cos.min():.5f} median {np.median(cos):.5f}")
     for label, vectors in (("imported GraphDef", ref), ("this variant", variant)):
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
