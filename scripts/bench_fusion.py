@@ -54,6 +54,7 @@ from bench_openset import (
     read_split,
     run_scenario,
     scenario,
+    single_template,
 )
 from PIL import Image
 
@@ -236,12 +237,45 @@ def lfw_accuracy(system: System, pairs: Sequence[Pair], index: dict[str, int], f
     return 100 * cross_validate(pairs, distances).mean
 
 
-def person_scores(system: System, queries: np.ndarray, templates: list[list[int]], aggregation: str) -> np.ndarray:
-    """(queries, persons) similarity: best template, mean template, or per-member best then weighted sum."""
+AGGREGATIONS = ("nearest", "mean", "mean score", "nearest_or_mean")  # the Matcher's names, and one it lacks
+
+
+def aggregate(
+    system: System, query_vectors: np.ndarray, templates: list[list[int]], aggregation: str, mean_offset: float = 0.0
+) -> np.ndarray:
+    """(queries, persons) cosine of unit query rows to each person under an aggregation but "nearest": "mean" is the
+    unit mean template (the centroid's direction), "mean score" the mean of the template cosines (the raw mean
+    template), "nearest_or_mean" the larger of the nearest template's and the centroid's, the centroid taken
+    `mean_offset` further in L2 between unit vectors (as the Matcher's mean_offset)."""
+    vectors = system.fused()
+    sums = np.stack([vectors[t].sum(axis=0) for t in templates])
+    if aggregation == "mean score":
+        return query_vectors @ (sums / np.array([len(t) for t in templates])[:, None]).T
+    centroid = query_vectors @ unit_rows(sums).T
+    if mean_offset:
+        distance = np.sqrt(np.clip(2.0 - 2.0 * centroid, 0.0, None)) + mean_offset
+        centroid = 1.0 - distance**2 / 2.0
     if aggregation == "mean":
-        vectors = system.fused()
-        means = unit_rows(np.stack([vectors[t].mean(axis=0) for t in templates]))
-        return system.queries()[queries] @ means.T
+        return centroid
+    owner = np.concatenate([[p] * len(t) for p, t in enumerate(templates)])
+    sims = query_vectors @ vectors[np.concatenate(templates)].T
+    best = np.full((len(query_vectors), len(templates)), -np.inf)
+    np.maximum.at(best.T, owner, sims.T)
+    return np.maximum(best, centroid)
+
+
+def stated_mean_offset() -> float:
+    """The default embedder's stated mean_offset (the shipped one), 0 when it states none."""
+    spec = ModelStore(None).spec(None, "embedder")
+    return float(spec.raw.get("gallery", {}).get("mean_offset", 0.0))
+
+
+def person_scores(
+    system: System, queries: np.ndarray, templates: list[list[int]], aggregation: str, mean_offset: float = 0.0
+) -> np.ndarray:
+    """(queries, persons) similarity: best template, an `aggregate` of them, or per-member best then weighted sum."""
+    if aggregation != "nearest":
+        return aggregate(system, system.queries()[queries], templates, aggregation, mean_offset)
     owner = np.concatenate([[p] * len(t) for p, t in enumerate(templates)])
     flat = np.concatenate(templates)
     if system.score_fusion:
@@ -275,6 +309,7 @@ def open_set(
     seed: int,
     mode: str,
     aggregation: str,
+    mean_offset: float = 0.0,
 ) -> float:
     scn = scenario(split, size, seed, mode)
     persons = [p for p in scn.enrolled if any(found[index[i]] for i in scn.enrolled[p])]
@@ -284,8 +319,8 @@ def open_set(
     g_rows = np.array([i for _, i in genuine if found[i]], dtype=int)
     g_truth = np.array([c for c, i in genuine if found[i]], dtype=int)
     s_rows = np.array([index[i] for i in scn.strangers if found[index[i]]], dtype=int)
-    g_scores = person_scores(system, g_rows, templates, aggregation)
-    s_scores = person_scores(system, s_rows, templates, aggregation)
+    g_scores = person_scores(system, g_rows, templates, aggregation, mean_offset)
+    s_scores = person_scores(system, s_rows, templates, aggregation, mean_offset)
     ok = np.zeros(len(genuine), dtype=bool)
     best = np.full(len(genuine), -np.inf)
     where = np.array([k for k, (_, i) in enumerate(genuine) if found[i]], dtype=int)
@@ -295,10 +330,17 @@ def open_set(
 
 
 def tracks(
-    system: System, split: Split, index: dict[str, int], found: np.ndarray, seed: int, mode: str
+    system: System,
+    split: Split,
+    index: dict[str, int],
+    found: np.ndarray,
+    seed: int,
+    mode: str,
+    aggregation: str = "nearest",
+    mean_offset: float = 0.0,
 ) -> tuple[float, float]:
     """(named enrolled tracks, similarity threshold) at stranger-track FPIR <= 0.5%, 200 enrolled; a track is
-    3 probe photos of one person."""
+    3 probe photos of one person, and a person's templates score it as `aggregation` says."""
     scn = scenario(split, 200, seed, mode)
     vectors, query_vectors = system.fused(), system.queries()
     persons = list(scn.enrolled)
@@ -326,6 +368,9 @@ def tracks(
     owner = np.array([p for p, ts in enumerate(templates) for _ in ts])
 
     def best(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if aggregation != "nearest":
+            per = aggregate(system, unit_rows(queries), templates, aggregation, mean_offset)
+            return per.max(1), per.argmax(1)
         sims = similarity(system, queries if system.euclidean else unit_rows(queries), vectors[flat])
         per = np.full((len(queries), len(templates)), -np.inf)
         np.maximum.at(per.T, owner, sims.T)
@@ -380,11 +425,13 @@ class Context:
 COLUMNS = ("LFW", "1557/1", "1557/3", "200/1", "200/3", "trk200/1", "trk200/3", "frontal", "turned")
 
 
-def figures(system: System, ctx: Context, aggregation: str = "best") -> dict[str, float]:
+def figures(system: System, ctx: Context, aggregation: str = "nearest", mean_offset: float = 0.0) -> dict[str, float]:
     def mean_over_seeds(size: int, mode: str) -> float:
         seeds = range(ctx.seeds) if size < len(ctx.split.gallery) else range(1)
-        agg = aggregation if mode == "3 tpl" else "best"
-        return float(np.mean([open_set(system, ctx.split, ctx.index, ctx.found, size, s, mode, agg) for s in seeds]))
+        agg = aggregation if mode == "3 tpl" else "nearest"
+        return float(
+            np.mean([open_set(system, ctx.split, ctx.index, ctx.found, size, s, mode, agg, mean_offset) for s in seeds])
+        )
 
     frontal, turned = pose(system, ctx.split, ctx.index, ctx.found, ctx.yaw)
     values = [
@@ -394,37 +441,49 @@ def figures(system: System, ctx: Context, aggregation: str = "best") -> dict[str
         mean_over_seeds(200, "1 tpl"),
         mean_over_seeds(200, "3 tpl"),
         float(np.mean([tracks(system, ctx.split, ctx.index, ctx.found, s, "1 tpl")[0] for s in range(ctx.seeds)])),
-        float(np.mean([tracks(system, ctx.split, ctx.index, ctx.found, s, "3 tpl")[0] for s in range(ctx.seeds)])),
+        float(
+            np.mean(
+                [
+                    tracks(system, ctx.split, ctx.index, ctx.found, s, "3 tpl", aggregation, mean_offset)[0]
+                    for s in range(ctx.seeds)
+                ]
+            )
+        ),
         frontal,
         turned,
     ]
     return {c: 100 * v for c, v in zip(COLUMNS, values, strict=True)}
 
 
-def fit(system: System, ctx: Context, images: list[str]) -> dict[str, Any]:
+def fit(system: System, ctx: Context, images: list[str], mean_offset: float | None) -> dict[str, Any]:
     """The manifest's figures for one system: the 1:1 threshold (1 - cosine, LFW 10-fold mean), and the
     gallery's threshold and margin chosen as bench_openset.py chooses them, through the real Matcher (L2
-    between unit vectors: FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50, 200 and 1,557 people),
-    and the track threshold (the strictest over seeds keeping stranger tracks <= 0.5% at 200 enrolled). The
-    distance thresholds are rounded down: a match needs distance < threshold, so rounding up could admit the
-    stranger the fit stopped at."""
+    between unit vectors: FPR <= 1% in every seed's 1- and 3-template gallery of 10, 50, 200 and 1,557 people,
+    mean templates counting `mean_offset` further when it is not None), and the track threshold (the strictest
+    over seeds keeping stranger tracks <= 0.5% at 200 enrolled). The distance thresholds are rounded down: a
+    match needs distance < threshold, so rounding up could admit the stranger the fit stopped at."""
     vectors = system.fused()
     a = np.array([ctx.index[p.path_a] for p in ctx.pairs])
     b = np.array([ctx.index[p.path_b] for p in ctx.pairs])
     lfw = cross_validate(ctx.pairs, 1.0 - (vectors[a] * vectors[b]).sum(1))
     embeddings = {name: vectors[i].copy() if ctx.found[i] else None for i, name in enumerate(images)}
-    settings = with_matching(GallerySettings())
+    settings = with_matching(GallerySettings(mean_offset=mean_offset))
+    aggregation = "nearest" if mean_offset is None else "nearest_or_mean"
     outcomes = {}
     for size in SIZES:
         for seed in range(ctx.seeds) if size < len(ctx.split.gallery) else range(1):
             for mode in ("1 tpl", "3 tpl"):
-                single, _, _ = run_scenario(
-                    scenario(ctx.split, size, seed, mode), embeddings, "cosine", "best", settings
-                )
-                outcomes[(size, seed, mode, "cosine", "best")] = (single, None)
-    rules = [evaluate_rule(outcomes, "cosine", "best", float(m), SIZES) for m in CHOICE_MARGINS]
+                how = single_template(mode, aggregation)
+                scn = scenario(ctx.split, size, seed, mode)
+                single, _, _ = run_scenario(scn, embeddings, "cosine", how, settings)
+                outcomes[(size, seed, mode, "cosine", how)] = (single, None)
+    rules = [evaluate_rule(outcomes, "cosine", aggregation, float(m), SIZES) for m in CHOICE_MARGINS]
     chosen = max(rules, key=lambda r: r["objective"])
-    track_sims = [tracks(system, ctx.split, ctx.index, ctx.found, s, m)[1] for s in range(ctx.seeds) for m in MODES]
+    track_sims = [
+        tracks(system, ctx.split, ctx.index, ctx.found, s, m, single_template(m, aggregation), mean_offset or 0.0)[1]
+        for s in range(ctx.seeds)
+        for m in MODES
+    ]
     track_threshold = math.sqrt(max(0.0, 2.0 - 2.0 * max(track_sims)))
     return {
         "threshold": round(lfw.mean_threshold, 4),
@@ -485,6 +544,15 @@ def objective(row: dict[str, float]) -> float:
     return float(np.mean([row["1557/1"], row["1557/3"], row["200/3"], row["trk200/1"], row["turned"]]))
 
 
+def figures_table(first: str, rows: dict[str, dict[str, float]]) -> str:
+    """One line per row label: every column (LFW to two places) and the objective."""
+    table = [
+        [label, *(f"{row[c]:.2f}" if c == "LFW" else f"{row[c]:.1f}" for c in COLUMNS), f"{objective(row):.1f}"]
+        for label, row in rows.items()
+    ]
+    return format_table([first, *COLUMNS, "objective"], table)
+
+
 TARGETS = (
     ("LFW", 99.4, "LFW 10-fold >= 99.4%"),
     ("1557/1", 75.0, "DIR@FPIR1% >= 75% at 1,557 enrolled, 1 photo"),
@@ -508,10 +576,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fit", metavar="W", type=float, help="only fit the manifest figures at dlib weight W")
     parser.add_argument("--flip", action="store_true", help="with --fit: the mirrored chip too")
     parser.add_argument(
+        "--mean-offset", type=float, help="with --fit: mean templates count too, this much further (default: not)"
+    )
+    parser.add_argument(
         "--flip-study",
         metavar="W",
         type=float,
         help="only the flip choices (per member; templates only) at dlib weight W, first --quantization",
+    )
+    parser.add_argument(
+        "--aggregation-study",
+        metavar="W",
+        type=float,
+        help="only the per-person aggregations (nearest, mean, mean score, nearest_or_mean) at dlib weight W, flip",
     )
     parser.add_argument("--out", type=Path, help="write every figure as JSON")
     args = parser.parse_args(argv)
@@ -549,11 +626,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out:
             write_json(args.out, {"flip_study": study, "weight": args.flip_study, "quantization": quant})
         return 0
+    if args.aggregation_study is not None:
+        quant, w = quantizations[0], args.aggregation_study
+        dlib, mf = (member_vectors(views[m], True) for m in MEMBERS[quant])
+        system = System(f"{quant} flip w_dlib={w:g}", [dlib, mf], (w, 1.0 - w))
+        study = {}
+        offset = stated_mean_offset()
+        for aggregation, mean_offset in [(a, 0.0) for a in AGGREGATIONS] + [("nearest_or_mean", offset)]:
+            label = f"{aggregation} + {mean_offset:g}" if mean_offset else aggregation
+            study[label] = figures(system, ctx, aggregation, mean_offset)
+            progress(f"{label}: {study[label]}")
+        print(f"\n=== {system.name}: per-person aggregation of 3 templates (1-template columns do not change) ===")
+        print(figures_table("aggregation", study))
+        print(f"load average at end: {load_average()}; {time.time() - started:.0f} s")
+        if args.out:
+            write_json(args.out, {"aggregation_study": study, "weight": w, "quantization": quant})
+        return 0
     if args.fit is not None:
         quant = quantizations[0]
         dlib, mf = (member_vectors(views[m], args.flip) for m in MEMBERS[quant])
-        fitted = fit(System("fit", [dlib, mf], (args.fit, 1.0 - args.fit)), ctx, images)
-        print(f"{quant}{' flip' if args.flip else ''} w_dlib={args.fit}: {json.dumps(fitted, indent=1, default=str)}")
+        fitted = fit(System("fit", [dlib, mf], (args.fit, 1.0 - args.fit)), ctx, images, args.mean_offset)
+        label = f"{quant}{' flip' if args.flip else ''} w_dlib={args.fit}, mean_offset {args.mean_offset}"
+        print(f"{label}: {json.dumps(fitted, indent=1, default=str)}")
         return 0
     rows: dict[str, dict[str, float]] = {}
     for quant in quantizations:
@@ -571,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dlib, mf = (member_vectors(views[m], flip) for m in MEMBERS[quant])
     for label, system, aggregation in (
         ("mean template", System("", [dlib, mf], (w, 1 - w)), "mean"),
-        ("score fusion", System("", [dlib, mf], (w, 1 - w), score_fusion=True), "best"),
+        ("score fusion", System("", [dlib, mf], (w, 1 - w), score_fusion=True), "nearest"),
     ):
         rows[f"{best}, {label}"] = figures(system, ctx, aggregation)
     if args.library:
@@ -586,11 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows["face_recognition (L2, its protocol)"] = figures(System("fr", [raw], (1.0,), euclidean=True), library_ctx)
 
     print(f"\n=== % (LFW: 10-fold accuracy; others: DIR at FPIR {100 * FPIR:g}%, tracks at {100 * TRACK_FPIR:g}%) ===")
-    table = [
-        [name, *(f"{row[c]:.2f}" if c == "LFW" else f"{row[c]:.1f}" for c in COLUMNS), f"{objective(row):.1f}"]
-        for name, row in rows.items()
-    ]
-    print(format_table(["system", *COLUMNS, "objective"], table))
+    print(figures_table("system", rows))
     print(f"\nbest int8 system by the objective: {best}")
     for column, need, label in TARGETS:
         got = rows[best][column]

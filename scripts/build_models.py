@@ -1216,12 +1216,17 @@ FUSED_GALLERY = {
     "adapt_min_distance": 0.46,
     "adapt_max_distance": 0.5626,
     "adapt_guard_distance": 0.65,
+    # Mean templates count this much further than they are: the largest of 0.03-0.07 that keeps the threshold,
+    # margin and track threshold above (so one-photo people are named exactly as before) and names more of the
+    # people with 3 photos (bench_fusion.py --fit --mean-offset; docs/recognition-v2.md, section 2).
+    "mean_offset": 0.05,
 }
 # dlib int8's gallery figures (cosine units): the ones faceagent has matched with since the cosine metric was
 # chosen (scripts/bench_openset.py, docs/recognition-v2.md), stated so a fused default leaves dlib's unchanged.
 # Its guard and adaptation distances are the built-in ones (agent.config.BUILT_IN_MATCHING), so it states none.
 DLIB_GALLERY = {"threshold": 0.35, "margin": 0.065, "track_threshold": 0.32}
-FUSED_FITTED = "scripts/bench_fusion.py --quantization int8 --fit 0.8 --flip (LFW pairs.tsv 10-fold; ident_split.tsv)"
+FUSED_FIT_COMMAND = "scripts/bench_fusion.py --quantization int8 --fit 0.8 --flip --mean-offset 0.05"
+FUSED_FITTED = f"{FUSED_FIT_COMMAND} (LFW pairs.tsv 10-fold; ident_split.tsv)"
 
 MX_LIST_MAGIC = 0x112
 MX_NDARRAY_V1 = 0xF993FAC8

@@ -51,6 +51,7 @@ FUSED_STATED = GalleryFigures(
     adapt_min_distance=FUSED_ADAPT_MIN,
     adapt_max_distance=FUSED_ADAPT_MAX,
     adapt_guard_distance=FUSED_ADAPT_GUARD,
+    mean_offset=0.05,
 )
 DLIB_STATED = GalleryFigures(threshold=0.35, margin=0.065, track_threshold=0.32)  # its distances: the built-in ones
 

@@ -11,6 +11,17 @@ per-person minimum without reducing over every person: with 100,000 templates of
 0.07 ms against 0.26 ms for np.minimum.at and 0.47-0.62 ms for np.minimum.reduceat over person-sorted
 rows, beside about 2 ms for the product itself (`scripts/bench_gallery.py`).
 
+Mean templates (`mean_offset`, a figure each embedder may state): a person's distance is the nearer of their
+nearest template and their mean template (unit length for cosine: the direction of the mean of their unit
+templates) plus the offset; None searches templates alone. The mean lets a person's few photos vote together, but
+it also sits nearer to strangers (every face shares a common direction, which averaging keeps while it cancels
+what is personal), so under the one threshold that must also hold for people with a single photo, the mean alone
+lost: the offset is what lets it count only where it is clearly nearer (`scripts/bench_fusion.py --fit`; docs/
+recognition-v2.md, section 2). Mean templates are kept in step with every change to a person's templates. With
+one template a person's mean is that template, so the offset leaves them as they were. The enrollment guard and
+adaptation (`templates_of`, `nearest_other`, `search(templates_only=True)`) look at templates: they ask about one
+photo.
+
 Negatives (`agent/gallery/negatives.py`, corrections by event id): a probe closer to one of the best person's
 negatives than to that person's nearest template is not named; only the best candidate's are looked at.
 
@@ -80,6 +91,7 @@ class Matcher:
             threshold=figures.threshold,
             margin=figures.margin,
             track_threshold=figures.track_threshold,
+            mean_offset=figures.mean_offset,
         )
         matcher.matching, matcher._stated = figures, stated
         if isinstance(embedder, FusedEmbedder) and gallery.metric == "cosine":
@@ -90,16 +102,29 @@ class Matcher:
                 threshold=figures.threshold,
                 margin=figures.margin,
                 track_threshold=figures.track_threshold,
+                mean_offset=figures.mean_offset,
             )
             held.matching = figures
             project = _projection(embedder, old.model_id)
             matcher.fallback = Fallback(old.model_id, project, held)
         return matcher
 
-    def __init__(self, *, metric: str, threshold: float, margin: float, track_threshold: float | None = None) -> None:
-        """`track_threshold`: what a track's mean embedding must be within (`tracking.decide`); None: `threshold`."""
+    def __init__(
+        self,
+        *,
+        metric: str,
+        threshold: float,
+        margin: float,
+        track_threshold: float | None = None,
+        mean_offset: float | None = None,
+    ) -> None:
+        """`track_threshold`: what a track's mean embedding must be within (`tracking.decide`); None: `threshold`.
+        `mean_offset`: None, templates alone score a person; else the mean template too, this much further
+        (module docstring)."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+        if mean_offset is not None and not (math.isfinite(mean_offset) and mean_offset >= 0):
+            raise ValueError(f"mean_offset must be None or a number >= 0, got {mean_offset!r}")
         if not (math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {threshold!r}")
         if not (math.isfinite(margin) and margin >= 0):
@@ -108,6 +133,8 @@ class Matcher:
         if not (math.isfinite(track) and track >= 0):
             raise ValueError(f"track_threshold must be a number >= 0, got {track_threshold!r}")
         self.metric = metric
+        self.mean_offset = None if mean_offset is None else float(mean_offset)
+        self._means = mean_offset is not None  # whether per-person mean templates are kept (and searched)
         self.threshold = float(threshold)
         self.margin = float(margin)
         self.track_threshold = float(track)
@@ -137,6 +164,10 @@ class Matcher:
         with self._lock:
             self.threshold, self.margin = figures.threshold, figures.margin
             self.track_threshold, self.matching = figures.track_threshold, figures
+            if (
+                self._means and figures.mean_offset is not None
+            ):  # mean templates are kept only if they were from the start
+                self.mean_offset = figures.mean_offset
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -152,6 +183,9 @@ class Matcher:
         self._person_ids: list[str] = []
         self._names: list[str] = []
         self._person_index: dict[str, int] = {}
+        # Person index -> their mean template as searched, and its squared norm (kept only when `_means`).
+        self._centroids = np.empty((0, width), dtype=np.float32)
+        self._centroid_sqnorms = np.empty(0, dtype=np.float32)
 
     def __len__(self) -> int:
         return self._count
@@ -253,6 +287,9 @@ class Matcher:
         negative_set = NegativeSet()
         negative_rows = self._prepare_negatives(negatives, dim)
         negative_set.replace({person_id for _, person_id, _ in negative_rows}, negative_rows)
+        centroids = np.empty((0, matrix.shape[1]), dtype=np.float32)
+        if self._means and count:
+            centroids = self._mean_templates(matrix, owner_rows[:count], np.arange(len(person_ids)))
         with self._lock:
             if if_version is not None and if_version != self._version:
                 return False
@@ -262,6 +299,7 @@ class Matcher:
             self._vectors, self._sqnorms, self._owners, self._template_ids = stored, sqnorms, owner_rows, template_rows
             self._known_templates = set(template_ids)
             self._person_ids, self._names, self._person_index = person_ids, names, person_index
+            self._centroids, self._centroid_sqnorms = centroids, np.einsum("ij,ij->i", centroids, centroids)
         return True
 
     def add(self, template_id: int, person_id: str, name: str, embedding: np.ndarray) -> None:
@@ -276,9 +314,11 @@ class Matcher:
             vector = self._prepare_rows(vector[None, :], [int(template_id)])[0]
             self._version += 1
             self._append(int(template_id), person_id, name, vector)
+            self._refresh_means({self._person_index[person_id]})
 
     def _append(self, template_id: int, person_id: str, name: str, vector: np.ndarray) -> None:
-        """Under the lock: one more row, checked and prepared (`_prepare_rows`) by the caller."""
+        """Under the lock: one more row, checked and prepared (`_prepare_rows`) by the caller, who then refreshes
+        the person's mean template (`_refresh_means`)."""
         if self._dim is None:
             self._reset(len(vector), _MIN_CAPACITY)
         if self._count == len(self._vectors):
@@ -352,6 +392,7 @@ class Matcher:
             self._drop(wanted)
             for template_id, (_, person_id, name, _), vector in zip(ids, rows, matrix, strict=True):
                 self._append(template_id, person_id, name, vector)
+            self._refresh_means({self._person_index[p] for p in wanted if p in self._person_index})
             self._negatives.replace(wanted, negative_rows)
 
     def add_negative(self, negative_id: int, person_id: str, embedding: np.ndarray) -> None:
@@ -374,6 +415,8 @@ class Matcher:
             self._version += 1
             self.threshold, self.margin, self.track_threshold = other.threshold, other.margin, other.track_threshold
             self.matching, self._stated = other.matching, other._stated  # another embedder's figures come with it
+            self.mean_offset, self._means = other.mean_offset, other._means
+            self._centroids, self._centroid_sqnorms = other._centroids, other._centroid_sqnorms
             self.fallback = other.fallback
             self._dim, self._count = other._dim, other._count
             self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
@@ -396,12 +439,56 @@ class Matcher:
             array[:kept] = array[:count][keep]
         renumber = np.cumsum(~gone) - 1  # old person index -> its index among those kept
         self._owners[:kept] = renumber[self._owners[:kept]]
+        if self._means:
+            people = len(self._person_ids)
+            self._centroids[: people - len(indices)] = self._centroids[:people][~gone]
+            self._centroid_sqnorms[: people - len(indices)] = self._centroid_sqnorms[:people][~gone]
         self._person_ids = [p for p, dropped in zip(self._person_ids, gone, strict=True) if not dropped]
         self._names = [n for n, dropped in zip(self._names, gone, strict=True) if not dropped]
         self._person_index = {person_id: i for i, person_id in enumerate(self._person_ids)}
         self._count = kept
         if kept == 0:
             self._reset(None, 0)
+
+    def _refresh_means(self, indices: set[int]) -> None:
+        """Under the lock: the mean templates of these people (indices) recomputed from their rows, room made
+        for people new since the last refresh."""
+        if not self._means or self._dim is None:
+            return
+        people = len(self._person_ids)
+        if len(self._centroids) < people:
+            capacity = max(people, 2 * len(self._centroids), _MIN_CAPACITY)
+            centroids = np.empty((capacity, self._dim), dtype=np.float32)
+            centroids[: len(self._centroids)] = self._centroids
+            sqnorms = np.empty(capacity, dtype=np.float32)
+            sqnorms[: len(self._centroid_sqnorms)] = self._centroid_sqnorms
+            self._centroids, self._centroid_sqnorms = centroids, sqnorms
+        if not indices:
+            return
+        wanted = np.array(sorted(indices), dtype=np.int32)
+        count = self._count
+        theirs = np.isin(self._owners[:count], wanted)
+        means = self._mean_templates(self._vectors[:count][theirs], self._owners[:count][theirs], wanted)
+        self._centroids[wanted] = means
+        self._centroid_sqnorms[wanted] = np.einsum("ij,ij->i", means, means)
+
+    def _mean_templates(self, rows: np.ndarray, owners: np.ndarray, people: np.ndarray) -> np.ndarray:
+        """The mean template of each of `people` (sorted person indices, each owning at least one of `rows`), as
+        searched: unit length for cosine (a mean of unit rows that cancels out stays zero: nothing is near it)."""
+        slot = np.searchsorted(people, owners)
+        order = np.argsort(slot, kind="stable")
+        starts = np.searchsorted(slot[order], np.arange(len(people)))
+        rank = np.empty(len(slot), dtype=np.int64)  # each row's place among its person's rows
+        rank[order] = np.arange(len(slot)) - starts[slot[order]]
+        sums = np.zeros((len(people), rows.shape[1]), dtype=np.float32)
+        for place in range(int(rank.max()) + 1 if len(rank) else 0):  # a person at most once a round: += is exact
+            chosen = np.flatnonzero(rank == place)
+            sums[slot[chosen]] += rows[chosen]
+        means = sums / np.bincount(slot, minlength=len(people)).astype(np.float32)[:, None]
+        if self.metric == "cosine":
+            norms = np.linalg.norm(means, axis=1, keepdims=True)
+            means = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
+        return means.astype(np.float32)
 
     def rename(self, person_id: str, name: str) -> None:
         """New display name for later matches; unknown people are a no-op (no template of this model)."""
@@ -452,36 +539,39 @@ class Matcher:
 
     # ---------------------------------------------------------------------------------------- search
 
-    def search(self, embedding: np.ndarray, *, track: bool = False) -> Match:
+    def search(self, embedding: np.ndarray, *, track: bool = False, templates_only: bool = False) -> Match:
         """The best person for one embedding; an empty gallery gives an unknown match at distance inf.
-        `track`: the embedding is a track's mean, accepted only within the track threshold too."""
+        `track`: the embedding is a track's mean, accepted only within the track threshold too. `templates_only`:
+        the nearest template decides, mean templates aside (the enrollment guard asks about one photo)."""
         query = np.asarray(embedding)
         if query.ndim != 1:
             raise MatcherError(f"expected one embedding of shape (dim,), got shape {query.shape}")
-        return self.search_many(query[None, :], track=track)[0]
+        return self.search_many(query[None, :], track=track, templates_only=templates_only)[0]
 
-    def search_many(self, embeddings: np.ndarray, *, track: bool = False) -> list[Match]:
+    def search_many(self, embeddings: np.ndarray, *, track: bool = False, templates_only: bool = False) -> list[Match]:
         """`search` for each row of a (k, dim) array, with matrix-matrix products in blocks; with a fallback, people
         only the old model's templates know are searched there too (see the module docstring)."""
         queries = self._prepare_queries(embeddings)
-        matches = self._search_own(queries, track)
+        matches = self._search_own(queries, track, templates_only)
         fallback = self.fallback
         if fallback is None or not len(fallback.matcher) or not len(queries):
             return matches
-        old = fallback.matcher.search_many(np.stack([fallback.project(query) for query in queries]), track=track)
+        projected = np.stack([fallback.project(query) for query in queries])
+        old = fallback.matcher.search_many(projected, track=track, templates_only=templates_only)
         own = self.own_person_ids()
         return [_agree(new, by_old, own) for new, by_old in zip(matches, old, strict=True)]
 
-    def _search_own(self, queries: np.ndarray, track: bool) -> list[Match]:
+    def _search_own(self, queries: np.ndarray, track: bool, templates_only: bool) -> list[Match]:
         with self._lock:
             self._check_query_width(queries)
             if self._count == 0:
                 return [Match(None, None, math.inf, math.inf, False) for _ in range(len(queries))]
             limit = min(self.threshold, self.track_threshold) if track else self.threshold
-            block = max(1, _BLOCK_SCORES // self._count)
+            means = self._means and not templates_only
+            block = max(1, _BLOCK_SCORES // (self._count + len(self._person_ids)))
             matches: list[Match] = []
             for start in range(0, len(queries), block):
-                matches.extend(self._search_block(queries[start : start + block], limit))
+                matches.extend(self._search_block(queries[start : start + block], limit, means))
             return matches
 
     def _prepare_queries(self, embeddings: np.ndarray) -> np.ndarray:
@@ -546,23 +636,53 @@ class Matcher:
             nearest = (sqnorms[None, :] - 2.0 * (queries @ vectors.T)).argmin(axis=1)
             return np.linalg.norm(vectors[nearest] - queries, axis=1).astype(np.float64)
 
-    def _search_block(self, queries: np.ndarray, limit: float) -> list[Match]:
-        count = self._count
-        vectors, owners = self._vectors[:count], self._owners[:count]
-        # ||t||² - 2 t·q: the squared distance less ||q||², enough to rank templates.
-        scores = queries @ vectors.T
-        scores *= -2.0
-        scores += self._sqnorms[:count]
+    def _parts(self, means: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, float]]:
+        """Under the lock: what is searched, as (rows, their squared norms, their owners, what is added to their
+        distance): the templates, then with `means` the mean templates (owners None: row i is person i's)."""
+        count, people = self._count, len(self._person_ids)
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, float]] = [
+            (self._vectors[:count], self._sqnorms[:count], self._owners[:count], 0.0)
+        ]
+        if means:
+            parts.append((self._centroids[:people], self._centroid_sqnorms[:people], None, self.mean_offset or 0.0))
+        return parts
+
+    def _search_block(self, queries: np.ndarray, limit: float, means: bool) -> list[Match]:
+        """Each part ranks its rows by ||r||² - 2 r·q (the squared distance less ||q||²); the nearest row of each
+        part, at its exact distance plus the part's offset, gives the best person; the same once that person's
+        rows are masked out gives the second-best, and so the margin."""
+        parts = self._parts(means)
         rows = np.arange(len(queries))
-        best = scores.argmin(axis=1)
-        best_owner = owners[best]
-        distance = np.linalg.norm(vectors[best] - queries, axis=1)
+        scores = []
+        for vectors, sqnorms, _, _ in parts:
+            part = queries @ vectors.T
+            part *= -2.0
+            part += sqnorms
+            scores.append(part)
+
+        def nearest() -> tuple[np.ndarray, np.ndarray]:
+            """(distance, owner) of the nearest row over every part, per query."""
+            distance = np.full(len(queries), np.inf)
+            owner = np.zeros(len(queries), dtype=np.int64)
+            for (vectors, _, owners, offset), part in zip(parts, scores, strict=True):
+                column = part.argmin(axis=1)
+                candidate = np.linalg.norm(vectors[column] - queries, axis=1) + offset
+                candidate[~np.isfinite(part[rows, column])] = np.inf  # every row of this part masked out
+                better = candidate < distance
+                distance[better] = candidate[better]
+                owner[better] = (column if owners is None else owners[column])[better]
+            return distance, owner
+
+        distance, best_owner = nearest()
         if len(self._person_ids) > 1:
-            # The second-best person's distance is the nearest template not owned by the best person.
-            scores[owners[None, :] == best_owner[:, None]] = np.inf
-            second = scores.argmin(axis=1)
+            for (_, _, owners, _), part in zip(parts, scores, strict=True):
+                if owners is None:
+                    part[rows, best_owner] = np.inf
+                else:
+                    part[owners[None, :] == best_owner[:, None]] = np.inf
+            second, _ = nearest()
             # Exact distances for the two rows; a near-tie can make the difference a hair below zero.
-            margin = np.maximum(np.linalg.norm(vectors[second] - queries, axis=1) - distance, 0.0)
+            margin = np.maximum(second - distance, 0.0)
         else:
             margin = np.full(len(queries), np.inf)
         matches = []

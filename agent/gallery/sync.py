@@ -181,6 +181,7 @@ class GallerySync:
                 threshold=self.matcher.threshold,
                 margin=self.matcher.margin,
                 track_threshold=self.matcher.track_threshold,
+                mean_offset=self.matcher.mean_offset,
             )
         current = load_gallery(matcher, self.store, model_id)
         go_live(matcher)

@@ -279,7 +279,7 @@ class Enroller:
         `person_id`'s (no template of theirs that close); None where it is not. Named only when `reveal`."""
         limit = self.figures().conflict_distance
         conflict = mismatch = None
-        rival = self.matcher.search(embedding)
+        rival = self.matcher.search(embedding, templates_only=True)  # a photo against photos, as the figure was fitted
         if rival.person_id not in (None, person_id) and rival.distance < limit:
             conflict = "conflict: this face already matches another enrolled person"
             if reveal:
