@@ -62,6 +62,7 @@ from agent.config import GallerySettings, with_matching
 from agent.errors import ImageError
 from agent.vision.aligner import Aligner
 from agent.vision.detector import BlazeFaceDetector
+from agent.vision.embedder import stated_gallery
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import most_central
@@ -264,10 +265,10 @@ def aggregate(
     return np.maximum(best, centroid)
 
 
-def stated_mean_offset() -> float:
-    """The default embedder's stated mean_offset (the shipped one), 0 when it states none."""
-    spec = ModelStore(None).spec(None, "embedder")
-    return float(spec.raw.get("gallery", {}).get("mean_offset", 0.0))
+def default_mean_offset() -> float | None:
+    """The default embedder's stated gallery.mean_offset: what a device runs with (None: it states none)."""
+    stated = stated_gallery(ModelStore(None).spec(None, "embedder").raw)
+    return stated.mean_offset if stated is not None else None
 
 
 def person_scores(
@@ -631,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dlib, mf = (member_vectors(views[m], True) for m in MEMBERS[quant])
         system = System(f"{quant} flip w_dlib={w:g}", [dlib, mf], (w, 1.0 - w))
         study = {}
-        offset = stated_mean_offset()
+        offset = default_mean_offset() or 0.0
         for aggregation, mean_offset in [(a, 0.0) for a in AGGREGATIONS] + [("nearest_or_mean", offset)]:
             label = f"{aggregation} + {mean_offset:g}" if mean_offset else aggregation
             study[label] = figures(system, ctx, aggregation, mean_offset)
