@@ -41,7 +41,7 @@ from agent.gallery.store import GalleryStore
 from agent.identity import new_person_id, utc_now
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import Operator
-from agent.vision.modelstore import embedder_id
+from agent.vision.modelstore import ModelStore, embedder_id
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = Path("sequence/hamilton_clip/frames")
@@ -59,7 +59,9 @@ def progress(message: str) -> None:
 
 def build_gallery(path: Path, people: int, templates: int, model_id: str, seed: int = 0) -> float:
     """People through GalleryStore's own connection and columns, in one transaction; rows written in bulk
-    (executemany) because 100,000 `add_template` calls, each checking its person, take minutes."""
+    (executemany) because 100,000 `add_template` calls, each checking its person, take minutes. Templates have
+    the model's output size (the default models folder's entry): the agent refuses templates of another."""
+    dim = int(ModelStore(None).spec(model_id, "embedder").raw["output"]["shape"][-1])
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     with GalleryStore.open(path) as store, store.transaction():
@@ -69,13 +71,13 @@ def build_gallery(path: Path, people: int, templates: int, model_id: str, seed: 
             "INSERT INTO people (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
             [(pid, f"synthetic {i}", now, now) for i, pid in enumerate(ids)],
         )
-        vectors = rng.standard_normal((templates, 128), dtype=np.float32)
+        vectors = rng.standard_normal((templates, dim), dtype=np.float32)
         vectors *= DLIB_NORM / np.linalg.norm(vectors, axis=1)[:, None]
         owners = rng.permutation(np.arange(templates) % people)
         store.db.conn.executemany(
             "INSERT INTO templates (person_id, embedding, dims, model_id, model_sha256, quality, created_at) "
-            "VALUES (?, ?, 128, ?, ?, '{}', ?)",
-            ((ids[o], vectors[k].astype("<f4").tobytes(), model_id, "0" * 64, now) for k, o in enumerate(owners)),
+            "VALUES (?, ?, ?, ?, ?, '{}', ?)",
+            ((ids[o], vectors[k].astype("<f4").tobytes(), dim, model_id, "0" * 64, now) for k, o in enumerate(owners)),
         )
     return time.perf_counter() - started
 

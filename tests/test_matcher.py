@@ -384,3 +384,18 @@ def test_the_nearest_other_refuses_a_query_of_the_wrong_width() -> None:
     vectors, owners = random_gallery(4, 10, 2)
     with pytest.raises(MatcherError, match="the gallery holds 128-d templates"):
         filled(vectors, owners).nearest_other(np.ones((1, 64), np.float32), "p0")
+
+
+def test_rows_of_another_size_than_the_models_are_left_out_and_searches_still_work(caplog) -> None:
+    """A damaged gallery row (a 128-d vector under a 384-d model) must not make every search fail."""
+    rng = np.random.default_rng(5)
+    good = rng.normal(size=(3, 384)).astype(np.float32)
+    matcher = Matcher(metric="cosine", threshold=0.6, margin=0.0, dimensions=384)
+    rows = [(1, "a", "A", good[0]), (2, "b", "B", rng.normal(size=128).astype(np.float32)), (3, "c", "C", good[2])]
+    with caplog.at_level("WARNING"):
+        matcher.load(rows, negatives=[(9, "a", rng.normal(size=128).astype(np.float32))])
+    assert "left out 1 templates and 1 negatives" in caplog.text and "re-enroll b" in caplog.text
+    assert matcher.person_ids() == {"a", "c"}
+    assert matcher.search(good[2]).person_id == "c"
+    matcher.replace_people(["c"], [(4, "c", "C", rng.normal(size=7).astype(np.float32))])
+    assert matcher.person_ids() == {"a"}

@@ -68,6 +68,12 @@ def test_unset_figures_are_the_embedders_stated_ones(fused: FacePipeline) -> Non
     assert set(matcher.matching.sources.values()) == {f"embedder {FUSED}"}
 
 
+def test_the_gallery_matcher_holds_its_embedders_size_and_the_fallback_its_members(fused: FacePipeline) -> None:
+    matcher = Matcher.for_gallery(GallerySettings(), fused.embedder)
+    assert matcher.dimensions == 384
+    assert matcher.fallback is not None and matcher.fallback.matcher.dimensions == 128
+
+
 def test_dlib_decides_as_before_with_nothing_set(dlib: FacePipeline) -> None:
     matcher = Matcher.for_gallery(GallerySettings(), dlib.embedder)
     assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (0.35, 0.065, 0.32)

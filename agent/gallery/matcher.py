@@ -41,6 +41,7 @@ Thresholds and margins are in the units of the distance returned.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
@@ -50,10 +51,13 @@ import numpy as np
 
 from agent.config import GalleryFigures, GallerySettings, Matching, matching
 from agent.errors import FaceagentError
+from agent.gallery.means import MeanTemplates
 from agent.gallery.negatives import NegativeSet
 from agent.identity import Match
 from agent.vision.embedder import FaceEmbedder
 from agent.vision.fusion import FusedEmbedder
+
+log = logging.getLogger(__name__)
 
 METRICS = ("euclidean", "cosine")
 # Queries are searched in blocks so a batch of k probes against n templates needs at most this many
@@ -92,6 +96,7 @@ class Matcher:
             margin=figures.margin,
             track_threshold=figures.track_threshold,
             mean_offset=figures.mean_offset,
+            dimensions=embedder.info.dimensions if embedder is not None else None,
         )
         matcher.matching, matcher._stated = figures, stated
         if isinstance(embedder, FusedEmbedder) and gallery.metric == "cosine":
@@ -103,6 +108,7 @@ class Matcher:
                 margin=figures.margin,
                 track_threshold=figures.track_threshold,
                 mean_offset=figures.mean_offset,
+                dimensions=old.dimensions,
             )
             held.matching = figures
             project = _projection(embedder, old.model_id)
@@ -117,10 +123,12 @@ class Matcher:
         margin: float,
         track_threshold: float | None = None,
         mean_offset: float | None = None,
+        dimensions: int | None = None,
     ) -> None:
         """`track_threshold`: what a track's mean embedding must be within (`tracking.decide`); None: `threshold`.
         `mean_offset`: None, templates alone score a person; else the mean template too, this much further
-        (module docstring)."""
+        (module docstring). `dimensions`: the model's output size; a stored row of another size (a damaged or
+        foreign file) is left out with a warning, not loaded to fail every search; None: the first row's size."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
         if mean_offset is not None and not (math.isfinite(mean_offset) and mean_offset >= 0):
@@ -134,6 +142,7 @@ class Matcher:
             raise ValueError(f"track_threshold must be a number >= 0, got {track_threshold!r}")
         self.metric = metric
         self.mean_offset = None if mean_offset is None else float(mean_offset)
+        self.dimensions = dimensions
         self._means = mean_offset is not None  # whether per-person mean templates are kept (and searched)
         self.threshold = float(threshold)
         self.margin = float(margin)
@@ -183,9 +192,8 @@ class Matcher:
         self._person_ids: list[str] = []
         self._names: list[str] = []
         self._person_index: dict[str, int] = {}
-        # Person index -> their mean template as searched, and its squared norm (kept only when `_means`).
-        self._centroids = np.empty((0, width), dtype=np.float32)
-        self._centroid_sqnorms = np.empty(0, dtype=np.float32)
+        # Person index -> their mean template as searched (kept only when `_means`, from the first template on).
+        self._mean_rows: MeanTemplates | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -244,6 +252,7 @@ class Matcher:
         rows were), nothing is swapped if the matcher changed meanwhile: a background reload must not undo
         an erasure a command applied while the rows were being read (they may predate it).
         """
+        rows, negatives = self._usable(rows, negatives)
         template_ids: list[int] = []
         owners: list[int] = []
         vectors: list[np.ndarray] = []
@@ -287,9 +296,9 @@ class Matcher:
         negative_set = NegativeSet()
         negative_rows = self._prepare_negatives(negatives, dim)
         negative_set.replace({person_id for _, person_id, _ in negative_rows}, negative_rows)
-        centroids = np.empty((0, matrix.shape[1]), dtype=np.float32)
+        mean_rows = None
         if self._means and count:
-            centroids = self._mean_templates(matrix, owner_rows[:count], np.arange(len(person_ids)))
+            mean_rows = MeanTemplates.of(matrix, owner_rows[:count], len(person_ids), cosine=self.metric == "cosine")
         with self._lock:
             if if_version is not None and if_version != self._version:
                 return False
@@ -299,8 +308,30 @@ class Matcher:
             self._vectors, self._sqnorms, self._owners, self._template_ids = stored, sqnorms, owner_rows, template_rows
             self._known_templates = set(template_ids)
             self._person_ids, self._names, self._person_index = person_ids, names, person_index
-            self._centroids, self._centroid_sqnorms = centroids, np.einsum("ij,ij->i", centroids, centroids)
+            self._mean_rows = mean_rows
         return True
+
+    def _usable(
+        self, rows: Iterable[tuple[int, str, str, np.ndarray]], negatives: Iterable[tuple[int, str, np.ndarray]]
+    ) -> tuple[list[tuple[int, str, str, np.ndarray]], list[tuple[int, str, np.ndarray]]]:
+        """Stored rows and negatives without those of another size than the model's `dimensions`: the model
+        never made them, and one held would make every search fail (they are logged, not loaded)."""
+        rows, negatives = list(rows), list(negatives)
+        if self.dimensions is None:
+            return rows, negatives
+        good_rows = [row for row in rows if np.shape(row[3]) == (self.dimensions,)]
+        good_negatives = [row for row in negatives if np.shape(row[2]) == (self.dimensions,)]
+        if len(good_rows) < len(rows) or len(good_negatives) < len(negatives):
+            bad = sorted({row[1] for row in rows if np.shape(row[3]) != (self.dimensions,)})
+            log.warning(
+                "left out %d templates and %d negatives that are not %d values long, as the model's are "
+                "(damaged gallery rows; re-enroll %s)",
+                len(rows) - len(good_rows),
+                len(negatives) - len(good_negatives),
+                self.dimensions,
+                ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "") if bad else "no one",
+            )
+        return good_rows, good_negatives
 
     def add(self, template_id: int, person_id: str, name: str, embedding: np.ndarray) -> None:
         """Hold one more template; amortised O(1) (capacity doubles when full)."""
@@ -314,13 +345,16 @@ class Matcher:
             vector = self._prepare_rows(vector[None, :], [int(template_id)])[0]
             self._version += 1
             self._append(int(template_id), person_id, name, vector)
-            self._refresh_means({self._person_index[person_id]})
+            if self._mean_rows is not None:
+                self._mean_rows.add(self._person_index[person_id], vector)
 
     def _append(self, template_id: int, person_id: str, name: str, vector: np.ndarray) -> None:
-        """Under the lock: one more row, checked and prepared (`_prepare_rows`) by the caller, who then refreshes
-        the person's mean template (`_refresh_means`)."""
+        """Under the lock: one more row, checked and prepared (`_prepare_rows`) by the caller, who then updates
+        the person's mean template (`MeanTemplates.add` or `_recompute_means`); room is made for it here."""
         if self._dim is None:
             self._reset(len(vector), _MIN_CAPACITY)
+            if self._means:
+                self._mean_rows = MeanTemplates(cosine=self.metric == "cosine", dim=len(vector))
         if self._count == len(self._vectors):
             self._grow(2 * len(self._vectors))
         index = self._person_index.get(person_id)
@@ -328,6 +362,8 @@ class Matcher:
             index = self._person_index[person_id] = len(self._person_ids)
             self._person_ids.append(person_id)
             self._names.append(name)
+            if self._mean_rows is not None:
+                self._mean_rows.reserve(len(self._person_ids))
         else:
             self._names[index] = name
         row = self._count
@@ -361,8 +397,7 @@ class Matcher:
         `person_ids`: what a write to those people left in the gallery, applied in one step (no rows: they
         were erased). Every row is checked before anything changes, so a bad one leaves the matcher as it was."""
         wanted = set(person_ids)
-        rows = list(rows)
-        negatives = list(negatives)
+        rows, negatives = self._usable(rows, negatives)
         if strangers := {person_id for _, person_id, _ in negatives} - wanted:
             raise MatcherError(f"negatives of {len(strangers)} people who were not asked for")
         ids = [int(template_id) for template_id, *_ in rows]
@@ -392,7 +427,7 @@ class Matcher:
             self._drop(wanted)
             for template_id, (_, person_id, name, _), vector in zip(ids, rows, matrix, strict=True):
                 self._append(template_id, person_id, name, vector)
-            self._refresh_means({self._person_index[p] for p in wanted if p in self._person_index})
+            self._recompute_means({self._person_index[p] for p in wanted if p in self._person_index})
             self._negatives.replace(wanted, negative_rows)
 
     def add_negative(self, negative_id: int, person_id: str, embedding: np.ndarray) -> None:
@@ -415,8 +450,8 @@ class Matcher:
             self._version += 1
             self.threshold, self.margin, self.track_threshold = other.threshold, other.margin, other.track_threshold
             self.matching, self._stated = other.matching, other._stated  # another embedder's figures come with it
-            self.mean_offset, self._means = other.mean_offset, other._means
-            self._centroids, self._centroid_sqnorms = other._centroids, other._centroid_sqnorms
+            self.mean_offset, self._means, self.dimensions = other.mean_offset, other._means, other.dimensions
+            self._mean_rows = other._mean_rows
             self.fallback = other.fallback
             self._dim, self._count = other._dim, other._count
             self._vectors, self._sqnorms, self._owners = other._vectors, other._sqnorms, other._owners
@@ -439,10 +474,8 @@ class Matcher:
             array[:kept] = array[:count][keep]
         renumber = np.cumsum(~gone) - 1  # old person index -> its index among those kept
         self._owners[:kept] = renumber[self._owners[:kept]]
-        if self._means:
-            people = len(self._person_ids)
-            self._centroids[: people - len(indices)] = self._centroids[:people][~gone]
-            self._centroid_sqnorms[: people - len(indices)] = self._centroid_sqnorms[:people][~gone]
+        if self._mean_rows is not None:
+            self._mean_rows.compact(~gone)
         self._person_ids = [p for p, dropped in zip(self._person_ids, gone, strict=True) if not dropped]
         self._names = [n for n, dropped in zip(self._names, gone, strict=True) if not dropped]
         self._person_index = {person_id: i for i, person_id in enumerate(self._person_ids)}
@@ -450,45 +483,14 @@ class Matcher:
         if kept == 0:
             self._reset(None, 0)
 
-    def _refresh_means(self, indices: set[int]) -> None:
-        """Under the lock: the mean templates of these people (indices) recomputed from their rows, room made
-        for people new since the last refresh."""
-        if not self._means or self._dim is None:
-            return
-        people = len(self._person_ids)
-        if len(self._centroids) < people:
-            capacity = max(people, 2 * len(self._centroids), _MIN_CAPACITY)
-            centroids = np.empty((capacity, self._dim), dtype=np.float32)
-            centroids[: len(self._centroids)] = self._centroids
-            sqnorms = np.empty(capacity, dtype=np.float32)
-            sqnorms[: len(self._centroid_sqnorms)] = self._centroid_sqnorms
-            self._centroids, self._centroid_sqnorms = centroids, sqnorms
-        if not indices:
+    def _recompute_means(self, indices: set[int]) -> None:
+        """Under the lock: the mean templates of these people (indices) recomputed from their rows."""
+        if self._mean_rows is None or not indices:
             return
         wanted = np.array(sorted(indices), dtype=np.int32)
         count = self._count
         theirs = np.isin(self._owners[:count], wanted)
-        means = self._mean_templates(self._vectors[:count][theirs], self._owners[:count][theirs], wanted)
-        self._centroids[wanted] = means
-        self._centroid_sqnorms[wanted] = np.einsum("ij,ij->i", means, means)
-
-    def _mean_templates(self, rows: np.ndarray, owners: np.ndarray, people: np.ndarray) -> np.ndarray:
-        """The mean template of each of `people` (sorted person indices, each owning at least one of `rows`), as
-        searched: unit length for cosine (a mean of unit rows that cancels out stays zero: nothing is near it)."""
-        slot = np.searchsorted(people, owners)
-        order = np.argsort(slot, kind="stable")
-        starts = np.searchsorted(slot[order], np.arange(len(people)))
-        rank = np.empty(len(slot), dtype=np.int64)  # each row's place among its person's rows
-        rank[order] = np.arange(len(slot)) - starts[slot[order]]
-        sums = np.zeros((len(people), rows.shape[1]), dtype=np.float32)
-        for place in range(int(rank.max()) + 1 if len(rank) else 0):  # a person at most once a round: += is exact
-            chosen = np.flatnonzero(rank == place)
-            sums[slot[chosen]] += rows[chosen]
-        means = sums / np.bincount(slot, minlength=len(people)).astype(np.float32)[:, None]
-        if self.metric == "cosine":
-            norms = np.linalg.norm(means, axis=1, keepdims=True)
-            means = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
-        return means.astype(np.float32)
+        self._mean_rows.recompute(wanted, self._vectors[:count][theirs], self._owners[:count][theirs])
 
     def rename(self, person_id: str, name: str) -> None:
         """New display name for later matches; unknown people are a no-op (no template of this model)."""
@@ -643,8 +645,9 @@ class Matcher:
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, float]] = [
             (self._vectors[:count], self._sqnorms[:count], self._owners[:count], 0.0)
         ]
-        if means:
-            parts.append((self._centroids[:people], self._centroid_sqnorms[:people], None, self.mean_offset or 0.0))
+        if means and self._mean_rows is not None:
+            rows = self._mean_rows
+            parts.append((rows.vectors[:people], rows.sqnorms[:people], None, self.mean_offset or 0.0))
         return parts
 
     def _search_block(self, queries: np.ndarray, limit: float, means: bool) -> list[Match]:
