@@ -29,18 +29,18 @@ from _bench_common import resolve_data_dir
 from _bench_service import FRAMES, build_gallery, frame_spans, run_in_thread, start_mosquitto
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.cli.releases import manifest_entry
 from agent.commands.signing import public_key_text, request_signer
 from agent.config import Settings, load_settings
 from agent.link.mqtt import BrokerSettings
 from agent.link.operator import Operator
 from agent.modelupdate.update import sign_model
 from agent.service.app import AgentService, RunOptions
-from agent.vision.modelstore import default_models_dir, embedder_id
+from agent.vision.modelstore import MANIFEST_NAME, ModelStore, default_models_dir, embedder_id
 
 DEVICE = "bench-swap"
 CHUNK = 1024 * 1024
 STALL_TARGET_MS = 100.0
-MODEL_FILE = "dlib_resnet29_int8.tflite"
 
 
 def progress(message: str) -> None:
@@ -53,9 +53,12 @@ def stalls(spans: list[tuple[float, float]], start: float, end: float) -> dict[s
     return {"frames": len(inside), "stall_max_ms": 1000 * max(gaps, default=float("nan"))}
 
 
-def signed_release(key: Ed25519PrivateKey, content: bytes, model_id: str) -> dict[str, Any]:
-    meta = {"model_id": model_id, "role": "embedder", "file": MODEL_FILE, "version": "2"}
-    meta |= {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "entry": {}}
+def signed_release(key: Ed25519PrivateKey, content: bytes, model_id: str, file: str) -> dict[str, Any]:
+    """The model in use as version 2: its file (a fused embedder's: its definition, which names its members) and
+    its shipped manifest entry, as `faceagent ctl release` makes one (a fused release must state its whole entry)."""
+    entry = manifest_entry(default_models_dir() / MANIFEST_NAME, model_id, content)
+    meta = {"model_id": model_id, "role": "embedder", "file": file, "version": "2"}
+    meta |= {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "entry": entry}
     return meta | {"signature": sign_model(key, meta)}
 
 
@@ -69,7 +72,8 @@ def call(operator: Operator, phase: str, **args: Any) -> dict[str, Any]:
 def measure(data: Path, people: int, templates: int, quiet_s: float) -> dict[str, Any]:
     settings = Settings()
     model_id = embedder_id(settings.models.dir, settings.models.embedder)
-    content = (default_models_dir() / MODEL_FILE).read_bytes()
+    model_file = ModelStore(None).spec(model_id, "embedder").file
+    content = (default_models_dir() / model_file).read_bytes()
     command_key, release_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     figures: dict[str, Any] = {"people": people, "templates": templates, "model_id": model_id}
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as scratch, frame_spans() as spans:
@@ -99,7 +103,8 @@ def measure(data: Path, people: int, templates: int, quiet_s: float) -> dict[str
                 quiet_start = time.monotonic()
                 time.sleep(quiet_s)
                 figures["quiet"] = stalls(spans, quiet_start, time.monotonic())
-                call(operator, "begin", job_id="swap-1", **signed_release(release_key, content, model_id))
+                release = signed_release(release_key, content, model_id, model_file)
+                call(operator, "begin", job_id="swap-1", **release)
                 for index, start in enumerate(range(0, len(content), CHUNK)):
                     piece = base64.b64encode(content[start : start + CHUNK]).decode()
                     call(operator, "chunk", job_id="swap-1", index=index, data=piece)

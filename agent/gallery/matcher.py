@@ -11,16 +11,15 @@ per-person minimum without reducing over every person: with 100,000 templates of
 0.07 ms against 0.26 ms for np.minimum.at and 0.47-0.62 ms for np.minimum.reduceat over person-sorted
 rows, beside about 2 ms for the product itself (`scripts/bench_gallery.py`).
 
-Mean templates (`mean_offset`, a figure each embedder may state): a person's distance is the nearer of their
-nearest template and their mean template (unit length for cosine: the direction of the mean of their unit
-templates) plus the offset; None searches templates alone. The mean lets a person's few photos vote together, but
-it also sits nearer to strangers (every face shares a common direction, which averaging keeps while it cancels
-what is personal), so under the one threshold that must also hold for people with a single photo, the mean alone
-lost: the offset is what lets it count only where it is clearly nearer (`scripts/bench_fusion.py --fit`; docs/
-recognition-v2.md, section 2). Mean templates are kept in step with every change to a person's templates. With
-one template a person's mean is that template, so the offset leaves them as they were. The enrollment guard and
-adaptation (`templates_of`, `nearest_other`, `search(templates_only=True)`) look at templates: they ask about one
-photo.
+Mean templates (`mean_offset`, a figure each embedder may state; agent/gallery/means.py): a person's distance is
+the nearer of their nearest template and their mean template (unit length for cosine: the direction of the mean
+of their unit templates) plus the offset; None searches templates alone. The mean lets a person's few photos vote
+together, but it also sits nearer to strangers (likely because face vectors share a common direction, which
+averaging keeps while it cancels what is personal), so under the one threshold that must also hold for people
+with a single photo, the mean alone lost: the offset lets it count only where it is clearly nearer
+(`scripts/bench_fusion.py --fit`; docs/recognition-v2.md, section 2). With one template a person's mean is that
+template, so the offset leaves them as they were. The enrollment guard and adaptation (`templates_of`,
+`nearest_other`, `search(templates_only=True)`) look at templates: they ask about one photo.
 
 Negatives (`agent/gallery/negatives.py`, corrections by event id): a probe closer to one of the best person's
 negatives than to that person's nearest template is not named; only the best candidate's are looked at.
@@ -173,9 +172,7 @@ class Matcher:
         with self._lock:
             self.threshold, self.margin = figures.threshold, figures.margin
             self.track_threshold, self.matching = figures.track_threshold, figures
-            if (
-                self._means and figures.mean_offset is not None
-            ):  # mean templates are kept only if they were from the start
+            if self._means and figures.mean_offset is not None:  # none kept from the start: none to search now
                 self.mean_offset = figures.mean_offset
 
     # ----------------------------------------------------------------------------------------- state
