@@ -189,6 +189,30 @@ def test_a_console_started_after_the_agents_plots_their_telemetry_from_before_it
         late.stop()
 
 
+def test_a_chart_with_no_telemetry_yet_spans_the_hour_up_to_now(fleet: Fleet) -> None:
+    """A device seen before its first telemetry point: the chart's time axis is the last hour, not 1970."""
+    fleet.page("/")
+    fleet.wait(lambda: fleet.driver.execute_script("return typeof uPlot !== 'undefined'"), 30, "uPlot never loaded")
+    low, high = fleet.driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const box = document.createElement("div");
+        document.body.append(box);
+        const empty = { t: [] };
+        for (const [, lines] of CHARTS) for (const [key] of lines) empty[key] = [];
+        drawChart(box, empty);
+        setTimeout(() => {  // uPlot sets its scales once the current task is over
+          const scale = box.plots[0].plot.scales.x;
+          box.remove();
+          done([scale.min, scale.max]);
+        }, 100);
+        """
+    )
+    now = time.time()
+    assert now - 3700 < low < high <= now + 60
+    assert high - low == pytest.approx(3600, abs=5)
+
+
 def test_a_bad_setting_shows_its_validation_message_beside_it(fleet: Fleet) -> None:
     fleet.page(f"/device/{DEVICES[0]}")
     field = fleet.wait(lambda: fleet.driver.find_elements(By.CSS_SELECTOR, 'input[name="gallery.threshold"]'), 90)

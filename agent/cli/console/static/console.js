@@ -67,6 +67,16 @@ function latest(values) {
   return null;
 }
 
+// The last hour of points, at least a minute wide; with no point yet, the hour up to now (uPlot passes null, which
+// would otherwise put the axis at 1970).
+function timeRange(plot, low, high) {
+  if (low === null || high === null) {
+    const now = Date.now() / 1000;
+    return [now - 3600, now];
+  }
+  return [Math.max(low, high - 3600), Math.max(high, low + 60)];
+}
+
 function drawChart(container, series) {
   container.dataset.points = String(series.t.length);
   container.dataset.since = series.t.length ? String(series.t[0]) : "";  // the oldest point: before this console?
@@ -82,7 +92,7 @@ function drawChart(container, series) {
         height: 100,
         legend: { show: false },
         cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true, range: (plot, low, high) => [Math.max(low, high - 3600), Math.max(high, low + 60)] } },
+        scales: { x: { time: true, range: timeRange } },
         series: [{}, ...lines.map(([, label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: true }))],
         axes: [{ size: 36, font: "10px system-ui", ticks: { size: 3 } }, { size: 42, font: "10px system-ui", ticks: { size: 3 } }],
       };
