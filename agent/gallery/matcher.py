@@ -142,7 +142,6 @@ class Matcher:
         self.metric = metric
         self.mean_offset = None if mean_offset is None else float(mean_offset)
         self.dimensions = dimensions
-        self._means = mean_offset is not None  # whether per-person mean templates are kept (and searched)
         self.threshold = float(threshold)
         self.margin = float(margin)
         self.track_threshold = float(track)
@@ -172,7 +171,7 @@ class Matcher:
         with self._lock:
             self.threshold, self.margin = figures.threshold, figures.margin
             self.track_threshold, self.matching = figures.track_threshold, figures
-            if self._means and figures.mean_offset is not None:  # none kept from the start: none to search now
+            if self.mean_offset is not None and figures.mean_offset is not None:  # none kept from the start: none now
                 self.mean_offset = figures.mean_offset
 
     # ----------------------------------------------------------------------------------------- state
@@ -189,7 +188,7 @@ class Matcher:
         self._person_ids: list[str] = []
         self._names: list[str] = []
         self._person_index: dict[str, int] = {}
-        # Person index -> their mean template as searched (kept only when `_means`, from the first template on).
+        # Person index -> their mean template as searched (kept only with a `mean_offset`, from the first template on).
         self._mean_rows: MeanTemplates | None = None
 
     def __len__(self) -> int:
@@ -294,7 +293,7 @@ class Matcher:
         negative_rows = self._prepare_negatives(negatives, dim)
         negative_set.replace({person_id for _, person_id, _ in negative_rows}, negative_rows)
         mean_rows = None
-        if self._means and count:
+        if self.mean_offset is not None and count:
             mean_rows = MeanTemplates.of(matrix, owner_rows[:count], len(person_ids), cosine=self.metric == "cosine")
         with self._lock:
             if if_version is not None and if_version != self._version:
@@ -350,7 +349,7 @@ class Matcher:
         the person's mean template (`MeanTemplates.add` or `_recompute_means`); room is made for it here."""
         if self._dim is None:
             self._reset(len(vector), _MIN_CAPACITY)
-            if self._means:
+            if self.mean_offset is not None:
                 self._mean_rows = MeanTemplates(cosine=self.metric == "cosine", dim=len(vector))
         if self._count == len(self._vectors):
             self._grow(2 * len(self._vectors))
@@ -447,7 +446,7 @@ class Matcher:
             self._version += 1
             self.threshold, self.margin, self.track_threshold = other.threshold, other.margin, other.track_threshold
             self.matching, self._stated = other.matching, other._stated  # another embedder's figures come with it
-            self.mean_offset, self._means, self.dimensions = other.mean_offset, other._means, other.dimensions
+            self.mean_offset, self.dimensions = other.mean_offset, other.dimensions
             self._mean_rows = other._mean_rows
             self.fallback = other.fallback
             self._dim, self._count = other._dim, other._count
@@ -566,7 +565,7 @@ class Matcher:
             if self._count == 0:
                 return [Match(None, None, math.inf, math.inf, False) for _ in range(len(queries))]
             limit = min(self.threshold, self.track_threshold) if track else self.threshold
-            means = self._means and not templates_only
+            means = self.mean_offset is not None and not templates_only
             block = max(1, _BLOCK_SCORES // (self._count + len(self._person_ids)))
             matches: list[Match] = []
             for start in range(0, len(queries), block):
