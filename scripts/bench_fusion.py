@@ -168,6 +168,72 @@ def embed_views(member: Member, faces: Detections, data: Path, cache: Path) -> n
     return out
 
 
+# Small geometric jitters of the enrolled photo (scale, degrees, dx, dy in eye distances), as dlib's num_jitters
+# does at random: whether averaging them into the template (enrollment is paid once) buys what a live face's
+# mirror image buys. Named groups are the study's rows.
+JITTERS = (
+    (1.05, 0.0, 0.0, 0.0),
+    (0.95, 0.0, 0.0, 0.0),
+    (1.10, 0.0, 0.0, 0.0),
+    (0.90, 0.0, 0.0, 0.0),
+    (1.0, 5.0, 0.0, 0.0),
+    (1.0, -5.0, 0.0, 0.0),
+    (1.0, 0.0, 0.05, 0.0),
+    (1.0, 0.0, -0.05, 0.0),
+    (1.0, 0.0, 0.0, 0.05),
+    (1.0, 0.0, 0.0, -0.05),
+)
+JITTER_GROUPS = {
+    "scale x0.95, x1.05": (0, 1),
+    "scale x0.9-x1.1": (0, 1, 2, 3),
+    "rotation +-5 deg": (4, 5),
+    "shift +-0.05 eye distance": (6, 7, 8, 9),
+    "scale x0.95, x1.05 and rotation": (0, 1, 4, 5),
+    "all ten": tuple(range(len(JITTERS))),
+}
+
+
+def jittered_keypoints(keypoints: np.ndarray, scale: float, degrees: float, dx: float, dy: float) -> np.ndarray:
+    """The keypoints scaled and turned about the eyes' and mouth's centre, then moved, in eye distances; the chip
+    aligned on them shows the face that much smaller, turned the other way and moved the other way."""
+    eye_distance = float(np.linalg.norm(keypoints[1] - keypoints[0]))
+    centre = keypoints[:4].mean(axis=0)
+    turn = math.radians(degrees)
+    rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    return centre + scale * (keypoints - centre) @ rotation.T + np.array([dx, dy]) * eye_distance
+
+
+def embed_jittered(store: ModelStore, model_id: str, faces: Detections, data: Path, cache: Path) -> np.ndarray:
+    """(n, len(JITTERS), 2, d) unit vectors of each jittered chip and its mirror image; cached like embed_views."""
+    spec = store.spec(model_id, "embedder")
+    model_bytes = store.read_verified(spec)
+    key = {
+        "model": {"sha256": hashlib.sha256(model_bytes).hexdigest(), "alignment": spec.raw["alignment"]},
+        "faces": hashlib.sha256(faces.keypoints.tobytes() + faces.found.tobytes()).hexdigest(),
+        "code": vision_files_digest("aligner.py", "image.py"),
+        "jitters": JITTERS,
+        "format": CACHE_FORMAT,
+    }
+    path = cache / f"fusion-jitter-{model_id}-{json_digest(key)[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    progress(f"embedding {int(faces.found.sum())} faces x {len(JITTERS)} jitters with {model_id} -> {path}")
+    model = TfliteModel(select_runtime().load(model_bytes, 1))
+    aligner = Aligner.from_spec(spec.raw["alignment"])
+    out = np.zeros((len(faces.paths), len(JITTERS), 2, int(spec.raw["output"]["shape"][-1])), dtype=np.float32)
+    for i in np.flatnonzero(faces.found):
+        with Image.open(data / faces.paths[i]) as im:
+            rgb = im.convert("RGB")
+        for j, jitter in enumerate(JITTERS):
+            chip = aligner.align(rgb, jittered_keypoints(faces.keypoints[i], *jitter)).astype(np.float32)
+            for k, view in enumerate((chip, chip[:, ::-1])):
+                (vector,) = model.run(np.ascontiguousarray(view[None])).values()
+                out[i, j, k] = vector[0] / np.linalg.norm(vector[0])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
 def yaw_proxy(keypoints: np.ndarray) -> np.ndarray:
     """Nose tip offset from the eyes' midpoint along the eye line, in eye distances (0 = frontal)."""
     right, left, nose = keypoints[:, 0], keypoints[:, 1], keypoints[:, 2]
@@ -540,6 +606,25 @@ def flip_study(views: dict[str, np.ndarray], quant: str, weight: float, ctx: Con
     return rows
 
 
+def jitter_study(
+    views: dict[str, np.ndarray], jittered: dict[str, np.ndarray], quant: str, weight: float, ctx: Context
+) -> dict[str, dict[str, float]]:
+    """The shipped flip system, then its templates made of the photo and each JITTER_GROUPS group (every chip and
+    its mirror, unit mean); queries stay as shipped. On LFW the pair's first photo is the template."""
+    ids = MEMBERS[quant]
+    queries = [member_vectors(views[m], True) for m in ids]
+    rows = {"shipped (flip)": figures(System("shipped", queries, (weight, 1.0 - weight)), ctx)}
+    for label, group in JITTER_GROUPS.items():
+        templates = []
+        for m in ids:
+            chips = np.concatenate([views[m][:, None], jittered[m][:, list(group)]], axis=1)
+            templates.append(unit_rows(chips.reshape(len(chips), -1, chips.shape[-1]).mean(axis=1)))
+        system = System(label, templates, (weight, 1.0 - weight), query_members=queries)
+        rows[f"templates + {label}"] = figures(system, ctx)
+        progress(f"{label}: {rows[f'templates + {label}']}")
+    return rows
+
+
 def objective(row: dict[str, float]) -> float:
     """What the issue rewards beyond LFW: open-set DIR at both sizes and the turned faces, equally."""
     return float(np.mean([row["1557/1"], row["1557/3"], row["200/3"], row["trk200/1"], row["turned"]]))
@@ -591,6 +676,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         help="only the per-person aggregations (nearest, mean, mean score, nearest_or_mean) at dlib weight W, flip",
     )
+    parser.add_argument(
+        "--jitter-study",
+        metavar="W",
+        type=float,
+        help="only the enrolled photo's jitters averaged into its template, at dlib weight W, first --quantization",
+    )
     parser.add_argument("--out", type=Path, help="write every figure as JSON")
     args = parser.parse_args(argv)
     data = resolve_data_dir(args.data, ["pairs.tsv", "ident_split.tsv", "faces-lfw"])
@@ -626,6 +717,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"load average at end: {load_average()}; {time.time() - started:.0f} s")
         if args.out:
             write_json(args.out, {"flip_study": study, "weight": args.flip_study, "quantization": quant})
+        return 0
+    if args.jitter_study is not None:
+        quant = quantizations[0]
+        jittered = {m: embed_jittered(store, m, faces, data, args.cache_dir) for m in MEMBERS[quant]}
+        study = jitter_study(views, jittered, quant, args.jitter_study, ctx)
+        print(f"\n=== {quant} flip, w_dlib={args.jitter_study}: templates averaged over jittered chips ===")
+        print(figures_table("templates", study))
+        print(f"load average at end: {load_average()}; {time.time() - started:.0f} s")
+        if args.out:
+            write_json(args.out, {"jitter_study": study, "weight": args.jitter_study, "jitters": JITTERS})
         return 0
     if args.aggregation_study is not None:
         quant, w = quantizations[0], args.aggregation_study
