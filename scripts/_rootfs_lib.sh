@@ -76,6 +76,17 @@ debian_mirror() { # debian_mirror SUITE: the first mirror apt's sources name for
     )
     printf '%s' "${found%%$'\n'*}"
 }
+install_host_packages() { # install_host_packages PKG...: apt-get update + install, one caller at a time
+    # CI runs the boot and arm64 checks side by side; on a machine without their tools both would run apt-get at
+    # once and the second stop on apt's lists lock. A host-wide lock file serialises them (the second waits,
+    # then installs what is still missing); apt's own lock timeout covers any other apt user.
+    local lock=/var/lock/faceagent-host-packages.lock
+    (
+        flock 8 || exit 1
+        apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null
+    ) 8>"$lock"
+}
 use_apt_proxy() { # debootstrap does not read apt's proxy setting: pass it on
     local proxy
     proxy=$(apt-config dump 2>/dev/null | awk -F'"' '/^Acquire::http::Proxy /{ print $2 }')

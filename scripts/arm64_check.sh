@@ -179,8 +179,7 @@ for tool in debootstrap qemu-aarch64-static update-binfmts rsync; do
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
     say "  missing: ${missing[*]}: apt-get install ${HOST_PACKAGES[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${HOST_PACKAGES[@]}" >/dev/null
+    install_host_packages "${HOST_PACKAGES[@]}"
 fi
 if ! mountpoint -q /proc/sys/fs/binfmt_misc; then
     mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||

@@ -156,8 +156,7 @@ for tool in debootstrap systemd-nspawn nsenter rsync; do
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
     say "  missing: ${missing[*]}: apt-get install ${HOST_PACKAGES[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${HOST_PACKAGES[@]}" >/dev/null
+    install_host_packages "${HOST_PACKAGES[@]}"
 fi
 say "  $(systemd-nspawn --version | head -1), debootstrap $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null)"
 ARCH=$(dpkg --print-architecture)
