@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -187,6 +188,35 @@ def test_a_console_started_after_the_agents_plots_their_telemetry_from_before_it
             fleet.wait(lambda s=since: float(fleet.attribute(s, "data-since")) < started - 1, 60, "only new points")
     finally:
         late.stop()
+
+
+@pytest.mark.parametrize("span", [40, 3000])
+def test_a_charts_time_labels_are_one_line_each_and_distinct(fleet: Fleet, span: int) -> None:
+    """Points across a minute's change (seconds apart) or most of the hour: each tick is labelled with its own time
+    on one line, never a second line of date that runs into the next label."""
+    fleet.page("/")
+    fleet.wait(lambda: fleet.driver.execute_script("return typeof uPlot !== 'undefined'"), 30, "uPlot never loaded")
+    labels = fleet.driver.execute_async_script(
+        """
+        const [span, done] = [arguments[0], arguments[arguments.length - 1]];
+        const box = document.createElement("div");
+        document.body.append(box);
+        const minute = Math.floor(Date.now() / 60000) * 60 - 120;
+        const series = { t: [minute - span / 2, minute, minute + span / 2] };
+        for (const [, lines] of CHARTS) for (const [key] of lines) series[key] = [1, 2, 3];
+        drawChart(box, series);
+        setTimeout(() => {  // uPlot draws its axes once the current task is over
+          const labels = box.plots[0].plot.axes[0]._values.map(String);
+          box.remove();
+          done(labels);
+        }, 100);
+        """,
+        span,
+    )
+    assert len(labels) >= 2
+    assert len(set(labels)) == len(labels)
+    pattern = r"\d{1,2}:\d{2}:\d{2}" if span < 60 * 3 else r"\d{1,2}:\d{2}"
+    assert all(re.fullmatch(pattern, label) for label in labels), labels
 
 
 def test_a_chart_with_no_telemetry_yet_spans_the_hour_up_to_now(fleet: Fleet) -> None:

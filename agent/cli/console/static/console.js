@@ -77,6 +77,18 @@ function timeRange(plot, low, high) {
   return [Math.max(low, high - 3600), Math.max(high, low + 60)];
 }
 
+// Time axis labels on one line, local time: "14:05", or "14:05:30" when ticks are seconds apart. uPlot's own
+// add a second line with the date at the first tick and wherever the minute changes, and on a chart this narrow
+// those collide ("1:36am1:37am"); the charts span at most the last hour, and the page says the day.
+function timeLabels(plot, splits, axis, space, increment) {
+  const two = (n) => String(n).padStart(2, "0");
+  return splits.map((t) => {
+    const at = new Date(t * 1000);
+    const minute = `${at.getHours()}:${two(at.getMinutes())}`;
+    return increment < 60 ? `${minute}:${two(at.getSeconds())}` : minute;
+  });
+}
+
 function drawChart(container, series) {
   container.dataset.points = String(series.t.length);
   container.dataset.since = series.t.length ? String(series.t[0]) : "";  // the oldest point: before this console?
@@ -94,7 +106,10 @@ function drawChart(container, series) {
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true, range: timeRange } },
         series: [{}, ...lines.map(([, label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: true }))],
-        axes: [{ size: 36, font: "10px system-ui", ticks: { size: 3 } }, { size: 42, font: "10px system-ui", ticks: { size: 3 } }],
+        axes: [
+          { size: 24, space: 60, font: "10px system-ui", ticks: { size: 3 }, values: timeLabels },
+          { size: 42, font: "10px system-ui", ticks: { size: 3 } },
+        ],
       };
       const plot = new uPlot(options, [[], ...lines.map(() => [])], box);
       return { title, lines, heading, plot };
