@@ -125,9 +125,12 @@ def detect_all(store: ModelStore, images: Sequence[str], data: Path, cache: Path
 
 def embed_member(store: ModelStore, model_id: str, faces: Detections, data: Path, cache: Path) -> np.ndarray:
     """(n, 2, d) unit vectors: the chip's and its mirror image's; zeros where no face was found."""
+    return embed_views(manifest_member(store, model_id), faces, data, cache)
+
+
+def manifest_member(store: ModelStore, model_id: str) -> Member:
     spec = store.spec(model_id, "embedder")
-    member = Member(model_id, store.read_verified(spec), spec.raw["alignment"], int(spec.raw["output"]["shape"][-1]))
-    return embed_views(member, faces, data, cache)
+    return Member(model_id, store.read_verified(spec), spec.raw["alignment"], int(spec.raw["output"]["shape"][-1]))
 
 
 @dataclass(frozen=True)
@@ -140,15 +143,29 @@ class Member:
     dimensions: int
 
 
-def embed_views(member: Member, faces: Detections, data: Path, cache: Path) -> np.ndarray:
-    """(n, 2, d) unit vectors: the chip's and its mirror image's; zeros where no face was found."""
-    key = {
+def views_cache_key(member: Member, faces: Detections) -> dict[str, Any]:
+    """What a cached file of a member's chip and mirror vectors depends on."""
+    return {
         "model": {"sha256": hashlib.sha256(member.model).hexdigest(), "alignment": member.alignment},
         "faces": hashlib.sha256(faces.keypoints.tobytes() + faces.found.tobytes()).hexdigest(),
         "code": vision_files_digest("aligner.py", "image.py"),
         "format": CACHE_FORMAT,
     }
-    path = cache / f"fusion-{member.label}-{json_digest(key)[:16]}.npy"
+
+
+def chip_and_mirror(model: TfliteModel, aligner: Aligner, image: Image.Image, keypoints: np.ndarray) -> np.ndarray:
+    """(2, d) unit vectors of the face's chip and of its mirror image."""
+    chip = aligner.align(image, keypoints).astype(np.float32)
+    out = []
+    for view in (chip, chip[:, ::-1]):
+        (vector,) = model.run(np.ascontiguousarray(view[None])).values()
+        out.append(vector[0] / np.linalg.norm(vector[0]))
+    return np.array(out)
+
+
+def embed_views(member: Member, faces: Detections, data: Path, cache: Path) -> np.ndarray:
+    """(n, 2, d) unit vectors: the chip's and its mirror image's; zeros where no face was found."""
+    path = cache / f"fusion-{member.label}-{json_digest(views_cache_key(member, faces))[:16]}.npy"
     if path.is_file():
         return np.load(path)
     progress(f"embedding {int(faces.found.sum())} faces with {member.label} (and their mirror images) -> {path}")
@@ -158,10 +175,7 @@ def embed_views(member: Member, faces: Detections, data: Path, cache: Path) -> n
     start = time.perf_counter()
     for i in np.flatnonzero(faces.found):
         with Image.open(data / faces.paths[i]) as im:
-            chip = aligner.align(im.convert("RGB"), faces.keypoints[i]).astype(np.float32)
-        for k, view in enumerate((chip, chip[:, ::-1])):
-            (vector,) = model.run(np.ascontiguousarray(view[None])).values()
-            out[i, k] = vector[0] / np.linalg.norm(vector[0])
+            out[i] = chip_and_mirror(model, aligner, im.convert("RGB"), faces.keypoints[i])
     progress(f"  {1000 * (time.perf_counter() - start) / max(int(faces.found.sum()), 1):.1f} ms per face, both views")
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
@@ -203,32 +217,21 @@ def jittered_keypoints(keypoints: np.ndarray, scale: float, degrees: float, dx: 
     return centre + scale * (keypoints - centre) @ rotation.T + np.array([dx, dy]) * eye_distance
 
 
-def embed_jittered(store: ModelStore, model_id: str, faces: Detections, data: Path, cache: Path) -> np.ndarray:
+def embed_jittered(member: Member, faces: Detections, data: Path, cache: Path) -> np.ndarray:
     """(n, len(JITTERS), 2, d) unit vectors of each jittered chip and its mirror image; cached like embed_views."""
-    spec = store.spec(model_id, "embedder")
-    model_bytes = store.read_verified(spec)
-    key = {
-        "model": {"sha256": hashlib.sha256(model_bytes).hexdigest(), "alignment": spec.raw["alignment"]},
-        "faces": hashlib.sha256(faces.keypoints.tobytes() + faces.found.tobytes()).hexdigest(),
-        "code": vision_files_digest("aligner.py", "image.py"),
-        "jitters": JITTERS,
-        "format": CACHE_FORMAT,
-    }
-    path = cache / f"fusion-jitter-{model_id}-{json_digest(key)[:16]}.npy"
+    key = views_cache_key(member, faces) | {"jitters": JITTERS}
+    path = cache / f"fusion-jitter-{member.label}-{json_digest(key)[:16]}.npy"
     if path.is_file():
         return np.load(path)
-    progress(f"embedding {int(faces.found.sum())} faces x {len(JITTERS)} jitters with {model_id} -> {path}")
-    model = TfliteModel(select_runtime().load(model_bytes, 1))
-    aligner = Aligner.from_spec(spec.raw["alignment"])
-    out = np.zeros((len(faces.paths), len(JITTERS), 2, int(spec.raw["output"]["shape"][-1])), dtype=np.float32)
+    progress(f"embedding {int(faces.found.sum())} faces x {len(JITTERS)} jitters with {member.label} -> {path}")
+    model = TfliteModel(select_runtime().load(member.model, 1))
+    aligner = Aligner.from_spec(member.alignment)
+    out = np.zeros((len(faces.paths), len(JITTERS), 2, member.dimensions), dtype=np.float32)
     for i in np.flatnonzero(faces.found):
         with Image.open(data / faces.paths[i]) as im:
             rgb = im.convert("RGB")
         for j, jitter in enumerate(JITTERS):
-            chip = aligner.align(rgb, jittered_keypoints(faces.keypoints[i], *jitter)).astype(np.float32)
-            for k, view in enumerate((chip, chip[:, ::-1])):
-                (vector,) = model.run(np.ascontiguousarray(view[None])).values()
-                out[i, j, k] = vector[0] / np.linalg.norm(vector[0])
+            out[i, j] = chip_and_mirror(model, aligner, rgb, jittered_keypoints(faces.keypoints[i], *jitter))
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out
@@ -720,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.jitter_study is not None:
         quant = quantizations[0]
-        jittered = {m: embed_jittered(store, m, faces, data, args.cache_dir) for m in MEMBERS[quant]}
+        jittered = {m: embed_jittered(manifest_member(store, m), faces, data, args.cache_dir) for m in MEMBERS[quant]}
         study = jitter_study(views, jittered, quant, args.jitter_study, ctx)
         print(f"\n=== {quant} flip, w_dlib={args.jitter_study}: templates averaged over jittered chips ===")
         print(figures_table("templates", study))
