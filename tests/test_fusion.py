@@ -1,4 +1,5 @@
-"""The fused embedder: dlib and MobileFace on their own alignments, one cosine vector, from the manifest.
+"""The fused embedders: dlib and a partner (MobileFace V2, or MobileFaceNet) on their own alignments, one cosine
+vector, from the manifest.
 
 Real models and real LFW photos; the manifest checks tamper with a private copy of the models folder.
 """
@@ -24,13 +25,15 @@ from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from tests.support.compare import cosine
 
 FUSED = "fused-dlib-mobileface-int8"
+# Every fused entry the manifest ships: the behaviours below hold for each (the tampering tests use FUSED).
+FUSED_ENTRIES = (FUSED, "fused-dlib-mobilefacenet")
 # Three photos of each of two people (LFW), for "same person closer than different people".
 PEOPLE = {"Colin_Powell": ("0040", "0133", "0170"), "Tony_Blair": ("0018", "0032", "0048")}
 
 
-@pytest.fixture(scope="module")
-def fused(models_dir: Path) -> FacePipeline:
-    return FacePipeline(PipelineOptions(models_dir=models_dir, embedder=FUSED, threads=1))
+@pytest.fixture(scope="module", params=FUSED_ENTRIES)
+def fused(models_dir: Path, request: pytest.FixtureRequest) -> FacePipeline:
+    return FacePipeline(PipelineOptions(models_dir=models_dir, embedder=request.param, threads=1))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +104,7 @@ def test_the_kept_chip_is_the_first_members_and_rebuilds_a_close_template(fused:
     image, keypoints = faces["Colin_Powell"][1]
     chip, vector = fused.embedder.embed_face(image, keypoints)
     assert chip.shape == (fused.aligner.chip_size,) * 2 + (3,) == fused.embedder.model.input_shape[1:]
-    # MobileFace re-aligned inside dlib's chip loses the chip's margins (black there), so not identical.
+    # The partner re-aligned inside dlib's chip loses the chip's margins (black there), so not identical.
     assert cosine(fused.embedder.embed(chip), vector) > 0.9
 
 
@@ -128,9 +131,10 @@ def test_every_member_invoke_is_counted_on_the_embedders_clock(fused: FacePipeli
     assert clock.calls - before == len(embedder.members) * (2 if embedder.flip else 1)
 
 
-def test_the_shipped_definition_file_holds_the_manifest_members(models_dir: Path) -> None:
+@pytest.mark.parametrize("model_id", FUSED_ENTRIES)
+def test_the_shipped_definition_file_holds_the_manifest_members(models_dir: Path, model_id: str) -> None:
     store = ModelStore(models_dir)
-    spec = store.spec(FUSED, "embedder")
+    spec = store.spec(model_id, "embedder")
     assert store.read_verified(spec) == definition_bytes(parse_members(spec), spec.raw["flip"])
     assert all(store.specs[m.id].sha256 == m.sha256 for m in parse_members(spec))
 
