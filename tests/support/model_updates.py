@@ -129,7 +129,8 @@ def updater(key: Ed25519PrivateKey, live: Live) -> ModelUpdater:
 
 FUSED_ID = "fused-dlib-mobileface-int8"
 MOBILEFACE_ID = "mobileface-v2-int8"
-FIELD_ABSENT = (MOBILEFACE_ID, "mobileface-v2-float32", FUSED_ID)  # what a device in the field today lacks
+# What a device in the field today lacks: MobileFace and the fused entries (and MobileFaceNet, shipped since).
+FIELD_ABSENT = (MOBILEFACE_ID, "mobileface-v2-float32", FUSED_ID, "mobilefacenet-float32", "fused-dlib-mobilefacenet")
 
 
 def shipped_models(folder: Path, embedder: str, *, without: tuple[str, ...] = ()) -> Path:
