@@ -523,7 +523,9 @@ def test_a_release_installed_fleet_wide_from_the_page_shows_progress_then_the_ne
     assert NEW_EMBEDDER in fleet.text("#model-release")
     fleet.driver.find_element(By.ID, "model-fleet").click()
     fleet.driver.find_element(By.ID, "model-install-submit").click()
-    assert all(device in fleet.text("#confirm-text") for device in DEVICES)
+    # The page asks the fleet who is online before it words the question: wait for it rather than race it.
+    named = lambda: all(device in fleet.text("#confirm-text") for device in DEVICES)  # noqa: E731
+    fleet.wait(named, 30, "the confirmation does not name every device")
     # Every state the page draws is recorded as it is drawn: on a quiet machine a device can take every chunk and
     # check the model within one of the page's 500 ms polls, so the test does not race to read a transient row.
     fleet.driver.execute_script(
