@@ -38,7 +38,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,23 +165,34 @@ def chip_and_mirror(model: TfliteModel, aligner: Aligner, image: Image.Image, ke
     return np.array(out)
 
 
+def cached_array(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array saved at `path`, else `make()`'s, saved there."""
+    if path.is_file():
+        return np.load(path)
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
 def embed_views(member: Member, faces: Detections, data: Path, cache: Path) -> np.ndarray:
     """(n, 2, d) unit vectors: the chip's and its mirror image's; zeros where no face was found."""
     path = cache / f"fusion-{member.label}-{json_digest(views_cache_key(member, faces))[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    progress(f"embedding {int(faces.found.sum())} faces with {member.label} (and their mirror images) -> {path}")
-    model = TfliteModel(select_runtime().load(member.model, 1))
-    aligner = Aligner.from_spec(member.alignment)
-    out = np.zeros((len(faces.paths), 2, member.dimensions), dtype=np.float32)
-    start = time.perf_counter()
-    for i in np.flatnonzero(faces.found):
-        with Image.open(data / faces.paths[i]) as im:
-            out[i] = chip_and_mirror(model, aligner, im.convert("RGB"), faces.keypoints[i])
-    progress(f"  {1000 * (time.perf_counter() - start) / max(int(faces.found.sum()), 1):.1f} ms per face, both views")
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
-    return out
+
+    def make() -> np.ndarray:
+        found = int(faces.found.sum())
+        progress(f"embedding {found} faces with {member.label} (and their mirror images) -> {path}")
+        model = TfliteModel(select_runtime().load(member.model, 1))
+        aligner = Aligner.from_spec(member.alignment)
+        out = np.zeros((len(faces.paths), 2, member.dimensions), dtype=np.float32)
+        start = time.perf_counter()
+        for i in np.flatnonzero(faces.found):
+            with Image.open(data / faces.paths[i]) as im:
+                out[i] = chip_and_mirror(model, aligner, im.convert("RGB"), faces.keypoints[i])
+        progress(f"  {1000 * (time.perf_counter() - start) / max(found, 1):.1f} ms per face, both views")
+        return out
+
+    return cached_array(path, make)
 
 
 # Small geometric jitters of the enrolled photo (scale, degrees, dx, dy in eye distances), as dlib's num_jitters
@@ -223,20 +234,20 @@ def embed_jittered(member: Member, faces: Detections, data: Path, cache: Path) -
     """(n, len(JITTERS), 2, d) unit vectors of each jittered chip and its mirror image; cached like embed_views."""
     key = views_cache_key(member, faces) | {"jitters": JITTERS}
     path = cache / f"fusion-jitter-{member.label}-{json_digest(key)[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    progress(f"embedding {int(faces.found.sum())} faces x {len(JITTERS)} jitters with {member.label} -> {path}")
-    model = TfliteModel(select_runtime().load(member.model, 1))
-    aligner = Aligner.from_spec(member.alignment)
-    out = np.zeros((len(faces.paths), len(JITTERS), 2, member.dimensions), dtype=np.float32)
-    for i in np.flatnonzero(faces.found):
-        with Image.open(data / faces.paths[i]) as im:
-            rgb = im.convert("RGB")
-        for j, jitter in enumerate(JITTERS):
-            out[i, j] = chip_and_mirror(model, aligner, rgb, jittered_keypoints(faces.keypoints[i], *jitter))
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
-    return out
+
+    def make() -> np.ndarray:
+        progress(f"embedding {int(faces.found.sum())} faces x {len(JITTERS)} jitters with {member.label} -> {path}")
+        model = TfliteModel(select_runtime().load(member.model, 1))
+        aligner = Aligner.from_spec(member.alignment)
+        out = np.zeros((len(faces.paths), len(JITTERS), 2, member.dimensions), dtype=np.float32)
+        for i in np.flatnonzero(faces.found):
+            with Image.open(data / faces.paths[i]) as im:
+                rgb = im.convert("RGB")
+            for j, jitter in enumerate(JITTERS):
+                out[i, j] = chip_and_mirror(model, aligner, rgb, jittered_keypoints(faces.keypoints[i], *jitter))
+        return out
+
+    return cached_array(path, make)
 
 
 def yaw_proxy(keypoints: np.ndarray) -> np.ndarray:

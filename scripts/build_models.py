@@ -1948,9 +1948,12 @@ def mobilefacenet_tf_function(tf: Any, g: TfliteGraph) -> Any:
     return embed
 
 
-def mobilefacenet_reference(source: Path, chips: np.ndarray) -> np.ndarray:
-    """The source file itself on `chips`, fed as its Android code feeds it (two at a time, scaled outside)."""
-    it = _interpreter(source)
+def mobilefacenet_reference(
+    source: Path, chips: np.ndarray, open_interpreter: Callable[[Path], Any] = _interpreter
+) -> np.ndarray:
+    """The source file itself on `chips`, fed as its Android code feeds it (two at a time, scaled outside);
+    tflite-runtime's interpreter unless told (the build venv has TensorFlow's)."""
+    it = open_interpreter(source)
     x = (chips.astype(np.float32) - MFNET_MEAN) * MFNET_SCALE
     x = np.concatenate([x, x[-1:]]) if len(x) % 2 else x
     out = np.concatenate([_run(it, x[k : k + 2])[0] for k in range(0, len(x), 2)])
@@ -1963,15 +1966,13 @@ def build_mobilefacenet(tf: Any, out: Path, work: Path, calib: np.ndarray) -> No
     fn = mobilefacenet_tf_function(tf, read_tflite_graph(source.read_bytes()))
     x = calib[:8].astype(np.float32)
     got = np.concatenate([fn(tf.constant(c[None])).numpy() for c in x])
-    it = tf.lite.Interpreter(model_path=str(source))
-    it.allocate_tensors()
-    scaled = (x - MFNET_MEAN) * MFNET_SCALE
-    ref = []
-    for k in range(0, len(x), 2):
-        it.set_tensor(it.get_input_details()[0]["index"], scaled[k : k + 2])
-        it.invoke()
-        ref.append(it.get_tensor(it.get_output_details()[0]["index"]))
-    low = cosines(got, np.concatenate(ref)).min()
+
+    def tf_interpreter(path: Path) -> Any:
+        it = tf.lite.Interpreter(model_path=str(path))
+        it.allocate_tensors()
+        return it
+
+    low = cosines(got, mobilefacenet_reference(source, x, tf_interpreter)).min()
     log(f"MobileFaceNet TF rebuild vs its source file on 8 chips: min cosine {low:.7f}")
     if low < MFNET_MIN_COS:
         raise BuildError("MobileFaceNet TF rebuild differs from its source file")

@@ -524,8 +524,11 @@ def test_a_release_installed_fleet_wide_from_the_page_shows_progress_then_the_ne
     fleet.driver.find_element(By.ID, "model-fleet").click()
     fleet.driver.find_element(By.ID, "model-install-submit").click()
     # The page asks the fleet who is online before it words the question: wait for it rather than race it.
-    named = lambda: all(device in fleet.text("#confirm-text") for device in DEVICES)  # noqa: E731
-    fleet.wait(named, 30, "the confirmation does not name every device")
+    fleet.wait(
+        lambda: all(device in fleet.text("#confirm-text") for device in DEVICES),
+        30,
+        "the confirmation does not name every device",
+    )
     # Every state the page draws is recorded as it is drawn: on a quiet machine a device can take every chunk and
     # check the model within one of the page's 500 ms polls, so the test does not race to read a transient row.
     fleet.driver.execute_script(
