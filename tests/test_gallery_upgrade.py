@@ -1,6 +1,8 @@
 """The gallery upgrade path: a gallery enrolled with dlib alone keeps recognising its people after the switch to
 the fused embedder (their dlib templates, searched on the fused query's dlib part under dlib's figures) until
-they are re-enrolled or rebuilt from kept chips; strangers stay strangers.
+they are re-enrolled or rebuilt from kept chips; strangers stay strangers. The same holds between two fused
+models with the same first member (the default and the MobileFaceNet option): the old fused templates' dlib part
+serves.
 
 The gallery is made as a device makes it today: the real Enroller, the real dlib pipeline, real LFW photos,
 today's schema; probes and strangers are other real photos."""
@@ -8,6 +10,7 @@ today's schema; probes and strangers are other real photos."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +23,10 @@ from agent.gallery.sync import GallerySync, load_gallery
 from agent.modelupdate.install import load_embedder, rebuild_templates
 from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.tracking.decision import decide
+from agent.vision.fusion import fallback_models, kin_models
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
-from agent.vision.pipeline import FacePipeline, most_central
+from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from tests.support.agent_process import faceagent
 
 FUSED = "fused-dlib-mobileface-int8"
@@ -50,7 +54,7 @@ class OldGallery:
     enrolled: dict[str, Path]  # LFW name -> the photo enrolled
     probes: list[tuple[str, Path]]  # (LFW name, photo) of enrolled people, not enrolled photos
     strangers: list[Path]
-    named_by_dlib: dict[Path, str | None]  # probe -> person id dlib named (None: nobody)
+    named_by_dlib: dict[Path, str | None]  # probe -> person id the enrolling model named (None: nobody)
 
 
 def photos(shared_data: Path, name: str) -> list[Path]:
@@ -64,7 +68,10 @@ def embed(pipeline: FacePipeline, path: Path) -> np.ndarray:
     return pipeline.embed_face(frame, face).embedding
 
 
-def make_old_gallery(folder: Path, pipeline: FacePipeline, shared_data: Path, keep_chips: bool) -> OldGallery:
+def make_old_gallery(
+    folder: Path, pipeline: FacePipeline, shared_data: Path, keep_chips: bool, model_id: str = DLIB
+) -> OldGallery:
+    """A gallery enrolled through `pipeline` (whose embedder is `model_id`), as a device enrolls today."""
     settings = Settings(gallery=GallerySettings(path=folder / "gallery.db", keep_chips=keep_chips))
     people: dict[str, str] = {}
     enrolled: dict[str, Path] = {}
@@ -84,7 +91,7 @@ def make_old_gallery(folder: Path, pipeline: FacePipeline, shared_data: Path, ke
     strangers = [photo for name in STRANGERS for photo in photos(shared_data, name)[:PROBES_EACH]]
     before = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
     with GalleryStore.open(settings.gallery.path) as store:
-        load_gallery(before, store, DLIB)
+        load_gallery(before, store, model_id)
     named = {probe: _named(before, embed(pipeline, probe)) for _, probe in probes}
     return OldGallery(settings.gallery.path, people, enrolled, probes, strangers, named)
 
@@ -215,17 +222,23 @@ def test_erasing_a_dlib_only_person_takes_them_out_of_the_fallback_at_once(
     assert old.people[name] not in matcher.person_ids() and _named(matcher, embed(fused, probe)) is None
 
 
+def switched_live(gallery: Path, before: FacePipeline, after: FacePipeline) -> Matcher:
+    """The live matcher of a device on `before`, after the gallery thread's `switch_model` to `after`."""
+    with GalleryStore.open(gallery) as store:
+        live = Matcher.for_gallery(GallerySettings(), before.embedder)
+        sync = GallerySync(store, live, before.embedder.info.model_id)
+        sync.reload()
+        sync.switch_model(after.embedder.info.model_id, live.take, after.embedder)
+    return live
+
+
 def test_a_model_switch_on_the_live_sync_brings_the_fallback(
     old: OldGallery, dlib: FacePipeline, fused: FacePipeline
 ) -> None:
-    with GalleryStore.open(old.path) as store:
-        live = Matcher.for_gallery(GallerySettings(), dlib.embedder)
-        sync = GallerySync(store, live, DLIB)
-        sync.reload()
-        sync.switch_model(FUSED, live.take, fused.embedder)
-        assert live.fallback is not None and live.person_ids() == set(old.people.values())
-        name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
-        assert _named(live, embed(fused, probe)) == old.people[name]
+    live = switched_live(old.path, dlib, fused)
+    assert live.fallback is not None and live.person_ids() == set(old.people.values())
+    name, probe = next((n, p) for n, p in old.probes if old.named_by_dlib[p] is not None)
+    assert _named(live, embed(fused, probe)) == old.people[name]
 
 
 def switched_config(folder: Path) -> Path:
@@ -249,3 +262,130 @@ def test_identify_after_the_switch_names_a_dlib_only_person(old: OldGallery, tmp
     result = faceagent("identify", "--db", str(old.path), "--json", str(probe), config=switched_config(tmp_path))
     assert result.returncode == 0, result.stderr
     assert old.people[name] in result.stdout and "matched on their" in result.stderr
+
+
+# ------------------------------------------------------------- between fused models with the same first member
+
+OPTION = "fused-dlib-mobilefacenet"
+
+
+@pytest.fixture(scope="module")
+def option() -> FacePipeline:
+    return FacePipeline(PipelineOptions(embedder=OPTION, threads=1))
+
+
+@pytest.fixture(scope="module")
+def under_default(fused: FacePipeline, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> OldGallery:
+    """A gallery enrolled with the default fused model, no chips kept: nothing to rebuild from."""
+    return make_old_gallery(tmp_path_factory.mktemp("default"), fused, shared_data, keep_chips=False, model_id=FUSED)
+
+
+def switched_to(gallery: Path, pipeline: FacePipeline, model_id: str) -> Matcher:
+    matcher = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+    with GalleryStore.open(gallery) as store:
+        load_gallery(matcher, store, model_id)
+    return matcher
+
+
+def test_the_default_and_the_option_are_each_others_kin(models_dir: Path) -> None:
+    models = ModelStore(models_dir)
+    assert kin_models(models, models.specs[FUSED]) == [OPTION]
+    assert kin_models(models, models.specs[OPTION]) == [FUSED]
+    assert fallback_models(models, models.specs[OPTION]) == [DLIB, FUSED]
+    assert fallback_models(models, models.specs[DLIB]) == []
+
+
+def test_a_fused_model_whose_first_member_is_another_build_is_no_kin(models_copy: Path) -> None:
+    """A template begins with its first member's vector only if that member is the same model, byte for byte."""
+    path = models_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = next(m for m in manifest["models"] if m["id"] == OPTION)
+    entry["members"][0]["sha256"] = "0" * 64
+    path.write_text(json.dumps(manifest))
+    models = ModelStore(models_copy)
+    assert kin_models(models, models.specs[FUSED]) == []
+
+
+def test_the_option_names_people_enrolled_under_the_default_on_their_dlib_part(
+    under_default: OldGallery, option: FacePipeline
+) -> None:
+    matcher = switched_to(under_default.path, option, OPTION)
+    assert len(matcher) == 0 and matcher.fallback is not None and matcher.fallback.model_ids == (DLIB, FUSED)
+    assert len(matcher.fallback.matcher) == len(under_default.people)
+    after = {probe: _named(matcher, embed(option, probe)) for _, probe in under_default.probes}
+    truth = {probe: under_default.people[who] for who, probe in under_default.probes}
+    named_before = [probe for probe, person in under_default.named_by_dlib.items() if person is not None]
+    named_after = [probe for probe, person in after.items() if person is not None]
+    print(f"the default named {len(named_before)}, the option on its dlib part {len(named_after)}, of {len(truth)}")
+    assert all(after[probe] == truth[probe] for probe in named_after)
+    assert len(named_after) >= len(named_before) * 3 // 4
+
+
+def test_under_the_option_a_stranger_is_still_nobody_to_a_default_gallery(
+    under_default: OldGallery, option: FacePipeline
+) -> None:
+    matcher = switched_to(under_default.path, option, OPTION)
+    strangers = [_named(matcher, embed(option, photo)) for photo in under_default.strangers]
+    assert strangers == [None] * len(under_default.strangers)
+
+
+def test_a_negative_made_under_the_default_still_holds_under_the_option(
+    under_default: OldGallery, fused: FacePipeline, option: FacePipeline, tmp_path: Path
+) -> None:
+    """ "Not this person", said under the default, is kept in the dlib part too: the probe it names stays unnamed."""
+    copy = copied(under_default, tmp_path)
+    matcher = switched_to(copy, option, OPTION)
+    probe = next(p for p, person in under_default.named_by_dlib.items() if _named(matcher, embed(option, p)))
+    person = _named(matcher, embed(option, probe))
+    assert person is not None
+    with GalleryStore.open(copy) as store:
+        store.add_negative(person, embed(fused, probe), model_id=FUSED, event_id=None, ttl_days=30, cap=5)
+    matcher = switched_to(copy, option, OPTION)
+    assert matcher.fallback is not None and matcher.fallback.matcher.negative_count == 1
+    assert _named(matcher, embed(option, probe)) is None
+
+
+def test_back_on_the_default_people_enrolled_under_the_option_are_named(
+    fused: FacePipeline, option: FacePipeline, shared_data: Path, tmp_path: Path
+) -> None:
+    under_option = make_old_gallery(tmp_path, option, shared_data, keep_chips=False, model_id=OPTION)
+    matcher = switched_to(under_option.path, fused, FUSED)
+    assert matcher.fallback is not None and matcher.fallback.model_ids == (DLIB, OPTION)
+    named = [(who, _named(matcher, embed(fused, probe))) for who, probe in under_option.probes]
+    assert all(person in (None, under_option.people[who]) for who, person in named)
+    assert sum(person is not None for _, person in named) >= len(named) // 2
+
+
+def test_a_model_switch_on_the_live_sync_brings_the_kin_templates(
+    under_default: OldGallery, fused: FacePipeline, option: FacePipeline
+) -> None:
+    live = switched_live(under_default.path, fused, option)
+    assert live.own_person_ids() == set() and live.person_ids() == set(under_default.people.values())
+
+
+def test_erasing_a_person_known_by_kin_templates_takes_them_out_at_once(
+    under_default: OldGallery, option: FacePipeline, tmp_path: Path
+) -> None:
+    """Erasure through the live sync's write path (`apply`): the fallback's rows of that person go too."""
+    copy = copied(under_default, tmp_path)
+    with GalleryStore.open(copy) as store:
+        live = switched_to(copy, option, OPTION)
+        sync = GallerySync(store, live, OPTION)
+        victim = next(iter(under_default.people.values()))
+        with sync.writing(store) as changed:
+            store.delete_person(victim, actor="test")
+            changed.add(victim)
+        assert victim not in live.person_ids() and len(live.person_ids()) == len(under_default.people) - 1
+
+
+def test_gallery_list_under_the_option_says_who_is_matched_on_their_default_templates(
+    under_default: OldGallery, tmp_path: Path
+) -> None:
+    config = tmp_path / "faceagent.toml"
+    config.write_text(f'[models]\nembedder = "{OPTION}"\n')
+    result = faceagent("gallery", "list", "--db", str(under_default.path), config=config)
+    assert result.returncode == 0, result.stderr
+    flagged = [line for line in result.stdout.splitlines() if f"matched on its {FUSED} templates until then" in line]
+    assert len(flagged) == len(under_default.people)
+    listed = faceagent("gallery", "list", "--json", "--db", str(under_default.path), config=config)
+    assert json.loads(listed.stdout)["matched_on_templates_of"] == [DLIB, FUSED]

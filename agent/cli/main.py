@@ -50,7 +50,7 @@ from agent.identity import Consent, Match, utc_now
 from agent.modelupdate.install import installed_models_dir
 from agent.recognition.enrollment import Enroller
 from agent.vision.embedder import FaceEmbedder, distance, stated_gallery
-from agent.vision.fusion import fallback_model
+from agent.vision.fusion import fallback_models
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
@@ -236,7 +236,7 @@ def _gallery_matcher(args: argparse.Namespace, settings: Settings, embedder: Fac
             len(stale),
             model_id,
             still,
-            fallback.model_id,
+            " or ".join(fallback.model_ids),
         )
     elif stale:
         log.warning(
@@ -327,23 +327,30 @@ def cmd_gallery_list(args: argparse.Namespace) -> int:
     models = ModelStore(_models_dir(args, settings))
     spec = models.spec(settings.models.embedder, "embedder")
     model_id = spec.id
-    # A fused embedder still matches people on their templates of its first member until they are re-enrolled.
-    fallback = fallback_model(models, spec) if settings.gallery.metric == "cosine" else None
+    # A fused embedder still matches people on their templates of its first member (or of a fused model with the
+    # same first member) until they are re-enrolled.
+    fallbacks = fallback_models(models, spec) if settings.gallery.metric == "cosine" else []
     with _open_store(args, settings) as store:
         listing = store.listing(model_id)
     if args.json:
-        print(json.dumps({"gallery": str(store.path), **listing, "matched_until_reenrolled_on": fallback}))
+        matched_on = {
+            "matched_until_reenrolled_on": fallbacks[0] if fallbacks else None,
+            "matched_on_templates_of": fallbacks,
+        }
+        print(json.dumps({"gallery": str(store.path), **listing, **matched_on}))
         return 0
     rows, stale = listing["people"], listing["people_needing_reenrollment"]
-    still = 0
+    still, used = 0, set[str]()
     for row in rows:
         templates = ", ".join(f"{n} {model}" for model, n in sorted(row["templates"].items())) or "no templates"
         flag = "  [needs re-enrollment]" if row["needs_reenrollment"] else ""
-        if row["needs_reenrollment"] and fallback in row["templates"]:
-            flag = f"  [needs re-enrollment; matched on its {fallback} templates until then]"
-            still += 1
+        held = [model for model in fallbacks if model in row["templates"]]
+        if row["needs_reenrollment"] and held:
+            flag = f"  [needs re-enrollment; matched on its {' and '.join(held)} templates until then]"
+            still, used = still + 1, used | set(held)
         print(f"{row['id']}  {row['name']}  ({templates}){flag}")
-    until = f" ({still} matched on their {fallback} templates until then)" if still else ""
+    named = " and ".join(model for model in fallbacks if model in used)
+    until = f" ({still} matched on their {named} templates until then)" if still else ""
     print(f"{len(rows)} people; {stale} need re-enrollment for {model_id}{until}")
     return 0
 

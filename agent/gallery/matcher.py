@@ -26,7 +26,9 @@ negatives than to that person's nearest template is not named; only the best can
 
 Old templates under a new embedder (`Fallback`): a fused embedder contains the model a gallery was enrolled with
 (its first member), so people with no template of the fused model are still searched, on the member's own part of
-the query (`FusedEmbedder.member_vector`) against their old templates, under that model's stated figures. A name
+the query (`FusedEmbedder.member_vector`) against their old templates, under that model's stated figures. Templates
+of another fused model with the same first member (the default and an option) begin with that member's part, so
+those serve too, cut to it: a device switched between them keeps naming everyone until they are rebuilt. A name
 needs both sides to agree: a person only the old templates know is named when the new templates name nobody, and
 nobody is named when each side names someone else. Re-enrolling a person (or rebuilding from kept chips) gives them
 templates of the new model, and from then on only those count for them.
@@ -73,11 +75,17 @@ class MatcherError(FaceagentError, ValueError):
 class Fallback:
     """Templates of the model a gallery was enrolled with, searched for people without templates of the loaded
     (fused) embedder: `project` takes the loaded embedder's vector to that model's; `matcher` holds every
-    template of `model_id` (everyone's, so its margins see everyone) under that model's figures."""
+    template of `model_ids` (everyone's, so its margins see everyone), `cut` to `model_id`'s part, under that
+    model's figures."""
 
     model_id: str
     project: Callable[[np.ndarray], np.ndarray]
     matcher: Matcher
+    model_ids: tuple[str, ...]  # whose stored templates are read: `model_id`'s, then kin fused models'
+
+    def cut(self, vector: np.ndarray) -> np.ndarray:
+        """A stored row as this model's vector: a kin fused model's template begins with it."""
+        return vector[: self.matcher.dimensions] if self.matcher.dimensions is not None else vector
 
 
 class Matcher:
@@ -111,7 +119,7 @@ class Matcher:
             )
             held.matching = figures
             project = _projection(embedder, old.model_id)
-            matcher.fallback = Fallback(old.model_id, project, held)
+            matcher.fallback = Fallback(old.model_id, project, held, embedder.old_models)
         return matcher
 
     def __init__(

@@ -15,8 +15,9 @@ Negatives (corrections) travel with their person's templates: read, replaced and
 - A new embedder (`switch_model`): its templates are read and its matrix built aside, then handed to
   `go_live`, which swaps it in together with the new models.
 
-A matcher with a fallback (`Matcher.fallback`: the old model's templates under a fused embedder) has those
-templates and negatives read, refreshed and reloaded beside its own, from the same snapshots.
+A matcher with a fallback (`Matcher.fallback`: the old model's templates under a fused embedder, and kin fused
+models' cut to that model's part) has those templates and negatives read, refreshed and reloaded beside its own,
+from the same snapshots.
 
 A recorded write explains the fingerprint it left when the gallery was, just before it, what the matcher
 already held, and no other connection committed while it ran (SQLite's `data_version`); anything else
@@ -34,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.gallery.matcher import Matcher
+from agent.gallery.matcher import Fallback, Matcher
 from agent.gallery.store import Fingerprint, GalleryStore
 from agent.vision.embedder import FaceEmbedder
 
@@ -112,8 +113,7 @@ class GallerySync:
                 rows = reader.person_templates(self.model_id, write.people)
                 negatives = reader.negatives(self.model_id, write.people)
                 if fallback is not None:
-                    old_rows = reader.person_templates(fallback.model_id, write.people)
-                    old_negatives = reader.negatives(fallback.model_id, write.people)
+                    old_rows, old_negatives = read_old(reader, fallback, write.people)
             self.matcher.replace_people(write.people, rows, negatives)
             if fallback is not None:
                 fallback.matcher.replace_people(write.people, old_rows, old_negatives)
@@ -157,7 +157,7 @@ class GallerySync:
         old_version = fallback.matcher.version if fallback is not None else 0
         with self.store.snapshot():
             current, rows, negatives = self._read(self.model_id)
-            old_rows, old_negatives = self._read(fallback.model_id)[1:] if fallback is not None else ([], [])
+            old_rows, old_negatives = read_old(self.store, fallback) if fallback is not None else ([], [])
         swapped = fallback is None or fallback.matcher.load(old_rows, negatives=old_negatives, if_version=old_version)
         swapped = swapped and self.matcher.load(rows, negatives=negatives, if_version=version)
         if not swapped:
@@ -209,8 +209,24 @@ def load_gallery(matcher: Matcher, store: GalleryStore, model_id: str) -> Finger
     with store.snapshot():
         current, rows, negatives = _read(store, model_id)
         if fallback is not None:
-            _, old_rows, old_negatives = _read(store, fallback.model_id)
+            old_rows, old_negatives = read_old(store, fallback)
     if fallback is not None:
         fallback.matcher.load(old_rows, negatives=old_negatives)
     matcher.load(rows, negatives=negatives)
     return current
+
+
+def read_old(
+    store: GalleryStore, fallback: Fallback, people: frozenset[str] | None = None
+) -> tuple[list[tuple[int, str, str, np.ndarray]], list[tuple[int, str, np.ndarray]]]:
+    """The templates and negatives a fallback holds (of `people` only, if given), each cut to its model's part;
+    called inside the caller's snapshot. Ids are the tables' own, so rows of several models never collide."""
+    rows: list[tuple[int, str, str, np.ndarray]] = []
+    negatives: list[tuple[int, str, np.ndarray]] = []
+    for model_id in fallback.model_ids:
+        found = store.iter_templates(model_id) if people is None else store.person_templates(model_id, people)
+        rows += [(ident, person, name, fallback.cut(vector)) for ident, person, name, vector in found]
+        negatives += [
+            (ident, person, fallback.cut(vector)) for ident, person, vector in store.negatives(model_id, people)
+        ]
+    return rows, negatives

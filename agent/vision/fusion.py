@@ -111,7 +111,11 @@ class FusedEmbedder:
     from it (its keypoints sit on the first member's template), so kept chips rebuild fused templates.
     """
 
-    def __init__(self, spec: ModelSpec, members: list[tuple[Embedder, float]], flip: bool = False) -> None:
+    def __init__(
+        self, spec: ModelSpec, members: list[tuple[Embedder, float]], flip: bool = False, kin: tuple[str, ...] = ()
+    ) -> None:
+        """`kin`: other fused models whose first member is this one's (`kin_models`): their templates begin with
+        that member's part, so a gallery enrolled under one of them keeps recognising under this one."""
         if spec.raw.get("threshold") is None:
             raise ModelError(f"embedder {spec.id!r} has no measured threshold in the manifest; choose another")
         self.members = members
@@ -129,6 +133,7 @@ class FusedEmbedder:
             gallery=stated_gallery(spec.raw),
         )
         self._chip_keypoints = _template_keypoints(self.aligner, [m.aligner for m, _ in members[1:]], spec.id)
+        self.old_models = (first.info.model_id, *kin)
 
     @property
     def first_member(self) -> EmbedderInfo:
@@ -201,10 +206,28 @@ def chip_model(store: ModelStore, spec: ModelSpec) -> ModelSpec:
     return store.specs[first]
 
 
-def fallback_model(store: ModelStore, spec: ModelSpec) -> str | None:
-    """The model whose templates the gallery still matches under `spec` for people without templates of it (a
-    fused embedder's first member: `agent.gallery.matcher.Fallback`); None for a single model."""
-    return chip_model(store, spec).id if is_fused(spec) else None
+def kin_models(store: ModelStore, spec: ModelSpec) -> list[str]:
+    """The other fused entries of `store` whose first member is `spec`'s own (the same id and sha256), in manifest
+    order: a template of theirs begins with that member's vector, so switching between them (the default and an
+    option) leaves a gallery recognising on that part. An entry whose members cannot be read is no kin."""
+    first = parse_members(spec)[0]
+    kin = []
+    for other in store.specs.values():
+        if other.id == spec.id or other.role != "embedder" or not is_fused(other):
+            continue
+        try:
+            head = parse_members(other)[0]
+        except ModelError:
+            continue
+        if (head.id, head.sha256) == (first.id, first.sha256):
+            kin.append(other.id)
+    return kin
+
+
+def fallback_models(store: ModelStore, spec: ModelSpec) -> list[str]:
+    """The models whose templates the gallery still matches under `spec` for people without templates of it: a
+    fused embedder's first member, then its kin (`agent.gallery.matcher.Fallback`); none for a single model."""
+    return [chip_model(store, spec).id, *kin_models(store, spec)] if is_fused(spec) else []
 
 
 def open_embedder(store: ModelStore, spec: ModelSpec, load: ModelLoader) -> FaceEmbedder:
@@ -214,4 +237,4 @@ def open_embedder(store: ModelStore, spec: ModelSpec, load: ModelLoader) -> Face
     if not is_fused(spec):
         return Embedder(load(spec, clock), spec.raw)
     members = [(Embedder(load(own, clock), own.raw), weight) for own, weight in member_specs(store, spec)]
-    return FusedEmbedder(spec, members, bool(spec.raw.get("flip", False)))
+    return FusedEmbedder(spec, members, bool(spec.raw.get("flip", False)), tuple(kin_models(store, spec)))

@@ -1,0 +1,126 @@
+"""Switching a device's embedder: who is still named before anyone is re-enrolled, and who after?
+
+Run from the repository root, in the project venv (two to four minutes on a 2-core machine):
+
+    .venv/bin/python scripts/measure_model_switch.py [--from fused-dlib-mobileface-int8]
+        [--to fused-dlib-mobilefacenet] [--people 200] [--strangers 600]
+
+Data: ../shared/data/ident_split.tsv, the first `--people` identities with a gallery photo (file order; the
+photo enrolled), all their probe photos, and the first `--strangers` distractors (never enrolled). A real
+gallery file is written through `GalleryStore` with one template a person of the `--from` model, the way a
+device enrolled under it holds them; then the real matcher is built the way a device builds it:
+
+- before: under `--from`, on its own templates;
+- switched: under `--to`, nobody re-enrolled: only the fallback (`agent.gallery.matcher.Fallback`: the first
+  member's templates, or a kin fused model's cut to that member's part) can name anyone;
+- rebuilt: under `--to`, each person given a template of it from the same photo (what re-enrolling or a
+  rebuild from kept chips gives).
+
+Each line: probes named as their own person, probes named as someone else, strangers named. The figures are
+each model's stated ones (nothing set in [gallery]). The face is the most central one the detector finds; a
+photo with none is left out of all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from agent.config import GallerySettings
+from agent.gallery.matcher import Matcher
+from agent.gallery.store import GalleryStore
+from agent.gallery.sync import load_gallery
+from agent.vision.image import load_image
+from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def split(people: int, strangers: int) -> tuple[dict[str, Path], list[tuple[str, Path]], list[Path]]:
+    """(identity -> gallery photo, (identity, probe photo) of those identities, stranger photos)."""
+    gallery: dict[str, Path] = {}
+    probes: list[tuple[str, Path]] = []
+    distractors: list[Path] = []
+    lines = (SHARED / "ident_split.tsv").read_text().splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    for identity, role, path in rows:
+        if role == "gallery" and len(gallery) < people:
+            gallery[identity] = SHARED / path
+        elif role == "distractor" and len(distractors) < strangers:
+            distractors.append(SHARED / path)
+    probes = [(identity, SHARED / path) for identity, role, path in rows if role == "probe" and identity in gallery]
+    return gallery, probes, distractors
+
+
+def embed_all(pipeline: FacePipeline, photos: list[Path]) -> dict[Path, np.ndarray]:
+    found = {}
+    for photo in photos:
+        frame = load_image(photo)
+        face = most_central(pipeline.detect(frame), frame.shape[1], frame.shape[0])
+        if face is not None:
+            found[photo] = pipeline.embed_face(frame, face).embedding
+    return found
+
+
+def score(
+    matcher: Matcher, vectors: dict[Path, np.ndarray], probes: list[tuple[str, Path]], strangers: list[Path], ids
+) -> str:
+    usable = [(who, photo) for who, photo in probes if photo in vectors]
+    found = matcher.search_many(np.stack([vectors[photo] for _, photo in usable]))
+    right = sum(m.accepted and m.person_id == ids[who] for (who, _), m in zip(usable, found, strict=True))
+    wrong = sum(m.accepted and m.person_id != ids[who] for (who, _), m in zip(usable, found, strict=True))
+    others = [photo for photo in strangers if photo in vectors]
+    named = sum(m.accepted for m in matcher.search_many(np.stack([vectors[photo] for photo in others])))
+    return (
+        f"probes named right {right}/{len(usable)} ({100 * right / len(usable):.1f}%), "
+        f"wrong {wrong} ({100 * wrong / len(usable):.2f}%); strangers named {named}/{len(others)} "
+        f"({100 * named / len(others):.2f}%)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from", dest="old", default="fused-dlib-mobileface-int8")
+    parser.add_argument("--to", dest="new", default="fused-dlib-mobilefacenet")
+    parser.add_argument("--people", type=int, default=200)
+    parser.add_argument("--strangers", type=int, default=600)
+    args = parser.parse_args()
+    if not (SHARED / "ident_split.tsv").is_file():
+        print(f"skipped: {SHARED} is absent (the labelled photos live beside the checkout)")
+        return 0
+    gallery, probes, strangers = split(args.people, args.strangers)
+    photos = [*gallery.values(), *(photo for _, photo in probes), *strangers]
+    old, new = (FacePipeline(PipelineOptions(embedder=model, threads=2)) for model in (args.old, args.new))
+    old_vectors, new_vectors = embed_all(old, photos), embed_all(new, photos)
+    enrolled = {who: photo for who, photo in gallery.items() if photo in old_vectors and photo in new_vectors}
+    print(f"{len(enrolled)} people enrolled under {args.old}, {len(probes)} probes, {len(strangers)} strangers")
+    with tempfile.TemporaryDirectory() as folder, GalleryStore.open(Path(folder) / "gallery.db") as store:
+        ids = {who: store.add_person(who).id for who in enrolled}
+        for who, photo in enrolled.items():
+            info = old.embedder.info
+            store.add_template(
+                ids[who], old_vectors[photo], model_id=info.model_id, model_sha256=info.sha256, quality={}
+            )
+        for label, pipeline, vectors in (("before", old, old_vectors), ("switched", new, new_vectors)):
+            matcher = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
+            load_gallery(matcher, store, pipeline.embedder.info.model_id)
+            fallback = f" (fallback on {', '.join(matcher.fallback.model_ids)})" if matcher.fallback else ""
+            figures = score(matcher, vectors, probes, strangers, ids)
+            print(f"{label:9} {pipeline.embedder.info.model_id}: {figures}{fallback}")
+        info = new.embedder.info
+        for who, photo in enrolled.items():
+            store.add_template(
+                ids[who], new_vectors[photo], model_id=info.model_id, model_sha256=info.sha256, quality={}
+            )
+        matcher = Matcher.for_gallery(GallerySettings(), new.embedder)
+        load_gallery(matcher, store, info.model_id)
+        print(f"{'rebuilt':9} {info.model_id}: {score(matcher, new_vectors, probes, strangers, ids)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
