@@ -13,8 +13,9 @@ device enrolled under it holds them; then the real matcher is built the way a de
 - before: under `--from`, on its own templates;
 - switched: under `--to`, nobody re-enrolled: only the fallback (`agent.gallery.matcher.Fallback`: the first
   member's templates, or a kin fused model's cut to that member's part) can name anyone;
-- rebuilt: under `--to`, each person given a template of it from the same photo (what re-enrolling or a
-  rebuild from kept chips gives).
+- rebuilt: under `--to`, after `rebuild_templates` (what a model update or `faceagent gallery rebuild` runs)
+  embedded the chip kept with each person's template (`gallery.keep_chips`);
+- re-enrolled: under `--to`, each person given a template of it from the same photo instead.
 
 Each line: probes named as their own person, probes named as someone else, strangers named. The figures are
 each model's stated ones (nothing set in [gallery]). The face is the most central one the detector finds; a
@@ -34,8 +35,10 @@ from agent.config import GallerySettings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import load_gallery
+from agent.modelupdate.install import rebuild_sources, rebuild_templates
 from agent.vision.image import load_image
-from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
+from agent.vision.modelstore import ModelStore
+from agent.vision.pipeline import FaceEmbedding, FacePipeline, PipelineOptions, most_central
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -56,19 +59,24 @@ def split(people: int, strangers: int) -> tuple[dict[str, Path], list[tuple[str,
     return gallery, probes, distractors
 
 
-def embed_all(pipeline: FacePipeline, photos: list[Path]) -> dict[Path, np.ndarray]:
+def embed_all(pipeline: FacePipeline, photos: list[Path]) -> dict[Path, FaceEmbedding]:
     found = {}
     for photo in photos:
         frame = load_image(photo)
         face = most_central(pipeline.detect(frame), frame.shape[1], frame.shape[0])
         if face is not None:
-            found[photo] = pipeline.embed_face(frame, face).embedding
+            found[photo] = pipeline.embed_face(frame, face)
     return found
 
 
 def score(
-    matcher: Matcher, vectors: dict[Path, np.ndarray], probes: list[tuple[str, Path]], strangers: list[Path], ids
+    matcher: Matcher,
+    faces: dict[Path, FaceEmbedding],
+    probes: list[tuple[str, Path]],
+    strangers: list[Path],
+    ids: dict[str, str],
 ) -> str:
+    vectors = {photo: face.embedding for photo, face in faces.items()}
     usable = [(who, photo) for who, photo in probes if photo in vectors]
     found = matcher.search_many(np.stack([vectors[photo] for _, photo in usable]))
     right = sum(m.accepted and m.person_id == ids[who] for (who, _), m in zip(usable, found, strict=True))
@@ -95,30 +103,40 @@ def main() -> int:
     gallery, probes, strangers = split(args.people, args.strangers)
     photos = [*gallery.values(), *(photo for _, photo in probes), *strangers]
     old, new = (FacePipeline(PipelineOptions(embedder=model, threads=2)) for model in (args.old, args.new))
-    old_vectors, new_vectors = embed_all(old, photos), embed_all(new, photos)
-    enrolled = {who: photo for who, photo in gallery.items() if photo in old_vectors and photo in new_vectors}
+    old_faces, new_faces = embed_all(old, photos), embed_all(new, photos)
+    enrolled = {who: photo for who, photo in gallery.items() if photo in old_faces and photo in new_faces}
     print(f"{len(enrolled)} people enrolled under {args.old}, {len(probes)} probes, {len(strangers)} strangers")
     with tempfile.TemporaryDirectory() as folder, GalleryStore.open(Path(folder) / "gallery.db") as store:
         ids = {who: store.add_person(who).id for who in enrolled}
+        info = old.embedder.info
         for who, photo in enrolled.items():
-            info = old.embedder.info
+            face = old_faces[photo]
+            chip = face.chip.tobytes()
             store.add_template(
-                ids[who], old_vectors[photo], model_id=info.model_id, model_sha256=info.sha256, quality={}
+                ids[who], face.embedding, model_id=info.model_id, model_sha256=info.sha256, quality={}, chip=chip
             )
-        for label, pipeline, vectors in (("before", old, old_vectors), ("switched", new, new_vectors)):
+
+        def report(label: str, pipeline: FacePipeline, faces: dict[Path, FaceEmbedding]) -> None:
             matcher = Matcher.for_gallery(GallerySettings(), pipeline.embedder)
             load_gallery(matcher, store, pipeline.embedder.info.model_id)
             fallback = f" (fallback on {', '.join(matcher.fallback.model_ids)})" if matcher.fallback else ""
-            figures = score(matcher, vectors, probes, strangers, ids)
-            print(f"{label:9} {pipeline.embedder.info.model_id}: {figures}{fallback}")
-        info = new.embedder.info
+            figures = score(matcher, faces, probes, strangers, ids)
+            print(f"{label:11} {pipeline.embedder.info.model_id}: {figures}{fallback}")
+
+        report("before", old, old_faces)
+        report("switched", new, new_faces)
+        new_info = new.embedder.info
+        for old_id in rebuild_sources(ModelStore(), ModelStore().spec(new_info.model_id, "embedder")):
+            rebuild_templates(store, new.embedder, old_id, "measure_model_switch")
+        report("rebuilt", new, new_faces)
+        for template_id, person_id, _, _ in store.person_templates(new_info.model_id, ids.values()):
+            store.delete_templates(person_id, [template_id])  # the rebuilt templates out, the photo's in
         for who, photo in enrolled.items():
+            face = new_faces[photo]
             store.add_template(
-                ids[who], new_vectors[photo], model_id=info.model_id, model_sha256=info.sha256, quality={}
+                ids[who], face.embedding, model_id=new_info.model_id, model_sha256=new_info.sha256, quality={}
             )
-        matcher = Matcher.for_gallery(GallerySettings(), new.embedder)
-        load_gallery(matcher, store, info.model_id)
-        print(f"{'rebuilt':9} {info.model_id}: {score(matcher, new_vectors, probes, strangers, ids)}")
+        report("re-enrolled", new, new_faces)
     return 0
 
 

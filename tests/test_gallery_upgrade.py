@@ -20,7 +20,7 @@ from agent.config import GallerySettings, ModelSettings, Settings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GallerySync, load_gallery
-from agent.modelupdate.install import load_embedder, rebuild_templates
+from agent.modelupdate.install import load_embedder, rebuild_sources, rebuild_templates
 from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.tracking.decision import decide
 from agent.vision.fusion import fallback_models, kin_models
@@ -389,3 +389,66 @@ def test_gallery_list_under_the_option_says_who_is_matched_on_their_default_temp
     assert len(flagged) == len(under_default.people)
     listed = faceagent("gallery", "list", "--json", "--db", str(under_default.path), config=config)
     assert json.loads(listed.stdout)["matched_on_templates_of"] == [DLIB, FUSED]
+
+
+# ------------------------------------------------------------- a switch made in the settings file
+
+
+def option_config(folder: Path) -> Path:
+    config = folder / "faceagent.toml"
+    config.write_text(f'[models]\nembedder = "{OPTION}"\n')
+    return config
+
+
+def test_the_chips_a_rebuild_reads_are_those_aligned_as_the_new_models_chips(models_dir: Path) -> None:
+    models = ModelStore(models_dir)
+    sources = rebuild_sources(models, models.specs[OPTION])
+    assert DLIB in sources and FUSED in sources
+    assert "mobileface-v2-int8" not in sources and "mobilefacenet-float32" not in sources  # chips of other shapes
+
+
+def test_gallery_rebuild_gives_everyone_with_kept_chips_templates_of_the_embedder_in_use(
+    fused: FacePipeline, option: FacePipeline, shared_data: Path, tmp_path: Path
+) -> None:
+    kept = make_old_gallery(tmp_path, fused, shared_data, keep_chips=True, model_id=FUSED)
+    config = option_config(tmp_path)
+    result = faceagent("gallery", "rebuild", "--json", "--db", str(kept.path), config=config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "model_id": OPTION,
+        "templates_rebuilt": {FUSED: len(kept.people)},
+        "people": len(kept.people),
+        "people_needing_reenrollment": 0,
+    }
+    matcher = switched_to(kept.path, option, OPTION)
+    assert matcher.own_person_ids() == set(kept.people.values())
+    named = [(who, _named(matcher, embed(option, probe))) for who, probe in kept.probes]
+    assert all(person in (None, kept.people[who]) for who, person in named)
+    assert sum(person is not None for _, person in named) >= sum(p is not None for p in kept.named_by_dlib.values())
+    again = faceagent("gallery", "rebuild", "--json", "--db", str(kept.path), config=config)
+    assert json.loads(again.stdout)["templates_rebuilt"] == {}  # each chip once
+    with GalleryStore.open(kept.path) as store:
+        assert [entry["action"] for entry in store.audit_log(3)].count("templates.rebuild") >= 2
+
+
+def test_gallery_rebuild_without_kept_chips_says_who_still_needs_re_enrollment(
+    under_default: OldGallery, tmp_path: Path
+) -> None:
+    copy = copied(under_default, tmp_path)
+    result = faceagent("gallery", "rebuild", "--db", str(copy), config=option_config(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "templates rebuilt for 0 people (none: no kept chip fits it)" in result.stdout
+    assert f"{len(under_default.people)} people still need re-enrollment for {OPTION}" in result.stdout
+
+
+def test_enroll_on_the_cli_vets_a_photo_added_to_someone_known_only_by_old_templates(
+    under_default: OldGallery, tmp_path: Path
+) -> None:
+    copy = copied(under_default, tmp_path)
+    impostor, victim = under_default.strangers[0], under_default.people[ENROLLED[0]]
+    result = faceagent(
+        "enroll", "--db", str(copy), "--person-id", victim, str(impostor), config=option_config(tmp_path)
+    )
+    assert result.returncode != 0 and "not the same person" in result.stdout + result.stderr
+    with GalleryStore.open(copy) as store:
+        assert victim in store.people_needing_reenrollment(OPTION)

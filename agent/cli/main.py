@@ -47,12 +47,12 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import load_gallery
 from agent.identity import Consent, Match, utc_now
-from agent.modelupdate.install import installed_models_dir
+from agent.modelupdate.install import installed_models_dir, load_embedder, rebuild_sources, rebuild_templates
 from agent.recognition.enrollment import Enroller
 from agent.vision.embedder import FaceEmbedder, distance, stated_gallery
 from agent.vision.fusion import fallback_models
 from agent.vision.image import load_image
-from agent.vision.modelstore import ModelStore
+from agent.vision.modelstore import ModelStore, default_models_dir
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from agent.vision.runtime import select_runtime
 
@@ -156,6 +156,12 @@ def _add_gallery_commands(commands: argparse._SubParsersAction, shared: argparse
     listing = gallery_commands.add_parser("list", parents=[shared], help="people, templates per model, re-enrollment")
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     listing.set_defaults(handler=cmd_gallery_list)
+    rebuild = gallery_commands.add_parser(
+        "rebuild", parents=[shared], help="templates of the embedder in use from kept chips (after a model switch)"
+    )
+    rebuild.add_argument("--models", type=Path, help="models directory (default: the agent's)")
+    rebuild.add_argument("--json", action="store_true", help="print one JSON document")
+    rebuild.set_defaults(handler=cmd_gallery_rebuild)
 
     person = commands.add_parser("person", help="change or erase one enrolled person")
     person_commands = person.add_subparsers(dest="person_command", required=True)
@@ -364,7 +370,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         consent = Consent(given_by=given_by, given_at=utc_now(), reference=args.consent_ref, purpose=args.purpose)
     with _open_store(args, settings, create=True) as store:
         matcher = Matcher.for_gallery(settings.gallery, pipeline.embedder)
-        matcher.load(store.iter_templates(pipeline.embedder.info.model_id))
+        # The fallback's old templates too: a photo added to someone known only by them is vetted on them, and
+        # a new person is checked against everyone.
+        load_gallery(matcher, store, pipeline.embedder.info.model_id)
         result = Enroller(pipeline, store, matcher, settings).enroll(
             [(str(path), path) for path in args.images],
             actor=cli_actor(),
@@ -382,6 +390,39 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(f"{outcome.label}: {'enrolled' if outcome.accepted else 'refused: ' + (outcome.reason or '')}")
     verb = "enrolled" if result.created else "updated"
     print(f"{verb} {result.person.name} ({result.person.id}): {result.templates_added} new templates", file=sys.stderr)
+    return 0
+
+
+def cmd_gallery_rebuild(args: argparse.Namespace) -> int:
+    """What a model update does after an embedder change, for a switch made in the settings file: every chip kept
+    with another embedder's templates, aligned as this one's chips are, embedded again; each chip once."""
+    settings = _settings(args)
+    models_dir = args.models or _models_dir(args, settings) or default_models_dir()
+    models = ModelStore(models_dir)
+    spec = models.spec(settings.models.embedder, "embedder")
+    embedder = load_embedder(models_dir, spec, settings.models)
+    rebuilt: dict[str, int] = {}
+    with _open_store(args, settings) as store:
+        people: set[str] = set()
+        for old_id in rebuild_sources(models, spec):
+            added = rebuild_templates(store, embedder, old_id, cli_actor())
+            if added:
+                rebuilt[old_id] = len(added)
+                people.update(added)
+        stale = store.people_needing_reenrollment(spec.id)
+    summary = {
+        "model_id": spec.id,
+        "templates_rebuilt": rebuilt,
+        "people": len(people),
+        "people_needing_reenrollment": len(stale),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    sources = ", ".join(f"{n} from {old_id}" for old_id, n in rebuilt.items()) or "none: no kept chip fits it"
+    print(f"{spec.id}: templates rebuilt for {len(people)} people ({sources})")
+    if stale:
+        print(f"{len(stale)} people still need re-enrollment for {spec.id} (no kept chip): faceagent gallery list")
     return 0
 
 

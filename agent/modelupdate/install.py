@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.errors import ModelError
 from agent.files import fsync_dir, write_atomically
 from agent.modelupdate.entries import DEFINITION_SUFFIX, release_entry
 from agent.vision.embedder import FaceEmbedder
-from agent.vision.fusion import open_embedder
+from agent.vision.fusion import chip_model, open_embedder
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore
 from agent.vision.runtime import InvokeClock, TfliteModel, select_runtime
 
@@ -147,6 +148,28 @@ def load_embedder(models_dir: Path, spec: ModelSpec, models: ModelSettings) -> F
         return TfliteModel(runtime.load(store.read_verified(member), models.threads), clock)
 
     return open_embedder(store, spec, load)
+
+
+def chips_fit(models: ModelStore, old: ModelSpec, new: ModelSpec) -> bool:
+    """Whether chips kept under `old` are chips `new` embeds: both keep their (first member's) chip aligned the
+    same way. A ModelError when either entry's chip model is not in `models`."""
+    return chip_model(models, new).raw.get("alignment") == chip_model(models, old).raw.get("alignment")
+
+
+def rebuild_sources(models: ModelStore, spec: ModelSpec) -> list[str]:
+    """The other embedders of `models` whose kept chips `spec` can embed (`chips_fit`), in manifest order: what a
+    rebuild after switching to `spec` reads. An entry whose chip model cannot be read is left out."""
+    found = []
+    for other in models.specs.values():
+        if other.id == spec.id or other.role != "embedder":
+            continue
+        try:
+            fits = chips_fit(models, other, spec)
+        except ModelError:
+            continue
+        if fits:
+            found.append(other.id)
+    return found
 
 
 def rebuild_templates(store: GalleryStore, embedder: FaceEmbedder, old_id: str, actor: str) -> list[str]:

@@ -58,8 +58,14 @@ from agent.files import write_atomically
 from agent.identity import utc_iso
 from agent.modelupdate.check import run_check
 from agent.modelupdate.entries import ReleaseRefused, check_fused, check_member_kept, is_definition, release_entry
-from agent.modelupdate.install import RELEASE_FLOOR, ModelsFolder, load_embedder, rebuild_templates, stored_name
-from agent.vision.fusion import chip_model
+from agent.modelupdate.install import (
+    RELEASE_FLOOR,
+    ModelsFolder,
+    chips_fit,
+    load_embedder,
+    rebuild_templates,
+    stored_name,
+)
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore, default_models_dir
 from agent.wire import reenrollment_count
 
@@ -460,8 +466,7 @@ class ModelUpdater:
         new = ModelStore(self.models_dir).spec(settings.models.embedder, "embedder")
         rebuilt = 0
         if new.id != old.id and settings.gallery.keep_chips:
-            models = ModelStore(self.models_dir)  # a fused embedder keeps its first member's chip
-            if chip_model(models, new).raw.get("alignment") == chip_model(models, old).raw.get("alignment"):
+            if chips_fit(ModelStore(self.models_dir), old, new):  # a fused embedder keeps its first member's chip
                 embedder = load_embedder(self.models_dir, new, settings.models)
                 with self.gallery.writing(store) as changed:
                     added = rebuild_templates(store, embedder, old.id, actor)
