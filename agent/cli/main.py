@@ -237,8 +237,8 @@ def _gallery_matcher(args: argparse.Namespace, settings: Settings, embedder: Fac
     if stale and fallback is not None:
         still = len(set(stale) & fallback.matcher.person_ids())
         log.warning(
-            "%d enrolled people have no %s template (re-enroll them); %d of them are matched on their %s templates "
-            "until then",
+            "%d enrolled people have no %s template (re-enroll them, or `faceagent gallery rebuild` from kept chips); "
+            "%d of them are matched on their %s templates until then",
             len(stale),
             model_id,
             still,

@@ -139,7 +139,10 @@ class GalleryThread:
                     stale = parts.store.count_needing_reenrollment(parts.sync.model_id)
                     if stale:
                         log.warning(
-                            "%d enrolled people have no %s template and need re-enrollment", stale, parts.sync.model_id
+                            "%d enrolled people have no %s template and need re-enrollment (`faceagent gallery "
+                            "rebuild` makes them from kept chips)",
+                            stale,
+                            parts.sync.model_id,
                         )
                 if parts.sync.maybe_sync():  # an erasure or a rename by another process
                     self.on_synced()
