@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from bench_openset import DEFAULT_DATA, read_split
 
 from agent.config import GallerySettings
 from agent.gallery.matcher import Matcher
@@ -37,26 +38,15 @@ from agent.gallery.store import GalleryStore
 from agent.gallery.sync import load_gallery
 from agent.modelupdate.install import rebuild_sources, rebuild_templates
 from agent.vision.image import load_image
-from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FaceEmbedding, FacePipeline, PipelineOptions, most_central
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def split(people: int, strangers: int) -> tuple[dict[str, Path], list[tuple[str, Path]], list[Path]]:
     """(identity -> gallery photo, (identity, probe photo) of those identities, stranger photos)."""
-    gallery: dict[str, Path] = {}
-    probes: list[tuple[str, Path]] = []
-    distractors: list[Path] = []
-    lines = (SHARED / "ident_split.tsv").read_text().splitlines()[1:]
-    rows = [line.split("\t") for line in lines]
-    for identity, role, path in rows:
-        if role == "gallery" and len(gallery) < people:
-            gallery[identity] = SHARED / path
-        elif role == "distractor" and len(distractors) < strangers:
-            distractors.append(SHARED / path)
-    probes = [(identity, SHARED / path) for identity, role, path in rows if role == "probe" and identity in gallery]
-    return gallery, probes, distractors
+    ident = read_split(DEFAULT_DATA / "ident_split.tsv")
+    gallery = {who: DEFAULT_DATA / photo for who, photo in list(ident.gallery.items())[:people]}
+    probes = [(who, DEFAULT_DATA / photo) for who in gallery for photo in ident.probes.get(who, [])]
+    return gallery, probes, [DEFAULT_DATA / photo for photo in ident.distractors[:strangers]]
 
 
 def embed_all(pipeline: FacePipeline, photos: list[Path]) -> dict[Path, FaceEmbedding]:
@@ -97,8 +87,8 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=200)
     parser.add_argument("--strangers", type=int, default=600)
     args = parser.parse_args()
-    if not (SHARED / "ident_split.tsv").is_file():
-        print(f"skipped: {SHARED} is absent (the labelled photos live beside the checkout)")
+    if not (DEFAULT_DATA / "ident_split.tsv").is_file():
+        print(f"skipped: {DEFAULT_DATA} is absent (the labelled photos live beside the checkout)")
         return 0
     gallery, probes, strangers = split(args.people, args.strangers)
     photos = [*gallery.values(), *(photo for _, photo in probes), *strangers]
@@ -126,7 +116,7 @@ def main() -> int:
         report("before", old, old_faces)
         report("switched", new, new_faces)
         new_info = new.embedder.info
-        for old_id in rebuild_sources(ModelStore(), ModelStore().spec(new_info.model_id, "embedder")):
+        for old_id in rebuild_sources(new.store, new.store.spec(new_info.model_id, "embedder")):
             rebuild_templates(store, new.embedder, old_id, "measure_model_switch")
         report("rebuilt", new, new_faces)
         for template_id, person_id, _, _ in store.person_templates(new_info.model_id, ids.values()):
