@@ -66,11 +66,13 @@ from agent.vision.embedder import distance
 from agent.vision.image import load_image
 from agent.vision.pipeline import most_central
 
-# "fused": the fused embedder (int8 members, docs/recognition-v2.md), issue 12's target 99.4% for the default.
+# "fused": the default fused embedder (docs/recognition-v2.md), issue 12's target 99.4% for the default;
+# "fused-int8": the default before it (MobileFace in full int8).
 PIPELINE_EMBEDDERS = {
     "int8": "dlib-resnet29-int8",
     "float32": "dlib-resnet29-float32",
-    "fused": "fused-dlib-mobileface-int8",
+    "fused": "fused-dlib-mobileface-mixed",
+    "fused-int8": "fused-dlib-mobileface-int8",
 }
 LIBRARY = "face_recognition"
 STATED = ("threshold", "gallery")  # manifest keys an embedder fits, not what makes its vectors

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_crowd.py                       # 1, 5, 10, 20 faces, 150 frames each
     .venv/bin/python scripts/bench_crowd.py --faces 1 10 --frames 120 --out /tmp/crowd.json
-    .venv/bin/python scripts/bench_crowd.py --faces 1 10 --embedder fused-dlib-mobileface-int8
+    .venv/bin/python scripts/bench_crowd.py --faces 1 10 --embedder fused-dlib-mobileface-mixed
 
 Frames (640x480, the usual size of a Pi's low-resolution stream) are composed from real photos in the
 shared data: a landscape (`negatives/places365_mountains.jpg`) as the background and LFW faces pasted on

@@ -5,7 +5,7 @@ and times `invoke()` alone on chips of the model's input size (random pixels: th
 them), the runtimes one after the other for each model and thread count, so they share the machine's load.
 Timings on a shared machine are noisy: the load average is printed with each line.
 
-    .venv/bin/python scripts/bench_embedder.py mobileface-v2-int8 mobileface-v2-float32 dlib-resnet29-int8
+    .venv/bin/python scripts/bench_embedder.py mobileface-v2-int8-mixed mobileface-v2-float32 dlib-resnet29-int8
 """
 
 from __future__ import annotations

@@ -70,6 +70,8 @@ from agent.vision.runtime import TfliteModel, select_runtime
 
 DEFAULT_CACHE = Path.home() / ".cache" / "faceagent-bench"
 MEMBERS = {
+    # the default, fused-dlib-mobileface-mixed: MobileFace's mixed int8 build (docs/recognition-v2.md, section 1)
+    "mixed": ("dlib-resnet29-int8", "mobileface-v2-int8-mixed"),
     "int8": ("dlib-resnet29-int8", "mobileface-v2-int8"),
     "float32": ("dlib-resnet29-float32", "mobileface-v2-float32"),
     # dlib's partner in fused-dlib-mobilefacenet (docs/recognition-v2.md, section 6)
@@ -675,9 +677,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quantization",
         choices=[*MEMBERS, "both"],
         default="both",
-        help="which member pair: int8 or float32 dlib + MobileFace V2 (both: those two), or dlib int8 + MobileFaceNet",
+        help="which member pair: dlib int8 + MobileFace V2 mixed int8, int8 or float32 dlib + MobileFace V2 "
+        "(both: those two), or dlib int8 + MobileFaceNet",
     )
     parser.add_argument("--weights", help="dlib weights to try, comma-separated (default 0.0, 0.1 .. 1.0)")
+    parser.add_argument(
+        "--carried-from",
+        choices=list(MEMBERS),
+        help="rows also with templates made by this member pair and queries by --quantization's: a gallery "
+        "enrolled under a previous build, carried over (first --quantization, with the mirror)",
+    )
     parser.add_argument("--fit", metavar="W", type=float, help="only fit the manifest figures at dlib weight W")
     parser.add_argument("--flip", action="store_true", help="with --fit: the mirrored chip too")
     parser.add_argument(
@@ -714,7 +723,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     faces = detect_all(store, images, data, args.cache_dir)
     quantizations = ["int8", "float32"] if args.quantization == "both" else [args.quantization]
     weights = WEIGHTS if not args.weights else tuple(float(w) for w in args.weights.split(","))
-    views = {m: embed_member(store, m, faces, data, args.cache_dir) for q in quantizations for m in MEMBERS[q]}
+    carried = [args.carried_from] if args.carried_from else []
+    views = {
+        m: embed_member(store, m, faces, data, args.cache_dir) for q in [*quantizations, *carried] for m in MEMBERS[q]
+    }
     ctx = Context(pairs, split, index, faces.found, yaw_proxy(faces.keypoints), args.seeds)
     turned = int(sum(abs(ctx.yaw[i]) >= TURNED_YAW for i in np.flatnonzero(faces.found)))
     print(f"images {len(images)}, no face {int((~faces.found).sum())}, turned (|yaw| >= {TURNED_YAW}) {turned}")
@@ -779,7 +791,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name = f"{quant}{' flip' if flip else ''} w_dlib={w:g}"
                 rows[name] = figures(System(name, [dlib, mf], (w, 1.0 - w)), ctx)
                 progress(f"{name}: {rows[name]}  ({time.time() - started:.0f} s)")
-    best = max((r for r in rows if r.startswith(quantizations[0])), key=lambda r: objective(rows[r]))
+    for w in weights if args.carried_from else ():
+        enrolled = [member_vectors(views[m], True) for m in MEMBERS[args.carried_from]]
+        queried = [member_vectors(views[m], True) for m in MEMBERS[quantizations[0]]]
+        name = f"{args.carried_from} templates, {quantizations[0]} queries, flip w_dlib={w:g}"
+        rows[name] = figures(System(name, enrolled, (w, 1.0 - w), query_members=queried), ctx)
+        progress(f"{name}: {rows[name]}  ({time.time() - started:.0f} s)")
+    best = max((r for r in rows if r.startswith(f"{quantizations[0]} ")), key=lambda r: objective(rows[r]))
     quant, rest = best.split(" ", 1)
     flip = "flip" in rest
     w = float(best.rsplit("=", 1)[1])

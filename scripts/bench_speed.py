@@ -7,7 +7,7 @@ face_recognition`; its dlib comes from dlib-bin):
     .venv/bin/python scripts/bench_speed.py --repeat 3 --threads 1
     .venv/bin/python scripts/bench_speed.py --runtime tflite-runtime            # ours under one runtime only
     .venv/bin/python scripts/bench_speed.py --only ours                         # one side, in this process
-    .venv/bin/python scripts/bench_speed.py --live --embedder fused-dlib-mobileface-int8   # the service's loop
+    .venv/bin/python scripts/bench_speed.py --live --embedder fused-dlib-mobileface-mixed   # the service's loop
 
 What it measures, on every frame of shared/data/sequence/hamilton_clip/frames/*.jpg (640x360), after
 a few warm-up frames, for `--repeat` passes:

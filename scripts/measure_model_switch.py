@@ -13,6 +13,8 @@ device enrolled under it holds them; then the real matcher is built the way a de
 - before: under `--from`, on its own templates;
 - switched: under `--to`, nobody re-enrolled: only the fallback (`agent.gallery.matcher.Fallback`: the first
   member's templates, or a kin fused model's cut to that member's part) can name anyone;
+- carried: under `--to`, after `carry_templates` (what the agent runs at start) copied the templates of a model
+  `--to` states it carries (`carries_templates_of`), then taken out again; only for such a pair;
 - rebuilt: under `--to`, after `rebuild_templates` (what a model update or `faceagent gallery rebuild` runs)
   embedded the chip kept with each person's template (`gallery.keep_chips`);
 - re-enrolled: under `--to`, each person given a template of it from the same photo instead.
@@ -36,7 +38,7 @@ from agent.config import GallerySettings
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import load_gallery
-from agent.modelupdate.install import rebuild_sources, rebuild_templates
+from agent.modelupdate.install import carry_templates, rebuild_sources, rebuild_templates
 from agent.vision.image import load_image
 from agent.vision.pipeline import FaceEmbedding, FacePipeline, PipelineOptions, most_central
 
@@ -113,14 +115,21 @@ def main() -> int:
             figures = score(matcher, faces, probes, strangers, ids)
             print(f"{label:11} {pipeline.embedder.info.model_id}: {figures}{fallback}")
 
+        def drop_new_templates() -> None:
+            for template_id, person_id, _, _ in store.person_templates(new_info.model_id, ids.values()):
+                store.delete_templates(person_id, [template_id])
+
         report("before", old, old_faces)
         report("switched", new, new_faces)
         new_info = new.embedder.info
-        for old_id in rebuild_sources(new.store, new.store.spec(new_info.model_id, "embedder")):
+        new_spec = new.store.spec(new_info.model_id, "embedder")
+        if carry_templates(store, new.store, new_spec, "measure_model_switch"):
+            report("carried", new, new_faces)
+            drop_new_templates()  # the copies out: the rebuild starts from the switch
+        for old_id in rebuild_sources(new.store, new_spec):
             rebuild_templates(store, new.embedder, old_id, "measure_model_switch")
         report("rebuilt", new, new_faces)
-        for template_id, person_id, _, _ in store.person_templates(new_info.model_id, ids.values()):
-            store.delete_templates(person_id, [template_id])  # the rebuilt templates out, the photo's in
+        drop_new_templates()  # the rebuilt templates out, the photo's in
         for who, photo in enrolled.items():
             face = new_faces[photo]
             store.add_template(

@@ -75,7 +75,7 @@ def pipeline() -> FacePipeline:
 @pytest.fixture(scope="session")
 def fused() -> FacePipeline:
     """The fused embedder by name, whatever the manifest's default is."""
-    return FacePipeline(PipelineOptions(embedder="fused-dlib-mobileface-int8"))
+    return FacePipeline(PipelineOptions(embedder="fused-dlib-mobileface-mixed"))
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,12 @@ def _judge(ref: dict[str, Any], other: dict[str, Any]) -> tuple[list[str], list[
     return figures, failures
 
 
+def _amplified(int8: list[float], float32: list[float], times: float) -> list[float]:
+    """An int8 vector whose error from float32 is `times` as large (the default's member is about 0.999 from it)."""
+    reference = np.array(float32)
+    return list(reference + times * (np.array(int8) - reference))
+
+
 def _mobileface_failures(failures: list[str]) -> list[str]:
     return [line for line in failures if "MobileFace" in line]
 
@@ -85,10 +91,10 @@ def test_the_issue_target_is_a_line_never_a_failure(measured: dict[str, Any]) ->
 
 
 def test_a_figure_further_apart_than_the_tolerance_fails(measured: dict[str, Any]) -> None:
-    """The other side's int8 made exactly float32 (cosine 1): its figures move by far more than 1 - 0.998."""
+    """The other side's int8 error made five times as large: its figures move by far more than 1 - 0.998."""
     other = copy.deepcopy(measured)
     for face in other["mobileface"]["faces"].values():
-        face["int8"] = list(face["float32"])
+        face["int8"] = _amplified(face["int8"], face["float32"], 5)
     _, failures = _judge(measured, other)
     assert any(line.startswith("MobileFace int8 vs float32 min:") for line in failures)
 
@@ -112,7 +118,7 @@ def test_int8_embeddings_that_differ_alone_are_listed_not_failed(measured: dict[
 def test_float32_embeddings_that_differ_fail(measured: dict[str, Any]) -> None:
     other = copy.deepcopy(measured)
     image, face = next(iter(other["mobileface"]["faces"].items()))
-    face["float32"] = list(face["int8"])  # about 0.99 from float32: below the tolerance
+    face["float32"] = _amplified(face["int8"], face["float32"], 20)  # far from float32: below the tolerance
     _, failures = _judge(measured, other)
     assert any(line.startswith(f"{image}: MobileFace float32 cosine") for line in failures)
 
@@ -141,7 +147,7 @@ def test_compare_command_exits_1_when_the_figures_differ(
 ) -> None:
     other = copy.deepcopy(measured)
     for face in other["mobileface"]["faces"].values():
-        face["int8"] = list(face["float32"])
+        face["int8"] = _amplified(face["int8"], face["float32"], 5)
     (tmp_path / "ref.json").write_text(json.dumps(measured))
     (tmp_path / "other.json").write_text(json.dumps(other))
     args = ["compare", str(tmp_path / "ref.json"), str(tmp_path / "other.json"), "--tolerance", str(LITERT_TOLERANCE)]

@@ -54,11 +54,11 @@ def test_embedder_matches_dlib_on_the_same_chip(
 def test_every_embedder_in_the_manifest_is_tested_here(models_dir: Path) -> None:
     embedders = {s.id for s in ModelStore(models_dir).specs.values() if s.role == "embedder"}
     # MobileFace's parity (against its ONNX reference, int8 against float32) is in test_mobileface.py.
-    mobileface = {"mobileface-v2-int8", "mobileface-v2-float32"}
+    mobileface = {"mobileface-v2-int8", "mobileface-v2-int8-mixed", "mobileface-v2-float32"}
     # MobileFaceNet's (against the file it is rebuilt from) is in test_mobilefacenet.py.
     mobilefacenet = {"mobilefacenet-float32"}
     # The fused embedders (their members fused, their manifest checks) are in test_fusion.py.
-    fused = {"fused-dlib-mobileface-int8", "fused-dlib-mobilefacenet"}
+    fused = {"fused-dlib-mobileface-mixed", "fused-dlib-mobileface-int8", "fused-dlib-mobilefacenet"}
     assert embedders == {"dlib-resnet29-int8", "dlib-resnet29-float32", *mobileface, *mobilefacenet, *fused}
 
 

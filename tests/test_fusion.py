@@ -24,9 +24,9 @@ from agent.vision.modelstore import ModelSpec, ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from tests.support.compare import cosine
 
-FUSED = "fused-dlib-mobileface-int8"
+FUSED = "fused-dlib-mobileface-mixed"
 # Every fused entry the manifest ships: the behaviours below hold for each (the tampering tests use FUSED).
-FUSED_ENTRIES = (FUSED, "fused-dlib-mobilefacenet")
+FUSED_ENTRIES = (FUSED, "fused-dlib-mobileface-int8", "fused-dlib-mobilefacenet")
 # Three photos of each of two people (LFW), for "same person closer than different people".
 PEOPLE = {"Colin_Powell": ("0040", "0133", "0170"), "Tony_Blair": ("0018", "0032", "0048")}
 
@@ -141,16 +141,16 @@ def test_the_shipped_definition_file_holds_the_manifest_members(models_dir: Path
 
 def test_a_fused_entry_whose_member_is_missing_is_refused(models_copy: Path) -> None:
     manifest = json.loads((models_copy / "manifest.json").read_text())
-    manifest["models"] = [m for m in manifest["models"] if m["id"] != "mobileface-v2-int8"]
+    manifest["models"] = [m for m in manifest["models"] if m["id"] != "mobileface-v2-int8-mixed"]
     (models_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="'mobileface-v2-int8' is not in the manifest"):
+    with pytest.raises(ModelError, match="'mobileface-v2-int8-mixed' is not in the manifest"):
         _open(models_copy)
 
 
 def test_a_fused_entry_whose_member_model_changed_is_refused(models_copy: Path) -> None:
     """A member replaced (say by a model update) leaves the fusion's weights and thresholds unfitted."""
     manifest = json.loads((models_copy / "manifest.json").read_text())
-    member = next(m for m in manifest["models"] if m["id"] == "mobileface-v2-int8")
+    member = next(m for m in manifest["models"] if m["id"] == "mobileface-v2-int8-mixed")
     fitted_on, member["sha256"] = member["sha256"], "0" * 64
     (models_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=f"is sha256 0000.*fitted on {fitted_on}"):

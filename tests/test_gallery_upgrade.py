@@ -11,25 +11,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from agent.config import GallerySettings, ModelSettings, Settings
+from agent.errors import ModelError
 from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import GallerySync, load_gallery
 from agent.modelupdate.install import load_embedder, rebuild_sources, rebuild_templates
 from agent.recognition.enrollment import Enroller, EnrollmentError
 from agent.tracking.decision import decide
-from agent.vision.fusion import fallback_models, kin_models
+from agent.vision.fusion import carried_models, fallback_models, kin_models
 from agent.vision.image import load_image
 from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 from tests.support.agent_process import faceagent
 
-FUSED = "fused-dlib-mobileface-int8"
+FUSED = "fused-dlib-mobileface-mixed"
+PREVIOUS = "fused-dlib-mobileface-int8"  # the default before MobileFace's mixed int8 build
+FUSED_DIMENSIONS = 384
 DLIB = "dlib-resnet29-int8"
 ENROLLED = [
     "Tony_Blair",
@@ -289,28 +294,32 @@ def switched_to(gallery: Path, pipeline: FacePipeline, model_id: str) -> Matcher
 
 def test_the_default_and_the_option_are_each_others_kin(models_dir: Path) -> None:
     models = ModelStore(models_dir)
-    assert kin_models(models, models.specs[FUSED]) == [OPTION]
-    assert kin_models(models, models.specs[OPTION]) == [FUSED]
-    assert fallback_models(models, models.specs[OPTION]) == [DLIB, FUSED]
+    assert kin_models(models, models.specs[FUSED]) == [PREVIOUS, OPTION]
+    assert kin_models(models, models.specs[OPTION]) == [FUSED, PREVIOUS]
+    assert fallback_models(models, models.specs[OPTION]) == [DLIB, FUSED, PREVIOUS]
     assert fallback_models(models, models.specs[DLIB]) == []
+
+
+def edited(models_copy: Path, model_id: str, edit: Callable[[dict[str, Any]], object]) -> ModelStore:
+    """The copied models with `edit` applied to one manifest entry."""
+    path = models_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(next(m for m in manifest["models"] if m["id"] == model_id))
+    path.write_text(json.dumps(manifest))
+    return ModelStore(models_copy)
 
 
 def test_a_fused_model_whose_first_member_is_another_build_is_no_kin(models_copy: Path) -> None:
     """A template begins with its first member's vector only if that member is the same model, byte for byte."""
-    path = models_copy / "manifest.json"
-    manifest = json.loads(path.read_text())
-    entry = next(m for m in manifest["models"] if m["id"] == OPTION)
-    entry["members"][0]["sha256"] = "0" * 64
-    path.write_text(json.dumps(manifest))
-    models = ModelStore(models_copy)
-    assert kin_models(models, models.specs[FUSED]) == []
+    models = edited(models_copy, OPTION, lambda entry: entry["members"][0].update(sha256="0" * 64))
+    assert kin_models(models, models.specs[FUSED]) == [PREVIOUS]
 
 
 def test_the_option_names_people_enrolled_under_the_default_on_their_dlib_part(
     under_default: OldGallery, option: FacePipeline
 ) -> None:
     matcher = switched_to(under_default.path, option, OPTION)
-    assert len(matcher) == 0 and matcher.fallback is not None and matcher.fallback.model_ids == (DLIB, FUSED)
+    assert len(matcher) == 0 and matcher.fallback is not None and matcher.fallback.model_ids == (DLIB, FUSED, PREVIOUS)
     assert len(matcher.fallback.matcher) == len(under_default.people)
     after = {probe: _named(matcher, embed(option, probe)) for _, probe in under_default.probes}
     truth = {probe: under_default.people[who] for who, probe in under_default.probes}
@@ -350,7 +359,7 @@ def test_back_on_the_default_people_enrolled_under_the_option_are_named(
 ) -> None:
     under_option = make_old_gallery(tmp_path, option, shared_data, keep_chips=False, model_id=OPTION)
     matcher = switched_to(under_option.path, fused, FUSED)
-    assert matcher.fallback is not None and matcher.fallback.model_ids == (DLIB, OPTION)
+    assert matcher.fallback is not None and matcher.fallback.model_ids == (DLIB, PREVIOUS, OPTION)
     named = [(who, _named(matcher, embed(fused, probe))) for who, probe in under_option.probes]
     assert all(person in (None, under_option.people[who]) for who, person in named)
     assert sum(person is not None for _, person in named) >= len(named) // 2
@@ -388,7 +397,7 @@ def test_gallery_list_under_the_option_says_who_is_matched_on_their_default_temp
     flagged = [line for line in result.stdout.splitlines() if f"matched on its {FUSED} templates until then" in line]
     assert len(flagged) == len(under_default.people)
     listed = faceagent("gallery", "list", "--json", "--db", str(under_default.path), config=config)
-    assert json.loads(listed.stdout)["matched_on_templates_of"] == [DLIB, FUSED]
+    assert json.loads(listed.stdout)["matched_on_templates_of"] == [DLIB, FUSED, PREVIOUS]
 
 
 # ------------------------------------------------------------- a switch made in the settings file
@@ -403,8 +412,8 @@ def option_config(folder: Path) -> Path:
 def test_the_chips_a_rebuild_reads_are_those_aligned_as_the_new_models_chips(models_dir: Path) -> None:
     models = ModelStore(models_dir)
     sources = rebuild_sources(models, models.specs[OPTION])
-    assert DLIB in sources and FUSED in sources
-    assert "mobileface-v2-int8" not in sources and "mobilefacenet-float32" not in sources  # chips of other shapes
+    assert DLIB in sources and FUSED in sources and "fused-dlib-mobileface-int8" in sources
+    assert "mobileface-v2-int8-mixed" not in sources and "mobilefacenet-float32" not in sources  # other shapes
 
 
 def test_gallery_rebuild_gives_everyone_with_kept_chips_templates_of_the_embedder_in_use(
@@ -416,6 +425,7 @@ def test_gallery_rebuild_gives_everyone_with_kept_chips_templates_of_the_embedde
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "model_id": OPTION,
+        "people_carried_over": 0,
         "templates_rebuilt": {FUSED: len(kept.people)},
         "people": len(kept.people),
         "people_needing_reenrollment": 0,
@@ -424,7 +434,11 @@ def test_gallery_rebuild_gives_everyone_with_kept_chips_templates_of_the_embedde
     assert matcher.own_person_ids() == set(kept.people.values())
     named = [(who, _named(matcher, embed(option, probe))) for who, probe in kept.probes]
     assert all(person in (None, kept.people[who]) for who, person in named)
-    assert sum(person is not None for _, person in named) >= sum(p is not None for p in kept.named_by_dlib.values())
+    # a rebuilt chip lacks some of the 112 chip's field (docs/recognition-v2.md, section 6): near, not always above
+    assert (
+        sum(person is not None for _, person in named)
+        >= sum(p is not None for p in kept.named_by_dlib.values()) * 3 // 4
+    )
     again = faceagent("gallery", "rebuild", "--json", "--db", str(kept.path), config=config)
     assert json.loads(again.stdout)["templates_rebuilt"] == {}  # each chip once
     with GalleryStore.open(kept.path) as store:
@@ -452,3 +466,120 @@ def test_enroll_on_the_cli_vets_a_photo_added_to_someone_known_only_by_old_templ
     assert result.returncode != 0 and "not the same person" in result.stdout + result.stderr
     with GalleryStore.open(copy) as store:
         assert victim in store.people_needing_reenrollment(OPTION)
+
+
+@pytest.fixture(scope="module")
+def previous() -> FacePipeline:
+    return FacePipeline(PipelineOptions(embedder=PREVIOUS, threads=1))
+
+
+def test_after_the_default_changed_people_enrolled_under_the_previous_one_are_named_on_their_dlib_part(
+    previous: FacePipeline, fused: FacePipeline, shared_data: Path, tmp_path: Path
+) -> None:
+    """A device upgraded to the mixed default keeps naming everyone its previous default enrolled."""
+    before = make_old_gallery(tmp_path, previous, shared_data, keep_chips=False, model_id=PREVIOUS)
+    matcher = switched(before.path, fused)
+    assert len(matcher) == 0 and matcher.fallback is not None and PREVIOUS in matcher.fallback.model_ids
+    after = {probe: _named(matcher, embed(fused, probe)) for _, probe in before.probes}
+    named_after = [probe for probe, person in after.items() if person is not None]
+    assert all(after[probe] == before.people[who] for who, probe in before.probes if probe in named_after)
+    assert len(named_after) >= sum(person is not None for person in before.named_by_dlib.values()) * 3 // 4
+    assert [_named(matcher, embed(fused, photo)) for photo in before.strangers] == [None] * len(before.strangers)
+
+
+def test_the_default_carries_the_previous_defaults_templates_and_nothing_else(models_dir: Path) -> None:
+    models = ModelStore(models_dir)
+    assert carried_models(models, models.specs[FUSED]) == [PREVIOUS]
+    assert carried_models(models, models.specs[OPTION]) == carried_models(models, models.specs[PREVIOUS]) == []
+
+
+def test_a_carried_entry_of_another_build_is_not_carried(models_copy: Path) -> None:
+    """The claim is about one build: a previous default rebuilt (another sha256) would have to be measured again."""
+    models = edited(models_copy, FUSED, lambda entry: entry["carries_templates_of"][0].update(sha256="0" * 64))
+    assert carried_models(models, models.specs[FUSED]) == []
+
+
+@pytest.mark.parametrize("listed", [{"id": PREVIOUS}, [PREVIOUS], [{"id": PREVIOUS}], [{"id": 1, "sha256": "a"}]])
+def test_a_malformed_carried_list_is_refused(models_copy: Path, listed: Any) -> None:
+    models = edited(models_copy, FUSED, lambda entry: entry.update(carries_templates_of=listed))
+    with pytest.raises(ModelError, match="carries_templates_of"):
+        carried_models(models, models.specs[FUSED])
+
+
+@pytest.fixture(scope="module")
+def under_previous(previous: FacePipeline, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> OldGallery:
+    """A gallery the previous default enrolled, chips kept, as a device in the field holds it."""
+    folder = tmp_path_factory.mktemp("previous")
+    return make_old_gallery(folder, previous, shared_data, keep_chips=True, model_id=PREVIOUS)
+
+
+def test_carrying_copies_each_template_once_as_it_was_made(under_previous: OldGallery, tmp_path: Path) -> None:
+    copy = copied(under_previous, tmp_path)
+    with GalleryStore.open(copy) as store:
+        before = list(store.iter_templates(PREVIOUS))
+        people, templates, negatives = store.carry_templates(PREVIOUS, FUSED)
+        assert sorted(people) == sorted(under_previous.people.values()) and (templates, negatives) == (len(before), 0)
+        carried = list(store.iter_templates(FUSED))
+        assert [(p, n, v.tobytes()) for _, p, n, v in carried] == [(p, n, v.tobytes()) for _, p, n, v in before]
+        rows = store.db.execute(
+            "SELECT a.model_sha256 = b.model_sha256, a.created_at = b.created_at, a.chip = b.chip, "
+            "a.source = b.source FROM templates a JOIN templates b ON a.person_id = b.person_id "
+            "AND a.embedding = b.embedding WHERE a.model_id = ? AND b.model_id = ?",
+            [FUSED, PREVIOUS],
+        ).fetchall()
+        assert rows == [(1, 1, 1, 1)] * len(before)  # the build that made it, its age, its chip, its source
+        assert store.carry_templates(PREVIOUS, FUSED) == ([], 0, 0)  # everyone has templates of FUSED now
+        assert store.people_needing_reenrollment(FUSED) == []
+
+
+def test_carrying_leaves_people_who_have_templates_of_the_embedder_alone(
+    under_previous: OldGallery, fused: FacePipeline, tmp_path: Path
+) -> None:
+    copy = copied(under_previous, tmp_path)
+    someone = under_previous.people[ENROLLED[0]]
+    with GalleryStore.open(copy) as store:
+        own = embed(fused, under_previous.enrolled[ENROLLED[0]])
+        store.add_template(someone, own, model_id=FUSED, model_sha256="f" * 64, quality={})
+        people, _, _ = store.carry_templates(PREVIOUS, FUSED)
+        assert someone not in people and len(people) == len(under_previous.people) - 1
+        assert store.template_counts()[someone][FUSED] == 1
+
+
+def test_carrying_takes_a_persons_live_negatives_along(under_previous: OldGallery, tmp_path: Path) -> None:
+    copy = copied(under_previous, tmp_path)
+    someone = under_previous.people[ENROLLED[1]]
+    with GalleryStore.open(copy) as store:
+        vector = np.ones(FUSED_DIMENSIONS, dtype=np.float32) / np.sqrt(FUSED_DIMENSIONS)
+        store.add_negative(someone, vector, model_id=PREVIOUS, event_id="e1", ttl_days=30, cap=5)
+        _, _, negatives = store.carry_templates(PREVIOUS, FUSED)
+        assert negatives == 1 and [p for _, p, _ in store.negatives(FUSED)] == [someone]
+
+
+def test_gallery_rebuild_after_the_default_changed_carries_everyone_over(
+    under_previous: OldGallery, fused: FacePipeline, tmp_path: Path
+) -> None:
+    """The default takes the previous default's templates as they are (bench_fusion.py --carried-from int8: the
+    same figures as its own): nobody is left to re-enroll, nothing is re-embedded, and they are named."""
+    copy = copied(under_previous, tmp_path)
+    defaults = tmp_path / "faceagent.toml"
+    defaults.write_text("")  # the manifest's default embedder
+    result = faceagent("gallery", "rebuild", "--json", "--db", str(copy), config=defaults)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "model_id": FUSED,
+        "people_carried_over": len(under_previous.people),
+        "templates_rebuilt": {},
+        "people": 0,
+        "people_needing_reenrollment": 0,
+    }
+    matcher = switched(copy, fused)
+    assert matcher.own_person_ids() == set(under_previous.people.values())
+    named = [(who, _named(matcher, embed(fused, probe))) for who, probe in under_previous.probes]
+    assert all(person in (None, under_previous.people[who]) for who, person in named)
+    before = sum(p is not None for p in under_previous.named_by_dlib.values())
+    assert sum(person is not None for _, person in named) >= before * 3 // 4
+    assert [_named(matcher, embed(fused, p)) for p in under_previous.strangers] == [None] * len(
+        under_previous.strangers
+    )
+    with GalleryStore.open(copy) as store:
+        assert [entry["action"] for entry in store.audit_log(10)].count("templates.carry") == 1

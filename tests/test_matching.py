@@ -36,15 +36,16 @@ from agent.vision.modelstore import ModelStore
 from agent.vision.pipeline import FacePipeline
 from tests.support.commands import make_device
 
-FUSED = "fused-dlib-mobileface-int8"
+FUSED = "fused-dlib-mobileface-mixed"
 # The fused entry's guard and adaptation distances (scripts/measure_enroll_guard.py, scripts/bench_adapt.py).
-FUSED_DUPLICATE, FUSED_CONFLICT = 0.125, 0.5626
-FUSED_ADAPT_MARGIN, FUSED_ADAPT_MIN, FUSED_ADAPT_MAX, FUSED_ADAPT_GUARD = 0.12, 0.46, 0.5626, 0.65
+FUSED_THRESHOLD, FUSED_MARGIN, FUSED_TRACK = 0.5738, 0.085, 0.489
+FUSED_DUPLICATE, FUSED_CONFLICT = 0.122, FUSED_THRESHOLD
+FUSED_ADAPT_MARGIN, FUSED_ADAPT_MIN, FUSED_ADAPT_MAX, FUSED_ADAPT_GUARD = 0.1275, 0.46, FUSED_THRESHOLD, 0.65
 DLIB = "dlib-resnet29-int8"
 FUSED_STATED = GalleryFigures(
-    threshold=0.5626,
-    margin=0.08,
-    track_threshold=0.4899,
+    threshold=FUSED_THRESHOLD,
+    margin=FUSED_MARGIN,
+    track_threshold=FUSED_TRACK,
     duplicate_distance=FUSED_DUPLICATE,
     conflict_distance=FUSED_CONFLICT,
     adapt_margin=FUSED_ADAPT_MARGIN,
@@ -64,7 +65,7 @@ def test_the_manifest_states_the_fused_and_dlib_figures(models_dir: Path) -> Non
 
 def test_unset_figures_are_the_embedders_stated_ones(fused: FacePipeline) -> None:
     matcher = Matcher.for_gallery(GallerySettings(), fused.embedder)
-    assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (0.5626, 0.08, 0.4899)
+    assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (FUSED_THRESHOLD, FUSED_MARGIN, FUSED_TRACK)
     assert set(matcher.matching.sources.values()) == {f"embedder {FUSED}"}
 
 
@@ -108,27 +109,31 @@ def test_the_settings_file_and_the_remote_overlay_leave_unset_figures_unset(tmp_
     figures = matching(settings.gallery, FUSED_STATED, FUSED)
     in_use = {key: figures.sources[key] for key in MATCHING_KEYS}
     assert in_use == {"threshold": "setting", "margin": "setting", "track_threshold": f"embedder {FUSED}"}
-    assert (figures.threshold, figures.margin, figures.track_threshold) == (0.5, 0.1, 0.4899)
+    assert (figures.threshold, figures.margin, figures.track_threshold) == (0.5, 0.1, FUSED_TRACK)
 
 
 def test_retune_keeps_the_embedders_figures_for_what_is_unset(fused: FacePipeline) -> None:
     matcher = Matcher.for_gallery(GallerySettings(threshold=0.3), fused.embedder)
     matcher.retune(GallerySettings(margin=0.2))
-    assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (0.5626, 0.2, 0.4899)
+    assert (matcher.threshold, matcher.margin, matcher.track_threshold) == (FUSED_THRESHOLD, 0.2, FUSED_TRACK)
 
 
 def test_a_sibling_for_another_embedder_keeps_only_what_was_set(dlib: FacePipeline, fused: FacePipeline) -> None:
     before = Matcher.for_gallery(GallerySettings(margin=0.05), dlib.embedder)
     after_update = before.sibling(fused.embedder)
-    assert (after_update.threshold, after_update.margin, after_update.track_threshold) == (0.5626, 0.05, 0.4899)
+    assert (after_update.threshold, after_update.margin, after_update.track_threshold) == (
+        FUSED_THRESHOLD,
+        0.05,
+        FUSED_TRACK,
+    )
 
 
 def test_taking_another_embedders_matcher_takes_its_figures(dlib: FacePipeline, fused: FacePipeline) -> None:
     live = Matcher.for_gallery(GallerySettings(), dlib.embedder)
     live.take(Matcher.for_gallery(GallerySettings(), fused.embedder))
     assert (live.threshold, live.track_threshold, live.matching.sources["margin"]) == (
-        0.5626,
-        0.4899,
+        FUSED_THRESHOLD,
+        FUSED_TRACK,
         f"embedder {FUSED}",
     )
 

@@ -17,7 +17,7 @@ from agent.errors import ModelError
 from agent.vision.aligner import Aligner
 from agent.vision.embedder import Embedder
 from agent.vision.modelstore import ModelStore
-from agent.vision.runtime import TfliteModel, select_runtime
+from agent.vision.runtime import TfliteModel, installed_runtimes, select_runtime
 from tests.support.data import SHARED_DATA
 from tests.support.scripts import load_script
 
@@ -33,9 +33,9 @@ def _need_source() -> Path:
     return MF_SOURCE
 
 
-def _load(store: ModelStore, model_id: str) -> TfliteModel:
+def _load(store: ModelStore, model_id: str, runtime: str | None = None) -> TfliteModel:
     spec = store.spec(model_id, "embedder")
-    return TfliteModel(select_runtime().load(store.read_verified(spec), 1))
+    return TfliteModel(select_runtime(runtime).load(store.read_verified(spec), 1))
 
 
 def _embed(model: TfliteModel, chips: np.ndarray) -> np.ndarray:
@@ -85,15 +85,28 @@ def test_float32_matches_the_onnx_reference_on_real_chips(
     assert cos.min() >= 0.9999
 
 
+def _runtime_names() -> list[str]:
+    return [runtime.name for runtime in installed_runtimes()] or ["none installed"]
+
+
 @pytest.mark.slow  # over the real photo set: a model's accuracy or parity, not a unit
-def test_int8_matches_float32_on_real_chips(models_dir: Path, parity_chips: np.ndarray) -> None:
+@pytest.mark.parametrize("runtime", _runtime_names())
+@pytest.mark.parametrize("model_id", ["mobileface-v2-int8-mixed", "mobileface-v2-int8"])
+def test_int8_matches_float32_on_real_chips(
+    model_id: str, runtime: str, models_dir: Path, parity_chips: np.ndarray
+) -> None:
+    """Issue 12 asks 0.995 at the worst chip: the mixed build (the default's member) meets it under both
+    runtimes; the full int8 build keeps the 0.99 it shipped with (build_models.MF_MIN_COS_INT8)."""
+    if runtime == "none installed":
+        pytest.skip("no TFLite runtime installed")
     store = ModelStore(models_dir)
-    f32 = _embed(_load(store, "mobileface-v2-float32"), parity_chips)
-    i8 = _embed(_load(store, "mobileface-v2-int8"), parity_chips)
+    f32 = _embed(_load(store, "mobileface-v2-float32", runtime), parity_chips)
+    i8 = _embed(_load(store, model_id, runtime), parity_chips)
     cos = bm.cosines(i8, f32)
-    print(f"mobileface int8 vs float32: {len(cos)} faces, cosine min {cos.min():.6f} median {np.median(cos):.6f}")
-    # Issue 12 asks 0.995; post-training int8 reaches about 0.990 (see MF_MIN_COS_INT8 in build_models.py).
-    assert cos.min() >= 0.99
+    print(
+        f"{model_id} vs float32 ({runtime}): {len(cos)} faces, cosine min {cos.min():.6f} median {np.median(cos):.6f}"
+    )
+    assert cos.min() >= bm.MF_MIN_COS_INT8[model_id]
 
 
 def test_manifest_describes_mobileface_as_an_embedder_of_its_own(models_dir: Path) -> None:

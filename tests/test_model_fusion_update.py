@@ -48,7 +48,10 @@ from tests.support.model_updates import (
     fused_models,
     fusion_releases,
     make_updates,
+    shipped_models,
 )
+
+PREVIOUS_ID = "fused-dlib-mobileface-int8"  # the default before the mixed MobileFace build
 
 
 @pytest.fixture
@@ -157,6 +160,34 @@ def test_kept_chips_rebuild_fused_templates_when_the_fused_release_goes_live(tmp
     with GalleryStore.open(updates.device.store_path) as store:
         assert store.template_counts()[person] == {EMBEDDER_ID: 3, FUSED_ID: 3}
     assert named(updates, powell(shared_data, POWELL_PROBE)) == person
+
+
+@pytest.mark.slow  # a real child process checks the candidate model
+def test_a_device_on_the_previous_default_moved_to_the_default_carries_its_templates_over(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """No chips kept, yet nobody to re-enroll: the default takes the previous default's templates as they are."""
+    updates = make_updates(tmp_path, models=lambda folder: shipped_models(folder, PREVIOUS_ID))
+    person = enroll_powell(updates, shared_data)
+    outcome = send(updates, "job-1", from_manifest(FUSED_ID, "3"))
+    assert outcome["status"] == "SUCCEEDED" and outcome["embedder_changed"] is True, outcome
+    assert (outcome["people_carried_over"], outcome["templates_rebuilt"], outcome["people_needing_reenrollment"]) == (
+        1,
+        0,
+        0,
+    )
+    with GalleryStore.open(updates.device.store_path) as store:
+        assert store.template_counts()[person] == {PREVIOUS_ID: 3, FUSED_ID: 3}
+    assert updates.live.pipeline.embedder.info.model_id == FUSED_ID
+    probe, stranger = (
+        updates.live.pipeline.analyse(load_image(p))[0].embedding
+        for p in (powell(shared_data, POWELL_PROBE), bush(shared_data))
+    )
+    match = updates.device.matcher.search(probe)
+    assert match.accepted and match.person_id == person
+    assert not updates.device.matcher.search(stranger).accepted
+    listing = data(updates.device.call("list_people"))
+    assert listing["people"][0]["needs_reenrollment"] is False
 
 
 @pytest.mark.slow  # a real child process checks the candidate model
@@ -290,8 +321,8 @@ def test_ctl_signs_a_standby_release_and_a_fused_release_from_the_shipped_manife
     files = release_files(tmp_path / "out")
     assert main(ctl_release(files[MOBILEFACE_ID], MOBILEFACE_ID, "2", key_file, "--standby")) == 0
     assert main(ctl_release(files[FUSED_ID], FUSED_ID, "3", key_file)) == 0
-    standby = read_bundle(tmp_path / "out" / "mobileface_v2_int8.release.json")
-    fusion = read_bundle(tmp_path / "out" / "fused_dlib_mobileface_int8.release.json")
+    standby = read_bundle(tmp_path / "out" / "mobileface_v2_int8_mixed.release.json")
+    fusion = read_bundle(tmp_path / "out" / "fused_dlib_mobileface_mixed.release.json")
     assert standby.meta["standby"] is True and "standby" not in fusion.meta
     assert standby.meta["entry"] == fusion_releases()[0].meta["entry"]
     assert fusion.meta["entry"]["members"] == ModelStore().specs[FUSED_ID].raw["members"]
@@ -303,7 +334,7 @@ def test_ctl_refuses_a_definition_that_is_not_the_manifests(tmp_path: Path, caps
     fused.write_bytes(fused.read_bytes().replace(b"0.8", b"0.7").replace(b"0.2", b"0.3"))
     assert main(ctl_release(fused, FUSED_ID, "3", key_file)) != 0
     assert f"{FUSED_ID} is sha256" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "fused_dlib_mobileface_int8.release.json").exists()
+    assert not (tmp_path / "out" / "fused_dlib_mobileface_mixed.release.json").exists()
 
 
 # ------------------------------------------------------------------------------------ end to end

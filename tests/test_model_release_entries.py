@@ -24,6 +24,7 @@ from agent.vision.modelstore import ModelStore
 from tests.support.data import EMBEDDER_ID
 from tests.support.model_updates import (
     FUSED_ID,
+    MOBILEFACE_ID,
     field_models,
     from_manifest,
     fused_models,
@@ -145,7 +146,9 @@ def test_a_model_file_under_a_fused_entrys_id_is_refused(stores: dict[str, Model
 members = st.lists(
     st.fixed_dictionaries(
         {
-            "id": st.sampled_from([EMBEDDER_ID, "mobileface-v2-int8", "mobileface-v2-float32", "blazeface-short"]),
+            "id": st.sampled_from(
+                [EMBEDDER_ID, MOBILEFACE_ID, "mobileface-v2-int8", "mobileface-v2-float32", "blazeface-short"]
+            ),
             "sha256": st.sampled_from([s.sha256 for s in ModelStore().specs.values()] + ["ab" * 32]),
             "weight": st.sampled_from([0.2, 0.5, 0.8, 1.0, 0.0, -0.2]),
         }
@@ -166,9 +169,21 @@ def test_a_fused_release_is_taken_only_as_the_definition_of_installed_members(
     meta |= {"size": len(release.content), "entry": release.meta["entry"] | {"members": listed, "flip": flip}}
     same = listed == release.meta["entry"]["members"] and flip == release.meta["entry"]["flip"]
     if same:
-        with pytest.raises(ReleaseRefused, match="member mobileface-v2-int8 is not installed"):
+        with pytest.raises(ReleaseRefused, match=f"member {MOBILEFACE_ID} is not installed"):
             check_fused(stores["field"], meta, meta["entry"])
         check_fused(stores["dlib"], meta, meta["entry"])
     else:
         with pytest.raises(ReleaseRefused):
             check_fused(stores["dlib"], meta, meta["entry"])
+
+
+@given(listed=st.one_of(st.text(max_size=5), st.lists(st.one_of(st.integers(), st.text(max_size=5)), min_size=1)))
+@LAX
+def test_a_fused_release_with_a_malformed_carried_list_is_refused_before_anything_changes(
+    stores: dict[str, ModelStore], listed: Any
+) -> None:
+    release = from_manifest(FUSED_ID, "3")
+    meta = release.meta | {"role": "embedder", "sha256": ModelStore().specs[FUSED_ID].sha256}
+    meta |= {"size": len(release.content), "entry": release.meta["entry"] | {"carries_templates_of": listed}}
+    with pytest.raises(ReleaseRefused, match="carries_templates_of"):
+        check_fused(stores["dlib"], meta, meta["entry"])

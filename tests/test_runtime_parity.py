@@ -8,7 +8,9 @@ the same people under litert, except a probe that sat on the threshold.
 
 Measured here (770 LFW faces, x86-64): detections identical (0.0 px); embeddings' cosine between the two
 runtimes min 0.99913 / median 0.99952 for dlib-resnet29-int8, 0.98390 / 0.99417 for mobileface-v2-int8 (the
-fused default's members), 1.000000 for both float32 models. Skipped, saying so, unless both runtimes import.
+members of the default before), 1.000000 for both float32 models; over this test's 257 faces 0.99797 / 0.99916
+for mobileface-v2-int8-mixed (the default's member: its last stages are float). Skipped, saying so, unless both
+runtimes import.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ pytestmark = pytest.mark.slow  # about 260 faces through both runtimes' pipeline
 # Lowest cosine between the two runtimes' embeddings of one face, a little under the minimum measured.
 FLOAT_FLOOR = 0.99999
 INT8_FLOOR = 0.98  # mobileface-v2-int8: min 0.98390 over 770 faces
-FLOORS = {"dlib-resnet29-int8": 0.999}  # min 0.99913 over 770 faces
+FLOORS = {"dlib-resnet29-int8": 0.999, "mobileface-v2-int8-mixed": 0.996}  # min 0.99913 over 770 faces; 0.99797 / 257
 # A decision may differ only where the probe sat this close to the threshold (or the margin to it) on a side.
 DECISION_BAND = 0.03  # cosine distance; a probe's distance moved at most 0.011 here (160 probes)
 ENROLLED = 80  # people in the gallery (their first photo), and as many probes of them plus as many strangers

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.gallery.store import GalleryStore
 from tests.support.agent_process import agent_config, agent_env, ctl_call, enroll_cli, faceagent, start_agent
 from tests.support.broker import Broker, Observer
 from tests.support.data import CLIP_ENROLL, CLIP_FRAMES, DEFAULT_EMBEDDER_ID, DEFAULT_THRESHOLD
@@ -221,3 +222,26 @@ def test_without_a_camera_the_agent_runs_and_says_how_to_configure_one(
         _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr
     assert "camera not configured" in stderr and "sudo systemctl restart faceagent" in stderr
+
+
+def test_a_gallery_enrolled_under_the_previous_default_is_carried_over_at_start_and_recognized(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path
+) -> None:
+    """A device upgraded to a default that carries its previous default's templates: the agent copies them before
+    its first load (audited), so the person is named at full strength with nobody to re-enroll."""
+    config = write_config(tmp_path, broker, loop=False, fps=0)
+    previous = tmp_path / "previous.toml"
+    previous.write_text(config.read_text() + '[models]\nembedder = "fused-dlib-mobileface-int8"\n')
+    db = tmp_path / "gallery.db"
+    person_id = enroll_cli(previous, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROLL)
+    observer = observe(broker, [f"faceagent/{DEVICE}/#"])
+    agent = run_agent(config, db, shared_data / CLIP_FRAMES, "--replay-all", "--print-events")
+    _, stderr = agent.communicate(timeout=300)
+    assert agent.returncode == 0, stderr
+    assert observer.wait_for(lambda _: events(observer, "face_recognized"), timeout=10)
+    assert {e["person_id"] for e in events(observer, "face_recognized")} == {person_id}
+    listed = json.loads(faceagent("gallery", "list", "--json", "--db", str(db), config=config).stdout)
+    assert listed["model_id"] == DEFAULT_EMBEDDER_ID and listed["people_needing_reenrollment"] == 0
+    with GalleryStore.open(db) as store:
+        audit = store.audit_log(20)
+    assert any(entry["action"] == "templates.carry" and entry["actor"] == "faceagent" for entry in audit)

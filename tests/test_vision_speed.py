@@ -20,7 +20,7 @@ from agent.vision.fusion import FusedEmbedder
 from agent.vision.image import load_image
 from agent.vision.pipeline import FacePipeline, PipelineOptions, most_central
 
-FUSED = "fused-dlib-mobileface-int8"
+FUSED = "fused-dlib-mobileface-mixed"
 SAMPLE = 24  # LFW photos, spread over the whole sorted list (many people, sizes and poses)
 
 

@@ -478,10 +478,12 @@ def _model_outcome(device: str, reply: dict | None) -> bool:
         return True
     if data.get("status") == "SUCCEEDED":
         try:
+            carried = data.get("people_carried_over")
             print(
                 f"{device}: SUCCEEDED: {data['model_id']} version {data['version']} (sha256 {data['sha256'][:12]}) "
                 f"replaces {data['previous']['model_id']}; {data['people_needing_reenrollment']} people need "
                 f"re-enrollment, {data['templates_rebuilt']} templates rebuilt from kept chips"
+                + (f", {carried} people's templates carried over" if carried else "")
             )
         except (KeyError, TypeError):  # a device of another version: show it as it came
             print(f"{device}: SUCCEEDED: {json.dumps(data)}")

@@ -47,7 +47,13 @@ from agent.gallery.matcher import Matcher
 from agent.gallery.store import GalleryStore
 from agent.gallery.sync import load_gallery
 from agent.identity import Consent, Match, utc_now
-from agent.modelupdate.install import installed_models_dir, load_embedder, rebuild_sources, rebuild_templates
+from agent.modelupdate.install import (
+    carry_templates,
+    installed_models_dir,
+    load_embedder,
+    rebuild_sources,
+    rebuild_templates,
+)
 from agent.recognition.enrollment import Enroller
 from agent.vision.embedder import FaceEmbedder, distance, stated_gallery
 from agent.vision.fusion import fallback_models
@@ -403,6 +409,7 @@ def cmd_gallery_rebuild(args: argparse.Namespace) -> int:
     embedder = load_embedder(models_dir, spec, settings.models)
     rebuilt: dict[str, int] = {}
     with _open_store(args, settings) as store:
+        carried = carry_templates(store, models, spec, cli_actor())  # taken as they are: nothing to re-embed
         people: set[str] = set()
         for old_id in rebuild_sources(models, spec):
             added = rebuild_templates(store, embedder, old_id, cli_actor())
@@ -412,6 +419,7 @@ def cmd_gallery_rebuild(args: argparse.Namespace) -> int:
         stale = store.people_needing_reenrollment(spec.id)
     summary = {
         "model_id": spec.id,
+        "people_carried_over": len(carried),
         "templates_rebuilt": rebuilt,
         "people": len(people),
         "people_needing_reenrollment": len(stale),
@@ -420,6 +428,8 @@ def cmd_gallery_rebuild(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     sources = ", ".join(f"{n} from {old_id}" for old_id, n in rebuilt.items()) or "none: no kept chip fits it"
+    if carried:
+        print(f"{spec.id}: templates carried over for {len(carried)} people (its build of the same members)")
     print(f"{spec.id}: templates rebuilt for {len(people)} people ({sources})")
     if stale:
         print(f"{len(stale)} people still need re-enrollment for {spec.id} (no kept chip): faceagent gallery list")

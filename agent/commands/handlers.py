@@ -489,7 +489,17 @@ def restart(ctx: Context, args: dict[str, Any]) -> Done:
 
 
 # What a model_update audit record keeps: the job's progress and outcome, never model bytes.
-_MODEL_AUDIT = ("job_id", "model_id", "version", "sha256", "bytes_received", "step", "reason", "templates_rebuilt")
+_MODEL_AUDIT = (
+    "job_id",
+    "model_id",
+    "version",
+    "sha256",
+    "bytes_received",
+    "step",
+    "reason",
+    "templates_rebuilt",
+    "people_carried_over",
+)
 
 
 def model_update(ctx: Context, args: dict[str, Any]) -> Done:

@@ -304,6 +304,42 @@ class GalleryStore:
         return int(cast(int, template_id))
 
     @_guarded
+    def carry_templates(self, from_model_id: str, to_model_id: str) -> tuple[list[str], int, int]:
+        """Copy the templates and live negatives of `from_model_id` to `to_model_id` for each person with none of
+        `to_model_id` yet, in one transaction: for an embedder that takes the other's vectors as its own
+        (`agent.vision.fusion.carried_models`). A copy keeps its row's model_sha256 (the build that made it),
+        creation time (retention counts from it), chip, quality, source and event. Returns the people carried
+        over and the templates and negatives copied."""
+        now = utc_now()
+        with self.transaction():
+            people = [
+                row[0]
+                for row in self.db.execute(
+                    "SELECT p.id FROM people p WHERE EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id "
+                    f"AND t.model_id = ?) AND {_NO_TEMPLATE_OF_MODEL} ORDER BY p.created_at, p.rowid",
+                    [from_model_id, to_model_id],
+                )
+            ]
+            templates = negatives = 0
+            for start in range(0, len(people), _DELETE_CHUNK):
+                chunk = people[start : start + _DELETE_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                templates += self.db.execute(
+                    "INSERT INTO templates (person_id, embedding, dims, model_id, model_sha256, quality, chip, "
+                    "created_at, source, event_id) SELECT person_id, embedding, dims, ?, model_sha256, quality, chip, "
+                    f"created_at, source, event_id FROM templates WHERE model_id = ? AND person_id IN ({marks}) "
+                    "ORDER BY id",
+                    [to_model_id, from_model_id, *chunk],
+                ).rowcount
+                negatives += self.db.execute(
+                    "INSERT INTO negatives (person_id, model_id, embedding, event_id, created_at, expires_at) "
+                    "SELECT person_id, ?, embedding, event_id, created_at, expires_at FROM negatives "
+                    f"WHERE model_id = ? AND expires_at > ? AND person_id IN ({marks}) ORDER BY id",
+                    [to_model_id, from_model_id, now, *chunk],
+                ).rowcount
+        return people, templates, negatives
+
+    @_guarded
     def delete_event_templates(self, event_id: str, *, person_id: str | None = None) -> dict[str, int]:
         """Delete the templates made from the decided track `event_id` (of `person_id` only, if given): a
         correction took that track back. Person id -> templates deleted (empty: there were none)."""

@@ -27,7 +27,15 @@ import hashlib
 from typing import Any
 
 from agent.errors import FaceagentError, ModelError
-from agent.vision.fusion import Member, chip_model, definition_bytes, installed_members, is_fused, parse_members
+from agent.vision.fusion import (
+    Member,
+    chip_model,
+    definition_bytes,
+    installed_members,
+    is_fused,
+    parse_carried,
+    parse_members,
+)
 from agent.vision.modelstore import ModelSpec, ModelStore
 
 DEFINITION_SUFFIX = ".json"  # a fused release's file; every other model file is .tflite
@@ -97,6 +105,10 @@ def check_definition(meta: dict[str, Any], entry: dict[str, Any]) -> list[Member
         )
     if "threshold" not in entry:
         raise ReleaseRefused(f"fused release {model_id}: its entry must state the threshold fitted on its members")
+    try:
+        parse_carried(spec)
+    except ModelError as exc:
+        raise ReleaseRefused(str(exc)) from None
     return members
 
 

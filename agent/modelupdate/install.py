@@ -11,6 +11,7 @@ names are removed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,13 +24,15 @@ from agent.errors import ModelError
 from agent.files import fsync_dir, write_atomically
 from agent.modelupdate.entries import DEFINITION_SUFFIX, release_entry
 from agent.vision.embedder import FaceEmbedder
-from agent.vision.fusion import chip_model, open_embedder
+from agent.vision.fusion import carried_models, chip_model, open_embedder
 from agent.vision.modelstore import MANIFEST_NAME, ModelSpec, ModelStore
 from agent.vision.runtime import InvokeClock, TfliteModel, select_runtime
 
 if TYPE_CHECKING:
     from agent.config import ModelSettings
     from agent.gallery.store import GalleryStore
+
+log = logging.getLogger(__name__)
 
 PREVIOUS_MANIFEST = "manifest.previous.json"
 RELEASE_FLOOR = "release-floor.json"  # role -> the highest version installed (agent.modelupdate.update.ReleaseFloor)
@@ -170,6 +173,23 @@ def rebuild_sources(models: ModelStore, spec: ModelSpec) -> list[str]:
         if fits:
             found.append(other.id)
     return found
+
+
+def carry_templates(store: GalleryStore, models: ModelStore, spec: ModelSpec, actor: str) -> list[str]:
+    """Templates of `spec` for everyone known only by templates of a model it carries (`carried_models`): copied,
+    not re-embedded, so nobody needs re-enrollment or a rebuild; one audit row per model carried from, when it
+    carried anyone. The people carried over (the caller tells the live matcher about them)."""
+    carried: list[str] = []
+    for old_id in carried_models(models, spec):
+        with store.transaction():  # the copies and their audit row together
+            people, templates, negatives = store.carry_templates(old_id, spec.id)
+            if people:
+                details = {"from_model": old_id, "model": spec.id, "people": len(people), "templates": templates}
+                store.audit(actor, "templates.carry", None, details | {"negatives": negatives})
+        if people:
+            log.info("carried %d templates of %d people over from %s to %s", templates, len(people), old_id, spec.id)
+        carried += people
+    return carried
 
 
 def rebuild_templates(store: GalleryStore, embedder: FaceEmbedder, old_id: str, actor: str) -> list[str]:

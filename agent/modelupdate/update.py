@@ -61,6 +61,7 @@ from agent.modelupdate.entries import ReleaseRefused, check_fused, check_member_
 from agent.modelupdate.install import (
     RELEASE_FLOOR,
     ModelsFolder,
+    carry_templates,
     chips_fit,
     load_embedder,
     rebuild_templates,
@@ -464,7 +465,12 @@ class ModelUpdater:
         """After an embedder change: rebuild from kept chips where allowed; who still needs re-enrollment."""
         settings = self.get_settings()
         new = ModelStore(self.models_dir).spec(settings.models.embedder, "embedder")
-        rebuilt = 0
+        rebuilt = carried = 0
+        if new.id != old.id:  # copied where the new embedder takes the old one's vectors as its own: no chip needed
+            with self.gallery.writing(store) as changed:
+                people = carry_templates(store, ModelStore(self.models_dir), new, actor)
+                changed.update(people)
+            carried = len(people)
         if new.id != old.id and settings.gallery.keep_chips:
             if chips_fit(ModelStore(self.models_dir), old, new):  # a fused embedder keeps its first member's chip
                 embedder = load_embedder(self.models_dir, new, settings.models)
@@ -475,4 +481,5 @@ class ModelUpdater:
             else:
                 log.warning("kept chips were aligned for %s, not %s: people need re-enrollment", old.id, new.id)
         stale = len(store.people_needing_reenrollment(new.id))
-        return {"embedder_changed": new.id != old.id, "templates_rebuilt": rebuilt, **reenrollment_count(stale)}
+        changes = {"embedder_changed": new.id != old.id, "templates_rebuilt": rebuilt, "people_carried_over": carried}
+        return changes | reenrollment_count(stale)

@@ -44,7 +44,7 @@ from agent.link.mqtt import BrokerSettings, MqttLink, client_id_for, packet_limi
 from agent.link.outbox import OutboxPublisher
 from agent.link.telemetry import Telemetry
 from agent.link.topics import resolve_device_id
-from agent.modelupdate.install import installed_models_dir, state_models_dir
+from agent.modelupdate.install import carry_templates, installed_models_dir, state_models_dir
 from agent.modelupdate.update import ModelUpdater
 from agent.recognition.capture import CaptureWindow, enroll_capture
 from agent.recognition.enrollment import Enroller
@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 MODEL_SWAP_SECONDS = 60.0  # how long a model update waits for the frame loop to take the new models
 JOIN_SECONDS = 10.0
+CARRY_ACTOR = "faceagent"  # the audit log's actor for templates carried over at start: the agent, not an operator
 FRAME_SECTIONS = frozenset({"gallery", "quality", "tracking", "events"})  # settings the frame loop consumes
 
 
@@ -157,6 +158,7 @@ class AgentService:
             on_synced=self._gallery_synced,
             on_failure=self._gallery_failed,
             each_turn=self._follow_people,
+            before_load=lambda store: carry_templates(store, pipeline.store, pipeline.embedder_spec, CARRY_ACTOR),
         )
         self.adapter = Adapter(self.gallery.jobs, lambda: self.settings, self.feedback)  # gallery.adapt
         self.frames = FrameLoop(

@@ -66,12 +66,16 @@ class GalleryThread:
         on_synced: Callable[[], None],
         on_failure: Callable[[BaseException], None],
         each_turn: Callable[[GalleryStore], None] = lambda store: None,
+        before_load: Callable[[GalleryStore], object] = lambda store: None,
     ) -> None:
         """`on_synced` after another process changed the gallery; `on_failure` when the first load fails;
-        `each_turn` with this thread's store once the gallery is loaded (Home Assistant's per-person sensors)."""
+        `each_turn` with this thread's store once the gallery is loaded (Home Assistant's per-person sensors);
+        `before_load` with it before the first load (templates carried over to the embedder in use): its failure
+        is logged, and the agent starts on the gallery as it is."""
         self.path, self.matcher, self.model_id, self.retention = path, matcher, model_id, retention
         self.storage, self.status, self.link, self.stop = storage, status, link, stop
         self.on_synced, self.on_failure, self.each_turn = on_synced, on_failure, each_turn
+        self.before_load = before_load
         self.jobs: JobQueue[GalleryParts] = JobQueue("the gallery thread")
         self.loaded = threading.Event()  # the matcher holds the whole gallery: frames may be decided
         self._status_wanted = threading.Event()
@@ -114,6 +118,10 @@ class GalleryThread:
             self.jobs.close()
             self._fail(exc)
             return
+        try:
+            self.before_load(store)
+        except Exception:  # a full disk, a locked file: the old templates still match through the fallback
+            log.exception("gallery: the step before the first load failed; loading the gallery as it is")
         sync = GallerySync(store, self.matcher, self.model_id, seen=UNLOADED)
         # Sees CLI erasures within its interval, and purges on schedule with this connection.
         parts = GalleryParts(store, sync, RetentionKeeper(store, self.retention, storage=self.storage))

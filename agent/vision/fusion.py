@@ -224,6 +224,30 @@ def kin_models(store: ModelStore, spec: ModelSpec) -> list[str]:
     return kin
 
 
+def parse_carried(spec: ModelSpec) -> list[tuple[str, str]]:
+    """(id, sha256) of each build listed in the entry's `carries_templates_of`; a ModelError if it is malformed."""
+    listed = spec.raw.get("carries_templates_of", [])
+    if not isinstance(listed, list) or not all(
+        isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("id", "sha256")) for item in listed
+    ):
+        raise ModelError(f"embedder {spec.id!r}: carries_templates_of must list objects with an id and a sha256")
+    return [(item["id"], item["sha256"].lower()) for item in listed]
+
+
+def carried_models(store: ModelStore, spec: ModelSpec) -> list[str]:
+    """The embedders whose templates `spec` takes as its own (its entry's `carries_templates_of`: each an id and the
+    sha256 of the build measured), those of `store` that are that build exactly, in the entry's order. An entry
+    states one where its vectors are the same function up to quantization: the same members, weights and chips,
+    with a member rebuilt (docs/recognition-v2.md, "Carrying templates over"), so a gallery needs no re-enrollment.
+    A malformed list is a ModelError."""
+    carried = []
+    for model_id, sha256 in parse_carried(spec):
+        other = store.specs.get(model_id)
+        if other is not None and other.sha256 == sha256 and other.id != spec.id and other.role == "embedder":
+            carried.append(other.id)
+    return carried
+
+
 def fallback_models(store: ModelStore, spec: ModelSpec) -> list[str]:
     """The models whose templates the gallery still matches under `spec` for people without templates of it: a
     fused embedder's first member, then its kin (`agent.gallery.matcher.Fallback`); none for a single model."""

@@ -127,10 +127,18 @@ def updater(key: Ed25519PrivateKey, live: Live) -> ModelUpdater:
     )
 
 
-FUSED_ID = "fused-dlib-mobileface-int8"
-MOBILEFACE_ID = "mobileface-v2-int8"
+FUSED_ID = "fused-dlib-mobileface-mixed"
+MOBILEFACE_ID = "mobileface-v2-int8-mixed"
 # What a device in the field today lacks: MobileFace and the fused entries (and MobileFaceNet, shipped since).
-FIELD_ABSENT = (MOBILEFACE_ID, "mobileface-v2-float32", FUSED_ID, "mobilefacenet-float32", "fused-dlib-mobilefacenet")
+FIELD_ABSENT = (
+    MOBILEFACE_ID,
+    "mobileface-v2-int8",
+    "mobileface-v2-float32",
+    FUSED_ID,
+    "fused-dlib-mobileface-int8",
+    "mobilefacenet-float32",
+    "fused-dlib-mobilefacenet",
+)
 
 
 def shipped_models(folder: Path, embedder: str, *, without: tuple[str, ...] = ()) -> Path:
