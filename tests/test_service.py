@@ -224,14 +224,18 @@ def test_without_a_camera_the_agent_runs_and_says_how_to_configure_one(
     assert "camera not configured" in stderr and "sudo systemctl restart faceagent" in stderr
 
 
-def test_a_gallery_enrolled_under_the_previous_default_is_carried_over_at_start_and_recognized(
-    tmp_path: Path, broker: Broker, observe, shared_data: Path
-) -> None:
-    """A device upgraded to a default that carries its previous default's templates: the agent copies them before
-    its first load (audited), so the person is named at full strength with nobody to re-enroll."""
+PREVIOUS_DEFAULT = "fused-dlib-mobileface-int8"  # the default before MobileFace's mixed build
+
+
+def run_on_a_previous_default_gallery(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path, models: str = ""
+) -> tuple[str, Path, Path]:
+    """The performer enrolled under the previous default, then `faceagent run` on the clip with the default (and
+    `models`, lines of [models]); they must be named. (stderr, config, gallery)."""
     config = write_config(tmp_path, broker, loop=False, fps=0)
+    config.write_text(config.read_text() + "[models]\n" + models)
     previous = tmp_path / "previous.toml"
-    previous.write_text(config.read_text() + '[models]\nembedder = "fused-dlib-mobileface-int8"\n')
+    previous.write_text(config.read_text() + f'embedder = "{PREVIOUS_DEFAULT}"\n')
     db = tmp_path / "gallery.db"
     person_id = enroll_cli(previous, db, "Lin-Manuel Miranda", shared_data / CLIP_ENROLL)
     observer = observe(broker, [f"faceagent/{DEVICE}/#"])
@@ -240,8 +244,34 @@ def test_a_gallery_enrolled_under_the_previous_default_is_carried_over_at_start_
     assert agent.returncode == 0, stderr
     assert observer.wait_for(lambda _: events(observer, "face_recognized"), timeout=10)
     assert {e["person_id"] for e in events(observer, "face_recognized")} == {person_id}
+    return stderr, config, db
+
+
+def test_a_gallery_enrolled_under_the_previous_default_is_carried_over_at_start_and_recognized(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path
+) -> None:
+    """A device upgraded to a default that carries its previous default's templates: the agent copies them before
+    its first load (audited), so the person is named at full strength with nobody to re-enroll."""
+    _, config, db = run_on_a_previous_default_gallery(tmp_path, broker, observe, shared_data)
     listed = json.loads(faceagent("gallery", "list", "--json", "--db", str(db), config=config).stdout)
     assert listed["model_id"] == DEFAULT_EMBEDDER_ID and listed["people_needing_reenrollment"] == 0
     with GalleryStore.open(db) as store:
         audit = store.audit_log(20)
     assert any(entry["action"] == "templates.carry" and entry["actor"] == "faceagent" for entry in audit)
+
+
+def test_a_failed_carry_over_is_logged_and_the_agent_starts_on_the_gallery_as_it_is(
+    tmp_path: Path, broker: Broker, observe, shared_data: Path, models_copy: Path
+) -> None:
+    """The copy before the first load cannot stop the agent: here the manifest's list is unreadable, and the
+    person enrolled under the previous default is still named, on the dlib part of their templates."""
+    manifest = json.loads((models_copy / "manifest.json").read_text())
+    default = next(m for m in manifest["models"] if m["id"] == manifest["defaults"]["embedder"])
+    default["carries_templates_of"] = PREVIOUS_DEFAULT  # not a list of {id, sha256}
+    (models_copy / "manifest.json").write_text(json.dumps(manifest))
+    stderr, _, db = run_on_a_previous_default_gallery(
+        tmp_path, broker, observe, shared_data, f'dir = "{models_copy}"\n'
+    )
+    assert "the step before the first load failed" in stderr and "carries_templates_of" in stderr
+    with GalleryStore.open(db) as store:
+        assert store.count_needing_reenrollment(DEFAULT_EMBEDDER_ID) == 1  # nothing copied
