@@ -1319,12 +1319,8 @@ FUSED_FITTED = f"{FUSED_FIT_COMMAND} (LFW pairs.tsv 10-fold; ident_split.tsv)"
 
 # The full int8 fused embedder, the default until the mixed MobileFace build: kept so devices enrolled on it keep
 # matching (its templates' dlib part through the fallback, agent.vision.fusion.kin_models) until rebuilt.
-FUSED_INT8_SPEC_ARGS = (
-    "fused-dlib-mobileface-int8",
-    "fused_dlib_mobileface_int8.json",
-    "LICENSES/fused-dlib-mobileface.txt",
-    (("dlib-resnet29-int8", 0.8), ("mobileface-v2-int8", 0.2)),
-)
+FUSED_INT8_ID = "fused-dlib-mobileface-int8"
+FUSED_INT8_MEMBERS = (("dlib-resnet29-int8", 0.8), ("mobileface-v2-int8", 0.2))
 
 # dlib with MobileFaceNet (section "MobileFaceNet" below; docs/recognition-v2.md, section 6): dlib 0.75 /
 # MobileFaceNet 0.25 with the mirrored chip, chosen on the same benchmarks. Not the default: where its
@@ -1378,10 +1374,13 @@ FUSED = (
         FUSED_THRESHOLD,
         FUSED_GALLERY,
         FUSED_FITTED,
-        carries=(FUSED_INT8_SPEC_ARGS[0],),
+        carries=(FUSED_INT8_ID,),
     ),
     FusedSpec(
-        *FUSED_INT8_SPEC_ARGS,
+        FUSED_INT8_ID,
+        "fused_dlib_mobileface_int8.json",
+        "LICENSES/fused-dlib-mobileface.txt",
+        FUSED_INT8_MEMBERS,
         True,
         FUSED_INT8_THRESHOLD,
         FUSED_INT8_GALLERY,

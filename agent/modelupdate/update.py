@@ -462,17 +462,19 @@ class ModelUpdater:
     # ------------------------------------------------------------------------------- templates
 
     def _templates(self, old: ModelSpec, store: GalleryStore, actor: str) -> dict[str, Any]:
-        """After an embedder change: rebuild from kept chips where allowed; who still needs re-enrollment."""
+        """After an embedder change: carry templates over where the new embedder takes the old one's as its own,
+        rebuild from kept chips where allowed; who still needs re-enrollment."""
         settings = self.get_settings()
-        new = ModelStore(self.models_dir).spec(settings.models.embedder, "embedder")
+        models = ModelStore(self.models_dir)
+        new = models.spec(settings.models.embedder, "embedder")
         rebuilt = carried = 0
-        if new.id != old.id:  # copied where the new embedder takes the old one's vectors as its own: no chip needed
+        if new.id != old.id:  # copies need no chip
             with self.gallery.writing(store) as changed:
-                people = carry_templates(store, ModelStore(self.models_dir), new, actor)
+                people = carry_templates(store, models, new, actor)
                 changed.update(people)
             carried = len(people)
         if new.id != old.id and settings.gallery.keep_chips:
-            if chips_fit(ModelStore(self.models_dir), old, new):  # a fused embedder keeps its first member's chip
+            if chips_fit(models, old, new):  # a fused embedder keeps its first member's chip
                 embedder = load_embedder(self.models_dir, new, settings.models)
                 with self.gallery.writing(store) as changed:
                     added = rebuild_templates(store, embedder, old.id, actor)
